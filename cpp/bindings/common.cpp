@@ -1,0 +1,214 @@
+#include "common.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+namespace fusedops::bind {
+
+namespace {
+
+constexpr int kAlignedFlag = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+
+std::string format_number(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+std::string type_name(py::handle obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
+}
+
+bool is_sequence(py::handle obj) {
+  return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj);
+}
+
+}  // namespace
+
+std::string ArrayArg::label(std::size_t i) const {
+  return is_list ? std::string(name) + "[" + std::to_string(i) + "]" : std::string(name);
+}
+
+std::string shape_string(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (d) s += ", ";
+    s += std::to_string(a.shape(d));
+  }
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like) {
+  ArrayArg arg{name, false, {}};
+  if (is_sequence(obj)) {
+    arg.is_list = true;
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+    arg.items.reserve(seq.size());
+    for (py::handle item : seq) arg.items.push_back(item);
+  } else if (py::isinstance<py::array>(obj)) {
+    arg.items.push_back(obj);
+  } else {
+    throw py::type_error(std::string(name) +
+                         " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got " +
+                         type_name(obj));
+  }
+  if (like != nullptr) {
+    if (like->is_list != arg.is_list) {
+      throw py::type_error(std::string(name) + " must be " +
+                           (like->is_list ? "a list/tuple of arrays" : "a single array") +
+                           " like " + like->name + ", got " + type_name(obj));
+    }
+    if (like->items.size() != arg.items.size()) {
+      throw py::value_error(std::string(name) + " has " + std::to_string(arg.items.size()) +
+                            " arrays but " + like->name + " has " +
+                            std::to_string(like->items.size()));
+    }
+  }
+  return arg;
+}
+
+void CallChecker::type_error(const std::string& message) const {
+  throw py::type_error(std::string(function_) + ": " + message);
+}
+
+void CallChecker::value_error(const std::string& message) const {
+  throw py::value_error(std::string(function_) + ": " + message);
+}
+
+CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access access,
+                                const ArrayArg* shape_arg) {
+  py::handle obj = arg.items[i];
+  if (!py::isinstance<py::array>(obj)) {
+    type_error(arg.label(i) + " must be a numpy.ndarray, got " + type_name(obj));
+  }
+  const py::array a = py::reinterpret_borrow<py::array>(obj);
+  const int num = a.dtype().num();
+  Dtype dtype;
+  if (num == py::detail::npy_api::NPY_FLOAT_) {
+    dtype = Dtype::f32;
+  } else if (num == py::detail::npy_api::NPY_DOUBLE_) {
+    dtype = Dtype::f64;
+  } else {
+    type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+               "; expected float32 or float64");
+  }
+  if (!has_dtype_) {
+    has_dtype_ = true;
+    dtype_ = dtype;
+    dtype_origin_ = arg.label(i);
+  } else if (dtype != dtype_) {
+    type_error(arg.label(i) + " has dtype " + (dtype == Dtype::f32 ? "float32" : "float64") +
+               " but " + dtype_origin_ + " has dtype " +
+               (dtype_ == Dtype::f32 ? "float32" : "float64") +
+               "; all arrays of one call must share one dtype");
+  }
+  if (shape_arg != nullptr) {
+    const py::array ref = py::reinterpret_borrow<py::array>(shape_arg->items[i]);
+    bool same = ref.ndim() == a.ndim();
+    for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = ref.shape(d) == a.shape(d);
+    if (!same) {
+      value_error(arg.label(i) + " has shape " + shape_string(a) + " but " +
+                  shape_arg->label(i) + " has shape " + shape_string(ref) +
+                  "; they must be equal");
+    }
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    value_error(arg.label(i) +
+                " is not C-contiguous; pass np.ascontiguousarray(...) (and, for an array "
+                "that is updated in place, keep using the contiguous copy)");
+  }
+  if (access == Access::write) {
+    if (!a.writeable()) {
+      value_error(arg.label(i) + " is read-only but is written in place; pass a writeable array");
+    }
+    if (!(a.flags() & kAlignedFlag)) {
+      value_error(arg.label(i) + " is not aligned to its dtype; pass a copy (np.array(x))");
+    }
+  }
+  const std::size_t n = static_cast<std::size_t>(a.size());
+  CheckedArray checked{const_cast<void*>(a.data()),
+                       n,
+                       n * static_cast<std::size_t>(a.itemsize()),
+                       access,
+                       &arg,
+                       i};
+  arrays_.push_back(checked);
+  return checked;
+}
+
+void CallChecker::check_no_overlap() const {
+  // Sort the memory ranges by start; a range overlaps an earlier one iff it starts
+  // before the furthest end seen so far. Only pairs involving a written array count.
+  std::vector<const CheckedArray*> order;
+  order.reserve(arrays_.size());
+  for (const CheckedArray& a : arrays_) {
+    if (a.nbytes > 0) order.push_back(&a);
+  }
+  std::sort(order.begin(), order.end(), [](const CheckedArray* x, const CheckedArray* y) {
+    return static_cast<const char*>(x->data) < static_cast<const char*>(y->data);
+  });
+  const char* max_end = nullptr;
+  const char* max_written_end = nullptr;
+  const CheckedArray* max_end_owner = nullptr;
+  const CheckedArray* max_written_owner = nullptr;
+  for (const CheckedArray* a : order) {
+    const char* start = static_cast<const char*>(a->data);
+    const CheckedArray* clash = nullptr;
+    if (a->access == Access::write && max_end_owner != nullptr && start < max_end) {
+      clash = max_end_owner;
+    } else if (max_written_owner != nullptr && start < max_written_end) {
+      clash = max_written_owner;
+    }
+    if (clash != nullptr) {
+      value_error(a->arg->label(a->index) + " shares memory with " +
+                  clash->arg->label(clash->index) +
+                  "; an array written by a call may not overlap any other array of the call");
+    }
+    const char* end = start + a->nbytes;
+    if (max_end_owner == nullptr || end > max_end) {
+      max_end = end;
+      max_end_owner = a;
+    }
+    if (a->access == Access::write && (max_written_owner == nullptr || end > max_written_end)) {
+      max_written_end = end;
+      max_written_owner = a;
+    }
+  }
+}
+
+void require_finite(const char* function, const char* name, double value) {
+  if (!std::isfinite(value)) {
+    throw py::value_error(std::string(function) + ": " + name + " must be finite, got " +
+                          format_number(value));
+  }
+}
+
+void require_at_least(const char* function, const char* name, double value, double low) {
+  require_finite(function, name, value);
+  if (!(value >= low)) {
+    throw py::value_error(std::string(function) + ": " + name + " must be >= " +
+                          format_number(low) + ", got " + format_number(value));
+  }
+}
+
+void require_range(const char* function, const char* name, double value, double low,
+                   double high, bool high_inclusive) {
+  require_finite(function, name, value);
+  if (!(value >= low) || (high_inclusive ? !(value <= high) : !(value < high))) {
+    throw py::value_error(std::string(function) + ": " + name + " must be in [" +
+                          format_number(low) + ", " + format_number(high) +
+                          (high_inclusive ? "]" : ")") + ", got " + format_number(value));
+  }
+}
+
+void require_positive(const char* function, const char* name, double value) {
+  require_finite(function, name, value);
+  if (!(value > 0)) {
+    throw py::value_error(std::string(function) + ": " + name + " must be > 0, got " +
+                          format_number(value));
+  }
+}
+
+}  // namespace fusedops::bind

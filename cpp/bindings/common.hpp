@@ -1,0 +1,79 @@
+// Argument checking shared by the binding files. Every check runs before any kernel
+// writes, so a call that raises has changed nothing.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "fusedops/fusedops.hpp"
+
+namespace fusedops::bind {
+
+namespace py = pybind11;
+
+enum class Access { read, write };
+
+// An argument that is one array or a list/tuple of arrays.
+struct ArrayArg {
+  const char* name;
+  bool is_list;
+  std::vector<py::handle> items;
+
+  std::string label(std::size_t i) const;
+};
+
+// Unpacks `obj` (an ndarray, or a list/tuple of them) into an ArrayArg. When `like` is
+// given, `obj` must have the same form (single or list) and length.
+ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like = nullptr);
+
+// A validated array: its memory, size and where it came from.
+struct CheckedArray {
+  void* data;
+  std::size_t n;
+  std::size_t nbytes;
+  Access access;
+  const ArrayArg* arg;
+  std::size_t index;
+};
+
+// Collects the arrays of one call and checks the rules every call shares: ndarray type,
+// one float dtype for all, C-contiguity, alignment and writeability of written arrays,
+// and (at the end) that no written array shares memory with another array.
+class CallChecker {
+ public:
+  explicit CallChecker(const char* function) : function_(function) {}
+
+  // Checks arg.items[i]; `shape_of` (optional) is an array whose shape it must match.
+  CheckedArray check(const ArrayArg& arg, std::size_t i, Access access,
+                     const ArrayArg* shape_arg = nullptr);
+  void check_no_overlap() const;
+
+  bool has_dtype() const { return has_dtype_; }
+  Dtype dtype() const { return dtype_; }
+  std::size_t array_count() const { return arrays_.size(); }
+
+  [[noreturn]] void type_error(const std::string& message) const;
+  [[noreturn]] void value_error(const std::string& message) const;
+
+ private:
+  const char* function_;
+  bool has_dtype_ = false;
+  Dtype dtype_ = Dtype::f32;
+  std::string dtype_origin_;
+  std::vector<CheckedArray> arrays_;
+};
+
+std::string shape_string(const py::array& a);
+
+// Hyperparameter checks: ValueError naming the argument unless finite and in range.
+void require_finite(const char* function, const char* name, double value);
+void require_at_least(const char* function, const char* name, double value, double low);
+void require_range(const char* function, const char* name, double value, double low,
+                   double high, bool high_inclusive);
+void require_positive(const char* function, const char* name, double value);
+
+}  // namespace fusedops::bind

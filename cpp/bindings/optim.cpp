@@ -1,0 +1,238 @@
+// Bindings of the optimizer steps and gradient norms.
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "common.hpp"
+
+namespace fusedops::bind {
+
+namespace {
+
+// Unpacks and checks params (written), grads (read) and the state arguments (written;
+// None where absent) of an optimizer step; returns one OptimTensor per param.
+struct StepArrays {
+  ArrayArg params, grads;
+  std::vector<ArrayArg> states;  // same order as the names given
+  std::vector<OptimTensor> tensors;
+  Dtype dtype = Dtype::f32;
+};
+
+StepArrays check_step_arrays(const char* function, py::handle params, py::handle grads,
+                             std::initializer_list<std::pair<const char*, py::handle>> states) {
+  StepArrays s{unpack("params", params), {}, {}, {}, Dtype::f32};
+  s.grads = unpack("grads", grads, &s.params);
+  std::vector<int> slot_of_state;
+  int slot = 0;
+  for (const auto& [name, obj] : states) {
+    if (!obj.is_none()) {
+      s.states.push_back(unpack(name, obj, &s.params));
+      slot_of_state.push_back(slot);
+    }
+    ++slot;
+  }
+  CallChecker checker(function);
+  const std::size_t count = s.params.items.size();
+  s.tensors.resize(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    OptimTensor& t = s.tensors[i];
+    const CheckedArray p = checker.check(s.params, i, Access::write);
+    t.param = p.data;
+    t.n = p.n;
+    t.grad = checker.check(s.grads, i, Access::read, &s.params).data;
+    t.state[0] = t.state[1] = t.state[2] = nullptr;
+    for (std::size_t k = 0; k < s.states.size(); ++k) {
+      t.state[slot_of_state[k]] = checker.check(s.states[k], i, Access::write, &s.params).data;
+    }
+  }
+  checker.check_no_overlap();
+  s.dtype = checker.dtype();
+  return s;
+}
+
+void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffers, double lr,
+                 double momentum, double dampening, double weight_decay, double l1,
+                 bool nesterov, bool maximize, bool first_step, double grad_scale) {
+  const char* fn = "sgd_step";
+  require_at_least(fn, "lr", lr, 0.0);
+  require_at_least(fn, "momentum", momentum, 0.0);
+  require_range(fn, "dampening", dampening, 0.0, 1.0, true);
+  require_at_least(fn, "weight_decay", weight_decay, 0.0);
+  require_at_least(fn, "l1", l1, 0.0);
+  require_positive(fn, "grad_scale", grad_scale);
+  if (nesterov && (momentum <= 0.0 || dampening != 0.0)) {
+    throw py::value_error("sgd_step: nesterov=True requires momentum > 0 and dampening == 0");
+  }
+  if (momentum != 0.0 && momentum_buffers.is_none()) {
+    throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
+  }
+  StepArrays s = check_step_arrays(fn, params, grads, {{"momentum_buffers", momentum_buffers}});
+  if (momentum == 0.0) {
+    for (OptimTensor& t : s.tensors) t.state[0] = nullptr;
+  }
+  SgdParams p;
+  p.lr = lr;
+  p.momentum = momentum;
+  p.dampening = dampening;
+  p.weight_decay = weight_decay;
+  p.l1 = l1;
+  p.grad_scale = grad_scale;
+  p.nesterov = nesterov;
+  p.maximize = maximize;
+  p.first_step = first_step;
+  py::gil_scoped_release release;
+  sgd_step(s.dtype, p, s.tensors.data(), s.tensors.size());
+}
+
+void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::handle exp_avgs,
+                    py::handle exp_avg_sqs, long long step, double lr,
+                    std::pair<double, double> betas, double eps, double weight_decay, double l1,
+                    bool decoupled_weight_decay, bool amsgrad, py::handle max_exp_avg_sqs,
+                    bool maximize, double grad_scale) {
+  if (step < 1) {
+    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
+                          std::to_string(step));
+  }
+  require_at_least(fn, "lr", lr, 0.0);
+  require_range(fn, "betas[0]", betas.first, 0.0, 1.0, false);
+  require_range(fn, "betas[1]", betas.second, 0.0, 1.0, false);
+  require_at_least(fn, "eps", eps, 0.0);
+  require_at_least(fn, "weight_decay", weight_decay, 0.0);
+  require_at_least(fn, "l1", l1, 0.0);
+  require_positive(fn, "grad_scale", grad_scale);
+  if (amsgrad && max_exp_avg_sqs.is_none()) {
+    throw py::value_error(std::string(fn) + ": max_exp_avg_sqs is required when amsgrad=True");
+  }
+  StepArrays s = check_step_arrays(fn, params, grads,
+                                   {{"exp_avgs", exp_avgs},
+                                    {"exp_avg_sqs", exp_avg_sqs},
+                                    {"max_exp_avg_sqs", max_exp_avg_sqs}});
+  if (!amsgrad) {
+    for (OptimTensor& t : s.tensors) t.state[2] = nullptr;
+  }
+  AdamParams p;
+  p.lr = lr;
+  p.beta1 = betas.first;
+  p.beta2 = betas.second;
+  p.eps = eps;
+  p.weight_decay = weight_decay;
+  p.l1 = l1;
+  p.grad_scale = grad_scale;
+  p.step = step;
+  p.decoupled_weight_decay = decoupled_weight_decay;
+  p.amsgrad = amsgrad;
+  p.maximize = maximize;
+  py::gil_scoped_release release;
+  adam_step(s.dtype, p, s.tensors.data(), s.tensors.size());
+}
+
+// Unpacks a read-only list of gradients for the norm functions.
+struct ReadArrays {
+  ArrayArg arg;
+  std::vector<Buffer> buffers;
+  Dtype dtype = Dtype::f32;
+};
+
+ReadArrays check_grads(const char* fn, py::handle grads, Access access) {
+  ReadArrays r{unpack("grads", grads), {}, Dtype::f32};
+  CallChecker checker(fn);
+  r.buffers.reserve(r.arg.items.size());
+  for (std::size_t i = 0; i < r.arg.items.size(); ++i) {
+    const CheckedArray a = checker.check(r.arg, i, access);
+    r.buffers.push_back({a.data, a.n});
+  }
+  if (access == Access::write) checker.check_no_overlap();
+  r.dtype = checker.dtype();
+  return r;
+}
+
+void check_norm_type(const char* fn, double norm_type) {
+  if (!(norm_type > 0.0)) {
+    throw py::value_error(std::string(fn) + ": norm_type must be > 0 or inf, got " +
+                          std::to_string(norm_type));
+  }
+}
+
+double grad_norm_py(py::handle grads, double norm_type) {
+  check_norm_type("grad_norm", norm_type);
+  const ReadArrays r = check_grads("grad_norm", grads, Access::read);
+  py::gil_scoped_release release;
+  return global_norm(r.dtype, r.buffers.data(), r.buffers.size(), norm_type);
+}
+
+double clip_grad_norm_py(py::handle grads, double max_norm, double norm_type) {
+  require_at_least("clip_grad_norm", "max_norm", max_norm, 0.0);
+  check_norm_type("clip_grad_norm", norm_type);
+  const ReadArrays r = check_grads("clip_grad_norm", grads, Access::write);
+  py::gil_scoped_release release;
+  const double total = global_norm(r.dtype, r.buffers.data(), r.buffers.size(), norm_type);
+  // As torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (total + 1e-6)); a NaN
+  // norm scales by NaN.
+  const double coef = max_norm / (total + 1e-6);
+  if (!(coef >= 1.0)) scale_in_place(r.dtype, r.buffers.data(), r.buffers.size(), coef);
+  return total;
+}
+
+bool all_finite_py(py::handle grads) {
+  const ReadArrays r = check_grads("all_finite", grads, Access::read);
+  py::gil_scoped_release release;
+  return all_finite(r.dtype, r.buffers.data(), r.buffers.size());
+}
+
+}  // namespace
+
+void register_optim(py::module_& m) {
+  m.def("sgd_step", &sgd_step_py, py::arg("params"), py::arg("grads"),
+        py::arg("momentum_buffers") = py::none(), py::kw_only(), py::arg("lr"),
+        py::arg("momentum") = 0.0, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
+        py::arg("l1") = 0.0, py::arg("nesterov") = false, py::arg("maximize") = false,
+        py::arg("first_step") = false, py::arg("grad_scale") = 1.0,
+        "One fused SGD step (torch.optim.SGD semantics plus l1 and grad_scale), in place.");
+
+  m.def(
+      "adam_step",
+      [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+         long long step, double lr, std::pair<double, double> betas, double eps,
+         double weight_decay, double l1, bool decoupled_weight_decay, bool amsgrad,
+         py::handle max_exp_avg_sqs, bool maximize, double grad_scale) {
+        adam_step_impl("adam_step", params, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps,
+                       weight_decay, l1, decoupled_weight_decay, amsgrad, max_exp_avg_sqs,
+                       maximize, grad_scale);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+      py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
+      py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 0.0, py::arg("l1") = 0.0,
+      py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
+      py::arg("max_exp_avg_sqs") = py::none(), py::arg("maximize") = false,
+      py::arg("grad_scale") = 1.0,
+      "One fused Adam step (torch.optim.Adam; AdamW with decoupled_weight_decay=True), in place.");
+
+  m.def(
+      "adamw_step",
+      [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+         long long step, double lr, std::pair<double, double> betas, double eps,
+         double weight_decay, double l1, bool amsgrad, py::handle max_exp_avg_sqs,
+         bool maximize, double grad_scale) {
+        adam_step_impl("adamw_step", params, grads, exp_avgs, exp_avg_sqs, step, lr, betas,
+                       eps, weight_decay, l1, true, amsgrad, max_exp_avg_sqs, maximize,
+                       grad_scale);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+      py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
+      py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 1e-2, py::arg("l1") = 0.0, py::arg("amsgrad") = false,
+      py::arg("max_exp_avg_sqs") = py::none(), py::arg("maximize") = false,
+      py::arg("grad_scale") = 1.0, "One fused AdamW step (torch.optim.AdamW), in place.");
+
+  m.def("grad_norm", &grad_norm_py, py::arg("grads"), py::arg("norm_type") = 2.0,
+        "Global norm over all arrays (norm_type > 0 or inf); NaN if any element is NaN.");
+  m.def("clip_grad_norm", &clip_grad_norm_py, py::arg("grads"), py::arg("max_norm"),
+        py::arg("norm_type") = 2.0,
+        "torch.nn.utils.clip_grad_norm_: scale grads in place by "
+        "min(1, max_norm / (total_norm + 1e-6)); returns total_norm.");
+  m.def("all_finite", &all_finite_py, py::arg("grads"),
+        "True when no array holds NaN or Inf.");
+}
+
+}  // namespace fusedops::bind

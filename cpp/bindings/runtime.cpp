@@ -1,0 +1,77 @@
+// Bindings of the runtime: ISA choice, threads, build information.
+#include <cstdlib>
+
+#include "common.hpp"
+
+namespace fusedops::bind {
+
+namespace {
+
+Isa isa_or_raise(const std::string& name, const char* origin) {
+  Isa isa;
+  if (!isa_from_name(name, &isa)) {
+    throw py::value_error(std::string(origin) + ": unknown ISA '" + name +
+                          "'; expected one of scalar, avx2, avx512");
+  }
+  if (!isa_compiled(isa)) {
+    throw py::value_error(std::string(origin) + ": ISA '" + name +
+                          "' was not compiled into this build");
+  }
+  if (!cpu_supports(isa)) {
+    throw py::value_error(std::string(origin) + ": this CPU does not support ISA '" + name +
+                          "'");
+  }
+  return isa;
+}
+
+py::list available_isa_names() {
+  py::list out;
+  for (Isa isa : available_isas()) out.append(isa_name(isa));
+  return out;
+}
+
+}  // namespace
+
+void register_runtime(py::module_& m) {
+  // FUSEDOPS_ISA forces an ISA at import; an unusable value makes the import fail.
+  if (const char* forced = std::getenv("FUSEDOPS_ISA"); forced != nullptr && *forced) {
+    set_isa(isa_or_raise(forced, "FUSEDOPS_ISA"));
+  }
+
+  m.def("simd_isa", [] { return std::string(isa_name(current_isa())); },
+        "The instruction set the kernels run with: 'avx512', 'avx2' or 'scalar'.");
+  m.def("available_isas", &available_isa_names,
+        "Instruction sets compiled into this build and supported by this CPU, best first.");
+  m.def(
+      "_set_isa", [](const std::string& name) { set_isa(isa_or_raise(name, "_set_isa")); },
+      py::arg("name"), "Switch the kernel table (for tests and benchmarks).");
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) {
+          throw py::value_error("set_num_threads: n must be an int >= 1, got " +
+                                std::to_string(n));
+        }
+        set_num_threads(n);
+      },
+      py::arg("n"), "Threads used by the kernels (default: OMP_NUM_THREADS or all cores).");
+  m.def("get_num_threads", &get_num_threads);
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = FUSEDOPS_VERSION;
+    info["compiler"] = FUSEDOPS_COMPILER;
+    info["openmp"] = openmp_enabled();
+    py::list compiled;
+    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+      if (isa_compiled(isa)) compiled.append(isa_name(isa));
+    }
+    info["compiled_isas"] = compiled;
+    info["available_isas"] = available_isa_names();
+    info["simd_isa"] = isa_name(current_isa());
+    info["num_threads"] = get_num_threads();
+    return info;
+  });
+  m.attr("__version__") = FUSEDOPS_VERSION;
+}
+
+}  // namespace fusedops::bind

@@ -1,0 +1,79 @@
+// The public C++ entry points: multi-tensor operations on raw pointers, element counts
+// and a small parameter struct. Validation is the caller's job (the Python bindings do
+// it); these functions only compute. No pybind11 here.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "fusedops/kernels.hpp"
+
+namespace fusedops {
+
+enum class Dtype { f32, f64 };
+
+struct SgdParams {
+  double lr = 0.0;
+  double momentum = 0.0;
+  double dampening = 0.0;
+  double weight_decay = 0.0;
+  double l1 = 0.0;
+  double grad_scale = 1.0;
+  bool nesterov = false;
+  bool maximize = false;
+  bool first_step = false;
+};
+
+struct AdamParams {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  double l1 = 0.0;
+  double grad_scale = 1.0;
+  long long step = 1;
+  bool decoupled_weight_decay = false;
+  bool amsgrad = false;
+  bool maximize = false;
+};
+
+// One tensor of an optimizer step. state[] holds momentum_buffer (SGD) or
+// exp_avg, exp_avg_sq, max_exp_avg_sq (Adam); unused slots are nullptr.
+struct OptimTensor {
+  void* param;
+  const void* grad;
+  void* state[3];
+  std::size_t n;
+};
+
+struct Buffer {
+  void* data;
+  std::size_t n;
+};
+
+void sgd_step(Dtype dtype, const SgdParams& params, const OptimTensor* tensors, std::size_t count);
+void adam_step(Dtype dtype, const AdamParams& params, const OptimTensor* tensors, std::size_t count);
+
+// Global norm over all buffers; norm_type > 0 or +inf. NaN in, NaN out.
+double global_norm(Dtype dtype, const Buffer* buffers, std::size_t count, double norm_type);
+bool all_finite(Dtype dtype, const Buffer* buffers, std::size_t count);
+void scale_in_place(Dtype dtype, const Buffer* buffers, std::size_t count, double factor);
+
+// Runtime: instruction-set choice and threads.
+const char* isa_name(Isa isa);
+bool isa_from_name(const std::string& name, Isa* out);
+bool cpu_supports(Isa isa);
+bool isa_compiled(Isa isa);
+std::vector<Isa> available_isas();  // compiled and supported, best first
+Isa best_isa();
+Isa current_isa();
+void set_isa(Isa isa);  // caller checks availability
+const KernelTable& current_kernels();
+
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1
+bool openmp_enabled();
+
+}  // namespace fusedops

@@ -1,0 +1,73 @@
+// The per-ISA kernel table: every kernel the library has, for one instruction set.
+// Each entry works on one contiguous range of raw memory; the runtime splits tensors
+// into ranges, picks the table and runs the ranges in parallel. No pybind11 here.
+#pragma once
+
+#include <cstddef>
+
+namespace fusedops {
+
+enum class Isa { scalar = 0, avx2 = 1, avx512 = 2 };
+
+// Per-step constants of SGD, derived once (in double) from the hyperparameters.
+struct SgdConstants {
+  double lr;
+  double momentum;
+  double one_minus_dampening;
+  double weight_decay;
+  double l1;
+  double grad_divisor;  // grad_scale, negated when maximizing
+  bool use_momentum;
+  bool nesterov;
+  bool first_step;
+  bool use_weight_decay;
+  bool use_l1;
+  bool scaled;  // grad_divisor != 1 (a division by -1 is exact, so maximize folds in)
+};
+
+// Per-step constants of Adam/AdamW, derived once (in double) from the hyperparameters.
+struct AdamConstants {
+  double beta1, one_minus_beta1;
+  double beta2, one_minus_beta2;
+  double step_size;          // lr / (1 - beta1^step)
+  double inv_sqrt_bc2;       // 1 / sqrt(1 - beta2^step)
+  double eps;
+  double weight_decay;       // L2 coefficient added to the gradient
+  double decay_factor;       // 1 - lr * weight_decay (decoupled)
+  double l1;
+  double grad_divisor;       // grad_scale, negated when maximizing
+  bool decoupled;
+  bool use_weight_decay;
+  bool use_l1;
+  bool amsgrad;
+  bool scaled;
+};
+
+// Reductions return partial results for one range; the runtime combines the ranges'
+// partials in a fixed order so the total never depends on the thread count.
+template <class T>
+struct TypedKernels {
+  void (*sgd)(const SgdConstants&, T* param, const T* grad, T* momentum_buffer, std::size_t n);
+  void (*adam)(const AdamConstants&, T* param, const T* grad, T* exp_avg, T* exp_avg_sq,
+               T* max_exp_avg_sq, std::size_t n);
+  double (*sum_squares)(const T* x, std::size_t n);
+  double (*sum_abs)(const T* x, std::size_t n);
+  double (*sum_abs_pow)(const T* x, std::size_t n, double p);
+  double (*max_abs)(const T* x, std::size_t n);  // NaN if any element is NaN
+  bool (*all_finite)(const T* x, std::size_t n);
+  void (*scale)(T* x, std::size_t n, double factor);
+};
+
+struct KernelTable {
+  Isa isa;
+  const char* name;
+  TypedKernels<float> f32;
+  TypedKernels<double> f64;
+};
+
+// One table per compiled ISA; defined in cpp/kernels/isa_table.cpp compiled per ISA.
+namespace scalar { const KernelTable& kernel_table(); }
+namespace avx2 { const KernelTable& kernel_table(); }
+namespace avx512 { const KernelTable& kernel_table(); }
+
+}  // namespace fusedops

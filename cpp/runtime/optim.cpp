@@ -1,0 +1,198 @@
+// Multi-tensor optimizer steps and gradient norms: derive the per-step constants once
+// in double, then run every tensor's chunks in one parallel region.
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "fusedops/fusedops.hpp"
+#include "work.hpp"
+
+namespace fusedops {
+
+namespace {
+
+template <class T>
+T* typed(void* p) { return static_cast<T*>(p); }
+template <class T>
+const T* typed(const void* p) { return static_cast<const T*>(p); }
+
+std::size_t element_bytes(Dtype dtype) { return dtype == Dtype::f32 ? 4 : 8; }
+
+SgdConstants sgd_constants(const SgdParams& p) {
+  SgdConstants c{};
+  c.lr = p.lr;
+  c.momentum = p.momentum;
+  c.one_minus_dampening = 1.0 - p.dampening;
+  c.weight_decay = p.weight_decay;
+  c.l1 = p.l1;
+  c.grad_divisor = p.maximize ? -p.grad_scale : p.grad_scale;
+  c.use_momentum = p.momentum != 0.0;
+  c.nesterov = p.nesterov;
+  c.first_step = p.first_step;
+  c.use_weight_decay = p.weight_decay != 0.0;
+  c.use_l1 = p.l1 != 0.0;
+  c.scaled = c.grad_divisor != 1.0;
+  return c;
+}
+
+AdamConstants adam_constants(const AdamParams& p) {
+  AdamConstants c{};
+  const double step = static_cast<double>(p.step);
+  const double bc1 = 1.0 - std::pow(p.beta1, step);
+  const double bc2 = 1.0 - std::pow(p.beta2, step);
+  c.beta1 = p.beta1;
+  c.one_minus_beta1 = 1.0 - p.beta1;
+  c.beta2 = p.beta2;
+  c.one_minus_beta2 = 1.0 - p.beta2;
+  c.step_size = p.lr / bc1;
+  c.inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
+  c.eps = p.eps;
+  c.decoupled = p.decoupled_weight_decay;
+  c.use_weight_decay = p.weight_decay != 0.0;
+  c.weight_decay = p.weight_decay;
+  c.decay_factor = 1.0 - p.lr * p.weight_decay;
+  c.l1 = p.l1;
+  c.use_l1 = p.l1 != 0.0;
+  c.amsgrad = p.amsgrad;
+  c.grad_divisor = p.maximize ? -p.grad_scale : p.grad_scale;
+  c.scaled = c.grad_divisor != 1.0;
+  return c;
+}
+
+template <class T>
+const TypedKernels<T>& kernels_for(const KernelTable& table);
+template <>
+const TypedKernels<float>& kernels_for<float>(const KernelTable& table) { return table.f32; }
+template <>
+const TypedKernels<double>& kernels_for<double>(const KernelTable& table) { return table.f64; }
+
+template <class T>
+void sgd_typed(const SgdConstants& c, const OptimTensor* tensors, std::size_t count) {
+  const auto& k = kernels_for<T>(current_kernels());
+  const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
+  work.run([&](std::size_t, const WorkItem& item) {
+    const OptimTensor& t = tensors[item.tensor];
+    T* buf = t.state[0] ? typed<T>(t.state[0]) + item.begin : nullptr;
+    k.sgd(c, typed<T>(t.param) + item.begin, typed<T>(t.grad) + item.begin, buf,
+          item.end - item.begin);
+  });
+}
+
+template <class T>
+void adam_typed(const AdamConstants& c, const OptimTensor* tensors, std::size_t count) {
+  const auto& k = kernels_for<T>(current_kernels());
+  const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
+  work.run([&](std::size_t, const WorkItem& item) {
+    const OptimTensor& t = tensors[item.tensor];
+    const std::size_t b = item.begin;
+    T* vmax = t.state[2] ? typed<T>(t.state[2]) + b : nullptr;
+    k.adam(c, typed<T>(t.param) + b, typed<T>(t.grad) + b, typed<T>(t.state[0]) + b,
+           typed<T>(t.state[1]) + b, vmax, item.end - b);
+  });
+}
+
+// Per-chunk partials, combined in item order: the same total for any thread count.
+template <class T, class Partial>
+std::vector<double> chunk_partials(const Buffer* buffers, std::size_t count, Partial partial) {
+  const WorkList work(count, sizeof(T), [&](std::size_t t) { return buffers[t].n; });
+  std::vector<double> partials(work.items().size());
+  work.run([&](std::size_t i, const WorkItem& item) {
+    partials[i] = partial(typed<T>(static_cast<const void*>(buffers[item.tensor].data)) +
+                              item.begin,
+                          item.end - item.begin);
+  });
+  return partials;
+}
+
+template <class T>
+double global_norm_typed(const Buffer* buffers, std::size_t count, double norm_type) {
+  const auto& k = kernels_for<T>(current_kernels());
+  if (std::isinf(norm_type)) {
+    const auto partials = chunk_partials<T>(buffers, count, k.max_abs);
+    double best = 0.0;
+    for (double x : partials) best = (best >= x || std::isnan(best)) ? best : x;
+    return best;
+  }
+  std::vector<double> partials;
+  if (norm_type == 2.0) {
+    partials = chunk_partials<T>(buffers, count, k.sum_squares);
+  } else if (norm_type == 1.0) {
+    partials = chunk_partials<T>(buffers, count, k.sum_abs);
+  } else {
+    partials = chunk_partials<T>(buffers, count, [&](const T* x, std::size_t n) {
+      return k.sum_abs_pow(x, n, norm_type);
+    });
+  }
+  double total = 0.0;
+  for (double x : partials) total += x;
+  if (norm_type == 2.0) return std::sqrt(total);
+  if (norm_type == 1.0) return total;
+  return std::pow(total, 1.0 / norm_type);
+}
+
+template <class T>
+bool all_finite_typed(const Buffer* buffers, std::size_t count) {
+  const auto& k = kernels_for<T>(current_kernels());
+  const WorkList work(count, sizeof(T), [&](std::size_t t) { return buffers[t].n; });
+  // Chunks after the first non-finite one are skipped (each thread stops early).
+  std::atomic<bool> finite{true};
+  work.run([&](std::size_t, const WorkItem& item) {
+    if (!finite.load(std::memory_order_relaxed)) return;
+    if (!k.all_finite(typed<T>(static_cast<const void*>(buffers[item.tensor].data)) + item.begin,
+                      item.end - item.begin)) {
+      finite.store(false, std::memory_order_relaxed);
+    }
+  });
+  return finite.load();
+}
+
+template <class T>
+void scale_typed(const Buffer* buffers, std::size_t count, double factor) {
+  const auto& k = kernels_for<T>(current_kernels());
+  const WorkList work(count, sizeof(T), [&](std::size_t t) { return buffers[t].n; });
+  work.run([&](std::size_t, const WorkItem& item) {
+    k.scale(typed<T>(buffers[item.tensor].data) + item.begin, item.end - item.begin, factor);
+  });
+}
+
+}  // namespace
+
+void sgd_step(Dtype dtype, const SgdParams& params, const OptimTensor* tensors,
+              std::size_t count) {
+  const SgdConstants c = sgd_constants(params);
+  if (dtype == Dtype::f32) {
+    sgd_typed<float>(c, tensors, count);
+  } else {
+    sgd_typed<double>(c, tensors, count);
+  }
+}
+
+void adam_step(Dtype dtype, const AdamParams& params, const OptimTensor* tensors,
+               std::size_t count) {
+  const AdamConstants c = adam_constants(params);
+  if (dtype == Dtype::f32) {
+    adam_typed<float>(c, tensors, count);
+  } else {
+    adam_typed<double>(c, tensors, count);
+  }
+}
+
+double global_norm(Dtype dtype, const Buffer* buffers, std::size_t count, double norm_type) {
+  return dtype == Dtype::f32 ? global_norm_typed<float>(buffers, count, norm_type)
+                             : global_norm_typed<double>(buffers, count, norm_type);
+}
+
+bool all_finite(Dtype dtype, const Buffer* buffers, std::size_t count) {
+  return dtype == Dtype::f32 ? all_finite_typed<float>(buffers, count)
+                             : all_finite_typed<double>(buffers, count);
+}
+
+void scale_in_place(Dtype dtype, const Buffer* buffers, std::size_t count, double factor) {
+  if (dtype == Dtype::f32) {
+    scale_typed<float>(buffers, count, factor);
+  } else {
+    scale_typed<double>(buffers, count, factor);
+  }
+}
+
+}  // namespace fusedops
