@@ -13,11 +13,26 @@ namespace fusedops {
 namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "optim_kernels.hpp"
+#include "batch_norm_kernels.hpp"
 
 template <class T>
 constexpr TypedKernels<T> typed_kernels() {
-  return TypedKernels<T>{&sgd<T>,      &adam<T>,    &sum_squares<T>, &sum_abs<T>,
-                         &sum_abs_pow<T>, &max_abs<T>, &all_finite<T>, &scale<T>};
+  return TypedKernels<T>{&sgd<T>,
+                         &adam<T>,
+                         &sum_squares<T>,
+                         &sum_abs<T>,
+                         &sum_abs_pow<T>,
+                         &max_abs<T>,
+                         &all_finite<T>,
+                         &scale<T>,
+                         &bn_slab_stats<T>,
+                         &bn_slab_grad_sums<T>,
+                         &bn_slab_normalize<T>,
+                         &bn_slab_dx<T>,
+                         &bn_rows_stats<T>,
+                         &bn_rows_grad_sums<T>,
+                         &bn_rows_normalize<T>,
+                         &bn_rows_dx<T>};
 }
 
 #define FUSEDOPS_STR2(x) #x
