@@ -11,6 +11,8 @@ from ._core import (
     adamw_step,
     all_finite,
     available_isas,
+    batch_norm_backward,
+    batch_norm_forward,
     build_info,
     clip_grad_norm,
     get_num_threads,
@@ -20,16 +22,21 @@ from ._core import (
     simd_isa,
 )
 
+from . import nn
+
 __all__ = [
     "__version__",
     "adam_step",
     "adamw_step",
     "all_finite",
     "available_isas",
+    "batch_norm_backward",
+    "batch_norm_forward",
     "build_info",
     "clip_grad_norm",
     "get_num_threads",
     "grad_norm",
+    "nn",
     "set_num_threads",
     "sgd_step",
     "simd_isa",
