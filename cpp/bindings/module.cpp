@@ -3,10 +3,12 @@
 namespace fusedops::bind {
 void register_runtime(py::module_& m);
 void register_optim(py::module_& m);
+void register_optimizer(py::module_& m);
 }  // namespace fusedops::bind
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedops native kernels";
   fusedops::bind::register_runtime(m);
   fusedops::bind::register_optim(m);
+  fusedops::bind::register_optimizer(m);
 }

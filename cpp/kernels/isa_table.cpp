@@ -16,8 +16,17 @@ namespace {
 
 template <class T>
 constexpr TypedKernels<T> typed_kernels() {
-  return TypedKernels<T>{&sgd<T>,      &adam<T>,    &sum_squares<T>, &sum_abs<T>,
-                         &sum_abs_pow<T>, &max_abs<T>, &all_finite<T>, &scale<T>};
+  TypedKernels<T> k{};
+  k.sgd = &sgd<T>;
+  k.adam = &adam<T>;
+  k.sum_squares = &sum_squares<T>;
+  k.sum_abs = &sum_abs<T>;
+  k.sum_abs_pow = &sum_abs_pow<T>;
+  k.max_abs = &max_abs<T>;
+  k.all_finite = &all_finite<T>;
+  k.scale = &scale<T>;
+  k.add_scaled = &add_scaled<T>;
+  return k;
 }
 
 #define FUSEDOPS_STR2(x) #x

@@ -20,6 +20,8 @@ from ._core import (
     simd_isa,
 )
 
+from . import optim  # noqa: E402
+
 __all__ = [
     "__version__",
     "adam_step",
@@ -30,6 +32,7 @@ __all__ = [
     "clip_grad_norm",
     "get_num_threads",
     "grad_norm",
+    "optim",
     "set_num_threads",
     "sgd_step",
     "simd_isa",
