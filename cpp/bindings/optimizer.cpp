@@ -242,6 +242,22 @@ class OptimizerPlan {
 }  // namespace
 
 void register_optimizer(py::module_& m) {
+  m.def(
+      "_check_sgd_group",
+      [](const std::string& where, const SgdGroup& g) {
+        const auto& [lr, momentum, dampening, wd, l1, nesterov, maximize, first] = g;
+        checked_sgd_params(where.c_str(), lr, momentum, dampening, wd, l1, nesterov, maximize,
+                           first, 1.0);
+      },
+      py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range SGD hyperparameters.");
+  m.def(
+      "_check_adam_group",
+      [](const std::string& where, const AdamGroup& g) {
+        const auto& [lr, beta1, beta2, eps, wd, l1, amsgrad, maximize] = g;
+        checked_adam_params(where.c_str(), 1, lr, {beta1, beta2}, eps, wd, l1, false, amsgrad,
+                            maximize, 1.0);
+      },
+      py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range Adam hyperparameters.");
   py::class_<OptimizerPlan>(m, "_OptimizerPlan",
                             "Validated params and state of an optimizer; steps them natively.")
       .def(py::init<std::string, py::list, std::vector<std::size_t>, std::vector<py::list>>(),

@@ -79,7 +79,7 @@ class Optimizer:
                 raise TypeError(f"{name}: param_groups[{index}]['params'][{i}] must be a "
                                 f"numpy.ndarray, got {type(p).__name__}")
         new = {**self.defaults, **group, "params": params}
-        self._group_args(new, index)  # validates the hyperparameter types now
+        self._check_group(new, index)
         existing = [p for g in self.param_groups for p in g["params"]]
         self._build_plan([*existing, *params], [*self.param_groups, new],
                          [*self.state, *({} for _ in params)])  # validates the arrays
@@ -134,6 +134,10 @@ class Optimizer:
     def _group_args(self, group, index) -> tuple:
         raise NotImplementedError
 
+    def _check_group(self, group, index) -> None:
+        """Type and range checks of a group's hyperparameters (steps re-check them natively)."""
+        self._check_native(f"{type(self).__name__}: param_groups[{index}]", self._group_args(group, index))
+
     def step(self, grads, *, grad_scale: float = 1.0) -> bool:
         """Updates every param from ``grads`` (flat, in group order). True if applied."""
         if self._plan is not None:
@@ -186,7 +190,7 @@ class Optimizer:
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"{name}: param_groups[{gi}] has {len(saved['params'])} params in "
                                  f"state_dict but {len(group['params'])} in the optimizer")
-            self._group_args({**group, **{k: v for k, v in saved.items() if k != "params"}}, gi)
+            self._check_group({**group, **{k: v for k, v in saved.items() if k != "params"}}, gi)
         step = state_dict["step"]
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"{name}: state_dict['step'] must be an int >= 0, got {step!r}")
@@ -263,6 +267,8 @@ class SGD(Optimizer):
                 _flag(group["nesterov"], f"{where}['nesterov']"), _flag(group["maximize"], f"{where}['maximize']"),
                 not self._started[index] if index < len(self._started) else True)
 
+    _check_native = staticmethod(_core._check_sgd_group)
+
     def _native_step(self, plan, grads, groups, grad_scale) -> bool:
         return plan.step_sgd(grads, groups, grad_scale, self.max_grad_norm, self.skip_nonfinite)
 
@@ -292,6 +298,8 @@ class Adam(Optimizer):
                 _real(betas[1], f"{where}['betas'][1]"), _real(group["eps"], f"{where}['eps']"),
                 _real(group["weight_decay"], f"{where}['weight_decay']"), _real(group["l1"], f"{where}['l1']"),
                 _flag(group["amsgrad"], f"{where}['amsgrad']"), _flag(group["maximize"], f"{where}['maximize']"))
+
+    _check_native = staticmethod(_core._check_adam_group)
 
     def _native_step(self, plan, grads, groups, grad_scale) -> bool:
         return plan.step_adam(grads, groups, self._step + 1, self._decoupled, grad_scale,
