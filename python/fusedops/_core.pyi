@@ -1,0 +1,90 @@
+"""Type stubs of the native module (the public names are re-exported by fusedops)."""
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[np.floating[Any]]
+_Arrays = Union[_Array, Sequence[_Array]]
+
+__version__: str
+
+# ---- runtime
+def simd_isa() -> str: ...
+def available_isas() -> list[str]: ...
+def _set_isa(name: str) -> None: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def build_info() -> dict[str, Any]: ...
+
+# ---- optimizer steps
+def sgd_step(
+    params: _Arrays,
+    grads: _Arrays,
+    momentum_buffers: Optional[_Arrays] = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    l1: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    first_step: bool = False,
+    grad_scale: float = 1.0,
+) -> None: ...
+def adam_step(
+    params: _Arrays,
+    grads: _Arrays,
+    exp_avgs: _Arrays,
+    exp_avg_sqs: _Arrays,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    betas: Tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    l1: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    amsgrad: bool = False,
+    max_exp_avg_sqs: Optional[_Arrays] = None,
+    maximize: bool = False,
+    grad_scale: float = 1.0,
+) -> None: ...
+def adamw_step(
+    params: _Arrays,
+    grads: _Arrays,
+    exp_avgs: _Arrays,
+    exp_avg_sqs: _Arrays,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    betas: Tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    l1: float = 0.0,
+    amsgrad: bool = False,
+    max_exp_avg_sqs: Optional[_Arrays] = None,
+    maximize: bool = False,
+    grad_scale: float = 1.0,
+) -> None: ...
+
+# ---- gradient norms
+def grad_norm(grads: _Arrays, norm_type: float = 2.0) -> float: ...
+def clip_grad_norm(grads: _Arrays, max_norm: float, norm_type: float = 2.0) -> float: ...
+def all_finite(grads: _Arrays) -> bool: ...
+def _bandwidth_probe(a: _Array, b: _Array, factor: float) -> None: ...
+
+# ---- optimizer classes (native side)
+class _OptimizerPlan:
+    def __init__(self, name: str, params: list[_Array], groups: Sequence[int],
+                 states: Sequence[list[Optional[_Array]]]) -> None: ...
+    def step_sgd(self, grads: Sequence[_Array], groups: Sequence[tuple], grad_scale: float,
+                 max_grad_norm: Optional[float], skip_nonfinite: bool) -> bool: ...
+    def step_adam(self, grads: Sequence[_Array], groups: Sequence[tuple], step: int, decoupled: bool,
+                  grad_scale: float, max_grad_norm: Optional[float], skip_nonfinite: bool) -> bool: ...
+    def __len__(self) -> int: ...
+
+def _check_sgd_group(where: str, group: tuple) -> None: ...
+def _check_adam_group(where: str, group: tuple) -> None: ...
