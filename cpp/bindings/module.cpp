@@ -3,6 +3,7 @@
 namespace fusedops::bind {
 void register_runtime(py::module_& m);
 void register_optim(py::module_& m);
+void register_optimizer(py::module_& m);
 void register_norm(py::module_& m);
 }  // namespace fusedops::bind
 
@@ -10,5 +11,6 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedops native kernels";
   fusedops::bind::register_runtime(m);
   fusedops::bind::register_optim(m);
+  fusedops::bind::register_optimizer(m);
   fusedops::bind::register_norm(m);
 }

@@ -4,8 +4,65 @@
 #include <utility>
 
 #include "common.hpp"
+#include "optim_params.hpp"
 
 namespace fusedops::bind {
+
+SgdParams checked_sgd_params(const char* fn, double lr, double momentum, double dampening,
+                             double weight_decay, double l1, bool nesterov, bool maximize,
+                             bool first_step, double grad_scale) {
+  require_at_least(fn, "lr", lr, 0.0);
+  require_at_least(fn, "momentum", momentum, 0.0);
+  require_range(fn, "dampening", dampening, 0.0, 1.0, true);
+  require_at_least(fn, "weight_decay", weight_decay, 0.0);
+  require_at_least(fn, "l1", l1, 0.0);
+  require_positive(fn, "grad_scale", grad_scale);
+  if (nesterov && (momentum <= 0.0 || dampening != 0.0)) {
+    throw py::value_error(std::string(fn) +
+                          ": nesterov=True requires momentum > 0 and dampening == 0");
+  }
+  SgdParams p;
+  p.lr = lr;
+  p.momentum = momentum;
+  p.dampening = dampening;
+  p.weight_decay = weight_decay;
+  p.l1 = l1;
+  p.grad_scale = grad_scale;
+  p.nesterov = nesterov;
+  p.maximize = maximize;
+  p.first_step = first_step;
+  return p;
+}
+
+AdamParams checked_adam_params(const char* fn, long long step, double lr,
+                               std::pair<double, double> betas, double eps, double weight_decay,
+                               double l1, bool decoupled_weight_decay, bool amsgrad, bool maximize,
+                               double grad_scale) {
+  if (step < 1) {
+    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
+                          std::to_string(step));
+  }
+  require_at_least(fn, "lr", lr, 0.0);
+  require_range(fn, "betas[0]", betas.first, 0.0, 1.0, false);
+  require_range(fn, "betas[1]", betas.second, 0.0, 1.0, false);
+  require_at_least(fn, "eps", eps, 0.0);
+  require_at_least(fn, "weight_decay", weight_decay, 0.0);
+  require_at_least(fn, "l1", l1, 0.0);
+  require_positive(fn, "grad_scale", grad_scale);
+  AdamParams p;
+  p.lr = lr;
+  p.beta1 = betas.first;
+  p.beta2 = betas.second;
+  p.eps = eps;
+  p.weight_decay = weight_decay;
+  p.l1 = l1;
+  p.grad_scale = grad_scale;
+  p.step = step;
+  p.decoupled_weight_decay = decoupled_weight_decay;
+  p.amsgrad = amsgrad;
+  p.maximize = maximize;
+  return p;
+}
 
 namespace {
 
@@ -41,6 +98,7 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
     t.n = p.n;
     t.grad = checker.check(s.grads, i, Access::read, &s.params).data;
     t.state[0] = t.state[1] = t.state[2] = nullptr;
+    t.group = 0;
     for (std::size_t k = 0; k < s.states.size(); ++k) {
       t.state[slot_of_state[k]] = checker.check(s.states[k], i, Access::write, &s.params).data;
     }
@@ -54,15 +112,8 @@ void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffer
                  double momentum, double dampening, double weight_decay, double l1,
                  bool nesterov, bool maximize, bool first_step, double grad_scale) {
   const char* fn = "sgd_step";
-  require_at_least(fn, "lr", lr, 0.0);
-  require_at_least(fn, "momentum", momentum, 0.0);
-  require_range(fn, "dampening", dampening, 0.0, 1.0, true);
-  require_at_least(fn, "weight_decay", weight_decay, 0.0);
-  require_at_least(fn, "l1", l1, 0.0);
-  require_positive(fn, "grad_scale", grad_scale);
-  if (nesterov && (momentum <= 0.0 || dampening != 0.0)) {
-    throw py::value_error("sgd_step: nesterov=True requires momentum > 0 and dampening == 0");
-  }
+  const SgdParams p = checked_sgd_params(fn, lr, momentum, dampening, weight_decay, l1,
+                                         nesterov, maximize, first_step, grad_scale);
   if (momentum != 0.0 && momentum_buffers.is_none()) {
     throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
   }
@@ -70,18 +121,8 @@ void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffer
   if (momentum == 0.0) {
     for (OptimTensor& t : s.tensors) t.state[0] = nullptr;
   }
-  SgdParams p;
-  p.lr = lr;
-  p.momentum = momentum;
-  p.dampening = dampening;
-  p.weight_decay = weight_decay;
-  p.l1 = l1;
-  p.grad_scale = grad_scale;
-  p.nesterov = nesterov;
-  p.maximize = maximize;
-  p.first_step = first_step;
   py::gil_scoped_release release;
-  sgd_step(s.dtype, p, s.tensors.data(), s.tensors.size());
+  sgd_step(s.dtype, &p, 1, s.tensors.data(), s.tensors.size());
 }
 
 void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::handle exp_avgs,
@@ -89,17 +130,8 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
                     std::pair<double, double> betas, double eps, double weight_decay, double l1,
                     bool decoupled_weight_decay, bool amsgrad, py::handle max_exp_avg_sqs,
                     bool maximize, double grad_scale) {
-  if (step < 1) {
-    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
-                          std::to_string(step));
-  }
-  require_at_least(fn, "lr", lr, 0.0);
-  require_range(fn, "betas[0]", betas.first, 0.0, 1.0, false);
-  require_range(fn, "betas[1]", betas.second, 0.0, 1.0, false);
-  require_at_least(fn, "eps", eps, 0.0);
-  require_at_least(fn, "weight_decay", weight_decay, 0.0);
-  require_at_least(fn, "l1", l1, 0.0);
-  require_positive(fn, "grad_scale", grad_scale);
+  const AdamParams p = checked_adam_params(fn, step, lr, betas, eps, weight_decay, l1,
+                                           decoupled_weight_decay, amsgrad, maximize, grad_scale);
   if (amsgrad && max_exp_avg_sqs.is_none()) {
     throw py::value_error(std::string(fn) + ": max_exp_avg_sqs is required when amsgrad=True");
   }
@@ -110,20 +142,8 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
   if (!amsgrad) {
     for (OptimTensor& t : s.tensors) t.state[2] = nullptr;
   }
-  AdamParams p;
-  p.lr = lr;
-  p.beta1 = betas.first;
-  p.beta2 = betas.second;
-  p.eps = eps;
-  p.weight_decay = weight_decay;
-  p.l1 = l1;
-  p.grad_scale = grad_scale;
-  p.step = step;
-  p.decoupled_weight_decay = decoupled_weight_decay;
-  p.amsgrad = amsgrad;
-  p.maximize = maximize;
   py::gil_scoped_release release;
-  adam_step(s.dtype, p, s.tensors.data(), s.tensors.size());
+  adam_step(s.dtype, &p, 1, s.tensors.data(), s.tensors.size());
 }
 
 // Unpacks a read-only list of gradients for the norm functions.
@@ -177,6 +197,18 @@ bool all_finite_py(py::handle grads) {
   const ReadArrays r = check_grads("all_finite", grads, Access::read);
   py::gil_scoped_release release;
   return all_finite(r.dtype, r.buffers.data(), r.buffers.size());
+}
+
+void bandwidth_probe_py(py::handle a, py::handle b, double factor) {
+  const ArrayArg a_arg = unpack("a", a);
+  const ArrayArg b_arg = unpack("b", b, &a_arg);
+  if (a_arg.is_list) throw py::type_error("_bandwidth_probe: a must be a single array");
+  CallChecker checker("_bandwidth_probe");
+  const CheckedArray ca = checker.check(a_arg, 0, Access::write);
+  const CheckedArray cb = checker.check(b_arg, 0, Access::read, &a_arg);
+  checker.check_no_overlap();
+  py::gil_scoped_release release;
+  add_scaled(checker.dtype(), {ca.data, ca.n}, {cb.data, cb.n}, factor);
 }
 
 }  // namespace
@@ -233,6 +265,8 @@ void register_optim(py::module_& m) {
         "min(1, max_norm / (total_norm + 1e-6)); returns total_norm.");
   m.def("all_finite", &all_finite_py, py::arg("grads"),
         "True when no array holds NaN or Inf.");
+  m.def("_bandwidth_probe", &bandwidth_probe_py, py::arg("a"), py::arg("b"), py::arg("factor"),
+        "a += factor * b with the kernels' threading: 12 bytes/element of float32 traffic.");
 }
 
 }  // namespace fusedops::bind

@@ -17,22 +17,25 @@ namespace {
 
 template <class T>
 constexpr TypedKernels<T> typed_kernels() {
-  return TypedKernels<T>{&sgd<T>,
-                         &adam<T>,
-                         &sum_squares<T>,
-                         &sum_abs<T>,
-                         &sum_abs_pow<T>,
-                         &max_abs<T>,
-                         &all_finite<T>,
-                         &scale<T>,
-                         &bn_slab_stats<T>,
-                         &bn_slab_grad_sums<T>,
-                         &bn_slab_normalize<T>,
-                         &bn_slab_dx<T>,
-                         &bn_rows_stats<T>,
-                         &bn_rows_grad_sums<T>,
-                         &bn_rows_normalize<T>,
-                         &bn_rows_dx<T>};
+  TypedKernels<T> k{};
+  k.sgd = &sgd<T>;
+  k.adam = &adam<T>;
+  k.sum_squares = &sum_squares<T>;
+  k.sum_abs = &sum_abs<T>;
+  k.sum_abs_pow = &sum_abs_pow<T>;
+  k.max_abs = &max_abs<T>;
+  k.all_finite = &all_finite<T>;
+  k.scale = &scale<T>;
+  k.add_scaled = &add_scaled<T>;
+  k.bn_slab_stats = &bn_slab_stats<T>;
+  k.bn_slab_grad_sums = &bn_slab_grad_sums<T>;
+  k.bn_slab_normalize = &bn_slab_normalize<T>;
+  k.bn_slab_dx = &bn_slab_dx<T>;
+  k.bn_rows_stats = &bn_rows_stats<T>;
+  k.bn_rows_grad_sums = &bn_rows_grad_sums<T>;
+  k.bn_rows_normalize = &bn_rows_normalize<T>;
+  k.bn_rows_dx = &bn_rows_dx<T>;
+  return k;
 }
 
 #define FUSEDOPS_STR2(x) #x

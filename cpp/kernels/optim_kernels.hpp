@@ -157,3 +157,9 @@ void scale(T* __restrict x, std::size_t n, double factor) {
   const T f = T(factor);
   for (std::size_t i = 0; i < n; ++i) x[i] = x[i] * f;
 }
+
+template <class T>
+void add_scaled(T* __restrict a, const T* __restrict b, std::size_t n, double factor) {
+  const T f = T(factor);
+  for (std::size_t i = 0; i < n; ++i) a[i] = a[i] + f * b[i];
+}

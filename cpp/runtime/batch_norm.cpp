@@ -50,7 +50,8 @@ struct RowUnit {
 class Plan {
  public:
   Plan(const BatchNormShape& shape, std::size_t element_bytes)
-      : outer_(shape.outer), channels_(shape.channels), inner_(shape.inner) {
+      : outer_(shape.outer), channels_(shape.channels), inner_(shape.inner),
+        element_bytes_(element_bytes) {
     if (channels_ == 1) {  // one channel: the whole array is one slab
       inner_ *= outer_;
       outer_ = 1;
@@ -98,13 +99,13 @@ class Plan {
   }
 
   WorkList work() const {
-    return WorkList::units(units_, [this](std::size_t u) { return cost(u); });
+    return WorkList::units(units_, element_bytes_, [this](std::size_t u) { return cost(u); });
   }
 
  private:
   std::size_t row_begin(std::size_t group) const { return group * outer_ / groups_; }
 
-  std::size_t outer_, channels_, inner_;
+  std::size_t outer_, channels_, inner_, element_bytes_;
   bool slab_ = false;
   std::size_t units_ = 0;
   std::size_t block_ = 0, blocks_per_slab_ = 0;              // slab units

@@ -67,26 +67,26 @@ template <>
 const TypedKernels<double>& kernels_for<double>(const KernelTable& table) { return table.f64; }
 
 template <class T>
-void sgd_typed(const SgdConstants& c, const OptimTensor* tensors, std::size_t count) {
+void sgd_typed(const SgdConstants* c, const OptimTensor* tensors, std::size_t count) {
   const auto& k = kernels_for<T>(current_kernels());
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     const OptimTensor& t = tensors[item.tensor];
     T* buf = t.state[0] ? typed<T>(t.state[0]) + item.begin : nullptr;
-    k.sgd(c, typed<T>(t.param) + item.begin, typed<T>(t.grad) + item.begin, buf,
+    k.sgd(c[t.group], typed<T>(t.param) + item.begin, typed<T>(t.grad) + item.begin, buf,
           item.end - item.begin);
   });
 }
 
 template <class T>
-void adam_typed(const AdamConstants& c, const OptimTensor* tensors, std::size_t count) {
+void adam_typed(const AdamConstants* c, const OptimTensor* tensors, std::size_t count) {
   const auto& k = kernels_for<T>(current_kernels());
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     const OptimTensor& t = tensors[item.tensor];
     const std::size_t b = item.begin;
     T* vmax = t.state[2] ? typed<T>(t.state[2]) + b : nullptr;
-    k.adam(c, typed<T>(t.param) + b, typed<T>(t.grad) + b, typed<T>(t.state[0]) + b,
+    k.adam(c[t.group], typed<T>(t.param) + b, typed<T>(t.grad) + b, typed<T>(t.state[0]) + b,
            typed<T>(t.state[1]) + b, vmax, item.end - b);
   });
 }
@@ -155,25 +155,46 @@ void scale_typed(const Buffer* buffers, std::size_t count, double factor) {
   });
 }
 
+template <class T>
+void add_scaled_typed(const Buffer& a, const Buffer& b, double factor) {
+  const auto& k = kernels_for<T>(current_kernels());
+  const WorkList work(1, sizeof(T), [&](std::size_t) { return a.n; });
+  work.run([&](std::size_t, const WorkItem& item) {
+    k.add_scaled(typed<T>(a.data) + item.begin,
+                 typed<T>(static_cast<const void*>(b.data)) + item.begin,
+                 item.end - item.begin, factor);
+  });
+}
+
 }  // namespace
 
-void sgd_step(Dtype dtype, const SgdParams& params, const OptimTensor* tensors,
-              std::size_t count) {
-  const SgdConstants c = sgd_constants(params);
+void add_scaled(Dtype dtype, const Buffer& a, const Buffer& b, double factor) {
   if (dtype == Dtype::f32) {
-    sgd_typed<float>(c, tensors, count);
+    add_scaled_typed<float>(a, b, factor);
   } else {
-    sgd_typed<double>(c, tensors, count);
+    add_scaled_typed<double>(a, b, factor);
   }
 }
 
-void adam_step(Dtype dtype, const AdamParams& params, const OptimTensor* tensors,
-               std::size_t count) {
-  const AdamConstants c = adam_constants(params);
+void sgd_step(Dtype dtype, const SgdParams* groups, std::size_t n_groups,
+              const OptimTensor* tensors, std::size_t count) {
+  std::vector<SgdConstants> c(n_groups);
+  for (std::size_t i = 0; i < n_groups; ++i) c[i] = sgd_constants(groups[i]);
   if (dtype == Dtype::f32) {
-    adam_typed<float>(c, tensors, count);
+    sgd_typed<float>(c.data(), tensors, count);
   } else {
-    adam_typed<double>(c, tensors, count);
+    sgd_typed<double>(c.data(), tensors, count);
+  }
+}
+
+void adam_step(Dtype dtype, const AdamParams* groups, std::size_t n_groups,
+               const OptimTensor* tensors, std::size_t count) {
+  std::vector<AdamConstants> c(n_groups);
+  for (std::size_t i = 0; i < n_groups; ++i) c[i] = adam_constants(groups[i]);
+  if (dtype == Dtype::f32) {
+    adam_typed<float>(c.data(), tensors, count);
+  } else {
+    adam_typed<double>(c.data(), tensors, count);
   }
 }
 

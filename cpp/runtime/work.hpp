@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -20,8 +21,6 @@ namespace fusedops {
 constexpr std::size_t kChunkBytes = 64 * 1024;
 // Below this many elements in a call, a fork/join costs more than it saves.
 constexpr std::size_t kMinParallelElements = 32 * 1024;
-// Per-item cost in element-equivalents, so many tiny tensors are balanced fairly.
-constexpr std::size_t kItemOverhead = 64;
 
 struct WorkItem {
   std::size_t tensor;
@@ -35,25 +34,47 @@ class WorkList {
   template <class SizeOf>
   WorkList(std::size_t count, std::size_t element_bytes, SizeOf size_of) {
     const std::size_t chunk = kChunkBytes / element_bytes;
+    std::size_t batch_elements = 0;
     for (std::size_t t = 0; t < count; ++t) {
       const std::size_t n = size_of(t);
       for (std::size_t b = 0; b < n; b += chunk) {
-        items_.push_back({t, b, std::min(n, b + chunk)});
-        elements_ += std::min(n, b + chunk) - b;
+        const std::size_t e = std::min(n, b + chunk);
+        items_.push_back({t, b, e});
+        elements_ += e - b;
+        batch_elements += e - b;
+        // Small tensors are grouped so that a batch holds about one chunk of work.
+        if (batch_elements >= chunk) {
+          batch_ends_.push_back(items_.size());
+          batch_elements = 0;
+        }
       }
+    }
+    if (batch_ends_.empty() || batch_ends_.back() != items_.size()) {
+      batch_ends_.push_back(items_.size());
     }
   }
 
   // One item per unit of work that is not a range of one tensor: item i is
-  // {i, 0, cost_of(i)}, the cost counted in element-equivalents.
+  // {i, 0, cost_of(i)}, the cost counted in elements of element_bytes. Consecutive
+  // units are batched like small tensors.
   template <class CostOf>
-  static WorkList units(std::size_t count, CostOf cost_of) {
+  static WorkList units(std::size_t count, std::size_t element_bytes, CostOf cost_of) {
+    const std::size_t chunk = kChunkBytes / element_bytes;
     WorkList work;
     work.items_.reserve(count);
+    std::size_t batch_elements = 0;
     for (std::size_t i = 0; i < count; ++i) {
       const std::size_t cost = cost_of(i);
       work.items_.push_back({i, 0, cost});
       work.elements_ += cost;
+      batch_elements += cost;
+      if (batch_elements >= chunk) {
+        work.batch_ends_.push_back(i + 1);
+        batch_elements = 0;
+      }
+    }
+    if (work.batch_ends_.empty() || work.batch_ends_.back() != count) {
+      work.batch_ends_.push_back(count);
     }
     return work;
   }
@@ -62,41 +83,33 @@ class WorkList {
   std::size_t elements() const { return elements_; }
 
   // Runs fn(item_index, item) for every item, in parallel when the call is big enough.
-  // fn must not throw.
+  // Threads take batches from a shared counter, so a thread that the OS delays on a
+  // busy machine does not hold the others up. fn must not throw.
   template <class Fn>
   void run(Fn&& fn) const {
-    const std::size_t count = items_.size();
+    const std::size_t batches = batch_ends_.size();
     int threads = get_num_threads();
-    if (elements_ < kMinParallelElements || count < 2) threads = 1;
-    if (threads > static_cast<int>(count)) threads = static_cast<int>(count);
+    if (elements_ < kMinParallelElements || batches < 2) threads = 1;
+    if (threads > static_cast<int>(batches)) threads = static_cast<int>(batches);
+    const auto run_batch = [&](std::size_t batch) {
+      const std::size_t lo = batch == 0 ? 0 : batch_ends_[batch - 1];
+      for (std::size_t i = lo; i < batch_ends_[batch]; ++i) fn(i, items_[i]);
+    };
     if (threads <= 1) {
-      for (std::size_t i = 0; i < count; ++i) fn(i, items_[i]);
+      for (std::size_t b = 0; b < batches; ++b) run_batch(b);
       return;
     }
-    // Contiguous, cost-balanced ranges per thread: thread t takes the items whose
-    // cumulative cost starts in [t * total / T, (t + 1) * total / T).
-    std::vector<std::size_t> start_cost(count + 1, 0);
-    for (std::size_t i = 0; i < count; ++i) {
-      start_cost[i + 1] = start_cost[i] + (items_[i].end - items_[i].begin) + kItemOverhead;
-    }
-    const std::size_t total = start_cost[count];
 #ifdef _OPENMP
+    std::atomic<std::size_t> next{0};
 #pragma omp parallel num_threads(threads)
     {
-      const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
-      const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
-      const auto first_at = [&](std::size_t part) {
-        const std::size_t target = total / team * part + (total % team) * part / team;
-        return static_cast<std::size_t>(
-            std::lower_bound(start_cost.begin(), start_cost.end() - 1, target) -
-            start_cost.begin());
-      };
-      const std::size_t lo = first_at(tid);
-      const std::size_t hi = tid + 1 == team ? count : first_at(tid + 1);
-      for (std::size_t i = lo; i < hi; ++i) fn(i, items_[i]);
+      for (std::size_t b = next.fetch_add(1, std::memory_order_relaxed); b < batches;
+           b = next.fetch_add(1, std::memory_order_relaxed)) {
+        run_batch(b);
+      }
     }
 #else
-    for (std::size_t i = 0; i < count; ++i) fn(i, items_[i]);
+    for (std::size_t b = 0; b < batches; ++b) run_batch(b);
 #endif
   }
 
@@ -104,6 +117,7 @@ class WorkList {
   WorkList() = default;
 
   std::vector<WorkItem> items_;
+  std::vector<std::size_t> batch_ends_;  // items [batch_ends_[b-1], batch_ends_[b]) form batch b
   std::size_t elements_ = 0;
 };
 

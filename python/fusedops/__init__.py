@@ -23,6 +23,7 @@ from ._core import (
 )
 
 from . import nn
+from . import optim
 
 __all__ = [
     "__version__",
@@ -37,6 +38,7 @@ __all__ = [
     "get_num_threads",
     "grad_norm",
     "nn",
+    "optim",
     "set_num_threads",
     "sgd_step",
     "simd_isa",

@@ -40,12 +40,14 @@ struct AdamParams {
 };
 
 // One tensor of an optimizer step. state[] holds momentum_buffer (SGD) or
-// exp_avg, exp_avg_sq, max_exp_avg_sq (Adam); unused slots are nullptr.
+// exp_avg, exp_avg_sq, max_exp_avg_sq (Adam); unused slots are nullptr. `group` indexes
+// the hyperparameters (param groups) the tensor is updated with.
 struct OptimTensor {
   void* param;
   const void* grad;
   void* state[3];
   std::size_t n;
+  std::size_t group;
 };
 
 struct Buffer {
@@ -53,13 +55,19 @@ struct Buffer {
   std::size_t n;
 };
 
-void sgd_step(Dtype dtype, const SgdParams& params, const OptimTensor* tensors, std::size_t count);
-void adam_step(Dtype dtype, const AdamParams& params, const OptimTensor* tensors, std::size_t count);
+// One step over all tensors (one parallel region); groups[t.group] are tensor t's
+// hyperparameters.
+void sgd_step(Dtype dtype, const SgdParams* groups, std::size_t n_groups,
+              const OptimTensor* tensors, std::size_t count);
+void adam_step(Dtype dtype, const AdamParams* groups, std::size_t n_groups,
+               const OptimTensor* tensors, std::size_t count);
 
 // Global norm over all buffers; norm_type > 0 or +inf. NaN in, NaN out.
 double global_norm(Dtype dtype, const Buffer* buffers, std::size_t count, double norm_type);
 bool all_finite(Dtype dtype, const Buffer* buffers, std::size_t count);
 void scale_in_place(Dtype dtype, const Buffer* buffers, std::size_t count, double factor);
+// a += factor * b over one buffer pair, threaded like every kernel: the bandwidth probe.
+void add_scaled(Dtype dtype, const Buffer& a, const Buffer& b, double factor);
 
 // Batch norm over x viewed as (outer, channels, inner): channel_axis=1 is
 // (N, C, prod(spatial)), channel_axis=-1 is (N * prod(spatial), C, 1). Every pointer

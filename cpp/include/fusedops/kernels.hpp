@@ -56,6 +56,7 @@ struct TypedKernels {
   double (*max_abs)(const T* x, std::size_t n);  // NaN if any element is NaN
   bool (*all_finite)(const T* x, std::size_t n);
   void (*scale)(T* x, std::size_t n, double factor);
+  void (*add_scaled)(T* a, const T* b, std::size_t n, double factor);  // bandwidth probe
 
   // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab loops walk one contiguous run
   // of a single channel; row loops walk `rows` rows, `stride` apart, of `cols` values

@@ -1,0 +1,153 @@
+"""Benchmark machinery: cases, interleaved timing, result checks, the bandwidth probe."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+import fusedops as fo
+from fusedops import _core
+
+
+@dataclasses.dataclass
+class Impl:
+    """One implementation of a case: `run` does the whole operation once."""
+
+    name: str
+    run: Callable[[], None]
+    outputs: Callable[[], Sequence[np.ndarray]]  # what is compared with the reference
+    prepare: Optional[Callable[[], None]] = None  # untimed, before every timed run
+
+
+@dataclasses.dataclass
+class Case:
+    kernel: str
+    case: str
+    dtype: str
+    n_elements: int
+    n_tensors: int
+    bytes_per_element: float  # the traffic model the GB/s column counts
+    build: Callable[[], tuple[list[Impl], list[np.ndarray]]]  # impls and float64 reference
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    baseline: str = "torch"  # the peer the speedup column compares with
+
+
+class WrongResult(AssertionError):
+    pass
+
+
+def optional_import(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+torch = optional_import("torch")
+numba = optional_import("numba")
+
+
+def set_threads(n: int) -> None:
+    fo.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    if numba is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header_lines(threads: int) -> list[str]:
+    info = fo.build_info()
+    versions = [f"numpy {np.__version__}"]
+    versions.append(f"torch {torch.__version__}" if torch is not None else "torch: not installed (rows skipped)")
+    versions.append(f"numba {numba.__version__}" if numba is not None else "numba: not installed (rows skipped)")
+    return [
+        f"fusedops {fo.__version__} ({info['compiler']}, openmp={info['openmp']}), "
+        f"isa={fo.simd_isa()} of {info['available_isas']}, threads={threads}",
+        f"cpu: {cpu_model()}, {os.cpu_count()} logical cores; python {platform.python_version()}",
+        ", ".join(versions),
+    ]
+
+
+def _time_once(impl: Impl, number: int) -> float:
+    if impl.prepare is not None:
+        impl.prepare()
+    start = time.perf_counter()
+    for _ in range(number):
+        impl.run()
+    return (time.perf_counter() - start) / number
+
+
+def check(case: Case, impl: Impl, reference: list[np.ndarray]) -> None:
+    got = impl.outputs()
+    for i, (g, r) in enumerate(zip(got, reference)):
+        g = np.asarray(g, dtype=np.float64)
+        if g.shape != r.shape or not np.allclose(g, r, rtol=case.rtol, atol=case.atol, equal_nan=True):
+            err = np.max(np.abs(g - r)) if g.shape == r.shape else "shape"
+            raise WrongResult(f"{case.kernel}/{case.case}/{case.dtype}: {impl.name} output {i} "
+                              f"differs from the float64 reference (max abs err {err})")
+
+
+def measure(case: Case, repeats: int, min_sample_seconds: float = 2e-3) -> list[dict]:
+    """Checks every implementation once, then times them interleaved."""
+    impls, reference = case.build()
+    for impl in impls:  # the first run is the checked one
+        if impl.prepare is not None:
+            impl.prepare()
+        impl.run()
+        check(case, impl, reference)
+    numbers = {}
+    for impl in impls:  # warm-up, and calls per sample so a sample lasts long enough
+        t = max(_time_once(impl, 1), 1e-7)
+        numbers[impl.name] = 1 if impl.prepare is not None else max(1, min(1000, int(min_sample_seconds / t)))
+    samples = {impl.name: [] for impl in impls}
+    for r in range(repeats):
+        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        for impl in order:
+            samples[impl.name].append(_time_once(impl, numbers[impl.name]))
+    rows = []
+    for impl in impls:
+        s = np.array(samples[impl.name])
+        rows.append(dict(kernel=case.kernel, case=case.case, dtype=case.dtype,
+                         n_elements=case.n_elements, n_tensors=case.n_tensors, impl=impl.name,
+                         seconds_median=float(np.median(s)), seconds_min=float(s.min()),
+                         bytes_per_element=case.bytes_per_element, baseline=case.baseline))
+    del impls, reference
+    return rows
+
+
+def bandwidth_probe(n: int = 1 << 25, repeats: int = 15) -> float:
+    """Native multi-threaded a += s * b over float32 arrays beyond the caches; GB/s at 12 B/element."""
+    a = np.ones(n, dtype=np.float32)
+    b = np.ones(n, dtype=np.float32)
+    _core._bandwidth_probe(a, b, 1e-7)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _core._bandwidth_probe(a, b, 1e-7)
+        times.append(time.perf_counter() - start)
+    if not np.allclose(a, 1 + (repeats + 1) * 1e-7, rtol=1e-5):
+        raise WrongResult("bandwidth probe computed a wrong result")
+    return 12 * n / float(np.median(times)) / 1e9
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"\r\033[K{message}")
+    sys.stderr.flush()

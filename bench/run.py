@@ -1,0 +1,150 @@
+"""fusedops benchmark: every kernel against NumPy and the peers, with the machine's limit.
+
+    python bench/run.py [--quick] [--only PATTERN] [--threads N] [--json PATH] [--plot PATH]
+
+Each case is run by every implementation in one process, interleaved, after a checked
+first run (a wrong answer is an error, not a row). GB/s counts the bytes/element model
+stated per kernel; "% bw" compares it with the native bandwidth probe (a += s * b,
+12 bytes/element of float32) measured in the same run. In-cache sizes may exceed 100%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+import fusedops as fo  # noqa: E402
+import harness  # noqa: E402
+from cases_optim import optim_cases  # noqa: E402
+
+CASE_LISTS = [optim_cases]
+try:
+    from cases_norm import norm_cases  # noqa: E402
+
+    CASE_LISTS.append(norm_cases)
+except ImportError:  # batch norm cases not present in this checkout
+    pass
+
+
+def finish_rows(rows: list[dict], probe_gbps: float, threads: int) -> None:
+    by_impl = {r["impl"]: r for r in rows}
+    for r in rows:
+        n = r["n_elements"]
+        t = r["seconds_median"]
+        r["threads"] = threads
+        r["ns_per_element"] = t / n * 1e9 if n else float("nan")
+        r["ns_per_element_min"] = r["seconds_min"] / n * 1e9 if n else float("nan")
+        r["gbps"] = r["bytes_per_element"] * n / t / 1e9
+        r["pct_bandwidth"] = 100.0 * r["gbps"] / probe_gbps
+        numpy_row = by_impl.get("numpy")
+        r["speedup_vs_numpy"] = numpy_row["seconds_median"] / t if numpy_row else None
+        peer = by_impl.get(r["baseline"])
+        r["speedup_vs_peer"] = peer["seconds_median"] / t if peer else None
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("kernel", "case", "dtype", "elements", "tensors", "impl", "ns/el med", "ns/el min",
+            "GB/s", "% bw", "vs numpy", "vs peer")
+    lines = [head]
+
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}x"
+    for r in rows:
+        lines.append((r["kernel"], r["case"], r["dtype"], f"{r['n_elements']:,}", str(r["n_tensors"]), r["impl"],
+                      f"{r['ns_per_element']:.3f}", f"{r['ns_per_element_min']:.3f}", f"{r['gbps']:.1f}",
+                      f"{r['pct_bandwidth']:.0f}%", ratio(r["speedup_vs_numpy"]),
+                      ratio(r["speedup_vs_peer"]) + (f" {r['baseline']}" if r["impl"] == "fusedops" else "")))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append("  ".join(cell.ljust(w) if i < 6 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweeps = {}
+    for r in rows:
+        if r["n_tensors"] == 1:
+            sweeps.setdefault((r["kernel"], r["case"], r["dtype"]), []).append(r)
+    sweeps = {k: v for k, v in sweeps.items() if len({r["n_elements"] for r in v}) >= 3}
+    if not sweeps:
+        print(f"no size sweep in this run: {path} not written", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.8), squeeze=False)
+    for ax, ((kernel, case, dtype), rs) in zip(axes[0], sorted(sweeps.items())):
+        for impl in dict.fromkeys(r["impl"] for r in rs):
+            pts = sorted((r["n_elements"], r["ns_per_element"]) for r in rs if r["impl"] == impl)
+            ax.plot(*zip(*pts), marker="o", label=impl)
+        bpe = rs[0]["bytes_per_element"]
+        ax.axhline(bpe / probe_gbps, color="k", linestyle="--",
+                   label=f"bandwidth limit ({bpe:g} B/el at {probe_gbps:.1f} GB/s)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("elements")
+        ax.set_ylabel("ns per element (median)")
+        ax.set_title(f"{kernel} {case} {dtype}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a representative subset (about a minute)")
+    ap.add_argument("--only", metavar="PATTERN", help="run cases whose 'kernel/case/dtype' matches (glob or substring)")
+    ap.add_argument("--threads", type=int, default=fo.get_num_threads(), help="threads for every implementation")
+    ap.add_argument("--repeats", type=int, default=None, help="timed samples per implementation")
+    ap.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
+    ap.add_argument("--plot", metavar="PATH", help="write ns/element against size as a PNG (matplotlib)")
+    args = ap.parse_args(argv)
+
+    harness.set_threads(args.threads)
+    repeats = args.repeats or (7 if args.quick else 15)
+    for line in harness.header_lines(args.threads):
+        print(line)
+    harness.progress("bandwidth probe...")
+    probe = harness.bandwidth_probe(repeats=repeats)
+    print(f"bandwidth probe: {probe:.1f} GB/s (native a += s*b over 2 x 128 MiB float32, 12 B/element)")
+    print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
+          "optim.Adam.step 7 x itemsize; batch_norm see case names")
+    cases = [c for make in CASE_LISTS for c in make(args.quick)]
+    if args.only:
+        pat = args.only if any(ch in args.only for ch in "*?[") else f"*{args.only}*"
+        cases = [c for c in cases if fnmatch.fnmatch(f"{c.kernel}/{c.case}/{c.dtype}", pat)]
+    missing = [name for name, mod in (("torch", harness.torch), ("numba", harness.numba)) if mod is None]
+    if missing:
+        print(f"skipped peers (not installed): {', '.join(missing)}")
+    all_rows = []
+    for i, case in enumerate(cases):
+        harness.progress(f"[{i + 1}/{len(cases)}] {case.kernel} {case.case} {case.dtype} "
+                         f"{case.n_elements:,} elements x {case.n_tensors} tensors")
+        rows = harness.measure(case, repeats)
+        finish_rows(rows, probe, args.threads)
+        all_rows.extend(rows)
+    harness.progress("")
+    print(format_table(all_rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(all_rows, f, indent=1)
+    if args.plot:
+        plot(all_rows, probe, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

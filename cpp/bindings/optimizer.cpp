@@ -1,0 +1,273 @@
+// The native side of the optimizer classes (python/fusedops/optim.py). The optimizer owns
+// its params and state arrays, so they are validated once, when the plan is built; a step
+// validates only what is new (the grads and the current hyperparameters) and runs the
+// whole update, for every param group, as one native call with one parallel region.
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+#include "common.hpp"
+#include "optim_params.hpp"
+
+namespace fusedops::bind {
+
+namespace {
+
+// (lr, momentum, dampening, weight_decay, l1, nesterov, maximize, first_step)
+using SgdGroup = std::tuple<double, double, double, double, double, bool, bool, bool>;
+// (lr, beta1, beta2, eps, weight_decay, l1, amsgrad, maximize)
+using AdamGroup = std::tuple<double, double, double, double, double, double, bool, bool>;
+
+class OptimizerPlan {
+ public:
+  // params: list of arrays; groups: group index per param; states: lists aligned with
+  // params (None entries where a tensor has no such state).
+  OptimizerPlan(std::string name, py::list params, std::vector<std::size_t> groups,
+                std::vector<py::list> states)
+      : name_(std::move(name)), params_(params), states_(std::move(states)) {
+    const ArrayArg params_arg = unpack("params", params);
+    const std::size_t n = params_arg.items.size();
+    if (groups.size() != n) throw py::value_error("groups must have one entry per param");
+    std::vector<ArrayArg> state_args;
+    for (std::size_t k = 0; k < states_.size(); ++k) {
+      if (states_[k].size() != n) throw py::value_error("each state list needs one entry per param");
+      state_args.push_back(ArrayArg{"state", true, {}});
+      for (py::handle h : states_[k]) state_args.back().items.push_back(h);
+    }
+    CallChecker checker(name_.c_str());
+    tensors_.resize(n);
+    shapes_.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      OptimTensor& t = tensors_[i];
+      const CheckedArray p = checker.check(params_arg, i, Access::write);
+      t.param = p.data;
+      t.n = p.n;
+      t.grad = nullptr;
+      t.group = groups[i];
+      n_groups_ = std::max(n_groups_, groups[i] + 1);
+      for (std::size_t k = 0; k < 3; ++k) {
+        t.state[k] = nullptr;
+        if (k < state_args.size() && !state_args[k].items[i].is_none()) {
+          t.state[k] = checker.check(state_args[k], i, Access::write, &params_arg).data;
+        }
+      }
+      const py::array a = py::reinterpret_borrow<py::array>(params_arg.items[i]);
+      shapes_[i].assign(a.shape(), a.shape() + a.ndim());
+      record_written(p);
+      for (std::size_t k = 0; k < 3; ++k) {
+        if (t.state[k] != nullptr) record_written({t.state[k], t.n, p.nbytes, Access::write, nullptr, 0});
+      }
+    }
+    checker.check_no_overlap();
+    dtype_ = checker.dtype();
+    std::sort(written_.begin(), written_.end());
+  }
+
+  bool step_sgd(py::handle grads, const std::vector<SgdGroup>& groups, double grad_scale,
+                std::optional<double> max_grad_norm, bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    std::vector<SgdParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      const auto& [lr, momentum, dampening, wd, l1, nesterov, maximize, first] = groups[i];
+      const std::string fn = group_label(i);
+      params[i] = checked_sgd_params(fn.c_str(), lr, momentum, dampening, wd, l1, nesterov,
+                                     maximize, first, grad_scale);
+    }
+    check_group_count(params.size());
+    for (const OptimTensor& t : tensors_) {
+      if (params[t.group].momentum != 0.0 && t.state[0] == nullptr) {
+        throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
+                              " has no momentum buffer");
+      }
+    }
+    std::vector<OptimTensor> tensors = with_grads(grads);
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
+    for (SgdParams& p : params) p.grad_scale = scale;
+    for (OptimTensor& t : tensors) {
+      if (params[t.group].momentum == 0.0) t.state[0] = nullptr;
+    }
+    sgd_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    return true;
+  }
+
+  bool step_adam(py::handle grads, const std::vector<AdamGroup>& groups, long long step,
+                 bool decoupled, double grad_scale, std::optional<double> max_grad_norm,
+                 bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    std::vector<AdamParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      const auto& [lr, beta1, beta2, eps, wd, l1, amsgrad, maximize] = groups[i];
+      const std::string fn = group_label(i);
+      params[i] = checked_adam_params(fn.c_str(), step, lr, {beta1, beta2}, eps, wd, l1,
+                                      decoupled, amsgrad, maximize, grad_scale);
+    }
+    check_group_count(params.size());
+    for (const OptimTensor& t : tensors_) {
+      if (params[t.group].amsgrad && t.state[2] == nullptr) {
+        throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
+                              " has no max_exp_avg_sq state");
+      }
+    }
+    std::vector<OptimTensor> tensors = with_grads(grads);
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
+    for (AdamParams& p : params) p.grad_scale = scale;
+    for (OptimTensor& t : tensors) {
+      if (!params[t.group].amsgrad) t.state[2] = nullptr;
+    }
+    adam_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    return true;
+  }
+
+  std::size_t size() const { return tensors_.size(); }
+
+ private:
+  using Range = std::pair<const char*, const char*>;
+
+  std::string group_label(std::size_t i) const {
+    return name_ + ": param_groups[" + std::to_string(i) + "]";
+  }
+
+  void check_group_count(std::size_t count) const {
+    if (count != n_groups_) {
+      throw py::value_error(name_ + ": expected hyperparameters for " +
+                            std::to_string(n_groups_) + " param groups, got " +
+                            std::to_string(count));
+    }
+  }
+
+  void record_written(const CheckedArray& a) {
+    if (a.nbytes == 0) return;
+    const char* start = static_cast<const char*>(a.data);
+    written_.emplace_back(start, start + a.nbytes);
+  }
+
+  // Checks the grads (the only arrays new at each step) and returns the tensors with them.
+  std::vector<OptimTensor> with_grads(py::handle grads) const {
+    if (!py::isinstance<py::list>(grads) && !py::isinstance<py::tuple>(grads)) {
+      throw py::type_error(name_ + ": grads must be a list/tuple of numpy.ndarray, got " +
+                           py::str(py::type::handle_of(grads).attr("__name__")).cast<std::string>());
+    }
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(grads);
+    if (seq.size() != tensors_.size()) {
+      throw py::value_error(name_ + ": grads has " + std::to_string(seq.size()) +
+                            " arrays but the optimizer has " + std::to_string(tensors_.size()) +
+                            " params (in param group order)");
+    }
+    const int want = dtype_ == Dtype::f32 ? py::detail::npy_api::NPY_FLOAT_
+                                          : py::detail::npy_api::NPY_DOUBLE_;
+    std::vector<OptimTensor> tensors = tensors_;
+    std::size_t i = 0;
+    for (py::handle h : seq) {
+      const auto label = [i] { return "grads[" + std::to_string(i) + "]"; };
+      if (!py::isinstance<py::array>(h)) {
+        throw py::type_error(name_ + ": " + label() + " must be a numpy.ndarray, got " +
+                             py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
+      }
+      const py::array a = py::reinterpret_borrow<py::array>(h);
+      if (a.dtype().num() != want) {
+        throw py::type_error(name_ + ": " + label() + " has dtype " +
+                             py::str(a.dtype()).cast<std::string>() + " but the params have dtype " +
+                             (dtype_ == Dtype::f32 ? "float32" : "float64"));
+      }
+      const auto& shape = shapes_[i];
+      bool same = static_cast<std::size_t>(a.ndim()) == shape.size();
+      for (std::size_t d = 0; same && d < shape.size(); ++d) same = a.shape(d) == shape[d];
+      if (!same) {
+        throw py::value_error(name_ + ": " + label() + " has shape " + shape_string(a) +
+                              " but its param has shape " + shape_string(py::reinterpret_borrow<py::array>(params_[i])));
+      }
+      if (!(a.flags() & py::array::c_style)) {
+        throw py::value_error(name_ + ": " + label() +
+                              " is not C-contiguous; pass np.ascontiguousarray(...)");
+      }
+      const char* start = static_cast<const char*>(a.data());
+      const std::size_t nbytes = static_cast<std::size_t>(a.nbytes());
+      if (nbytes > 0 && overlaps_written(start, start + nbytes)) {
+        throw py::value_error(name_ + ": " + label() +
+                              " shares memory with a param or optimizer state");
+      }
+      tensors[i].grad = a.data();
+      ++i;
+    }
+    return tensors;
+  }
+
+  bool overlaps_written(const char* start, const char* end) const {
+    // written_ is sorted and disjoint: only the last range starting before `end` can overlap.
+    auto it = std::upper_bound(written_.begin(), written_.end(), Range{end, nullptr},
+                               [](const Range& x, const Range& y) { return x.first < y.first; });
+    if (it == written_.begin()) return false;
+    --it;
+    return it->second > start;
+  }
+
+  // The divisor the kernels apply to the grads: grad_scale, times 1/clip_coef when the
+  // global norm of the unscaled grads exceeds max_grad_norm. False: skip this step.
+  bool gradient_scale(const std::vector<OptimTensor>& tensors, double grad_scale,
+                      std::optional<double> max_grad_norm, bool skip_nonfinite,
+                      double* divisor) const {
+    std::vector<Buffer> buffers;
+    buffers.reserve(tensors.size());
+    for (const OptimTensor& t : tensors) buffers.push_back({const_cast<void*>(t.grad), t.n});
+    *divisor = grad_scale;
+    if (max_grad_norm) {
+      const double norm = global_norm(dtype_, buffers.data(), buffers.size(), 2.0) / grad_scale;
+      // A finite norm proves every grad finite; an infinite one may be overflow, so check.
+      if (skip_nonfinite && !std::isfinite(norm) &&
+          !all_finite(dtype_, buffers.data(), buffers.size())) {
+        return false;
+      }
+      const double coef = *max_grad_norm / (norm + 1e-6);
+      if (!(coef >= 1.0)) *divisor = grad_scale / coef;  // a NaN norm gives NaN, as torch
+      return true;
+    }
+    return !skip_nonfinite || all_finite(dtype_, buffers.data(), buffers.size());
+  }
+
+  std::string name_;
+  py::list params_;                // keeps the arrays alive
+  std::vector<py::list> states_;   // idem
+  std::vector<OptimTensor> tensors_;
+  std::vector<std::vector<py::ssize_t>> shapes_;
+  std::vector<Range> written_;
+  std::size_t n_groups_ = 0;
+  Dtype dtype_ = Dtype::f32;
+};
+
+}  // namespace
+
+void register_optimizer(py::module_& m) {
+  m.def(
+      "_check_sgd_group",
+      [](const std::string& where, const SgdGroup& g) {
+        const auto& [lr, momentum, dampening, wd, l1, nesterov, maximize, first] = g;
+        checked_sgd_params(where.c_str(), lr, momentum, dampening, wd, l1, nesterov, maximize,
+                           first, 1.0);
+      },
+      py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range SGD hyperparameters.");
+  m.def(
+      "_check_adam_group",
+      [](const std::string& where, const AdamGroup& g) {
+        const auto& [lr, beta1, beta2, eps, wd, l1, amsgrad, maximize] = g;
+        checked_adam_params(where.c_str(), 1, lr, {beta1, beta2}, eps, wd, l1, false, amsgrad,
+                            maximize, 1.0);
+      },
+      py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range Adam hyperparameters.");
+  py::class_<OptimizerPlan>(m, "_OptimizerPlan",
+                            "Validated params and state of an optimizer; steps them natively.")
+      .def(py::init<std::string, py::list, std::vector<std::size_t>, std::vector<py::list>>(),
+           py::arg("name"), py::arg("params"), py::arg("groups"), py::arg("states"))
+      .def("step_sgd", &OptimizerPlan::step_sgd, py::arg("grads"), py::arg("groups"),
+           py::arg("grad_scale"), py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
+      .def("step_adam", &OptimizerPlan::step_adam, py::arg("grads"), py::arg("groups"),
+           py::arg("step"), py::arg("decoupled"), py::arg("grad_scale"),
+           py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
+      .def("__len__", &OptimizerPlan::size);
+}
+
+}  // namespace fusedops::bind
