@@ -1,0 +1,168 @@
+"""Batch-norm cases: forward, backward and forward+backward in training mode, NCHW and
+NHWC, against NumPy and torch's CPU batch_norm with autograd (same memory format).
+
+Bytes/element model (float32; x2 for float64): forward 8 (read x, write y), backward 12
+(read dy and x, write dx), forward+backward 20 (x, y, dy, dx, x again). The statistics
+passes are not counted, so 100% of the probe is out of reach.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fusedops as fo
+from harness import Case, Impl, torch
+
+EPS = 1e-5
+MOMENTUM = 0.1
+PHASES = {"forward": 8, "backward": 12, "fwd+bwd": 20}  # float32 bytes/element
+
+
+def _inputs(shape, channel_axis, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    channels = shape[channel_axis]
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, channels).astype(dtype)
+    bias = rng.standard_normal(channels).astype(dtype)
+    return x, dy, weight, bias
+
+
+def _reference(x, dy, weight, bias, channel_axis):
+    """(y, dx, dweight, dbias) in float64, from the formulas."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    axes = tuple(d for d in range(x.ndim) if d != channel_axis % x.ndim)
+    shape = [1] * x.ndim
+    shape[channel_axis] = -1
+    count = x.size // weight.size
+    mean = x.mean(axis=axes, keepdims=True)
+    invstd = 1 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + EPS)
+    xhat = (x - mean) * invstd
+    w = weight.astype(np.float64).reshape(shape)
+    y = xhat * w + bias.astype(np.float64).reshape(shape)
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * xhat).sum(axis=axes)
+    dx = w * invstd * (dy - dbias.reshape(shape) / count - xhat * dweight.reshape(shape) / count)
+    return y, dx, dweight, dbias
+
+
+def _fusedops(x, dy, weight, bias, channel_axis):
+    running_mean, running_var = np.zeros_like(weight), np.ones_like(weight)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    saved = {}
+
+    def forward():
+        _, saved["mean"], saved["invstd"] = fo.batch_norm_forward(
+            x, weight, bias, running_mean, running_var, momentum=MOMENTUM, eps=EPS,
+            channel_axis=channel_axis, out=y)
+
+    def backward():
+        _, saved["dweight"], saved["dbias"] = fo.batch_norm_backward(
+            dy, x, weight, saved["mean"], saved["invstd"], channel_axis=channel_axis, out=dx)
+
+    return forward, backward, lambda: [y], lambda: [dx, saved["dweight"], saved["dbias"]]
+
+
+def _numpy(x, dy, weight, bias, channel_axis):
+    """Plain NumPy with keepdims reductions and in-place arithmetic where it helps."""
+    axes = tuple(d for d in range(x.ndim) if d != channel_axis % x.ndim)
+    shape = [1] * x.ndim
+    shape[channel_axis] = -1
+    count = x.size // weight.size
+    w, b = weight.reshape(shape), bias.reshape(shape)
+    saved = {}
+
+    def forward():
+        mean = x.mean(axis=axes, keepdims=True)
+        xhat = x - mean
+        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
+        invstd = 1 / np.sqrt(var + EPS)
+        xhat *= invstd
+        saved.update(xhat=xhat, invstd=invstd, y=xhat * w + b)
+
+    def backward():
+        xhat = saved["xhat"]
+        dbias = dy.sum(axis=axes, keepdims=True)
+        dweight = np.sum(dy * xhat, axis=axes, keepdims=True)
+        dx = xhat * (dweight / count)
+        np.subtract(dy, dx, out=dx)
+        dx -= dbias / count
+        dx *= w * saved["invstd"]
+        saved.update(dx=dx, dweight=dweight.ravel(), dbias=dbias.ravel())
+
+    return (forward, backward, lambda: [saved["y"]],
+            lambda: [saved["dx"], saved["dweight"], saved["dbias"]])
+
+
+def _torch(x, dy, weight, bias, channel_axis):
+    def nchw(a):  # channel_axis=-1: an NCHW view in channels_last memory format
+        t = torch.from_numpy(a)
+        return t if channel_axis == 1 else t.movedim(-1, 1)
+
+    def to_numpy(t):
+        t = t.detach()
+        return (t if channel_axis == 1 else t.movedim(1, -1)).numpy()
+
+    x_t = nchw(x).requires_grad_()
+    dy_t = nchw(dy)
+    w_t = torch.from_numpy(weight.copy()).requires_grad_()
+    b_t = torch.from_numpy(bias.copy()).requires_grad_()
+    running_mean = torch.zeros(weight.size, dtype=w_t.dtype)
+    running_var = torch.ones(weight.size, dtype=w_t.dtype)
+    saved = {}
+
+    def forward():
+        saved["y"] = torch.nn.functional.batch_norm(x_t, running_mean, running_var, w_t, b_t,
+                                                    training=True, momentum=MOMENTUM, eps=EPS)
+
+    def backward():
+        x_t.grad = w_t.grad = b_t.grad = None  # fresh gradients, no accumulation
+        saved["y"].backward(dy_t, retain_graph=True)  # retained: a backward-only case repeats
+
+    return (forward, backward, lambda: [to_numpy(saved["y"])],
+            lambda: [to_numpy(x_t.grad), w_t.grad.numpy(), b_t.grad.numpy()])
+
+
+def batch_norm_case(shape, channel_axis, dtype, phase):
+    itemsize = np.dtype(dtype).itemsize
+    bytes_per_element = PHASES[phase] * itemsize / 4
+    layout = "NCHW" if channel_axis == 1 else "NHWC"
+    label = f"{layout} {'x'.join(map(str, shape))}, {bytes_per_element:g} B/el"
+
+    def build():
+        arrays = _inputs(shape, channel_axis, dtype)
+        y, dx, dweight, dbias = _reference(*arrays, channel_axis)
+        reference = {"forward": [y], "backward": [dx, dweight, dbias],
+                     "fwd+bwd": [y, dx, dweight, dbias]}[phase]
+        makers = [("fusedops", _fusedops), ("numpy", _numpy)]
+        if torch is not None:
+            makers.append(("torch", _torch))
+        impls = []
+        for name, make in makers:
+            forward, backward, y_of, grads_of = make(*arrays, channel_axis)
+            if phase == "forward":
+                impls.append(Impl(name, forward, y_of))
+            elif phase == "backward":
+                forward()  # the state every timed backward starts from
+                impls.append(Impl(name, backward, grads_of))
+            else:
+                impls.append(Impl(name, lambda f=forward, b=backward: (f(), b()),
+                                  lambda y=y_of, g=grads_of: y() + g()))
+        return impls, reference
+
+    # float32 sums over ~1e5 values (NumPy, torch) carry ~1e-2 absolute error in dweight
+    rtol, atol = (1e-4, 2e-2) if dtype == np.float32 else (1e-9, 1e-9)
+    return Case(f"batch_norm {phase}", label, np.dtype(dtype).name, int(np.prod(shape)), 1,
+                bytes_per_element, build, rtol=rtol, atol=atol, baseline="torch")
+
+
+def norm_cases(quick: bool):
+    f32, f64 = np.float32, np.float64
+    shapes = [((64, 256, 28, 28), 1), ((32, 64, 56, 56), 1), ((32, 56, 56, 64), -1)]
+    phases = ["fwd+bwd"] if quick else list(PHASES)
+    cases = [batch_norm_case(shape, axis, f32, phase)
+             for shape, axis in shapes for phase in phases]
+    if not quick:
+        cases += [batch_norm_case(shape, axis, f64, "fwd+bwd")
+                  for shape, axis in [((16, 64, 28, 28), 1), ((16, 28, 28, 64), -1)]]
+    return cases
