@@ -104,6 +104,28 @@ def test_backward_matches_reference(isa, rng, shape, channel_axis, dtype, affine
         assert dw is None and db is None
 
 
+@pytest.mark.parametrize("shape,channel_axis", [((17, 7, 193, 183), 1), ((9, 97, 101, 53), -1),
+                                                ((1024, 1031, 2, 2), 1)],
+                         ids=["nchw", "nhwc", "short-spatial"])
+def test_outputs_beyond_the_cache_size(isa, shape, channel_axis):
+    # Outputs of 16 MiB and more are written with non-temporal stores; odd extents put
+    # the rows and blocks at every alignment.
+    rng = np.random.default_rng(11)
+    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, np.float32)
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    assert x.nbytes >= 16 << 20
+    y_ref, mean, invstd, _, _ = batch_norm_forward_reference(x, weight, bias,
+                                                             channel_axis=channel_axis)
+    y, save_mean, save_invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    assert_close(y, y_ref, np.float32, "y")
+    del y, y_ref
+    dx_ref, _, _ = batch_norm_backward_reference(dy, x, weight, save_mean, save_invstd,
+                                                 channel_axis=channel_axis)
+    dx, _, _ = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd,
+                                      channel_axis=channel_axis)
+    assert_close(dx, dx_ref, np.float32, "dx")
+
+
 @pytest.mark.parametrize("channel_axis", [1, -1])
 def test_out_buffers_are_written_and_returned(rng, channel_axis):
     shape = (4, 3, 6, 5) if channel_axis == 1 else (4, 6, 5, 3)

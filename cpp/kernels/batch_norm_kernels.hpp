@@ -72,30 +72,37 @@ void bn_slab_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
 // y = ((x - mean_hi) - mean_lo) * scale + shift. The mean is split in two values of T
 // (mean_lo = 0 in double, or when the mean is already a value of T): x - mean_hi is
 // exact near the mean, so float32 output keeps its precision when |mean| >> std.
+// `stream` writes with non-temporal stores (see write_values); the caller fences.
+template <class T, bool kStream>
+void bn_slab_normalize_loop(const T* __restrict x, T* __restrict y, std::size_t n, T mean_hi,
+                            T mean_lo, T scale, T shift) {
+  write_values<kStream>(y, n, [=](std::size_t i) {
+    return ((x[i] - mean_hi) - mean_lo) * scale + shift;
+  });
+}
+
 template <class T>
-void bn_slab_normalize(const T* __restrict x, T* __restrict y, std::size_t n, T mean_hi,
-                       T mean_lo, T scale, T shift) {
-  for (std::size_t i = 0; i < n; ++i) y[i] = ((x[i] - mean_hi) - mean_lo) * scale + shift;
+void bn_slab_normalize(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T scale, T shift,
+                       bool stream) {
+  with_flags([&](auto s) { bn_slab_normalize_loop<T, s>(x, y, n, mean_hi, mean_lo, scale, shift); },
+             stream);
 }
 
 // dx = dy * k_dy + (x - mean) * k_x + k_0; kCentered = false drops the x terms (eval).
-template <class T, bool kCentered>
+template <class T, bool kCentered, bool kStream>
 void bn_slab_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
                      std::size_t n, T k_dy, T mean, T k_x, T k_0) {
-  for (std::size_t i = 0; i < n; ++i) {
-    if (kCentered) {
-      dx[i] = dy[i] * k_dy + ((x[i] - mean) * k_x + k_0);
-    } else {
-      dx[i] = dy[i] * k_dy;
-    }
-  }
+  write_values<kStream>(dx, n, [=](std::size_t i) {
+    return kCentered ? dy[i] * k_dy + ((x[i] - mean) * k_x + k_0) : dy[i] * k_dy;
+  });
 }
 
 template <class T>
 void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x, T k_0,
-                bool centered) {
-  with_flags([&](auto c) { bn_slab_dx_loop<T, c>(dy, x, dx, n, k_dy, mean, k_x, k_0); },
-             centered);
+                bool centered, bool stream) {
+  with_flags(
+      [&](auto c, auto s) { bn_slab_dx_loop<T, c, s>(dy, x, dx, n, k_dy, mean, k_x, k_0); },
+      centered, stream);
 }
 
 // Rows are `stride` apart; the block covers `cols` columns of each. Four rows are
@@ -164,21 +171,31 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
   }
 }
 
-template <class T>
-void bn_rows_normalize(const T* __restrict x, T* __restrict y, std::size_t rows,
-                       std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
-                       const T* __restrict mean_lo, const T* __restrict scale,
-                       const T* __restrict shift) {
+template <class T, bool kStream>
+void bn_rows_normalize_loop(const T* __restrict x, T* __restrict y, std::size_t rows,
+                            std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
+                            const T* __restrict mean_lo, const T* __restrict scale,
+                            const T* __restrict shift) {
   for (std::size_t r = 0; r < rows; ++r) {
     const T* __restrict xr = x + r * stride;
-    T* __restrict yr = y + r * stride;
-    for (std::size_t j = 0; j < cols; ++j) {
-      yr[j] = ((xr[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j];
-    }
+    write_values<kStream>(y + r * stride, cols, [=](std::size_t j) {
+      return ((xr[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j];
+    });
   }
 }
 
-template <class T, bool kCentered>
+template <class T>
+void bn_rows_normalize(const T* x, T* y, std::size_t rows, std::size_t stride, std::size_t cols,
+                       const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
+                       bool stream) {
+  with_flags(
+      [&](auto s) {
+        bn_rows_normalize_loop<T, s>(x, y, rows, stride, cols, mean_hi, mean_lo, scale, shift);
+      },
+      stream);
+}
+
+template <class T, bool kCentered, bool kStream>
 void bn_rows_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
                      const T* __restrict k_dy, const T* __restrict mean,
@@ -186,24 +203,20 @@ void bn_rows_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restric
   for (std::size_t r = 0; r < rows; ++r) {
     const T* __restrict gr = dy + r * stride;
     const T* __restrict xr = x + r * stride;
-    T* __restrict out = dx + r * stride;
-    for (std::size_t j = 0; j < cols; ++j) {
-      if (kCentered) {
-        out[j] = gr[j] * k_dy[j] + ((xr[j] - mean[j]) * k_x[j] + k_0[j]);
-      } else {
-        out[j] = gr[j] * k_dy[j];
-      }
-    }
+    write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
+      return kCentered ? gr[j] * k_dy[j] + ((xr[j] - mean[j]) * k_x[j] + k_0[j])
+                       : gr[j] * k_dy[j];
+    });
   }
 }
 
 template <class T>
 void bn_rows_dx(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
                 std::size_t cols, const T* k_dy, const T* mean, const T* k_x, const T* k_0,
-                bool centered) {
+                bool centered, bool stream) {
   with_flags(
-      [&](auto c) {
-        bn_rows_dx_loop<T, c>(dy, x, dx, rows, stride, cols, k_dy, mean, k_x, k_0);
+      [&](auto c, auto s) {
+        bn_rows_dx_loop<T, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean, k_x, k_0);
       },
-      centered);
+      centered, stream);
 }

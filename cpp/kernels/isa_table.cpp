@@ -1,7 +1,12 @@
 // Compiled once per ISA (see CMakeLists.txt): FUSEDOPS_ISA_NS names the instruction set
 // and the namespace, so the copies never collide at link time.
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
+
+#if defined(__SSE2__)
+#include <immintrin.h>  // non-temporal stores (simd_common.hpp)
+#endif
 
 #include "fusedops/kernels.hpp"
 
@@ -35,6 +40,7 @@ constexpr TypedKernels<T> typed_kernels() {
   k.bn_rows_grad_sums = &bn_rows_grad_sums<T>;
   k.bn_rows_normalize = &bn_rows_normalize<T>;
   k.bn_rows_dx = &bn_rows_dx<T>;
+  k.stream_fence = &stream_fence;
   return k;
 }
 

@@ -25,6 +25,10 @@ constexpr std::size_t kMaxRowGroups = 64;
 constexpr std::size_t kRowPartialBudget = std::size_t(1) << 16;
 // Columns per row tile: the tile's accumulators (2 doubles per column) stay in L1.
 constexpr std::size_t kColBlock = 512;
+// Outputs at least this large are written with non-temporal stores: they would not stay
+// in cache anyway, and the stores then skip reading the destination and keep the inputs
+// cached for the pass that follows.
+constexpr std::size_t kStreamMinBytes = std::size_t(16) << 20;
 
 template <class T>
 const TypedKernels<T>& kernels_for(const KernelTable& table);
@@ -63,8 +67,8 @@ class Plan {
       units_ = outer_ * channels_ * blocks_per_slab_;
     } else {
       cols_ = channels_ * inner_;
-      groups_ = std::min({outer_, kMaxRowGroups,
-                          std::max<std::size_t>(1, kRowPartialBudget / std::max<std::size_t>(cols_, 1))});
+      const std::size_t budget_groups = kRowPartialBudget / std::max<std::size_t>(cols_, 1);
+      groups_ = std::min({outer_, kMaxRowGroups, std::max<std::size_t>(1, budget_groups)});
       col_blocks_ = (cols_ + kColBlock - 1) / kColBlock;
       units_ = groups_ * col_blocks_;
     }
@@ -75,6 +79,9 @@ class Plan {
   std::size_t inner() const { return inner_; }
   std::size_t per_channel() const { return outer_ * inner_; }
   std::size_t units() const { return units_; }
+  bool stream_output() const {
+    return outer_ * channels_ * inner_ * element_bytes_ >= kStreamMinBytes;
+  }
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
 
@@ -121,12 +128,15 @@ struct ChannelSums {
 // unit order. slab_sums(unit, sums[2]) and row_sums(unit, first_row, second_row) fill
 // one unit's partials; row partial rows are indexed by column.
 template <class SlabSums, class RowSums>
-ChannelSums reduce(const Plan& plan, const WorkList& work, SlabSums slab_sums, RowSums row_sums) {
+ChannelSums reduce(const Plan& plan, const WorkList& work, SlabSums slab_sums,
+                   RowSums row_sums) {
   const std::size_t channels = plan.channels();
   ChannelSums total{std::vector<double>(channels, 0.0), std::vector<double>(channels, 0.0)};
   if (plan.slab()) {
     std::vector<double> partials(2 * plan.units());
-    work.run([&](std::size_t u, const WorkItem&) { slab_sums(plan.slab_unit(u), &partials[2 * u]); });
+    work.run([&](std::size_t u, const WorkItem&) {
+      slab_sums(plan.slab_unit(u), &partials[2 * u]);
+    });
     for (std::size_t u = 0; u < plan.units(); ++u) {
       const std::size_t c = plan.slab_unit(u).channel;
       total.first[c] += partials[2 * u];
@@ -177,7 +187,7 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
     // mean; exact enough in double even when that value is far out.
     std::vector<double> pivot(channels);
     for (std::size_t c = 0; c < channels; ++c) pivot[c] = double(x[c * plan.inner()]);
-    const std::vector<double> pivot_col = plan.slab() ? std::vector<double>() : per_column(plan, pivot);
+    const auto pivot_col = plan.slab() ? std::vector<double>() : per_column(plan, pivot);
     const ChannelSums sums = reduce(
         plan, work,
         [&](const SlabUnit& s, double* out) {
@@ -196,8 +206,9 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
       invstd[c] = 1.0 / std::sqrt(var + a.eps);
       if (running_mean != nullptr) {
         const double unbiased = var * (count / (count - 1.0));
-        running_mean[c] = T((1.0 - a.momentum) * double(running_mean[c]) + a.momentum * mean[c]);
-        running_var[c] = T((1.0 - a.momentum) * double(running_var[c]) + a.momentum * unbiased);
+        const double keep = 1.0 - a.momentum;
+        running_mean[c] = T(keep * double(running_mean[c]) + a.momentum * mean[c]);
+        running_var[c] = T(keep * double(running_var[c]) + a.momentum * unbiased);
       }
     }
   } else if (!a.training) {
@@ -221,21 +232,25 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
     save_invstd[c] = T(invstd[c]);
   }
 
+  const bool stream = plan.stream_output();
+  const auto fence = [&] {
+    if (stream) k.stream_fence();
+  };
   if (plan.slab()) {
     work.run([&](std::size_t u, const WorkItem&) {
       const SlabUnit s = plan.slab_unit(u);
       const std::size_t c = s.channel;
       k.bn_slab_normalize(x + s.offset, y + s.offset, s.length, mean_hi[c], mean_lo[c],
-                          scale[c], shift[c]);
-    });
+                          scale[c], shift[c], stream);
+    }, fence);
   } else {
     const auto hi = per_column(plan, mean_hi), lo = per_column(plan, mean_lo);
     const auto sc = per_column(plan, scale), sh = per_column(plan, shift);
     work.run([&](std::size_t u, const WorkItem&) {
       const RowUnit r = plan.row_unit(u);
       k.bn_rows_normalize(x + r.offset, y + r.offset, r.rows, plan.cols(), r.cols, &hi[r.col],
-                          &lo[r.col], &sc[r.col], &sh[r.col]);
-    });
+                          &lo[r.col], &sc[r.col], &sh[r.col], stream);
+    }, fence);
   }
 }
 
@@ -257,7 +272,7 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
   if (a.training || weight != nullptr) {
     std::vector<double> mean(channels);
     for (std::size_t c = 0; c < channels; ++c) mean[c] = double(save_mean[c]);
-    const std::vector<double> mean_col = plan.slab() ? std::vector<double>() : per_column(plan, mean);
+    const auto mean_col = plan.slab() ? std::vector<double>() : per_column(plan, mean);
     sums = reduce(
         plan, work,
         [&](const SlabUnit& s, double* out) {
@@ -289,29 +304,35 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
     k_0[c] = centered ? T(-scale * dbias / count) : T(0);
   }
 
+  const bool stream = plan.stream_output();
+  const auto fence = [&] {
+    if (stream) k.stream_fence();
+  };
   if (plan.slab()) {
     work.run([&](std::size_t u, const WorkItem&) {
       const SlabUnit s = plan.slab_unit(u);
       const std::size_t c = s.channel;
-      k.bn_slab_dx(dy + s.offset, x + s.offset, dx + s.offset, s.length, k_dy[c], save_mean[c],
-                   k_x[c], k_0[c], centered);
-    });
+      k.bn_slab_dx(dy + s.offset, x + s.offset, dx + s.offset, s.length, k_dy[c],
+                   save_mean[c], k_x[c], k_0[c], centered, stream);
+    }, fence);
   } else {
-    const auto kd = per_column(plan, k_dy), kx = per_column(plan, k_x), k0 = per_column(plan, k_0);
+    const auto kd = per_column(plan, k_dy), kx = per_column(plan, k_x);
+    const auto k0 = per_column(plan, k_0);
     std::vector<T> mean(channels);
     for (std::size_t c = 0; c < channels; ++c) mean[c] = save_mean[c];
     const auto mc = per_column(plan, mean);
     work.run([&](std::size_t u, const WorkItem&) {
       const RowUnit r = plan.row_unit(u);
       k.bn_rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
-                   &kd[r.col], &mc[r.col], &kx[r.col], &k0[r.col], centered);
-    });
+                   &kd[r.col], &mc[r.col], &kx[r.col], &k0[r.col], centered, stream);
+    }, fence);
   }
 }
 
 }  // namespace
 
-void batch_norm_forward(Dtype dtype, const BatchNormShape& shape, const BatchNormForwardArgs& args) {
+void batch_norm_forward(Dtype dtype, const BatchNormShape& shape,
+                        const BatchNormForwardArgs& args) {
   if (dtype == Dtype::f32) {
     forward_typed<float>(shape, args);
   } else {

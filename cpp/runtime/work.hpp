@@ -87,6 +87,12 @@ class WorkList {
   // busy machine does not hold the others up. fn must not throw.
   template <class Fn>
   void run(Fn&& fn) const {
+    run(fn, [] {});
+  }
+
+  // As run(fn); after_batch() then runs on the thread that ran a batch, after the batch.
+  template <class Fn, class AfterBatch>
+  void run(Fn&& fn, AfterBatch&& after_batch) const {
     const std::size_t batches = batch_ends_.size();
     int threads = get_num_threads();
     if (elements_ < kMinParallelElements || batches < 2) threads = 1;
@@ -94,6 +100,7 @@ class WorkList {
     const auto run_batch = [&](std::size_t batch) {
       const std::size_t lo = batch == 0 ? 0 : batch_ends_[batch - 1];
       for (std::size_t i = lo; i < batch_ends_[batch]; ++i) fn(i, items_[i]);
+      after_batch();
     };
     if (threads <= 1) {
       for (std::size_t b = 0; b < batches; ++b) run_batch(b);
