@@ -10,13 +10,19 @@
 // (a value of the channel), so a large mean does not cancel the small spread.
 #pragma once
 
-// Included by isa_table.cpp inside its per-ISA namespace, after optim_kernels.hpp
-// (kLanes).
+// Included by isa_table.cpp inside its per-ISA namespace.
 #include "simd_common.hpp"
+
+// Independent accumulators per slab reduction. With 16 double lanes GCC vectorizes
+// across loop iterations and transposes (slower than scalar code); 32 keep the loop a
+// plain vertical one on every ISA.
+template <class T>
+constexpr std::size_t kSlabLanes = sizeof(T) == 8 ? 32 : 16;
 
 // sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
 template <class T>
 void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* sums) {
+  constexpr std::size_t kLanes = kSlabLanes<T>;
   double s1[kLanes] = {}, s2[kLanes] = {};
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -45,6 +51,7 @@ void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* s
 template <class T>
 void bn_slab_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t n,
                        double mean, double* sums) {
+  constexpr std::size_t kLanes = kSlabLanes<T>;
   double s1[kLanes] = {}, s2[kLanes] = {};
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
