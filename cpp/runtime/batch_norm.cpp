@@ -8,6 +8,7 @@
 // bitwise identical for any thread count. Per-channel constants are derived in double.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
@@ -119,6 +120,14 @@ class Plan {
   std::size_t cols_ = 0, groups_ = 0, col_blocks_ = 0;       // row units
 };
 
+constexpr std::size_t kDoublesPerLine = 64 / sizeof(double);
+
+// The first cache-line boundary at or after p (p's buffer has a line to spare).
+double* cache_line_aligned(double* p) {
+  const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t(63);
+  return reinterpret_cast<double*>(at);
+}
+
 // Per-channel sums of a reduction pass: first[c] and second[c].
 struct ChannelSums {
   std::vector<double> first, second;
@@ -143,18 +152,23 @@ ChannelSums reduce(const Plan& plan, const WorkList& work, SlabSums slab_sums,
       total.second[c] += partials[2 * u + 1];
     }
   } else {
+    // The accumulator rows are updated for every row of data: each group's rows start on
+    // their own cache lines, or two threads would keep stealing the line they share.
     const std::size_t cols = plan.cols(), groups = plan.groups();
-    std::vector<double> first(groups * cols), second(groups * cols);
+    const std::size_t stride = (cols + kDoublesPerLine - 1) / kDoublesPerLine * kDoublesPerLine;
+    std::vector<double> storage(2 * groups * stride + kDoublesPerLine);
+    double* first = cache_line_aligned(storage.data());
+    double* second = first + groups * stride;
     work.run([&](std::size_t u, const WorkItem&) {
       const RowUnit r = plan.row_unit(u);
-      const std::size_t at = r.group * cols + r.col;
-      row_sums(r, &first[at], &second[at]);
+      const std::size_t at = r.group * stride + r.col;
+      row_sums(r, first + at, second + at);
     });
     for (std::size_t g = 0; g < groups; ++g) {
       for (std::size_t col = 0; col < cols; ++col) {
         const std::size_t c = col / plan.inner();
-        total.first[c] += first[g * cols + col];
-        total.second[c] += second[g * cols + col];
+        total.first[c] += first[g * stride + col];
+        total.second[c] += second[g * stride + col];
       }
     }
   }
