@@ -100,6 +100,12 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
   require_at_least(fn, "weight_decay", weight_decay, 0.0);
   require_at_least(fn, "l1", l1, 0.0);
   require_positive(fn, "grad_scale", grad_scale);
+  // The state check below skips None (optional state); these two are always written.
+  if (exp_avgs.is_none() || exp_avg_sqs.is_none()) {
+    throw py::type_error(std::string(fn) + ": " +
+                         (exp_avgs.is_none() ? "exp_avgs" : "exp_avg_sqs") +
+                         " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got None");
+  }
   if (amsgrad && max_exp_avg_sqs.is_none()) {
     throw py::value_error(std::string(fn) + ": max_exp_avg_sqs is required when amsgrad=True");
   }
