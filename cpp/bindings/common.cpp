@@ -94,6 +94,11 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
     type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
                "; expected float32 or float64");
   }
+  // A byte-swapped array has the same type number but would be read as garbage.
+  if (!a.dtype().attr("isnative").cast<bool>()) {
+    type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+               " in non-native byte order; pass x.astype(x.dtype.newbyteorder('='))");
+  }
   if (!has_dtype_) {
     has_dtype_ = true;
     dtype_ = dtype;
