@@ -258,7 +258,7 @@ def test_all_finite_false(isa, dtype, where, value, rng):
 
 
 @pytest.mark.usefixtures("threads")
-@pytest.mark.parametrize("threads_count", [1, 2])
+@pytest.mark.parametrize("threads_count", [1, 2, 3])
 @pytest.mark.parametrize("index", [0, 700_000, 1_000_002])
 def test_all_finite_large_input(isa, threads_count, index, rng):
     fo.set_num_threads(threads_count)
@@ -296,20 +296,21 @@ def test_norm_nan_every_position(isa, size):
 
 @pytest.mark.usefixtures("threads")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bitwise_identical_for_1_and_2_threads(isa, dtype, rng):
+def test_bitwise_identical_for_1_2_and_3_threads(isa, dtype, rng):
     grads = [randn(rng, n, dtype) for n in [100003, 100003, 100003, 1_000_003, 17]]
     results = []
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         fo.set_num_threads(threads)
         norms = [fo.grad_norm(grads, t) for t in NORM_TYPES + [0.5]]
         clipped = [g.copy() for g in grads]
         total = fo.clip_grad_norm(clipped, 1.0)
         results.append((norms, total, clipped))
-    (norms1, total1, clipped1), (norms2, total2, clipped2) = results
-    assert norms1 == norms2
-    assert total1 == total2
-    for a, b in zip(clipped1, clipped2):
-        assert_bitwise_equal(a, b)
+    norms1, total1, clipped1 = results[0]
+    for norms, total, clipped in results[1:]:
+        assert norms == norms1
+        assert total == total1
+        for a, b in zip(clipped, clipped1):
+            assert_bitwise_equal(a, b)
     assert math.isclose(norms1[1], norm_reference(grads), rel_tol=NORM_RTOL)
 
 
