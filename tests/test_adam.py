@@ -261,6 +261,15 @@ def test_single_array_single_state():
     np.testing.assert_allclose(p, 1.0 - 0.1 * 2.0 / (2.0 + 1e-8), rtol=1e-14)
 
 
+def test_step_accepts_numpy_integers(rng):
+    a = AdamState(rng, 50, np.float64, 1)
+    b = a.copy()
+    fo.adam_step(a.p, a.grads[0], a.m, a.v, step=np.int64(7))
+    fo.adam_step(b.p, b.grads[0], b.m, b.v, step=7)
+    for x, y in zip(a.arrays(), b.arrays()):
+        assert_bitwise_equal(x, y)
+
+
 def test_empty_list_is_a_no_op():
     fo.adam_step([], [], [], [], step=1)
     fo.adamw_step([], [], [], [], step=1, amsgrad=True, max_exp_avg_sqs=[])

@@ -235,6 +235,22 @@ def test_clip_matches_torch(dtype, norm_type, max_norm, rng):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=rtol, atol=0)
 
 
+def test_clip_with_inf_matches_torch():
+    """An infinite norm gives coefficient 0: finite grads become 0, infinite ones NaN."""
+    torch = pytest.importorskip("torch")
+    grads = [np.array([1.0, INF, -2.0]), np.array([3.0])]
+    tensors = []
+    for g in grads:
+        t = torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
+        t.grad = torch.from_numpy(g.copy())
+        tensors.append(t)
+    torch_total = float(torch.nn.utils.clip_grad_norm_(tensors, 1.0))
+    assert fo.clip_grad_norm(grads, 1.0) == torch_total == INF
+    for g, t in zip(grads, tensors):
+        np.testing.assert_array_equal(g, t.grad.numpy())
+    np.testing.assert_array_equal(grads[0], [0.0, NAN, 0.0])
+
+
 # --- all_finite -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
