@@ -26,6 +26,15 @@ bool is_sequence(py::handle obj) {
 
 }  // namespace
 
+bool is_native_byte_order(const py::array& a) {
+  const char order = py::detail::array_descriptor_proxy(a.dtype().ptr())->byteorder;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  return order != '<';
+#else
+  return order != '>';
+#endif
+}
+
 std::string ArrayArg::label(std::size_t i) const {
   return is_list ? std::string(name) + "[" + std::to_string(i) + "]" : std::string(name);
 }
@@ -93,6 +102,11 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
   } else {
     type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
                "; expected float32 or float64");
+  }
+  // A byte-swapped array has the same type number but would be read as garbage.
+  if (!is_native_byte_order(a)) {
+    type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+               " in non-native byte order; pass x.astype(x.dtype.newbyteorder('='))");
   }
   if (!has_dtype_) {
     has_dtype_ = true;

@@ -70,6 +70,9 @@ class CallChecker {
 
 std::string shape_string(const py::array& a);
 
+// False for a byte-swapped array: same type number, but its values would be misread.
+bool is_native_byte_order(const py::array& a);
+
 // Hyperparameter checks: ValueError naming the argument unless finite and in range.
 void require_finite(const char* function, const char* name, double value);
 void require_at_least(const char* function, const char* name, double value, double low);

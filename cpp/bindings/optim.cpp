@@ -132,6 +132,12 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
                     bool maximize, double grad_scale) {
   const AdamParams p = checked_adam_params(fn, step, lr, betas, eps, weight_decay, l1,
                                            decoupled_weight_decay, amsgrad, maximize, grad_scale);
+  // The state check below skips None (optional state); these two are always written.
+  if (exp_avgs.is_none() || exp_avg_sqs.is_none()) {
+    throw py::type_error(std::string(fn) + ": " +
+                         (exp_avgs.is_none() ? "exp_avgs" : "exp_avg_sqs") +
+                         " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got None");
+  }
   if (amsgrad && max_exp_avg_sqs.is_none()) {
     throw py::value_error(std::string(fn) + ": max_exp_avg_sqs is required when amsgrad=True");
   }

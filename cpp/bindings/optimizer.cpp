@@ -169,7 +169,7 @@ class OptimizerPlan {
                              py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
       }
       const py::array a = py::reinterpret_borrow<py::array>(h);
-      if (a.dtype().num() != want) {
+      if (a.dtype().num() != want || !is_native_byte_order(a)) {
         throw py::type_error(name_ + ": " + label() + " has dtype " +
                              py::str(a.dtype()).cast<std::string>() + " but the params have dtype " +
                              (dtype_ == Dtype::f32 ? "float32" : "float64"));
