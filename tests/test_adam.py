@@ -569,3 +569,23 @@ def test_bad_input_single_arrays():
                     r"max_exp_avg_sqs is required")
     assert_rejected(fo.adam_step, (p, g, m, v), dict(step=1, max_exp_avg_sqs=[v.copy()]),
                     TypeError, r"max_exp_avg_sqs must be a single array like params")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_amsgrad_nan_in_either_side_of_the_max_propagates(isa, dtype):
+    # as torch.maximum: a NaN already stored in max_exp_avg_sqs, or a new NaN in
+    # exp_avg_sq, makes the running max NaN
+    n = 33
+    p = np.ones(n, dtype)
+    g = np.full(n, 0.5, dtype)
+    m = np.zeros(n, dtype)
+    v = np.zeros(n, dtype)
+    vmax = np.zeros(n, dtype)
+    vmax[3] = np.nan
+    v[20] = np.nan
+    fo.adam_step(p, g, m, v, step=1, amsgrad=True, max_exp_avg_sqs=vmax)
+    assert np.isnan(vmax[3]) and np.isnan(vmax[20])
+    assert np.isnan(p[3]) and np.isnan(p[20])
+    others = np.ones(n, bool)
+    others[[3, 20]] = False
+    assert np.all(np.isfinite(vmax[others])) and np.all(np.isfinite(p[others]))

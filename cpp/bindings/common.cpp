@@ -49,7 +49,8 @@ std::string shape_string(const py::array& a) {
   return s + ")";
 }
 
-ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like) {
+ArrayArg unpack(const char* function, const char* name, py::handle obj, const ArrayArg* like) {
+  const std::string where = std::string(function) + ": " + name;
   ArrayArg arg{name, false, {}};
   if (is_sequence(obj)) {
     arg.is_list = true;
@@ -59,18 +60,18 @@ ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like) {
   } else if (py::isinstance<py::array>(obj)) {
     arg.items.push_back(obj);
   } else {
-    throw py::type_error(std::string(name) +
+    throw py::type_error(where +
                          " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got " +
                          type_name(obj));
   }
   if (like != nullptr) {
     if (like->is_list != arg.is_list) {
-      throw py::type_error(std::string(name) + " must be " +
+      throw py::type_error(where + " must be " +
                            (like->is_list ? "a list/tuple of arrays" : "a single array") +
                            " like " + like->name + ", got " + type_name(obj));
     }
     if (like->items.size() != arg.items.size()) {
-      throw py::value_error(std::string(name) + " has " + std::to_string(arg.items.size()) +
+      throw py::value_error(where + " has " + std::to_string(arg.items.size()) +
                             " arrays but " + like->name + " has " +
                             std::to_string(like->items.size()));
     }

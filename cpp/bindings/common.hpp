@@ -29,7 +29,8 @@ struct ArrayArg {
 
 // Unpacks `obj` (an ndarray, or a list/tuple of them) into an ArrayArg. When `like` is
 // given, `obj` must have the same form (single or list) and length.
-ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like = nullptr);
+ArrayArg unpack(const char* function, const char* name, py::handle obj,
+                const ArrayArg* like = nullptr);
 
 // A validated array: its memory, size and where it came from.
 struct CheckedArray {
