@@ -114,12 +114,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     harness.set_threads(args.threads)
-    repeats = args.repeats or (7 if args.quick else 15)
+    repeats = args.repeats or (5 if args.quick else 11)
     for line in harness.header_lines(args.threads):
         print(line)
     harness.progress("bandwidth probe...")
-    probe = harness.bandwidth_probe(repeats=repeats)
-    print(f"bandwidth probe: {probe:.1f} GB/s (native a += s*b over 2 x 128 MiB float32, 12 B/element)")
+    probe = harness.bandwidth_probe(n=(1 << 24) if args.quick else (1 << 25), repeats=repeats)
+    print(f"bandwidth probe: {probe:.1f} GB/s (native a += s*b over two float32 arrays beyond the caches, 12 B/element)")
     print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
           "optim.Adam.step 7 x itemsize; batch_norm see case names")
     cases = [c for make in CASE_LISTS for c in make(args.quick)]
