@@ -70,6 +70,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Derived figures: the cost of many small tensors relative to one big one."""
+    ours = {(r["kernel"], r["case"], r["dtype"]): r for r in rows if r["impl"] == "fusedops"}
+    out = []
+    for dtype in ("float32", "float64"):
+        many = ours.get(("optim.Adam.step", "1000x256", dtype))
+        one = ours.get(("optim.Adam.step", "1x256000", dtype))
+        if many and one:
+            out.append(f"optim.Adam.step {dtype}: 1000 tensors x 256 take {many['seconds_median'] / one['seconds_median']:.2f}x "
+                       f"the time of one tensor of 256000 (ideal 1x)")
+    return out
+
+
 def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
     import matplotlib
 
@@ -138,6 +151,8 @@ def main(argv=None) -> int:
         all_rows.extend(rows)
     harness.progress("")
     print(format_table(all_rows))
+    for line in summary_lines(all_rows):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_rows, f, indent=1)

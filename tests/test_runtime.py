@@ -151,3 +151,14 @@ def test_public_names():
                  "all_finite", "set_num_threads", "get_num_threads", "simd_isa",
                  "available_isas", "build_info", "__version__"]:
         assert hasattr(fo, name), name
+
+
+def test_import_leaves_the_environment_as_it_was():
+    code = ("import os; import fusedops; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "None"]
+    env["OMP_WAIT_POLICY"] = "active"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "active"]
