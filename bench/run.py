@@ -70,6 +70,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Derived figures: the cost of many small tensors relative to one big one."""
+    ours = {(r["kernel"], r["case"], r["dtype"]): r for r in rows if r["impl"] == "fusedops"}
+    out = []
+    for dtype in ("float32", "float64"):
+        many = ours.get(("optim.Adam.step", "1000x256", dtype))
+        one = ours.get(("optim.Adam.step", "1x256000", dtype))
+        if many and one:
+            out.append(f"optim.Adam.step {dtype}: 1000 tensors x 256 take {many['seconds_median'] / one['seconds_median']:.2f}x "
+                       f"the time of one tensor of 256000 (ideal 1x)")
+    return out
+
+
 def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
     import matplotlib
 
@@ -114,12 +127,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     harness.set_threads(args.threads)
-    repeats = args.repeats or (7 if args.quick else 15)
+    repeats = args.repeats or (5 if args.quick else 11)
     for line in harness.header_lines(args.threads):
         print(line)
     harness.progress("bandwidth probe...")
-    probe = harness.bandwidth_probe(repeats=repeats)
-    print(f"bandwidth probe: {probe:.1f} GB/s (native a += s*b over 2 x 128 MiB float32, 12 B/element)")
+    probe = harness.bandwidth_probe(n=(1 << 24) if args.quick else (1 << 25), repeats=repeats)
+    print(f"bandwidth probe: {probe:.1f} GB/s (native a += s*b over two float32 arrays beyond the caches, 12 B/element)")
     print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
           "optim.Adam.step 7 x itemsize; batch_norm see case names")
     cases = [c for make in CASE_LISTS for c in make(args.quick)]
@@ -138,6 +151,8 @@ def main(argv=None) -> int:
         all_rows.extend(rows)
     harness.progress("")
     print(format_table(all_rows))
+    for line in summary_lines(all_rows):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_rows, f, indent=1)

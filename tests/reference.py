@@ -7,6 +7,19 @@ def _f64(x):
     return np.asarray(x, dtype=np.float64)
 
 
+# --- gradient clipping ------------------------------------------------------------------
+
+def clip_reference(grads, max_norm, norm_type=2.0):
+    """torch.nn.utils.clip_grad_norm_ in float64: returns (scaled grads, total norm).
+    coef = min(1, max_norm / (total + 1e-6)); a NaN total gives a NaN coef."""
+    total = norm_reference(grads, norm_type)
+    coef = float(np.minimum(1.0, max_norm / (total + 1e-6)))
+    return [_f64(g) * coef for g in grads], total
+
+
+# --- optimizer steps and norms ----------------------------------------------------------
+
+
 def sgd_reference(p, g, buf, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
                   nesterov=False, maximize=False, first_step=False, grad_scale=1.0):
     """One SGD step in float64; returns (new_p, new_buf) (new_buf None without momentum)."""

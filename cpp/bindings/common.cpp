@@ -26,6 +26,15 @@ bool is_sequence(py::handle obj) {
 
 }  // namespace
 
+bool is_native_byte_order(const py::array& a) {
+  const char order = py::detail::array_descriptor_proxy(a.dtype().ptr())->byteorder;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  return order != '<';
+#else
+  return order != '>';
+#endif
+}
+
 std::string ArrayArg::label(std::size_t i) const {
   return is_list ? std::string(name) + "[" + std::to_string(i) + "]" : std::string(name);
 }
@@ -40,7 +49,8 @@ std::string shape_string(const py::array& a) {
   return s + ")";
 }
 
-ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like) {
+ArrayArg unpack(const char* function, const char* name, py::handle obj, const ArrayArg* like) {
+  const std::string where = std::string(function) + ": " + name;
   ArrayArg arg{name, false, {}};
   if (is_sequence(obj)) {
     arg.is_list = true;
@@ -50,18 +60,18 @@ ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like) {
   } else if (py::isinstance<py::array>(obj)) {
     arg.items.push_back(obj);
   } else {
-    throw py::type_error(std::string(name) +
+    throw py::type_error(where +
                          " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got " +
                          type_name(obj));
   }
   if (like != nullptr) {
     if (like->is_list != arg.is_list) {
-      throw py::type_error(std::string(name) + " must be " +
+      throw py::type_error(where + " must be " +
                            (like->is_list ? "a list/tuple of arrays" : "a single array") +
                            " like " + like->name + ", got " + type_name(obj));
     }
     if (like->items.size() != arg.items.size()) {
-      throw py::value_error(std::string(name) + " has " + std::to_string(arg.items.size()) +
+      throw py::value_error(where + " has " + std::to_string(arg.items.size()) +
                             " arrays but " + like->name + " has " +
                             std::to_string(like->items.size()));
     }
@@ -93,6 +103,11 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
   } else {
     type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
                "; expected float32 or float64");
+  }
+  // A byte-swapped array has the same type number but would be read as garbage.
+  if (!is_native_byte_order(a)) {
+    type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+               " in non-native byte order; pass x.astype(x.dtype.newbyteorder('='))");
   }
   if (!has_dtype_) {
     has_dtype_ = true;

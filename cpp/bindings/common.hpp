@@ -29,7 +29,8 @@ struct ArrayArg {
 
 // Unpacks `obj` (an ndarray, or a list/tuple of them) into an ArrayArg. When `like` is
 // given, `obj` must have the same form (single or list) and length.
-ArrayArg unpack(const char* name, py::handle obj, const ArrayArg* like = nullptr);
+ArrayArg unpack(const char* function, const char* name, py::handle obj,
+                const ArrayArg* like = nullptr);
 
 // A validated array: its memory, size and where it came from.
 struct CheckedArray {
@@ -69,6 +70,9 @@ class CallChecker {
 };
 
 std::string shape_string(const py::array& a);
+
+// False for a byte-swapped array: same type number, but its values would be misread.
+bool is_native_byte_order(const py::array& a);
 
 // Hyperparameter checks: ValueError naming the argument unless finite and in range.
 void require_finite(const char* function, const char* name, double value);

@@ -77,13 +77,13 @@ struct StepArrays {
 
 StepArrays check_step_arrays(const char* function, py::handle params, py::handle grads,
                              std::initializer_list<std::pair<const char*, py::handle>> states) {
-  StepArrays s{unpack("params", params), {}, {}, {}, Dtype::f32};
-  s.grads = unpack("grads", grads, &s.params);
+  StepArrays s{unpack(function, "params", params), {}, {}, {}, Dtype::f32};
+  s.grads = unpack(function, "grads", grads, &s.params);
   std::vector<int> slot_of_state;
   int slot = 0;
   for (const auto& [name, obj] : states) {
     if (!obj.is_none()) {
-      s.states.push_back(unpack(name, obj, &s.params));
+      s.states.push_back(unpack(function, name, obj, &s.params));
       slot_of_state.push_back(slot);
     }
     ++slot;
@@ -132,6 +132,12 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
                     bool maximize, double grad_scale) {
   const AdamParams p = checked_adam_params(fn, step, lr, betas, eps, weight_decay, l1,
                                            decoupled_weight_decay, amsgrad, maximize, grad_scale);
+  // The state check below skips None (optional state); these two are always written.
+  if (exp_avgs.is_none() || exp_avg_sqs.is_none()) {
+    throw py::type_error(std::string(fn) + ": " +
+                         (exp_avgs.is_none() ? "exp_avgs" : "exp_avg_sqs") +
+                         " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got None");
+  }
   if (amsgrad && max_exp_avg_sqs.is_none()) {
     throw py::value_error(std::string(fn) + ": max_exp_avg_sqs is required when amsgrad=True");
   }
@@ -154,7 +160,7 @@ struct ReadArrays {
 };
 
 ReadArrays check_grads(const char* fn, py::handle grads, Access access) {
-  ReadArrays r{unpack("grads", grads), {}, Dtype::f32};
+  ReadArrays r{unpack(fn, "grads", grads), {}, Dtype::f32};
   CallChecker checker(fn);
   r.buffers.reserve(r.arg.items.size());
   for (std::size_t i = 0; i < r.arg.items.size(); ++i) {
@@ -200,8 +206,8 @@ bool all_finite_py(py::handle grads) {
 }
 
 void bandwidth_probe_py(py::handle a, py::handle b, double factor) {
-  const ArrayArg a_arg = unpack("a", a);
-  const ArrayArg b_arg = unpack("b", b, &a_arg);
+  const ArrayArg a_arg = unpack("_bandwidth_probe", "a", a);
+  const ArrayArg b_arg = unpack("_bandwidth_probe", "b", b, &a_arg);
   if (a_arg.is_list) throw py::type_error("_bandwidth_probe: a must be a single array");
   CallChecker checker("_bandwidth_probe");
   const CheckedArray ca = checker.check(a_arg, 0, Access::write);

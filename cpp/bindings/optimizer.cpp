@@ -26,7 +26,7 @@ class OptimizerPlan {
   OptimizerPlan(std::string name, py::list params, std::vector<std::size_t> groups,
                 std::vector<py::list> states)
       : name_(std::move(name)), params_(params), states_(std::move(states)) {
-    const ArrayArg params_arg = unpack("params", params);
+    const ArrayArg params_arg = unpack(name_.c_str(), "params", params);
     const std::size_t n = params_arg.items.size();
     if (groups.size() != n) throw py::value_error("groups must have one entry per param");
     std::vector<ArrayArg> state_args;
@@ -169,7 +169,7 @@ class OptimizerPlan {
                              py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
       }
       const py::array a = py::reinterpret_borrow<py::array>(h);
-      if (a.dtype().num() != want) {
+      if (a.dtype().num() != want || !is_native_byte_order(a)) {
         throw py::type_error(name_ + ": " + label() + " has dtype " +
                              py::str(a.dtype()).cast<std::string>() + " but the params have dtype " +
                              (dtype_ == Dtype::f32 ? "float32" : "float64"));

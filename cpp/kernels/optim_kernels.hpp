@@ -63,7 +63,7 @@ void adam_loop(const AdamConstants& c, T* __restrict p, const T* __restrict g,
     T second = vi;
     if (kAmsgrad) {
       const T old = vmax[i];
-      second = old >= vi ? old : vi;  // NaN in vi propagates
+      second = (old >= vi || old != old) ? old : vi;  // NaN on either side propagates
       vmax[i] = second;
     }
     const T denom = sqrt_of(second) * inv_sqrt_bc2 + eps;

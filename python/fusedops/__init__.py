@@ -5,7 +5,33 @@ global gradient norms and clipping, batch norm, and the runtime controls. See
 ``fusedops.optim`` for optimizer classes and ``fusedops.nn`` for the BatchNorm layer.
 """
 
-from ._core import (
+import os as _os
+
+
+def _load_native():
+    """Imports the native module with a short OpenMP spin-wait.
+
+    libgomp's default lets idle workers busy-wait for milliseconds after each parallel
+    region; in a training loop those spinning threads take the cores NumPy (and its BLAS)
+    needs next, and a step can run 10x slower on a small machine. Unless the user chose a
+    policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT), workers spin briefly, then sleep. libgomp
+    reads this once, when it is loaded, so it applies only if fusedops loads it first;
+    the variable is removed again so child processes are unaffected.
+    """
+    chosen = "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ
+    if not chosen:
+        _os.environ["GOMP_SPINCOUNT"] = "1000"
+    try:
+        from . import _core
+    finally:
+        if not chosen:
+            del _os.environ["GOMP_SPINCOUNT"]
+    return _core
+
+
+_load_native()
+
+from ._core import (  # noqa: E402
     __version__,
     adam_step,
     adamw_step,

@@ -1,0 +1,72 @@
+"""Assertions shared by the test modules: per-dtype tolerances, bitwise equality, and the
+"a rejected call changed nothing" check."""
+
+import numpy as np
+import pytest
+
+DTYPES = [np.float32, np.float64]
+
+# One step compared with a float64 reference.
+TOLERANCES = {
+    np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12),
+}
+
+
+def tol(dtype, factor=1.0):
+    t = TOLERANCES[np.dtype(dtype)]
+    return dict(rtol=t["rtol"] * factor, atol=t["atol"] * factor)
+
+
+def assert_close(actual, expected, dtype, factor=1.0, err_msg=""):
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected,
+                               err_msg=err_msg, **tol(dtype, factor))
+
+
+def assert_bitwise_equal(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+def arrays_in(obj):
+    """Every ndarray reachable through lists, tuples and dict values."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [a for item in obj for a in arrays_in(item)]
+    if isinstance(obj, dict):
+        return [a for item in obj.values() for a in arrays_in(item)]
+    return []
+
+
+def assert_rejected(fn, args, kwargs, exc, match):
+    """fn(*args, **kwargs) raises `exc` matching `match`, and every array of the call holds
+    exactly the bytes it held before."""
+    arrays = arrays_in(args) + arrays_in(kwargs)
+    before = [a.tobytes() for a in arrays]
+    with pytest.raises(exc, match=match):
+        fn(*args, **kwargs)
+    for i, (a, b) in enumerate(zip(arrays, before)):
+        assert a.tobytes() == b, f"array {i} of the rejected call was modified"
+
+
+def misaligned(n, dtype, fill=1.0):
+    """A writeable, C-contiguous array whose data is not aligned to its dtype."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = bytearray(n * itemsize + 1)
+    a = np.frombuffer(raw, dtype=dtype, count=n, offset=1)
+    a[...] = fill
+    assert not a.flags.aligned and a.flags.writeable and a.flags.c_contiguous
+    return a
+
+
+def read_only(a):
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    """Standard normal values as an ndarray of `shape` (0-d included) and `dtype`."""
+    return np.array(rng.standard_normal(shape) * scale, dtype=dtype)
