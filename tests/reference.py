@@ -55,3 +55,78 @@ def norm_reference(grads, norm_type=2.0):
     if np.isinf(norm_type):
         return float(np.max(np.abs(flat))) if flat.size else 0.0
     return float(np.sum(np.abs(flat) ** norm_type) ** (1.0 / norm_type))
+
+
+# Batch norm
+
+def _channel_view(v, ndim, channel_axis):
+    """A per-channel vector shaped to broadcast against x."""
+    shape = [1] * ndim
+    shape[channel_axis % ndim] = -1
+    return _f64(v).reshape(shape)
+
+
+def _reduced_axes(ndim, channel_axis):
+    return tuple(d for d in range(ndim) if d != channel_axis % ndim)
+
+
+def batch_norm_forward_reference(x, weight=None, bias=None, running_mean=None,
+                                 running_var=None, *, training=True, momentum=0.1, eps=1e-5,
+                                 channel_axis=1):
+    """Batch norm forward in float64.
+
+    Returns (y, save_mean, save_invstd, new_running_mean, new_running_var); the running
+    statistics are None when not given.
+    """
+    x = _f64(x)
+    axes = _reduced_axes(x.ndim, channel_axis)
+
+    def per_channel(v):
+        return _channel_view(v, x.ndim, channel_axis)
+
+    new_mean = None if running_mean is None else _f64(running_mean).copy()
+    new_var = None if running_var is None else _f64(running_var).copy()
+    if training:
+        count = x.size // x.shape[channel_axis % x.ndim]
+        mean = x.mean(axis=axes)
+        var = ((x - per_channel(mean)) ** 2).mean(axis=axes)
+        if running_mean is not None:
+            new_mean = (1 - momentum) * new_mean + momentum * mean
+            new_var = (1 - momentum) * new_var + momentum * var * count / (count - 1)
+    else:
+        mean = _f64(running_mean)
+        var = _f64(running_var)
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = (x - per_channel(mean)) * per_channel(invstd)
+    if weight is not None:
+        y = y * per_channel(weight)
+    if bias is not None:
+        y = y + per_channel(bias)
+    return y, mean, invstd, new_mean, new_var
+
+
+def batch_norm_backward_reference(dy, x, weight, save_mean, save_invstd, *, training=True,
+                                  channel_axis=1):
+    """Batch norm backward in float64: (dx, dweight, dbias), the last two None without
+    weight."""
+    dy = _f64(dy)
+    x = _f64(x)
+    axes = _reduced_axes(x.ndim, channel_axis)
+
+    def per_channel(v):
+        return _channel_view(v, x.ndim, channel_axis)
+
+    count = x.size // x.shape[channel_axis % x.ndim]
+    invstd = _f64(save_invstd)
+    xhat = (x - per_channel(save_mean)) * per_channel(invstd)
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * xhat).sum(axis=axes)
+    w = np.ones_like(invstd) if weight is None else _f64(weight)
+    if training:
+        dx = per_channel(w * invstd) * (dy - per_channel(dbias) / count
+                                        - xhat * per_channel(dweight) / count)
+    else:
+        dx = dy * per_channel(w * invstd)
+    if weight is None:
+        return dx, None, None
+    return dx, dweight, dbias

@@ -4,6 +4,7 @@ namespace fusedops::bind {
 void register_runtime(py::module_& m);
 void register_optim(py::module_& m);
 void register_optimizer(py::module_& m);
+void register_norm(py::module_& m);
 }  // namespace fusedops::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -11,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   fusedops::bind::register_runtime(m);
   fusedops::bind::register_optim(m);
   fusedops::bind::register_optimizer(m);
+  fusedops::bind::register_norm(m);
 }

@@ -13,6 +13,7 @@ namespace fusedops {
 namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "optim_kernels.hpp"
+#include "batch_norm_kernels.hpp"
 
 template <class T>
 constexpr TypedKernels<T> typed_kernels() {
@@ -26,6 +27,14 @@ constexpr TypedKernels<T> typed_kernels() {
   k.all_finite = &all_finite<T>;
   k.scale = &scale<T>;
   k.add_scaled = &add_scaled<T>;
+  k.bn_slab_stats = &bn_slab_stats<T>;
+  k.bn_slab_grad_sums = &bn_slab_grad_sums<T>;
+  k.bn_slab_normalize = &bn_slab_normalize<T>;
+  k.bn_slab_dx = &bn_slab_dx<T>;
+  k.bn_rows_stats = &bn_rows_stats<T>;
+  k.bn_rows_grad_sums = &bn_rows_grad_sums<T>;
+  k.bn_rows_normalize = &bn_rows_normalize<T>;
+  k.bn_rows_dx = &bn_rows_dx<T>;
   return k;
 }
 

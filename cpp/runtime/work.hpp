@@ -54,6 +54,23 @@ class WorkList {
     }
   }
 
+  // One item per unit of work that is not a range of one tensor: item i is
+  // {i, 0, cost_of(i)}, the cost counted in element-equivalents. Each unit is its own
+  // batch for run().
+  template <class CostOf>
+  static WorkList units(std::size_t count, CostOf cost_of) {
+    WorkList work;
+    work.items_.reserve(count);
+    work.batch_ends_.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::size_t cost = cost_of(i);
+      work.items_.push_back({i, 0, cost});
+      work.batch_ends_.push_back(i + 1);
+      work.elements_ += cost;
+    }
+    return work;
+  }
+
   const std::vector<WorkItem>& items() const { return items_; }
   std::size_t elements() const { return elements_; }
 
@@ -89,6 +106,8 @@ class WorkList {
   }
 
  private:
+  WorkList() = default;
+
   std::vector<WorkItem> items_;
   std::vector<std::size_t> batch_ends_;  // items [batch_ends_[b-1], batch_ends_[b]) form batch b
   std::size_t elements_ = 0;

@@ -11,6 +11,8 @@ from ._core import (
     adamw_step,
     all_finite,
     available_isas,
+    batch_norm_backward,
+    batch_norm_forward,
     build_info,
     clip_grad_norm,
     get_num_threads,
@@ -20,6 +22,7 @@ from ._core import (
     simd_isa,
 )
 
+from . import nn  # noqa: E402
 from . import optim  # noqa: E402
 
 __all__ = [
@@ -28,10 +31,13 @@ __all__ = [
     "adamw_step",
     "all_finite",
     "available_isas",
+    "batch_norm_backward",
+    "batch_norm_forward",
     "build_info",
     "clip_grad_norm",
     "get_num_threads",
     "grad_norm",
+    "nn",
     "optim",
     "set_num_threads",
     "sgd_step",

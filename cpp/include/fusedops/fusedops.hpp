@@ -69,6 +69,47 @@ void scale_in_place(Dtype dtype, const Buffer* buffers, std::size_t count, doubl
 // a += factor * b over one buffer pair, threaded like every kernel: the bandwidth probe.
 void add_scaled(Dtype dtype, const Buffer& a, const Buffer& b, double factor);
 
+// Batch norm over x viewed as (outer, channels, inner): channel_axis=1 is
+// (N, C, prod(spatial)), channel_axis=-1 is (N * prod(spatial), C, 1). Every pointer
+// below addresses a C-contiguous array: x-shaped ones hold outer * channels * inner
+// values, per-channel ones `channels`.
+struct BatchNormShape {
+  std::size_t outer;
+  std::size_t channels;
+  std::size_t inner;
+};
+
+struct BatchNormForwardArgs {
+  const void* x;
+  void* y;
+  const void* weight;   // nullptr: 1
+  const void* bias;     // nullptr: 0
+  void* running_mean;   // both or neither; read when !training, updated when training
+  void* running_var;
+  void* save_mean;      // written: the mean used
+  void* save_invstd;    // written: 1 / sqrt(var + eps)
+  bool training;
+  double momentum;
+  double eps;
+};
+
+struct BatchNormBackwardArgs {
+  const void* dy;
+  const void* x;
+  void* dx;
+  const void* weight;   // nullptr: 1, and grad_weight/grad_bias are not written
+  const void* save_mean;
+  const void* save_invstd;
+  void* grad_weight;
+  void* grad_bias;
+  bool training;
+};
+
+// Training mode needs outer * inner >= 2 (checked by the caller).
+void batch_norm_forward(Dtype dtype, const BatchNormShape& shape, const BatchNormForwardArgs& args);
+void batch_norm_backward(Dtype dtype, const BatchNormShape& shape,
+                         const BatchNormBackwardArgs& args);
+
 // Runtime: instruction-set choice and threads.
 const char* isa_name(Isa isa);
 bool isa_from_name(const std::string& name, Isa* out);

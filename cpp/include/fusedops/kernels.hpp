@@ -57,6 +57,28 @@ struct TypedKernels {
   bool (*all_finite)(const T* x, std::size_t n);
   void (*scale)(T* x, std::size_t n, double factor);
   void (*add_scaled)(T* a, const T* b, std::size_t n, double factor);  // bandwidth probe
+
+  // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab loops walk one contiguous run
+  // of a single channel; row loops walk `rows` rows, `stride` apart, of `cols` values
+  // with one constant (or accumulator) per column. Sums are in double.
+  void (*bn_slab_stats)(const T* x, std::size_t n, double pivot, double* sums);
+  void (*bn_slab_grad_sums)(const T* dy, const T* x, std::size_t n, double mean,
+                            double* sums);
+  void (*bn_slab_normalize)(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T scale,
+                            T shift);
+  void (*bn_slab_dx)(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x,
+                     T k_0, bool centered);
+  void (*bn_rows_stats)(const T* x, std::size_t rows, std::size_t stride, std::size_t cols,
+                        const double* pivot, double* sum, double* sum_sq);
+  void (*bn_rows_grad_sums)(const T* dy, const T* x, std::size_t rows, std::size_t stride,
+                            std::size_t cols, const double* mean, double* sum_dy,
+                            double* sum_dyx);
+  void (*bn_rows_normalize)(const T* x, T* y, std::size_t rows, std::size_t stride,
+                            std::size_t cols, const T* mean_hi, const T* mean_lo,
+                            const T* scale, const T* shift);
+  void (*bn_rows_dx)(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
+                     std::size_t cols, const T* k_dy, const T* mean, const T* k_x,
+                     const T* k_0, bool centered);
 };
 
 struct KernelTable {

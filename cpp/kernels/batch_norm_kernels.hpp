@@ -1,0 +1,209 @@
+// Batch-norm loops, written once and compiled per ISA.
+//
+// The runtime views x as (outer, C, inner) and runs one of two loop shapes:
+// - slab loops walk one contiguous run of a single channel (channel-first layouts: a
+//   block of the spatial extent of one (n, c));
+// - row loops walk `rows` rows of `cols` contiguous values whose column j belongs to a
+//   channel the runtime knows (channel-last layouts, and channel-first layouts whose
+//   spatial extent is too short for slabs); per-column constants arrive as arrays.
+// Every sum is accumulated in double; statistics are taken around a per-channel pivot
+// (a value of the channel), so a large mean does not cancel the small spread.
+#pragma once
+
+// Included by isa_table.cpp inside its per-ISA namespace, after optim_kernels.hpp
+// (kLanes).
+#include "simd_common.hpp"
+
+// sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
+template <class T>
+void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* sums) {
+  double s1[kLanes] = {}, s2[kLanes] = {};
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (std::size_t j = 0; j < kLanes; ++j) {
+      const double d = double(x[i + j]) - pivot;
+      s1[j] += d;
+      s2[j] += d * d;
+    }
+  }
+  for (std::size_t j = 0; i < n; ++i, ++j) {
+    const double d = double(x[i]) - pivot;
+    s1[j] += d;
+    s2[j] += d * d;
+  }
+  for (std::size_t width = kLanes / 2; width > 0; width /= 2) {
+    for (std::size_t j = 0; j < width; ++j) {
+      s1[j] += s1[j + width];
+      s2[j] += s2[j + width];
+    }
+  }
+  sums[0] = s1[0];
+  sums[1] = s2[0];
+}
+
+// sums[0] = sum(dy), sums[1] = sum(dy * (x - mean)) over one slab run.
+template <class T>
+void bn_slab_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t n,
+                       double mean, double* sums) {
+  double s1[kLanes] = {}, s2[kLanes] = {};
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (std::size_t j = 0; j < kLanes; ++j) {
+      const double g = double(dy[i + j]);
+      s1[j] += g;
+      s2[j] += g * (double(x[i + j]) - mean);
+    }
+  }
+  for (std::size_t j = 0; i < n; ++i, ++j) {
+    const double g = double(dy[i]);
+    s1[j] += g;
+    s2[j] += g * (double(x[i]) - mean);
+  }
+  for (std::size_t width = kLanes / 2; width > 0; width /= 2) {
+    for (std::size_t j = 0; j < width; ++j) {
+      s1[j] += s1[j + width];
+      s2[j] += s2[j + width];
+    }
+  }
+  sums[0] = s1[0];
+  sums[1] = s2[0];
+}
+
+// y = ((x - mean_hi) - mean_lo) * scale + shift. The mean is split in two values of T
+// (mean_lo = 0 in double, or when the mean is already a value of T): x - mean_hi is
+// exact near the mean, so float32 output keeps its precision when |mean| >> std.
+template <class T>
+void bn_slab_normalize(const T* __restrict x, T* __restrict y, std::size_t n, T mean_hi,
+                       T mean_lo, T scale, T shift) {
+  for (std::size_t i = 0; i < n; ++i) y[i] = ((x[i] - mean_hi) - mean_lo) * scale + shift;
+}
+
+// dx = dy * k_dy + (x - mean) * k_x + k_0; kCentered = false drops the x terms (eval).
+template <class T, bool kCentered>
+void bn_slab_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
+                     std::size_t n, T k_dy, T mean, T k_x, T k_0) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (kCentered) {
+      dx[i] = dy[i] * k_dy + ((x[i] - mean) * k_x + k_0);
+    } else {
+      dx[i] = dy[i] * k_dy;
+    }
+  }
+}
+
+template <class T>
+void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x, T k_0,
+                bool centered) {
+  with_flags([&](auto c) { bn_slab_dx_loop<T, c>(dy, x, dx, n, k_dy, mean, k_x, k_0); },
+             centered);
+}
+
+// Rows are `stride` apart; the block covers `cols` columns of each. Four rows are
+// combined before touching the accumulators, which live in memory (one per column).
+constexpr std::size_t kRowUnroll = 4;
+
+// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square.
+template <class T>
+void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
+                   std::size_t cols, const double* __restrict pivot, double* __restrict sum,
+                   double* __restrict sum_sq) {
+  for (std::size_t j = 0; j < cols; ++j) sum[j] = sum_sq[j] = 0.0;
+  std::size_t r = 0;
+  for (; r + kRowUnroll <= rows; r += kRowUnroll) {
+    const T* __restrict x0 = x + r * stride;
+    const T* __restrict x1 = x0 + stride;
+    const T* __restrict x2 = x1 + stride;
+    const T* __restrict x3 = x2 + stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double p = pivot[j];
+      const double d0 = double(x0[j]) - p, d1 = double(x1[j]) - p;
+      const double d2 = double(x2[j]) - p, d3 = double(x3[j]) - p;
+      sum[j] += (d0 + d1) + (d2 + d3);
+      sum_sq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  }
+  for (; r < rows; ++r) {
+    const T* __restrict xr = x + r * stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double d = double(xr[j]) - pivot[j];
+      sum[j] += d;
+      sum_sq[j] += d * d;
+    }
+  }
+}
+
+// sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]).
+template <class T>
+void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t rows,
+                       std::size_t stride, std::size_t cols, const double* __restrict mean,
+                       double* __restrict sum_dy, double* __restrict sum_dyx) {
+  for (std::size_t j = 0; j < cols; ++j) sum_dy[j] = sum_dyx[j] = 0.0;
+  std::size_t r = 0;
+  for (; r + kRowUnroll <= rows; r += kRowUnroll) {
+    const std::size_t o = r * stride;
+    const T* __restrict g0 = dy + o;
+    const T* __restrict x0 = x + o;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double m = mean[j];
+      const double a0 = double(g0[j]), a1 = double(g0[j + stride]);
+      const double a2 = double(g0[j + 2 * stride]), a3 = double(g0[j + 3 * stride]);
+      const double d0 = double(x0[j]) - m, d1 = double(x0[j + stride]) - m;
+      const double d2 = double(x0[j + 2 * stride]) - m, d3 = double(x0[j + 3 * stride]) - m;
+      sum_dy[j] += (a0 + a1) + (a2 + a3);
+      sum_dyx[j] += (a0 * d0 + a1 * d1) + (a2 * d2 + a3 * d3);
+    }
+  }
+  for (; r < rows; ++r) {
+    const T* __restrict gr = dy + r * stride;
+    const T* __restrict xr = x + r * stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double g = double(gr[j]);
+      sum_dy[j] += g;
+      sum_dyx[j] += g * (double(xr[j]) - mean[j]);
+    }
+  }
+}
+
+template <class T>
+void bn_rows_normalize(const T* __restrict x, T* __restrict y, std::size_t rows,
+                       std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
+                       const T* __restrict mean_lo, const T* __restrict scale,
+                       const T* __restrict shift) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* __restrict xr = x + r * stride;
+    T* __restrict yr = y + r * stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      yr[j] = ((xr[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j];
+    }
+  }
+}
+
+template <class T, bool kCentered>
+void bn_rows_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
+                     std::size_t rows, std::size_t stride, std::size_t cols,
+                     const T* __restrict k_dy, const T* __restrict mean,
+                     const T* __restrict k_x, const T* __restrict k_0) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* __restrict gr = dy + r * stride;
+    const T* __restrict xr = x + r * stride;
+    T* __restrict out = dx + r * stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      if (kCentered) {
+        out[j] = gr[j] * k_dy[j] + ((xr[j] - mean[j]) * k_x[j] + k_0[j]);
+      } else {
+        out[j] = gr[j] * k_dy[j];
+      }
+    }
+  }
+}
+
+template <class T>
+void bn_rows_dx(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
+                std::size_t cols, const T* k_dy, const T* mean, const T* k_x, const T* k_0,
+                bool centered) {
+  with_flags(
+      [&](auto c) {
+        bn_rows_dx_loop<T, c>(dy, x, dx, rows, stride, cols, k_dy, mean, k_x, k_0);
+      },
+      centered);
+}

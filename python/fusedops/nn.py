@@ -1,0 +1,113 @@
+"""Layers built on the fused kernels, for hand-written NumPy training loops."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._core import batch_norm_backward, batch_norm_forward
+
+__all__ = ["BatchNorm"]
+
+
+class BatchNorm:
+    """Batch normalization over the channel axis, as ``torch.nn.BatchNorm{1,2,3}d``.
+
+    ``x`` is ``(N, C, *spatial)`` with ``channel_axis=1`` or ``(N, *spatial, C)`` with
+    ``channel_axis=-1``, of the layer's ``dtype``.
+
+    - ``forward(x, training=True)`` normalizes with the batch statistics and updates the
+      running statistics (when tracked); ``training=False`` uses the running statistics,
+      or the batch statistics when they are not tracked (as torch does).
+    - ``backward(dy)`` returns ``dx`` for the last ``forward`` and writes the parameter
+      gradients into ``grad_weight`` and ``grad_bias``.
+
+    Buffers: ``weight``, ``bias``, ``running_mean``, ``running_var``, ``grad_weight`` and
+    ``grad_bias`` are allocated once and only ever updated in place, so an optimizer can
+    hold ``parameters()`` and ``gradients()`` for the whole run. ``forward`` and
+    ``backward`` return a new array on each call unless ``out=`` is given: a returned
+    array is never overwritten behind the caller's back. A training loop that wants no
+    per-step allocation passes its own ``out=`` buffers (C-contiguous, the shape and dtype
+    of ``x``). ``forward`` keeps a reference to ``x`` (not a copy) for ``backward``: do not
+    modify ``x`` in between.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 channel_axis: int = 1, dtype=np.float32) -> None:
+        if not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool):
+            raise TypeError(f"BatchNorm: num_features must be an int, got "
+                            f"{type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"BatchNorm: num_features must be >= 1, got {num_features}")
+        if channel_axis not in (1, -1):
+            raise ValueError(f"BatchNorm: channel_axis must be 1 or -1, got {channel_axis!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"BatchNorm: dtype must be float32 or float64, got {dtype}")
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"BatchNorm: eps must be finite and >= 0, got {eps!r}")
+        if not (np.isfinite(momentum) and 0 <= momentum <= 1):
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.channel_axis = channel_axis
+        self.dtype = dtype
+        c = self.num_features
+        self.weight = np.ones(c, dtype) if affine else None
+        self.bias = np.zeros(c, dtype) if affine else None
+        self.grad_weight = np.zeros(c, dtype) if affine else None
+        self.grad_bias = np.zeros(c, dtype) if affine else None
+        self.running_mean = np.zeros(c, dtype) if track_running_stats else None
+        self.running_var = np.ones(c, dtype) if track_running_stats else None
+        self._saved = None  # (x, save_mean, save_invstd, batch statistics used)
+
+    def forward(self, x: np.ndarray, training: bool = True, *,
+                out: np.ndarray | None = None) -> np.ndarray:
+        """Normalizes ``x``; caches what ``backward`` needs."""
+        self._check_dtype("x", x)
+        use_batch_stats = training or not self.track_running_stats
+        y, save_mean, save_invstd = batch_norm_forward(
+            x, self.weight, self.bias, self.running_mean, self.running_var,
+            training=use_batch_stats, momentum=self.momentum, eps=self.eps,
+            channel_axis=self.channel_axis, out=out)
+        self._saved = (x, save_mean, save_invstd, use_batch_stats)
+        return y
+
+    def backward(self, dy: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Returns ``dx`` for the last ``forward``; fills ``grad_weight`` and ``grad_bias``."""
+        if self._saved is None:
+            raise RuntimeError("BatchNorm.backward: call forward first")
+        self._check_dtype("dy", dy)
+        x, save_mean, save_invstd, use_batch_stats = self._saved
+        dx, dweight, dbias = batch_norm_backward(
+            dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
+            channel_axis=self.channel_axis, out=out)
+        if self.affine:
+            self.grad_weight[...] = dweight
+            self.grad_bias[...] = dbias
+        return dx
+
+    __call__ = forward
+
+    def parameters(self) -> list[np.ndarray]:
+        """``[weight, bias]`` (empty without affine), updated in place by optimizers."""
+        return [self.weight, self.bias] if self.affine else []
+
+    def gradients(self) -> list[np.ndarray]:
+        """``[grad_weight, grad_bias]``, aligned with ``parameters()``."""
+        return [self.grad_weight, self.grad_bias] if self.affine else []
+
+    def _check_dtype(self, name: str, a) -> None:
+        if isinstance(a, np.ndarray) and a.dtype != self.dtype:
+            raise TypeError(f"BatchNorm: {name} has dtype {a.dtype} but the layer has dtype "
+                            f"{self.dtype}")
+
+    def __repr__(self) -> str:
+        return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+                f"channel_axis={self.channel_axis}, dtype={self.dtype.name})")

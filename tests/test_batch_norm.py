@@ -1,0 +1,603 @@
+"""Batch norm forward/backward and the nn.BatchNorm layer against float64 references,
+torch autograd (when installed) and finite differences."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fusedops as fo
+from reference import batch_norm_backward_reference, batch_norm_forward_reference
+
+DTYPES = [np.float32, np.float64]
+# (rtol, atol relative to the largest magnitude of the expected array)
+TOL = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
+
+# (shape, channel_axis): odd channel counts and spatial sizes, every layout, and shapes
+# that take the multi-block slab path (spatial > 16384) and multi-tile row path (> 512
+# columns per row).
+CASES = [
+    ((4, 3, 5, 7), 1),
+    ((3, 17, 7, 9), 1),
+    ((6, 3, 1, 1), 1),
+    ((5, 1, 7, 9), 1),
+    ((8, 17), 1),
+    ((9, 3), -1),
+    ((4, 3, 11), 1),
+    ((2, 3, 4, 5, 6), 1),
+    ((3, 7, 9, 17), -1),
+    ((6, 1, 1, 3), -1),
+    ((3, 7, 9, 1), -1),
+    ((2, 4, 3, 5, 3), -1),
+    ((2, 3, 130, 130), 1),
+    ((4, 5, 5, 600), -1),
+    ((4, 300, 2, 2), 1),
+]
+CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
+
+
+def assert_close(actual, expected, dtype, name):
+    rtol, atol = TOL[dtype]
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol,
+                               atol=atol * max(scale, 1.0), err_msg=name)
+
+
+def make_inputs(rng, shape, channel_axis, dtype, *, affine=True, spread=3.0, offset=1.5):
+    channels = shape[channel_axis]
+    x = (rng.standard_normal(shape) * spread + offset).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, channels).astype(dtype) if affine else None
+    bias = rng.standard_normal(channels).astype(dtype) if affine else None
+    running_mean = rng.standard_normal(channels).astype(dtype)
+    running_var = rng.uniform(0.5, 2.0, channels).astype(dtype)
+    return x, weight, bias, running_mean, running_var
+
+
+# ---------------------------------------------------------------------------------------
+# Functional API against the float64 references, on every ISA.
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", CASES, ids=CASE_IDS)
+def test_forward_matches_reference(isa, rng, shape, channel_axis, dtype, affine, training):
+    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, dtype, affine=affine)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = batch_norm_forward_reference(
+        x, weight, bias, rm, rv, training=training, momentum=0.3, eps=1e-3,
+        channel_axis=channel_axis)
+    y, save_mean, save_invstd = fo.batch_norm_forward(
+        x, weight, bias, rm, rv, training=training, momentum=0.3, eps=1e-3,
+        channel_axis=channel_axis)
+    for a in (y, save_mean, save_invstd):
+        assert a.dtype == dtype
+    assert y.shape == x.shape and save_mean.shape == save_invstd.shape == (shape[channel_axis],)
+    assert_close(y, y_ref, dtype, "y")
+    assert_close(save_mean, mean_ref, dtype, "save_mean")
+    assert_close(save_invstd, invstd_ref, dtype, "save_invstd")
+    assert_close(rm, rm_ref, dtype, "running_mean")
+    assert_close(rv, rv_ref, dtype, "running_var")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", CASES, ids=CASE_IDS)
+def test_backward_matches_reference(isa, rng, shape, channel_axis, dtype, affine, training):
+    x, weight, _, rm, rv = make_inputs(rng, shape, channel_axis, dtype, affine=affine)
+    dy = rng.standard_normal(shape).astype(dtype)
+    _, mean, invstd, _, _ = batch_norm_forward_reference(
+        x, training=training, running_mean=rm, running_var=rv, channel_axis=channel_axis)
+    save_mean, save_invstd = mean.astype(dtype), invstd.astype(dtype)
+    dx_ref, dw_ref, db_ref = batch_norm_backward_reference(
+        dy, x, weight, save_mean, save_invstd, training=training, channel_axis=channel_axis)
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd,
+                                        training=training, channel_axis=channel_axis)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert_close(dx, dx_ref, dtype, "dx")
+    if affine:
+        assert dw.dtype == db.dtype == dtype
+        assert_close(dw, dw_ref, dtype, "dweight")
+        assert_close(db, db_ref, dtype, "dbias")
+    else:
+        assert dw is None and db is None
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_out_buffers_are_written_and_returned(rng, channel_axis):
+    shape = (4, 3, 6, 5) if channel_axis == 1 else (4, 6, 5, 3)
+    x, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y_out = np.full(shape, np.nan, np.float32)
+    dx_out = np.full(shape, np.nan, np.float32)
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis,
+                                            out=y_out)
+    dx, _, _ = fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis,
+                                      out=dx_out)
+    assert y is y_out and dx is dx_out
+    y_new, _, _ = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    dx_new, _, _ = fo.batch_norm_backward(dy, x, weight, mean, invstd,
+                                          channel_axis=channel_axis)
+    np.testing.assert_array_equal(y_out, y_new)
+    np.testing.assert_array_equal(dx_out, dx_new)
+
+
+def test_running_stats_update_uses_unbiased_variance():
+    x = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 60.0]])  # (N=3, C=2)
+    rm = np.array([0.5, -1.0])
+    rv = np.array([2.0, 4.0])
+    _, mean, invstd = fo.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=0.25,
+                                            eps=0.0)
+    np.testing.assert_allclose(mean, [3.0, 30.0], rtol=1e-14)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt([8 / 3, 1400 / 3]), rtol=1e-14)
+    np.testing.assert_allclose(rm, [0.75 * 0.5 + 0.25 * 3.0, 0.75 * -1.0 + 0.25 * 30.0],
+                               rtol=1e-14)
+    np.testing.assert_allclose(rv, [0.75 * 2.0 + 0.25 * 4.0, 0.75 * 4.0 + 0.25 * 700.0],
+                               rtol=1e-14)
+
+
+def test_eval_mode_returns_running_stats():
+    rm = np.array([1.0, -2.0], np.float32)
+    rv = np.array([4.0, 0.25], np.float32)
+    x = np.ones((3, 2, 4), np.float32)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, mean, invstd = fo.batch_norm_forward(x, None, None, rm, rv, training=False, eps=0.0)
+    np.testing.assert_array_equal(mean, rm)
+    assert mean is not rm and not np.shares_memory(mean, rm)
+    np.testing.assert_array_equal(invstd, [0.5, 2.0])
+    np.testing.assert_array_equal(rm, rm0)
+    np.testing.assert_array_equal(rv, rv0)
+    np.testing.assert_array_equal(y[:, 0], 0.0)
+    np.testing.assert_array_equal(y[:, 1], 6.0)
+
+
+def test_nan_propagates_to_its_channel_only():
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5))
+    x[1, 1, 2, 2] = np.nan
+    rm, rv = np.zeros(3), np.ones(3)
+    y, mean, invstd = fo.batch_norm_forward(x, running_mean=rm, running_var=rv)
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
+    assert np.isnan(mean[1]) and np.isnan(rm[1]) and np.isnan(rv[1])
+    assert np.isfinite(rm[[0, 2]]).all() and np.isfinite(rv[[0, 2]]).all()
+
+
+def test_empty_arrays():
+    # No channels: nothing to do, in either mode.
+    y, mean, invstd = fo.batch_norm_forward(np.zeros((4, 0, 3), np.float32))
+    assert y.shape == (4, 0, 3) and mean.shape == invstd.shape == (0,)
+    # No samples: eval mode is a no-op that still reports the running statistics.
+    rm, rv = np.zeros(3), np.full(3, 3.0)
+    y, mean, invstd = fo.batch_norm_forward(np.zeros((0, 3, 4)), None, None, rm, rv,
+                                            training=False, eps=1.0)
+    assert y.shape == (0, 3, 4)
+    np.testing.assert_array_equal(invstd, 0.5)
+    dx, dw, db = fo.batch_norm_backward(np.zeros((0, 3, 4)), np.zeros((0, 3, 4)),
+                                        np.ones(3), mean, invstd)
+    assert dx.shape == (0, 3, 4)
+    np.testing.assert_array_equal(dw, 0.0)
+    np.testing.assert_array_equal(db, 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    c=st.integers(1, 6),
+    spatial=st.lists(st.integers(1, 6), max_size=3),
+    channel_last=st.booleans(),
+    training=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_shapes_match_reference(n, c, spatial, channel_last, training, seed):
+    shape = (n, *spatial, c) if channel_last else (n, c, *spatial)
+    axis = -1 if channel_last else 1
+    if training and n * int(np.prod(spatial)) < 2:
+        return  # rejected, tested in test_bad_inputs
+    rng = np.random.default_rng(seed)
+    x, weight, bias, rm, rv = make_inputs(rng, shape, axis, np.float64)
+    dy = rng.standard_normal(shape)
+    y_ref, mean_ref, invstd_ref, _, _ = batch_norm_forward_reference(
+        x, weight, bias, rm, rv, training=training, channel_axis=axis)
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, training=training,
+                                            channel_axis=axis)
+    assert_close(y, y_ref, np.float64, "y")
+    dx_ref, dw_ref, db_ref = batch_norm_backward_reference(dy, x, weight, mean, invstd,
+                                                           training=training, channel_axis=axis)
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, training=training,
+                                        channel_axis=axis)
+    assert_close(dx, dx_ref, np.float64, "dx")
+    assert_close(dw, dw_ref, np.float64, "dweight")
+    assert_close(db, db_ref, np.float64, "dbias")
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients: finite differences in float64, torch autograd when installed.
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape,channel_axis", [((3, 2, 2, 3), 1), ((3, 2, 3, 2), -1)],
+                         ids=["nchw", "nhwc"])
+def test_gradients_match_finite_differences(rng, shape, channel_axis, training):
+    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, np.float64)
+    g = rng.standard_normal(shape)  # loss = sum(g * y)
+
+    def loss(x_, w_, b_):
+        y, _, _ = fo.batch_norm_forward(x_, w_, b_, rm.copy(), rv.copy(), training=training,
+                                        channel_axis=channel_axis)
+        return float(np.sum(g * y))
+
+    def numeric(arr, f):
+        grad = np.zeros_like(arr)
+        h = 1e-6
+        for i in np.ndindex(arr.shape):
+            saved = arr[i]
+            arr[i] = saved + h
+            up = f()
+            arr[i] = saved - h
+            down = f()
+            arr[i] = saved
+            grad[i] = (up - down) / (2 * h)
+        return grad
+
+    _, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm.copy(), rv.copy(),
+                                            training=training, channel_axis=channel_axis)
+    dx, dw, db = fo.batch_norm_backward(g, x, weight, mean, invstd, training=training,
+                                        channel_axis=channel_axis)
+    f = lambda: loss(x, weight, bias)  # noqa: E731
+    np.testing.assert_allclose(dx, numeric(x, f), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, numeric(weight, f), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(db, numeric(bias, f), rtol=1e-6, atol=1e-7)
+
+
+TORCH_TOL = {np.float32: (1e-4, 1e-5), np.float64: (1e-10, 1e-12)}
+
+
+@pytest.fixture
+def torch():
+    """torch on one thread (the shapes here are tiny), or a skip when not installed."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(previous)
+
+
+def torch_layout(torch, a, channel_axis):
+    """An NCHW torch tensor viewing a (channels_last memory format for channel_axis=-1)."""
+    t = torch.from_numpy(a)
+    return t if channel_axis == 1 else t.movedim(-1, 1)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis",
+                         [((4, 3, 7, 9), 1), ((4, 7, 9, 3), -1), ((6, 17), 1),
+                          ((2, 5, 3, 4, 2), 1), ((3, 4, 6, 17), -1)],
+                         ids=["nchw", "nhwc", "nc", "ncdhw", "nhwc17"])
+def test_matches_torch_autograd(torch, rng, shape, channel_axis, dtype, affine, training):
+    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, dtype, affine=affine)
+    dy = rng.standard_normal(shape).astype(dtype)
+    rm_t, rv_t = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+    x_t = torch_layout(torch, x.copy(), channel_axis).requires_grad_()
+    w_t = torch.from_numpy(weight.copy()).requires_grad_() if affine else None
+    b_t = torch.from_numpy(bias.copy()).requires_grad_() if affine else None
+    y_t = torch.nn.functional.batch_norm(x_t, rm_t, rv_t, w_t, b_t, training=training,
+                                         momentum=0.2, eps=1e-4)
+    y_t.backward(torch_layout(torch, dy, channel_axis))
+
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, training=training,
+                                            momentum=0.2, eps=1e-4, channel_axis=channel_axis)
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, training=training,
+                                        channel_axis=channel_axis)
+    rtol, atol = TORCH_TOL[dtype]
+
+    def check(actual, expected, name):
+        expected = expected.detach().numpy()
+        scale = max(float(np.max(np.abs(expected))), 1.0)
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=name)
+
+    check(y, y_t if channel_axis == 1 else y_t.movedim(1, -1), "y")
+    check(dx, x_t.grad if channel_axis == 1 else x_t.grad.movedim(1, -1), "dx")
+    check(rm, rm_t, "running_mean")
+    check(rv, rv_t, "running_var")
+    if affine:
+        check(dw, w_t.grad, "dweight")
+        check(db, b_t.grad, "dbias")
+
+
+# ---------------------------------------------------------------------------------------
+# Accuracy with a large mean and a small spread.
+
+
+@pytest.mark.parametrize("shape,channel_axis", [((16, 3, 32, 32), 1), ((16, 32, 32, 3), -1),
+                                                ((64, 3, 2, 2), 1)],
+                         ids=["nchw", "nhwc", "short-spatial"])
+def test_large_mean_small_spread_float32(isa, shape, channel_axis):
+    rng = np.random.default_rng(7)
+    x = (1e4 + 1e-2 * rng.standard_normal(shape)).astype(np.float32)
+    channels = shape[channel_axis]
+    rm, rv = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = batch_norm_forward_reference(
+        x, running_mean=rm, running_var=rv, momentum=1.0, eps=1e-8, channel_axis=channel_axis)
+    var_ref = 1 / invstd_ref**2 - 1e-8
+    assert np.all(np.abs(var_ref / 1e-4 - 1) < 0.5)  # the data really has std ~1e-2
+
+    # The naive one-pass float32 formula loses the variance entirely.
+    axes = tuple(d for d in range(x.ndim) if d != channel_axis % x.ndim)
+    naive = np.mean(x * x, axis=axes) - np.mean(x, axis=axes) ** 2
+    assert naive.dtype == np.float32
+    assert np.all(np.abs(naive / var_ref - 1) > 0.5)
+
+    y, mean, invstd = fo.batch_norm_forward(x, None, None, rm, rv, momentum=1.0, eps=1e-8,
+                                            channel_axis=channel_axis)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-7)
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=1e-5)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-5)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-4)
+    assert abs(float(y.astype(np.float64).mean())) < 1e-4
+    assert abs(float(y.astype(np.float64).std()) - 1) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------
+# Determinism across thread counts.
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis",
+                         [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1), ((2, 3, 150, 150), 1),
+                          ((128, 40, 3, 3), 1), ((24, 1500), 1)],
+                         ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc"])
+def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype,
+                                                training):
+    rng = np.random.default_rng(3)
+    x, weight, bias, rm0, rv0 = make_inputs(rng, shape, channel_axis, dtype, offset=50.0)
+    dy = rng.standard_normal(shape).astype(dtype)
+    results = []
+    for n in (1, 2, 3):
+        fo.set_num_threads(n)
+        rm, rv = rm0.copy(), rv0.copy()
+        y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, training=training,
+                                                channel_axis=channel_axis)
+        dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, training=training,
+                                            channel_axis=channel_axis)
+        results.append([y, mean, invstd, rm, rv, dx, dw, db])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+# ---------------------------------------------------------------------------------------
+# Bad inputs: the right error class, a message naming the argument, nothing changed.
+
+
+def forward_call(rng, **changes):
+    shape = (4, 3, 5, 5)
+    x, weight, bias, rm, rv = make_inputs(rng, shape, 1, np.float32)
+    kwargs = dict(x=x, weight=weight, bias=bias, running_mean=rm, running_var=rv,
+                  training=True, momentum=0.1, eps=1e-5, channel_axis=1,
+                  out=np.full(shape, 7.0, np.float32))
+    kwargs.update(changes)
+    return kwargs
+
+
+def read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+FORWARD_ERRORS = [
+    # (id, changes from the valid call as a function of it, error class, argument named)
+    ("x-int", lambda k: {"x": k["x"].astype(np.int32)}, TypeError, "x"),
+    ("x-list", lambda k: {"x": k["x"].tolist()}, TypeError, "x"),
+    ("x-1d", lambda k: {"x": k["x"].ravel(), "out": None}, ValueError, "x"),
+    ("x-strided", lambda k: {"x": k["x"][:, :, ::2], "out": None}, ValueError, "x"),
+    ("weight-f64", lambda k: {"weight": k["weight"].astype(np.float64)}, TypeError, "weight"),
+    ("weight-shape", lambda k: {"weight": np.ones(4, np.float32)}, ValueError, "weight"),
+    ("bias-2d", lambda k: {"bias": np.ones((3, 1), np.float32)}, ValueError, "bias"),
+    ("running-mean-read-only", lambda k: {"running_mean": read_only(k["running_mean"])},
+     ValueError, "running_mean"),
+    ("running-var-strided", lambda k: {"running_var": np.ones(6, np.float32)[::2]},
+     ValueError, "running_var"),
+    ("running-var-missing", lambda k: {"running_var": None}, ValueError, "running_var"),
+    ("running-stats-shared", lambda k: {"running_var": k["running_mean"]}, ValueError,
+     "running_"),
+    ("eval-without-stats", lambda k: {"training": False, "running_mean": None,
+                                      "running_var": None}, ValueError, "running_mean"),
+    ("one-value-per-channel", lambda k: {"x": k["x"][:1, :, :1, :1].copy(), "out": None},
+     ValueError, "per channel"),
+    ("channel-axis-2", lambda k: {"channel_axis": 2}, ValueError, "channel_axis"),
+    ("momentum-negative", lambda k: {"momentum": -0.1}, ValueError, "momentum"),
+    ("momentum-above-1", lambda k: {"momentum": 1.5}, ValueError, "momentum"),
+    ("momentum-nan", lambda k: {"momentum": float("nan")}, ValueError, "momentum"),
+    ("eps-negative", lambda k: {"eps": -1e-5}, ValueError, "eps"),
+    ("eps-inf", lambda k: {"eps": float("inf")}, ValueError, "eps"),
+    ("out-shape", lambda k: {"out": np.zeros((4, 3, 5, 4), np.float32)}, ValueError, "out"),
+    ("out-f64", lambda k: {"out": np.zeros((4, 3, 5, 5))}, TypeError, "out"),
+    ("out-read-only", lambda k: {"out": read_only(k["out"])}, ValueError, "out"),
+    ("out-fortran", lambda k: {"out": np.asfortranarray(k["out"])}, ValueError, "out"),
+    ("out-is-x", lambda k: {"out": k["x"]}, ValueError, "out"),
+]
+
+
+@pytest.mark.parametrize("make_changes,error,name",
+                         [c[1:] for c in FORWARD_ERRORS], ids=[c[0] for c in FORWARD_ERRORS])
+def test_forward_bad_inputs_raise_and_change_nothing(rng, make_changes, error, name):
+    kwargs = forward_call(rng)
+    kwargs.update(make_changes(kwargs))
+    before = {k: v.copy() for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+    x = kwargs.pop("x")
+    with pytest.raises(error, match=name):
+        fo.batch_norm_forward(x, **kwargs)
+    kwargs["x"] = x
+    for k, v in before.items():
+        np.testing.assert_array_equal(kwargs[k], v, err_msg=k)
+
+
+def backward_call(rng, **changes):
+    shape = (4, 5, 5, 3)
+    x, weight, _, _, _ = make_inputs(rng, shape, -1, np.float64)
+    kwargs = dict(dy=rng.standard_normal(shape), x=x, weight=weight,
+                  save_mean=rng.standard_normal(3), save_invstd=rng.uniform(1, 2, 3),
+                  training=True, channel_axis=-1, out=np.full(shape, 7.0))
+    kwargs.update(changes)
+    return kwargs
+
+
+BACKWARD_ERRORS = [
+    ("dy-shape", lambda k: {"dy": k["dy"][:3].copy()}, ValueError, "dy"),
+    ("dy-f32", lambda k: {"dy": k["dy"].astype(np.float32)}, TypeError, "dy"),
+    ("dy-strided", lambda k: {"dy": np.repeat(k["dy"], 2, axis=0)[::2]}, ValueError, "dy"),
+    ("weight-shape", lambda k: {"weight": np.ones(5)}, ValueError, "weight"),
+    ("save-mean-shape", lambda k: {"save_mean": np.zeros(5)}, ValueError, "save_mean"),
+    ("save-invstd-none", lambda k: {"save_invstd": None}, TypeError, "save_invstd"),
+    ("save-invstd-f32", lambda k: {"save_invstd": np.ones(3, np.float32)}, TypeError,
+     "save_invstd"),
+    ("channel-axis", lambda k: {"channel_axis": 0}, ValueError, "channel_axis"),
+    ("out-is-dy", lambda k: {"out": k["dy"]}, ValueError, "out"),
+    ("out-read-only", lambda k: {"out": read_only(k["out"])}, ValueError, "out"),
+    ("out-shape", lambda k: {"out": np.zeros((4, 5, 3, 5))}, ValueError, "out"),
+]
+
+
+@pytest.mark.parametrize("make_changes,error,name",
+                         [c[1:] for c in BACKWARD_ERRORS], ids=[c[0] for c in BACKWARD_ERRORS])
+def test_backward_bad_inputs_raise_and_change_nothing(rng, make_changes, error, name):
+    kwargs = backward_call(rng)
+    kwargs.update(make_changes(kwargs))
+    before = {k: v.copy() for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+    positional = [kwargs.pop(k) for k in ("dy", "x", "weight", "save_mean", "save_invstd")]
+    with pytest.raises(error, match=name):
+        fo.batch_norm_backward(*positional, **kwargs)
+    kwargs.update(zip(("dy", "x", "weight", "save_mean", "save_invstd"), positional))
+    for k, v in before.items():
+        np.testing.assert_array_equal(kwargs[k], v, err_msg=k)
+
+
+def test_read_only_running_stats_are_fine_in_eval_mode(rng):
+    kwargs = forward_call(rng, training=False)
+    kwargs["running_mean"] = read_only(kwargs["running_mean"])
+    kwargs["running_var"] = read_only(kwargs["running_var"])
+    y, mean, _ = fo.batch_norm_forward(kwargs.pop("x"), **kwargs)
+    np.testing.assert_array_equal(mean, kwargs["running_mean"])
+
+
+# ---------------------------------------------------------------------------------------
+# The nn.BatchNorm layer.
+
+
+def test_layer_attributes_and_lists():
+    bn = fo.nn.BatchNorm(5, dtype=np.float64)
+    assert bn.weight.dtype == np.float64 and bn.weight.shape == (5,)
+    np.testing.assert_array_equal(bn.weight, 1.0)
+    np.testing.assert_array_equal(bn.bias, 0.0)
+    np.testing.assert_array_equal(bn.running_mean, 0.0)
+    np.testing.assert_array_equal(bn.running_var, 1.0)
+    assert bn.parameters()[0] is bn.weight and bn.parameters()[1] is bn.bias
+    assert bn.gradients()[0] is bn.grad_weight and bn.gradients()[1] is bn.grad_bias
+    plain = fo.nn.BatchNorm(5, affine=False, track_running_stats=False)
+    assert plain.parameters() == [] and plain.gradients() == []
+    assert plain.weight is None and plain.running_mean is None
+    with pytest.raises(TypeError, match="dtype"):
+        fo.nn.BatchNorm(5, dtype=np.int32)
+    with pytest.raises(ValueError, match="channel_axis"):
+        fo.nn.BatchNorm(5, channel_axis=2)
+    with pytest.raises(ValueError, match="momentum"):
+        fo.nn.BatchNorm(5, momentum=2.0)
+    with pytest.raises(TypeError, match="dtype"):
+        bn.forward(np.zeros((2, 5), np.float32))
+    with pytest.raises(RuntimeError, match="forward"):
+        fo.nn.BatchNorm(5).backward(np.zeros((2, 5), np.float32))
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_layer_training_loop_matches_functional_calls(rng, channel_axis):
+    shape = (6, 4, 5, 3) if channel_axis == 1 else (6, 5, 3, 4)
+    bn = fo.nn.BatchNorm(4, momentum=0.2, channel_axis=channel_axis)
+    weight, bias = np.ones(4, np.float32), np.zeros(4, np.float32)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    y_buf, dx_buf = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    params, grads = bn.parameters(), bn.gradients()
+    for step in range(3):
+        x = rng.standard_normal(shape).astype(np.float32) * 2 + step
+        dy = rng.standard_normal(shape).astype(np.float32)
+        out = y_buf if step == 2 else None
+        y = bn.forward(x, out=out)
+        dx = bn.backward(dy, out=dx_buf if step == 2 else None)
+        y_f, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, momentum=0.2,
+                                                  channel_axis=channel_axis)
+        dx_f, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd,
+                                              channel_axis=channel_axis)
+        np.testing.assert_array_equal(y, y_f)
+        np.testing.assert_array_equal(dx, dx_f)
+        np.testing.assert_array_equal(bn.grad_weight, dw)
+        np.testing.assert_array_equal(bn.grad_bias, db)
+        np.testing.assert_array_equal(bn.running_mean, rm)
+        np.testing.assert_array_equal(bn.running_var, rv)
+        if out is not None:
+            assert y is y_buf and dx is dx_buf
+        # An SGD step on the layer's own arrays, as an optimizer holding them would do.
+        fo.sgd_step(params, grads, lr=0.1)
+        fo.sgd_step([weight, bias], [dw, db], lr=0.1)
+        assert bn.parameters()[0] is params[0] and bn.gradients()[0] is grads[0]
+    np.testing.assert_array_equal(bn.weight, weight)
+    # Eval mode normalizes with the running statistics.
+    x = rng.standard_normal(shape).astype(np.float32)
+    y_eval = bn.forward(x, training=False)
+    y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, rm, rv, training=False,
+                                                     channel_axis=channel_axis)
+    assert_close(y_eval, y_ref, np.float32, "eval y")
+    np.testing.assert_array_equal(bn.running_mean, rm)
+
+
+def test_layer_returns_fresh_arrays_by_default(rng):
+    bn = fo.nn.BatchNorm(3)
+    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
+    y1 = bn.forward(x)
+    y1_copy = y1.copy()
+    y2 = bn.forward(x + 1)
+    assert y2 is not y1 and not np.shares_memory(y1, y2)
+    np.testing.assert_array_equal(y1, y1_copy)
+
+
+def test_layer_without_running_stats_uses_batch_stats_in_eval(rng):
+    bn = fo.nn.BatchNorm(3, track_running_stats=False, dtype=np.float64)
+    x = rng.standard_normal((5, 3, 4))
+    dy = rng.standard_normal((5, 3, 4))
+    y = bn.forward(x, training=False)
+    y_ref, mean, invstd, _, _ = batch_norm_forward_reference(x, bn.weight, bn.bias)
+    assert_close(y, y_ref, np.float64, "y")
+    dx = bn.backward(dy)
+    dx_ref, _, _ = batch_norm_backward_reference(dy, x, bn.weight, mean, invstd)
+    assert_close(dx, dx_ref, np.float64, "dx")
+
+
+def test_layer_matches_torch_batchnorm2d(torch, rng):
+    shape = (8, 3, 6, 6)
+    bn = fo.nn.BatchNorm(3, momentum=0.3, dtype=np.float64)
+    ref = torch.nn.BatchNorm2d(3, momentum=0.3, dtype=torch.float64)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    for _ in range(4):
+        x = rng.standard_normal(shape) * 3 + 1
+        target = rng.standard_normal(shape)
+        # loss = 0.5 * |y - target|^2, so dy = y - target
+        y = bn.forward(x)
+        bn.backward(y - target)
+        fo.sgd_step(bn.parameters(), bn.gradients(), lr=0.05)
+
+        opt.zero_grad()
+        y_t = ref(torch.from_numpy(x))
+        (0.5 * ((y_t - torch.from_numpy(target)) ** 2).sum()).backward()
+        opt.step()
+        np.testing.assert_allclose(y, y_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.weight, ref.weight.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(bn.bias, ref.bias.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.running_mean, ref.running_mean.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(bn.running_var, ref.running_var.numpy(), rtol=1e-10)
+    ref.eval()
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(bn.forward(x, training=False),
+                               ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-10,
+                               atol=1e-12)
