@@ -345,8 +345,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for fusedops and NumPy's BLAS (default 1: at this model "
-                             "size a fork/join per call costs more than it saves; 0 keeps the "
-                             "libraries' defaults)")
+                             "size more threads gain little, and two thread pools waiting on "
+                             "the same few cores can make a step several times slower; 0 "
+                             "keeps the libraries' defaults)")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save loss/accuracy curves as a PNG")
     args = parser.parse_args(argv)
