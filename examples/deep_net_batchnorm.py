@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=int, default=0,
                         help="threads for fusedops and NumPy's BLAS (0: the libraries' defaults)")
     parser.add_argument("--plot", metavar="PATH", default=None)
     args = parser.parse_args(argv)

@@ -343,11 +343,9 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--constant-lr", action="store_true", help="no cosine decay")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads for fusedops and NumPy's BLAS (default 1: at this model "
-                             "size more threads gain little, and two thread pools waiting on "
-                             "the same few cores can make a step several times slower; 0 "
-                             "keeps the libraries' defaults)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for fusedops and NumPy's BLAS (default 0: the libraries' "
+                             "defaults)")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save loss/accuracy curves as a PNG")
     args = parser.parse_args(argv)
