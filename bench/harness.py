@@ -105,8 +105,11 @@ def check(case: Case, impl: Impl, reference: list[np.ndarray]) -> None:
                               f"differs from the float64 reference (max abs err {err})")
 
 
-def measure(case: Case, repeats: int, min_sample_seconds: float = 2e-3) -> list[dict]:
-    """Checks every implementation once, then times them interleaved."""
+def measure(case: Case, repeats: int, probe: Optional[Impl] = None, probe_bytes: float = 0.0,
+            min_sample_seconds: float = 2e-3) -> list[dict]:
+    """Checks every implementation once, then times them interleaved, together with the
+    bandwidth probe (so each row's % of bandwidth compares with the machine as it was
+    while that row ran)."""
     impls, reference = case.build()
     for impl in impls:  # the first run is the checked one
         if impl.prepare is not None:
@@ -117,35 +120,58 @@ def measure(case: Case, repeats: int, min_sample_seconds: float = 2e-3) -> list[
     for impl in impls:  # warm-up, and calls per sample so a sample lasts long enough
         t = max(_time_once(impl, 1), 1e-7)
         numbers[impl.name] = 1 if impl.prepare is not None else max(1, min(1000, int(min_sample_seconds / t)))
-    samples = {impl.name: [] for impl in impls}
+    timed = impls + ([probe] if probe is not None else [])
+    if probe is not None:
+        numbers[probe.name] = 1
+    samples = {impl.name: [] for impl in timed}
     for r in range(repeats):
-        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        order = timed[r % len(timed):] + timed[:r % len(timed)]
         for impl in order:
             samples[impl.name].append(_time_once(impl, numbers[impl.name]))
+    probe_gbps = probe_bytes / float(np.median(samples[probe.name])) / 1e9 if probe is not None else None
     rows = []
     for impl in impls:
         s = np.array(samples[impl.name])
         rows.append(dict(kernel=case.kernel, case=case.case, dtype=case.dtype,
                          n_elements=case.n_elements, n_tensors=case.n_tensors, impl=impl.name,
                          seconds_median=float(np.median(s)), seconds_min=float(s.min()),
-                         bytes_per_element=case.bytes_per_element, baseline=case.baseline))
+                         bytes_per_element=case.bytes_per_element, baseline=case.baseline,
+                         probe_gbps=probe_gbps))
     del impls, reference
     return rows
 
 
-def bandwidth_probe(n: int = 1 << 25, repeats: int = 15) -> float:
-    """Native multi-threaded a += s * b over float32 arrays beyond the caches; GB/s at 12 B/element."""
-    a = np.ones(n, dtype=np.float32)
-    b = np.ones(n, dtype=np.float32)
-    _core._bandwidth_probe(a, b, 1e-7)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _core._bandwidth_probe(a, b, 1e-7)
-        times.append(time.perf_counter() - start)
-    if not np.allclose(a, 1 + (repeats + 1) * 1e-7, rtol=1e-5):
-        raise WrongResult("bandwidth probe computed a wrong result")
-    return 12 * n / float(np.median(times)) / 1e9
+class BandwidthProbe:
+    """Native multi-threaded a += s * b over float32 arrays beyond the caches (12 B/element)."""
+
+    name = "bandwidth-probe"
+    prepare = None
+
+    def __init__(self, n: int = 1 << 24):
+        self.a = np.ones(n, dtype=np.float32)
+        self.b = np.ones(n, dtype=np.float32)
+        self.bytes = 12.0 * n
+        self.calls = 0
+
+    STEP = 2.0 ** -20  # 1 + k * STEP is exact in float32 for every k the run reaches
+
+    def run(self) -> None:
+        _core._bandwidth_probe(self.a, self.b, self.STEP)
+        self.calls += 1
+
+    def check(self) -> None:
+        if not np.all(self.a[:: 1 << 12] == np.float32(1 + self.calls * self.STEP)):
+            raise WrongResult("bandwidth probe computed a wrong result")
+
+    def measure(self, repeats: int) -> float:
+        self.run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.run()
+            times.append(time.perf_counter() - start)
+        self.check()
+        return self.bytes / float(np.median(times)) / 1e9
 
 
 def progress(message: str) -> None:

@@ -4,8 +4,9 @@
 
 Each case is run by every implementation in one process, interleaved, after a checked
 first run (a wrong answer is an error, not a row). GB/s counts the bytes/element model
-stated per kernel; "% bw" compares it with the native bandwidth probe (a += s * b,
-12 bytes/element of float32) measured in the same run. In-cache sizes may exceed 100%.
+stated per kernel; "% bw" compares it with the native bandwidth probe (a += s * b over
+arrays beyond the caches, 12 bytes/element of float32), which is timed interleaved with
+the implementations of every case. In-cache sizes may exceed 100%.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ except ImportError:  # batch norm cases not present in this checkout
     pass
 
 
-def finish_rows(rows: list[dict], probe_gbps: float, threads: int) -> None:
+def finish_rows(rows: list[dict], threads: int) -> None:
     by_impl = {r["impl"]: r for r in rows}
     for r in rows:
+        probe_gbps = r.pop("probe_gbps")
         n = r["n_elements"]
         t = r["seconds_median"]
         r["threads"] = threads
         r["ns_per_element"] = t / n * 1e9 if n else float("nan")
         r["ns_per_element_min"] = r["seconds_min"] / n * 1e9 if n else float("nan")
         r["gbps"] = r["bytes_per_element"] * n / t / 1e9
+        r["probe_gbps"] = probe_gbps
         r["pct_bandwidth"] = 100.0 * r["gbps"] / probe_gbps
         numpy_row = by_impl.get("numpy")
         r["speedup_vs_numpy"] = numpy_row["seconds_median"] / t if numpy_row else None
@@ -51,7 +54,7 @@ def finish_rows(rows: list[dict], probe_gbps: float, threads: int) -> None:
 
 def format_table(rows: list[dict]) -> str:
     head = ("kernel", "case", "dtype", "elements", "tensors", "impl", "ns/el med", "ns/el min",
-            "GB/s", "% bw", "vs numpy", "vs peer")
+            "GB/s", "probe GB/s", "% bw", "vs numpy", "vs peer")
     lines = [head]
 
     def ratio(x):
@@ -59,7 +62,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append((r["kernel"], r["case"], r["dtype"], f"{r['n_elements']:,}", str(r["n_tensors"]), r["impl"],
                       f"{r['ns_per_element']:.3f}", f"{r['ns_per_element_min']:.3f}", f"{r['gbps']:.1f}",
-                      f"{r['pct_bandwidth']:.0f}%", ratio(r["speedup_vs_numpy"]),
+                      f"{r['probe_gbps']:.1f}", f"{r['pct_bandwidth']:.0f}%", ratio(r["speedup_vs_numpy"]),
                       ratio(r["speedup_vs_peer"]) + (f" {r['baseline']}" if r["impl"] == "fusedops" else "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
@@ -131,8 +134,11 @@ def main(argv=None) -> int:
     for line in harness.header_lines(args.threads):
         print(line)
     harness.progress("bandwidth probe...")
-    probe = harness.bandwidth_probe(n=(1 << 24) if args.quick else (1 << 25), repeats=repeats)
-    print(f"bandwidth probe: {probe:.1f} GB/s (native a += s*b over two float32 arrays beyond the caches, 12 B/element)")
+    probe = harness.BandwidthProbe()
+    probe_start = probe.measure(repeats)
+    print(f"bandwidth probe: {probe_start:.1f} GB/s at the start (native a += s*b over two 64 MiB float32 arrays, "
+          "12 B/element); it also runs interleaved with every case, and each row's '% bw' compares with "
+          "the probe measured during that case")
     print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
           "optim.Adam.step 7 x itemsize; batch_norm see case names")
     cases = [c for make in CASE_LISTS for c in make(args.quick)]
@@ -146,9 +152,10 @@ def main(argv=None) -> int:
     for i, case in enumerate(cases):
         harness.progress(f"[{i + 1}/{len(cases)}] {case.kernel} {case.case} {case.dtype} "
                          f"{case.n_elements:,} elements x {case.n_tensors} tensors")
-        rows = harness.measure(case, repeats)
-        finish_rows(rows, probe, args.threads)
+        rows = harness.measure(case, repeats, probe=probe, probe_bytes=probe.bytes)
+        finish_rows(rows, args.threads)
         all_rows.extend(rows)
+    probe.check()
     harness.progress("")
     print(format_table(all_rows))
     for line in summary_lines(all_rows):
@@ -157,7 +164,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(all_rows, f, indent=1)
     if args.plot:
-        plot(all_rows, probe, args.plot)
+        plot(all_rows, float(np.median([r["probe_gbps"] for r in all_rows])) if all_rows else probe_start, args.plot)
     return 0
 
 
