@@ -1,0 +1,78 @@
+"""The benchmark machinery on small cases: every implementation's first run is checked
+against the float64 reference, rows carry the documented keys, a wrong answer is an
+error, and the report renders. (Speed itself is measured by bench/run.py, not here.)"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+
+import cases_norm  # noqa: E402
+import cases_optim  # noqa: E402
+import harness  # noqa: E402
+import report  # noqa: E402
+import run  # noqa: E402
+
+JSON_KEYS = {"kernel", "case", "dtype", "n_elements", "n_tensors", "impl", "threads", "seconds_median",
+             "seconds_min", "ns_per_element", "gbps", "pct_bandwidth"}
+
+SMALL_CASES = [
+    lambda: cases_optim.sgd_case([1000, 33], np.float32, "momentum"),
+    lambda: cases_optim.sgd_case([17], np.float64, "nesterov"),
+    lambda: cases_optim.sgd_case([1000], np.float32, "plain"),
+    lambda: cases_optim.adam_case([1000, 7], np.float32, "adam"),
+    lambda: cases_optim.adam_case([999], np.float64, "adamw-amsgrad"),
+    lambda: cases_optim.clip_case([100, 1000], np.float32),
+    lambda: cases_optim.adam_class_case([256] * 5, np.float32, "5x256"),
+    lambda: cases_norm.batch_norm_case((4, 3, 5, 7), 1, np.float32, "fwd+bwd"),
+    lambda: cases_norm.batch_norm_case((4, 5, 7, 3), -1, np.float64, "forward"),
+    lambda: cases_norm.batch_norm_case((4, 3, 5, 7), 1, np.float32, "backward"),
+]
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return harness.BandwidthProbe(n=1 << 16)
+
+
+@pytest.mark.parametrize("make", SMALL_CASES)
+def test_small_case_runs_checked_and_reports_rows(make, probe):
+    case = make()
+    rows = harness.measure(case, repeats=2, probe=probe, probe_bytes=probe.bytes)
+    run.finish_rows(rows, threads=1)
+    impls = [r["impl"] for r in rows]
+    assert impls[0] == "fusedops" and "numpy" in impls
+    for r in rows:
+        assert JSON_KEYS <= r.keys()
+        assert r["seconds_median"] > 0 and r["gbps"] > 0 and r["pct_bandwidth"] > 0
+    json.dumps(rows)
+    table = report.summary(rows)
+    assert table.splitlines()[2].startswith(f"| {case.kernel} | {case.case} |")
+    assert run.format_table(rows).count("\n") == len(rows) + 1
+    probe.check()
+
+
+def test_a_wrong_answer_is_an_error():
+    case = cases_optim.sgd_case([100], np.float32, "momentum")
+    build = case.build
+
+    def broken_build():
+        impls, reference = build()
+        impls[0].run = lambda: None  # "fusedops" that skips the work
+        return impls, reference
+    case.build = broken_build
+    with pytest.raises(harness.WrongResult, match="fusedops"):
+        harness.measure(case, repeats=1)
+
+
+def test_case_lists_cover_every_kernel():
+    names = {(c.kernel, c.dtype) for c in cases_optim.optim_cases(False) + cases_norm.norm_cases(False)}
+    kernels = {k for k, _ in names}
+    assert {"sgd_step", "adam_step", "adamw_step", "clip_grad_norm", "optim.Adam.step",
+            "batch_norm forward", "batch_norm backward", "batch_norm fwd+bwd"} <= kernels
+    assert {d for _, d in names} == {"float32", "float64"}
