@@ -26,8 +26,9 @@ bool is_sequence(py::handle obj) {
 
 }  // namespace
 
-bool is_native_byte_order(const py::array& a) {
-  const char order = py::detail::array_descriptor_proxy(a.dtype().ptr())->byteorder;
+bool is_native_byte_order(py::handle a) {
+  const char order =
+      py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->byteorder;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
   return order != '<';
 #else

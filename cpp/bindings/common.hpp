@@ -72,7 +72,7 @@ class CallChecker {
 std::string shape_string(const py::array& a);
 
 // False for a byte-swapped array: same type number, but its values would be misread.
-bool is_native_byte_order(const py::array& a);
+bool is_native_byte_order(py::handle a);
 
 // Hyperparameter checks: ValueError naming the argument unless finite and in range.
 void require_finite(const char* function, const char* name, double value);

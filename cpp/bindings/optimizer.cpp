@@ -62,6 +62,7 @@ class OptimizerPlan {
     checker.check_no_overlap();
     dtype_ = checker.dtype();
     std::sort(written_.begin(), written_.end());
+    cleared_grads_.assign(n, nullptr);
   }
 
   bool step_sgd(py::handle grads, const std::vector<SgdGroup>& groups, double grad_scale,
@@ -160,39 +161,49 @@ class OptimizerPlan {
     }
     const int want = dtype_ == Dtype::f32 ? py::detail::npy_api::NPY_FLOAT_
                                           : py::detail::npy_api::NPY_DOUBLE_;
+    const std::size_t itemsize = dtype_ == Dtype::f32 ? 4 : 8;
     std::vector<OptimTensor> tensors = tensors_;
     std::size_t i = 0;
     for (py::handle h : seq) {
+      // This runs for every grad at every step: read the array's fields directly
+      // (no temporary Python objects); errors take the slow, descriptive path.
       const auto label = [i] { return "grads[" + std::to_string(i) + "]"; };
       if (!py::isinstance<py::array>(h)) {
         throw py::type_error(name_ + ": " + label() + " must be a numpy.ndarray, got " +
                              py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
       }
-      const py::array a = py::reinterpret_borrow<py::array>(h);
-      if (a.dtype().num() != want || !is_native_byte_order(a)) {
+      const auto* fields = py::detail::array_proxy(h.ptr());
+      const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
+      const auto a = [h] { return py::reinterpret_borrow<py::array>(h); };
+      if (descr->type_num != want || !is_native_byte_order(h)) {
         throw py::type_error(name_ + ": " + label() + " has dtype " +
-                             py::str(a.dtype()).cast<std::string>() + " but the params have dtype " +
+                             py::str(a().dtype()).cast<std::string>() + " but the params have dtype " +
                              (dtype_ == Dtype::f32 ? "float32" : "float64"));
       }
       const auto& shape = shapes_[i];
-      bool same = static_cast<std::size_t>(a.ndim()) == shape.size();
-      for (std::size_t d = 0; same && d < shape.size(); ++d) same = a.shape(d) == shape[d];
+      bool same = static_cast<std::size_t>(fields->nd) == shape.size();
+      for (std::size_t d = 0; same && d < shape.size(); ++d) same = fields->dimensions[d] == shape[d];
       if (!same) {
-        throw py::value_error(name_ + ": " + label() + " has shape " + shape_string(a) +
+        throw py::value_error(name_ + ": " + label() + " has shape " + shape_string(a()) +
                               " but its param has shape " + shape_string(py::reinterpret_borrow<py::array>(params_[i])));
       }
-      if (!(a.flags() & py::array::c_style)) {
+      if (!(fields->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
         throw py::value_error(name_ + ": " + label() +
                               " is not C-contiguous; pass np.ascontiguousarray(...)");
       }
-      const char* start = static_cast<const char*>(a.data());
-      const std::size_t nbytes = static_cast<std::size_t>(a.nbytes());
-      if (nbytes > 0 && overlaps_written(start, start + nbytes)) {
+      const char* start = fields->data;
+      const std::size_t nbytes = tensors_[i].n * itemsize;
+      // The written ranges never change while the plan lives, so a grad at the address
+      // that passed last step (the usual reused gradient buffer) passes again.
+      if (nbytes > 0 && start != cleared_grads_[i] && overlaps_written(start, start + nbytes)) {
         throw py::value_error(name_ + ": " + label() +
                               " shares memory with a param or optimizer state");
       }
-      tensors[i].grad = a.data();
+      tensors[i].grad = start;
       ++i;
+    }
+    for (std::size_t k = 0; k < tensors.size(); ++k) {
+      cleared_grads_[k] = static_cast<const char*>(tensors[k].grad);
     }
     return tensors;
   }
@@ -235,6 +246,7 @@ class OptimizerPlan {
   std::vector<OptimTensor> tensors_;
   std::vector<std::vector<py::ssize_t>> shapes_;
   std::vector<Range> written_;
+  mutable std::vector<const char*> cleared_grads_;  // grads that passed the overlap check
   std::size_t n_groups_ = 0;
   Dtype dtype_ = Dtype::f32;
 };
