@@ -94,20 +94,23 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
   if (!py::isinstance<py::array>(obj)) {
     type_error(arg.label(i) + " must be a numpy.ndarray, got " + type_name(obj));
   }
-  const py::array a = py::reinterpret_borrow<py::array>(obj);
-  const int num = a.dtype().num();
+  // Runs for every array of every call: the checks read the array's fields directly and
+  // build Python objects only for error messages.
+  const auto* fields = py::detail::array_proxy(obj.ptr());
+  const int num = py::detail::array_descriptor_proxy(fields->descr)->type_num;
+  const auto array = [obj] { return py::reinterpret_borrow<py::array>(obj); };
   Dtype dtype;
   if (num == py::detail::npy_api::NPY_FLOAT_) {
     dtype = Dtype::f32;
   } else if (num == py::detail::npy_api::NPY_DOUBLE_) {
     dtype = Dtype::f64;
   } else {
-    type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+    type_error(arg.label(i) + " has dtype " + py::str(array().dtype()).cast<std::string>() +
                "; expected float32 or float64");
   }
   // A byte-swapped array has the same type number but would be read as garbage.
-  if (!is_native_byte_order(a)) {
-    type_error(arg.label(i) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+  if (!is_native_byte_order(obj)) {
+    type_error(arg.label(i) + " has dtype " + py::str(array().dtype()).cast<std::string>() +
                " in non-native byte order; pass x.astype(x.dtype.newbyteorder('='))");
   }
   if (!has_dtype_) {
@@ -121,35 +124,32 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
                "; all arrays of one call must share one dtype");
   }
   if (shape_arg != nullptr) {
-    const py::array ref = py::reinterpret_borrow<py::array>(shape_arg->items[i]);
-    bool same = ref.ndim() == a.ndim();
-    for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = ref.shape(d) == a.shape(d);
+    const auto* ref = py::detail::array_proxy(shape_arg->items[i].ptr());
+    bool same = ref->nd == fields->nd;
+    for (int d = 0; same && d < fields->nd; ++d) same = ref->dimensions[d] == fields->dimensions[d];
     if (!same) {
-      value_error(arg.label(i) + " has shape " + shape_string(a) + " but " +
-                  shape_arg->label(i) + " has shape " + shape_string(ref) +
+      value_error(arg.label(i) + " has shape " + shape_string(array()) + " but " +
+                  shape_arg->label(i) + " has shape " +
+                  shape_string(py::reinterpret_borrow<py::array>(shape_arg->items[i])) +
                   "; they must be equal");
     }
   }
-  if (!(a.flags() & py::array::c_style)) {
+  if (!(fields->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
     value_error(arg.label(i) +
                 " is not C-contiguous; pass np.ascontiguousarray(...) (and, for an array "
                 "that is updated in place, keep using the contiguous copy)");
   }
   if (access == Access::write) {
-    if (!a.writeable()) {
+    if (!(fields->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
       value_error(arg.label(i) + " is read-only but is written in place; pass a writeable array");
     }
-    if (!(a.flags() & kAlignedFlag)) {
+    if (!(fields->flags & kAlignedFlag)) {
       value_error(arg.label(i) + " is not aligned to its dtype; pass a copy (np.array(x))");
     }
   }
-  const std::size_t n = static_cast<std::size_t>(a.size());
-  CheckedArray checked{const_cast<void*>(a.data()),
-                       n,
-                       n * static_cast<std::size_t>(a.itemsize()),
-                       access,
-                       &arg,
-                       i};
+  std::size_t n = 1;
+  for (int d = 0; d < fields->nd; ++d) n *= static_cast<std::size_t>(fields->dimensions[d]);
+  CheckedArray checked{fields->data, n, n * (dtype == Dtype::f32 ? 4 : 8), access, &arg, i};
   arrays_.push_back(checked);
   return checked;
 }
