@@ -76,3 +76,16 @@ def test_case_lists_cover_every_kernel():
     assert {"sgd_step", "adam_step", "adamw_step", "clip_grad_norm", "optim.Adam.step",
             "batch_norm forward", "batch_norm backward", "batch_norm fwd+bwd"} <= kernels
     assert {d for _, d in names} == {"float32", "float64"}
+
+
+def test_plot_of_a_size_sweep(tmp_path, probe):
+    pytest.importorskip("matplotlib")
+    rows = []
+    for n in (100, 1000, 10000):
+        case_rows = harness.measure(cases_optim.sgd_case([n], np.float32, "momentum"), repeats=1,
+                                    probe=probe, probe_bytes=probe.bytes)
+        run.finish_rows(case_rows, threads=1)
+        rows += case_rows
+    path = tmp_path / "sweep.png"
+    run.plot(rows, 30.0, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
