@@ -112,70 +112,116 @@ void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T
       centered, stream);
 }
 
-// Rows are `stride` apart; the block covers `cols` columns of each. Four rows are
-// combined before touching the accumulators, which live in memory (one per column).
+// Rows are `stride` apart; the block covers `cols` columns of each. The columns are taken
+// kRowColTile at a time, and the rows kRowBlock at a time: a row block is summed in T
+// (four rows combined before touching the block sums, which stay in L1), then added to
+// the double accumulators. Converting every float to double made the float32 passes
+// compute-bound; a block of 16 float32 terms taken around the pivot loses at most a few
+// units in the 7th digit of the block, and the blocks still accumulate in double (with
+// a large mean and a small spread, x - pivot and the block sums are exact).
 constexpr std::size_t kRowUnroll = 4;
+constexpr std::size_t kRowBlock = 16;
+constexpr std::size_t kRowColTile = 256;
 
-// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square.
-template <class T>
-void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
-                   std::size_t cols, const double* __restrict pivot, double* __restrict sum,
-                   double* __restrict sum_sq) {
-  for (std::size_t j = 0; j < cols; ++j) sum[j] = sum_sq[j] = 0.0;
-  std::size_t r = 0;
-  for (; r + kRowUnroll <= rows; r += kRowUnroll) {
-    const T* __restrict x0 = x + r * stride;
-    const T* __restrict x1 = x0 + stride;
-    const T* __restrict x2 = x1 + stride;
-    const T* __restrict x3 = x2 + stride;
-    for (std::size_t j = 0; j < cols; ++j) {
-      const double p = pivot[j];
-      const double d0 = double(x0[j]) - p, d1 = double(x1[j]) - p;
-      const double d2 = double(x2[j]) - p, d3 = double(x3[j]) - p;
-      sum[j] += (d0 + d1) + (d2 + d3);
-      sum_sq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-    }
-  }
-  for (; r < rows; ++r) {
-    const T* __restrict xr = x + r * stride;
-    for (std::size_t j = 0; j < cols; ++j) {
-      const double d = double(xr[j]) - pivot[j];
-      sum[j] += d;
-      sum_sq[j] += d * d;
+// Adds rows_block(r0, r1, s1, s2) (the T sums of rows [r0, r1) of the current column
+// tile, n columns) to first/second for every row block, one column tile at a time.
+// prepare(c0, n) runs before the tile's first row block.
+template <class T, class Prepare, class RowsBlock>
+inline void bn_rows_blocked(std::size_t rows, std::size_t cols, double* __restrict first,
+                            double* __restrict second, const Prepare& prepare,
+                            const RowsBlock& rows_block) {
+  for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
+  for (std::size_t c0 = 0; c0 < cols; c0 += kRowColTile) {
+    const std::size_t n = cols - c0 < kRowColTile ? cols - c0 : kRowColTile;
+    prepare(c0, n);
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+      const std::size_t r1 = rows - r0 < kRowBlock ? rows : r0 + kRowBlock;
+      alignas(64) T s1[kRowColTile], s2[kRowColTile];
+      for (std::size_t j = 0; j < n; ++j) s1[j] = s2[j] = T(0);
+      rows_block(r0, r1, c0, n, s1, s2);
+      for (std::size_t j = 0; j < n; ++j) {
+        first[c0 + j] += double(s1[j]);
+        second[c0 + j] += double(s2[j]);
+      }
     }
   }
 }
 
-// sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]).
+// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square; pivot[j] is a value
+// of T (so x - pivot is exact near the pivot).
+template <class T>
+void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
+                   std::size_t cols, const double* __restrict pivot, double* __restrict sum,
+                   double* __restrict sum_sq) {
+  alignas(64) T p[kRowColTile];
+  bn_rows_blocked<T>(
+      rows, cols, sum, sum_sq,
+      [&](std::size_t c0, std::size_t n) {
+        for (std::size_t j = 0; j < n; ++j) p[j] = T(pivot[c0 + j]);
+      },
+      [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n, T* __restrict s1,
+          T* __restrict s2) {
+        std::size_t r = r0;
+        for (; r + kRowUnroll <= r1; r += kRowUnroll) {
+          const T* __restrict x0 = x + r * stride + c0;
+          const T* __restrict x1 = x0 + stride;
+          const T* __restrict x2 = x1 + stride;
+          const T* __restrict x3 = x2 + stride;
+          for (std::size_t j = 0; j < n; ++j) {
+            const T d0 = x0[j] - p[j], d1 = x1[j] - p[j];
+            const T d2 = x2[j] - p[j], d3 = x3[j] - p[j];
+            s1[j] += (d0 + d1) + (d2 + d3);
+            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+          }
+        }
+        for (; r < r1; ++r) {
+          const T* __restrict xr = x + r * stride + c0;
+          for (std::size_t j = 0; j < n; ++j) {
+            const T d = xr[j] - p[j];
+            s1[j] += d;
+            s2[j] += d * d;
+          }
+        }
+      });
+}
+
+// sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]); mean[j] is a value
+// of T.
 template <class T>
 void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t rows,
                        std::size_t stride, std::size_t cols, const double* __restrict mean,
                        double* __restrict sum_dy, double* __restrict sum_dyx) {
-  for (std::size_t j = 0; j < cols; ++j) sum_dy[j] = sum_dyx[j] = 0.0;
-  std::size_t r = 0;
-  for (; r + kRowUnroll <= rows; r += kRowUnroll) {
-    const std::size_t o = r * stride;
-    const T* __restrict g0 = dy + o;
-    const T* __restrict x0 = x + o;
-    for (std::size_t j = 0; j < cols; ++j) {
-      const double m = mean[j];
-      const double a0 = double(g0[j]), a1 = double(g0[j + stride]);
-      const double a2 = double(g0[j + 2 * stride]), a3 = double(g0[j + 3 * stride]);
-      const double d0 = double(x0[j]) - m, d1 = double(x0[j + stride]) - m;
-      const double d2 = double(x0[j + 2 * stride]) - m, d3 = double(x0[j + 3 * stride]) - m;
-      sum_dy[j] += (a0 + a1) + (a2 + a3);
-      sum_dyx[j] += (a0 * d0 + a1 * d1) + (a2 * d2 + a3 * d3);
-    }
-  }
-  for (; r < rows; ++r) {
-    const T* __restrict gr = dy + r * stride;
-    const T* __restrict xr = x + r * stride;
-    for (std::size_t j = 0; j < cols; ++j) {
-      const double g = double(gr[j]);
-      sum_dy[j] += g;
-      sum_dyx[j] += g * (double(xr[j]) - mean[j]);
-    }
-  }
+  alignas(64) T m[kRowColTile];
+  bn_rows_blocked<T>(
+      rows, cols, sum_dy, sum_dyx,
+      [&](std::size_t c0, std::size_t n) {
+        for (std::size_t j = 0; j < n; ++j) m[j] = T(mean[c0 + j]);
+      },
+      [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n, T* __restrict s1,
+          T* __restrict s2) {
+        std::size_t r = r0;
+        for (; r + kRowUnroll <= r1; r += kRowUnroll) {
+          const std::size_t o = r * stride + c0;
+          const T* __restrict g0 = dy + o;
+          const T* __restrict x0 = x + o;
+          for (std::size_t j = 0; j < n; ++j) {
+            const T a0 = g0[j], a1 = g0[j + stride];
+            const T a2 = g0[j + 2 * stride], a3 = g0[j + 3 * stride];
+            const T d0 = x0[j] - m[j], d1 = x0[j + stride] - m[j];
+            const T d2 = x0[j + 2 * stride] - m[j], d3 = x0[j + 3 * stride] - m[j];
+            s1[j] += (a0 + a1) + (a2 + a3);
+            s2[j] += (a0 * d0 + a1 * d1) + (a2 * d2 + a3 * d3);
+          }
+        }
+        for (; r < r1; ++r) {
+          const T* __restrict gr = dy + r * stride + c0;
+          const T* __restrict xr = x + r * stride + c0;
+          for (std::size_t j = 0; j < n; ++j) {
+            s1[j] += gr[j];
+            s2[j] += gr[j] * (xr[j] - m[j]);
+          }
+        }
+      });
 }
 
 template <class T, bool kStream>
