@@ -113,14 +113,16 @@ void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T
 }
 
 // Rows are `stride` apart; the block covers `cols` columns of each. The columns are taken
-// kRowColTile at a time, and the rows kRowBlock at a time: a row block is summed in T
+// kRowColTile at a time, and the rows kRowBlock<T> at a time: a row block is summed in T
 // (four rows combined before touching the block sums, which stay in L1), then added to
 // the double accumulators. Converting every float to double made the float32 passes
 // compute-bound; a block of 16 float32 terms taken around the pivot loses at most a few
 // units in the 7th digit of the block, and the blocks still accumulate in double (with
-// a large mean and a small spread, x - pivot and the block sums are exact).
+// a large mean and a small spread, x - pivot and the block sums are exact). double data
+// needs no blocks: all its rows are one block.
 constexpr std::size_t kRowUnroll = 4;
-constexpr std::size_t kRowBlock = 16;
+template <class T>
+constexpr std::size_t kRowBlock = sizeof(T) < sizeof(double) ? 16 : ~std::size_t(0);
 constexpr std::size_t kRowColTile = 256;
 
 // Adds rows_block(r0, r1, s1, s2) (the T sums of rows [r0, r1) of the current column
@@ -134,8 +136,8 @@ inline void bn_rows_blocked(std::size_t rows, std::size_t cols, double* __restri
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowColTile) {
     const std::size_t n = cols - c0 < kRowColTile ? cols - c0 : kRowColTile;
     prepare(c0, n);
-    for (std::size_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-      const std::size_t r1 = rows - r0 < kRowBlock ? rows : r0 + kRowBlock;
+    for (std::size_t r0 = 0, r1; r0 < rows; r0 = r1) {
+      r1 = rows - r0 < kRowBlock<T> ? rows : r0 + kRowBlock<T>;
       alignas(64) T s1[kRowColTile], s2[kRowColTile];
       for (std::size_t j = 0; j < n; ++j) s1[j] = s2[j] = T(0);
       rows_block(r0, r1, c0, n, s1, s2);
