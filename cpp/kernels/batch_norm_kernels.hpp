@@ -116,22 +116,21 @@ void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T
 // kRowColTile at a time, and the rows kRowBlock<T> at a time: a row block is summed in T
 // (four rows combined before touching the block sums, which stay in L1), then added to
 // the double accumulators. Converting every float to double made the float32 passes
-// compute-bound; a block of 16 float32 terms taken around the pivot loses at most a few
-// units in the 7th digit of the block, and the blocks still accumulate in double (with
-// a large mean and a small spread, x - pivot and the block sums are exact). double data
-// needs no blocks: all its rows are one block.
+// compute-bound; a block of 16 float32 terms loses at most a few units in the 7th digit
+// of the block's sum of magnitudes, and the blocks still accumulate in double. double
+// data needs no blocks: all its rows are one block.
 constexpr std::size_t kRowUnroll = 4;
 template <class T>
 constexpr std::size_t kRowBlock = sizeof(T) < sizeof(double) ? 16 : ~std::size_t(0);
 constexpr std::size_t kRowColTile = 256;
 
-// Adds rows_block(r0, r1, s1, s2) (the T sums of rows [r0, r1) of the current column
-// tile, n columns) to first/second for every row block, one column tile at a time.
-// prepare(c0, n) runs before the tile's first row block.
-template <class T, class Prepare, class RowsBlock>
+// For every row block [r0, r1) of every column tile [c0, c0 + n): sum_block(r0, r1, c0, n,
+// s1, s2) sums the block into s1, s2 (zeroed), then add_block(r0, r1, c0, n, s1, s2) adds
+// them to first, second. prepare(c0, n) runs before the tile's first block.
+template <class T, class Prepare, class SumBlock, class AddBlock>
 inline void bn_rows_blocked(std::size_t rows, std::size_t cols, double* __restrict first,
                             double* __restrict second, const Prepare& prepare,
-                            const RowsBlock& rows_block) {
+                            const SumBlock& sum_block, const AddBlock& add_block) {
   for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowColTile) {
     const std::size_t n = cols - c0 < kRowColTile ? cols - c0 : kRowColTile;
@@ -140,29 +139,25 @@ inline void bn_rows_blocked(std::size_t rows, std::size_t cols, double* __restri
       r1 = rows - r0 < kRowBlock<T> ? rows : r0 + kRowBlock<T>;
       alignas(64) T s1[kRowColTile], s2[kRowColTile];
       for (std::size_t j = 0; j < n; ++j) s1[j] = s2[j] = T(0);
-      rows_block(r0, r1, c0, n, s1, s2);
-      for (std::size_t j = 0; j < n; ++j) {
-        first[c0 + j] += double(s1[j]);
-        second[c0 + j] += double(s2[j]);
-      }
+      sum_block(r0, r1, c0, n, s1, s2);
+      add_block(r0, r1, c0, n, s1, s2);
     }
   }
 }
 
-// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square; pivot[j] is a value
-// of T (so x - pivot is exact near the pivot).
+// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square. A block is summed in
+// T around its own first row (a value of the column near the block's values, so a pivot
+// far from the data costs no float32 precision) and moved to the pivot in double:
+// sum (x - p) = s1 + n (b - p), sum (x - p)^2 = s2 + (b - p) (2 s1 + n (b - p)).
 template <class T>
 void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
                    std::size_t cols, const double* __restrict pivot, double* __restrict sum,
                    double* __restrict sum_sq) {
-  alignas(64) T p[kRowColTile];
   bn_rows_blocked<T>(
-      rows, cols, sum, sum_sq,
-      [&](std::size_t c0, std::size_t n) {
-        for (std::size_t j = 0; j < n; ++j) p[j] = T(pivot[c0 + j]);
-      },
+      rows, cols, sum, sum_sq, [](std::size_t, std::size_t) {},
       [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n, T* __restrict s1,
           T* __restrict s2) {
+        const T* __restrict p = x + r0 * stride + c0;
         std::size_t r = r0;
         for (; r + kRowUnroll <= r1; r += kRowUnroll) {
           const T* __restrict x0 = x + r * stride + c0;
@@ -183,6 +178,17 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
             s1[j] += d;
             s2[j] += d * d;
           }
+        }
+      },
+      [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n,
+          const T* __restrict s1, const T* __restrict s2) {
+        const T* __restrict p = x + r0 * stride + c0;
+        const double count = double(r1 - r0);
+        for (std::size_t j = 0; j < n; ++j) {
+          const double shift = double(p[j]) - pivot[c0 + j];
+          const double first = double(s1[j]);
+          sum[c0 + j] += first + count * shift;
+          sum_sq[c0 + j] += double(s2[j]) + shift * (2.0 * first + count * shift);
         }
       });
 }
@@ -222,6 +228,13 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
             s1[j] += gr[j];
             s2[j] += gr[j] * (xr[j] - m[j]);
           }
+        }
+      },
+      [&](std::size_t, std::size_t, std::size_t c0, std::size_t n, const T* __restrict s1,
+          const T* __restrict s2) {
+        for (std::size_t j = 0; j < n; ++j) {
+          sum_dy[c0 + j] += double(s1[j]);
+          sum_dyx[c0 + j] += double(s2[j]);
         }
       });
 }
