@@ -112,131 +112,70 @@ void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T
       centered, stream);
 }
 
-// Rows are `stride` apart; the block covers `cols` columns of each. The columns are taken
-// kRowColTile at a time, and the rows kRowBlock<T> at a time: a row block is summed in T
-// (four rows combined before touching the block sums, which stay in L1), then added to
-// the double accumulators. Converting every float to double made the float32 passes
-// compute-bound; a block of 16 float32 terms loses at most a few units in the 7th digit
-// of the block's sum of magnitudes, and the blocks still accumulate in double. double
-// data needs no blocks: all its rows are one block.
+// Rows are `stride` apart; the block covers `cols` columns of each. Four rows are
+// combined before touching the accumulators, which live in memory (one per column).
 constexpr std::size_t kRowUnroll = 4;
-template <class T>
-constexpr std::size_t kRowBlock = sizeof(T) < sizeof(double) ? 16 : ~std::size_t(0);
-constexpr std::size_t kRowColTile = 256;
 
-// For every row block [r0, r1) of every column tile [c0, c0 + n): sum_block(r0, r1, c0, n,
-// s1, s2) sums the block into s1, s2 (zeroed), then add_block(r0, r1, c0, n, s1, s2) adds
-// them to first, second. prepare(c0, n) runs before the tile's first block.
-template <class T, class Prepare, class SumBlock, class AddBlock>
-inline void bn_rows_blocked(std::size_t rows, std::size_t cols, double* __restrict first,
-                            double* __restrict second, const Prepare& prepare,
-                            const SumBlock& sum_block, const AddBlock& add_block) {
-  for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
-  for (std::size_t c0 = 0; c0 < cols; c0 += kRowColTile) {
-    const std::size_t n = cols - c0 < kRowColTile ? cols - c0 : kRowColTile;
-    prepare(c0, n);
-    for (std::size_t r0 = 0, r1; r0 < rows; r0 = r1) {
-      r1 = rows - r0 < kRowBlock<T> ? rows : r0 + kRowBlock<T>;
-      alignas(64) T s1[kRowColTile], s2[kRowColTile];
-      for (std::size_t j = 0; j < n; ++j) s1[j] = s2[j] = T(0);
-      sum_block(r0, r1, c0, n, s1, s2);
-      add_block(r0, r1, c0, n, s1, s2);
-    }
-  }
-}
-
-// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square. A block is summed in
-// T around its own first row (a value of the column near the block's values, so a pivot
-// far from the data costs no float32 precision) and moved to the pivot in double:
-// sum (x - p) = s1 + n (b - p), sum (x - p)^2 = s2 + (b - p) (2 s1 + n (b - p)).
+// sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square.
 template <class T>
 void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
                    std::size_t cols, const double* __restrict pivot, double* __restrict sum,
                    double* __restrict sum_sq) {
-  bn_rows_blocked<T>(
-      rows, cols, sum, sum_sq, [](std::size_t, std::size_t) {},
-      [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n, T* __restrict s1,
-          T* __restrict s2) {
-        const T* __restrict p = x + r0 * stride + c0;
-        std::size_t r = r0;
-        for (; r + kRowUnroll <= r1; r += kRowUnroll) {
-          const T* __restrict x0 = x + r * stride + c0;
-          const T* __restrict x1 = x0 + stride;
-          const T* __restrict x2 = x1 + stride;
-          const T* __restrict x3 = x2 + stride;
-          for (std::size_t j = 0; j < n; ++j) {
-            const T d0 = x0[j] - p[j], d1 = x1[j] - p[j];
-            const T d2 = x2[j] - p[j], d3 = x3[j] - p[j];
-            s1[j] += (d0 + d1) + (d2 + d3);
-            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-          }
-        }
-        for (; r < r1; ++r) {
-          const T* __restrict xr = x + r * stride + c0;
-          for (std::size_t j = 0; j < n; ++j) {
-            const T d = xr[j] - p[j];
-            s1[j] += d;
-            s2[j] += d * d;
-          }
-        }
-      },
-      [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n,
-          const T* __restrict s1, const T* __restrict s2) {
-        const T* __restrict p = x + r0 * stride + c0;
-        const double count = double(r1 - r0);
-        for (std::size_t j = 0; j < n; ++j) {
-          const double shift = double(p[j]) - pivot[c0 + j];
-          const double first = double(s1[j]);
-          sum[c0 + j] += first + count * shift;
-          sum_sq[c0 + j] += double(s2[j]) + shift * (2.0 * first + count * shift);
-        }
-      });
+  for (std::size_t j = 0; j < cols; ++j) sum[j] = sum_sq[j] = 0.0;
+  std::size_t r = 0;
+  for (; r + kRowUnroll <= rows; r += kRowUnroll) {
+    const T* __restrict x0 = x + r * stride;
+    const T* __restrict x1 = x0 + stride;
+    const T* __restrict x2 = x1 + stride;
+    const T* __restrict x3 = x2 + stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double p = pivot[j];
+      const double d0 = double(x0[j]) - p, d1 = double(x1[j]) - p;
+      const double d2 = double(x2[j]) - p, d3 = double(x3[j]) - p;
+      sum[j] += (d0 + d1) + (d2 + d3);
+      sum_sq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  }
+  for (; r < rows; ++r) {
+    const T* __restrict xr = x + r * stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double d = double(xr[j]) - pivot[j];
+      sum[j] += d;
+      sum_sq[j] += d * d;
+    }
+  }
 }
 
-// sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]); mean[j] is a value
-// of T.
+// sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]).
 template <class T>
 void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t rows,
                        std::size_t stride, std::size_t cols, const double* __restrict mean,
                        double* __restrict sum_dy, double* __restrict sum_dyx) {
-  alignas(64) T m[kRowColTile];
-  bn_rows_blocked<T>(
-      rows, cols, sum_dy, sum_dyx,
-      [&](std::size_t c0, std::size_t n) {
-        for (std::size_t j = 0; j < n; ++j) m[j] = T(mean[c0 + j]);
-      },
-      [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t n, T* __restrict s1,
-          T* __restrict s2) {
-        std::size_t r = r0;
-        for (; r + kRowUnroll <= r1; r += kRowUnroll) {
-          const std::size_t o = r * stride + c0;
-          const T* __restrict g0 = dy + o;
-          const T* __restrict x0 = x + o;
-          for (std::size_t j = 0; j < n; ++j) {
-            const T a0 = g0[j], a1 = g0[j + stride];
-            const T a2 = g0[j + 2 * stride], a3 = g0[j + 3 * stride];
-            const T d0 = x0[j] - m[j], d1 = x0[j + stride] - m[j];
-            const T d2 = x0[j + 2 * stride] - m[j], d3 = x0[j + 3 * stride] - m[j];
-            s1[j] += (a0 + a1) + (a2 + a3);
-            s2[j] += (a0 * d0 + a1 * d1) + (a2 * d2 + a3 * d3);
-          }
-        }
-        for (; r < r1; ++r) {
-          const T* __restrict gr = dy + r * stride + c0;
-          const T* __restrict xr = x + r * stride + c0;
-          for (std::size_t j = 0; j < n; ++j) {
-            s1[j] += gr[j];
-            s2[j] += gr[j] * (xr[j] - m[j]);
-          }
-        }
-      },
-      [&](std::size_t, std::size_t, std::size_t c0, std::size_t n, const T* __restrict s1,
-          const T* __restrict s2) {
-        for (std::size_t j = 0; j < n; ++j) {
-          sum_dy[c0 + j] += double(s1[j]);
-          sum_dyx[c0 + j] += double(s2[j]);
-        }
-      });
+  for (std::size_t j = 0; j < cols; ++j) sum_dy[j] = sum_dyx[j] = 0.0;
+  std::size_t r = 0;
+  for (; r + kRowUnroll <= rows; r += kRowUnroll) {
+    const std::size_t o = r * stride;
+    const T* __restrict g0 = dy + o;
+    const T* __restrict x0 = x + o;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double m = mean[j];
+      const double a0 = double(g0[j]), a1 = double(g0[j + stride]);
+      const double a2 = double(g0[j + 2 * stride]), a3 = double(g0[j + 3 * stride]);
+      const double d0 = double(x0[j]) - m, d1 = double(x0[j + stride]) - m;
+      const double d2 = double(x0[j + 2 * stride]) - m, d3 = double(x0[j + 3 * stride]) - m;
+      sum_dy[j] += (a0 + a1) + (a2 + a3);
+      sum_dyx[j] += (a0 * d0 + a1 * d1) + (a2 * d2 + a3 * d3);
+    }
+  }
+  for (; r < rows; ++r) {
+    const T* __restrict gr = dy + r * stride;
+    const T* __restrict xr = x + r * stride;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double g = double(gr[j]);
+      sum_dy[j] += g;
+      sum_dyx[j] += g * (double(xr[j]) - mean[j]);
+    }
+  }
 }
 
 template <class T, bool kStream>
