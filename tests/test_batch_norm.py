@@ -361,6 +361,26 @@ def test_large_mean_small_spread_float32(isa, shape, channel_axis):
     assert abs(float(y.astype(np.float64).std()) - 1) < 1e-4
 
 
+@pytest.mark.parametrize("shape,channel_axis", [((16, 3, 32, 32), 1), ((16, 32, 32, 3), -1),
+                                                ((64, 3, 2, 2), 1)],
+                         ids=["nchw", "nhwc", "short-spatial"])
+def test_first_value_far_from_the_rest_float32(isa, shape, channel_axis):
+    # The first value of each channel is 1000 standard deviations out: statistics taken
+    # around it must not lose the spread of the other values.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[tuple(slice(None) if d == channel_axis % x.ndim else 0 for d in range(x.ndim))] = 1e3
+    channels = shape[channel_axis]
+    rm, rv = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    _, mean_ref, invstd_ref, _, _ = batch_norm_forward_reference(
+        x, running_mean=rm.copy(), running_var=rv.copy(), momentum=1.0, eps=1e-8,
+        channel_axis=channel_axis)
+    _, mean, invstd = fo.batch_norm_forward(x, None, None, rm, rv, momentum=1.0, eps=1e-8,
+                                            channel_axis=channel_axis)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-6)
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------
 # Determinism across thread counts.
 

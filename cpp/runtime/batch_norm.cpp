@@ -109,6 +109,15 @@ class Plan {
   WorkList work() const {
     return WorkList::units(units_, element_bytes_, [this](std::size_t u) { return cost(u); });
   }
+  // The units from last to first: item u of this list is unit last_first(u). The
+  // backward's row path runs its elementwise pass backwards, starting on the dy and x the
+  // reduction pass read last, part of which the cache still holds (channel-last, 2
+  // threads: about 3% faster; the same order in the forward measured no difference).
+  WorkList work_backwards() const {
+    return WorkList::units(units_, element_bytes_,
+                           [this](std::size_t u) { return cost(last_first(u)); });
+  }
+  std::size_t last_first(std::size_t u) const { return units_ - 1 - u; }
 
  private:
   std::size_t row_begin(std::size_t group) const { return group * outer_ / groups_; }
@@ -335,8 +344,8 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
     std::vector<T> mean(channels);
     for (std::size_t c = 0; c < channels; ++c) mean[c] = save_mean[c];
     const auto mc = per_column(plan, mean);
-    work.run([&](std::size_t u, const WorkItem&) {
-      const RowUnit r = plan.row_unit(u);
+    plan.work_backwards().run([&](std::size_t u, const WorkItem&) {
+      const RowUnit r = plan.row_unit(plan.last_first(u));
       k.bn_rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
                    &kd[r.col], &mc[r.col], &kx[r.col], &k0[r.col], centered, stream);
     }, fence);
