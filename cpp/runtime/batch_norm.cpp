@@ -31,13 +31,6 @@ constexpr std::size_t kColBlock = 512;
 // cached for the pass that follows.
 constexpr std::size_t kStreamMinBytes = std::size_t(16) << 20;
 
-template <class T>
-const TypedKernels<T>& kernels_for(const KernelTable& table);
-template <>
-const TypedKernels<float>& kernels_for<float>(const KernelTable& table) { return table.f32; }
-template <>
-const TypedKernels<double>& kernels_for<double>(const KernelTable& table) { return table.f64; }
-
 struct SlabUnit {
   std::size_t offset;
   std::size_t length;
@@ -195,7 +188,7 @@ std::vector<V> per_column(const Plan& plan, const std::vector<V>& per_channel) {
 
 template <class T>
 void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const Plan plan(shape, sizeof(T));
   const WorkList work = plan.work();
   const std::size_t channels = plan.channels();
@@ -279,7 +272,7 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
 
 template <class T>
 void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const Plan plan(shape, sizeof(T));
   const WorkList work = plan.work();
   const std::size_t channels = plan.channels();

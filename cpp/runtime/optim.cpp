@@ -60,15 +60,8 @@ AdamConstants adam_constants(const AdamParams& p) {
 }
 
 template <class T>
-const TypedKernels<T>& kernels_for(const KernelTable& table);
-template <>
-const TypedKernels<float>& kernels_for<float>(const KernelTable& table) { return table.f32; }
-template <>
-const TypedKernels<double>& kernels_for<double>(const KernelTable& table) { return table.f64; }
-
-template <class T>
 void sgd_typed(const SgdConstants* c, const OptimTensor* tensors, std::size_t count) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     const OptimTensor& t = tensors[item.tensor];
@@ -80,7 +73,7 @@ void sgd_typed(const SgdConstants* c, const OptimTensor* tensors, std::size_t co
 
 template <class T>
 void adam_typed(const AdamConstants* c, const OptimTensor* tensors, std::size_t count) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     const OptimTensor& t = tensors[item.tensor];
@@ -106,7 +99,7 @@ std::vector<double> chunk_partials(const Buffer* buffers, std::size_t count, Par
 
 template <class T>
 double global_norm_typed(const Buffer* buffers, std::size_t count, double norm_type) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   if (std::isinf(norm_type)) {
     const auto partials = chunk_partials<T>(buffers, count, k.max_abs);
     double best = 0.0;
@@ -132,7 +125,7 @@ double global_norm_typed(const Buffer* buffers, std::size_t count, double norm_t
 
 template <class T>
 bool all_finite_typed(const Buffer* buffers, std::size_t count) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return buffers[t].n; });
   // Chunks after the first non-finite one are skipped (each thread stops early).
   std::atomic<bool> finite{true};
@@ -148,7 +141,7 @@ bool all_finite_typed(const Buffer* buffers, std::size_t count) {
 
 template <class T>
 void scale_typed(const Buffer* buffers, std::size_t count, double factor) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return buffers[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     k.scale(typed<T>(buffers[item.tensor].data) + item.begin, item.end - item.begin, factor);
@@ -157,7 +150,7 @@ void scale_typed(const Buffer* buffers, std::size_t count, double factor) {
 
 template <class T>
 void add_scaled_typed(const Buffer& a, const Buffer& b, double factor) {
-  const auto& k = kernels_for<T>(current_kernels());
+  const auto& k = current_kernels().typed<T>();
   const WorkList work(1, sizeof(T), [&](std::size_t) { return a.n; });
   work.run([&](std::size_t, const WorkItem& item) {
     k.add_scaled(typed<T>(a.data) + item.begin,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 namespace fusedops {
 
@@ -89,6 +90,15 @@ struct KernelTable {
   const char* name;
   TypedKernels<float> f32;
   TypedKernels<double> f64;
+
+  template <class T>
+  const TypedKernels<T>& typed() const {
+    if constexpr (std::is_same_v<T, float>) {
+      return f32;
+    } else {
+      return f64;
+    }
+  }
 };
 
 // One table per compiled ISA; defined in cpp/kernels/isa_table.cpp compiled per ISA.
