@@ -19,24 +19,17 @@
 template <class T>
 constexpr std::size_t kSlabLanes = sizeof(T) == 8 ? 32 : 16;
 
-// sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
-template <class T>
-void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* sums) {
+// Two sums over one slab run, kSlabLanes<T> independent accumulators each, combined
+// pairwise in a fixed order: add(i, s1, s2) adds element i's terms to its lane's sums.
+template <class T, class AddTerms>
+void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
   constexpr std::size_t kLanes = kSlabLanes<T>;
   double s1[kLanes] = {}, s2[kLanes] = {};
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (std::size_t j = 0; j < kLanes; ++j) {
-      const double d = double(x[i + j]) - pivot;
-      s1[j] += d;
-      s2[j] += d * d;
-    }
+    for (std::size_t j = 0; j < kLanes; ++j) add(i + j, s1[j], s2[j]);
   }
-  for (std::size_t j = 0; i < n; ++i, ++j) {
-    const double d = double(x[i]) - pivot;
-    s1[j] += d;
-    s2[j] += d * d;
-  }
+  for (std::size_t j = 0; i < n; ++i, ++j) add(i, s1[j], s2[j]);
   for (std::size_t width = kLanes / 2; width > 0; width /= 2) {
     for (std::size_t j = 0; j < width; ++j) {
       s1[j] += s1[j + width];
@@ -47,33 +40,25 @@ void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* s
   sums[1] = s2[0];
 }
 
+// sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
+template <class T>
+void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* sums) {
+  bn_slab_sum_pair<T>(n, [x, pivot](std::size_t i, double& s1, double& s2) {
+    const double d = double(x[i]) - pivot;
+    s1 += d;
+    s2 += d * d;
+  }, sums);
+}
+
 // sums[0] = sum(dy), sums[1] = sum(dy * (x - mean)) over one slab run.
 template <class T>
 void bn_slab_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t n,
                        double mean, double* sums) {
-  constexpr std::size_t kLanes = kSlabLanes<T>;
-  double s1[kLanes] = {}, s2[kLanes] = {};
-  std::size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (std::size_t j = 0; j < kLanes; ++j) {
-      const double g = double(dy[i + j]);
-      s1[j] += g;
-      s2[j] += g * (double(x[i + j]) - mean);
-    }
-  }
-  for (std::size_t j = 0; i < n; ++i, ++j) {
+  bn_slab_sum_pair<T>(n, [dy, x, mean](std::size_t i, double& s1, double& s2) {
     const double g = double(dy[i]);
-    s1[j] += g;
-    s2[j] += g * (double(x[i]) - mean);
-  }
-  for (std::size_t width = kLanes / 2; width > 0; width /= 2) {
-    for (std::size_t j = 0; j < width; ++j) {
-      s1[j] += s1[j + width];
-      s2[j] += s2[j + width];
-    }
-  }
-  sums[0] = s1[0];
-  sums[1] = s2[0];
+    s1 += g;
+    s2 += g * (double(x[i]) - mean);
+  }, sums);
 }
 
 // y = ((x - mean_hi) - mean_lo) * scale + shift. The mean is split in two values of T
