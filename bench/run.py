@@ -63,7 +63,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append((r["kernel"], r["case"], r["dtype"], f"{r['n_elements']:,}", str(r["n_tensors"]), r["impl"],
                       f"{r['ns_per_element']:.3f}", f"{r['ns_per_element_min']:.3f}", f"{r['gbps']:.1f}",
                       f"{r['probe_gbps']:.1f}", f"{r['pct_bandwidth']:.0f}%", ratio(r["speedup_vs_numpy"]),
-                      ratio(r["speedup_vs_peer"]) + (f" {r['baseline']}" if r["impl"] == "fusedops" else "")))
+                      ratio(r["speedup_vs_peer"])
+                      + (f" {r['baseline']}" if r["impl"] == "fusedops" and r["speedup_vs_peer"] else "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
     for k, line in enumerate(lines):
