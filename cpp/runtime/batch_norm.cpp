@@ -186,6 +186,15 @@ std::vector<V> per_column(const Plan& plan, const std::vector<V>& per_channel) {
   return out;
 }
 
+// What a thread runs after each batch of the elementwise pass: a fence when the pass
+// writes with non-temporal stores.
+template <class T>
+auto stream_fence_after_batch(const TypedKernels<T>& k, bool stream) {
+  return [&k, stream] {
+    if (stream) k.stream_fence();
+  };
+}
+
 template <class T>
 void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
   const auto& k = current_kernels().typed<T>();
@@ -249,9 +258,7 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
   }
 
   const bool stream = plan.stream_output();
-  const auto fence = [&] {
-    if (stream) k.stream_fence();
-  };
+  const auto fence = stream_fence_after_batch(k, stream);
   if (plan.slab()) {
     work.run([&](std::size_t u, const WorkItem&) {
       const SlabUnit s = plan.slab_unit(u);
@@ -321,9 +328,7 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
   }
 
   const bool stream = plan.stream_output();
-  const auto fence = [&] {
-    if (stream) k.stream_fence();
-  };
+  const auto fence = stream_fence_after_batch(k, stream);
   if (plan.slab()) {
     work.run([&](std::size_t u, const WorkItem&) {
       const SlabUnit s = plan.slab_unit(u);
