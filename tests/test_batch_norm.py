@@ -70,8 +70,9 @@ def test_forward_matches_reference(isa, rng, shape, channel_axis, dtype, affine,
     y, save_mean, save_invstd = fo.batch_norm_forward(
         x, weight, bias, rm, rv, training=training, momentum=0.3, eps=1e-3,
         channel_axis=channel_axis)
-    for a in (y, save_mean, save_invstd):
-        assert a.dtype == dtype
+    assert y.dtype == dtype
+    # The statistics stay float64 whatever x's dtype: a float32 mean is never rounded.
+    assert save_mean.dtype == save_invstd.dtype == np.float64
     assert y.shape == x.shape and save_mean.shape == save_invstd.shape == (shape[channel_axis],)
     assert_close(y, y_ref, dtype, "y")
     assert_close(save_mean, mean_ref, dtype, "save_mean")
@@ -497,6 +498,10 @@ BACKWARD_ERRORS = [
     ("save-invstd-none", lambda k: {"save_invstd": None}, TypeError, "save_invstd"),
     ("save-invstd-f32", lambda k: {"save_invstd": np.ones(3, np.float32)}, TypeError,
      "save_invstd"),
+    ("save-mean-int", lambda k: {"save_mean": np.zeros(3, np.int64)}, TypeError, "save_mean"),
+    ("save-mean-strided", lambda k: {"save_mean": np.zeros(6)[::2]}, ValueError, "save_mean"),
+    ("save-mean-list", lambda k: {"save_mean": [0.0, 0.0, 0.0]}, TypeError, "save_mean"),
+    ("out-is-save-mean", lambda k: {"save_mean": k["out"].reshape(-1)[:3]}, ValueError, "out"),
     ("channel-axis", lambda k: {"channel_axis": 0}, ValueError, "channel_axis"),
     ("out-is-dy", lambda k: {"out": k["dy"]}, ValueError, "out"),
     ("out-read-only", lambda k: {"out": read_only(k["out"])}, ValueError, "out"),

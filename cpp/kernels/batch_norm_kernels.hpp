@@ -80,20 +80,24 @@ void bn_slab_normalize(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T 
              stream);
 }
 
-// dx = dy * k_dy + (x - mean) * k_x + k_0; kCentered = false drops the x terms (eval).
+// dx = dy * k_dy + ((x - mean_hi) - mean_lo) * k_x + k_0; kCentered = false drops the x
+// terms (eval). The split mean keeps x - mean exact near a large mean, as in the forward.
 template <class T, bool kCentered, bool kStream>
 void bn_slab_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
-                     std::size_t n, T k_dy, T mean, T k_x, T k_0) {
+                     std::size_t n, T k_dy, T mean_hi, T mean_lo, T k_x, T k_0) {
   write_values<kStream>(dx, n, [=](std::size_t i) {
-    return kCentered ? dy[i] * k_dy + ((x[i] - mean) * k_x + k_0) : dy[i] * k_dy;
+    return kCentered ? dy[i] * k_dy + (((x[i] - mean_hi) - mean_lo) * k_x + k_0)
+                     : dy[i] * k_dy;
   });
 }
 
 template <class T>
-void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x, T k_0,
-                bool centered, bool stream) {
+void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean_hi, T mean_lo,
+                T k_x, T k_0, bool centered, bool stream) {
   with_flags(
-      [&](auto c, auto s) { bn_slab_dx_loop<T, c, s>(dy, x, dx, n, k_dy, mean, k_x, k_0); },
+      [&](auto c, auto s) {
+        bn_slab_dx_loop<T, c, s>(dy, x, dx, n, k_dy, mean_hi, mean_lo, k_x, k_0);
+      },
       centered, stream);
 }
 
@@ -190,25 +194,28 @@ void bn_rows_normalize(const T* x, T* y, std::size_t rows, std::size_t stride, s
 template <class T, bool kCentered, bool kStream>
 void bn_rows_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
-                     const T* __restrict k_dy, const T* __restrict mean,
-                     const T* __restrict k_x, const T* __restrict k_0) {
+                     const T* __restrict k_dy, const T* __restrict mean_hi,
+                     const T* __restrict mean_lo, const T* __restrict k_x,
+                     const T* __restrict k_0) {
   for (std::size_t r = 0; r < rows; ++r) {
     const T* __restrict gr = dy + r * stride;
     const T* __restrict xr = x + r * stride;
     write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
-      return kCentered ? gr[j] * k_dy[j] + ((xr[j] - mean[j]) * k_x[j] + k_0[j])
-                       : gr[j] * k_dy[j];
+      return kCentered
+                 ? gr[j] * k_dy[j] + (((xr[j] - mean_hi[j]) - mean_lo[j]) * k_x[j] + k_0[j])
+                 : gr[j] * k_dy[j];
     });
   }
 }
 
 template <class T>
 void bn_rows_dx(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
-                std::size_t cols, const T* k_dy, const T* mean, const T* k_x, const T* k_0,
-                bool centered, bool stream) {
+                std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                const T* k_x, const T* k_0, bool centered, bool stream) {
   with_flags(
       [&](auto c, auto s) {
-        bn_rows_dx_loop<T, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean, k_x, k_0);
+        bn_rows_dx_loop<T, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo, k_x,
+                                 k_0);
       },
       centered, stream);
 }

@@ -7,6 +7,7 @@ import numpy.typing as npt
 
 _Array = npt.NDArray[np.floating[Any]]
 _Arrays = Union[_Array, Sequence[_Array]]
+_F64 = npt.NDArray[np.float64]
 
 __version__: str
 
@@ -90,6 +91,8 @@ def _check_sgd_group(where: str, group: tuple) -> None: ...
 def _check_adam_group(where: str, group: tuple) -> None: ...
 
 # ---- batch norm
+# save_mean and save_invstd are float64 (C,) arrays for float32 and float64 x; the
+# backward and the split pieces also accept statistics of x's dtype.
 def batch_norm_forward(
     x: _Array,
     weight: Optional[_Array] = None,
@@ -102,7 +105,7 @@ def batch_norm_forward(
     eps: float = 1e-5,
     channel_axis: int = 1,
     out: Optional[_Array] = None,
-) -> Tuple[_Array, _Array, _Array]: ...
+) -> Tuple[_Array, _F64, _F64]: ...
 def batch_norm_backward(
     dy: _Array,
     x: _Array,
@@ -114,3 +117,37 @@ def batch_norm_backward(
     channel_axis: int = 1,
     out: Optional[_Array] = None,
 ) -> Tuple[_Array, Optional[_Array], Optional[_Array]]: ...
+
+# ---- split batch norm (statistics in float64)
+def batch_norm_stats(x: _Array, *, channel_axis: int = 1) -> Tuple[_F64, _F64]: ...
+def batch_norm_combine_stats(
+    means: Union[_F64, Sequence[_F64]],
+    m2s: Union[_F64, Sequence[_F64]],
+    counts: Union[npt.NDArray[Any], Sequence[float]],
+) -> Tuple[_F64, _F64, _F64]: ...
+def batch_norm_elemt(
+    x: _Array,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    mean: _Array,
+    invstd: _Array,
+    *,
+    channel_axis: int = 1,
+    out: Optional[_Array] = None,
+) -> _Array: ...
+def batch_norm_backward_reduce(
+    dy: _Array, x: _Array, mean: _Array, invstd: _Array, *, channel_axis: int = 1
+) -> Tuple[_F64, _F64]: ...
+def batch_norm_backward_elemt(
+    dy: _Array,
+    x: _Array,
+    weight: Optional[_Array],
+    mean: _Array,
+    invstd: _Array,
+    sum_dy: _Array,
+    sum_dy_xhat: _Array,
+    count: float,
+    *,
+    channel_axis: int = 1,
+    out: Optional[_Array] = None,
+) -> _Array: ...

@@ -68,8 +68,9 @@ struct TypedKernels {
                             double* sums);
   void (*bn_slab_normalize)(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T scale,
                             T shift, bool stream);
-  void (*bn_slab_dx)(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x,
-                     T k_0, bool centered, bool stream);
+  // The mean arrives split in two values of T (hi + lo, see bn_slab_normalize).
+  void (*bn_slab_dx)(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean_hi,
+                     T mean_lo, T k_x, T k_0, bool centered, bool stream);
   void (*bn_rows_stats)(const T* x, std::size_t rows, std::size_t stride, std::size_t cols,
                         const double* pivot, double* sum, double* sum_sq);
   void (*bn_rows_grad_sums)(const T* dy, const T* x, std::size_t rows, std::size_t stride,
@@ -79,8 +80,8 @@ struct TypedKernels {
                             std::size_t cols, const T* mean_hi, const T* mean_lo,
                             const T* scale, const T* shift, bool stream);
   void (*bn_rows_dx)(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
-                     std::size_t cols, const T* k_dy, const T* mean, const T* k_x,
-                     const T* k_0, bool centered, bool stream);
+                     std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                     const T* k_x, const T* k_0, bool centered, bool stream);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
 };
