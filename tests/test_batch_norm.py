@@ -362,6 +362,48 @@ def test_large_mean_small_spread_float32(isa, shape, channel_axis):
     assert abs(float(y.astype(np.float64).std()) - 1) < 1e-4
 
 
+LARGE_MEAN_CASES = [((64, 3, 8, 8), 1), ((64, 8, 8, 3), -1), ((256, 3), 1), ((64, 3, 2, 2), 1)]
+
+
+@pytest.mark.parametrize("shape,channel_axis", LARGE_MEAN_CASES,
+                         ids=["nchw", "nhwc", "nc", "short-spatial"])
+def test_large_mean_backward_keeps_statistics_exact_float32(isa, shape, channel_axis):
+    # Mean 1e4, std 1e-2: a float32 mean is off by up to 5e-4 (5% of the spread), which
+    # the backward would turn into a 1e-2 error of dweight. The statistics travel in
+    # float64 from the forward to the backward, through the layer too.
+    rng = np.random.default_rng(17)
+    x = (1e4 + 1e-2 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    channels = shape[channel_axis]
+    weight = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    bias = np.zeros(channels, np.float32)
+    _, mean_ref, invstd_ref, _, _ = batch_norm_forward_reference(x, weight, bias,
+                                                                 channel_axis=channel_axis)
+    dx_ref, dw_ref, db_ref = batch_norm_backward_reference(dy, x, weight, mean_ref, invstd_ref,
+                                                           channel_axis=channel_axis)
+
+    def check(dx, dw, db, where):
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, err_msg=f"{where} dweight")
+        np.testing.assert_allclose(db, db_ref, rtol=1e-5, err_msg=f"{where} dbias")
+        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 * np.abs(dx_ref).max(),
+                                   err_msg=f"{where} dx")
+
+    _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    check(*fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis),
+          "functional")
+
+    bn = fo.nn.BatchNorm(channels, channel_axis=channel_axis)
+    bn.weight[...] = weight
+    bn.forward(x)
+    dx = bn.backward(dy)
+    check(dx, bn.grad_weight, bn.grad_bias, "layer")
+
+    # The test can tell: the same backward from float32-rounded statistics misses.
+    _, dw32, _ = fo.batch_norm_backward(dy, x, weight, mean.astype(np.float32),
+                                        invstd.astype(np.float32), channel_axis=channel_axis)
+    assert np.max(np.abs(dw32 / dw_ref - 1)) > 1e-3
+
+
 @pytest.mark.parametrize("shape,channel_axis", [((16, 3, 32, 32), 1), ((16, 32, 32, 3), -1),
                                                 ((64, 3, 2, 2), 1)],
                          ids=["nchw", "nhwc", "short-spatial"])
