@@ -292,6 +292,8 @@ STATS_ERRORS = [
     ("x-1d", ((np.zeros(4),), {}), ValueError, "x"),
     ("x-strided", ((np.zeros((4, 6))[:, ::2],), {}), ValueError, "x"),
     ("channel-axis", ((np.zeros((4, 6)),), {"channel_axis": 0}), ValueError, "channel_axis"),
+    ("channel-axis-none", ((np.zeros((4, 6)),), {"channel_axis": None}), TypeError,
+     "channel_axis"),
 ]
 
 

@@ -1,5 +1,6 @@
 // Bindings of batch norm: forward, backward and the split pieces they are made of.
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -23,16 +24,61 @@ ArrayArg single(const char* name, py::handle obj) {
 
 py::array as_array(const ArrayArg& arg) { return py::reinterpret_borrow<py::array>(arg.items[0]); }
 
+// Scalar arguments arrive as objects (the natives are called positionally by the Python
+// wrappers in python/fusedops/_batch_norm.py) and are converted here, so a wrong type is a
+// TypeError that names the argument.
+
+// numpy.bool (numpy.bool_ before NumPy 2).
+bool is_numpy_bool(py::handle obj) {
+  return std::strncmp(Py_TYPE(obj.ptr())->tp_name, "numpy.bool", 10) == 0;
+}
+
+// A real number: int or float (NumPy's included), not bool.
+double real_number(const char* fn, const char* name, py::handle obj) {
+  if (PyFloat_Check(obj.ptr())) return PyFloat_AS_DOUBLE(obj.ptr());
+  const bool number = !PyBool_Check(obj.ptr()) && !is_numpy_bool(obj) &&
+                      (PyLong_Check(obj.ptr()) || PyObject_HasAttrString(obj.ptr(), "__float__")) &&
+                      !py::isinstance<py::str>(obj) && !py::isinstance<py::array>(obj);
+  if (!number) {
+    throw py::type_error(std::string(fn) + ": " + name + " must be a real number, got " +
+                         type_name(obj));
+  }
+  return py::float_(py::reinterpret_borrow<py::object>(obj)).cast<double>();
+}
+
+// True or False (NumPy's bool too).
+bool boolean(const char* fn, const char* name, py::handle obj) {
+  if (obj.ptr() == Py_True) return true;
+  if (obj.ptr() == Py_False) return false;
+  if (is_numpy_bool(obj)) return PyObject_IsTrue(obj.ptr()) == 1;
+  throw py::type_error(std::string(fn) + ": " + name + " must be a bool, got " + type_name(obj));
+}
+
+// An int of any type but bool (range checked by layout_of).
+long long channel_axis_of(const char* fn, py::handle obj) {
+  if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr())) {
+    throw py::type_error(std::string(fn) + ": channel_axis must be an int, got " +
+                         type_name(obj));
+  }
+  const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  // Out of range either way: layout_of reports the value.
+  return overflow != 0 ? 2 : value;
+}
+
 // x as (outer, channels, inner) for channel_axis 1 or -1; x must have ndim >= 2.
 struct Layout {
   BatchNormShape shape;
   int channel_axis;
 };
 
-Layout layout_of(const CallChecker& checker, const ArrayArg& x_arg, int channel_axis) {
+Layout layout_of(const char* fn, const CallChecker& checker, const ArrayArg& x_arg,
+                 py::handle axis_obj) {
+  const long long channel_axis = channel_axis_of(fn, axis_obj);
   if (channel_axis != 1 && channel_axis != -1) {
     checker.value_error("channel_axis must be 1 (N, C, *spatial) or -1 (N, *spatial, C), got " +
-                        std::to_string(channel_axis));
+                        py::repr(axis_obj).cast<std::string>());
   }
   const py::array x = as_array(x_arg);
   if (x.ndim() < 2) {
@@ -47,7 +93,7 @@ Layout layout_of(const CallChecker& checker, const ArrayArg& x_arg, int channel_
     if (d < axis) s.outer *= extent;
     if (d > axis) s.inner *= extent;
   }
-  return {s, channel_axis};
+  return {s, static_cast<int>(channel_axis)};
 }
 
 std::string channels_expected(const Layout& layout) {
@@ -84,8 +130,10 @@ Statistic statistic(const CallChecker& checker, const char* name, py::handle obj
     checker.type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(obj));
   }
   const py::array a = py::reinterpret_borrow<py::array>(obj);
-  const bool f64 = a.dtype().equal(py::dtype::of<double>());
-  const bool f32 = a.dtype().equal(py::dtype::of<float>());
+  const int num = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->type_num;
+  const bool native = is_native_byte_order(a);
+  const bool f64 = native && num == py::detail::npy_api::NPY_DOUBLE_;
+  const bool f32 = native && num == py::detail::npy_api::NPY_FLOAT_;
   const bool x_f32 = checker.dtype() == Dtype::f32;
   if (!f64 && !(f32 && x_f32)) {
     checker.type_error(std::string(name) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
@@ -150,22 +198,15 @@ struct Optional {
   const ArrayArg* get() const { return present ? &arg : nullptr; }
 };
 
-// A real number (int or float, not bool) argument.
-double real_number(const char* fn, const char* name, py::handle obj) {
-  if (py::isinstance<py::bool_>(obj) ||
-      !(py::isinstance<py::int_>(obj) || py::isinstance<py::float_>(obj) ||
-        PyObject_HasAttrString(obj.ptr(), "__float__"))) {
-    throw py::type_error(std::string(fn) + ": " + name + " must be a real number, got " +
-                         type_name(obj));
-  }
-  return py::float_(py::reinterpret_borrow<py::object>(obj)).cast<double>();
-}
-
 py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::handle bias_obj,
                                 py::handle running_mean_obj, py::handle running_var_obj,
-                                bool training, double momentum, double eps, int channel_axis,
+                                py::handle training_obj, py::handle momentum_obj,
+                                py::handle eps_obj, py::handle channel_axis,
                                 py::handle out_obj) {
   const char* fn = "batch_norm_forward";
+  const bool training = boolean(fn, "training", training_obj);
+  const double momentum = real_number(fn, "momentum", momentum_obj);
+  const double eps = real_number(fn, "eps", eps_obj);
   require_range(fn, "momentum", momentum, 0.0, 1.0, true);
   require_at_least(fn, "eps", eps, 0.0);
   const ArrayArg x_arg = single("x", x_obj);
@@ -176,7 +217,7 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
 
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(checker, x_arg, channel_axis);
+  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
   BatchNormForwardArgs args{};
   args.x = x.data;
   args.weight = per_channel(checker, weight.get(), Access::read, layout);
@@ -220,8 +261,10 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
 
 py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle weight_obj,
                                  py::handle save_mean_obj, py::handle save_invstd_obj,
-                                 bool training, int channel_axis, py::handle out_obj) {
+                                 py::handle training_obj, py::handle channel_axis,
+                                 py::handle out_obj) {
   const char* fn = "batch_norm_backward";
+  const bool training = boolean(fn, "training", training_obj);
   const ArrayArg dy_arg = single("dy", dy_obj);
   const ArrayArg x_arg = single("x", x_obj);
   const Optional weight("weight", weight_obj);
@@ -229,7 +272,7 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
 
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(checker, x_arg, channel_axis);
+  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
   BatchNormBackwardArgs args{};
   args.x = x.data;
   args.dy = checker.check(dy_arg, 0, Access::read, &x_arg).data;
@@ -260,12 +303,12 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
   return py::make_tuple(dx, grad_weight, grad_bias);
 }
 
-py::tuple batch_norm_stats_py(py::handle x_obj, int channel_axis) {
+py::tuple batch_norm_stats_py(py::handle x_obj, py::handle channel_axis) {
   const char* fn = "batch_norm_stats";
   const ArrayArg x_arg = single("x", x_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(checker, x_arg, channel_axis);
+  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
   py::array_t<double> mean = float64_result(layout.shape.channels);
   py::array_t<double> m2 = float64_result(layout.shape.channels);
   double* mean_data = mean.mutable_data();
@@ -399,15 +442,15 @@ py::tuple batch_norm_combine_stats_py(py::handle means_obj, py::handle m2s_obj,
 }
 
 py::array batch_norm_elemt_py(py::handle x_obj, py::handle weight_obj, py::handle bias_obj,
-                              py::handle mean_obj, py::handle invstd_obj, int channel_axis,
-                              py::handle out_obj) {
+                              py::handle mean_obj, py::handle invstd_obj,
+                              py::handle channel_axis, py::handle out_obj) {
   const char* fn = "batch_norm_elemt";
   const ArrayArg x_arg = single("x", x_obj);
   const Optional weight("weight", weight_obj), bias("bias", bias_obj);
   const Optional out("out", out_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(checker, x_arg, channel_axis);
+  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
   BatchNormElemtArgs args{};
   args.x = x.data;
   args.weight = per_channel(checker, weight.get(), Access::read, layout);
@@ -428,13 +471,13 @@ py::array batch_norm_elemt_py(py::handle x_obj, py::handle weight_obj, py::handl
 }
 
 py::tuple batch_norm_backward_reduce_py(py::handle dy_obj, py::handle x_obj, py::handle mean_obj,
-                                        py::handle invstd_obj, int channel_axis) {
+                                        py::handle invstd_obj, py::handle channel_axis) {
   const char* fn = "batch_norm_backward_reduce";
   const ArrayArg dy_arg = single("dy", dy_obj);
   const ArrayArg x_arg = single("x", x_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(checker, x_arg, channel_axis);
+  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
   const CheckedArray dy = checker.check(dy_arg, 0, Access::read, &x_arg);
   const Statistic mean = statistic(checker, "mean", mean_obj, layout);
   const Statistic invstd = statistic(checker, "invstd", invstd_obj, layout);
@@ -454,7 +497,7 @@ py::tuple batch_norm_backward_reduce_py(py::handle dy_obj, py::handle x_obj, py:
 py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::handle weight_obj,
                                        py::handle mean_obj, py::handle invstd_obj,
                                        py::handle sum_dy_obj, py::handle sum_dy_xhat_obj,
-                                       py::handle count_obj, int channel_axis,
+                                       py::handle count_obj, py::handle channel_axis,
                                        py::handle out_obj) {
   const char* fn = "batch_norm_backward_elemt";
   const double count = real_number(fn, "count", count_obj);
@@ -468,7 +511,7 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
   const Optional out("out", out_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(checker, x_arg, channel_axis);
+  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
   BatchNormBackwardElemtArgs args{};
   args.x = x.data;
   args.dy = checker.check(dy_arg, 0, Access::read, &x_arg).data;
@@ -495,51 +538,18 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
 
 }  // namespace
 
+// The natives take every argument positionally, and python/fusedops/_batch_norm.py gives
+// them their public, keyword-friendly signatures: pybind11 matches each keyword argument
+// by building a string per parameter, which cost about 1 us a call here, more than the
+// whole kernel at MLP sizes.
 void register_norm(py::module_& m) {
-  m.def("batch_norm_forward", &batch_norm_forward_py, py::arg("x"),
-        py::arg("weight") = py::none(), py::arg("bias") = py::none(),
-        py::arg("running_mean") = py::none(), py::arg("running_var") = py::none(),
-        py::kw_only(), py::arg("training") = true, py::arg("momentum") = 0.1,
-        py::arg("eps") = 1e-5, py::arg("channel_axis") = 1, py::arg("out") = py::none(),
-        "Batch norm forward; returns (y, save_mean, save_invstd).\n\n"
-        "y has x's dtype; save_mean and save_invstd are float64 (C,) arrays whatever x's "
-        "dtype, so a float32 mean is not rounded before the backward uses it. In training, "
-        "updates the running statistics in place when given.");
-  m.def("batch_norm_backward", &batch_norm_backward_py, py::arg("dy"), py::arg("x"),
-        py::arg("weight"), py::arg("save_mean"), py::arg("save_invstd"), py::kw_only(),
-        py::arg("training") = true, py::arg("channel_axis") = 1, py::arg("out") = py::none(),
-        "Batch norm backward; returns (dx, dweight, dbias), dweight and dbias None when "
-        "weight is None.\n\n"
-        "save_mean and save_invstd are what batch_norm_forward returned: float64 (C,) "
-        "arrays (arrays of x's dtype are accepted too).");
-  m.def("batch_norm_stats", &batch_norm_stats_py, py::arg("x"), py::kw_only(),
-        py::arg("channel_axis") = 1,
-        "Per-channel statistics of x: returns (mean, m2), float64 (C,) arrays, "
-        "m2 = sum((x - mean)**2). A channel without values gives 0 and 0.");
-  m.def("batch_norm_combine_stats", &batch_norm_combine_stats_py, py::arg("means"),
-        py::arg("m2s"), py::arg("counts"),
-        "Chan's parallel combine of per-piece statistics, folded in the given order: returns "
-        "(mean, var, m2), float64 (C,) arrays, var = m2 / sum(counts) (biased).\n\n"
-        "means and m2s are float64 (pieces, C) arrays or lists of float64 (C,) arrays, as "
-        "batch_norm_stats returns them; counts gives each piece's values per channel "
-        "(numbers >= 0, not all 0). Pieces with count 0 are skipped.");
-  m.def("batch_norm_elemt", &batch_norm_elemt_py, py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("mean"), py::arg("invstd"), py::kw_only(),
-        py::arg("channel_axis") = 1, py::arg("out") = py::none(),
-        "y = (x - mean) * invstd * weight + bias, per channel; weight and bias may be None. "
-        "mean and invstd are float64 (C,) arrays (or of x's dtype).");
-  m.def("batch_norm_backward_reduce", &batch_norm_backward_reduce_py, py::arg("dy"),
-        py::arg("x"), py::arg("mean"), py::arg("invstd"), py::kw_only(),
-        py::arg("channel_axis") = 1,
-        "Per-channel gradient sums: returns (sum_dy, sum_dy_xhat), float64 (C,) arrays, "
-        "xhat = (x - mean) * invstd. For an affine layer they are dbias and dweight.");
-  m.def("batch_norm_backward_elemt", &batch_norm_backward_elemt_py, py::arg("dy"), py::arg("x"),
-        py::arg("weight"), py::arg("mean"), py::arg("invstd"), py::arg("sum_dy"),
-        py::arg("sum_dy_xhat"), py::arg("count"), py::kw_only(), py::arg("channel_axis") = 1,
-        py::arg("out") = py::none(),
-        "Training-mode dx = weight * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / "
-        "count), xhat = (x - mean) * invstd; count is the number of values per channel the "
-        "sums were taken over (all ranks' for a synchronized batch norm).");
+  m.def("_batch_norm_forward", &batch_norm_forward_py);
+  m.def("_batch_norm_backward", &batch_norm_backward_py);
+  m.def("_batch_norm_stats", &batch_norm_stats_py);
+  m.def("_batch_norm_combine_stats", &batch_norm_combine_stats_py);
+  m.def("_batch_norm_elemt", &batch_norm_elemt_py);
+  m.def("_batch_norm_backward_reduce", &batch_norm_backward_reduce_py);
+  m.def("_batch_norm_backward_elemt", &batch_norm_backward_elemt_py);
 }
 
 }  // namespace fusedops::bind

@@ -38,13 +38,6 @@ from ._core import (  # noqa: E402
     adamw_step,
     all_finite,
     available_isas,
-    batch_norm_backward,
-    batch_norm_backward_elemt,
-    batch_norm_backward_reduce,
-    batch_norm_combine_stats,
-    batch_norm_elemt,
-    batch_norm_forward,
-    batch_norm_stats,
     build_info,
     clip_grad_norm,
     get_num_threads,
@@ -52,6 +45,16 @@ from ._core import (  # noqa: E402
     set_num_threads,
     sgd_step,
     simd_isa,
+)
+
+from ._batch_norm import (  # noqa: E402
+    batch_norm_backward,
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_combine_stats,
+    batch_norm_elemt,
+    batch_norm_forward,
+    batch_norm_stats,
 )
 
 from . import nn

@@ -90,55 +90,53 @@ class _OptimizerPlan:
 def _check_sgd_group(where: str, group: tuple) -> None: ...
 def _check_adam_group(where: str, group: tuple) -> None: ...
 
-# ---- batch norm
-# save_mean and save_invstd are float64 (C,) arrays for float32 and float64 x; the
-# backward and the split pieces also accept statistics of x's dtype.
-def batch_norm_forward(
+# ---- batch norm: positional natives; the public, documented signatures are in
+# fusedops/_batch_norm.py. Statistics come back as float64 (C,) arrays.
+def _batch_norm_forward(
     x: _Array,
-    weight: Optional[_Array] = None,
-    bias: Optional[_Array] = None,
-    running_mean: Optional[_Array] = None,
-    running_var: Optional[_Array] = None,
-    *,
-    training: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    channel_axis: int = 1,
-    out: Optional[_Array] = None,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    running_mean: Optional[_Array],
+    running_var: Optional[_Array],
+    training: bool,
+    momentum: float,
+    eps: float,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
 ) -> Tuple[_Array, _F64, _F64]: ...
-def batch_norm_backward(
+def _batch_norm_backward(
     dy: _Array,
     x: _Array,
     weight: Optional[_Array],
     save_mean: _Array,
     save_invstd: _Array,
-    *,
-    training: bool = True,
-    channel_axis: int = 1,
-    out: Optional[_Array] = None,
+    training: bool,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
 ) -> Tuple[_Array, Optional[_Array], Optional[_Array]]: ...
-
-# ---- split batch norm (statistics in float64)
-def batch_norm_stats(x: _Array, *, channel_axis: int = 1) -> Tuple[_F64, _F64]: ...
-def batch_norm_combine_stats(
+def _batch_norm_stats(x: _Array, channel_axis: int, /) -> Tuple[_F64, _F64]: ...
+def _batch_norm_combine_stats(
     means: Union[_F64, Sequence[_F64]],
     m2s: Union[_F64, Sequence[_F64]],
     counts: Union[npt.NDArray[Any], Sequence[float]],
+    /,
 ) -> Tuple[_F64, _F64, _F64]: ...
-def batch_norm_elemt(
+def _batch_norm_elemt(
     x: _Array,
     weight: Optional[_Array],
     bias: Optional[_Array],
     mean: _Array,
     invstd: _Array,
-    *,
-    channel_axis: int = 1,
-    out: Optional[_Array] = None,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
 ) -> _Array: ...
-def batch_norm_backward_reduce(
-    dy: _Array, x: _Array, mean: _Array, invstd: _Array, *, channel_axis: int = 1
+def _batch_norm_backward_reduce(
+    dy: _Array, x: _Array, mean: _Array, invstd: _Array, channel_axis: int, /
 ) -> Tuple[_F64, _F64]: ...
-def batch_norm_backward_elemt(
+def _batch_norm_backward_elemt(
     dy: _Array,
     x: _Array,
     weight: Optional[_Array],
@@ -147,7 +145,7 @@ def batch_norm_backward_elemt(
     sum_dy: _Array,
     sum_dy_xhat: _Array,
     count: float,
-    *,
-    channel_axis: int = 1,
-    out: Optional[_Array] = None,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
 ) -> _Array: ...

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from ._core import batch_norm_backward, batch_norm_forward
+from ._batch_norm import batch_norm_backward, batch_norm_forward
 
 __all__ = ["BatchNorm"]
 
