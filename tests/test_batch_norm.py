@@ -14,8 +14,10 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
 
 # (shape, channel_axis): odd channel counts and spatial sizes, every layout, and shapes
-# that take the multi-block slab path (spatial > 16384) and multi-tile row path (> 512
-# columns per row).
+# that take each path: slab reductions (spatial >= 512; multi-block above 16384), row
+# reductions (shorter spatial extents, channel-last; multi-tile above 512 columns per
+# row), runs for the elementwise passes (spatial >= 32, several runs crossing slabs
+# above 16384 values) and rows otherwise.
 CASES = [
     ((4, 3, 5, 7), 1),
     ((3, 17, 7, 9), 1),
@@ -32,6 +34,11 @@ CASES = [
     ((2, 3, 130, 130), 1),
     ((4, 5, 5, 600), -1),
     ((4, 300, 2, 2), 1),
+    ((3, 5, 40), 1),
+    ((5, 7, 9, 5), 1),
+    ((40, 13, 37), 1),
+    ((2, 3, 600), 1),
+    ((9, 3, 100, 21), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 
@@ -106,8 +113,8 @@ def test_backward_matches_reference(isa, rng, shape, channel_axis, dtype, affine
 
 
 @pytest.mark.parametrize("shape,channel_axis", [((17, 7, 193, 183), 1), ((9, 97, 101, 53), -1),
-                                                ((1024, 1031, 2, 2), 1)],
-                         ids=["nchw", "nhwc", "short-spatial"])
+                                                ((1024, 1031, 2, 2), 1), ((300, 131, 11, 13), 1)],
+                         ids=["nchw", "nhwc", "short-spatial", "runs"])
 def test_outputs_beyond_the_cache_size(isa, shape, channel_axis):
     # Outputs of 16 MiB and more are written with non-temporal stores; odd extents put
     # the rows and blocks at every alignment.
@@ -432,8 +439,10 @@ def test_first_value_far_from_the_rest_float32(isa, shape, channel_axis):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape,channel_axis",
                          [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1), ((2, 3, 150, 150), 1),
-                          ((128, 40, 3, 3), 1), ((24, 1500), 1)],
-                         ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc"])
+                          ((128, 40, 3, 3), 1), ((24, 1500), 1), ((16, 24, 20, 20), 1),
+                          ((4096, 40), 1)],
+                         ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc",
+                              "runs", "tall-nc"])
 def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype,
                                                 training):
     rng = np.random.default_rng(3)

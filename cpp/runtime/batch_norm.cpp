@@ -22,13 +22,18 @@ namespace fusedops {
 
 namespace {
 
-// A spatial extent shorter than this runs as rows (the slab loops would mostly be tails).
-constexpr std::size_t kMinSlab = 16;
+// Channel-first reductions with a spatial extent shorter than this run as rows: a slab
+// unit pays a call and a horizontal sum of its lanes, which short slabs do not amortize.
+constexpr std::size_t kMinReduceSlab = 512;
+// Channel-first elementwise passes with a spatial extent shorter than this run as rows
+// (a run's per-slab pieces would be mostly vector tails).
+constexpr std::size_t kMinRunSlab = 32;
 // Rows are split into at most this many groups, each with its own row of partial sums...
 constexpr std::size_t kMaxRowGroups = 64;
-// ...each of at least this many values (a group's partial row costs a pass over C values
-// to clear and to combine: small inputs get one group and no combine to speak of)...
-constexpr std::size_t kRowGroupElements = 16 * 1024;
+// ...each tile (group x column block) of at least this many values (a group's partial
+// row costs a pass over its columns to clear and to combine: small inputs get one group
+// and no combine to speak of)...
+constexpr std::size_t kRowTileElements = 16 * 1024;
 // ...and fewer when rows are long, so the partials stay within this many doubles.
 constexpr std::size_t kRowPartialBudget = std::size_t(1) << 16;
 // Columns per row tile: the tile's accumulators (2 doubles per column) stay in L1.
@@ -89,48 +94,60 @@ struct RowUnit {
   std::size_t group;
 };
 
+// A contiguous range of channel-first data, `slab_offset` values into a slab of `channel`.
+struct RunUnit {
+  std::size_t offset;
+  std::size_t length;
+  std::size_t slab_offset;
+  std::size_t channel;
+};
+
+// How a shape is cut into units. Reductions run over slab units (channel-first, long
+// spatial extent) or row tiles; elementwise passes over runs (channel-first) or row tiles.
+// Unit boundaries depend only on the shape, never on the thread count.
 class Plan {
  public:
   Plan(const BatchNormShape& shape, std::size_t element_bytes)
       : outer_(shape.outer), channels_(shape.channels), inner_(shape.inner),
-        element_bytes_(element_bytes) {
+        element_bytes_(element_bytes), chunk_(kChunkBytes / element_bytes) {
     if (channels_ == 1) {  // one channel: the whole array is one slab
       inner_ *= outer_;
       outer_ = 1;
     }
-    slab_ = inner_ >= kMinSlab;
-    if (slab_) {
-      block_ = kChunkBytes / element_bytes;
-      blocks_per_slab_ = (inner_ + block_ - 1) / block_;
-      units_ = outer_ * channels_ * blocks_per_slab_;
-    } else {
+    total_ = outer_ * channels_ * inner_;
+    reduce_slabs_ = inner_ >= kMinReduceSlab;
+    runs_ = inner_ >= kMinRunSlab;
+    if (reduce_slabs_) {
+      blocks_per_slab_ = (inner_ + chunk_ - 1) / chunk_;
+      slab_units_ = outer_ * channels_ * blocks_per_slab_;
+    }
+    if (!reduce_slabs_ || !runs_) {
       cols_ = channels_ * inner_;
+      col_blocks_ = (cols_ + kColBlock - 1) / kColBlock;
       const std::size_t budget_groups = kRowPartialBudget / std::max<std::size_t>(cols_, 1);
-      const std::size_t work_groups = outer_ * cols_ / kRowGroupElements;
+      const std::size_t work_groups = total_ / (kRowTileElements * std::max<std::size_t>(col_blocks_, 1));
       groups_ = std::max<std::size_t>(
           1, std::min({outer_, kMaxRowGroups, budget_groups, work_groups}));
-      col_blocks_ = (cols_ + kColBlock - 1) / kColBlock;
-      units_ = groups_ * col_blocks_;
+      row_units_ = groups_ * col_blocks_;
     }
+    if (runs_) run_units_ = (total_ + chunk_ - 1) / chunk_;
   }
 
-  bool slab() const { return slab_; }
+  bool reduce_slabs() const { return reduce_slabs_; }
+  bool runs() const { return runs_; }
   std::size_t outer() const { return outer_; }
   std::size_t channels() const { return channels_; }
   std::size_t inner() const { return inner_; }
   std::size_t per_channel() const { return outer_ * inner_; }
-  std::size_t units() const { return units_; }
   std::size_t blocks_per_slab() const { return blocks_per_slab_; }
-  bool stream_output() const {
-    return outer_ * channels_ * inner_ * element_bytes_ >= kStreamMinBytes;
-  }
+  bool stream_output() const { return total_ * element_bytes_ >= kStreamMinBytes; }
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
 
   SlabUnit slab_unit(std::size_t u) const {
     const std::size_t slab = u / blocks_per_slab_;
-    const std::size_t begin = (u % blocks_per_slab_) * block_;
-    return {slab * inner_ + begin, std::min(inner_, begin + block_) - begin, slab % channels_};
+    const std::size_t begin = (u % blocks_per_slab_) * chunk_;
+    return {slab * inner_ + begin, std::min(inner_, begin + chunk_) - begin, slab % channels_};
   }
 
   RowUnit row_unit(std::size_t u) const {
@@ -141,33 +158,47 @@ class Plan {
             std::min(cols_, col + kColBlock) - col, group};
   }
 
-  std::size_t cost(std::size_t u) const {
-    if (slab_) return slab_unit(u).length;
+  RunUnit run_unit(std::size_t u) const {
+    const std::size_t begin = u * chunk_;
+    const std::size_t slab = begin / inner_;
+    return {begin, std::min(total_, begin + chunk_) - begin, begin - slab * inner_,
+            slab % channels_};
+  }
+
+  WorkList slab_work() const {
+    return WorkList::units(slab_units_, element_bytes_,
+                           [this](std::size_t u) { return slab_unit(u).length; });
+  }
+  WorkList row_work() const {
+    return WorkList::units(row_units_, element_bytes_, [this](std::size_t u) { return row_cost(u); });
+  }
+  // The row tiles from last to first: item u of this list is tile last_first(u). The
+  // backward's row path runs its elementwise pass backwards, starting on the dy and x the
+  // reduction pass read last, part of which the cache still holds (channel-last, 2
+  // threads: about 3% faster; the same order in the forward measured no difference).
+  WorkList row_work_backwards() const {
+    return WorkList::units(row_units_, element_bytes_,
+                           [this](std::size_t u) { return row_cost(last_first(u)); });
+  }
+  std::size_t last_first(std::size_t u) const { return row_units_ - 1 - u; }
+  WorkList run_work() const {
+    return WorkList::units(run_units_, element_bytes_,
+                           [this](std::size_t u) { return run_unit(u).length; });
+  }
+
+ private:
+  std::size_t row_begin(std::size_t group) const { return group * outer_ / groups_; }
+  std::size_t row_cost(std::size_t u) const {
     const RowUnit r = row_unit(u);
     return r.rows * r.cols;
   }
 
-  WorkList work() const {
-    return WorkList::units(units_, element_bytes_, [this](std::size_t u) { return cost(u); });
-  }
-  // The units from last to first: item u of this list is unit last_first(u). The
-  // backward's row path runs its elementwise pass backwards, starting on the dy and x the
-  // reduction pass read last, part of which the cache still holds (channel-last, 2
-  // threads: about 3% faster; the same order in the forward measured no difference).
-  WorkList work_backwards() const {
-    return WorkList::units(units_, element_bytes_,
-                           [this](std::size_t u) { return cost(last_first(u)); });
-  }
-  std::size_t last_first(std::size_t u) const { return units_ - 1 - u; }
-
- private:
-  std::size_t row_begin(std::size_t group) const { return group * outer_ / groups_; }
-
-  std::size_t outer_, channels_, inner_, element_bytes_;
-  bool slab_ = false;
-  std::size_t units_ = 0;
-  std::size_t block_ = 0, blocks_per_slab_ = 0;              // slab units
-  std::size_t cols_ = 0, groups_ = 0, col_blocks_ = 0;       // row units
+  std::size_t outer_, channels_, inner_, element_bytes_, chunk_;
+  std::size_t total_ = 0;
+  bool reduce_slabs_ = false, runs_ = false;
+  std::size_t blocks_per_slab_ = 0, slab_units_ = 0;              // slab units
+  std::size_t cols_ = 0, groups_ = 0, col_blocks_ = 0, row_units_ = 0;  // row tiles
+  std::size_t run_units_ = 0;                                      // runs
 };
 
 // Runs a two-sum reduction over all units and combines the partials per channel in
@@ -181,9 +212,10 @@ void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* firs
   const std::size_t channels = plan.channels(), inner = plan.inner();
   std::fill(first, first + channels, 0.0);
   std::fill(second, second + channels, 0.0);
-  if (plan.slab()) {
-    double* partials = scratch.take<double>(2 * plan.units());
-    plan.work().run([&](std::size_t u, const WorkItem&) {
+  if (plan.reduce_slabs()) {
+    const WorkList work = plan.slab_work();
+    double* partials = scratch.take<double>(2 * work.items().size());
+    work.run([&](std::size_t u, const WorkItem&) {
       slab_sums(plan.slab_unit(u), partials + 2 * u);
     });
     const double* p = partials;
@@ -205,19 +237,22 @@ void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* firs
       (plan.cols() + kDoublesPerLine - 1) / kDoublesPerLine * kDoublesPerLine;
   double* first_rows = scratch.take<double>(groups * stride);
   double* second_rows = scratch.take<double>(groups * stride);
-  plan.work().run([&](std::size_t u, const WorkItem&) {
+  plan.row_work().run([&](std::size_t u, const WorkItem&) {
     const RowUnit r = plan.row_unit(u);
     const std::size_t at = r.group * stride + r.col;
     row_sums(r, first_rows + at, second_rows + at);
   });
   for (std::size_t g = 0; g < groups; ++g) {
-    const double* f = first_rows + g * stride;
-    const double* s = second_rows + g * stride;
-    for (std::size_t c = 0; c < channels; ++c) {
-      for (std::size_t i = 0; i < inner; ++i, ++f, ++s) {
-        first[c] += *f;
-        second[c] += *s;
+    const double* __restrict f = first_rows + g * stride;
+    const double* __restrict s = second_rows + g * stride;
+    for (std::size_t c = 0; c < channels; ++c, f += inner, s += inner) {
+      double f_sum = 0.0, s_sum = 0.0;
+      for (std::size_t i = 0; i < inner; ++i) {
+        f_sum += f[i];
+        s_sum += s[i];
       }
+      first[c] += f_sum;
+      second[c] += s_sum;
     }
   }
 }
@@ -268,7 +303,7 @@ void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
   // not the mean; exact enough in double even when that value is far out.
   double* pivot = scratch.take<double>(channels);
   for (std::size_t c = 0; c < channels; ++c) pivot[c] = double(x[c * plan.inner()]);
-  const double* pivot_col = plan.slab() ? nullptr : per_column(plan, pivot, scratch);
+  const double* pivot_col = plan.reduce_slabs() ? nullptr : per_column(plan, pivot, scratch);
   double* sum = scratch.take<double>(channels);
   double* sum_sq = scratch.take<double>(channels);
   reduce(
@@ -307,12 +342,11 @@ void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const d
   }
   const bool stream = plan.stream_output();
   const auto fence = stream_fence_after_batch(k, stream);
-  if (plan.slab()) {
-    plan.work().run([&](std::size_t u, const WorkItem&) {
-      const SlabUnit s = plan.slab_unit(u);
-      const std::size_t c = s.channel;
-      k.bn_slab_normalize(x + s.offset, y + s.offset, s.length, mean_hi[c], mean_lo[c],
-                          scale[c], shift[c], stream);
+  if (plan.runs()) {
+    plan.run_work().run([&](std::size_t u, const WorkItem&) {
+      const RunUnit r = plan.run_unit(u);
+      k.bn_runs_normalize(x + r.offset, y + r.offset, r.length, plan.inner(), channels,
+                          r.slab_offset, r.channel, mean_hi, mean_lo, scale, shift, stream);
     }, fence);
     return;
   }
@@ -320,7 +354,7 @@ void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const d
   const T* lo = per_column(plan, mean_lo, scratch);
   const T* sc = per_column(plan, scale, scratch);
   const T* sh = per_column(plan, shift, scratch);
-  plan.work().run([&](std::size_t u, const WorkItem&) {
+  plan.row_work().run([&](std::size_t u, const WorkItem&) {
     const RowUnit r = plan.row_unit(u);
     k.bn_rows_normalize(x + r.offset, y + r.offset, r.rows, plan.cols(), r.cols, hi + r.col,
                         lo + r.col, sc + r.col, sh + r.col, stream);
@@ -332,7 +366,7 @@ void backward_reduce_typed(const Plan& plan, const T* dy, const T* x, const doub
                            const double* invstd, double* sum_dy, double* sum_dy_xhat) {
   const auto& k = current_kernels().typed<T>();
   Scratch scratch;
-  const double* mean_col = plan.slab() ? nullptr : per_column(plan, mean, scratch);
+  const double* mean_col = plan.reduce_slabs() ? nullptr : per_column(plan, mean, scratch);
   reduce(
       plan,
       [&](const SlabUnit& s, double* out) {
@@ -369,12 +403,12 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
   }
   const bool stream = plan.stream_output();
   const auto fence = stream_fence_after_batch(k, stream);
-  if (plan.slab()) {
-    plan.work().run([&](std::size_t u, const WorkItem&) {
-      const SlabUnit s = plan.slab_unit(u);
-      const std::size_t c = s.channel;
-      k.bn_slab_dx(dy + s.offset, x + s.offset, dx + s.offset, s.length, k_dy[c], mean_hi[c],
-                   mean_lo[c], k_x[c], k_0[c], centered, stream);
+  if (plan.runs()) {
+    plan.run_work().run([&](std::size_t u, const WorkItem&) {
+      const RunUnit r = plan.run_unit(u);
+      k.bn_runs_dx(dy + r.offset, x + r.offset, dx + r.offset, r.length, plan.inner(),
+                   channels, r.slab_offset, r.channel, k_dy, mean_hi, mean_lo, k_x, k_0,
+                   centered, stream);
     }, fence);
     return;
   }
@@ -383,7 +417,7 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
   const T* lo = per_column(plan, mean_lo, scratch);
   const T* kx = per_column(plan, k_x, scratch);
   const T* k0 = per_column(plan, k_0, scratch);
-  plan.work_backwards().run([&](std::size_t u, const WorkItem&) {
+  plan.row_work_backwards().run([&](std::size_t u, const WorkItem&) {
     const RowUnit r = plan.row_unit(plan.last_first(u));
     k.bn_rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
                  kd + r.col, hi + r.col, lo + r.col, kx + r.col, k0 + r.col, centered, stream);
