@@ -1,6 +1,5 @@
 // Bindings of batch norm: forward, backward and the split pieces they are made of.
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -10,62 +9,19 @@ namespace fusedops::bind {
 
 namespace {
 
-std::string type_name(py::handle obj) {
-  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
-}
-
 // An argument that must be one ndarray (not a list).
 ArrayArg single(const char* name, py::handle obj) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(obj));
   }
-  return ArrayArg{name, false, {obj}};
+  return ArrayArg{name, false, {py::reinterpret_borrow<py::object>(obj)}};
 }
 
 py::array as_array(const ArrayArg& arg) { return py::reinterpret_borrow<py::array>(arg.items[0]); }
 
-// Scalar arguments arrive as objects (the natives are called positionally by the Python
-// wrappers in python/fusedops/_batch_norm.py) and are converted here, so a wrong type is a
-// TypeError that names the argument.
-
-// numpy.bool (numpy.bool_ before NumPy 2).
-bool is_numpy_bool(py::handle obj) {
-  return std::strncmp(Py_TYPE(obj.ptr())->tp_name, "numpy.bool", 10) == 0;
-}
-
-// A real number: int or float (NumPy's included), not bool.
-double real_number(const char* fn, const char* name, py::handle obj) {
-  if (PyFloat_Check(obj.ptr())) return PyFloat_AS_DOUBLE(obj.ptr());
-  const bool number = !PyBool_Check(obj.ptr()) && !is_numpy_bool(obj) &&
-                      (PyLong_Check(obj.ptr()) || PyObject_HasAttrString(obj.ptr(), "__float__")) &&
-                      !py::isinstance<py::str>(obj) && !py::isinstance<py::array>(obj);
-  if (!number) {
-    throw py::type_error(std::string(fn) + ": " + name + " must be a real number, got " +
-                         type_name(obj));
-  }
-  return py::float_(py::reinterpret_borrow<py::object>(obj)).cast<double>();
-}
-
-// True or False (NumPy's bool too).
-bool boolean(const char* fn, const char* name, py::handle obj) {
-  if (obj.ptr() == Py_True) return true;
-  if (obj.ptr() == Py_False) return false;
-  if (is_numpy_bool(obj)) return PyObject_IsTrue(obj.ptr()) == 1;
-  throw py::type_error(std::string(fn) + ": " + name + " must be a bool, got " + type_name(obj));
-}
-
-// An int of any type but bool (range checked by layout_of).
-long long channel_axis_of(const char* fn, py::handle obj) {
-  if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr())) {
-    throw py::type_error(std::string(fn) + ": channel_axis must be an int, got " +
-                         type_name(obj));
-  }
-  const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
-  int overflow = 0;
-  const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
-  // Out of range either way: layout_of reports the value.
-  return overflow != 0 ? 2 : value;
-}
+// The natives are called positionally by the Python wrappers in
+// python/fusedops/_batch_norm.py; scalar arguments arrive as objects and are converted
+// by real_arg/flag_arg/int_arg (common.hpp), whose errors name the argument.
 
 // x as (outer, channels, inner) for channel_axis 1 or -1; x must have ndim >= 2.
 struct Layout {
@@ -73,12 +29,11 @@ struct Layout {
   int channel_axis;
 };
 
-Layout layout_of(const char* fn, const CallChecker& checker, const ArrayArg& x_arg,
-                 py::handle axis_obj) {
-  const long long channel_axis = channel_axis_of(fn, axis_obj);
+Layout layout_of(const CallChecker& checker, const ArrayArg& x_arg, py::handle axis_obj) {
+  const long long channel_axis = int_arg(checker.function(), "channel_axis", axis_obj);
   if (channel_axis != 1 && channel_axis != -1) {
     checker.value_error("channel_axis must be 1 (N, C, *spatial) or -1 (N, *spatial, C), got " +
-                        py::repr(axis_obj).cast<std::string>());
+                        std::to_string(channel_axis));
   }
   const py::array x = as_array(x_arg);
   if (x.ndim() < 2) {
@@ -126,9 +81,8 @@ struct Statistic {
 
 Statistic statistic(const CallChecker& checker, const char* name, py::handle obj,
                     const Layout& layout) {
-  if (!py::isinstance<py::array>(obj)) {
-    checker.type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(obj));
-  }
+  const std::string where = std::string(checker.function()) + ": " + name;
+  require_plain_ndarray(where, obj);
   const py::array a = py::reinterpret_borrow<py::array>(obj);
   const int num = py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->type_num;
   const bool native = is_native_byte_order(a);
@@ -143,12 +97,7 @@ Statistic statistic(const CallChecker& checker, const char* name, py::handle obj
     checker.value_error(std::string(name) + " has shape " + shape_string(a) + " but " +
                         channels_expected(layout));
   }
-  if (!(a.flags() & py::array::c_style)) {
-    checker.value_error(std::string(name) + " is not C-contiguous; pass np.ascontiguousarray(...)");
-  }
-  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
-    checker.value_error(std::string(name) + " is not aligned to its dtype; pass a copy (np.array(x))");
-  }
+  require_layout(where, a.flags(), Access::read);
   Statistic s{name, std::vector<double>(layout.shape.channels),
               static_cast<const char*>(a.data()), static_cast<std::size_t>(a.nbytes())};
   for (std::size_t c = 0; c < s.values.size(); ++c) {
@@ -204,9 +153,9 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
                                 py::handle eps_obj, py::handle channel_axis,
                                 py::handle out_obj) {
   const char* fn = "batch_norm_forward";
-  const bool training = boolean(fn, "training", training_obj);
-  const double momentum = real_number(fn, "momentum", momentum_obj);
-  const double eps = real_number(fn, "eps", eps_obj);
+  const bool training = flag_arg(fn, "training", training_obj);
+  const double momentum = real_arg(fn, "momentum", momentum_obj);
+  const double eps = real_arg(fn, "eps", eps_obj);
   require_range(fn, "momentum", momentum, 0.0, 1.0, true);
   require_at_least(fn, "eps", eps, 0.0);
   const ArrayArg x_arg = single("x", x_obj);
@@ -217,7 +166,7 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
 
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
+  const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormForwardArgs args{};
   args.x = x.data;
   args.weight = per_channel(checker, weight.get(), Access::read, layout);
@@ -264,7 +213,7 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
                                  py::handle training_obj, py::handle channel_axis,
                                  py::handle out_obj) {
   const char* fn = "batch_norm_backward";
-  const bool training = boolean(fn, "training", training_obj);
+  const bool training = flag_arg(fn, "training", training_obj);
   const ArrayArg dy_arg = single("dy", dy_obj);
   const ArrayArg x_arg = single("x", x_obj);
   const Optional weight("weight", weight_obj);
@@ -272,7 +221,7 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
 
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
+  const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormBackwardArgs args{};
   args.x = x.data;
   args.dy = checker.check(dy_arg, 0, Access::read, &x_arg).data;
@@ -308,7 +257,7 @@ py::tuple batch_norm_stats_py(py::handle x_obj, py::handle channel_axis) {
   const ArrayArg x_arg = single("x", x_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
+  const Layout layout = layout_of(checker, x_arg, channel_axis);
   py::array_t<double> mean = float64_result(layout.shape.channels);
   py::array_t<double> m2 = float64_result(layout.shape.channels);
   double* mean_data = mean.mutable_data();
@@ -336,25 +285,23 @@ Pieces pieces_of(const char* fn, const char* name, py::handle obj) {
                            "list/tuple of float64 (C,) arrays; " + label + " is a " +
                            type_name(item));
     }
+    const std::string item_where = std::string(fn) + ": " + label;
+    require_plain_ndarray(item_where, item);
     const py::array a = py::reinterpret_borrow<py::array>(item);
     if (!a.dtype().equal(py::dtype::of<double>())) {
-      throw py::type_error(where + ": " + label + " has dtype " +
-                           py::str(a.dtype()).cast<std::string>() + "; expected float64");
+      throw py::type_error(item_where + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+                           "; expected float64");
     }
-    if (!(a.flags() & py::array::c_style) ||
-        !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
-      throw py::value_error(where + ": " + label + " is not C-contiguous and aligned; pass "
-                            "np.ascontiguousarray(...)");
-    }
+    require_layout(item_where, a.flags(), Access::read);
     return a;
   };
   Pieces p;
   if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
-    const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
-    p.count = seq.size();
+    const std::vector<py::object> items = sequence_snapshot(obj);
+    p.count = items.size();
     for (std::size_t i = 0; i < p.count; ++i) {
       const std::string label = std::string(name) + "[" + std::to_string(i) + "]";
-      const py::array a = float64_array(seq[i], label);
+      const py::array a = float64_array(items[i], label);
       if (a.ndim() != 1 || (i > 0 && static_cast<std::size_t>(a.shape(0)) != p.channels)) {
         throw py::value_error(where + ": " + label + " has shape " + shape_string(a) +
                               "; expected (C,) like " + name + "[0]");
@@ -383,6 +330,7 @@ std::vector<double> counts_of(const char* fn, py::handle obj, std::size_t pieces
   const std::string where = std::string(fn) + ": counts";
   std::vector<double> counts;
   if (py::isinstance<py::array>(obj)) {
+    require_plain_ndarray(where, obj);
     const py::array a = py::reinterpret_borrow<py::array>(obj);
     const char kind = a.dtype().kind();
     if (kind != 'i' && kind != 'u' && kind != 'f') {
@@ -395,10 +343,10 @@ std::vector<double> counts_of(const char* fn, py::handle obj, std::size_t pieces
     const auto as_double = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
     counts.assign(as_double.data(), as_double.data() + as_double.size());
   } else if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
-    const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
-    for (std::size_t i = 0; i < seq.size(); ++i) {
+    const std::vector<py::object> items = sequence_snapshot(obj);
+    for (std::size_t i = 0; i < items.size(); ++i) {
       const std::string label = "counts[" + std::to_string(i) + "]";
-      counts.push_back(real_number(fn, label.c_str(), seq[i]));
+      counts.push_back(real_arg(fn, label.c_str(), items[i]));
     }
   } else {
     throw py::type_error(where + " must be a 1-D numpy.ndarray or a list/tuple of numbers, got " +
@@ -450,7 +398,7 @@ py::array batch_norm_elemt_py(py::handle x_obj, py::handle weight_obj, py::handl
   const Optional out("out", out_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
+  const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormElemtArgs args{};
   args.x = x.data;
   args.weight = per_channel(checker, weight.get(), Access::read, layout);
@@ -477,7 +425,7 @@ py::tuple batch_norm_backward_reduce_py(py::handle dy_obj, py::handle x_obj, py:
   const ArrayArg x_arg = single("x", x_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
+  const Layout layout = layout_of(checker, x_arg, channel_axis);
   const CheckedArray dy = checker.check(dy_arg, 0, Access::read, &x_arg);
   const Statistic mean = statistic(checker, "mean", mean_obj, layout);
   const Statistic invstd = statistic(checker, "invstd", invstd_obj, layout);
@@ -500,7 +448,7 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
                                        py::handle count_obj, py::handle channel_axis,
                                        py::handle out_obj) {
   const char* fn = "batch_norm_backward_elemt";
-  const double count = real_number(fn, "count", count_obj);
+  const double count = real_arg(fn, "count", count_obj);
   if (!std::isfinite(count) || !(count > 0.0)) {
     throw py::value_error(std::string(fn) + ": count must be finite and > 0, got " +
                           py::repr(py::float_(count)).cast<std::string>());
@@ -511,7 +459,7 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
   const Optional out("out", out_obj);
   CallChecker checker(fn);
   const CheckedArray x = checker.check(x_arg, 0, Access::read);
-  const Layout layout = layout_of(fn, checker, x_arg, channel_axis);
+  const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormBackwardElemtArgs args{};
   args.x = x.data;
   args.dy = checker.check(dy_arg, 0, Access::read, &x_arg).data;
