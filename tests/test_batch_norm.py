@@ -1,12 +1,15 @@
 """Batch norm forward/backward and the nn.BatchNorm layer against float64 references,
 torch autograd (when installed) and finite differences."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusedops as fo
+from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 
 DTYPES = [np.float32, np.float64]
@@ -112,26 +115,72 @@ def test_backward_matches_reference(isa, rng, shape, channel_axis, dtype, affine
         assert dw is None and db is None
 
 
-@pytest.mark.parametrize("shape,channel_axis", [((17, 7, 193, 183), 1), ((9, 97, 101, 53), -1),
-                                                ((1024, 1031, 2, 2), 1), ((300, 131, 11, 13), 1)],
-                         ids=["nchw", "nhwc", "short-spatial", "runs"])
-def test_outputs_beyond_the_cache_size(isa, shape, channel_axis):
-    # Outputs of 16 MiB and more are written with non-temporal stores; odd extents put
-    # the rows and blocks at every alignment.
+@pytest.fixture
+def small_last_level_cache():
+    """A 1 MiB last-level cache: arrays of a few MiB take the paths of arrays beyond the
+    machine's real cache (non-temporal stores)."""
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 20)
+    yield 1 << 20
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", [((5, 7, 93, 83), 1), ((9, 33, 41, 53), -1),
+                                                ((300, 131, 2, 2), 1), ((100, 31, 11, 13), 1),
+                                                ((1500, 107), 1)],
+                         ids=["nchw", "nhwc", "short-spatial", "runs", "nc"])
+def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, channel_axis, dtype):
+    # Outputs that do not fit in the last-level cache with the inputs are written with
+    # non-temporal stores; odd extents put the rows, runs and blocks at every alignment.
     rng = np.random.default_rng(11)
-    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, np.float32)
-    dy = rng.standard_normal(shape, dtype=np.float32)
-    assert x.nbytes >= 16 << 20
+    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    assert 2 * x.nbytes > small_last_level_cache
     y_ref, mean, invstd, _, _ = batch_norm_forward_reference(x, weight, bias,
                                                              channel_axis=channel_axis)
     y, save_mean, save_invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
-    assert_close(y, y_ref, np.float32, "y")
-    del y, y_ref
+    assert_close(y, y_ref, dtype, "y")
     dx_ref, _, _ = batch_norm_backward_reference(dy, x, weight, save_mean, save_invstd,
                                                  channel_axis=channel_axis)
     dx, _, _ = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd,
                                       channel_axis=channel_axis)
-    assert_close(dx, dx_ref, np.float32, "dx")
+    assert_close(dx, dx_ref, dtype, "dx")
+    # The streamed outputs are bitwise the cached ones.
+    _core._set_cache_bytes(1 << 15, 1 << 21, 1 << 40)
+    y_cached, _, _ = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    dx_cached, _, _ = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd,
+                                             channel_axis=channel_axis)
+    np.testing.assert_array_equal(y, y_cached)
+    np.testing.assert_array_equal(dx, dx_cached)
+
+
+def test_cache_sizes_are_the_machines():
+    caches = fo.build_info()["cache_bytes"]
+    assert 0 < caches["l1d"] <= caches["l2"] <= caches["last_level"]
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    if not os.path.isdir(root):
+        return
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    by_level = {}
+    for index in sorted(os.listdir(root)):
+        path = os.path.join(root, index)
+        if not index.startswith("index"):
+            continue
+        with open(os.path.join(path, "type")) as f:
+            if f.read().strip() == "Instruction":
+                continue
+        with open(os.path.join(path, "level")) as f:
+            level = int(f.read())
+        with open(os.path.join(path, "size")) as f:
+            text = f.read().strip()
+        by_level[level] = int(text.rstrip("KMG")) * units.get(text[-1], 1)
+    if 1 in by_level:
+        assert caches["l1d"] == by_level[1]
+    if 2 in by_level:
+        assert caches["l2"] == by_level[2]
+    if by_level:
+        assert caches["last_level"] == by_level[max(by_level)]
 
 
 @pytest.mark.parametrize("channel_axis", [1, -1])

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
+#include "cache.hpp"
 #include "work.hpp"
 
 namespace fusedops {
@@ -38,10 +39,6 @@ constexpr std::size_t kRowTileElements = 16 * 1024;
 constexpr std::size_t kRowPartialBudget = std::size_t(1) << 16;
 // Columns per row tile: the tile's accumulators (2 doubles per column) stay in L1.
 constexpr std::size_t kColBlock = 512;
-// Outputs at least this large are written with non-temporal stores: they would not stay
-// in cache anyway, and the stores then skip reading the destination and keep the inputs
-// cached for the pass that follows.
-constexpr std::size_t kStreamMinBytes = std::size_t(16) << 20;
 
 constexpr std::size_t kLineBytes = 64;
 
@@ -140,7 +137,15 @@ class Plan {
   std::size_t inner() const { return inner_; }
   std::size_t per_channel() const { return outer_ * inner_; }
   std::size_t blocks_per_slab() const { return blocks_per_slab_; }
-  bool stream_output() const { return total_ * element_bytes_ >= kStreamMinBytes; }
+  // An elementwise pass over `arrays` x-shaped arrays (inputs and output) writes its
+  // output with non-temporal stores when they do not fit in the last-level cache
+  // together: the output would not stay in cache anyway, and the stores then skip
+  // reading the destination and keep the inputs cached. Below that, the output stays in
+  // cache for whatever reads it next (on a machine with a large L3, streaming sent
+  // arrays that fit in it to DRAM).
+  bool stream_output(std::size_t arrays) const {
+    return arrays * total_ * element_bytes_ > cache_sizes().last;
+  }
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
 
@@ -340,7 +345,7 @@ void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const d
     scale[c] = T(invstd[c] * (weight ? double(weight[c]) : 1.0));
     shift[c] = bias ? bias[c] : T(0);
   }
-  const bool stream = plan.stream_output();
+  const bool stream = plan.stream_output(2);
   const auto fence = stream_fence_after_batch(k, stream);
   if (plan.runs()) {
     plan.run_work().run([&](std::size_t u, const WorkItem&) {
@@ -401,7 +406,7 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
     k_x[c] = centered ? T(-scale * invstd[c] * sum_dy_xhat[c] / count) : T(0);
     k_0[c] = centered ? T(-scale * sum_dy[c] / count) : T(0);
   }
-  const bool stream = plan.stream_output();
+  const bool stream = plan.stream_output(3);
   const auto fence = stream_fence_after_batch(k, stream);
   if (plan.runs()) {
     plan.run_work().run([&](std::size_t u, const WorkItem&) {
