@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _core
+from . import lr_scheduler
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler"]
 
 
 def _real(value: Any, where: str) -> float:
