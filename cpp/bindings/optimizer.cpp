@@ -9,6 +9,7 @@
 
 #include "common.hpp"
 #include "optim_params.hpp"
+#include "optim_family.hpp"
 
 namespace fusedops::bind {
 
@@ -121,6 +122,43 @@ class OptimizerPlan {
       if (!params[t.group].amsgrad) t.state[2] = nullptr;
     }
     adam_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    return true;
+  }
+
+  // One step of a family optimizer (FamilyKind `kind`); each group dict maps FamilyParams
+  // field names to values (see family_params_from_group).
+  bool step_family(py::handle grads, int kind, const std::vector<py::dict>& groups,
+                   long long step, double grad_scale, std::optional<double> max_grad_norm,
+                   bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    if (kind < 0 || kind >= static_cast<int>(FamilyKind::count)) {
+      throw py::value_error(name_ + ": unknown optimizer kind " + std::to_string(kind));
+    }
+    std::vector<FamilyParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      params[i] = family_params_from_group(group_label(i).c_str(), static_cast<FamilyKind>(kind),
+                                           groups[i], step, grad_scale);
+    }
+    check_group_count(params.size());
+    for (const OptimTensor& t : tensors_) {
+      for (int k = 0; k < 3; ++k) {
+        if (family_uses_state(params[t.group], k) && t.state[k] == nullptr) {
+          throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
+                                " lacks state slot " + std::to_string(k));
+        }
+      }
+    }
+    std::vector<OptimTensor> tensors = with_grads(grads);
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
+    for (FamilyParams& p : params) p.grad_scale = scale;
+    for (OptimTensor& t : tensors) {
+      for (int k = 0; k < 3; ++k) {
+        if (!family_uses_state(params[t.group], k)) t.state[k] = nullptr;
+      }
+    }
+    family_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
     return true;
   }
 
@@ -279,6 +317,9 @@ void register_optimizer(py::module_& m) {
       .def("step_adam", &OptimizerPlan::step_adam, py::arg("grads"), py::arg("groups"),
            py::arg("step"), py::arg("decoupled"), py::arg("grad_scale"),
            py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
+      .def("step_family", &OptimizerPlan::step_family, py::arg("grads"), py::arg("kind"),
+           py::arg("groups"), py::arg("step"), py::arg("grad_scale"), py::arg("max_grad_norm"),
+           py::arg("skip_nonfinite"))
       .def("__len__", &OptimizerPlan::size);
 }
 

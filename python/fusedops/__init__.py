@@ -33,7 +33,9 @@ _load_native()
 
 from ._core import (  # noqa: E402
     __version__,
+    adagrad_step,
     adam_step,
+    adamax_step,
     adamw_step,
     all_finite,
     available_isas,
@@ -43,6 +45,10 @@ from ._core import (  # noqa: E402
     clip_grad_norm,
     get_num_threads,
     grad_norm,
+    lion_step,
+    nadam_step,
+    radam_step,
+    rmsprop_step,
     set_num_threads,
     sgd_step,
     simd_isa,
@@ -53,7 +59,9 @@ from . import optim
 
 __all__ = [
     "__version__",
+    "adagrad_step",
     "adam_step",
+    "adamax_step",
     "adamw_step",
     "all_finite",
     "available_isas",
@@ -63,8 +71,12 @@ __all__ = [
     "clip_grad_norm",
     "get_num_threads",
     "grad_norm",
+    "lion_step",
+    "nadam_step",
     "nn",
     "optim",
+    "radam_step",
+    "rmsprop_step",
     "set_num_threads",
     "sgd_step",
     "simd_isa",

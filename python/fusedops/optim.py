@@ -18,7 +18,8 @@ import numpy as np
 from . import _core
 from . import lr_scheduler
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
+           "Lion", "lr_scheduler"]
 
 
 def _real(value: Any, where: str) -> float:
@@ -251,8 +252,9 @@ class SGD(Optimizer):
 
     _state_names = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
-                 nesterov=False, maximize=False, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, l1=0.0, max_grad_norm=None,
+                 skip_nonfinite=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
@@ -317,3 +319,6 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
                          skip_nonfinite=skip_nonfinite)
+
+
+from ._optim_family import Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402

@@ -1,0 +1,311 @@
+// Bindings of the family optimizers' functional steps (adagrad_step, rmsprop_step,
+// adamax_step, nadam_step, radam_step, lion_step) and their hyperparameter checks.
+#include "optim_family.hpp"
+
+#include <cmath>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fusedops::bind {
+
+void check_family_params(const char* fn, const FamilyParams& p) {
+  if (p.step < 1) {
+    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
+                          std::to_string(p.step));
+  }
+  require_at_least(fn, "lr", p.lr, 0.0);
+  require_at_least(fn, "weight_decay", p.weight_decay, 0.0);
+  require_at_least(fn, "l1", p.l1, 0.0);
+  require_positive(fn, "grad_scale", p.grad_scale);
+  switch (p.kind) {
+    case FamilyKind::adagrad:
+      require_at_least(fn, "lr_decay", p.lr_decay, 0.0);
+      require_at_least(fn, "eps", p.eps, 0.0);
+      break;
+    case FamilyKind::rmsprop:
+      require_range(fn, "alpha", p.alpha, 0.0, 1.0, true);
+      require_at_least(fn, "momentum", p.momentum, 0.0);
+      require_at_least(fn, "eps", p.eps, 0.0);
+      break;
+    case FamilyKind::nadam:
+      require_at_least(fn, "momentum_decay", p.momentum_decay, 0.0);
+      require_range(fn, "mu_product", p.mu_product, 0.0, 1.0, true);
+      [[fallthrough]];
+    case FamilyKind::adamax:
+    case FamilyKind::radam:
+      require_at_least(fn, "eps", p.eps, 0.0);
+      [[fallthrough]];
+    case FamilyKind::lion:
+      require_range(fn, "betas[0]", p.beta1, 0.0, 1.0, false);
+      require_range(fn, "betas[1]", p.beta2, 0.0, 1.0, false);
+      break;
+    case FamilyKind::count:
+      throw py::value_error(std::string(fn) + ": unknown optimizer kind");
+  }
+}
+
+bool family_uses_state(const FamilyParams& p, int k) {
+  switch (p.kind) {
+    case FamilyKind::adagrad:
+    case FamilyKind::lion:
+      return k == 0;
+    case FamilyKind::rmsprop:
+      return k == 0 || (k == 1 && p.centered) || (k == 2 && p.momentum > 0.0);
+    case FamilyKind::adamax:
+    case FamilyKind::nadam:
+    case FamilyKind::radam:
+      return k <= 1;
+    case FamilyKind::count:
+      break;
+  }
+  return false;
+}
+
+FamilyParams family_params_from_group(const char* where, FamilyKind kind, const py::dict& group,
+                                      long long step, double grad_scale) {
+  FamilyParams p;
+  p.kind = kind;
+  p.step = step;
+  p.grad_scale = grad_scale;
+  const auto real = [&](const char* key, double& field) {
+    if (group.contains(key)) field = group[key].cast<double>();
+  };
+  const auto flag = [&](const char* key, bool& field) {
+    if (group.contains(key)) field = group[key].cast<bool>();
+  };
+  real("lr", p.lr);
+  real("beta1", p.beta1);
+  real("beta2", p.beta2);
+  real("eps", p.eps);
+  real("weight_decay", p.weight_decay);
+  real("l1", p.l1);
+  real("lr_decay", p.lr_decay);
+  real("alpha", p.alpha);
+  real("momentum", p.momentum);
+  real("momentum_decay", p.momentum_decay);
+  real("mu_product", p.mu_product);
+  flag("maximize", p.maximize);
+  flag("decoupled_weight_decay", p.decoupled_weight_decay);
+  flag("centered", p.centered);
+  check_family_params(where, p);
+  return p;
+}
+
+namespace {
+
+struct StateArg {
+  const char* name;
+  py::handle obj;  // None: absent
+};
+
+// Checks params (written), grads (read) and the state arguments (written) the
+// hyperparameters use, and returns one OptimTensor per param (unused slots nullptr).
+std::vector<OptimTensor> checked_tensors(const char* fn, const FamilyParams& p,
+                                         py::handle params, py::handle grads,
+                                         std::initializer_list<StateArg> states, Dtype* dtype) {
+  const ArrayArg params_arg = unpack(fn, "params", params);
+  const ArrayArg grads_arg = unpack(fn, "grads", grads, &params_arg);
+  std::vector<ArrayArg> state_args;
+  std::vector<int> slot_of;
+  int slot = 0;
+  for (const StateArg& s : states) {
+    if (family_uses_state(p, slot)) {
+      if (s.obj.is_none()) {
+        throw py::value_error(std::string(fn) + ": " + s.name +
+                              " is required with these hyperparameters");
+      }
+      state_args.push_back(unpack(fn, s.name, s.obj, &params_arg));
+      slot_of.push_back(slot);
+    }
+    ++slot;
+  }
+  CallChecker checker(fn);
+  std::vector<OptimTensor> tensors(params_arg.items.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    OptimTensor& t = tensors[i];
+    const CheckedArray a = checker.check(params_arg, i, Access::write);
+    t.param = a.data;
+    t.n = a.n;
+    t.grad = checker.check(grads_arg, i, Access::read, &params_arg).data;
+    t.state[0] = t.state[1] = t.state[2] = nullptr;
+    t.group = 0;
+    for (std::size_t k = 0; k < state_args.size(); ++k) {
+      t.state[slot_of[k]] = checker.check(state_args[k], i, Access::write, &params_arg).data;
+    }
+  }
+  checker.check_no_overlap();
+  *dtype = checker.dtype();
+  return tensors;
+}
+
+void run(const char* fn, const FamilyParams& p, py::handle params, py::handle grads,
+         std::initializer_list<StateArg> states) {
+  check_family_params(fn, p);
+  Dtype dtype = Dtype::f32;
+  const std::vector<OptimTensor> tensors = checked_tensors(fn, p, params, grads, states, &dtype);
+  py::gil_scoped_release release;
+  family_step(dtype, &p, 1, tensors.data(), tensors.size());
+}
+
+FamilyParams base(FamilyKind kind, long long step, double lr, double weight_decay, double l1,
+                  bool maximize, double grad_scale) {
+  FamilyParams p;
+  p.kind = kind;
+  p.step = step;
+  p.lr = lr;
+  p.weight_decay = weight_decay;
+  p.l1 = l1;
+  p.maximize = maximize;
+  p.grad_scale = grad_scale;
+  return p;
+}
+
+using Betas = std::pair<double, double>;
+
+}  // namespace
+
+void register_optim_family(py::module_& m) {
+  m.def(
+      "adagrad_step",
+      [](py::handle params, py::handle grads, py::handle state_sums, long long step, double lr,
+         double lr_decay, double weight_decay, double eps, double l1, bool maximize,
+         double grad_scale) {
+        FamilyParams p = base(FamilyKind::adagrad, step, lr, weight_decay, l1, maximize, grad_scale);
+        p.lr_decay = lr_decay;
+        p.eps = eps;
+        run("adagrad_step", p, params, grads, {{"state_sums", state_sums}});
+      },
+      py::arg("params"), py::arg("grads"), py::arg("state_sums"), py::kw_only(), py::arg("step"),
+      py::arg("lr") = 1e-2, py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0,
+      py::arg("eps") = 1e-10, py::arg("l1") = 0.0, py::arg("maximize") = false,
+      py::arg("grad_scale") = 1.0, "One fused Adagrad step (torch.optim.Adagrad), in place.");
+
+  m.def(
+      "rmsprop_step",
+      [](py::handle params, py::handle grads, py::handle square_avgs, py::handle grad_avgs,
+         py::handle momentum_buffers, double lr, double alpha, double eps, double weight_decay,
+         double momentum, bool centered, double l1, bool maximize, double grad_scale) {
+        FamilyParams p = base(FamilyKind::rmsprop, 1, lr, weight_decay, l1, maximize, grad_scale);
+        p.alpha = alpha;
+        p.eps = eps;
+        p.momentum = momentum;
+        p.centered = centered;
+        run("rmsprop_step", p, params, grads,
+            {{"square_avgs", square_avgs}, {"grad_avgs", grad_avgs},
+             {"momentum_buffers", momentum_buffers}});
+      },
+      py::arg("params"), py::arg("grads"), py::arg("square_avgs"),
+      py::arg("grad_avgs") = py::none(), py::arg("momentum_buffers") = py::none(), py::kw_only(),
+      py::arg("lr") = 1e-2, py::arg("alpha") = 0.99, py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 0.0, py::arg("momentum") = 0.0, py::arg("centered") = false,
+      py::arg("l1") = 0.0, py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+      "One fused RMSprop step (torch.optim.RMSprop), in place. grad_avgs is required when "
+      "centered=True, momentum_buffers when momentum > 0.");
+
+  m.def(
+      "adamax_step",
+      [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_infs,
+         long long step, double lr, Betas betas, double eps, double weight_decay, double l1,
+         bool maximize, double grad_scale) {
+        FamilyParams p = base(FamilyKind::adamax, step, lr, weight_decay, l1, maximize, grad_scale);
+        p.beta1 = betas.first;
+        p.beta2 = betas.second;
+        p.eps = eps;
+        run("adamax_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_infs", exp_infs}});
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_infs"),
+      py::kw_only(), py::arg("step"), py::arg("lr") = 2e-3,
+      py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 0.0, py::arg("l1") = 0.0, py::arg("maximize") = false,
+      py::arg("grad_scale") = 1.0, "One fused Adamax step (torch.optim.Adamax), in place.");
+
+  m.def(
+      "nadam_step",
+      [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+         long long step, std::optional<double> mu_product, double lr, Betas betas, double eps,
+         double weight_decay, double momentum_decay, bool decoupled_weight_decay, double l1,
+         bool maximize, double grad_scale) {
+        FamilyParams p = base(FamilyKind::nadam, step, lr, weight_decay, l1, maximize, grad_scale);
+        p.beta1 = betas.first;
+        p.beta2 = betas.second;
+        p.eps = eps;
+        p.momentum_decay = momentum_decay;
+        p.decoupled_weight_decay = decoupled_weight_decay;
+        if (mu_product) {
+          p.mu_product = *mu_product;
+        } else {
+          check_family_params("nadam_step", p);  // step, betas and momentum_decay first
+          for (long long t = 1; t < step; ++t) {
+            p.mu_product *= nadam_mu(p.beta1, p.momentum_decay, t);
+          }
+        }
+        run("nadam_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+        return p.mu_product * nadam_mu(p.beta1, p.momentum_decay, step);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+      py::kw_only(), py::arg("step"), py::arg("mu_product") = py::none(), py::arg("lr") = 2e-3,
+      py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 0.0, py::arg("momentum_decay") = 4e-3,
+      py::arg("decoupled_weight_decay") = false, py::arg("l1") = 0.0,
+      py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+      "One fused NAdam step (torch.optim.NAdam), in place. mu_product is the product of "
+      "mu_t over the steps before this one (torch's state['mu_product']); None computes it "
+      "for constant betas[0] and momentum_decay. Returns the product including this step.");
+
+  m.def(
+      "radam_step",
+      [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+         long long step, double lr, Betas betas, double eps, double weight_decay,
+         bool decoupled_weight_decay, double l1, bool maximize, double grad_scale) {
+        FamilyParams p = base(FamilyKind::radam, step, lr, weight_decay, l1, maximize, grad_scale);
+        p.beta1 = betas.first;
+        p.beta2 = betas.second;
+        p.eps = eps;
+        p.decoupled_weight_decay = decoupled_weight_decay;
+        run("radam_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+      py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
+      py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
+      py::arg("weight_decay") = 0.0, py::arg("decoupled_weight_decay") = false,
+      py::arg("l1") = 0.0, py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+      "One fused RAdam step (torch.optim.RAdam, rectified when rho_t > 5), in place.");
+
+  m.def(
+      "lion_step",
+      [](py::handle params, py::handle grads, py::handle exp_avgs, double lr, Betas betas,
+         double weight_decay, double l1, bool maximize, double grad_scale) {
+        FamilyParams p = base(FamilyKind::lion, 1, lr, weight_decay, l1, maximize, grad_scale);
+        p.beta1 = betas.first;
+        p.beta2 = betas.second;
+        run("lion_step", p, params, grads, {{"exp_avgs", exp_avgs}});
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::kw_only(),
+      py::arg("lr") = 1e-4, py::arg("betas") = std::make_pair(0.9, 0.99),
+      py::arg("weight_decay") = 0.0, py::arg("l1") = 0.0, py::arg("maximize") = false,
+      py::arg("grad_scale") = 1.0,
+      "One fused Lion step (Chen et al. 2023; decoupled weight decay), in place.");
+
+  m.def(
+      "_check_family_group",
+      [](const std::string& where, int kind, const py::dict& group) {
+        if (kind < 0 || kind >= static_cast<int>(FamilyKind::count)) {
+          throw py::value_error(where + ": unknown optimizer kind " + std::to_string(kind));
+        }
+        family_params_from_group(where.c_str(), static_cast<FamilyKind>(kind), group, 1, 1.0);
+      },
+      py::arg("where"), py::arg("kind"), py::arg("group"),
+      "Raises ValueError for out-of-range hyperparameters of a family optimizer's group.");
+  m.attr("_family_kinds") = py::dict(
+      py::arg("adagrad") = static_cast<int>(FamilyKind::adagrad),
+      py::arg("rmsprop") = static_cast<int>(FamilyKind::rmsprop),
+      py::arg("adamax") = static_cast<int>(FamilyKind::adamax),
+      py::arg("nadam") = static_cast<int>(FamilyKind::nadam),
+      py::arg("radam") = static_cast<int>(FamilyKind::radam),
+      py::arg("lion") = static_cast<int>(FamilyKind::lion));
+}
+
+}  // namespace fusedops::bind

@@ -1,0 +1,239 @@
+"""The optimizer family beyond SGD and Adam (re-exported by :mod:`fusedops.optim`).
+
+Adagrad, RMSprop, Adamax, NAdam and RAdam follow torch.optim 2.13: the same update, the
+same positional parameters in the same order with the same defaults (torch's
+implementation switches ``foreach``/``fused``/``capturable``/``differentiable`` have no
+counterpart). Lion follows Chen et al. 2023 ("Symbolic Discovery of Optimization
+Algorithms", Algorithm 2). Every class adds the keyword-only extras the other fusedops
+optimizers have: ``l1``, ``max_grad_norm``, ``skip_nonfinite``, and ``step(grads,
+grad_scale=...)``; all tensors of all groups update in one native call.
+
+A sequence of steps is bitwise identical to the functional calls (``fo.adagrad_step``,
+``fo.rmsprop_step``, ``fo.adamax_step``, ``fo.nadam_step``, ``fo.radam_step``,
+``fo.lion_step``) with the same arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from . import _core
+from .optim import Optimizer, _flag, _real
+
+__all__ = ["Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion"]
+
+_KINDS = _core._family_kinds
+
+
+def _betas(group: Dict[str, Any], where: str) -> Tuple[float, float]:
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"{where}['betas'] must be a pair of numbers, got {betas!r}")
+    return _real(betas[0], f"{where}['betas'][0]"), _real(betas[1], f"{where}['betas'][1]")
+
+
+class _FamilyOptimizer(Optimizer):
+    """An optimizer whose update is one of the native family kernels.
+
+    Subclasses name the kernel (``_kind``), their real-valued and boolean group keys, and
+    the state each group needs.
+    """
+
+    _kind = ""
+    _reals: Tuple[str, ...] = ()
+    _flags: Tuple[str, ...] = ("maximize",)
+    _has_betas = False
+
+    def _group_args(self, group, index) -> Dict[str, Any]:
+        where = f"{type(self).__name__}: param_groups[{index}]"
+        args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
+        for key in self._flags:
+            args[key] = _flag(group[key], f"{where}['{key}']")
+        if self._has_betas:
+            args["beta1"], args["beta2"] = _betas(group, where)
+        return args
+
+    def _check_group(self, group, index) -> None:
+        _core._check_family_group(f"{type(self).__name__}: param_groups[{index}]",
+                                  _KINDS[self._kind], self._group_args(group, index))
+
+    def _native_step(self, plan, grads, groups, grad_scale) -> bool:
+        return plan.step_family(grads, _KINDS[self._kind], groups, self._step + 1, grad_scale,
+                                self.max_grad_norm, self.skip_nonfinite)
+
+
+class Adagrad(_FamilyOptimizer):
+    """torch.optim.Adagrad: ``sum += g^2``, ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(sum) + eps)``
+    (L2 weight decay added to g; the accumulator starts at initial_accumulator_value)."""
+
+    _kind = "adagrad"
+    _state_names = ("sum",)
+    _reals = ("lr", "lr_decay", "weight_decay", "eps", "l1")
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10, *, maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, eps=eps,
+                        maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _check_group(self, group, index) -> None:
+        where = f"Adagrad: param_groups[{index}]['initial_accumulator_value']"
+        value = _real(group["initial_accumulator_value"], where)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{where} must be finite and >= 0, got {value}")
+        super()._check_group(group, index)
+
+    def add_param_group(self, group: Dict[str, Any]) -> None:
+        """As Optimizer.add_param_group; the group's accumulators start at its
+        initial_accumulator_value."""
+        super().add_param_group(group)
+        new = self.param_groups[-1]
+        n = len(new["params"])
+        for p, st in zip(new["params"], self.state[len(self.state) - n:]):
+            st["sum"] = np.full_like(p, new["initial_accumulator_value"])
+        self._allocated[-1] = ("sum",)
+
+    def _needed_state(self, group) -> tuple:
+        return ("sum",)
+
+
+class RMSprop(_FamilyOptimizer):
+    """torch.optim.RMSprop: ``sq = alpha sq + (1 - alpha) g^2``; centered subtracts the
+    square of the running mean of g; with momentum ``buf = momentum buf + g / avg``,
+    ``p -= lr buf``, else ``p -= lr g / avg`` where ``avg = sqrt(...) + eps``."""
+
+    _kind = "rmsprop"
+    _state_names = ("square_avg", "grad_avg", "momentum_buffer")
+    _reals = ("lr", "alpha", "eps", "weight_decay", "momentum", "l1")
+    _flags = ("centered", "maximize")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        centered=centered, maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _needed_state(self, group) -> tuple:
+        return (("square_avg",) + (("grad_avg",) if group["centered"] else ())
+                + (("momentum_buffer",) if group["momentum"] > 0 else ()))
+
+
+class Adamax(_FamilyOptimizer):
+    """torch.optim.Adamax: ``m = b1 m + (1 - b1) g``, ``u = max(b2 u, |g| + eps)``,
+    ``p -= lr / (1 - b1^t) * m / u`` (L2 weight decay added to g)."""
+
+    _kind = "adamax"
+    _state_names = ("exp_avg", "exp_inf")
+    _reals = ("lr", "eps", "weight_decay", "l1")
+    _has_betas = True
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _needed_state(self, group) -> tuple:
+        return ("exp_avg", "exp_inf")
+
+
+class NAdam(_FamilyOptimizer):
+    """torch.optim.NAdam (Dozat 2016 with torch's momentum schedule
+    ``mu_t = b1 (1 - 0.5 * 0.96^(t momentum_decay))``); decoupled_weight_decay=True gives
+    NAdamW. The running product of mu_t is kept per group and saved in state_dict()."""
+
+    _kind = "nadam"
+    _state_names = ("exp_avg", "exp_avg_sq")
+    _reals = ("lr", "eps", "weight_decay", "momentum_decay", "l1")
+    _flags = ("decoupled_weight_decay", "maximize")
+    _has_betas = True
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False, l1=0.0,
+                 max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                        maximize=maximize, l1=l1)
+        self._mu_products: List[float] = []
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def add_param_group(self, group: Dict[str, Any]) -> None:
+        super().add_param_group(group)
+        self._mu_products.append(1.0)
+
+    def _needed_state(self, group) -> tuple:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _group_args(self, group, index) -> Dict[str, Any]:
+        args = super()._group_args(group, index)
+        if index < len(self._mu_products):
+            args["mu_product"] = self._mu_products[index]
+        return args
+
+    def step(self, grads, *, grad_scale: float = 1.0) -> bool:
+        applied = super().step(grads, grad_scale=grad_scale)
+        if applied:
+            for i, group in enumerate(self.param_groups):
+                beta1 = _betas(group, "NAdam")[0]
+                mu = beta1 * (1.0 - 0.5 * 0.96 ** (self._step * float(group["momentum_decay"])))
+                self._mu_products[i] *= mu
+        return applied
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()
+        sd["mu_products"] = list(self._mu_products)
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        mu = state_dict.get("mu_products") if isinstance(state_dict, dict) else None
+        if (not isinstance(mu, list) or len(mu) != len(self.param_groups)
+                or not all(isinstance(x, float) and 0.0 <= x <= 1.0 for x in mu)):
+            raise ValueError(f"NAdam: state_dict['mu_products'] must be a list of "
+                             f"{len(self.param_groups)} floats in [0, 1]")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "mu_products"})
+        self._mu_products = list(mu)
+
+
+class RAdam(_FamilyOptimizer):
+    """torch.optim.RAdam (Liu et al. 2020): the Adam step scaled by the variance
+    rectification term while rho_t > 5, plain bias-corrected momentum before;
+    decoupled_weight_decay=True gives RAdamW."""
+
+    _kind = "radam"
+    _state_names = ("exp_avg", "exp_avg_sq")
+    _reals = ("lr", "eps", "weight_decay", "l1")
+    _flags = ("decoupled_weight_decay", "maximize")
+    _has_betas = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, maximize=False, l1=0.0, max_grad_norm=None,
+                 skip_nonfinite=False):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _needed_state(self, group) -> tuple:
+        return ("exp_avg", "exp_avg_sq")
+
+
+class Lion(_FamilyOptimizer):
+    """Lion, Chen et al. 2023 (Algorithm 2): ``p = p (1 - lr wd) - lr sign(b1 m + (1 - b1) g)``,
+    then ``m = b2 m + (1 - b2) g``; one state buffer, decoupled weight decay. sign(0) = 0.
+    The variant of the paper's pseudocode and of the lion-pytorch/optax implementations."""
+
+    _kind = "lion"
+    _state_names = ("exp_avg",)
+    _reals = ("lr", "weight_decay", "l1")
+    _has_betas = True
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
+                 l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _needed_state(self, group) -> tuple:
+        return ("exp_avg",)
