@@ -102,17 +102,18 @@ struct StateArg {
 };
 
 // Checks params (written), grads (read) and the state arguments (written) the
-// hyperparameters use, and returns one OptimTensor per param (unused slots nullptr).
-std::vector<OptimTensor> checked_tensors(const char* fn, const FamilyParams& p,
-                                         py::handle params, py::handle grads,
-                                         std::initializer_list<StateArg> states, Dtype* dtype) {
+// hyperparameters use (uses[k] for the k-th), and returns one OptimTensor per param
+// (unused slots nullptr).
+std::vector<OptimTensor> checked_tensors(const char* fn, const bool* uses, py::handle params,
+                                         py::handle grads, std::initializer_list<StateArg> states,
+                                         Dtype* dtype) {
   const ArrayArg params_arg = unpack(fn, "params", params);
   const ArrayArg grads_arg = unpack(fn, "grads", grads, &params_arg);
   std::vector<ArrayArg> state_args;
   std::vector<int> slot_of;
   int slot = 0;
   for (const StateArg& s : states) {
-    if (family_uses_state(p, slot)) {
+    if (uses[slot]) {
       if (s.obj.is_none()) {
         throw py::value_error(std::string(fn) + ": " + s.name +
                               " is required with these hyperparameters");
@@ -145,7 +146,8 @@ void run(const char* fn, const FamilyParams& p, py::handle params, py::handle gr
          std::initializer_list<StateArg> states) {
   check_family_params(fn, p);
   Dtype dtype = Dtype::f32;
-  const std::vector<OptimTensor> tensors = checked_tensors(fn, p, params, grads, states, &dtype);
+  const bool uses[3] = {family_uses_state(p, 0), family_uses_state(p, 1), family_uses_state(p, 2)};
+  const std::vector<OptimTensor> tensors = checked_tensors(fn, uses, params, grads, states, &dtype);
   py::gil_scoped_release release;
   family_step(dtype, &p, 1, tensors.data(), tensors.size());
 }
@@ -165,7 +167,173 @@ FamilyParams base(FamilyKind kind, long long step, double lr, double weight_deca
 
 using Betas = std::pair<double, double>;
 
+std::vector<double> lamb_py(py::handle params, py::handle grads, py::handle exp_avgs,
+                            py::handle exp_avg_sqs, long long step, double lr, Betas betas,
+                            double eps, double weight_decay, bool bias_correction,
+                            std::optional<double> trust_clip, py::handle exclude, double l1,
+                            bool maximize, double grad_scale) {
+  const char* fn = "lamb_step";
+  LambParams p;
+  p.step = step;
+  p.lr = lr;
+  p.beta1 = betas.first;
+  p.beta2 = betas.second;
+  p.eps = eps;
+  p.weight_decay = weight_decay;
+  p.bias_correction = bias_correction;
+  if (trust_clip) {
+    require_positive(fn, "trust_clip", *trust_clip);
+    p.trust_clip = *trust_clip;
+  }
+  p.l1 = l1;
+  p.maximize = maximize;
+  p.grad_scale = grad_scale;
+  check_lamb_params(fn, p);
+  Dtype dtype = Dtype::f32;
+  const bool uses[2] = {true, true};
+  const std::vector<OptimTensor> tensors = checked_tensors(
+      fn, uses, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, &dtype);
+  const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, tensors.size());
+  std::vector<double> ratios(tensors.size());
+  py::gil_scoped_release release;
+  lamb_step(dtype, &p, 1, tensors.data(), excluded.data(), tensors.size(), ratios.data());
+  return ratios;
+}
+
+std::vector<double> lars_py(py::handle params, py::handle grads, py::handle momentum_buffers,
+                            double lr, double momentum, double dampening, double weight_decay,
+                            double eta, double eps, bool nesterov, bool trust_clip,
+                            bool first_step, py::handle exclude, double l1, bool maximize,
+                            double grad_scale) {
+  const char* fn = "lars_step";
+  LarsParams p;
+  p.lr = lr;
+  p.momentum = momentum;
+  p.dampening = dampening;
+  p.weight_decay = weight_decay;
+  p.eta = eta;
+  p.eps = eps;
+  p.nesterov = nesterov;
+  p.trust_clip = trust_clip;
+  p.first_step = first_step;
+  p.l1 = l1;
+  p.maximize = maximize;
+  p.grad_scale = grad_scale;
+  check_lars_params(fn, p);
+  Dtype dtype = Dtype::f32;
+  const bool uses[1] = {momentum != 0.0};
+  const std::vector<OptimTensor> tensors = checked_tensors(
+      fn, uses, params, grads, {{"momentum_buffers", momentum_buffers}}, &dtype);
+  const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, tensors.size());
+  std::vector<double> ratios(tensors.size());
+  py::gil_scoped_release release;
+  lars_step(dtype, &p, 1, tensors.data(), excluded.data(), tensors.size(), ratios.data());
+  return ratios;
+}
+
 }  // namespace
+
+void check_lamb_params(const char* fn, const LambParams& p) {
+  if (p.step < 1) {
+    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
+                          std::to_string(p.step));
+  }
+  require_at_least(fn, "lr", p.lr, 0.0);
+  require_range(fn, "betas[0]", p.beta1, 0.0, 1.0, false);
+  require_range(fn, "betas[1]", p.beta2, 0.0, 1.0, false);
+  require_at_least(fn, "eps", p.eps, 0.0);
+  require_at_least(fn, "weight_decay", p.weight_decay, 0.0);
+  require_at_least(fn, "l1", p.l1, 0.0);
+  require_at_least(fn, "trust_clip", p.trust_clip, 0.0);
+  require_positive(fn, "grad_scale", p.grad_scale);
+}
+
+void check_lars_params(const char* fn, const LarsParams& p) {
+  require_at_least(fn, "lr", p.lr, 0.0);
+  require_at_least(fn, "momentum", p.momentum, 0.0);
+  require_range(fn, "dampening", p.dampening, 0.0, 1.0, true);
+  require_at_least(fn, "weight_decay", p.weight_decay, 0.0);
+  require_positive(fn, "eta", p.eta);
+  require_at_least(fn, "eps", p.eps, 0.0);
+  require_at_least(fn, "l1", p.l1, 0.0);
+  require_positive(fn, "grad_scale", p.grad_scale);
+  if (p.nesterov && (p.momentum <= 0.0 || p.dampening != 0.0)) {
+    throw py::value_error(std::string(fn) +
+                          ": nesterov=True requires momentum > 0 and dampening == 0");
+  }
+}
+
+LambParams lamb_params_from_group(const char* where, const py::dict& group, long long step,
+                                  double grad_scale) {
+  LambParams p;
+  p.step = step;
+  p.grad_scale = grad_scale;
+  const auto real = [&](const char* key, double& field) {
+    if (group.contains(key)) field = group[key].cast<double>();
+  };
+  const auto flag = [&](const char* key, bool& field) {
+    if (group.contains(key)) field = group[key].cast<bool>();
+  };
+  real("lr", p.lr);
+  real("beta1", p.beta1);
+  real("beta2", p.beta2);
+  real("eps", p.eps);
+  real("weight_decay", p.weight_decay);
+  real("l1", p.l1);
+  real("trust_clip", p.trust_clip);
+  flag("bias_correction", p.bias_correction);
+  flag("maximize", p.maximize);
+  check_lamb_params(where, p);
+  return p;
+}
+
+LarsParams lars_params_from_group(const char* where, const py::dict& group, double grad_scale,
+                                  bool first_step) {
+  LarsParams p;
+  p.grad_scale = grad_scale;
+  p.first_step = first_step;
+  const auto real = [&](const char* key, double& field) {
+    if (group.contains(key)) field = group[key].cast<double>();
+  };
+  const auto flag = [&](const char* key, bool& field) {
+    if (group.contains(key)) field = group[key].cast<bool>();
+  };
+  real("lr", p.lr);
+  real("momentum", p.momentum);
+  real("dampening", p.dampening);
+  real("weight_decay", p.weight_decay);
+  real("eta", p.eta);
+  real("eps", p.eps);
+  real("l1", p.l1);
+  flag("nesterov", p.nesterov);
+  flag("maximize", p.maximize);
+  flag("trust_clip", p.trust_clip);
+  check_lars_params(where, p);
+  return p;
+}
+
+std::vector<unsigned char> exclusion_flags(const char* fn, py::handle exclude, std::size_t count) {
+  std::vector<unsigned char> flags(count, 0);
+  if (exclude.is_none()) return flags;
+  if (!py::isinstance<py::sequence>(exclude) || py::isinstance<py::str>(exclude)) {
+    throw py::type_error(std::string(fn) + ": exclude must be None or a sequence of bools, got " +
+                         py::str(py::type::handle_of(exclude).attr("__name__")).cast<std::string>());
+  }
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(exclude);
+  if (seq.size() != count) {
+    throw py::value_error(std::string(fn) + ": exclude has " + std::to_string(seq.size()) +
+                          " flags but there are " + std::to_string(count) + " params");
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const py::handle item = seq[i];
+    if (!py::isinstance<py::bool_>(item)) {
+      throw py::type_error(std::string(fn) + ": exclude[" + std::to_string(i) +
+                           "] must be a bool");
+    }
+    flags[i] = item.cast<bool>() ? 1 : 0;
+  }
+  return flags;
+}
 
 void register_optim_family(py::module_& m) {
   m.def(
@@ -289,6 +457,33 @@ void register_optim_family(py::module_& m) {
       py::arg("grad_scale") = 1.0,
       "One fused Lion step (Chen et al. 2023; decoupled weight decay), in place.");
 
+  m.def("lamb_step", &lamb_py, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
+        py::arg("exp_avg_sqs"), py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
+        py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-6,
+        py::arg("weight_decay") = 0.0, py::arg("bias_correction") = true,
+        py::arg("trust_clip") = py::none(), py::arg("exclude") = py::none(), py::arg("l1") = 0.0,
+        py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+        "One fused LAMB step (You et al. 2019), in place; returns each tensor's trust ratio.");
+  m.def("lars_step", &lars_py, py::arg("params"), py::arg("grads"),
+        py::arg("momentum_buffers") = py::none(), py::kw_only(), py::arg("lr"),
+        py::arg("momentum") = 0.9, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
+        py::arg("eta") = 1e-3, py::arg("eps") = 1e-8, py::arg("nesterov") = false,
+        py::arg("trust_clip") = false, py::arg("first_step") = false,
+        py::arg("exclude") = py::none(), py::arg("l1") = 0.0, py::arg("maximize") = false,
+        py::arg("grad_scale") = 1.0,
+        "One fused LARS step (You et al. 2017), in place; returns each tensor's trust ratio.");
+  m.def(
+      "_check_lamb_group",
+      [](const std::string& where, const py::dict& group) {
+        lamb_params_from_group(where.c_str(), group, 1, 1.0);
+      },
+      py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range LAMB hyperparameters.");
+  m.def(
+      "_check_lars_group",
+      [](const std::string& where, const py::dict& group) {
+        lars_params_from_group(where.c_str(), group, 1.0, false);
+      },
+      py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range LARS hyperparameters.");
   m.def(
       "_check_family_group",
       [](const std::string& where, int kind, const py::dict& group) {

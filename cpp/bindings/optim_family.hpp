@@ -2,6 +2,8 @@
 // (optim_family.cpp) and the optimizer classes (optimizer.cpp).
 #pragma once
 
+#include <vector>
+
 #include "common.hpp"
 #include "fusedops/optim_family.hpp"
 
@@ -18,5 +20,19 @@ FamilyParams family_params_from_group(const char* where, FamilyKind kind, const 
 
 // Whether a kind with these hyperparameters reads and writes state slot k.
 bool family_uses_state(const FamilyParams& p, int k);
+
+void check_lamb_params(const char* fn, const LambParams& p);
+void check_lars_params(const char* fn, const LarsParams& p);
+
+// As family_params_from_group, for LAMB (keys lr, beta1, beta2, eps, weight_decay, l1,
+// trust_clip, bias_correction, maximize) and LARS (lr, momentum, dampening, weight_decay,
+// eta, eps, l1, nesterov, maximize, trust_clip).
+LambParams lamb_params_from_group(const char* where, const py::dict& group, long long step,
+                                  double grad_scale);
+LarsParams lars_params_from_group(const char* where, const py::dict& group, double grad_scale,
+                                  bool first_step);
+
+// One flag per tensor from None (all zero) or a sequence of `count` bools.
+std::vector<unsigned char> exclusion_flags(const char* fn, py::handle exclude, std::size_t count);
 
 }  // namespace fusedops::bind

@@ -162,6 +162,79 @@ class OptimizerPlan {
     return true;
   }
 
+  // LAMB / LARS: `excluded` holds one byte per param (nonzero: no weight decay, trust
+  // ratio 1). Returns the per-tensor trust ratios, or None when the step was skipped.
+  std::optional<std::vector<double>> step_lamb(py::handle grads, const std::vector<py::dict>& groups,
+                                               long long step, const std::string& excluded,
+                                               double grad_scale,
+                                               std::optional<double> max_grad_norm,
+                                               bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    std::vector<LambParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      params[i] = lamb_params_from_group(group_label(i).c_str(), groups[i], step, grad_scale);
+    }
+    check_group_count(params.size());
+    check_exclusion(excluded);
+    for (const OptimTensor& t : tensors_) {
+      if (t.state[0] == nullptr || t.state[1] == nullptr) {
+        throw py::value_error(name_ + ": a param lacks its exp_avg/exp_avg_sq state");
+      }
+    }
+    std::vector<OptimTensor> tensors = with_grads(grads);
+    std::vector<double> ratios(tensors.size());
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+      return std::nullopt;
+    }
+    for (LambParams& p : params) p.grad_scale = scale;
+    lamb_step(dtype_, params.data(), params.size(), tensors.data(),
+              reinterpret_cast<const unsigned char*>(excluded.data()), tensors.size(),
+              ratios.data());
+    return ratios;
+  }
+
+  // `first_step` per group: its momentum buffers start as the gradient.
+  std::optional<std::vector<double>> step_lars(py::handle grads, const std::vector<py::dict>& groups,
+                                               const std::vector<bool>& first_step,
+                                               const std::string& excluded, double grad_scale,
+                                               std::optional<double> max_grad_norm,
+                                               bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    if (first_step.size() != groups.size()) {
+      throw py::value_error(name_ + ": first_step needs one flag per param group");
+    }
+    std::vector<LarsParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      params[i] = lars_params_from_group(group_label(i).c_str(), groups[i], grad_scale,
+                                         first_step[i]);
+    }
+    check_group_count(params.size());
+    check_exclusion(excluded);
+    for (const OptimTensor& t : tensors_) {
+      if (params[t.group].momentum != 0.0 && t.state[0] == nullptr) {
+        throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
+                              " has no momentum buffer");
+      }
+    }
+    std::vector<OptimTensor> tensors = with_grads(grads);
+    std::vector<double> ratios(tensors.size());
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+      return std::nullopt;
+    }
+    for (LarsParams& p : params) p.grad_scale = scale;
+    for (OptimTensor& t : tensors) {
+      if (params[t.group].momentum == 0.0) t.state[0] = nullptr;
+    }
+    lars_step(dtype_, params.data(), params.size(), tensors.data(),
+              reinterpret_cast<const unsigned char*>(excluded.data()), tensors.size(),
+              ratios.data());
+    return ratios;
+  }
+
   std::size_t size() const { return tensors_.size(); }
 
  private:
@@ -169,6 +242,14 @@ class OptimizerPlan {
 
   std::string group_label(std::size_t i) const {
     return name_ + ": param_groups[" + std::to_string(i) + "]";
+  }
+
+  void check_exclusion(const std::string& excluded) const {
+    if (excluded.size() != tensors_.size()) {
+      throw py::value_error(name_ + ": expected one exclusion flag per param (" +
+                            std::to_string(tensors_.size()) + "), got " +
+                            std::to_string(excluded.size()));
+    }
   }
 
   void check_group_count(std::size_t count) const {
@@ -320,6 +401,12 @@ void register_optimizer(py::module_& m) {
       .def("step_family", &OptimizerPlan::step_family, py::arg("grads"), py::arg("kind"),
            py::arg("groups"), py::arg("step"), py::arg("grad_scale"), py::arg("max_grad_norm"),
            py::arg("skip_nonfinite"))
+      .def("step_lamb", &OptimizerPlan::step_lamb, py::arg("grads"), py::arg("groups"),
+           py::arg("step"), py::arg("excluded"), py::arg("grad_scale"), py::arg("max_grad_norm"),
+           py::arg("skip_nonfinite"))
+      .def("step_lars", &OptimizerPlan::step_lars, py::arg("grads"), py::arg("groups"),
+           py::arg("first_step"), py::arg("excluded"), py::arg("grad_scale"),
+           py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
       .def("__len__", &OptimizerPlan::size);
 }
 

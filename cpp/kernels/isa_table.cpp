@@ -32,6 +32,8 @@ constexpr TypedKernels<T> typed_kernels() {
   k.family[static_cast<int>(FamilyKind::nadam)] = &family_nadam<T>;
   k.family[static_cast<int>(FamilyKind::radam)] = &family_radam<T>;
   k.family[static_cast<int>(FamilyKind::lion)] = &family_lion<T>;
+  k.lamb_moments = &lamb_moments<T>;
+  k.lamb_apply = &lamb_apply<T>;
   k.sum_squares = &sum_squares<T>;
   k.sum_abs = &sum_abs<T>;
   k.sum_abs_pow = &sum_abs_pow<T>;

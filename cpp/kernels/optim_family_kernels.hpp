@@ -215,3 +215,74 @@ template <class T>
 void family_lion(const FamilyConstants& c, T* p, const T* g, T* s0, T*, T*, std::size_t n) {
   with_prologue<T>(c, [&](auto pro) { lion_loop<T, prologue_t<decltype(pro)>>(c, p, g, s0, n); });
 }
+
+// LAMB's Adam direction plus weight decay: u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd p.
+template <class T, bool kDecay>
+inline T lamb_direction(T p, T m, T v, T inv_bc1, T inv_sqrt_bc2, T eps, T wd) {
+  const T u = (m * inv_bc1) / (sqrt_of(v) * inv_sqrt_bc2 + eps);
+  return kDecay ? u + wd * p : u;
+}
+
+template <class T, bool kDecay, bool kL1, bool kScaled>
+void lamb_moments_loop(const LambConstants& c, const T* __restrict p, const T* __restrict g,
+                       T* __restrict m, T* __restrict v, std::size_t n, double* sums) {
+  const T beta1 = T(c.beta1), omb1 = T(c.one_minus_beta1);
+  const T beta2 = T(c.beta2), omb2 = T(c.one_minus_beta2);
+  const T inv_bc1 = T(c.inv_bc1), inv_sqrt_bc2 = T(c.inv_sqrt_bc2), eps = T(c.eps);
+  const T wd = T(c.weight_decay), l1 = T(c.l1), divisor = T(c.grad_divisor);
+  // Independent lanes per sum, combined pairwise at the end: a fixed order, vectorizable.
+  double acc_p[kLanes] = {}, acc_u[kLanes] = {};
+  const auto element = [&](std::size_t i, std::size_t lane) {
+    const T pi = p[i];
+    T d = kScaled ? g[i] / divisor : g[i];
+    if (kL1) d = d + l1 * sign_of(pi);
+    const T mi = beta1 * m[i] + omb1 * d;
+    const T vi = beta2 * v[i] + omb2 * (d * d);
+    m[i] = mi;
+    v[i] = vi;
+    const double u = double(lamb_direction<T, kDecay>(pi, mi, vi, inv_bc1, inv_sqrt_bc2, eps, wd));
+    acc_p[lane] += double(pi) * double(pi);
+    acc_u[lane] += u * u;
+  };
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (std::size_t j = 0; j < kLanes; ++j) element(i + j, j);
+  }
+  for (std::size_t j = 0; i < n; ++i, ++j) element(i, j);
+  for (std::size_t width = kLanes / 2; width > 0; width /= 2) {
+    for (std::size_t j = 0; j < width; ++j) {
+      acc_p[j] += acc_p[j + width];
+      acc_u[j] += acc_u[j + width];
+    }
+  }
+  sums[0] = acc_p[0];
+  sums[1] = acc_u[0];
+}
+
+template <class T>
+void lamb_moments(const LambConstants& c, const T* p, const T* g, T* m, T* v, std::size_t n,
+                  double* sums) {
+  with_flags(
+      [&](auto decay, auto l1, auto scaled) {
+        lamb_moments_loop<T, decay, l1, scaled>(c, p, g, m, v, n, sums);
+      },
+      c.use_weight_decay, c.use_l1, c.scaled);
+}
+
+template <class T, bool kDecay>
+void lamb_apply_loop(const LambConstants& c, T* __restrict p, const T* __restrict m,
+                     const T* __restrict v, std::size_t n, double step_size) {
+  const T inv_bc1 = T(c.inv_bc1), inv_sqrt_bc2 = T(c.inv_sqrt_bc2), eps = T(c.eps);
+  const T wd = T(c.weight_decay), step = T(step_size);
+  for (std::size_t i = 0; i < n; ++i) {
+    const T pi = p[i];
+    p[i] = pi - step * lamb_direction<T, kDecay>(pi, m[i], v[i], inv_bc1, inv_sqrt_bc2, eps, wd);
+  }
+}
+
+template <class T>
+void lamb_apply(const LambConstants& c, T* p, const T* m, const T* v, std::size_t n,
+                double step_size) {
+  with_flags([&](auto decay) { lamb_apply_loop<T, decay>(c, p, m, v, n, step_size); },
+             c.use_weight_decay);
+}

@@ -8,22 +8,27 @@ Algorithms", Algorithm 2). Every class adds the keyword-only extras the other fu
 optimizers have: ``l1``, ``max_grad_norm``, ``skip_nonfinite``, and ``step(grads,
 grad_scale=...)``; all tensors of all groups update in one native call.
 
+LAMB (You et al. 2019) and LARS (You et al. 2017) scale each tensor's update by a trust
+ratio computed from norms of that tensor; the norms are reduced inside the same native
+call (a reduction pass, then the update pass, in one parallel region, with a blocking
+that does not depend on the thread count).
+
 A sequence of steps is bitwise identical to the functional calls (``fo.adagrad_step``,
 ``fo.rmsprop_step``, ``fo.adamax_step``, ``fo.nadam_step``, ``fo.radam_step``,
-``fo.lion_step``) with the same arguments.
+``fo.lion_step``, ``fo.lamb_step``, ``fo.lars_step``) with the same arguments.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from .optim import Optimizer, _flag, _real
 
-__all__ = ["Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion"]
+__all__ = ["Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion", "LAMB", "LARS"]
 
 _KINDS = _core._family_kinds
 
@@ -237,3 +242,155 @@ class Lion(_FamilyOptimizer):
 
     def _needed_state(self, group) -> tuple:
         return ("exp_avg",)
+
+
+Exclude = Union[bool, Callable[[np.ndarray], bool], None]
+
+
+class _TrustRatioOptimizer(Optimizer):
+    """LAMB/LARS: per-tensor exclusion from weight decay and adaptation, and the trust
+    ratios of the last applied step (``trust_ratios``, one float per param)."""
+
+    _reals: Tuple[str, ...] = ()
+    _flags: Tuple[str, ...] = ()
+
+    def __init__(self, params, defaults, *, max_grad_norm, skip_nonfinite):
+        self.trust_ratios: Optional[List[float]] = None
+        self._mask_key: tuple = ()
+        self._mask = b""
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _group_args(self, group, index) -> Dict[str, Any]:
+        where = f"{type(self).__name__}: param_groups[{index}]"
+        args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
+        for key in self._flags:
+            args[key] = _flag(group[key], f"{where}['{key}']")
+        exclude = group.get("exclude")
+        if exclude is not None and not isinstance(exclude, bool) and not callable(exclude):
+            raise TypeError(f"{where}['exclude'] must be None, a bool or a callable, got "
+                            f"{type(exclude).__name__}")
+        return args
+
+    def _exclusion_mask(self) -> bytes:
+        """One byte per param: 1 where the group's ``exclude`` (a bool, or a callable
+        called with the param) says so. Recomputed only when the groups change."""
+        key = tuple((id(g["params"]), id(g.get("exclude"))) for g in self.param_groups)
+        if key != self._mask_key:
+            flags = []
+            for group in self.param_groups:
+                rule = group.get("exclude")
+                for p in group["params"]:
+                    flags.append(bool(rule(p)) if callable(rule) else bool(rule))
+            self._mask, self._mask_key = bytes(flags), key
+        return self._mask
+
+    def state_dict(self) -> Dict[str, Any]:
+        """As Optimizer.state_dict; a callable ``exclude`` is left out (it may not pickle):
+        the loading optimizer keeps its own."""
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            if callable(group.get("exclude")):
+                del group["exclude"]
+        return sd
+
+    def _native_step(self, plan, grads, groups, grad_scale) -> bool:
+        ratios = self._trust_step(plan, grads, groups, grad_scale)
+        if ratios is None:
+            return False
+        self.trust_ratios = ratios
+        return True
+
+
+class LAMB(_TrustRatioOptimizer):
+    """LAMB, You et al. 2019 ("Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes", Algorithm 2), per tensor:
+
+    - ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``
+    - ``u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * p``
+      (bias_correction=False drops both corrections)
+    - ``ratio = ||p|| / ||u||`` (1 if either norm is 0), at most ``trust_clip`` when given
+    - ``p = p - lr * ratio * u``
+
+    The weight decay is inside the ratio (the paper's and NVIDIA's/timm's LAMB); phi is the
+    identity, clamped by trust_clip. ``exclude`` (a bool, or a callable called with each
+    param, e.g. ``lambda p: p.ndim <= 1`` for biases and norm weights; a group may set its
+    own) marks tensors updated without weight decay and with ratio 1. ``l1`` and
+    ``grad_scale``/``maximize`` act on g before the moments. ``trust_ratios`` holds the
+    ratios of the last applied step.
+    """
+
+    _state_names = ("exp_avg", "exp_avg_sq")
+    _reals = ("lr", "eps", "weight_decay", "l1")
+    _flags = ("bias_correction", "maximize")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *,
+                 bias_correction=True, trust_clip=None, exclude: Exclude = None, maximize=False,
+                 l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, trust_clip=trust_clip, exclude=exclude,
+                        maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _needed_state(self, group) -> tuple:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _group_args(self, group, index) -> Dict[str, Any]:
+        args = super()._group_args(group, index)
+        where = f"LAMB: param_groups[{index}]"
+        args["beta1"], args["beta2"] = _betas(group, where)
+        clip = group["trust_clip"]
+        if clip is not None:
+            clip = _real(clip, f"{where}['trust_clip']")
+            if not clip > 0:
+                raise ValueError(f"{where}['trust_clip'] must be None or > 0, got {clip}")
+            args["trust_clip"] = clip
+        return args
+
+    def _check_group(self, group, index) -> None:
+        _core._check_lamb_group(f"LAMB: param_groups[{index}]", self._group_args(group, index))
+
+    def _trust_step(self, plan, grads, groups, grad_scale):
+        return plan.step_lamb(grads, groups, self._step + 1, self._exclusion_mask(), grad_scale,
+                              self.max_grad_norm, self.skip_nonfinite)
+
+
+class LARS(_TrustRatioOptimizer):
+    """LARS, You et al. 2017 ("Large Batch Training of Convolutional Networks", Algorithm 1),
+    per tensor, with torch.optim.SGD's momentum:
+
+    - ``ratio = eta * ||p|| / (||g|| + weight_decay * ||p|| + eps)`` (1 if either norm is 0;
+      with trust_clip, LARC's clipping ``min(ratio / lr, 1)``)
+    - ``d = ratio * (g + weight_decay * p)``
+    - ``buf = momentum * buf + (1 - dampening) * d`` (``buf = d`` at the first step),
+      ``d = d + momentum * buf`` with nesterov else ``buf``;  ``p = p - lr * d``
+
+    This is the formulation of timm's Lars and NVIDIA's LARS (lr outside the momentum
+    buffer; the paper's Algorithm 1 keeps lr inside it, which only differs while lr
+    changes). ``exclude`` (a bool, or a callable called with each param; a group may set
+    its own) marks tensors updated as plain SGD with momentum: no weight decay, ratio 1.
+    ``l1`` adds ``l1 * sign(p)`` to d before the ratio is applied; ||g|| is the norm of
+    the unscaled gradient. ``trust_ratios`` holds the ratios of the last applied step.
+    """
+
+    _state_names = ("momentum_buffer",)
+    _reals = ("lr", "momentum", "dampening", "weight_decay", "eta", "eps", "l1")
+    _flags = ("nesterov", "trust_clip", "maximize")
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=1e-3, *, dampening=0.0,
+                 nesterov=False, eps=1e-8, trust_clip=False, exclude: Exclude = None,
+                 maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                        dampening=dampening, nesterov=nesterov, eps=eps, trust_clip=trust_clip,
+                        exclude=exclude, maximize=maximize, l1=l1)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+
+    def _needed_state(self, group) -> tuple:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _check_group(self, group, index) -> None:
+        _core._check_lars_group(f"LARS: param_groups[{index}]", self._group_args(group, index))
+
+    def _trust_step(self, plan, grads, groups, grad_scale):
+        first = [not s for s in self._started]
+        return plan.step_lars(grads, groups, first, self._exclusion_mask(), grad_scale,
+                              self.max_grad_norm, self.skip_nonfinite)

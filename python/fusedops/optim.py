@@ -19,7 +19,7 @@ from . import _core
 from . import lr_scheduler
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
-           "Lion", "lr_scheduler"]
+           "Lion", "LAMB", "LARS", "lr_scheduler"]
 
 
 def _real(value: Any, where: str) -> float:
@@ -323,4 +323,4 @@ class AdamW(Adam):
                          skip_nonfinite=skip_nonfinite)
 
 
-from ._optim_family import Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402
+from ._optim_family import LAMB, LARS, Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402
