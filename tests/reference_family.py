@@ -109,3 +109,54 @@ def lion(p, g, state, *, step=None, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0
     m = _f64(state["exp_avg"])
     p = p - lr * np.sign(b1 * m + (1 - b1) * d)
     return p, {"exp_avg": b2 * m + (1 - b2) * d}
+
+
+def _norm(x):
+    return float(np.sqrt(np.sum(_f64(x) ** 2)))
+
+
+def lamb(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
+         weight_decay=0.0, bias_correction=True, trust_clip=None, exclude=None, l1=0.0,
+         maximize=False, grad_scale=1.0):
+    """LAMB over a list of tensors: (params, exp_avgs, exp_avg_sqs, trust ratios)."""
+    b1, b2 = betas
+    exclude = exclude or [False] * len(params)
+    out = ([], [], [], [])
+    for p, g, m, v, skip in zip(params, grads, exp_avgs, exp_avg_sqs, exclude):
+        p, d = _grad(p, g, l1=l1, maximize=maximize, grad_scale=grad_scale)
+        m = b1 * _f64(m) + (1 - b1) * d
+        v = b2 * _f64(v) + (1 - b2) * d * d
+        bc1, bc2 = (1 - b1**step, 1 - b2**step) if bias_correction else (1.0, 1.0)
+        u = (m / bc1) / (np.sqrt(v / bc2) + eps) + (0.0 if skip else weight_decay) * p
+        ratio = 1.0
+        if not skip and _norm(p) > 0 and _norm(u) > 0:
+            ratio = _norm(p) / _norm(u)
+            if trust_clip is not None:
+                ratio = min(ratio, trust_clip)
+        for seq, value in zip(out, (p - lr * ratio * u, m, v, ratio)):
+            seq.append(value)
+    return out
+
+
+def lars(params, grads, bufs, *, lr, momentum=0.9, dampening=0.0, weight_decay=0.0, eta=1e-3,
+         eps=1e-8, nesterov=False, trust_clip=False, first_step=False, exclude=None, l1=0.0,
+         maximize=False, grad_scale=1.0):
+    """LARS over a list of tensors: (params, momentum buffers, trust ratios)."""
+    exclude = exclude or [False] * len(params)
+    out = ([], [], [])
+    for p, g, buf, skip in zip(params, grads, bufs, exclude):
+        p, d = _grad(p, g, maximize=maximize, grad_scale=grad_scale)
+        wd = 0.0 if skip else weight_decay
+        ratio = 1.0
+        if not skip and _norm(p) > 0 and _norm(d) > 0:
+            ratio = eta * _norm(p) / (_norm(d) + weight_decay * _norm(p) + eps)
+            if trust_clip and lr > 0:
+                ratio = min(ratio / lr, 1.0)
+        d = ratio * (d + wd * p + l1 * np.sign(p))
+        new_buf = None
+        if momentum != 0:
+            new_buf = d if first_step else momentum * _f64(buf) + (1 - dampening) * d
+            d = d + momentum * new_buf if nesterov else new_buf
+        for seq, value in zip(out, (p - lr * d, new_buf, ratio)):
+            seq.append(value)
+    return out
