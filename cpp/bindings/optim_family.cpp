@@ -11,6 +11,23 @@
 
 namespace fusedops::bind {
 
+namespace {
+
+// Reads the hyperparameters of a group dict (keys the Python class has type-checked);
+// absent keys leave the field at its default.
+struct GroupReader {
+  const py::dict& group;
+
+  void real(const char* key, double& field) const {
+    if (group.contains(key)) field = group[key].cast<double>();
+  }
+  void flag(const char* key, bool& field) const {
+    if (group.contains(key)) field = group[key].cast<bool>();
+  }
+};
+
+}  // namespace
+
 void check_family_params(const char* fn, const FamilyParams& p) {
   if (p.step < 1) {
     throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
@@ -70,26 +87,21 @@ FamilyParams family_params_from_group(const char* where, FamilyKind kind, const 
   p.kind = kind;
   p.step = step;
   p.grad_scale = grad_scale;
-  const auto real = [&](const char* key, double& field) {
-    if (group.contains(key)) field = group[key].cast<double>();
-  };
-  const auto flag = [&](const char* key, bool& field) {
-    if (group.contains(key)) field = group[key].cast<bool>();
-  };
-  real("lr", p.lr);
-  real("beta1", p.beta1);
-  real("beta2", p.beta2);
-  real("eps", p.eps);
-  real("weight_decay", p.weight_decay);
-  real("l1", p.l1);
-  real("lr_decay", p.lr_decay);
-  real("alpha", p.alpha);
-  real("momentum", p.momentum);
-  real("momentum_decay", p.momentum_decay);
-  real("mu_product", p.mu_product);
-  flag("maximize", p.maximize);
-  flag("decoupled_weight_decay", p.decoupled_weight_decay);
-  flag("centered", p.centered);
+  const GroupReader read{group};
+  read.real("lr", p.lr);
+  read.real("beta1", p.beta1);
+  read.real("beta2", p.beta2);
+  read.real("eps", p.eps);
+  read.real("weight_decay", p.weight_decay);
+  read.real("l1", p.l1);
+  read.real("lr_decay", p.lr_decay);
+  read.real("alpha", p.alpha);
+  read.real("momentum", p.momentum);
+  read.real("momentum_decay", p.momentum_decay);
+  read.real("mu_product", p.mu_product);
+  read.flag("maximize", p.maximize);
+  read.flag("decoupled_weight_decay", p.decoupled_weight_decay);
+  read.flag("centered", p.centered);
   check_family_params(where, p);
   return p;
 }
@@ -268,21 +280,16 @@ LambParams lamb_params_from_group(const char* where, const py::dict& group, long
   LambParams p;
   p.step = step;
   p.grad_scale = grad_scale;
-  const auto real = [&](const char* key, double& field) {
-    if (group.contains(key)) field = group[key].cast<double>();
-  };
-  const auto flag = [&](const char* key, bool& field) {
-    if (group.contains(key)) field = group[key].cast<bool>();
-  };
-  real("lr", p.lr);
-  real("beta1", p.beta1);
-  real("beta2", p.beta2);
-  real("eps", p.eps);
-  real("weight_decay", p.weight_decay);
-  real("l1", p.l1);
-  real("trust_clip", p.trust_clip);
-  flag("bias_correction", p.bias_correction);
-  flag("maximize", p.maximize);
+  const GroupReader read{group};
+  read.real("lr", p.lr);
+  read.real("beta1", p.beta1);
+  read.real("beta2", p.beta2);
+  read.real("eps", p.eps);
+  read.real("weight_decay", p.weight_decay);
+  read.real("l1", p.l1);
+  read.real("trust_clip", p.trust_clip);
+  read.flag("bias_correction", p.bias_correction);
+  read.flag("maximize", p.maximize);
   check_lamb_params(where, p);
   return p;
 }
@@ -292,22 +299,17 @@ LarsParams lars_params_from_group(const char* where, const py::dict& group, doub
   LarsParams p;
   p.grad_scale = grad_scale;
   p.first_step = first_step;
-  const auto real = [&](const char* key, double& field) {
-    if (group.contains(key)) field = group[key].cast<double>();
-  };
-  const auto flag = [&](const char* key, bool& field) {
-    if (group.contains(key)) field = group[key].cast<bool>();
-  };
-  real("lr", p.lr);
-  real("momentum", p.momentum);
-  real("dampening", p.dampening);
-  real("weight_decay", p.weight_decay);
-  real("eta", p.eta);
-  real("eps", p.eps);
-  real("l1", p.l1);
-  flag("nesterov", p.nesterov);
-  flag("maximize", p.maximize);
-  flag("trust_clip", p.trust_clip);
+  const GroupReader read{group};
+  read.real("lr", p.lr);
+  read.real("momentum", p.momentum);
+  read.real("dampening", p.dampening);
+  read.real("weight_decay", p.weight_decay);
+  read.real("eta", p.eta);
+  read.real("eps", p.eps);
+  read.real("l1", p.l1);
+  read.flag("nesterov", p.nesterov);
+  read.flag("maximize", p.maximize);
+  read.flag("trust_clip", p.trust_clip);
   check_lars_params(where, p);
   return p;
 }

@@ -52,7 +52,7 @@ class _FamilyOptimizer(Optimizer):
     _flags: Tuple[str, ...] = ("maximize",)
     _has_betas = False
 
-    def _group_args(self, group, index) -> Dict[str, Any]:
+    def _group_args(self, group, index) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
         args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
         for key in self._flags:
@@ -173,7 +173,7 @@ class NAdam(_FamilyOptimizer):
     def _needed_state(self, group) -> tuple:
         return ("exp_avg", "exp_avg_sq")
 
-    def _group_args(self, group, index) -> Dict[str, Any]:
+    def _group_args(self, group, index) -> Any:
         args = super()._group_args(group, index)
         if index < len(self._mu_products):
             args["mu_product"] = self._mu_products[index]
@@ -260,7 +260,7 @@ class _TrustRatioOptimizer(Optimizer):
         self._mask = b""
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _group_args(self, group, index) -> Dict[str, Any]:
+    def _group_args(self, group, index) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
         args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
         for key in self._flags:
@@ -292,6 +292,9 @@ class _TrustRatioOptimizer(Optimizer):
             if callable(group.get("exclude")):
                 del group["exclude"]
         return sd
+
+    def _trust_step(self, plan, grads, groups, grad_scale) -> Optional[List[float]]:
+        raise NotImplementedError
 
     def _native_step(self, plan, grads, groups, grad_scale) -> bool:
         ratios = self._trust_step(plan, grads, groups, grad_scale)
@@ -334,7 +337,7 @@ class LAMB(_TrustRatioOptimizer):
     def _needed_state(self, group) -> tuple:
         return ("exp_avg", "exp_avg_sq")
 
-    def _group_args(self, group, index) -> Dict[str, Any]:
+    def _group_args(self, group, index) -> Any:
         args = super()._group_args(group, index)
         where = f"LAMB: param_groups[{index}]"
         args["beta1"], args["beta2"] = _betas(group, where)

@@ -19,7 +19,7 @@ import math
 import numbers
 import types
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "LRScheduler",
@@ -66,6 +66,13 @@ class LRScheduler:
     current lrs for recursive schedules); ``_initial`` is True during the step the
     constructor takes.
     """
+
+    last_epoch: int
+    base_lrs: List[float]
+    _step_count: int
+    _last_lr: List[float]
+    _initial: bool = False
+    _transient: Tuple[str, ...] = ("optimizer", "_initial")
 
     def __init__(self, optimizer, last_epoch: int = -1) -> None:
         groups = _groups(optimizer)
@@ -122,8 +129,6 @@ class LRScheduler:
 
     def _current_lrs(self) -> List[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
-
-    _transient = ("optimizer", "_initial")
 
     def state_dict(self) -> Dict[str, Any]:
         """The schedule's position and settings as plain Python objects (not the optimizer)."""
@@ -483,6 +488,9 @@ class LinearWarmupCosine(LRScheduler):
     With start_factor=0 and eta_min=0 this is the usual "cosine schedule with warmup"
     (transformers' get_cosine_schedule_with_warmup).
     """
+
+    start_factor: float
+    eta_min: float
 
     def __init__(self, optimizer, warmup_steps: int, total_steps: int, *, start_factor: float = 0.0,
                  eta_min: float = 0.0, last_epoch: int = -1) -> None:
