@@ -279,12 +279,18 @@ def test_bad_construction(make, exc, match):
         make()
 
 
-def test_lion_lamb_lars_signatures_follow_the_api():
+@pytest.mark.parametrize("cls, positional", [
+    (fo.optim.Lion, [("lr", 1e-4), ("betas", (0.9, 0.99)), ("weight_decay", 0.0)]),
+    (fo.optim.LAMB, [("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-6), ("weight_decay", 0.0)]),
+    (fo.optim.LARS, [("lr", None), ("momentum", 0.9), ("weight_decay", 0.0), ("eta", 1e-3)]),
+])
+def test_signatures_follow_the_api(cls, positional):
+    """API.md's positional parameters and defaults; every other option keyword-only."""
     import inspect
 
-    assert str(inspect.signature(fo.optim.Lion)).startswith(
-        "(params, lr=0.0001, betas=(0.9, 0.99), weight_decay=0.0, *")
-    assert str(inspect.signature(fo.optim.LAMB)).startswith(
-        "(params, lr=0.001, betas=(0.9, 0.999), eps=1e-06, weight_decay=0.0, *")
-    assert str(inspect.signature(fo.optim.LARS)).startswith(
-        "(params, lr, momentum=0.9, weight_decay=0.0, eta=0.001, *")
+    params = list(inspect.signature(cls).parameters.values())
+    assert params[0].name == "params"
+    got = [(p.name, None if p.default is p.empty else p.default) for p in params[1:len(positional) + 1]]
+    assert got == positional
+    assert all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params[:len(positional) + 1])
+    assert all(p.kind == p.KEYWORD_ONLY for p in params[len(positional) + 1:])

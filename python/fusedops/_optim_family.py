@@ -21,16 +21,16 @@ A sequence of steps is bitwise identical to the functional calls (``fo.adagrad_s
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from .optim import Optimizer, _flag, _real
+from .optim import Array, Optimizer, ParamGroup, Params, _flag, _real
 
 __all__ = ["Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion", "LAMB", "LARS"]
 
-_KINDS = _core._family_kinds
+_KINDS: Dict[str, int] = _core._family_kinds
 
 
 def _betas(group: Dict[str, Any], where: str) -> Tuple[float, float]:
@@ -52,7 +52,7 @@ class _FamilyOptimizer(Optimizer):
     _flags: Tuple[str, ...] = ("maximize",)
     _has_betas = False
 
-    def _group_args(self, group, index) -> Any:
+    def _group_args(self, group: ParamGroup, index: int) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
         args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
         for key in self._flags:
@@ -61,13 +61,14 @@ class _FamilyOptimizer(Optimizer):
             args["beta1"], args["beta2"] = _betas(group, where)
         return args
 
-    def _check_group(self, group, index) -> None:
+    def _check_group(self, group: ParamGroup, index: int) -> None:
         _core._check_family_group(f"{type(self).__name__}: param_groups[{index}]",
                                   _KINDS[self._kind], self._group_args(group, index))
 
-    def _native_step(self, plan, grads, groups, grad_scale) -> bool:
-        return plan.step_family(grads, _KINDS[self._kind], groups, self._step + 1, grad_scale,
-                                self.max_grad_norm, self.skip_nonfinite)
+    def _native_step(self, plan: Any, grads: Sequence[Array], groups: List[Any],
+                     grad_scale: float) -> bool:
+        return bool(plan.step_family(grads, _KINDS[self._kind], groups, self._step + 1, grad_scale,
+                                     self.max_grad_norm, self.skip_nonfinite))
 
 
 class Adagrad(_FamilyOptimizer):
@@ -78,14 +79,16 @@ class Adagrad(_FamilyOptimizer):
     _state_names = ("sum",)
     _reals = ("lr", "lr_decay", "weight_decay", "eps", "l1")
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, *, maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10, *, maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
                         maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _check_group(self, group, index) -> None:
+    def _check_group(self, group: ParamGroup, index: int) -> None:
         where = f"Adagrad: param_groups[{index}]['initial_accumulator_value']"
         value = _real(group["initial_accumulator_value"], where)
         if not (math.isfinite(value) and value >= 0):
@@ -102,7 +105,7 @@ class Adagrad(_FamilyOptimizer):
             st["sum"] = np.full_like(p, new["initial_accumulator_value"])
         self._allocated[-1] = ("sum",)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("sum",)
 
 
@@ -116,13 +119,15 @@ class RMSprop(_FamilyOptimizer):
     _reals = ("lr", "alpha", "eps", "weight_decay", "momentum", "l1")
     _flags = ("centered", "maximize")
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return (("square_avg",) + (("grad_avg",) if group["centered"] else ())
                 + (("momentum_buffer",) if group["momentum"] > 0 else ()))
 
@@ -136,13 +141,15 @@ class Adamax(_FamilyOptimizer):
     _reals = ("lr", "eps", "weight_decay", "l1")
     _has_betas = True
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_inf")
 
 
@@ -157,9 +164,10 @@ class NAdam(_FamilyOptimizer):
     _flags = ("decoupled_weight_decay", "maximize")
     _has_betas = True
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False, l1=0.0,
-                 max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                         maximize=maximize, l1=l1)
@@ -170,16 +178,17 @@ class NAdam(_FamilyOptimizer):
         super().add_param_group(group)
         self._mu_products.append(1.0)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _group_args(self, group, index) -> Any:
+    def _group_args(self, group: ParamGroup, index: int) -> Any:
         args = super()._group_args(group, index)
         if index < len(self._mu_products):
             args["mu_product"] = self._mu_products[index]
         return args
 
-    def step(self, grads, *, grad_scale: float = 1.0) -> bool:
+    def step(self, grads: Optional[Sequence[Array]] = None, *, grad_scale: float = 1.0) -> bool:
+        """As Optimizer.step; then advances each group's product of mu_t."""
         applied = super().step(grads, grad_scale=grad_scale)
         if applied:
             for i, group in enumerate(self.param_groups):
@@ -193,7 +202,7 @@ class NAdam(_FamilyOptimizer):
         sd["mu_products"] = list(self._mu_products)
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         mu = state_dict.get("mu_products") if isinstance(state_dict, dict) else None
         if (not isinstance(mu, list) or len(mu) != len(self.param_groups)
                 or not all(isinstance(x, float) and 0.0 <= x <= 1.0 for x in mu)):
@@ -214,14 +223,15 @@ class RAdam(_FamilyOptimizer):
     _flags = ("decoupled_weight_decay", "maximize")
     _has_betas = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, l1=0.0, max_grad_norm=None,
-                 skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                 *, maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
 
@@ -235,12 +245,13 @@ class Lion(_FamilyOptimizer):
     _reals = ("lr", "weight_decay", "l1")
     _has_betas = True
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
-                 l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg",)
 
 
@@ -254,13 +265,14 @@ class _TrustRatioOptimizer(Optimizer):
     _reals: Tuple[str, ...] = ()
     _flags: Tuple[str, ...] = ()
 
-    def __init__(self, params, defaults, *, max_grad_norm, skip_nonfinite):
+    def __init__(self, params: Params, defaults: Dict[str, Any], *, max_grad_norm: Optional[float],
+                 skip_nonfinite: bool) -> None:
         self.trust_ratios: Optional[List[float]] = None
-        self._mask_key: tuple = ()
+        self._mask_key: Tuple[Any, ...] = ()
         self._mask = b""
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _group_args(self, group, index) -> Any:
+    def _group_args(self, group: ParamGroup, index: int) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
         args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
         for key in self._flags:
@@ -293,10 +305,12 @@ class _TrustRatioOptimizer(Optimizer):
                 del group["exclude"]
         return sd
 
-    def _trust_step(self, plan, grads, groups, grad_scale) -> Optional[List[float]]:
+    def _trust_step(self, plan: Any, grads: Sequence[Array], groups: List[Any],
+                    grad_scale: float) -> Optional[List[float]]:
         raise NotImplementedError
 
-    def _native_step(self, plan, grads, groups, grad_scale) -> bool:
+    def _native_step(self, plan: Any, grads: Sequence[Array], groups: List[Any],
+                     grad_scale: float) -> bool:
         ratios = self._trust_step(plan, grads, groups, grad_scale)
         if ratios is None:
             return False
@@ -326,18 +340,20 @@ class LAMB(_TrustRatioOptimizer):
     _reals = ("lr", "eps", "weight_decay", "l1")
     _flags = ("bias_correction", "maximize")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *,
-                 bias_correction=True, trust_clip=None, exclude: Exclude = None, maximize=False,
-                 l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool = True,
+                 trust_clip: Optional[float] = None, exclude: Exclude = None, maximize: bool = False,
+                 l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, trust_clip=trust_clip, exclude=exclude,
                         maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _group_args(self, group, index) -> Any:
+    def _group_args(self, group: ParamGroup, index: int) -> Any:
         args = super()._group_args(group, index)
         where = f"LAMB: param_groups[{index}]"
         args["beta1"], args["beta2"] = _betas(group, where)
@@ -349,12 +365,15 @@ class LAMB(_TrustRatioOptimizer):
             args["trust_clip"] = clip
         return args
 
-    def _check_group(self, group, index) -> None:
+    def _check_group(self, group: ParamGroup, index: int) -> None:
         _core._check_lamb_group(f"LAMB: param_groups[{index}]", self._group_args(group, index))
 
-    def _trust_step(self, plan, grads, groups, grad_scale):
-        return plan.step_lamb(grads, groups, self._step + 1, self._exclusion_mask(), grad_scale,
-                              self.max_grad_norm, self.skip_nonfinite)
+    def _trust_step(self, plan: Any, grads: Sequence[Array], groups: List[Any],
+                    grad_scale: float) -> Optional[List[float]]:
+        ratios: Optional[List[float]] = plan.step_lamb(
+            grads, groups, self._step + 1, self._exclusion_mask(), grad_scale, self.max_grad_norm,
+            self.skip_nonfinite)
+        return ratios
 
 
 class LARS(_TrustRatioOptimizer):
@@ -379,21 +398,26 @@ class LARS(_TrustRatioOptimizer):
     _reals = ("lr", "momentum", "dampening", "weight_decay", "eta", "eps", "l1")
     _flags = ("nesterov", "trust_clip", "maximize")
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=1e-3, *, dampening=0.0,
-                 nesterov=False, eps=1e-8, trust_clip=False, exclude: Exclude = None,
-                 maximize=False, l1=0.0, max_grad_norm=None, skip_nonfinite=False):
+    def __init__(self, params: Params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 1e-3, *, dampening: float = 0.0, nesterov: bool = False,
+                 eps: float = 1e-8, trust_clip: bool = False, exclude: Exclude = None,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                         dampening=dampening, nesterov=nesterov, eps=eps, trust_clip=trust_clip,
                         exclude=exclude, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _check_group(self, group, index) -> None:
+    def _check_group(self, group: ParamGroup, index: int) -> None:
         _core._check_lars_group(f"LARS: param_groups[{index}]", self._group_args(group, index))
 
-    def _trust_step(self, plan, grads, groups, grad_scale):
+    def _trust_step(self, plan: Any, grads: Sequence[Array], groups: List[Any],
+                    grad_scale: float) -> Optional[List[float]]:
         first = [not s for s in self._started]
-        return plan.step_lars(grads, groups, first, self._exclusion_mask(), grad_scale,
-                              self.max_grad_norm, self.skip_nonfinite)
+        ratios: Optional[List[float]] = plan.step_lars(
+            grads, groups, first, self._exclusion_mask(), grad_scale, self.max_grad_norm,
+            self.skip_nonfinite)
+        return ratios

@@ -19,7 +19,7 @@ import math
 import numbers
 import types
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 __all__ = [
     "LRScheduler",
@@ -32,10 +32,18 @@ __all__ = [
     "SequentialLR",
     "OneCycleLR",
     "LinearWarmupCosine",
+    "SupportsParamGroups",
 ]
 
 
-def _groups(optimizer) -> List[Dict[str, Any]]:
+class SupportsParamGroups(Protocol):
+    """What a scheduler needs of an optimizer: its param groups (dicts with an "lr")."""
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]: ...
+
+
+def _groups(optimizer: Any) -> List[Dict[str, Any]]:
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list) or not all(isinstance(g, dict) and "lr" in g for g in groups):
         raise TypeError(f"{type(optimizer).__name__} is not an optimizer: it needs param_groups, "
@@ -43,7 +51,7 @@ def _groups(optimizer) -> List[Dict[str, Any]]:
     return groups
 
 
-def _per_group(name: str, optimizer, value) -> list:
+def _per_group(name: str, optimizer: SupportsParamGroups, value: Any) -> List[Any]:
     groups = optimizer.param_groups
     if isinstance(value, (list, tuple)):
         if len(value) != len(groups):
@@ -53,7 +61,7 @@ def _per_group(name: str, optimizer, value) -> list:
     return [value] * len(groups)
 
 
-def _integer(value, where: str, low: int) -> int:
+def _integer(value: Any, where: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{where} must be an int >= {low}, got {value!r}")
     return int(value)
@@ -74,7 +82,7 @@ class LRScheduler:
     _initial: bool = False
     _transient: Tuple[str, ...] = ("optimizer", "_initial")
 
-    def __init__(self, optimizer, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, last_epoch: int = -1) -> None:
         groups = _groups(optimizer)
         self.optimizer = optimizer
         if isinstance(last_epoch, bool) or not isinstance(last_epoch, numbers.Integral) or last_epoch < -1:
@@ -149,7 +157,7 @@ class LRScheduler:
                               if k not in self._transient})
 
 
-def _plain_copy(value):
+def _plain_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain_copy(v) for v in value]
     if isinstance(value, Counter):
@@ -166,7 +174,7 @@ class LambdaLR(LRScheduler):
     as torch does.
     """
 
-    def __init__(self, optimizer, lr_lambda: Union[Callable[[int], float], Sequence[Callable[[int], float]]],
+    def __init__(self, optimizer: SupportsParamGroups, lr_lambda: Union[Callable[[int], float], Sequence[Callable[[int], float]]],
                  last_epoch: int = -1) -> None:
         groups = _groups(optimizer)
         if isinstance(lr_lambda, (list, tuple)):
@@ -205,7 +213,7 @@ class LambdaLR(LRScheduler):
 class StepLR(LRScheduler):
     """lr multiplied by gamma every step_size steps (torch's StepLR)."""
 
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.step_size = _integer(step_size, "StepLR: step_size", 1)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -222,7 +230,7 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """lr multiplied by gamma at each milestone (repeated milestones count twice), as torch."""
 
-    def __init__(self, optimizer, milestones: Sequence[int], gamma: float = 0.1,
+    def __init__(self, optimizer: SupportsParamGroups, milestones: Sequence[int], gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
         self.milestones = Counter(_integer(m, "MultiStepLR: milestones[...]", 0) for m in milestones)
         self.gamma = gamma
@@ -242,7 +250,7 @@ class MultiStepLR(LRScheduler):
 class LinearLR(LRScheduler):
     """lr factor moving linearly from start_factor to end_factor over total_iters steps."""
 
-    def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
+    def __init__(self, optimizer: SupportsParamGroups, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
         if start_factor > 1.0 or start_factor <= 0:
             raise ValueError("LinearLR: start_factor must be in (0, 1], got " + repr(start_factor))
@@ -272,7 +280,7 @@ class LinearLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """lr multiplied by gamma every step (torch's ExponentialLR)."""
 
-    def __init__(self, optimizer, gamma: float, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, gamma: float, last_epoch: int = -1) -> None:
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
@@ -289,7 +297,7 @@ class CosineAnnealingLR(LRScheduler):
     """torch's CosineAnnealingLR: the recursive cosine between base_lr and eta_min with
     period 2 * T_max (it rises again after T_max steps, as torch's does)."""
 
-    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_max = _integer(T_max, "CosineAnnealingLR: T_max", 1)
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
@@ -317,7 +325,7 @@ class SequentialLR(LRScheduler):
     """Runs schedulers one after another, switching at the milestones (torch's SequentialLR):
     at a milestone the next scheduler restarts from its own step 0."""
 
-    def __init__(self, optimizer, schedulers: Sequence[LRScheduler], milestones: Sequence[int],
+    def __init__(self, optimizer: SupportsParamGroups, schedulers: Sequence[LRScheduler], milestones: Sequence[int],
                  last_epoch: int = -1) -> None:
         groups = _groups(optimizer)
         schedulers = list(schedulers)
@@ -391,7 +399,7 @@ class OneCycleLR(LRScheduler):
     group's momentum (or betas[0]) moves the opposite way between base_momentum and
     max_momentum. Stepping past total_steps raises ValueError."""
 
-    def __init__(self, optimizer, max_lr: Union[float, Sequence[float]], total_steps: Optional[int] = None,
+    def __init__(self, optimizer: SupportsParamGroups, max_lr: Union[float, Sequence[float]], total_steps: Optional[int] = None,
                  epochs: Optional[int] = None, steps_per_epoch: Optional[int] = None,
                  pct_start: float = 0.3, anneal_strategy: str = "cos", cycle_momentum: bool = True,
                  base_momentum: Union[float, Sequence[float]] = 0.85,
@@ -492,7 +500,7 @@ class LinearWarmupCosine(LRScheduler):
     start_factor: float
     eta_min: float
 
-    def __init__(self, optimizer, warmup_steps: int, total_steps: int, *, start_factor: float = 0.0,
+    def __init__(self, optimizer: SupportsParamGroups, warmup_steps: int, total_steps: int, *, start_factor: float = 0.0,
                  eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.warmup_steps = _integer(warmup_steps, "LinearWarmupCosine: warmup_steps", 0)
         self.total_steps = _integer(total_steps, "LinearWarmupCosine: total_steps", 1)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ._core import batch_norm_backward, batch_norm_forward
 
@@ -33,9 +35,24 @@ class BatchNorm:
     modify ``x`` in between.
     """
 
+    num_features: int
+    eps: float
+    momentum: float
+    affine: bool
+    track_running_stats: bool
+    channel_axis: int
+    dtype: "np.dtype[Any]"
+    weight: Optional[npt.NDArray[Any]]
+    bias: Optional[npt.NDArray[Any]]
+    grad_weight: Optional[npt.NDArray[Any]]
+    grad_bias: Optional[npt.NDArray[Any]]
+    running_mean: Optional[npt.NDArray[Any]]
+    running_var: Optional[npt.NDArray[Any]]
+    _saved: Optional[Tuple[Any, ...]]
+
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 channel_axis: int = 1, dtype=np.float32) -> None:
+                 channel_axis: int = 1, dtype: npt.DTypeLike = np.float32) -> None:
         if not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool):
             raise TypeError(f"BatchNorm: num_features must be an int, got "
                             f"{type(num_features).__name__}")
@@ -70,6 +87,7 @@ class BatchNorm:
                 out: np.ndarray | None = None) -> np.ndarray:
         """Normalizes ``x``; caches what ``backward`` needs."""
         self._check_dtype("x", x)
+        self._check_channels(x)
         use_batch_stats = training or not self.track_running_stats
         y, save_mean, save_invstd = batch_norm_forward(
             x, self.weight, self.bias, self.running_mean, self.running_var,
@@ -87,7 +105,7 @@ class BatchNorm:
         dx, dweight, dbias = batch_norm_backward(
             dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
             channel_axis=self.channel_axis, out=out)
-        if self.affine:
+        if self.grad_weight is not None and self.grad_bias is not None:
             self.grad_weight[...] = dweight
             self.grad_bias[...] = dbias
         return dx
@@ -96,13 +114,32 @@ class BatchNorm:
 
     def parameters(self) -> list[np.ndarray]:
         """``[weight, bias]`` (empty without affine), updated in place by optimizers."""
-        return [self.weight, self.bias] if self.affine else []
+        if self.weight is None or self.bias is None:
+            return []
+        return [self.weight, self.bias]
 
     def gradients(self) -> list[np.ndarray]:
         """``[grad_weight, grad_bias]``, aligned with ``parameters()``."""
-        return [self.grad_weight, self.grad_bias] if self.affine else []
+        if self.grad_weight is None or self.grad_bias is None:
+            return []
+        return [self.grad_weight, self.grad_bias]
 
-    def _check_dtype(self, name: str, a) -> None:
+    def _check_channels(self, x: np.ndarray) -> None:
+        if not isinstance(x, np.ndarray) or x.ndim < 2:
+            return  # the kernel's own check names the problem
+        found = x.shape[self.channel_axis]
+        if found == self.num_features:
+            return
+        hint = ""
+        other = -1 if self.channel_axis == 1 else 1
+        if x.shape[other] == self.num_features:
+            layout = "(N, *spatial, C)" if other == -1 else "(N, C, *spatial)"
+            hint = (f"; x looks like {layout}: build the layer with channel_axis={other}")
+        raise ValueError(f"{self!r}: x has shape {x.shape}, with {found} channels on "
+                         f"channel_axis={self.channel_axis}, but the layer has "
+                         f"{self.num_features}{hint}")
+
+    def _check_dtype(self, name: str, a: object) -> None:
         if isinstance(a, np.ndarray) and a.dtype != self.dtype:
             raise TypeError(f"BatchNorm: {name} has dtype {a.dtype} but the layer has dtype "
                             f"{self.dtype}")
