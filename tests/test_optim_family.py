@@ -524,3 +524,20 @@ def test_schedulers_drive_every_class(kind):
         sched.step()
     for a, b in zip(params, mirror):
         assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize("cls, hp", [(fo.optim.NAdam, dict(lr=0.01)), (fo.optim.RMSprop, dict(momentum=0.5)),
+                                     (fo.optim.LAMB, dict(weight_decay=0.1)), (fo.optim.LARS, dict(lr=0.1))])
+def test_bound_grads_step_without_arguments(cls, hp):
+    params, grads = make_problem(np.float64, sizes=(5, 300), seed=13)
+    mirror = [p.copy() for p in params]
+    bound = [np.zeros_like(p) for p in params]
+    opt = cls([{"params": params[:1], "grads": bound[:1]}, {"params": params[1:], "grads": bound[1:]}], **hp)
+    ref_opt = cls([{"params": mirror[:1]}, {"params": mirror[1:]}], **hp)
+    for k in range(4):
+        for b, g in zip(bound, grads[k]):
+            b[...] = g
+        assert opt.step() is True
+        ref_opt.step(grads[k])
+    for a, b in zip(params, mirror):
+        assert_bitwise_equal(a, b)
