@@ -541,3 +541,19 @@ def test_bound_grads_step_without_arguments(cls, hp):
         ref_opt.step(grads[k])
     for a, b in zip(params, mirror):
         assert_bitwise_equal(a, b)
+
+
+def test_readme_family_example_runs(capsys):
+    import os
+    import re
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(readme, encoding="utf-8") as f:
+        section = f.read().split("## The optimizer family and schedules", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md (optimizer family)", "exec"), namespace)
+    opt = namespace["opt"]
+    assert len(opt.trust_ratios) == 2 and opt.trust_ratios[1] == 1.0
+    assert namespace["sched"].get_last_lr()[0] == pytest.approx(3e-5)
+    assert "[" in capsys.readouterr().out
