@@ -103,7 +103,7 @@ void adamax_loop(const FamilyConstants& c, T* __restrict p, const T* __restrict 
 }
 
 // m, v as Adam;  denom = sqrt(v) / sqrt(bc2) + eps;
-// p += grad_coef g / denom + avg_coef m / denom  (the coefficients carry -lr and mu)
+// p += (grad_coef g + avg_coef m) / denom  (the coefficients carry -lr and mu)
 template <class T, class Pro>
 void nadam_loop(const FamilyConstants& c, T* __restrict p, const T* __restrict g,
                 T* __restrict m, T* __restrict v, std::size_t n) {
@@ -120,7 +120,7 @@ void nadam_loop(const FamilyConstants& c, T* __restrict p, const T* __restrict g
     m[i] = mi;
     v[i] = vi;
     const T denom = sqrt_of(vi) * inv_sqrt_bc2 + eps;
-    p[i] = pi + grad_coef * (d / denom) + avg_coef * (mi / denom);
+    p[i] = pi + (grad_coef * d + avg_coef * mi) / denom;  // one division for both terms
   }
 }
 
