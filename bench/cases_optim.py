@@ -566,8 +566,8 @@ def lamb_case(sizes, dtype, name, with_numpy=True):
     def build():
         params, grads, _ = _arrays(sizes, dtype, 0, seed=8)
         ref_p = [p.astype(np.float64) for p in params]
-        _lamb_numpy(ref_p, [g.astype(np.float64) for g in grads], [np.zeros_like(p) for p in ref_p],
-                    [np.zeros_like(p) for p in ref_p], lr, wd, 1)
+        for p, g in zip(ref_p, grads):  # one tensor at a time: GPT-2's float64 state is 2 GB
+            _lamb_numpy([p], [g.astype(np.float64)], [np.zeros_like(p)], [np.zeros_like(p)], lr, wd, 1)
         impls = []
         fp = _copies(params)
         opt = fo.optim.LAMB(fp, lr=lr, weight_decay=wd)
