@@ -174,7 +174,8 @@ class LambdaLR(LRScheduler):
     as torch does.
     """
 
-    def __init__(self, optimizer: SupportsParamGroups, lr_lambda: Union[Callable[[int], float], Sequence[Callable[[int], float]]],
+    def __init__(self, optimizer: SupportsParamGroups,
+                 lr_lambda: Union[Callable[[int], float], Sequence[Callable[[int], float]]],
                  last_epoch: int = -1) -> None:
         groups = _groups(optimizer)
         if isinstance(lr_lambda, (list, tuple)):
@@ -213,7 +214,8 @@ class LambdaLR(LRScheduler):
 class StepLR(LRScheduler):
     """lr multiplied by gamma every step_size steps (torch's StepLR)."""
 
-    def __init__(self, optimizer: SupportsParamGroups, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, step_size: int, gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
         self.step_size = _integer(step_size, "StepLR: step_size", 1)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -297,7 +299,8 @@ class CosineAnnealingLR(LRScheduler):
     """torch's CosineAnnealingLR: the recursive cosine between base_lr and eta_min with
     period 2 * T_max (it rises again after T_max steps, as torch's does)."""
 
-    def __init__(self, optimizer: SupportsParamGroups, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, T_max: int, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:
         self.T_max = _integer(T_max, "CosineAnnealingLR: T_max", 1)
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
@@ -325,7 +328,8 @@ class SequentialLR(LRScheduler):
     """Runs schedulers one after another, switching at the milestones (torch's SequentialLR):
     at a milestone the next scheduler restarts from its own step 0."""
 
-    def __init__(self, optimizer: SupportsParamGroups, schedulers: Sequence[LRScheduler], milestones: Sequence[int],
+    def __init__(self, optimizer: SupportsParamGroups, schedulers: Sequence[LRScheduler],
+                 milestones: Sequence[int],
                  last_epoch: int = -1) -> None:
         groups = _groups(optimizer)
         schedulers = list(schedulers)
@@ -399,7 +403,8 @@ class OneCycleLR(LRScheduler):
     group's momentum (or betas[0]) moves the opposite way between base_momentum and
     max_momentum. Stepping past total_steps raises ValueError."""
 
-    def __init__(self, optimizer: SupportsParamGroups, max_lr: Union[float, Sequence[float]], total_steps: Optional[int] = None,
+    def __init__(self, optimizer: SupportsParamGroups, max_lr: Union[float, Sequence[float]],
+                 total_steps: Optional[int] = None,
                  epochs: Optional[int] = None, steps_per_epoch: Optional[int] = None,
                  pct_start: float = 0.3, anneal_strategy: str = "cos", cycle_momentum: bool = True,
                  base_momentum: Union[float, Sequence[float]] = 0.85,
@@ -418,14 +423,16 @@ class OneCycleLR(LRScheduler):
         if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
             raise ValueError(f"OneCycleLR: pct_start must be a float in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+            raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', "
+                             f"got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
         up_end = float(pct_start * self.total_steps) - 1
         last = self.total_steps - 1
         if three_phase:
             self._phases = [
                 (up_end, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                (float(2 * pct_start * self.total_steps) - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                (float(2 * pct_start * self.total_steps) - 2, "max_lr", "initial_lr", "base_momentum",
+                 "max_momentum"),
                 (last, "initial_lr", "min_lr", "max_momentum", "max_momentum"),
             ]
         else:
@@ -443,7 +450,8 @@ class OneCycleLR(LRScheduler):
         if self.cycle_momentum:
             defaults = getattr(optimizer, "defaults", {})
             if "momentum" not in defaults and "betas" not in defaults:
-                raise ValueError("OneCycleLR: the optimizer must have momentum or betas for cycle_momentum=True")
+                raise ValueError("OneCycleLR: the optimizer must have momentum or betas for "
+                                 "cycle_momentum=True")
             self.use_beta1 = "betas" in defaults
             tops = _per_group("max_momentum", optimizer, max_momentum)
             bases = _per_group("base_momentum", optimizer, base_momentum)
@@ -500,7 +508,8 @@ class LinearWarmupCosine(LRScheduler):
     start_factor: float
     eta_min: float
 
-    def __init__(self, optimizer: SupportsParamGroups, warmup_steps: int, total_steps: int, *, start_factor: float = 0.0,
+    def __init__(self, optimizer: SupportsParamGroups, warmup_steps: int, total_steps: int, *,
+                 start_factor: float = 0.0,
                  eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.warmup_steps = _integer(warmup_steps, "LinearWarmupCosine: warmup_steps", 0)
         self.total_steps = _integer(total_steps, "LinearWarmupCosine: total_steps", 1)
