@@ -395,6 +395,12 @@ FAMILY = {
 }
 
 
+def family_bytes_note() -> str:
+    """The traffic models of the family rows, for the benchmark's header."""
+    kinds = ", ".join(f"{kind} {FAMILY[kind][4]}" for kind in FAMILY)
+    return f"bytes/element: {kinds}, LAMB 10 and LARS 7 (two passes) (x itemsize)"
+
+
 def _family_numpy(kind, hp):
     """One step of `kind` in NumPy with in-place ufuncs (float32 or float64 arrays): the
     NumPy row, and, on float64 copies, the reference."""
