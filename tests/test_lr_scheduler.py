@@ -1,5 +1,6 @@
 """fo.optim.lr_scheduler: the same lr (and momentum) sequences as torch.optim.lr_scheduler
-over 100+ steps, state_dict round trips (pickled) mid-schedule, the lrs reaching the
+over 100+ steps (and random arguments, hypothesis), state_dict round trips (pickled)
+mid-schedule, the lrs reaching the
 optimizer's updates, LinearWarmupCosine against its formula, and bad arguments."""
 
 import math
@@ -7,6 +8,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusedops as fo
 from fusedops.optim import lr_scheduler as fls
@@ -271,3 +274,32 @@ def test_sequential_rejects_scheduler_of_another_optimizer():
     a, b = fo_optimizer("sgd", params), fo_optimizer("sgd", [p.copy() for p in params])
     with pytest.raises(ValueError, match="another optimizer"):
         fls.SequentialLR(a, [fls.StepLR(a, 2), fls.StepLR(b, 2)], milestones=[3])
+
+
+SCHEDULES = st.one_of(
+    st.builds(lambda n, g: ("StepLR", dict(step_size=n, gamma=g)), st.integers(1, 20), st.floats(0.05, 1.0)),
+    st.builds(lambda ms, g: ("MultiStepLR", dict(milestones=ms, gamma=g)),
+              st.lists(st.integers(0, 70), max_size=5), st.floats(0.05, 1.0)),
+    st.builds(lambda g: ("ExponentialLR", dict(gamma=g)), st.floats(0.5, 1.0)),
+    st.builds(lambda t, lo: ("CosineAnnealingLR", dict(T_max=t, eta_min=lo)), st.integers(1, 40),
+              st.floats(0.0, 1e-3)),
+    st.builds(lambda a, b, n: ("LinearLR", dict(start_factor=a, end_factor=b, total_iters=n)),
+              st.floats(0.01, 1.0), st.floats(0.0, 1.0), st.integers(1, 50)),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(SCHEDULES, st.floats(1e-4, 1.0))
+def test_random_schedules_match_torch(schedule, lr):
+    torch = pytest.importorskip("torch")
+    name, kwargs = schedule
+    topt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=lr)
+    tsched = getattr(torch.optim.lr_scheduler, name)(topt, **kwargs)
+    opt = fo.optim.SGD([np.zeros(2)], lr=lr)
+    sched = getattr(fls, name)(opt, **kwargs)
+    for _ in range(70):
+        assert sched.get_last_lr() == tsched.get_last_lr()
+        topt.step()
+        tsched.step()
+        opt.step([np.zeros(2)])
+        sched.step()
