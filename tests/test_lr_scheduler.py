@@ -1,7 +1,7 @@
 """fo.optim.lr_scheduler: the same lr (and momentum) sequences as torch.optim.lr_scheduler
-over 100+ steps (and random arguments, hypothesis), state_dict round trips (pickled)
-mid-schedule, the lrs reaching the
-optimizer's updates, LinearWarmupCosine against its formula, and bad arguments."""
+over 100+ steps (and for random arguments), state_dict round trips (pickled) mid-schedule,
+the lrs reaching the optimizer's updates, LinearWarmupCosine against its formula, and bad
+arguments."""
 
 import math
 import pickle
