@@ -1,8 +1,10 @@
 """fusedops: fused SIMD/OpenMP CPU kernels for the training inner loop, from NumPy.
 
-Functional, in-place optimizer steps (``sgd_step``, ``adam_step``, ``adamw_step``),
-global gradient norms and clipping, batch norm, and the runtime controls. See
-``fusedops.optim`` for optimizer classes and ``fusedops.nn`` for the BatchNorm layer.
+Functional, in-place optimizer steps (``sgd_step``, ``adam_step``, ``adamw_step``, and
+the family: ``adagrad_step``, ``rmsprop_step``, ``adamax_step``, ``nadam_step``,
+``radam_step``, ``lion_step``, ``lamb_step``, ``lars_step``), global gradient norms and
+clipping, batch norm, and the runtime controls. See ``fusedops.optim`` for optimizer
+classes (and ``fusedops.optim.lr_scheduler``) and ``fusedops.nn`` for the BatchNorm layer.
 """
 
 import os as _os

@@ -1,4 +1,6 @@
-"""Optimizer classes for custom training loops: SGD, Adam and AdamW over NumPy arrays.
+"""Optimizer classes for custom training loops: SGD, Adam and AdamW over NumPy arrays
+(the rest of the family, Adagrad to LARS, lives in ``_optim_family`` and is re-exported
+here; the learning-rate schedules in ``lr_scheduler``).
 
 The optimizer owns its state arrays; params are updated in place. ``step(grads)`` takes a
 flat list of gradients aligned with the params in param-group order and updates every
