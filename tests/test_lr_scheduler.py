@@ -298,7 +298,10 @@ def test_random_schedules_match_torch(schedule, lr):
     opt = fo.optim.SGD([np.zeros(2)], lr=lr)
     sched = getattr(fls, name)(opt, **kwargs)
     for _ in range(70):
-        assert sched.get_last_lr() == tsched.get_last_lr()
+        # Where torch's sequence ends a rounding error below 0, ours is 0 (a negative lr is
+        # rejected by the optimizers); every other value is identical.
+        expected = [0.0 if -1e-12 * lr < x < 0 else x for x in tsched.get_last_lr()]
+        assert sched.get_last_lr() == expected
         topt.step()
         tsched.step()
         opt.step([np.zeros(2)])

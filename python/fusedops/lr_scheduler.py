@@ -125,6 +125,11 @@ class LRScheduler:
         if len(values) != len(groups):
             raise ValueError(f"{type(self).__name__}: {len(values)} lrs for {len(groups)} param groups")
         for group, lr in zip(groups, values):
+            # A schedule that ends at 0 (LinearLR with end_factor=0, say) can land a rounding
+            # error below it, -5e-17 where torch's own sequence does too; the optimizers
+            # reject a negative lr, so such a value is 0.
+            if lr < 0 and lr > -1e-12 * abs(group.get("initial_lr", lr)):
+                lr = 0.0
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in groups]
 
