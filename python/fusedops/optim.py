@@ -38,7 +38,17 @@ class Optimizer:
     _state_names: tuple = ()
 
     def __init__(self, params, defaults: Dict[str, Any], *, max_grad_norm=None,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, comm=None, shard_state=False):
+        self._dist = None  # runs the steps when comm= spans more than one rank
+        if comm is None and shard_state is False:
+            self._setup(params, defaults, max_grad_norm, skip_nonfinite)
+        else:
+            from . import distributed
+            self._dist = distributed.attach(
+                self, comm, shard_state,
+                lambda: self._setup(params, defaults, max_grad_norm, skip_nonfinite))
+
+    def _setup(self, params, defaults, max_grad_norm, skip_nonfinite) -> None:
         name = type(self).__name__
         if max_grad_norm is not None:
             max_grad_norm = _real(max_grad_norm, f"{name}: max_grad_norm")
@@ -69,6 +79,8 @@ class Optimizer:
     def add_param_group(self, group: Dict[str, Any]) -> None:
         """Adds a group ``{"params": [...], **overrides}``; unset keys take the defaults."""
         name = type(self).__name__
+        if self._dist is not None:
+            self._dist.check_add_param_group()
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{name}: a param group must be a dict with a 'params' key")
         params = group["params"]
@@ -139,21 +151,36 @@ class Optimizer:
         self._check_native(f"{type(self).__name__}: param_groups[{index}]", self._group_args(group, index))
 
     def step(self, grads, *, grad_scale: float = 1.0) -> bool:
-        """Updates every param from ``grads`` (flat, in group order). True if applied."""
+        """Updates every param from ``grads`` (flat, in group order). True if applied.
+
+        With ``comm=``, the grads are first averaged over the ranks, in place (the arrays
+        receive the average); with ``shard_state=True`` they are only read.
+        """
+        if self._dist is not None:
+            return self._dist.step(grads, grad_scale)
+        return self._step_local(grads, grad_scale)
+
+    def _step_local(self, grads, grad_scale: float) -> bool:
         if self._plan is not None:
             self._ensure_state()
         plan = self._current_plan()
         groups = [self._group_args(g, i) for i, g in enumerate(self.param_groups)]
         applied = self._native_step(plan, grads, groups, grad_scale)
         if applied:
-            self._step += 1
-            self._started = [s or bool(g.get("momentum", 0)) for s, g in zip(self._started, self.param_groups)]
+            self._record_applied()
         return applied
+
+    def _record_applied(self) -> None:
+        self._step += 1
+        self._started = [s or bool(g.get("momentum", 0)) for s, g in zip(self._started, self.param_groups)]
 
     # ------------------------------------------------------------ state_dict
 
     def state_dict(self) -> Dict[str, Any]:
-        """Plain Python/NumPy objects (picklable): state arrays are copies."""
+        """Plain Python/NumPy objects (picklable): state arrays are copies. With
+        ``shard_state=True``, the rank's shard (see ``consolidated_state_dict``)."""
+        if self._dist is not None and self._dist.sharded:
+            return self._dist.state_dict()
         groups = []
         offset = 0
         for group in self.param_groups:
@@ -179,6 +206,8 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores hyperparameters and state (validated first; copies into owned arrays)."""
+        if self._dist is not None and self._dist.sharded:
+            return self._dist.load_state_dict(state_dict)
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups", "step"} <= state_dict.keys():
             raise ValueError(f"{name}: state_dict must have 'state', 'param_groups' and 'step'")
@@ -237,6 +266,13 @@ class Optimizer:
         self._started = started
         self._step = int(step)
 
+    def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
+        """Collective with ``comm=``: the whole state (the unsharded format) on rank
+        ``root``, None on the other ranks. Without ``comm=``: ``state_dict()``."""
+        if self._dist is not None:
+            return self._dist.consolidated_state_dict(root)
+        return self.state_dict()
+
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, g in enumerate(self.param_groups):
@@ -251,10 +287,12 @@ class SGD(Optimizer):
     _state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
-                 nesterov=False, maximize=False, max_grad_norm=None, skip_nonfinite=False):
+                 nesterov=False, maximize=False, max_grad_norm=None, skip_nonfinite=False,
+                 comm=None, shard_state=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group) -> tuple:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -280,10 +318,12 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0,
-                 amsgrad=False, maximize=False, max_grad_norm=None, skip_nonfinite=False):
+                 amsgrad=False, maximize=False, max_grad_norm=None, skip_nonfinite=False,
+                 comm=None, shard_state=False):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
                         amsgrad=amsgrad, maximize=maximize)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group) -> tuple:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
@@ -312,7 +352,8 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0,
-                 amsgrad=False, maximize=False, max_grad_norm=None, skip_nonfinite=False):
+                 amsgrad=False, maximize=False, max_grad_norm=None, skip_nonfinite=False,
+                 comm=None, shard_state=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, comm=comm, shard_state=shard_state)

@@ -1,0 +1,836 @@
+"""Data parallelism over MPI (mpi4py): gradient averaging, ZeRO-1 sharded optimizer steps.
+
+Run a script under ``mpiexec -n N python script.py``; each process is one rank. Without
+mpi4py, or with one rank, :func:`world` is a one-rank communicator and every collective
+here is a no-op (after the same argument checks), so the same script runs anywhere.
+
+Everything moves through buffer-protocol calls on NumPy arrays (no pickling on the hot
+path) and the optimizer math runs in the same fused kernels, on views. The collectives
+have a fixed structure: arrays are packed in list order into buckets whose boundaries
+depend only on the shapes, dtypes and ``bucket_bytes``; each bucket is reduce-scattered
+(every element is summed by exactly one rank, in the MPI library's fixed order for that
+message size and rank count), divided by the rank count on that rank and allgathered.
+So every rank receives bitwise the same average, and a run replays bitwise.
+
+Errors never leave a rank waiting in a collective: the arguments are checked on every
+rank first, the ranks agree on the outcome (one tiny allreduce), and if any rank rejected
+its input every rank raises.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import numbers
+import sys
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+_MPI: Any = None  # mpi4py.MPI once world() or an mpi4py communicator brought it in
+
+
+def _load_mpi():
+    """mpi4py.MPI, or None without mpi4py. Imported on first use, not with this module:
+    importing it initializes MPI (a one-rank "singleton" when not under mpiexec)."""
+    global _MPI
+    if _MPI is None:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return None
+        _MPI = MPI
+    return _MPI
+
+
+def _mpi_dtype(dtype: np.dtype):
+    """The predefined MPI datatype (reductions need one, not a derived copy)."""
+    return {np.dtype(np.float32): _MPI.FLOAT, np.dtype(np.float64): _MPI.DOUBLE}[np.dtype(dtype)]
+
+__all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
+
+DEFAULT_BUCKET_BYTES = 25 << 20
+_REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Communicator:
+    """A group of ranks: ``rank``, ``size`` and the mpi4py communicator (``mpi``, None
+    without MPI). :func:`world` gives one over every process of the run; any mpi4py
+    ``Comm`` is accepted wherever a communicator is (it is wrapped)."""
+
+    def __init__(self, mpi_comm=None) -> None:
+        if mpi_comm is not None:
+            _load_mpi()
+        self.mpi = mpi_comm
+        self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
+        self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.mpi.Barrier()
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+
+def world() -> Communicator:
+    """Every process of the run (``MPI.COMM_WORLD``); one rank without mpi4py."""
+    mpi = _load_mpi()
+    return Communicator(None if mpi is None else mpi.COMM_WORLD)
+
+
+def as_communicator(comm, where: str) -> Communicator:
+    """``comm`` as a :class:`Communicator` (an mpi4py ``Comm`` is wrapped)."""
+    if isinstance(comm, Communicator):
+        return comm
+    mpi = sys.modules.get("mpi4py.MPI")  # an mpi4py Comm implies mpi4py is loaded
+    if mpi is not None and isinstance(comm, mpi.Comm):
+        _load_mpi()
+        return Communicator(comm)
+    raise TypeError(f"{where}: comm must be a fusedops.distributed.Communicator (see world()) "
+                    f"or an mpi4py Comm, got {type(comm).__name__}")
+
+
+def flat_buffer(shapes: Sequence[Any], dtype=np.float32) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """One zeroed, contiguous 1-D buffer and a view into it per shape, laid out in order.
+
+    Collectives on a list of such views (e.g. gradients) run on the buffer itself, with no
+    packing copies.
+    """
+    dtype = np.dtype(dtype)
+    shapes = [tuple(int(d) for d in ((s,) if isinstance(s, numbers.Integral) else s))
+              for s in shapes]
+    for i, shape in enumerate(shapes):
+        if any(d < 0 for d in shape):
+            raise ValueError(f"flat_buffer: shapes[{i}] has a negative dimension: {shape}")
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = np.zeros(sum(sizes), dtype)
+    views, offset = [], 0
+    for shape, n in zip(shapes, sizes):
+        views.append(flat[offset:offset + n].reshape(shape))
+        offset += n
+    return flat, views
+
+
+# ---------------------------------------------------------------- argument checks
+
+def _as_array_list(arrays, where: str, name: str) -> List[np.ndarray]:
+    if isinstance(arrays, np.ndarray):
+        return [arrays]
+    if not isinstance(arrays, (list, tuple)):
+        raise TypeError(f"{where}: {name} must be an array or a list/tuple of arrays, got "
+                        f"{type(arrays).__name__}")
+    for i, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{where}: {name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+    return list(arrays)
+
+
+def _check_written(arrays: Sequence[np.ndarray], where: str, name: str) -> None:
+    """Each array can be written in place, and no two share memory."""
+    for i, a in enumerate(arrays):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{where}: {name}[{i}] must be C-contiguous (use np.ascontiguousarray "
+                             "and keep that array)")
+        if not a.flags.writeable:
+            raise ValueError(f"{where}: {name}[{i}] must be writeable")
+        if not a.flags.aligned:
+            raise ValueError(f"{where}: {name}[{i}] must be aligned to its dtype")
+    _check_no_overlap([(f"{name}[{i}]", a) for i, a in enumerate(arrays)], where)
+
+
+def _check_no_overlap(named: Sequence[Tuple[str, np.ndarray]], where: str) -> None:
+    spans = sorted((a.__array_interface__["data"][0], a.nbytes, label)
+                   for label, a in named if a.nbytes)
+    for (start, size, label), (next_start, _, next_label) in zip(spans, spans[1:]):
+        if start + size > next_start:
+            raise ValueError(f"{where}: {label} and {next_label} share memory")
+
+
+def _check_bucket_bytes(bucket_bytes, where: str) -> int:
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, numbers.Integral):
+        raise TypeError(f"{where}: bucket_bytes must be an int, got {type(bucket_bytes).__name__}")
+    if bucket_bytes < 1:
+        raise ValueError(f"{where}: bucket_bytes must be >= 1, got {bucket_bytes}")
+    return int(bucket_bytes)
+
+
+def _layout_signature(arrays: Sequence[np.ndarray]) -> int:
+    """A 32-bit fingerprint of the shapes and dtypes, compared across ranks."""
+    text = ";".join(f"{a.dtype.str}{a.shape}" for a in arrays)
+    return zlib.crc32(text.encode())
+
+
+def agree(comm: Communicator, error: Optional[BaseException], where: str,
+          signature: int = 0) -> None:
+    """Collective: raises on every rank if any rank has an ``error`` or the ranks'
+    ``signature`` values differ. The rank with the error re-raises its own; the others
+    raise the same type naming that rank. Costs one 3-integer allreduce when all is well."""
+    if comm.size == 1:
+        if error is not None:
+            raise error
+        return
+    flags = np.array([error is not None, signature, -signature], np.int64)
+    comm.mpi.Allreduce(_MPI.IN_PLACE, flags, op=_MPI.MAX)
+    if flags[0]:
+        reports = comm.mpi.allgather(None if error is None else (type(error), str(error)))
+        if error is not None:
+            raise error
+        rank, (kind, message) = next((r, e) for r, e in enumerate(reports) if e is not None)
+        if not (isinstance(kind, type) and issubclass(kind, (TypeError, ValueError))):
+            kind = ValueError
+        raise kind(f"{where}: rank {rank} rejected its input: {message}")
+    if flags[1] != -flags[2]:
+        raise ValueError(f"{where}: the ranks disagree on the arrays' count, shapes or dtypes")
+
+
+# ---------------------------------------------------------------- flat layouts
+
+class FlatLayout:
+    """A list of C-contiguous arrays seen as one flat sequence of elements (list order).
+
+    ``copy_out(lo, hi, out)`` / ``copy_in(lo, hi, src)`` move the elements [lo, hi) of
+    that sequence to / from a contiguous buffer. ``span`` is a 1-D view of the whole
+    sequence when the arrays lie back to back in one buffer (see :func:`flat_buffer`),
+    else None.
+    """
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self.flats = [a.reshape(-1) for a in arrays]  # views: the arrays are C-contiguous
+        sizes = [f.size for f in self.flats]
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.total = self.offsets[-1]
+        self.span = _contiguous_span(self.flats, self.total)
+
+    def _pieces(self, lo: int, hi: int):
+        i = bisect.bisect_right(self.offsets, lo) - 1
+        while lo < hi:
+            start, end = self.offsets[i], self.offsets[i + 1]
+            take = min(end, hi) - lo
+            if take > 0:
+                yield self.flats[i][lo - start:lo - start + take]
+                lo += take
+            i += 1
+
+    def copy_out(self, lo: int, hi: int, out: np.ndarray) -> None:
+        if self.span is not None:
+            np.copyto(out[:hi - lo], self.span[lo:hi])
+            return
+        pos = 0
+        for piece in self._pieces(lo, hi):
+            np.copyto(out[pos:pos + piece.size], piece)
+            pos += piece.size
+
+    def copy_in(self, lo: int, hi: int, src: np.ndarray) -> None:
+        if self.span is not None:
+            np.copyto(self.span[lo:hi], src[:hi - lo])
+            return
+        pos = 0
+        for piece in self._pieces(lo, hi):
+            np.copyto(piece, src[pos:pos + piece.size])
+            pos += piece.size
+
+    def views(self, lo: int, hi: int):
+        """(array index, view of that array's flat elements) for the elements [lo, hi)."""
+        i = bisect.bisect_right(self.offsets, lo) - 1
+        while lo < hi and i < len(self.flats):
+            start, end = self.offsets[i], self.offsets[i + 1]
+            take = min(end, hi) - lo
+            if take > 0:
+                yield i, self.flats[i][lo - start:lo - start + take]
+                lo += take
+            i += 1
+
+
+def _root_array(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _contiguous_span(flats: Sequence[np.ndarray], total: int) -> Optional[np.ndarray]:
+    arrays = [f for f in flats if f.size]
+    if not arrays:
+        return None
+    dtype = arrays[0].dtype
+    root = _root_array(arrays[0])
+    if any(f.dtype != dtype or _root_array(f) is not root for f in arrays) or not root.flags.c_contiguous:
+        return None
+    addresses = [f.__array_interface__["data"][0] for f in arrays]
+    if any(a + f.nbytes != b for a, f, b in zip(addresses, arrays, addresses[1:])):
+        return None
+    offset = addresses[0] - root.__array_interface__["data"][0]
+    span = root.reshape(-1).view(np.uint8)[offset:offset + total * dtype.itemsize].view(dtype)
+    return span if span.flags.writeable and span.flags.aligned else None
+
+
+def _split(n: int, parts: int) -> Tuple[List[int], List[int]]:
+    """Counts and displacements of ``n`` elements in ``parts`` near-equal contiguous parts."""
+    counts = [n // parts + (r < n % parts) for r in range(parts)]
+    return counts, _split_displs(counts)
+
+
+# ---------------------------------------------------------------- collectives
+
+def _by_dtype(arrays: Sequence[np.ndarray]) -> Dict[np.dtype, List[np.ndarray]]:
+    runs: Dict[np.dtype, List[np.ndarray]] = {}
+    for a in arrays:
+        runs.setdefault(a.dtype, []).append(a)
+    return runs
+
+
+def _mean_in_place(comm: Communicator, buf: np.ndarray) -> None:
+    """Averages a contiguous 1-D buffer over the ranks, in place, identically on every
+    rank: reduce-scatter (each element summed on one rank), divide, allgather."""
+    counts, displs = _split(buf.size, comm.size)
+    lo, n = displs[comm.rank], counts[comm.rank]
+    mpi_type = _mpi_dtype(buf.dtype)
+    # In place the rank's summed part lands at the start of buf; parts are non-increasing
+    # in size, so it never overlaps the rank's own part further on.
+    comm.mpi.Reduce_scatter(_MPI.IN_PLACE, [buf, mpi_type], counts, op=_MPI.SUM)
+    np.divide(buf[:n], comm.size, out=buf[lo:lo + n])
+    comm.mpi.Allgatherv(_MPI.IN_PLACE, [buf, counts, displs, mpi_type])
+
+
+def allreduce_mean_(grads, comm, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+    """Replaces each array by its mean over the ranks, in place (float32/float64).
+
+    Arrays are packed in list order into buckets of at most ``bucket_bytes`` (one per
+    dtype run) and each bucket is averaged with a reduce-scatter and an allgather, so the
+    result is bitwise identical on every rank and from run to run. Arrays that lie back to
+    back in one buffer (:func:`flat_buffer`) are averaged in that buffer, without copies.
+    Every rank must pass arrays of the same shapes and dtypes (ValueError on every rank
+    otherwise).
+    """
+    where = "allreduce_mean_"
+    comm = as_communicator(comm, where)
+    error = None
+    try:
+        arrays = _as_array_list(grads, where, "grads")
+        for i, a in enumerate(arrays):
+            if a.dtype not in _REDUCIBLE:
+                raise TypeError(f"{where}: grads[{i}] has dtype {a.dtype}; float32 and float64 "
+                                "are supported")
+        _check_written(arrays, where, "grads")
+        bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    agree(comm, error, where, 0 if error else _layout_signature(arrays))
+    if comm.size == 1:
+        return
+    for dtype, run in _by_dtype(arrays).items():
+        _run_buckets(FlatLayout(run), dtype, bucket_bytes, lambda buf: _mean_in_place(comm, buf))
+
+
+def broadcast_(arrays, comm, root: int = 0, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+    """Copies rank ``root``'s arrays into every rank's arrays, in place (any dtype).
+
+    Typically once at start-up, so that every rank starts from the same params. Every
+    rank must pass arrays of the same shapes and dtypes (ValueError on every rank
+    otherwise).
+    """
+    where = "broadcast_"
+    comm = as_communicator(comm, where)
+    error = None
+    try:
+        arrays = _as_array_list(arrays, where, "arrays")
+        _check_written(arrays, where, "arrays")
+        if isinstance(root, bool) or not isinstance(root, numbers.Integral):
+            raise TypeError(f"{where}: root must be an int, got {type(root).__name__}")
+        if not 0 <= root < comm.size:
+            raise ValueError(f"{where}: root must be in [0, {comm.size}), got {root}")
+        bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    agree(comm, error, where, 0 if error else _layout_signature(arrays) ^ int(root))
+    if comm.size == 1:
+        return
+    # Raw bytes: any dtype (bfloat16 included) travels as MPI.BYTE.
+    raw = [a.reshape(-1).view(np.uint8) for a in arrays]
+
+    def bcast(buf):
+        comm.mpi.Bcast([buf, _MPI.BYTE], root=root)
+
+    _run_buckets(FlatLayout(raw), np.dtype(np.uint8), bucket_bytes, bcast,
+                 pack=comm.rank == root, unpack=comm.rank != root)
+
+
+def _run_buckets(layout: FlatLayout, dtype: np.dtype, bucket_bytes: int, collective,
+                 *, pack: bool = True, unpack: bool = True,
+                 scratch: Optional[np.ndarray] = None) -> None:
+    """Runs ``collective(buffer)`` over consecutive buckets of the layout's elements,
+    in the arrays' own memory when they are one span, else through a scratch buffer
+    (``scratch`` if given, at least one bucket long)."""
+    per_bucket = max(1, bucket_bytes // dtype.itemsize)
+    if layout.span is None and scratch is None:
+        scratch = np.empty(min(per_bucket, layout.total), dtype)
+    for lo in range(0, layout.total, per_bucket):
+        hi = min(lo + per_bucket, layout.total)
+        if layout.span is not None:
+            collective(layout.span[lo:hi])
+            continue
+        buf = scratch[:hi - lo]
+        if pack:
+            layout.copy_out(lo, hi, buf)
+        collective(buf)
+        if unpack:
+            layout.copy_in(lo, hi, buf)
+
+
+# ---------------------------------------------------------------- optimizers (comm=)
+
+def attach(opt, comm, shard_state, setup) -> Optional["_ReplicatedStep"]:
+    """Builds an optimizer given ``comm=``/``shard_state=``: runs its local ``setup()`` on
+    every rank, then one allgather checks that the ranks agree (no rank failed, same param
+    count, group sizes, shapes and dtypes); otherwise every rank raises. Returns the object
+    that runs the distributed steps, or None with one rank (a plain optimizer)."""
+    name = type(opt).__name__
+    if not isinstance(shard_state, (bool, np.bool_)):
+        raise TypeError(f"{name}: shard_state must be a bool, got {type(shard_state).__name__}")
+    if comm is None:
+        if shard_state:
+            raise ValueError(f"{name}: shard_state=True needs comm= (e.g. fusedops.distributed.world())")
+        setup()
+        return None
+    comm = as_communicator(comm, name)
+    if comm.size == 1:
+        setup()
+        return None
+    try:
+        setup()
+        report = ("ok", _optimizer_signature(opt, bool(shard_state)))
+    except (TypeError, ValueError) as exc:
+        report = ("error", type(exc), str(exc))
+        error = exc
+    reports = comm.mpi.allgather(report)
+    if report[0] == "error":
+        raise error
+    failed = [(r, rep) for r, rep in enumerate(reports) if rep[0] == "error"]
+    if failed:
+        rank, (_, kind, message) = failed[0]
+        kind = kind if isinstance(kind, type) and issubclass(kind, (TypeError, ValueError)) else ValueError
+        raise kind(f"{name}: rank {rank} rejected its arguments: {message}")
+    for rank, (_, signature) in enumerate(reports):
+        if signature != reports[0][1]:
+            raise ValueError(f"{name}: the ranks' params disagree: "
+                             f"{_signature_difference(reports[0][1], signature, rank)}")
+    return (_ShardedStep if shard_state else _ReplicatedStep)(opt, comm)
+
+
+def _all_params(opt) -> List[np.ndarray]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def _optimizer_signature(opt, shard_state: bool) -> tuple:
+    return (type(opt).__name__, shard_state, tuple(len(g["params"]) for g in opt.param_groups),
+            tuple((p.shape, p.dtype.str) for p in _all_params(opt)))
+
+
+def _signature_difference(first: tuple, other: tuple, rank: int) -> str:
+    names = ("optimizer class", "shard_state", "param-group sizes")
+    for label, a, b in zip(names, first, other):
+        if a != b:
+            return f"{label}: rank 0 has {a}, rank {rank} has {b}"
+    shapes_a, shapes_b = first[3], other[3]
+    if len(shapes_a) != len(shapes_b):
+        return f"rank 0 has {len(shapes_a)} params, rank {rank} has {len(shapes_b)}"
+    for i, (a, b) in enumerate(zip(shapes_a, shapes_b)):
+        if a != b:
+            return (f"param {i}: rank 0 has shape {a[0]} dtype {np.dtype(a[1])}, rank {rank} "
+                    f"has shape {b[0]} dtype {np.dtype(b[1])}")
+    return "unknown difference"
+
+
+def _check_step_input(opt, grads, grad_scale, *, written: bool) -> Tuple[List[np.ndarray], list]:
+    """The checks the native step makes, run before any collective; returns the grads
+    as a list and the groups' hyperparameters."""
+    name = type(opt).__name__
+    params = _all_params(opt)
+    if isinstance(grads, np.ndarray) and len(params) == 1:
+        grads = [grads]
+    grads = _as_array_list(grads, f"{name}.step", "grads")
+    if len(grads) != len(params):
+        raise ValueError(f"{name}.step: got {len(grads)} grads for {len(params)} params")
+    for i, (g, p) in enumerate(zip(grads, params)):
+        if g.dtype != p.dtype:
+            raise TypeError(f"{name}.step: grads[{i}] has dtype {g.dtype}, its param has {p.dtype}")
+        if g.shape != p.shape:
+            raise ValueError(f"{name}.step: grads[{i}] has shape {g.shape}, its param has {p.shape}")
+        if not g.flags.c_contiguous:
+            raise ValueError(f"{name}.step: grads[{i}] must be C-contiguous (use np.ascontiguousarray)")
+    if written:  # the average is written into the grads
+        _check_written(grads, f"{name}.step", "grads")
+    _check_no_overlap([*((f"grads[{i}]", g) for i, g in enumerate(grads)),
+                       *((f"params[{i}]", p) for i, p in enumerate(params))], f"{name}.step")
+    if isinstance(grad_scale, bool) or not isinstance(grad_scale, numbers.Real):
+        raise TypeError(f"{name}.step: grad_scale must be a real number, got {type(grad_scale).__name__}")
+    if not (math.isfinite(grad_scale) and grad_scale > 0):
+        raise ValueError(f"{name}.step: grad_scale must be finite and > 0, got {grad_scale}")
+    groups = []
+    for i, group in enumerate(opt.param_groups):
+        args = opt._group_args(group, i)
+        opt._check_native(f"{name}: param_groups[{i}]", args)
+        groups.append(args)
+    return grads, groups
+
+
+class _ReplicatedStep:
+    """Data parallel: every rank holds all params and all state; ``step`` averages the
+    grads over the ranks in place (bucketed), then runs the ordinary fused step. The
+    averaged grads are bitwise identical on every rank, so the global-norm clipping and the
+    skip decision are too, and so are the updated params."""
+
+    sharded = False
+
+    def __init__(self, opt, comm: Communicator, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        self.opt = opt
+        self.comm = comm
+        self.bucket_bytes = bucket_bytes
+        self._scratch: Dict[np.dtype, np.ndarray] = {}
+
+    def _checked(self, grads, grad_scale, *, written: bool):
+        error, grads_list, signature = None, None, 0
+        try:
+            grads_list, _ = _check_step_input(self.opt, grads, grad_scale, written=written)
+            signature = _layout_signature(_all_params(self.opt))
+        except (TypeError, ValueError) as exc:
+            error = exc
+        agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
+        return grads_list
+
+    def step(self, grads, grad_scale) -> bool:
+        grads = self._checked(grads, grad_scale, written=True)
+        for dtype, run in _by_dtype(grads).items():
+            layout = FlatLayout(run)
+            scratch = None
+            if layout.span is None:  # kept from step to step
+                size = min(max(1, self.bucket_bytes // dtype.itemsize), layout.total)
+                scratch = self._scratch.get(dtype)
+                if scratch is None or scratch.size < size:
+                    scratch = self._scratch[dtype] = np.empty(size, dtype)
+            _run_buckets(layout, dtype, self.bucket_bytes,
+                         lambda buf: _mean_in_place(self.comm, buf), scratch=scratch)
+        return self.opt._step_local(grads, grad_scale=grad_scale)
+
+    def consolidated_state_dict(self, root: int = 0):
+        _check_root(self.comm, root, type(self.opt).__name__)
+        return self.opt.state_dict() if self.comm.rank == root else None
+
+    def check_add_param_group(self) -> None:
+        pass
+
+
+def _check_root(comm: Communicator, root, where: str) -> None:
+    if isinstance(root, bool) or not isinstance(root, numbers.Integral):
+        raise TypeError(f"{where}: root must be an int, got {type(root).__name__}")
+    if not 0 <= root < comm.size:
+        raise ValueError(f"{where}: root must be in [0, {comm.size}), got {root}")
+
+
+def _groups_for_state_dict(opt) -> List[Dict[str, Any]]:
+    groups, offset = [], 0
+    for group in opt.param_groups:
+        n = len(group["params"])
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": list(range(offset, offset + n))})
+        offset += n
+    return groups
+
+
+class _ShardedStep:
+    """ZeRO stage 1. The params, flattened in group order, are cut into one contiguous
+    shard per rank (near-equal element counts; a shard may cut through tensors). A step
+    reduce-scatters the grads so each rank gets the average of its shard, runs the fused
+    step on views of its shard (the optimizer state exists for the shard only), then
+    allgathers the updated params into every rank's arrays. The user's grads are only
+    read. The global grad norm and the non-finite check are agreed with one small
+    allgather (partial sums added in rank order), so every rank decides the same."""
+
+    sharded = True
+
+    def __init__(self, opt, comm: Communicator, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        self.opt = opt
+        self.comm = comm
+        params = _all_params(opt)
+        self.dtype = params[0].dtype
+        self.mpi_type = _mpi_dtype(self.dtype)
+        self.layout = FlatLayout(params)
+        self.total = self.layout.total
+        self.counts, self.displs = _split(self.total, comm.size)
+        self.lo, self.count = self.displs[comm.rank], self.counts[comm.rank]
+        # Buckets: bucket k holds the k-th of n_buckets pieces of every rank's shard.
+        n_buckets = max(1, -(-self.total * self.dtype.itemsize // bucket_bytes))
+        self.buckets = []
+        for k in range(n_buckets):
+            starts = [d + c * k // n_buckets for c, d in zip(self.counts, self.displs)]
+            ends = [d + c * (k + 1) // n_buckets for c, d in zip(self.counts, self.displs)]
+            counts = [e - s for s, e in zip(starts, ends)]
+            self.buckets.append((starts, counts, _split_displs(counts)))
+        self.bucket = np.empty(max(sum(b[1]) for b in self.buckets), self.dtype)
+        self.grad_shard = np.zeros(self.count, self.dtype)
+        self.state_flat: Dict[str, np.ndarray] = {}  # state name -> the shard's state
+        group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
+        self.pieces = []  # (param index, offset in the shard, view of the param's elements)
+        offset = 0
+        for i, view in self.layout.views(self.lo, self.lo + self.count):
+            self.pieces.append((i, offset, view))
+            offset += view.size
+        self.group_of_piece = [group_of_param[i] for i, _, _ in self.pieces]
+        self.groups_used = max(self.group_of_piece, default=-1) + 1
+        self.grad_views = [self.grad_shard[off:off + v.size] for _, off, v in self.pieces]
+        self._plan = None
+
+    # ------------------------------------------------------------ stepping
+
+    def _ensure_state(self) -> None:
+        opt = self.opt
+        needed = set()
+        for group in opt.param_groups:
+            needed.update(opt._needed_state(group))
+        for name in opt._state_names:
+            if name in needed and name not in self.state_flat:
+                self.state_flat[name] = np.zeros(self.count, self.dtype)
+                self._plan = None
+
+    def _current_plan(self):
+        self._ensure_state()
+        if self._plan is None:
+            from . import _core
+            columns = []
+            for name in self.opt._state_names:
+                flat = self.state_flat.get(name)
+                columns.append([None if flat is None else flat[off:off + v.size]
+                                for _, off, v in self.pieces])
+            self._plan = _core._OptimizerPlan(type(self.opt).__name__, [v for _, _, v in self.pieces],
+                                              self.group_of_piece, columns)
+        return self._plan
+
+    def step(self, grads, grad_scale) -> bool:
+        from . import _core
+        opt, comm = self.opt, self.comm
+        where = f"{type(opt).__name__}.step"
+        error, grads_list, groups = None, None, None
+        try:
+            grads_list, groups = _check_step_input(opt, grads, grad_scale, written=False)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        agree(comm, error, where)
+        self._reduce_scatter_mean(FlatLayout(grads_list))
+
+        divisor = float(grad_scale)
+        if opt.max_grad_norm is not None or opt.skip_nonfinite:
+            local = np.array([_core.grad_norm(self.grad_shard) ** 2 if opt.max_grad_norm is not None else 0.0,
+                              0.0 if not opt.skip_nonfinite or _core.all_finite(self.grad_shard) else 1.0])
+            parts = np.empty((comm.size, 2))
+            comm.mpi.Allgather(local, parts)
+            sum_squares = 0.0
+            for value in parts[:, 0]:  # rank order: the same sum on every rank
+                sum_squares += float(value)
+            nonfinite = bool(parts[:, 1].any())
+            if opt.max_grad_norm is not None:  # as the native step: a scale, grads untouched
+                norm = math.sqrt(sum_squares) / grad_scale
+                if opt.skip_nonfinite and not math.isfinite(norm) and nonfinite:
+                    return False
+                coef = opt.max_grad_norm / (norm + 1e-6)
+                if not coef >= 1.0:
+                    divisor = grad_scale / coef
+            elif nonfinite:
+                return False
+
+        if self.pieces:
+            plan = self._current_plan()
+            # Clipping and the skip decision were made above, over every rank's shard.
+            saved = opt.max_grad_norm, opt.skip_nonfinite
+            opt.max_grad_norm, opt.skip_nonfinite = None, False
+            try:
+                opt._native_step(plan, self.grad_views, groups[:self.groups_used], divisor)
+            finally:
+                opt.max_grad_norm, opt.skip_nonfinite = saved
+        opt._record_applied()
+        self._allgather_params()
+        return True
+
+    def _reduce_scatter_mean(self, grads: FlatLayout) -> None:
+        comm, rank = self.comm, self.comm.rank
+        for starts, counts, displs in self.buckets:
+            if len(self.buckets) == 1 and grads.span is not None:
+                buf = grads.span  # the grads are one buffer in flat order: send it as is
+            else:
+                buf = self.bucket[:sum(counts)]
+                for s, c, d in zip(starts, counts, displs):
+                    grads.copy_out(s, s + c, buf[d:d + c])
+            mine = self.grad_shard[starts[rank] - self.lo:starts[rank] - self.lo + counts[rank]]
+            comm.mpi.Reduce_scatter([buf, self.mpi_type], [mine, self.mpi_type], counts, op=_MPI.SUM)
+            np.divide(mine, comm.size, out=mine)
+
+    def _allgather_params(self) -> None:
+        comm, rank, params = self.comm, self.comm.rank, self.layout
+        for starts, counts, displs in self.buckets:
+            if len(self.buckets) == 1 and params.span is not None:
+                comm.mpi.Allgatherv(_MPI.IN_PLACE, [params.span, counts, displs, self.mpi_type])
+                continue
+            buf = self.bucket[:sum(counts)]
+            params.copy_out(starts[rank], starts[rank] + counts[rank], buf[displs[rank]:])
+            comm.mpi.Allgatherv(_MPI.IN_PLACE, [buf, counts, displs, self.mpi_type])
+            for r, (s, c, d) in enumerate(zip(starts, counts, displs)):
+                if r != rank:
+                    params.copy_in(s, s + c, buf[d:d + c])
+
+    def check_add_param_group(self) -> None:
+        raise ValueError(f"{type(self.opt).__name__}: add_param_group is not supported with "
+                         "shard_state=True (the shards are fixed at construction); pass every "
+                         "group to the constructor")
+
+    # ------------------------------------------------------------ state
+
+    def _shard_info(self) -> Dict[str, int]:
+        return {"rank": self.comm.rank, "size": self.comm.size, "offset": self.lo,
+                "count": self.count, "total": self.total}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The rank's shard: each state as one flat array of the shard's elements."""
+        opt = self.opt
+        return {"state": {name: flat.copy() for name, flat in self.state_flat.items()},
+                "param_groups": _groups_for_state_dict(opt), "step": opt._step,
+                "started": list(opt._started), "shard": self._shard_info()}
+
+    def consolidated_state_dict(self, root: int = 0):
+        """Collective: the whole state on ``root``, in the unsharded optimizer's format
+        (loadable by either); None on the other ranks."""
+        opt, comm = self.opt, self.comm
+        where = f"{type(opt).__name__}.consolidated_state_dict"
+        error = None
+        try:
+            _check_root(comm, root, where)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        self._ensure_state()
+        names = [n for n in opt._state_names if n in self.state_flat]
+        agree(comm, error, where, zlib.crc32(",".join(names).encode()))
+        full = {}
+        for name in names:
+            recv = np.empty(self.total, self.dtype) if comm.rank == root else None
+            comm.mpi.Gatherv([self.state_flat[name], self.mpi_type],
+                             None if recv is None else [recv, self.counts, self.displs, self.mpi_type],
+                             root=root)
+            full[name] = recv
+        if comm.rank != root:
+            return None
+        state = {}
+        params = _all_params(opt)
+        group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
+        for i, p in enumerate(params):
+            lo, hi = self.layout.offsets[i], self.layout.offsets[i + 1]
+            entry = {name: flat[lo:hi].reshape(p.shape).copy() for name, flat in full.items()
+                     if opt._started[group_of_param[i]] or name != "momentum_buffer"}
+            if entry:
+                state[i] = entry
+        return {"state": state, "param_groups": _groups_for_state_dict(opt), "step": opt._step}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Accepts this rank's shard (from ``state_dict()``) or a whole state (from
+        ``consolidated_state_dict()`` or an unsharded optimizer); validated first."""
+        opt = self.opt
+        name = type(opt).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups", "step"} <= state_dict.keys():
+            raise ValueError(f"{name}: state_dict must have 'state', 'param_groups' and 'step'")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(opt.param_groups):
+            raise ValueError(f"{name}: state_dict has {len(groups)} param groups, the optimizer "
+                             f"has {len(opt.param_groups)}")
+        for gi, (saved, group) in enumerate(zip(groups, opt.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"{name}: param_groups[{gi}] has {len(saved['params'])} params in "
+                                 f"state_dict but {len(group['params'])} in the optimizer")
+            opt._check_group({**group, **{k: v for k, v in saved.items() if k != "params"}}, gi)
+        step = state_dict["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"{name}: state_dict['step'] must be an int >= 0, got {step!r}")
+        if "shard" in state_dict:
+            flats, started = self._checked_shard(state_dict)
+        else:
+            flats, started = self._checked_whole(state_dict)
+        # Everything checked: apply.
+        for saved, group in zip(groups, opt.param_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        for key in list(self.state_flat):
+            if key not in flats:
+                self.state_flat[key][...] = 0
+        for key, flat in flats.items():
+            if key in self.state_flat:
+                np.copyto(self.state_flat[key], flat)
+            else:
+                self.state_flat[key] = np.array(flat, self.dtype, copy=True)
+                self._plan = None
+        opt._started = started
+        opt._step = int(step)
+
+    def _checked_shard(self, state_dict):
+        name = type(self.opt).__name__
+        if state_dict["shard"] != self._shard_info():
+            raise ValueError(f"{name}: the state_dict is the shard {state_dict['shard']}, this rank's "
+                             f"shard is {self._shard_info()}")
+        started = state_dict.get("started")
+        if (not isinstance(started, list) or len(started) != len(self.opt.param_groups)
+                or not all(isinstance(s, bool) for s in started)):
+            raise ValueError(f"{name}: state_dict['started'] must be a list of one bool per param group")
+        flats = {}
+        for key, value in state_dict["state"].items():
+            if key not in self.opt._state_names:
+                raise ValueError(f"{name}: unknown state {key!r}")
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{name}: state {key!r} must be a numpy.ndarray")
+            if value.dtype != self.dtype:
+                raise TypeError(f"{name}: state {key!r} has dtype {value.dtype}, the params have {self.dtype}")
+            if value.shape != (self.count,):
+                raise ValueError(f"{name}: state {key!r} has shape {value.shape}, the shard has "
+                                 f"({self.count},)")
+            flats[key] = value
+        return flats, list(started)
+
+    def _checked_whole(self, state_dict):
+        opt = self.opt
+        name = type(opt).__name__
+        params = _all_params(opt)
+        saved_state = state_dict["state"]
+        for i, entry in saved_state.items():
+            if not isinstance(i, numbers.Integral) or not 0 <= i < len(params):
+                raise ValueError(f"{name}: state_dict['state'] has an entry for param {i!r}, "
+                                 f"the optimizer has {len(params)} params")
+            for key, value in entry.items():
+                if key not in opt._state_names:
+                    raise ValueError(f"{name}: unknown state {key!r} for param {i}")
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"{name}: state {key!r} of param {i} must be a numpy.ndarray")
+                if value.dtype != params[i].dtype:
+                    raise TypeError(f"{name}: state {key!r} of param {i} has dtype {value.dtype}, "
+                                    f"the param has {params[i].dtype}")
+                if value.shape != params[i].shape:
+                    raise ValueError(f"{name}: state {key!r} of param {i} has shape {value.shape}, "
+                                     f"the param has {params[i].shape}")
+        started, offset = [], 0
+        for group in opt.param_groups:
+            indices = range(offset, offset + len(group["params"]))
+            started.append(bool(indices) and all(
+                "momentum_buffer" in saved_state.get(i, {}) for i in indices))
+            offset += len(group["params"])
+        keys = [k for k in opt._state_names if any(k in e for e in saved_state.values())]
+        flats = {}
+        for key in keys:
+            flat = np.zeros(self.count, self.dtype)
+            for i, off, view in self.pieces:
+                if key in saved_state.get(i, {}):
+                    lo = self.lo + off - self.layout.offsets[i]
+                    flat[off:off + view.size] = saved_state[i][key].reshape(-1)[lo:lo + view.size]
+            flats[key] = flat
+        return flats, started
+
+
+def _split_displs(counts: Sequence[int]) -> List[int]:
+    displs = [0]
+    for c in counts[:-1]:
+        displs.append(displs[-1] + c)
+    return displs

@@ -1,0 +1,157 @@
+"""fusedops.distributed: the collectives and the comm=/shard_state= optimizers.
+
+The multi-rank tests launch the scripts in tests/mpi_scripts/ under ``mpiexec -n 2`` and
+``-n 3`` (uneven shards) and assert on their output; each script checks its results on
+every rank against a single-process reference and prints "rank r: <name> ok" at the end.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fusedops as fo
+import fusedops.distributed as fod
+from checks import assert_bitwise_equal
+
+SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
+TIMEOUT = 180  # seconds per launch; a hang fails the test instead of stalling the suite
+
+
+def find_mpiexec():
+    """mpiexec of this environment: beside the interpreter (a venv with the mpich wheel),
+    beside the interpreter the venv was made from, then PATH."""
+    for directory in (Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent,
+                      Path(sys.base_prefix) / "bin"):
+        candidate = directory / "mpiexec"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("mpiexec")
+
+
+def mpi_environment():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"       # ranks share the cores
+    env["HYDRA_LAUNCHER"] = "fork"     # MPICH: local processes only, never ssh
+    env.pop("PMI_RANK", None)          # not a rank of an outer MPI job
+    env.pop("PMI_SIZE", None)
+    return env
+
+
+def run_script(name, ranks, *args):
+    """Runs tests/mpi_scripts/<name> on ``ranks`` ranks (0: plain python, no mpiexec);
+    returns its stdout after checking that it exited cleanly."""
+    script = [sys.executable, str(SCRIPTS / name), str(max(ranks, 1)), *args]
+    if ranks:
+        pytest.importorskip("mpi4py", reason="fusedops.distributed needs mpi4py (pip install '.[dist]')")
+        mpiexec = find_mpiexec()
+        if mpiexec is None:
+            pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+        command = [mpiexec, "-n", str(ranks), *script]
+    else:
+        command = script
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                              cwd=SCRIPTS, env=mpi_environment())
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(command)} timed out after {TIMEOUT} s\n{e.stdout}\n{e.stderr}")
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def assert_all_ranks_ok(output, name, ranks):
+    # mpiexec forwards each rank's output in chunks: lines of different ranks may run together
+    reported = re.findall(rf"rank (\d+): {re.escape(name)} ok", output)
+    assert sorted(map(int, reported)) == list(range(ranks)), output
+
+
+# ---------------------------------------------------------------- multi-rank
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_collectives(ranks):
+    assert_all_ranks_ok(run_script("collectives.py", ranks), "collectives", ranks)
+
+
+# ---------------------------------------------------------------- one rank, no MPI
+
+def test_one_rank_without_mpiexec():
+    pytest.importorskip("mpi4py")
+    assert_all_ranks_ok(run_script("one_rank.py", 0), "one rank", 1)
+
+
+def test_one_rank_without_mpi4py():
+    assert_all_ranks_ok(run_script("one_rank.py", 0, "--block-mpi4py"), "one rank", 1)
+
+
+def test_flat_buffer():
+    flat, views = fod.flat_buffer([(2, 3), 4, (), (0, 5)], np.float64)
+    assert flat.shape == (11,) and flat.dtype == np.float64 and not flat.any()
+    assert [v.shape for v in views] == [(2, 3), (4,), (), (0, 5)]
+    for i, v in enumerate(views):
+        v[...] = i + 1
+    np.testing.assert_array_equal(flat, [1] * 6 + [2] * 4 + [3])
+    with pytest.raises(ValueError, match=r"shapes\[1\] has a negative dimension"):
+        fod.flat_buffer([(2,), (3, -1)])
+
+
+def test_flat_layout_moves_ranges_across_arrays():
+    arrays = [np.arange(5.0), np.arange(10.0, 13.0).reshape(3, 1), np.array(20.0), np.zeros(0),
+              np.arange(30.0, 34.0)]
+    layout = fod.FlatLayout(arrays)
+    assert layout.total == 13 and layout.span is None
+    concatenated = np.concatenate([a.reshape(-1) for a in arrays])
+    for lo in range(14):
+        for hi in range(lo, 14):
+            out = np.full(hi - lo, -1.0)
+            layout.copy_out(lo, hi, out)
+            np.testing.assert_array_equal(out, concatenated[lo:hi])
+    layout.copy_in(3, 10, -np.arange(7.0))
+    expected = concatenated.copy()
+    expected[3:10] = -np.arange(7.0)
+    np.testing.assert_array_equal(np.concatenate([a.reshape(-1) for a in arrays]), expected)
+
+
+def test_flat_layout_span_of_flat_buffer_views():
+    flat, views = fod.flat_buffer([(2, 2), 3, (1, 2)], np.float32)
+    layout = fod.FlatLayout(views)
+    assert layout.span is not None and np.shares_memory(layout.span, flat)
+    assert layout.span.size == flat.size
+    assert fod.FlatLayout(views[::-1]).span is None          # not in memory order
+    assert fod.FlatLayout([views[0], views[2]]).span is None  # a gap
+    assert fod.FlatLayout([np.zeros(3), np.zeros(3)]).span is None
+
+
+def test_optimizer_arguments_without_mpi():
+    p = [np.zeros(3, np.float32)]
+    with pytest.raises(ValueError, match="shard_state=True needs comm="):
+        fo.optim.Adam(p, shard_state=True)
+    with pytest.raises(TypeError, match="comm must be"):
+        fo.optim.SGD(p, lr=0.1, comm="world")
+    with pytest.raises(TypeError, match="shard_state must be a bool"):
+        fo.optim.AdamW(p, comm=fod.Communicator(), shard_state=1)
+
+
+@pytest.mark.parametrize("shard_state", [False, True])
+def test_one_rank_communicator_is_a_plain_optimizer(rng, shard_state):
+    """comm= with one rank (no MPI at all here) changes nothing: bitwise the plain run."""
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(4, 3), (3,), ()]]
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params] for _ in range(3)]
+    runs = []
+    for comm in (None, fod.Communicator()):
+        ps = [p.copy() for p in params]
+        kwargs = {} if comm is None else dict(comm=comm, shard_state=shard_state)
+        opt = fo.optim.AdamW(ps, lr=0.01, max_grad_norm=0.5, **kwargs)
+        for g in grads:
+            assert opt.step([x.copy() for x in g])
+        runs.append((ps, opt.state_dict(), opt.consolidated_state_dict()))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert_bitwise_equal(a, b)
+    assert runs[1][1]["step"] == 3 and runs[1][2]["step"] == 3
+    for i, entry in runs[0][1]["state"].items():
+        for key, value in entry.items():
+            assert_bitwise_equal(value, runs[1][1]["state"][i][key])
