@@ -77,6 +77,14 @@ def test_collectives(ranks):
     assert_all_ranks_ok(run_script("collectives.py", ranks), "collectives", ranks)
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_optimizers(ranks):
+    """comm= and shard_state=True on SGD/Adam/AdamW: equal to one process on the whole
+    batch, bitwise identical params on every rank, ZeRO-1 state 1/N per rank, global skip
+    and clipping, state dicts, and errors raised on every rank."""
+    assert_all_ranks_ok(run_script("optimizers.py", ranks), "optimizers", ranks)
+
+
 # ---------------------------------------------------------------- one rank, no MPI
 
 def test_one_rank_without_mpiexec():

@@ -50,7 +50,7 @@ def _mpi_dtype(dtype: np.dtype):
 
 __all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
-DEFAULT_BUCKET_BYTES = 25 << 20
+DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
 _REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -430,13 +430,13 @@ def _optimizer_signature(opt, shard_state: bool) -> tuple:
 
 
 def _signature_difference(first: tuple, other: tuple, rank: int) -> str:
+    shapes_a, shapes_b = first[3], other[3]
+    if len(shapes_a) != len(shapes_b):
+        return f"rank 0 has {len(shapes_a)} params, rank {rank} has {len(shapes_b)}"
     names = ("optimizer class", "shard_state", "param-group sizes")
     for label, a, b in zip(names, first, other):
         if a != b:
             return f"{label}: rank 0 has {a}, rank {rank} has {b}"
-    shapes_a, shapes_b = first[3], other[3]
-    if len(shapes_a) != len(shapes_b):
-        return f"rank 0 has {len(shapes_a)} params, rank {rank} has {len(shapes_b)}"
     for i, (a, b) in enumerate(zip(shapes_a, shapes_b)):
         if a != b:
             return (f"param {i}: rank 0 has shape {a[0]} dtype {np.dtype(a[1])}, rank {rank} "
@@ -485,10 +485,10 @@ class _ReplicatedStep:
 
     sharded = False
 
-    def __init__(self, opt, comm: Communicator, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+    def __init__(self, opt, comm: Communicator) -> None:
         self.opt = opt
         self.comm = comm
-        self.bucket_bytes = bucket_bytes
+        self.bucket_bytes = DEFAULT_BUCKET_BYTES
         self._scratch: Dict[np.dtype, np.ndarray] = {}
 
     def _checked(self, grads, grad_scale, *, written: bool):
@@ -551,9 +551,10 @@ class _ShardedStep:
 
     sharded = True
 
-    def __init__(self, opt, comm: Communicator, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+    def __init__(self, opt, comm: Communicator) -> None:
         self.opt = opt
         self.comm = comm
+        bucket_bytes = DEFAULT_BUCKET_BYTES
         params = _all_params(opt)
         self.dtype = params[0].dtype
         self.mpi_type = _mpi_dtype(self.dtype)
@@ -637,6 +638,9 @@ class _ShardedStep:
                 coef = opt.max_grad_norm / (norm + 1e-6)
                 if not coef >= 1.0:
                     divisor = grad_scale / coef
+                    if not math.isfinite(divisor):  # a NaN/Inf norm: as torch, grads * coef
+                        np.multiply(self.grad_shard, coef, out=self.grad_shard)
+                        divisor = float(grad_scale)
             elif nonfinite:
                 return False
 
