@@ -66,10 +66,19 @@ def test_set_get_num_threads():
 
 
 @pytest.mark.usefixtures("threads")
-@pytest.mark.parametrize("n", [0, -1])
-def test_set_num_threads_rejects_non_positive(n):
+@pytest.mark.parametrize("n", [0, -1, 100_000, 2**70])
+def test_set_num_threads_rejects_out_of_range(n):
     before = fo.get_num_threads()
-    with pytest.raises(ValueError, match="n must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"set_num_threads: n (must be an int in \[1, \d+\]|is out of range)"):
+        fo.set_num_threads(n)
+    assert fo.get_num_threads() == before
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("n", [None, 1.5, "2", True])
+def test_set_num_threads_names_a_wrong_type(n):
+    before = fo.get_num_threads()
+    with pytest.raises(TypeError, match="set_num_threads: n must be an int, got"):
         fo.set_num_threads(n)
     assert fo.get_num_threads() == before
 

@@ -16,15 +16,122 @@ std::string format_number(double value) {
   return out.str();
 }
 
-std::string type_name(py::handle obj) {
-  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
+// A module attribute kept for the life of the process (a type checked against often).
+PyObject* imported(const char* module, const char* name) {
+  return py::object(py::module_::import(module).attr(name)).release().ptr();
 }
 
-bool is_sequence(py::handle obj) {
-  return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj);
+bool is_sequence(py::handle obj) { return PyList_Check(obj.ptr()) || PyTuple_Check(obj.ptr()); }
+
+// numpy.ma.MaskedArray, imported once (under the GIL) the first time a non-exact ndarray
+// subclass is seen.
+bool is_masked_array(py::handle obj) {
+  static PyObject* masked = imported("numpy.ma", "MaskedArray");
+  const int found = PyObject_IsInstance(obj.ptr(), masked);
+  if (found < 0) throw py::error_already_set();
+  return found == 1;
+}
+
+[[noreturn]] void argument_type_error(const char* fn, const char* name, const char* expected,
+                                      py::handle obj) {
+  std::string got = type_name(obj);
+  if (PyUnicode_Check(obj.ptr())) got += " " + py::repr(obj).cast<std::string>();
+  throw py::type_error(std::string(fn) + ": " + name + " must be " + expected + ", got " + got);
 }
 
 }  // namespace
+
+std::string type_name(py::handle obj) { return Py_TYPE(obj.ptr())->tp_name; }
+
+std::vector<py::object> sequence_snapshot(py::handle seq) {
+  // PySequence_Fast returns a list or tuple (itself for a list or tuple, subclasses
+  // included, so their stored items are read, not what an overridden __getitem__ says).
+  // Copying the items to owning references happens with the GIL held: nothing runs in
+  // between.
+  const py::object fast =
+      py::reinterpret_steal<py::object>(PySequence_Fast(seq.ptr(), "expected a sequence"));
+  if (!fast) throw py::error_already_set();
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
+  PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+  std::vector<py::object> out;
+  out.reserve(static_cast<std::size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) out.push_back(py::reinterpret_borrow<py::object>(items[i]));
+  return out;
+}
+
+void require_plain_ndarray(const std::string& where, py::handle obj) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(where + " must be a numpy.ndarray, got " + type_name(obj));
+  }
+  if (Py_TYPE(obj.ptr()) != py::detail::npy_api::get().PyArray_Type_ && is_masked_array(obj)) {
+    throw py::type_error(where + " is a numpy.ma.MaskedArray, whose mask would be ignored; "
+                         "pass x.filled(...) or np.asarray(x) to use the data as it is");
+  }
+}
+
+void require_layout(const std::string& where, int flags, Access access) {
+  if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
+    throw py::value_error(where +
+                          " is not C-contiguous; pass np.ascontiguousarray(...) (and, for an array "
+                          "that is updated in place, keep using the contiguous copy)");
+  }
+  if (!(flags & kAlignedFlag)) {
+    throw py::value_error(where + " is not aligned to its dtype; pass a copy (np.array(x))");
+  }
+  if (access == Access::write && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
+    throw py::value_error(where + " is read-only but is written in place; pass a writeable array");
+  }
+}
+
+double real_arg(const char* fn, const char* name, py::handle obj) {
+  PyObject* o = obj.ptr();
+  if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
+  static PyObject* real = imported("numbers", "Real");
+  const int is_real = PyBool_Check(o) ? 0 : PyObject_IsInstance(o, real);
+  if (is_real < 0) throw py::error_already_set();
+  if (!is_real) argument_type_error(fn, name, "a real number (int or float)", obj);
+  const double value = PyFloat_AsDouble(o);
+  if (value == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+bool flag_arg(const char* fn, const char* name, py::handle obj) {
+  PyObject* o = obj.ptr();
+  if (o == Py_True) return true;
+  if (o == Py_False) return false;
+  static PyObject* numpy_bool = imported("numpy", "bool_");
+  const int is_bool = PyObject_IsInstance(o, numpy_bool);
+  if (is_bool < 0) throw py::error_already_set();
+  if (!is_bool) argument_type_error(fn, name, "a bool (True or False)", obj);
+  return PyObject_IsTrue(o) == 1;
+}
+
+long long int_arg(const char* fn, const char* name, py::handle obj) {
+  PyObject* o = obj.ptr();
+  static PyObject* integral = imported("numbers", "Integral");
+  const int is_int = PyBool_Check(o) ? 0 : PyObject_IsInstance(o, integral);
+  if (is_int < 0) throw py::error_already_set();
+  if (!is_int) argument_type_error(fn, name, "an int", obj);
+  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow != 0) {
+    throw py::value_error(std::string(fn) + ": " + name + " is out of range, got " +
+                          py::repr(obj).cast<std::string>());
+  }
+  if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+std::pair<double, double> pair_arg(const char* fn, const char* name, py::handle obj) {
+  if (!is_sequence(obj) || PySequence_Size(obj.ptr()) != 2) {
+    argument_type_error(fn, name, "a pair (tuple of 2 real numbers)", obj);
+  }
+  const std::vector<py::object> items = sequence_snapshot(obj);
+  const std::string first = std::string(name) + "[0]", second = std::string(name) + "[1]";
+  return {real_arg(fn, first.c_str(), items[0]), real_arg(fn, second.c_str(), items[1])};
+}
 
 bool is_native_byte_order(py::handle a) {
   const char order =
@@ -55,11 +162,9 @@ ArrayArg unpack(const char* function, const char* name, py::handle obj, const Ar
   ArrayArg arg{name, false, {}};
   if (is_sequence(obj)) {
     arg.is_list = true;
-    const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
-    arg.items.reserve(seq.size());
-    for (py::handle item : seq) arg.items.push_back(item);
+    arg.items = sequence_snapshot(obj);
   } else if (py::isinstance<py::array>(obj)) {
-    arg.items.push_back(obj);
+    arg.items.push_back(py::reinterpret_borrow<py::object>(obj));
   } else {
     throw py::type_error(where +
                          " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got " +
@@ -91,9 +196,7 @@ void CallChecker::value_error(const std::string& message) const {
 CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access access,
                                 const ArrayArg* shape_arg) {
   py::handle obj = arg.items[i];
-  if (!py::isinstance<py::array>(obj)) {
-    type_error(arg.label(i) + " must be a numpy.ndarray, got " + type_name(obj));
-  }
+  require_plain_ndarray(std::string(function_) + ": " + arg.label(i), obj);
   // Runs for every array of every call: the checks read the array's fields directly and
   // build Python objects only for error messages.
   const auto* fields = py::detail::array_proxy(obj.ptr());
@@ -134,19 +237,7 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
                   "; they must be equal");
     }
   }
-  if (!(fields->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
-    value_error(arg.label(i) +
-                " is not C-contiguous; pass np.ascontiguousarray(...) (and, for an array "
-                "that is updated in place, keep using the contiguous copy)");
-  }
-  if (access == Access::write) {
-    if (!(fields->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
-      value_error(arg.label(i) + " is read-only but is written in place; pass a writeable array");
-    }
-    if (!(fields->flags & kAlignedFlag)) {
-      value_error(arg.label(i) + " is not aligned to its dtype; pass a copy (np.array(x))");
-    }
-  }
+  require_layout(std::string(function_) + ": " + arg.label(i), fields->flags, access);
   std::size_t n = 1;
   for (int d = 0; d < fields->nd; ++d) n *= static_cast<std::size_t>(fields->dimensions[d]);
   CheckedArray checked{fields->data, n, n * (dtype == Dtype::f32 ? 4 : 8), access, &arg, i};

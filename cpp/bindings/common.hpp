@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
@@ -18,11 +19,14 @@ namespace py = pybind11;
 
 enum class Access { read, write };
 
-// An argument that is one array or a list/tuple of arrays.
+// An argument that is one array or a list/tuple of arrays. `items` is one snapshot of
+// the sequence taken when the call starts, holding owning references: another thread
+// that edits the list while the kernel runs (GIL released), or a list subclass with its
+// own __getitem__/__len__, cannot free or change the arrays the kernel works on.
 struct ArrayArg {
   const char* name;
   bool is_list;
-  std::vector<py::handle> items;
+  std::vector<py::object> items;
 
   std::string label(std::size_t i) const;
 };
@@ -54,6 +58,7 @@ class CallChecker {
                      const ArrayArg* shape_arg = nullptr);
   void check_no_overlap() const;
 
+  const char* function() const { return function_; }
   bool has_dtype() const { return has_dtype_; }
   Dtype dtype() const { return dtype_; }
   std::size_t array_count() const { return arrays_.size(); }
@@ -70,6 +75,26 @@ class CallChecker {
 };
 
 std::string shape_string(const py::array& a);
+
+// The snapshot of a list/tuple (any subclass) as owning references to its items.
+std::vector<py::object> sequence_snapshot(py::handle seq);
+
+// TypeError unless `obj` is a numpy.ndarray the kernels can address: not a masked array
+// (its mask would be ignored).
+void require_plain_ndarray(const std::string& where, py::handle obj);
+
+// Checks shared by every array argument beyond dtype and shape: C-contiguous and aligned
+// (read or written), writeable when written. `flags` are the array's NumPy flags.
+void require_layout(const std::string& where, int flags, Access access);
+
+std::string type_name(py::handle obj);
+
+// Scalar arguments, taken as Python objects so that a wrong type gets an error naming
+// the argument (pybind11's own conversion error names none). `fn` prefixes messages.
+double real_arg(const char* fn, const char* name, py::handle obj);     // int or float, not bool
+bool flag_arg(const char* fn, const char* name, py::handle obj);       // bool (or numpy.bool_)
+long long int_arg(const char* fn, const char* name, py::handle obj);   // int, not bool
+std::pair<double, double> pair_arg(const char* fn, const char* name, py::handle obj);
 
 // False for a byte-swapped array: same type number, but its values would be misread.
 bool is_native_byte_order(py::handle a);

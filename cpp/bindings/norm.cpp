@@ -11,10 +11,9 @@ namespace {
 // An argument that must be one ndarray (not a list).
 ArrayArg single(const char* name, py::handle obj) {
   if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
-                         py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>());
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(obj));
   }
-  return ArrayArg{name, false, {obj}};
+  return ArrayArg{name, false, {py::reinterpret_borrow<py::object>(obj)}};
 }
 
 py::array as_array(const ArrayArg& arg) { return py::reinterpret_borrow<py::array>(arg.items[0]); }
@@ -25,7 +24,8 @@ struct Layout {
   int channel_axis;
 };
 
-Layout layout_of(const CallChecker& checker, const ArrayArg& x_arg, int channel_axis) {
+Layout layout_of(const CallChecker& checker, const ArrayArg& x_arg, py::handle channel_axis_obj) {
+  const long long channel_axis = int_arg(checker.function(), "channel_axis", channel_axis_obj);
   if (channel_axis != 1 && channel_axis != -1) {
     checker.value_error("channel_axis must be 1 (N, C, *spatial) or -1 (N, *spatial, C), got " +
                         std::to_string(channel_axis));
@@ -43,7 +43,7 @@ Layout layout_of(const CallChecker& checker, const ArrayArg& x_arg, int channel_
     if (d < axis) s.outer *= extent;
     if (d > axis) s.inner *= extent;
   }
-  return {s, channel_axis};
+  return {s, static_cast<int>(channel_axis)};
 }
 
 // Checks an optional per-channel array (None allowed): dtype, layout, shape (C,).
@@ -84,9 +84,13 @@ struct Optional {
 
 py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::handle bias_obj,
                                 py::handle running_mean_obj, py::handle running_var_obj,
-                                bool training, double momentum, double eps, int channel_axis,
+                                py::handle training_obj, py::handle momentum_obj,
+                                py::handle eps_obj, py::handle channel_axis,
                                 py::handle out_obj) {
   const char* fn = "batch_norm_forward";
+  const bool training = flag_arg(fn, "training", training_obj);
+  const double momentum = real_arg(fn, "momentum", momentum_obj);
+  const double eps = real_arg(fn, "eps", eps_obj);
   require_range(fn, "momentum", momentum, 0.0, 1.0, true);
   require_at_least(fn, "eps", eps, 0.0);
   const ArrayArg x_arg = single("x", x_obj);
@@ -142,8 +146,10 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
 
 py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle weight_obj,
                                  py::handle save_mean_obj, py::handle save_invstd_obj,
-                                 bool training, int channel_axis, py::handle out_obj) {
+                                 py::handle training_obj, py::handle channel_axis,
+                                 py::handle out_obj) {
   const char* fn = "batch_norm_backward";
+  const bool training = flag_arg(fn, "training", training_obj);
   const ArrayArg dy_arg = single("dy", dy_obj);
   const ArrayArg x_arg = single("x", x_obj);
   const Optional weight("weight", weight_obj);

@@ -108,17 +108,22 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
   return s;
 }
 
-void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffers, double lr,
-                 double momentum, double dampening, double weight_decay, double l1,
-                 bool nesterov, bool maximize, bool first_step, double grad_scale) {
+void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffers, py::handle lr,
+                 py::handle momentum, py::handle dampening, py::handle weight_decay, py::handle l1,
+                 py::handle nesterov, py::handle maximize, py::handle first_step,
+                 py::handle grad_scale) {
   const char* fn = "sgd_step";
-  const SgdParams p = checked_sgd_params(fn, lr, momentum, dampening, weight_decay, l1,
-                                         nesterov, maximize, first_step, grad_scale);
-  if (momentum != 0.0 && momentum_buffers.is_none()) {
+  const double momentum_value = real_arg(fn, "momentum", momentum);
+  const SgdParams p = checked_sgd_params(
+      fn, real_arg(fn, "lr", lr), momentum_value, real_arg(fn, "dampening", dampening),
+      real_arg(fn, "weight_decay", weight_decay), real_arg(fn, "l1", l1),
+      flag_arg(fn, "nesterov", nesterov), flag_arg(fn, "maximize", maximize),
+      flag_arg(fn, "first_step", first_step), real_arg(fn, "grad_scale", grad_scale));
+  if (momentum_value != 0.0 && momentum_buffers.is_none()) {
     throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
   }
   StepArrays s = check_step_arrays(fn, params, grads, {{"momentum_buffers", momentum_buffers}});
-  if (momentum == 0.0) {
+  if (momentum_value == 0.0) {
     for (OptimTensor& t : s.tensors) t.state[0] = nullptr;
   }
   py::gil_scoped_release release;
@@ -126,12 +131,16 @@ void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffer
 }
 
 void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::handle exp_avgs,
-                    py::handle exp_avg_sqs, long long step, double lr,
-                    std::pair<double, double> betas, double eps, double weight_decay, double l1,
-                    bool decoupled_weight_decay, bool amsgrad, py::handle max_exp_avg_sqs,
-                    bool maximize, double grad_scale) {
-  const AdamParams p = checked_adam_params(fn, step, lr, betas, eps, weight_decay, l1,
-                                           decoupled_weight_decay, amsgrad, maximize, grad_scale);
+                    py::handle exp_avg_sqs, py::handle step, py::handle lr, py::handle betas,
+                    py::handle eps, py::handle weight_decay, py::handle l1,
+                    bool decoupled_weight_decay, py::handle amsgrad_obj,
+                    py::handle max_exp_avg_sqs, py::handle maximize, py::handle grad_scale) {
+  const bool amsgrad = flag_arg(fn, "amsgrad", amsgrad_obj);
+  const AdamParams p = checked_adam_params(
+      fn, int_arg(fn, "step", step), real_arg(fn, "lr", lr), pair_arg(fn, "betas", betas),
+      real_arg(fn, "eps", eps), real_arg(fn, "weight_decay", weight_decay),
+      real_arg(fn, "l1", l1), decoupled_weight_decay, amsgrad,
+      flag_arg(fn, "maximize", maximize), real_arg(fn, "grad_scale", grad_scale));
   // The state check below skips None (optional state); these two are always written.
   if (exp_avgs.is_none() || exp_avg_sqs.is_none()) {
     throw py::type_error(std::string(fn) + ": " +
@@ -172,23 +181,26 @@ ReadArrays check_grads(const char* fn, py::handle grads, Access access) {
   return r;
 }
 
-void check_norm_type(const char* fn, double norm_type) {
+double checked_norm_type(const char* fn, py::handle norm_type_obj) {
+  const double norm_type = real_arg(fn, "norm_type", norm_type_obj);
   if (!(norm_type > 0.0)) {
     throw py::value_error(std::string(fn) + ": norm_type must be > 0 or inf, got " +
                           std::to_string(norm_type));
   }
+  return norm_type;
 }
 
-double grad_norm_py(py::handle grads, double norm_type) {
-  check_norm_type("grad_norm", norm_type);
+double grad_norm_py(py::handle grads, py::handle norm_type_obj) {
+  const double norm_type = checked_norm_type("grad_norm", norm_type_obj);
   const ReadArrays r = check_grads("grad_norm", grads, Access::read);
   py::gil_scoped_release release;
   return global_norm(r.dtype, r.buffers.data(), r.buffers.size(), norm_type);
 }
 
-double clip_grad_norm_py(py::handle grads, double max_norm, double norm_type) {
+double clip_grad_norm_py(py::handle grads, py::handle max_norm_obj, py::handle norm_type_obj) {
+  const double max_norm = real_arg("clip_grad_norm", "max_norm", max_norm_obj);
   require_at_least("clip_grad_norm", "max_norm", max_norm, 0.0);
-  check_norm_type("clip_grad_norm", norm_type);
+  const double norm_type = checked_norm_type("clip_grad_norm", norm_type_obj);
   const ReadArrays r = check_grads("clip_grad_norm", grads, Access::write);
   py::gil_scoped_release release;
   const double total = global_norm(r.dtype, r.buffers.data(), r.buffers.size(), norm_type);
@@ -230,12 +242,14 @@ void register_optim(py::module_& m) {
   m.def(
       "adam_step",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-         long long step, double lr, std::pair<double, double> betas, double eps,
-         double weight_decay, double l1, bool decoupled_weight_decay, bool amsgrad,
-         py::handle max_exp_avg_sqs, bool maximize, double grad_scale) {
+         py::handle step, py::handle lr, py::handle betas, py::handle eps,
+         py::handle weight_decay, py::handle l1, py::handle decoupled_weight_decay,
+         py::handle amsgrad, py::handle max_exp_avg_sqs, py::handle maximize,
+         py::handle grad_scale) {
+        const bool decoupled = flag_arg("adam_step", "decoupled_weight_decay", decoupled_weight_decay);
         adam_step_impl("adam_step", params, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps,
-                       weight_decay, l1, decoupled_weight_decay, amsgrad, max_exp_avg_sqs,
-                       maximize, grad_scale);
+                       weight_decay, l1, decoupled, amsgrad, max_exp_avg_sqs, maximize,
+                       grad_scale);
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
       py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
@@ -249,9 +263,9 @@ void register_optim(py::module_& m) {
   m.def(
       "adamw_step",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-         long long step, double lr, std::pair<double, double> betas, double eps,
-         double weight_decay, double l1, bool amsgrad, py::handle max_exp_avg_sqs,
-         bool maximize, double grad_scale) {
+         py::handle step, py::handle lr, py::handle betas, py::handle eps,
+         py::handle weight_decay, py::handle l1, py::handle amsgrad,
+         py::handle max_exp_avg_sqs, py::handle maximize, py::handle grad_scale) {
         adam_step_impl("adamw_step", params, grads, exp_avgs, exp_avg_sqs, step, lr, betas,
                        eps, weight_decay, l1, true, amsgrad, max_exp_avg_sqs, maximize,
                        grad_scale);

@@ -3,6 +3,7 @@
 // validates only what is new (the grads and the current hyperparameters) and runs the
 // whole update, for every param group, as one native call with one parallel region.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -32,8 +33,7 @@ class OptimizerPlan {
     std::vector<ArrayArg> state_args;
     for (std::size_t k = 0; k < states_.size(); ++k) {
       if (states_[k].size() != n) throw py::value_error("each state list needs one entry per param");
-      state_args.push_back(ArrayArg{"state", true, {}});
-      for (py::handle h : states_[k]) state_args.back().items.push_back(h);
+      state_args.push_back(ArrayArg{"state", true, sequence_snapshot(states_[k])});
     }
     CallChecker checker(name_.c_str());
     tensors_.resize(n);
@@ -55,8 +55,13 @@ class OptimizerPlan {
       const py::array a = py::reinterpret_borrow<py::array>(params_arg.items[i]);
       shapes_[i].assign(a.shape(), a.shape() + a.ndim());
       record_written(p);
+      written_arrays_.emplace_back(params_arg.items[i], "params[" + std::to_string(i) + "]");
       for (std::size_t k = 0; k < 3; ++k) {
-        if (t.state[k] != nullptr) record_written({t.state[k], t.n, p.nbytes, Access::write, nullptr, 0});
+        if (t.state[k] != nullptr) {
+          record_written({t.state[k], t.n, p.nbytes, Access::write, nullptr, 0});
+          written_arrays_.emplace_back(state_args[k].items[i],
+                                       "the optimizer state of params[" + std::to_string(i) + "]");
+        }
       }
     }
     checker.check_no_overlap();
@@ -67,6 +72,7 @@ class OptimizerPlan {
 
   bool step_sgd(py::handle grads, const std::vector<SgdGroup>& groups, double grad_scale,
                 std::optional<double> max_grad_norm, bool skip_nonfinite) {
+    const StepGuard guard(this);
     require_positive(name_.c_str(), "grad_scale", grad_scale);
     std::vector<SgdParams> params(groups.size());
     for (std::size_t i = 0; i < groups.size(); ++i) {
@@ -82,7 +88,9 @@ class OptimizerPlan {
                               " has no momentum buffer");
       }
     }
-    std::vector<OptimTensor> tensors = with_grads(grads);
+    const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
+    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    check_still_writeable();
     py::gil_scoped_release release;
     double scale = 1.0;
     if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
@@ -97,6 +105,7 @@ class OptimizerPlan {
   bool step_adam(py::handle grads, const std::vector<AdamGroup>& groups, long long step,
                  bool decoupled, double grad_scale, std::optional<double> max_grad_norm,
                  bool skip_nonfinite) {
+    const StepGuard guard(this);
     require_positive(name_.c_str(), "grad_scale", grad_scale);
     std::vector<AdamParams> params(groups.size());
     for (std::size_t i = 0; i < groups.size(); ++i) {
@@ -112,7 +121,9 @@ class OptimizerPlan {
                               " has no max_exp_avg_sq state");
       }
     }
-    std::vector<OptimTensor> tensors = with_grads(grads);
+    const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
+    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    check_still_writeable();
     py::gil_scoped_release release;
     double scale = 1.0;
     if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
@@ -128,6 +139,48 @@ class OptimizerPlan {
 
  private:
   using Range = std::pair<const char*, const char*>;
+
+  // Marks the plan busy for one step: a second thread stepping the same optimizer while
+  // the first runs (the GIL is released during the update) gets a RuntimeError instead of
+  // racing on the same params and state.
+  class StepGuard {
+   public:
+    explicit StepGuard(OptimizerPlan* plan) : plan_(plan) {
+      if (plan_->stepping_.exchange(true, std::memory_order_acquire)) {
+        throw std::runtime_error(
+            plan_->name_ + ": step() called while another thread is running step() on the "
+                           "same optimizer; step one optimizer from one thread at a time "
+                           "(or guard it with a lock)");
+      }
+    }
+    ~StepGuard() { plan_->stepping_.store(false, std::memory_order_release); }
+    StepGuard(const StepGuard&) = delete;
+    StepGuard& operator=(const StepGuard&) = delete;
+
+   private:
+    OptimizerPlan* plan_;
+  };
+
+  // Params and state were checked when the plan was built; a param made read-only since
+  // (flags.writeable = False) must not be written. A flag read per array.
+  void check_still_writeable() const {
+    for (const auto& [array, label] : written_arrays_) {
+      if (!(py::detail::array_proxy(array.ptr())->flags &
+            py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
+        throw py::value_error(name_ + ": " + label +
+                              " has become read-only since the optimizer was built; the step "
+                              "writes it in place (make it writeable again)");
+      }
+    }
+  }
+
+  std::vector<py::object> grads_snapshot(py::handle grads) const {
+    if (!PyList_Check(grads.ptr()) && !PyTuple_Check(grads.ptr())) {
+      throw py::type_error(name_ + ": grads must be a list/tuple of numpy.ndarray, got " +
+                           type_name(grads));
+    }
+    return sequence_snapshot(grads);
+  }
 
   std::string group_label(std::size_t i) const {
     return name_ + ": param_groups[" + std::to_string(i) + "]";
@@ -148,12 +201,7 @@ class OptimizerPlan {
   }
 
   // Checks the grads (the only arrays new at each step) and returns the tensors with them.
-  std::vector<OptimTensor> with_grads(py::handle grads) const {
-    if (!py::isinstance<py::list>(grads) && !py::isinstance<py::tuple>(grads)) {
-      throw py::type_error(name_ + ": grads must be a list/tuple of numpy.ndarray, got " +
-                           py::str(py::type::handle_of(grads).attr("__name__")).cast<std::string>());
-    }
-    const py::sequence seq = py::reinterpret_borrow<py::sequence>(grads);
+  std::vector<OptimTensor> with_grads(const std::vector<py::object>& seq) const {
     if (seq.size() != tensors_.size()) {
       throw py::value_error(name_ + ": grads has " + std::to_string(seq.size()) +
                             " arrays but the optimizer has " + std::to_string(tensors_.size()) +
@@ -168,9 +216,8 @@ class OptimizerPlan {
       // This runs for every grad at every step: read the array's fields directly
       // (no temporary Python objects); errors take the slow, descriptive path.
       const auto label = [i] { return "grads[" + std::to_string(i) + "]"; };
-      if (!py::isinstance<py::array>(h)) {
-        throw py::type_error(name_ + ": " + label() + " must be a numpy.ndarray, got " +
-                             py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
+      if (Py_TYPE(h.ptr()) != py::detail::npy_api::get().PyArray_Type_) {
+        require_plain_ndarray(name_ + ": " + label(), h);
       }
       const auto* fields = py::detail::array_proxy(h.ptr());
       const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
@@ -187,10 +234,7 @@ class OptimizerPlan {
         throw py::value_error(name_ + ": " + label() + " has shape " + shape_string(a()) +
                               " but its param has shape " + shape_string(py::reinterpret_borrow<py::array>(params_[i])));
       }
-      if (!(fields->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
-        throw py::value_error(name_ + ": " + label() +
-                              " is not C-contiguous; pass np.ascontiguousarray(...)");
-      }
+      require_layout(name_ + ": " + label(), fields->flags, Access::read);
       const char* start = fields->data;
       const std::size_t nbytes = tensors_[i].n * itemsize;
       // The written ranges never change while the plan lives, so a grad at the address
@@ -246,6 +290,8 @@ class OptimizerPlan {
   std::vector<OptimTensor> tensors_;
   std::vector<std::vector<py::ssize_t>> shapes_;
   std::vector<Range> written_;
+  std::vector<std::pair<py::object, std::string>> written_arrays_;  // params and state
+  std::atomic<bool> stepping_{false};
   mutable std::vector<const char*> cleared_grads_;  // grads that passed the overlap check
   std::size_t n_groups_ = 0;
   Dtype dtype_ = Dtype::f32;

@@ -47,15 +47,23 @@ void register_runtime(py::module_& m) {
       py::arg("name"), "Switch the kernel table (for tests and benchmarks).");
   m.def(
       "set_num_threads",
-      [](int n) {
-        if (n < 1) {
-          throw py::value_error("set_num_threads: n must be an int >= 1, got " +
-                                std::to_string(n));
+      [](py::handle n_obj) {
+        const long long n = int_arg("set_num_threads", "n", n_obj);
+        const int most = max_num_threads();
+        if (n < 1 || n > most) {
+          throw py::value_error("set_num_threads: n must be an int in [1, " +
+                                std::to_string(most) + "] (at most 4 threads per CPU, and at "
+                                "least 64), got " + std::to_string(n));
         }
-        set_num_threads(n);
+        set_num_threads(static_cast<int>(n));
       },
-      py::arg("n"), "Threads used by the kernels (default: OMP_NUM_THREADS or all cores).");
-  m.def("get_num_threads", &get_num_threads);
+      py::arg("n"),
+      "Caps the threads of the kernels at n, and sets OpenMP's thread count of the calling "
+      "thread to n (what threadpoolctl reports). Default: OpenMP's own setting "
+      "(OMP_NUM_THREADS or all cores), which threadpoolctl's limits also control.");
+  m.def("get_num_threads", &get_num_threads,
+        "Threads the next kernel called from this thread will use (1 in a child forked after "
+        "the parent ran a parallel kernel: OpenMP's workers do not survive fork).");
   m.def("build_info", [] {
     py::dict info;
     info["version"] = FUSEDOPS_VERSION;
@@ -69,6 +77,7 @@ void register_runtime(py::module_& m) {
     info["available_isas"] = available_isa_names();
     info["simd_isa"] = isa_name(current_isa());
     info["num_threads"] = get_num_threads();
+    info["forked_single_threaded"] = forked_single_threaded();
     return info;
   });
   m.attr("__version__") = FUSEDOPS_VERSION;

@@ -57,7 +57,8 @@ void adam_loop(const AdamConstants& c, T* __restrict p, const T* __restrict g,
     }
     if (kL1) d = d + l1 * sign_of(pi);
     const T mi = beta1 * m[i] + omb1 * d;
-    const T vi = beta2 * v[i] + omb2 * (d * d);
+    // (1 - beta2) * d first, as torch: d * d alone overflows float32 for |d| > 1.8e19.
+    const T vi = beta2 * v[i] + (omb2 * d) * d;
     m[i] = mi;
     v[i] = vi;
     T second = vi;

@@ -1,5 +1,11 @@
 // CPU feature detection, ISA choice and thread settings.
+#include <algorithm>
 #include <atomic>
+#include <climits>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 #include "fusedops/fusedops.hpp"
 
@@ -33,15 +39,33 @@ const KernelTable* compiled_table(Isa isa) {
 
 std::atomic<const KernelTable*> g_table{nullptr};
 
-int default_threads() {
+// The thread count is OpenMP's own setting (omp_get_max_threads() of the calling thread:
+// OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl's limits), capped by
+// fusedops.set_num_threads, which also sets OpenMP's count so that threadpoolctl sees it.
+std::atomic<int> g_thread_cap{INT_MAX};
+
+// libgomp's worker pool does not survive fork(): a child that enters a parallel region
+// after its parent used one waits forever for workers that do not exist. Such a child
+// runs every kernel on its own thread.
+std::atomic<bool> g_pool_used{false};
+std::atomic<bool> g_forked_after_pool{false};
+
+#if defined(__unix__) || defined(__APPLE__)
+void after_fork_in_child() {
+  if (g_pool_used.load(std::memory_order_relaxed)) {
+    g_forked_after_pool.store(true, std::memory_order_relaxed);
+  }
+}
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, &after_fork_in_child);
+#endif
+
+int openmp_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
 #else
   return 1;
 #endif
 }
-
-std::atomic<int> g_threads{default_threads()};
 
 }  // namespace
 
@@ -106,9 +130,34 @@ Isa current_isa() { return current_kernels().isa; }
 
 void set_isa(Isa isa) { g_table.store(compiled_table(isa), std::memory_order_release); }
 
-int get_num_threads() { return g_threads.load(std::memory_order_relaxed); }
+int get_num_threads() {
+  if (g_forked_after_pool.load(std::memory_order_relaxed)) return 1;
+  return std::max(1, std::min(openmp_threads(), g_thread_cap.load(std::memory_order_relaxed)));
+}
 
-void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+void set_num_threads(int n) {
+  n = std::max(n, 1);
+  g_thread_cap.store(n, std::memory_order_relaxed);
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
+int max_num_threads() {
+#ifdef _OPENMP
+  return std::max(64, 4 * omp_get_num_procs());
+#else
+  return 64;
+#endif
+}
+
+bool forked_single_threaded() { return g_forked_after_pool.load(std::memory_order_relaxed); }
+
+void note_thread_pool_used() {
+  if (!g_pool_used.load(std::memory_order_relaxed)) {
+    g_pool_used.store(true, std::memory_order_relaxed);
+  }
+}
 
 bool openmp_enabled() {
 #ifdef _OPENMP

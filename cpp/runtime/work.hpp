@@ -107,6 +107,7 @@ class WorkList {
       return;
     }
 #ifdef _OPENMP
+    note_thread_pool_used();
     std::atomic<std::size_t> next{0};
 #pragma omp parallel num_threads(threads)
     {

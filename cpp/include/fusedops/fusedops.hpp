@@ -121,8 +121,14 @@ Isa current_isa();
 void set_isa(Isa isa);  // caller checks availability
 const KernelTable& current_kernels();
 
+// Threads of the calling thread's next kernel: OpenMP's count for this thread
+// (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl) capped by set_num_threads;
+// 1 in a process forked after its parent ran a parallel region.
 int get_num_threads();
-void set_num_threads(int n);  // n >= 1
+void set_num_threads(int n);  // n >= 1: the cap, and OpenMP's count for the calling thread
+int max_num_threads();        // the largest n set_num_threads accepts
+bool forked_single_threaded();
+void note_thread_pool_used();  // called before each parallel region
 bool openmp_enabled();
 
 }  // namespace fusedops
