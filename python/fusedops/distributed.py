@@ -838,3 +838,102 @@ def _split_displs(counts: Sequence[int]) -> List[int]:
     for c in counts[:-1]:
         displs.append(displs[-1] + c)
     return displs
+
+
+# ---------------------------------------------------------------- SyncBatchNorm
+
+def _check_like(a, x, where: str, name: str, *, written: bool) -> None:
+    """``a`` has x's shape and dtype and, if written, can be written in place."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{where}: {name} has dtype {a.dtype}, x has {x.dtype}")
+    if a.shape != x.shape:
+        raise ValueError(f"{where}: {name} has shape {a.shape}, x has {x.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{where}: {name} must be C-contiguous (use np.ascontiguousarray)")
+    if written and not (a.flags.writeable and a.flags.aligned):
+        raise ValueError(f"{where}: {name} must be writeable and aligned")
+
+
+def _allgather_rows(comm: Communicator, row: Optional[np.ndarray], width: int,
+                    error: Optional[BaseException], where: str) -> np.ndarray:
+    """Collective: every rank's float64 ``row`` (``width`` values), in rank order, behind
+    an error flag: if any rank has an ``error``, every rank raises."""
+    send = np.zeros(width + 1)
+    if error is None:
+        send[1:] = row
+    else:
+        send[0] = 1.0
+    rows = np.empty((comm.size, width + 1))
+    comm.mpi.Allgather(send, rows)
+    if rows[:, 0].any():
+        agree(comm, error, where)  # the failing rank raises its own error, the others name it
+    return rows[:, 1:]
+
+
+def sync_batch_norm_forward(layer, x, out):
+    """Training forward of ``layer`` (a fusedops.nn.BatchNorm) with statistics of the
+    global batch: each rank's (count, mean, m2) per channel are allgathered and combined
+    in rank order (Chan), identically on every rank. Updates the running statistics
+    (global unbiased variance). Returns (y, mean, invstd, global count)."""
+    from . import _core
+    comm, where = layer.comm, "BatchNorm.forward"
+    c = layer.num_features
+    error, row = None, None
+    try:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{where}: x must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != layer.dtype:
+            raise TypeError(f"{where}: x has dtype {x.dtype} but the layer has dtype {layer.dtype}")
+        if x.ndim < 2 or x.shape[layer.channel_axis] != c:
+            raise ValueError(f"{where}: x must have ndim >= 2 and {c} channels on axis "
+                             f"{layer.channel_axis}, got shape {x.shape}")
+        if out is not None:
+            _check_like(out, x, where, "out", written=True)
+        mean, m2 = _core.batch_norm_stats(x, channel_axis=layer.channel_axis)
+        row = np.concatenate([[x.size // c], mean, m2])
+    except (TypeError, ValueError) as exc:
+        error = exc
+    rows = _allgather_rows(comm, row, 1 + 2 * c, error, where)
+    counts = rows[:, 0]
+    count = float(counts.sum())
+    if count < 2:
+        raise ValueError(f"{where}: the global batch has {count:.0f} values per channel; "
+                         "training needs at least 2")
+    mean, var, m2 = _core.batch_norm_combine_stats(rows[:, 1:1 + c], rows[:, 1 + c:], counts)
+    invstd = 1.0 / np.sqrt(var + layer.eps)
+    y = _core.batch_norm_elemt(x, layer.weight, layer.bias, mean, invstd,
+                               channel_axis=layer.channel_axis, out=out)
+    if layer.running_mean is not None:
+        momentum = layer.momentum
+        layer.running_mean[...] = (1 - momentum) * layer.running_mean + momentum * mean
+        layer.running_var[...] = (1 - momentum) * layer.running_var + momentum * (m2 / (count - 1))
+    return y, mean, invstd, count
+
+
+def sync_batch_norm_backward(layer, dy, x, mean, invstd, count, out):
+    """Backward of :func:`sync_batch_norm_forward`: the per-channel sums of dy and
+    dy * xhat are allgathered and added in rank order; dx uses the global sums and count.
+    Returns (dx, local sum_dy, local sum_dy_xhat): the parameter gradients of this rank's
+    rows, which data-parallel optimizers then average, as for any other parameter."""
+    from . import _core
+    comm, where = layer.comm, "BatchNorm.backward"
+    c = layer.num_features
+    error, row = None, None
+    try:
+        _check_like(dy, x, where, "dy", written=False)
+        if out is not None:
+            _check_like(out, x, where, "out", written=True)
+        sum_dy, sum_dy_xhat = _core.batch_norm_backward_reduce(dy, x, mean, invstd,
+                                                               channel_axis=layer.channel_axis)
+        row = np.concatenate([sum_dy, sum_dy_xhat])
+    except (TypeError, ValueError) as exc:
+        error = exc
+    rows = _allgather_rows(comm, row, 2 * c, error, where)
+    total = np.zeros(2 * c)
+    for r in range(comm.size):  # rank order: the same sums on every rank
+        total += rows[r]
+    dx = _core.batch_norm_backward_elemt(dy, x, layer.weight, mean, invstd, total[:c], total[c:],
+                                         count, channel_axis=layer.channel_axis, out=out)
+    return dx, sum_dy, sum_dy_xhat

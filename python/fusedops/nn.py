@@ -35,7 +35,7 @@ class BatchNorm:
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 channel_axis: int = 1, dtype=np.float32) -> None:
+                 channel_axis: int = 1, dtype=np.float32, comm=None) -> None:
         if not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool):
             raise TypeError(f"BatchNorm: num_features must be an int, got "
                             f"{type(num_features).__name__}")
@@ -64,29 +64,44 @@ class BatchNorm:
         self.grad_bias = np.zeros(c, dtype) if affine else None
         self.running_mean = np.zeros(c, dtype) if track_running_stats else None
         self.running_var = np.ones(c, dtype) if track_running_stats else None
-        self._saved = None  # (x, save_mean, save_invstd, batch statistics used)
+        self._saved = None  # (x, save_mean, save_invstd, batch statistics used, global count)
+        self.comm = None  # set: training statistics are synchronized over its ranks
+        if comm is not None:
+            from .distributed import as_communicator
+            comm = as_communicator(comm, "BatchNorm")
+            self.comm = comm if comm.size > 1 else None
 
     def forward(self, x: np.ndarray, training: bool = True, *,
                 out: np.ndarray | None = None) -> np.ndarray:
         """Normalizes ``x``; caches what ``backward`` needs."""
+        if self.comm is not None and training:
+            from .distributed import sync_batch_norm_forward
+            y, mean, invstd, count = sync_batch_norm_forward(self, x, out)
+            self._saved = (x, mean, invstd, True, count)
+            return y
         self._check_dtype("x", x)
         use_batch_stats = training or not self.track_running_stats
         y, save_mean, save_invstd = batch_norm_forward(
             x, self.weight, self.bias, self.running_mean, self.running_var,
             training=use_batch_stats, momentum=self.momentum, eps=self.eps,
             channel_axis=self.channel_axis, out=out)
-        self._saved = (x, save_mean, save_invstd, use_batch_stats)
+        self._saved = (x, save_mean, save_invstd, use_batch_stats, None)
         return y
 
     def backward(self, dy: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
         """Returns ``dx`` for the last ``forward``; fills ``grad_weight`` and ``grad_bias``."""
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward: call forward first")
-        self._check_dtype("dy", dy)
-        x, save_mean, save_invstd, use_batch_stats = self._saved
-        dx, dweight, dbias = batch_norm_backward(
-            dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
-            channel_axis=self.channel_axis, out=out)
+        x, save_mean, save_invstd, use_batch_stats, global_count = self._saved
+        if global_count is not None:
+            from .distributed import sync_batch_norm_backward
+            dx, dweight, dbias = sync_batch_norm_backward(self, dy, x, save_mean, save_invstd,
+                                                          global_count, out)
+        else:
+            self._check_dtype("dy", dy)
+            dx, dweight, dbias = batch_norm_backward(
+                dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
+                channel_axis=self.channel_axis, out=out)
         if self.affine:
             self.grad_weight[...] = dweight
             self.grad_bias[...] = dbias
