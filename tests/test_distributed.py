@@ -85,6 +85,15 @@ def test_optimizers(ranks):
     assert_all_ranks_ok(run_script("optimizers.py", ranks), "optimizers", ranks)
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_sync_batch_norm(ranks):
+    """fo.nn.BatchNorm(..., comm=) over ranks with uneven batches (0 and 1 rows included)
+    equals batch norm over the concatenated batch; errors raise on every rank."""
+    if not hasattr(fo, "batch_norm_stats"):
+        pytest.skip("needs the split batch-norm API (fo.batch_norm_stats ...), not merged yet")
+    assert_all_ranks_ok(run_script("sync_batch_norm.py", ranks), "sync batch norm", ranks)
+
+
 # ---------------------------------------------------------------- one rank, no MPI
 
 def test_one_rank_without_mpiexec():
@@ -163,3 +172,18 @@ def test_one_rank_communicator_is_a_plain_optimizer(rng, shard_state):
     for i, entry in runs[0][1]["state"].items():
         for key, value in entry.items():
             assert_bitwise_equal(value, runs[1][1]["state"][i][key])
+
+
+def test_batch_norm_with_one_rank_is_plain(rng):
+    x = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    plain, synced = fo.nn.BatchNorm(3), fo.nn.BatchNorm(3, comm=fod.Communicator())
+    assert synced.comm is None
+    for layer in (plain, synced):
+        layer.forward(x)
+        layer.backward(dy)
+    for a, b in zip([plain.running_mean, plain.running_var, plain.grad_weight],
+                    [synced.running_mean, synced.running_var, synced.grad_weight]):
+        assert_bitwise_equal(a, b)
+    with pytest.raises(TypeError, match="comm must be"):
+        fo.nn.BatchNorm(3, comm=1)

@@ -896,12 +896,13 @@ def sync_batch_norm_forward(layer, x, out):
     except (TypeError, ValueError) as exc:
         error = exc
     rows = _allgather_rows(comm, row, 1 + 2 * c, error, where)
-    counts = rows[:, 0]
+    counts = np.ascontiguousarray(rows[:, 0])
     count = float(counts.sum())
     if count < 2:
         raise ValueError(f"{where}: the global batch has {count:.0f} values per channel; "
                          "training needs at least 2")
-    mean, var, m2 = _core.batch_norm_combine_stats(rows[:, 1:1 + c], rows[:, 1 + c:], counts)
+    mean, var, m2 = _core.batch_norm_combine_stats(np.ascontiguousarray(rows[:, 1:1 + c]),
+                                                   np.ascontiguousarray(rows[:, 1 + c:]), counts)
     invstd = 1.0 / np.sqrt(var + layer.eps)
     y = _core.batch_norm_elemt(x, layer.weight, layer.bias, mean, invstd,
                                channel_axis=layer.channel_axis, out=out)
@@ -915,8 +916,9 @@ def sync_batch_norm_forward(layer, x, out):
 def sync_batch_norm_backward(layer, dy, x, mean, invstd, count, out):
     """Backward of :func:`sync_batch_norm_forward`: the per-channel sums of dy and
     dy * xhat are allgathered and added in rank order; dx uses the global sums and count.
-    Returns (dx, local sum_dy, local sum_dy_xhat): the parameter gradients of this rank's
-    rows, which data-parallel optimizers then average, as for any other parameter."""
+    Returns (dx, dweight, dbias) where dweight = sum(dy * xhat) and dbias = sum(dy) over
+    this rank's rows: the parameter gradients of this rank's loss, which a data-parallel
+    optimizer then averages, as for any other parameter."""
     from . import _core
     comm, where = layer.comm, "BatchNorm.backward"
     c = layer.num_features
@@ -936,4 +938,4 @@ def sync_batch_norm_backward(layer, dy, x, mean, invstd, count, out):
         total += rows[r]
     dx = _core.batch_norm_backward_elemt(dy, x, layer.weight, mean, invstd, total[:c], total[c:],
                                          count, channel_axis=layer.channel_axis, out=out)
-    return dx, sum_dy, sum_dy_xhat
+    return dx, sum_dy_xhat, sum_dy
