@@ -3,7 +3,6 @@
 // validates only what is new (the grads and the current hyperparameters) and runs the
 // whole update, for every param group, as one native call with one parallel region.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -72,7 +71,6 @@ class OptimizerPlan {
 
   bool step_sgd(py::handle grads, const std::vector<SgdGroup>& groups, double grad_scale,
                 std::optional<double> max_grad_norm, bool skip_nonfinite) {
-    const StepGuard guard(this);
     require_positive(name_.c_str(), "grad_scale", grad_scale);
     std::vector<SgdParams> params(groups.size());
     for (std::size_t i = 0; i < groups.size(); ++i) {
@@ -105,7 +103,6 @@ class OptimizerPlan {
   bool step_adam(py::handle grads, const std::vector<AdamGroup>& groups, long long step,
                  bool decoupled, double grad_scale, std::optional<double> max_grad_norm,
                  bool skip_nonfinite) {
-    const StepGuard guard(this);
     require_positive(name_.c_str(), "grad_scale", grad_scale);
     std::vector<AdamParams> params(groups.size());
     for (std::size_t i = 0; i < groups.size(); ++i) {
@@ -139,27 +136,6 @@ class OptimizerPlan {
 
  private:
   using Range = std::pair<const char*, const char*>;
-
-  // Marks the plan busy for one step: a second thread stepping the same optimizer while
-  // the first runs (the GIL is released during the update) gets a RuntimeError instead of
-  // racing on the same params and state.
-  class StepGuard {
-   public:
-    explicit StepGuard(OptimizerPlan* plan) : plan_(plan) {
-      if (plan_->stepping_.exchange(true, std::memory_order_acquire)) {
-        throw std::runtime_error(
-            plan_->name_ + ": step() called while another thread is running step() on the "
-                           "same optimizer; step one optimizer from one thread at a time "
-                           "(or guard it with a lock)");
-      }
-    }
-    ~StepGuard() { plan_->stepping_.store(false, std::memory_order_release); }
-    StepGuard(const StepGuard&) = delete;
-    StepGuard& operator=(const StepGuard&) = delete;
-
-   private:
-    OptimizerPlan* plan_;
-  };
 
   // Params and state were checked when the plan was built; a param made read-only since
   // (flags.writeable = False) must not be written. A flag read per array.
@@ -291,7 +267,6 @@ class OptimizerPlan {
   std::vector<std::vector<py::ssize_t>> shapes_;
   std::vector<Range> written_;
   std::vector<std::pair<py::object, std::string>> written_arrays_;  // params and state
-  std::atomic<bool> stepping_{false};
   mutable std::vector<const char*> cleared_grads_;  // grads that passed the overlap check
   std::size_t n_groups_ = 0;
   Dtype dtype_ = Dtype::f32;

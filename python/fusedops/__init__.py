@@ -8,7 +8,7 @@ global gradient norms and clipping, batch norm, and the runtime controls. See
 import os as _os
 
 
-def _load_native():
+def _load_native() -> object:
     """Imports the native module with a short OpenMP spin-wait.
 
     libgomp's default lets idle workers busy-wait for milliseconds after each parallel

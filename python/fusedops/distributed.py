@@ -24,14 +24,22 @@ import math
 import numbers
 import sys
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .nn import BatchNorm
+    from .optim import Optimizer
+
+Array = npt.NDArray[Any]
 
 _MPI: Any = None  # mpi4py.MPI once world() or an mpi4py communicator brought it in
 
 
-def _load_mpi():
+def _load_mpi() -> Any:
     """mpi4py.MPI, or None without mpi4py. Imported on first use, not with this module:
     importing it initializes MPI (a one-rank "singleton" when not under mpiexec)."""
     global _MPI
@@ -44,9 +52,10 @@ def _load_mpi():
     return _MPI
 
 
-def _mpi_dtype(dtype: np.dtype):
+def _mpi_dtype(dtype: "np.dtype[Any]") -> Any:
     """The predefined MPI datatype (reductions need one, not a derived copy)."""
     return {np.dtype(np.float32): _MPI.FLOAT, np.dtype(np.float64): _MPI.DOUBLE}[np.dtype(dtype)]
+
 
 __all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
@@ -59,12 +68,12 @@ class Communicator:
     without MPI). :func:`world` gives one over every process of the run; any mpi4py
     ``Comm`` is accepted wherever a communicator is (it is wrapped)."""
 
-    def __init__(self, mpi_comm=None) -> None:
+    def __init__(self, mpi_comm: Any = None) -> None:
         if mpi_comm is not None:
             _load_mpi()
-        self.mpi = mpi_comm
-        self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
-        self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
+        self.mpi: Any = mpi_comm
+        self.rank: int = 0 if mpi_comm is None else mpi_comm.Get_rank()
+        self.size: int = 1 if mpi_comm is None else mpi_comm.Get_size()
 
     def barrier(self) -> None:
         if self.size > 1:
@@ -80,7 +89,7 @@ def world() -> Communicator:
     return Communicator(None if mpi is None else mpi.COMM_WORLD)
 
 
-def as_communicator(comm, where: str) -> Communicator:
+def as_communicator(comm: Any, where: str) -> Communicator:
     """``comm`` as a :class:`Communicator` (an mpi4py ``Comm`` is wrapped)."""
     if isinstance(comm, Communicator):
         return comm
@@ -92,22 +101,23 @@ def as_communicator(comm, where: str) -> Communicator:
                     f"or an mpi4py Comm, got {type(comm).__name__}")
 
 
-def flat_buffer(shapes: Sequence[Any], dtype=np.float32) -> Tuple[np.ndarray, List[np.ndarray]]:
+def flat_buffer(shapes: Sequence[Union[int, Sequence[int]]],
+                dtype: npt.DTypeLike = np.float32) -> Tuple[Array, List[Array]]:
     """One zeroed, contiguous 1-D buffer and a view into it per shape, laid out in order.
 
     Collectives on a list of such views (e.g. gradients) run on the buffer itself, with no
     packing copies.
     """
-    dtype = np.dtype(dtype)
-    shapes = [tuple(int(d) for d in ((s,) if isinstance(s, numbers.Integral) else s))
-              for s in shapes]
-    for i, shape in enumerate(shapes):
+    dims = [tuple(int(d) for d in ((s,) if isinstance(s, numbers.Integral) else s))  # type: ignore[union-attr]
+            for s in shapes]
+    for i, shape in enumerate(dims):
         if any(d < 0 for d in shape):
             raise ValueError(f"flat_buffer: shapes[{i}] has a negative dimension: {shape}")
-    sizes = [math.prod(shape) for shape in shapes]
-    flat = np.zeros(sum(sizes), dtype)
-    views, offset = [], 0
-    for shape, n in zip(shapes, sizes):
+    sizes = [math.prod(shape) for shape in dims]
+    flat = np.zeros(sum(sizes), np.dtype(dtype))
+    views: List[Array] = []
+    offset = 0
+    for shape, n in zip(dims, sizes):
         views.append(flat[offset:offset + n].reshape(shape))
         offset += n
     return flat, views
@@ -115,7 +125,7 @@ def flat_buffer(shapes: Sequence[Any], dtype=np.float32) -> Tuple[np.ndarray, Li
 
 # ---------------------------------------------------------------- argument checks
 
-def _as_array_list(arrays, where: str, name: str) -> List[np.ndarray]:
+def _as_array_list(arrays: Any, where: str, name: str) -> List[Array]:
     if isinstance(arrays, np.ndarray):
         return [arrays]
     if not isinstance(arrays, (list, tuple)):
@@ -127,7 +137,7 @@ def _as_array_list(arrays, where: str, name: str) -> List[np.ndarray]:
     return list(arrays)
 
 
-def _check_written(arrays: Sequence[np.ndarray], where: str, name: str) -> None:
+def _check_written(arrays: Sequence[Array], where: str, name: str) -> None:
     """Each array can be written in place, and no two share memory."""
     for i, a in enumerate(arrays):
         if not a.flags.c_contiguous:
@@ -140,7 +150,7 @@ def _check_written(arrays: Sequence[np.ndarray], where: str, name: str) -> None:
     _check_no_overlap([(f"{name}[{i}]", a) for i, a in enumerate(arrays)], where)
 
 
-def _check_no_overlap(named: Sequence[Tuple[str, np.ndarray]], where: str) -> None:
+def _check_no_overlap(named: Sequence[Tuple[str, Array]], where: str) -> None:
     spans = sorted((a.__array_interface__["data"][0], a.nbytes, label)
                    for label, a in named if a.nbytes)
     for (start, size, label), (next_start, _, next_label) in zip(spans, spans[1:]):
@@ -148,7 +158,7 @@ def _check_no_overlap(named: Sequence[Tuple[str, np.ndarray]], where: str) -> No
             raise ValueError(f"{where}: {label} and {next_label} share memory")
 
 
-def _check_bucket_bytes(bucket_bytes, where: str) -> int:
+def _check_bucket_bytes(bucket_bytes: Any, where: str) -> int:
     if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, numbers.Integral):
         raise TypeError(f"{where}: bucket_bytes must be an int, got {type(bucket_bytes).__name__}")
     if bucket_bytes < 1:
@@ -156,14 +166,13 @@ def _check_bucket_bytes(bucket_bytes, where: str) -> int:
     return int(bucket_bytes)
 
 
-def _layout_signature(arrays: Sequence[np.ndarray]) -> int:
+def _layout_signature(arrays: Sequence[Array]) -> int:
     """A 32-bit fingerprint of the shapes and dtypes, compared across ranks."""
     text = ";".join(f"{a.dtype.str}{a.shape}" for a in arrays)
     return zlib.crc32(text.encode())
 
 
-def agree(comm: Communicator, error: Optional[BaseException], where: str,
-          signature: int = 0) -> None:
+def agree(comm: Communicator, error: Optional[Exception], where: str, signature: int = 0) -> None:
     """Collective: raises on every rank if any rank has an ``error`` or the ranks'
     ``signature`` values differ. The rank with the error re-raises its own; the others
     raise the same type naming that rank. Costs one 3-integer allreduce when all is well."""
@@ -196,7 +205,7 @@ class FlatLayout:
     else None.
     """
 
-    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+    def __init__(self, arrays: Sequence[Array]) -> None:
         self.flats = [a.reshape(-1) for a in arrays]  # views: the arrays are C-contiguous
         sizes = [f.size for f in self.flats]
         self.offsets = [0]
@@ -205,7 +214,7 @@ class FlatLayout:
         self.total = self.offsets[-1]
         self.span = _contiguous_span(self.flats, self.total)
 
-    def _pieces(self, lo: int, hi: int):
+    def _pieces(self, lo: int, hi: int) -> Iterator[Array]:
         i = bisect.bisect_right(self.offsets, lo) - 1
         while lo < hi:
             start, end = self.offsets[i], self.offsets[i + 1]
@@ -215,7 +224,7 @@ class FlatLayout:
                 lo += take
             i += 1
 
-    def copy_out(self, lo: int, hi: int, out: np.ndarray) -> None:
+    def copy_out(self, lo: int, hi: int, out: Array) -> None:
         if self.span is not None:
             np.copyto(out[:hi - lo], self.span[lo:hi])
             return
@@ -224,7 +233,7 @@ class FlatLayout:
             np.copyto(out[pos:pos + piece.size], piece)
             pos += piece.size
 
-    def copy_in(self, lo: int, hi: int, src: np.ndarray) -> None:
+    def copy_in(self, lo: int, hi: int, src: Array) -> None:
         if self.span is not None:
             np.copyto(self.span[lo:hi], src[:hi - lo])
             return
@@ -233,7 +242,7 @@ class FlatLayout:
             np.copyto(piece, src[pos:pos + piece.size])
             pos += piece.size
 
-    def views(self, lo: int, hi: int):
+    def views(self, lo: int, hi: int) -> Iterator[Tuple[int, Array]]:
         """(array index, view of that array's flat elements) for the elements [lo, hi)."""
         i = bisect.bisect_right(self.offsets, lo) - 1
         while lo < hi and i < len(self.flats):
@@ -245,13 +254,13 @@ class FlatLayout:
             i += 1
 
 
-def _root_array(a: np.ndarray) -> np.ndarray:
+def _root_array(a: Array) -> Array:
     while isinstance(a.base, np.ndarray):
         a = a.base
     return a
 
 
-def _contiguous_span(flats: Sequence[np.ndarray], total: int) -> Optional[np.ndarray]:
+def _contiguous_span(flats: Sequence[Array], total: int) -> Optional[Array]:
     arrays = [f for f in flats if f.size]
     if not arrays:
         return None
@@ -275,14 +284,14 @@ def _split(n: int, parts: int) -> Tuple[List[int], List[int]]:
 
 # ---------------------------------------------------------------- collectives
 
-def _by_dtype(arrays: Sequence[np.ndarray]) -> Dict[np.dtype, List[np.ndarray]]:
-    runs: Dict[np.dtype, List[np.ndarray]] = {}
+def _by_dtype(arrays: Sequence[Array]) -> Dict["np.dtype[Any]", List[Array]]:
+    runs: Dict["np.dtype[Any]", List[Array]] = {}
     for a in arrays:
         runs.setdefault(a.dtype, []).append(a)
     return runs
 
 
-def _mean_in_place(comm: Communicator, buf: np.ndarray) -> None:
+def _mean_in_place(comm: Communicator, buf: Array) -> None:
     """Averages a contiguous 1-D buffer over the ranks, in place, identically on every
     rank: reduce-scatter (each element summed on one rank), divide, allgather."""
     counts, displs = _split(buf.size, comm.size)
@@ -295,7 +304,8 @@ def _mean_in_place(comm: Communicator, buf: np.ndarray) -> None:
     comm.mpi.Allgatherv(_MPI.IN_PLACE, [buf, counts, displs, mpi_type])
 
 
-def allreduce_mean_(grads, comm, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
+                    bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
     """Replaces each array by its mean over the ranks, in place (float32/float64).
 
     Arrays are packed in list order into buckets of at most ``bucket_bytes`` (one per
@@ -307,7 +317,7 @@ def allreduce_mean_(grads, comm, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES) ->
     """
     where = "allreduce_mean_"
     comm = as_communicator(comm, where)
-    error = None
+    error: Optional[Exception] = None
     try:
         arrays = _as_array_list(grads, where, "grads")
         for i, a in enumerate(arrays):
@@ -325,7 +335,8 @@ def allreduce_mean_(grads, comm, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES) ->
         _run_buckets(FlatLayout(run), dtype, bucket_bytes, lambda buf: _mean_in_place(comm, buf))
 
 
-def broadcast_(arrays, comm, root: int = 0, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, *,
+               bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
     """Copies rank ``root``'s arrays into every rank's arrays, in place (any dtype).
 
     Typically once at start-up, so that every rank starts from the same params. Every
@@ -334,44 +345,45 @@ def broadcast_(arrays, comm, root: int = 0, *, bucket_bytes: int = DEFAULT_BUCKE
     """
     where = "broadcast_"
     comm = as_communicator(comm, where)
-    error = None
+    error: Optional[Exception] = None
     try:
-        arrays = _as_array_list(arrays, where, "arrays")
-        _check_written(arrays, where, "arrays")
+        items = _as_array_list(arrays, where, "arrays")
+        _check_written(items, where, "arrays")
         if isinstance(root, bool) or not isinstance(root, numbers.Integral):
             raise TypeError(f"{where}: root must be an int, got {type(root).__name__}")
-        if not 0 <= root < comm.size:
+        if not 0 <= int(root) < comm.size:
             raise ValueError(f"{where}: root must be in [0, {comm.size}), got {root}")
         bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
     except (TypeError, ValueError) as exc:
         error = exc
-    agree(comm, error, where, 0 if error else _layout_signature(arrays) ^ int(root))
+    agree(comm, error, where, 0 if error else _layout_signature(items) ^ int(root))
     if comm.size == 1:
         return
     # Raw bytes: any dtype (bfloat16 included) travels as MPI.BYTE.
-    raw = [a.reshape(-1).view(np.uint8) for a in arrays]
+    raw = [a.reshape(-1).view(np.uint8) for a in items]
 
-    def bcast(buf):
+    def bcast(buf: Array) -> None:
         comm.mpi.Bcast([buf, _MPI.BYTE], root=root)
 
     _run_buckets(FlatLayout(raw), np.dtype(np.uint8), bucket_bytes, bcast,
                  pack=comm.rank == root, unpack=comm.rank != root)
 
 
-def _run_buckets(layout: FlatLayout, dtype: np.dtype, bucket_bytes: int, collective,
-                 *, pack: bool = True, unpack: bool = True,
-                 scratch: Optional[np.ndarray] = None) -> None:
+def _run_buckets(layout: FlatLayout, dtype: "np.dtype[Any]", bucket_bytes: int,
+                 collective: Callable[[Array], None], *, pack: bool = True, unpack: bool = True,
+                 scratch: Optional[Array] = None) -> None:
     """Runs ``collective(buffer)`` over consecutive buckets of the layout's elements,
     in the arrays' own memory when they are one span, else through a scratch buffer
     (``scratch`` if given, at least one bucket long)."""
     per_bucket = max(1, bucket_bytes // dtype.itemsize)
-    if layout.span is None and scratch is None:
+    if layout.span is not None:
+        for lo in range(0, layout.total, per_bucket):
+            collective(layout.span[lo:lo + per_bucket])
+        return
+    if scratch is None:
         scratch = np.empty(min(per_bucket, layout.total), dtype)
     for lo in range(0, layout.total, per_bucket):
         hi = min(lo + per_bucket, layout.total)
-        if layout.span is not None:
-            collective(layout.span[lo:hi])
-            continue
         buf = scratch[:hi - lo]
         if pack:
             layout.copy_out(lo, hi, buf)
@@ -382,7 +394,8 @@ def _run_buckets(layout: FlatLayout, dtype: np.dtype, bucket_bytes: int, collect
 
 # ---------------------------------------------------------------- optimizers (comm=)
 
-def attach(opt, comm, shard_state, setup) -> Optional["_ReplicatedStep"]:
+def attach(opt: Optimizer, comm: Any, shard_state: Any,
+           setup: Callable[[], None]) -> Optional[DataParallel]:
     """Builds an optimizer given ``comm=``/``shard_state=``: runs its local ``setup()`` on
     every rank, then one allgather checks that the ranks agree (no rank failed, same param
     count, group sizes, shapes and dtypes); otherwise every rank raises. Returns the object
@@ -399,37 +412,40 @@ def attach(opt, comm, shard_state, setup) -> Optional["_ReplicatedStep"]:
     if comm.size == 1:
         setup()
         return None
+    error: Optional[Exception] = None
+    signature: Optional[Tuple[Any, ...]] = None
     try:
         setup()
-        report = ("ok", _optimizer_signature(opt, bool(shard_state)))
+        signature = _optimizer_signature(opt, bool(shard_state))
     except (TypeError, ValueError) as exc:
-        report = ("error", type(exc), str(exc))
         error = exc
-    reports = comm.mpi.allgather(report)
-    if report[0] == "error":
+    # One allgather of small objects (construction only): each rank's error or signature.
+    reports: List[Tuple[Any, ...]] = comm.mpi.allgather(
+        ("ok", signature) if error is None else ("error", type(error), str(error)))
+    if error is not None:
         raise error
     failed = [(r, rep) for r, rep in enumerate(reports) if rep[0] == "error"]
     if failed:
         rank, (_, kind, message) = failed[0]
         kind = kind if isinstance(kind, type) and issubclass(kind, (TypeError, ValueError)) else ValueError
         raise kind(f"{name}: rank {rank} rejected its arguments: {message}")
-    for rank, (_, signature) in enumerate(reports):
-        if signature != reports[0][1]:
+    for rank, (_, other) in enumerate(reports):
+        if other != reports[0][1]:
             raise ValueError(f"{name}: the ranks' params disagree: "
-                             f"{_signature_difference(reports[0][1], signature, rank)}")
-    return (_ShardedStep if shard_state else _ReplicatedStep)(opt, comm)
+                             f"{_signature_difference(reports[0][1], other, rank)}")
+    return (ShardedDataParallel if shard_state else DataParallel)(opt, comm)
 
 
-def _all_params(opt) -> List[np.ndarray]:
+def _all_params(opt: Optimizer) -> List[Array]:
     return [p for g in opt.param_groups for p in g["params"]]
 
 
-def _optimizer_signature(opt, shard_state: bool) -> tuple:
+def _optimizer_signature(opt: Optimizer, shard_state: bool) -> Tuple[Any, ...]:
     return (type(opt).__name__, shard_state, tuple(len(g["params"]) for g in opt.param_groups),
             tuple((p.shape, p.dtype.str) for p in _all_params(opt)))
 
 
-def _signature_difference(first: tuple, other: tuple, rank: int) -> str:
+def _signature_difference(first: Tuple[Any, ...], other: Tuple[Any, ...], rank: int) -> str:
     shapes_a, shapes_b = first[3], other[3]
     if len(shapes_a) != len(shapes_b):
         return f"rank 0 has {len(shapes_a)} params, rank {rank} has {len(shapes_b)}"
@@ -444,14 +460,17 @@ def _signature_difference(first: tuple, other: tuple, rank: int) -> str:
     return "unknown difference"
 
 
-def _check_step_input(opt, grads, grad_scale, *, written: bool) -> Tuple[List[np.ndarray], list]:
+def _check_step_input(opt: Optimizer, grads_arg: Any, grad_scale: Any, *,
+                      written: bool) -> Tuple[List[Array], List[Tuple[Any, ...]]]:
     """The checks the native step makes, run before any collective; returns the grads
-    as a list and the groups' hyperparameters."""
+    (the bound ones when ``grads_arg`` is None) and the groups' hyperparameters."""
     name = type(opt).__name__
     params = _all_params(opt)
-    if isinstance(grads, np.ndarray) and len(params) == 1:
-        grads = [grads]
-    grads = _as_array_list(grads, f"{name}.step", "grads")
+    if grads_arg is None:
+        grads_arg = opt._bound_grads()
+    if isinstance(grads_arg, np.ndarray) and len(params) == 1:
+        grads_arg = [grads_arg]
+    grads = _as_array_list(grads_arg, f"{name}.step", "grads")
     if len(grads) != len(params):
         raise ValueError(f"{name}.step: got {len(grads)} grads for {len(params)} params")
     for i, (g, p) in enumerate(zip(grads, params)):
@@ -467,9 +486,9 @@ def _check_step_input(opt, grads, grad_scale, *, written: bool) -> Tuple[List[np
                        *((f"params[{i}]", p) for i, p in enumerate(params))], f"{name}.step")
     if isinstance(grad_scale, bool) or not isinstance(grad_scale, numbers.Real):
         raise TypeError(f"{name}.step: grad_scale must be a real number, got {type(grad_scale).__name__}")
-    if not (math.isfinite(grad_scale) and grad_scale > 0):
+    if not (math.isfinite(grad_scale) and float(grad_scale) > 0):
         raise ValueError(f"{name}.step: grad_scale must be finite and > 0, got {grad_scale}")
-    groups = []
+    groups: List[Tuple[Any, ...]] = []
     for i, group in enumerate(opt.param_groups):
         args = opt._group_args(group, i)
         opt._check_native(f"{name}: param_groups[{i}]", args)
@@ -477,32 +496,29 @@ def _check_step_input(opt, grads, grad_scale, *, written: bool) -> Tuple[List[np
     return grads, groups
 
 
-class _ReplicatedStep:
-    """Data parallel: every rank holds all params and all state; ``step`` averages the
-    grads over the ranks in place (bucketed), then runs the ordinary fused step. The
-    averaged grads are bitwise identical on every rank, so the global-norm clipping and the
-    skip decision are too, and so are the updated params."""
+class DataParallel:
+    """The steps of an optimizer built with ``comm=`` (more than one rank).
 
-    sharded = False
+    Every rank holds all params and all state; ``step`` averages the grads over the ranks
+    in place (bucketed), then runs the ordinary fused step. The averaged grads are bitwise
+    identical on every rank, so the global-norm clipping and the skip decision are too,
+    and so are the updated params."""
 
-    def __init__(self, opt, comm: Communicator) -> None:
+    def __init__(self, opt: Optimizer, comm: Communicator) -> None:
         self.opt = opt
         self.comm = comm
         self.bucket_bytes = DEFAULT_BUCKET_BYTES
-        self._scratch: Dict[np.dtype, np.ndarray] = {}
+        self._scratch: Dict["np.dtype[Any]", Array] = {}
 
-    def _checked(self, grads, grad_scale, *, written: bool):
-        error, grads_list, signature = None, None, 0
+    def step(self, grads_arg: Any, grad_scale: float) -> bool:
+        error: Optional[Exception] = None
+        signature = 0
         try:
-            grads_list, _ = _check_step_input(self.opt, grads, grad_scale, written=written)
+            grads, _ = _check_step_input(self.opt, grads_arg, grad_scale, written=True)
             signature = _layout_signature(_all_params(self.opt))
         except (TypeError, ValueError) as exc:
             error = exc
         agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
-        return grads_list
-
-    def step(self, grads, grad_scale) -> bool:
-        grads = self._checked(grads, grad_scale, written=True)
         for dtype, run in _by_dtype(grads).items():
             layout = FlatLayout(run)
             scratch = None
@@ -513,9 +529,9 @@ class _ReplicatedStep:
                     scratch = self._scratch[dtype] = np.empty(size, dtype)
             _run_buckets(layout, dtype, self.bucket_bytes,
                          lambda buf: _mean_in_place(self.comm, buf), scratch=scratch)
-        return self.opt._step_local(grads, grad_scale=grad_scale)
+        return self.opt._step_local(grads, grad_scale)
 
-    def consolidated_state_dict(self, root: int = 0):
+    def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
         _check_root(self.comm, root, type(self.opt).__name__)
         return self.opt.state_dict() if self.comm.rank == root else None
 
@@ -523,38 +539,37 @@ class _ReplicatedStep:
         pass
 
 
-def _check_root(comm: Communicator, root, where: str) -> None:
+def _check_root(comm: Communicator, root: Any, where: str) -> None:
     if isinstance(root, bool) or not isinstance(root, numbers.Integral):
         raise TypeError(f"{where}: root must be an int, got {type(root).__name__}")
-    if not 0 <= root < comm.size:
+    if not 0 <= int(root) < comm.size:
         raise ValueError(f"{where}: root must be in [0, {comm.size}), got {root}")
 
 
-def _groups_for_state_dict(opt) -> List[Dict[str, Any]]:
-    groups, offset = [], 0
+def _groups_for_state_dict(opt: Optimizer) -> List[Dict[str, Any]]:
+    groups: List[Dict[str, Any]] = []
+    offset = 0
     for group in opt.param_groups:
         n = len(group["params"])
-        groups.append({**{k: v for k, v in group.items() if k != "params"},
+        groups.append({**{k: v for k, v in group.items() if k not in ("params", "grads")},
                        "params": list(range(offset, offset + n))})
         offset += n
     return groups
 
 
-class _ShardedStep:
-    """ZeRO stage 1. The params, flattened in group order, are cut into one contiguous
-    shard per rank (near-equal element counts; a shard may cut through tensors). A step
+class ShardedDataParallel(DataParallel):
+    """The steps of an optimizer built with ``comm=`` and ``shard_state=True``: ZeRO-1.
+
+    The params, flattened in group order, are cut into one contiguous shard per rank
+    (near-equal element counts; a shard may cut through tensors). A step
     reduce-scatters the grads so each rank gets the average of its shard, runs the fused
     step on views of its shard (the optimizer state exists for the shard only), then
     allgathers the updated params into every rank's arrays. The user's grads are only
     read. The global grad norm and the non-finite check are agreed with one small
     allgather (partial sums added in rank order), so every rank decides the same."""
 
-    sharded = True
-
-    def __init__(self, opt, comm: Communicator) -> None:
-        self.opt = opt
-        self.comm = comm
-        bucket_bytes = DEFAULT_BUCKET_BYTES
+    def __init__(self, opt: Optimizer, comm: Communicator) -> None:
+        super().__init__(opt, comm)
         params = _all_params(opt)
         self.dtype = params[0].dtype
         self.mpi_type = _mpi_dtype(self.dtype)
@@ -563,8 +578,9 @@ class _ShardedStep:
         self.counts, self.displs = _split(self.total, comm.size)
         self.lo, self.count = self.displs[comm.rank], self.counts[comm.rank]
         # Buckets: bucket k holds the k-th of n_buckets pieces of every rank's shard.
-        n_buckets = max(1, -(-self.total * self.dtype.itemsize // bucket_bytes))
-        self.buckets = []
+        n_buckets = max(1, -(-self.total * self.dtype.itemsize // self.bucket_bytes))
+        # (each rank's first flat index, count, displacement in the bucket)
+        self.buckets: List[Tuple[List[int], List[int], List[int]]] = []
         for k in range(n_buckets):
             starts = [d + c * k // n_buckets for c, d in zip(self.counts, self.displs)]
             ends = [d + c * (k + 1) // n_buckets for c, d in zip(self.counts, self.displs)]
@@ -572,9 +588,10 @@ class _ShardedStep:
             self.buckets.append((starts, counts, _split_displs(counts)))
         self.bucket = np.empty(max(sum(b[1]) for b in self.buckets), self.dtype)
         self.grad_shard = np.zeros(self.count, self.dtype)
-        self.state_flat: Dict[str, np.ndarray] = {}  # state name -> the shard's state
+        self.state_flat: Dict[str, Array] = {}  # state name -> the shard's state
         group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
-        self.pieces = []  # (param index, offset in the shard, view of the param's elements)
+        # (param index, offset in the shard, view of the param's elements in the shard)
+        self.pieces: List[Tuple[int, int, Array]] = []
         offset = 0
         for i, view in self.layout.views(self.lo, self.lo + self.count):
             self.pieces.append((i, offset, view))
@@ -582,13 +599,13 @@ class _ShardedStep:
         self.group_of_piece = [group_of_param[i] for i, _, _ in self.pieces]
         self.groups_used = max(self.group_of_piece, default=-1) + 1
         self.grad_views = [self.grad_shard[off:off + v.size] for _, off, v in self.pieces]
-        self._plan = None
+        self._plan: Any = None
 
     # ------------------------------------------------------------ stepping
 
     def _ensure_state(self) -> None:
         opt = self.opt
-        needed = set()
+        needed: set[str] = set()
         for group in opt.param_groups:
             needed.update(opt._needed_state(group))
         for name in opt._state_names:
@@ -596,7 +613,7 @@ class _ShardedStep:
                 self.state_flat[name] = np.zeros(self.count, self.dtype)
                 self._plan = None
 
-    def _current_plan(self):
+    def _current_plan(self) -> Any:
         self._ensure_state()
         if self._plan is None:
             from . import _core
@@ -609,17 +626,16 @@ class _ShardedStep:
                                               self.group_of_piece, columns)
         return self._plan
 
-    def step(self, grads, grad_scale) -> bool:
+    def step(self, grads_arg: Any, grad_scale: float) -> bool:
         from . import _core
         opt, comm = self.opt, self.comm
-        where = f"{type(opt).__name__}.step"
-        error, grads_list, groups = None, None, None
+        error: Optional[Exception] = None
         try:
-            grads_list, groups = _check_step_input(opt, grads, grad_scale, written=False)
+            grads, groups = _check_step_input(opt, grads_arg, grad_scale, written=False)
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(comm, error, where)
-        self._reduce_scatter_mean(FlatLayout(grads_list))
+        agree(comm, error, f"{type(opt).__name__}.step")
+        self._reduce_scatter_mean(FlatLayout(grads))
 
         divisor = float(grad_scale)
         if opt.max_grad_norm is not None or opt.skip_nonfinite:
@@ -701,12 +717,12 @@ class _ShardedStep:
                 "param_groups": _groups_for_state_dict(opt), "step": opt._step,
                 "started": list(opt._started), "shard": self._shard_info()}
 
-    def consolidated_state_dict(self, root: int = 0):
+    def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
         """Collective: the whole state on ``root``, in the unsharded optimizer's format
         (loadable by either); None on the other ranks."""
         opt, comm = self.opt, self.comm
         where = f"{type(opt).__name__}.consolidated_state_dict"
-        error = None
+        error: Optional[Exception] = None
         try:
             _check_root(comm, root, where)
         except (TypeError, ValueError) as exc:
@@ -714,13 +730,14 @@ class _ShardedStep:
         self._ensure_state()
         names = [n for n in opt._state_names if n in self.state_flat]
         agree(comm, error, where, zlib.crc32(",".join(names).encode()))
-        full = {}
+        full: Dict[str, Array] = {}
         for name in names:
-            recv = np.empty(self.total, self.dtype) if comm.rank == root else None
-            comm.mpi.Gatherv([self.state_flat[name], self.mpi_type],
-                             None if recv is None else [recv, self.counts, self.displs, self.mpi_type],
-                             root=root)
-            full[name] = recv
+            if comm.rank == root:
+                full[name] = np.empty(self.total, self.dtype)
+                comm.mpi.Gatherv([self.state_flat[name], self.mpi_type],
+                                 [full[name], self.counts, self.displs, self.mpi_type], root=root)
+            else:
+                comm.mpi.Gatherv([self.state_flat[name], self.mpi_type], None, root=root)
         if comm.rank != root:
             return None
         state = {}
@@ -734,32 +751,20 @@ class _ShardedStep:
                 state[i] = entry
         return {"state": state, "param_groups": _groups_for_state_dict(opt), "step": opt._step}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Any) -> None:
         """Accepts this rank's shard (from ``state_dict()``) or a whole state (from
         ``consolidated_state_dict()`` or an unsharded optimizer); validated first."""
         opt = self.opt
-        name = type(opt).__name__
-        if not isinstance(state_dict, dict) or not {"state", "param_groups", "step"} <= state_dict.keys():
-            raise ValueError(f"{name}: state_dict must have 'state', 'param_groups' and 'step'")
-        groups = state_dict["param_groups"]
-        if len(groups) != len(opt.param_groups):
-            raise ValueError(f"{name}: state_dict has {len(groups)} param groups, the optimizer "
-                             f"has {len(opt.param_groups)}")
-        for gi, (saved, group) in enumerate(zip(groups, opt.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"{name}: param_groups[{gi}] has {len(saved['params'])} params in "
-                                 f"state_dict but {len(group['params'])} in the optimizer")
-            opt._check_group({**group, **{k: v for k, v in saved.items() if k != "params"}}, gi)
-        step = state_dict["step"]
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"{name}: state_dict['step'] must be an int >= 0, got {step!r}")
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{type(opt).__name__}: state_dict must be a dict, got "
+                            f"{type(state_dict).__name__}")
         if "shard" in state_dict:
             flats, started = self._checked_shard(state_dict)
         else:
             flats, started = self._checked_whole(state_dict)
-        # Everything checked: apply.
-        for saved, group in zip(groups, opt.param_groups):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+        # The optimizer checks the rest (groups, step) and applies it, or raises having
+        # changed nothing; it holds no per-param state, so it gets none.
+        opt._load_state_dict_local({**state_dict, "state": {}})
         for key in list(self.state_flat):
             if key not in flats:
                 self.state_flat[key][...] = 0
@@ -770,10 +775,11 @@ class _ShardedStep:
                 self.state_flat[key] = np.array(flat, self.dtype, copy=True)
                 self._plan = None
         opt._started = started
-        opt._step = int(step)
 
-    def _checked_shard(self, state_dict):
+    def _checked_shard(self, state_dict: Dict[str, Any]) -> Tuple[Dict[str, Array], List[bool]]:
         name = type(self.opt).__name__
+        if not isinstance(state_dict.get("state"), dict):
+            raise TypeError(f"{name}: state_dict['state'] must be a dict of flat shard arrays")
         if state_dict["shard"] != self._shard_info():
             raise ValueError(f"{name}: the state_dict is the shard {state_dict['shard']}, this rank's "
                              f"shard is {self._shard_info()}")
@@ -795,13 +801,15 @@ class _ShardedStep:
             flats[key] = value
         return flats, list(started)
 
-    def _checked_whole(self, state_dict):
+    def _checked_whole(self, state_dict: Dict[str, Any]) -> Tuple[Dict[str, Array], List[bool]]:
         opt = self.opt
         name = type(opt).__name__
         params = _all_params(opt)
-        saved_state = state_dict["state"]
+        saved_state = state_dict.get("state")
+        if not isinstance(saved_state, dict) or not all(isinstance(e, dict) for e in saved_state.values()):
+            raise TypeError(f"{name}: state_dict['state'] must be a dict of per-param dicts")
         for i, entry in saved_state.items():
-            if not isinstance(i, numbers.Integral) or not 0 <= i < len(params):
+            if not isinstance(i, numbers.Integral) or not 0 <= int(i) < len(params):
                 raise ValueError(f"{name}: state_dict['state'] has an entry for param {i!r}, "
                                  f"the optimizer has {len(params)} params")
             for key, value in entry.items():
@@ -815,7 +823,8 @@ class _ShardedStep:
                 if value.shape != params[i].shape:
                     raise ValueError(f"{name}: state {key!r} of param {i} has shape {value.shape}, "
                                      f"the param has {params[i].shape}")
-        started, offset = [], 0
+        started: List[bool] = []
+        offset = 0
         for group in opt.param_groups:
             indices = range(offset, offset + len(group["params"]))
             started.append(bool(indices) and all(
@@ -842,7 +851,7 @@ def _split_displs(counts: Sequence[int]) -> List[int]:
 
 # ---------------------------------------------------------------- SyncBatchNorm
 
-def _check_like(a, x, where: str, name: str, *, written: bool) -> None:
+def _check_like(a: Any, x: Array, where: str, name: str, *, written: bool) -> None:
     """``a`` has x's shape and dtype and, if written, can be written in place."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(a).__name__}")
@@ -856,8 +865,8 @@ def _check_like(a, x, where: str, name: str, *, written: bool) -> None:
         raise ValueError(f"{where}: {name} must be writeable and aligned")
 
 
-def _allgather_rows(comm: Communicator, row: Optional[np.ndarray], width: int,
-                    error: Optional[BaseException], where: str) -> np.ndarray:
+def _allgather_rows(comm: Communicator, row: Optional[Array], width: int,
+                    error: Optional[Exception], where: str) -> Array:
     """Collective: every rank's float64 ``row`` (``width`` values), in rank order, behind
     an error flag: if any rank has an ``error``, every rank raises."""
     send = np.zeros(width + 1)
@@ -872,15 +881,17 @@ def _allgather_rows(comm: Communicator, row: Optional[np.ndarray], width: int,
     return rows[:, 1:]
 
 
-def sync_batch_norm_forward(layer, x, out):
+def sync_batch_norm_forward(layer: BatchNorm, comm: Communicator, x: Any,
+                            out: Optional[Array]) -> Tuple[Array, Array, Array, float]:
     """Training forward of ``layer`` (a fusedops.nn.BatchNorm) with statistics of the
     global batch: each rank's (count, mean, m2) per channel are allgathered and combined
     in rank order (Chan), identically on every rank. Updates the running statistics
     (global unbiased variance). Returns (y, mean, invstd, global count)."""
     from . import _core
-    comm, where = layer.comm, "BatchNorm.forward"
+    where = "BatchNorm.forward"
     c = layer.num_features
-    error, row = None, None
+    error: Optional[Exception] = None
+    row: Optional[Array] = None
     try:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{where}: x must be a numpy.ndarray, got {type(x).__name__}")
@@ -906,23 +917,26 @@ def sync_batch_norm_forward(layer, x, out):
     invstd = 1.0 / np.sqrt(var + layer.eps)
     y = _core.batch_norm_elemt(x, layer.weight, layer.bias, mean, invstd,
                                channel_axis=layer.channel_axis, out=out)
-    if layer.running_mean is not None:
+    if layer.running_mean is not None and layer.running_var is not None:
         momentum = layer.momentum
         layer.running_mean[...] = (1 - momentum) * layer.running_mean + momentum * mean
         layer.running_var[...] = (1 - momentum) * layer.running_var + momentum * (m2 / (count - 1))
     return y, mean, invstd, count
 
 
-def sync_batch_norm_backward(layer, dy, x, mean, invstd, count, out):
+def sync_batch_norm_backward(layer: BatchNorm, comm: Communicator, dy: Any, x: Array,
+                             mean: Array, invstd: Array, count: float,
+                             out: Optional[Array]) -> Tuple[Array, Array, Array]:
     """Backward of :func:`sync_batch_norm_forward`: the per-channel sums of dy and
     dy * xhat are allgathered and added in rank order; dx uses the global sums and count.
     Returns (dx, dweight, dbias) where dweight = sum(dy * xhat) and dbias = sum(dy) over
     this rank's rows: the parameter gradients of this rank's loss, which a data-parallel
     optimizer then averages, as for any other parameter."""
     from . import _core
-    comm, where = layer.comm, "BatchNorm.backward"
+    where = "BatchNorm.backward"
     c = layer.num_features
-    error, row = None, None
+    error: Optional[Exception] = None
+    row: Optional[Array] = None
     try:
         _check_like(dy, x, where, "dy", written=False)
         if out is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
+from . import distributed
 from ._core import batch_norm_backward, batch_norm_forward
 
 __all__ = ["BatchNorm"]
@@ -33,9 +36,25 @@ class BatchNorm:
     modify ``x`` in between.
     """
 
+    num_features: int
+    eps: float
+    momentum: float
+    affine: bool
+    track_running_stats: bool
+    channel_axis: int
+    dtype: "np.dtype[Any]"
+    weight: Optional[npt.NDArray[Any]]
+    bias: Optional[npt.NDArray[Any]]
+    grad_weight: Optional[npt.NDArray[Any]]
+    grad_bias: Optional[npt.NDArray[Any]]
+    running_mean: Optional[npt.NDArray[Any]]
+    running_var: Optional[npt.NDArray[Any]]
+    _saved: Optional[Tuple[Any, ...]]
+
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 channel_axis: int = 1, dtype=np.float32, comm=None) -> None:
+                 channel_axis: int = 1, dtype: npt.DTypeLike = np.float32,
+                 comm: Any = None) -> None:
         if not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool):
             raise TypeError(f"BatchNorm: num_features must be an int, got "
                             f"{type(num_features).__name__}")
@@ -65,21 +84,21 @@ class BatchNorm:
         self.running_mean = np.zeros(c, dtype) if track_running_stats else None
         self.running_var = np.ones(c, dtype) if track_running_stats else None
         self._saved = None  # (x, save_mean, save_invstd, batch statistics used, global count)
-        self.comm = None  # set: training statistics are synchronized over its ranks
+        # Set when training statistics are synchronized over more than one rank.
+        self.comm: Optional[distributed.Communicator] = None
         if comm is not None:
-            from .distributed import as_communicator
-            comm = as_communicator(comm, "BatchNorm")
-            self.comm = comm if comm.size > 1 else None
+            ranks = distributed.as_communicator(comm, "BatchNorm")
+            self.comm = ranks if ranks.size > 1 else None
 
     def forward(self, x: np.ndarray, training: bool = True, *,
                 out: np.ndarray | None = None) -> np.ndarray:
         """Normalizes ``x``; caches what ``backward`` needs."""
         if self.comm is not None and training:
-            from .distributed import sync_batch_norm_forward
-            y, mean, invstd, count = sync_batch_norm_forward(self, x, out)
+            y, mean, invstd, count = distributed.sync_batch_norm_forward(self, self.comm, x, out)
             self._saved = (x, mean, invstd, True, count)
             return y
         self._check_dtype("x", x)
+        self._check_channels(x)
         use_batch_stats = training or not self.track_running_stats
         y, save_mean, save_invstd = batch_norm_forward(
             x, self.weight, self.bias, self.running_mean, self.running_var,
@@ -93,16 +112,17 @@ class BatchNorm:
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward: call forward first")
         x, save_mean, save_invstd, use_batch_stats, global_count = self._saved
-        if global_count is not None:
-            from .distributed import sync_batch_norm_backward
-            dx, dweight, dbias = sync_batch_norm_backward(self, dy, x, save_mean, save_invstd,
-                                                          global_count, out)
+        dweight: Optional[np.ndarray]
+        dbias: Optional[np.ndarray]
+        if global_count is not None and self.comm is not None:
+            dx, dweight, dbias = distributed.sync_batch_norm_backward(
+                self, self.comm, dy, x, save_mean, save_invstd, global_count, out)
         else:
             self._check_dtype("dy", dy)
             dx, dweight, dbias = batch_norm_backward(
                 dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
                 channel_axis=self.channel_axis, out=out)
-        if self.affine:
+        if self.grad_weight is not None and self.grad_bias is not None:
             self.grad_weight[...] = dweight
             self.grad_bias[...] = dbias
         return dx
@@ -111,13 +131,32 @@ class BatchNorm:
 
     def parameters(self) -> list[np.ndarray]:
         """``[weight, bias]`` (empty without affine), updated in place by optimizers."""
-        return [self.weight, self.bias] if self.affine else []
+        if self.weight is None or self.bias is None:
+            return []
+        return [self.weight, self.bias]
 
     def gradients(self) -> list[np.ndarray]:
         """``[grad_weight, grad_bias]``, aligned with ``parameters()``."""
-        return [self.grad_weight, self.grad_bias] if self.affine else []
+        if self.grad_weight is None or self.grad_bias is None:
+            return []
+        return [self.grad_weight, self.grad_bias]
 
-    def _check_dtype(self, name: str, a) -> None:
+    def _check_channels(self, x: np.ndarray) -> None:
+        if not isinstance(x, np.ndarray) or x.ndim < 2:
+            return  # the kernel's own check names the problem
+        found = x.shape[self.channel_axis]
+        if found == self.num_features:
+            return
+        hint = ""
+        other = -1 if self.channel_axis == 1 else 1
+        if x.shape[other] == self.num_features:
+            layout = "(N, *spatial, C)" if other == -1 else "(N, C, *spatial)"
+            hint = (f"; x looks like {layout}: build the layer with channel_axis={other}")
+        raise ValueError(f"{self!r}: x has shape {x.shape}, with {found} channels on "
+                         f"channel_axis={self.channel_axis}, but the layer has "
+                         f"{self.num_features}{hint}")
+
+    def _check_dtype(self, name: str, a: object) -> None:
         if isinstance(a, np.ndarray) and a.dtype != self.dtype:
             raise TypeError(f"BatchNorm: {name} has dtype {a.dtype} but the layer has dtype "
                             f"{self.dtype}")

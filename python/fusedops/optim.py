@@ -2,22 +2,60 @@
 
 The optimizer owns its state arrays; params are updated in place. ``step(grads)`` takes a
 flat list of gradients aligned with the params in param-group order and updates every
-tensor of every group in one native call (one parallel region, GIL released). A sequence
+tensor of every group in one native call (one parallel region, GIL released). Gradients
+can also be bound once, per group (``{"params": [...], "grads": [...]}``): then
+``step()`` takes no argument and a list in the wrong order cannot be passed. A sequence
 of steps is bitwise identical to the same sequence of functional calls
 (:func:`fusedops.sgd_step`, :func:`fusedops.adam_step`, :func:`fusedops.adamw_step`).
+
+One optimizer is stepped from one thread at a time: a ``step`` that starts while another
+thread's ``step`` of the same optimizer runs raises ``RuntimeError``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, List, Optional
+import threading
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
-from . import _core
+from . import _core, distributed
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "ParamGroup", "Params"]
+
+Array = npt.NDArray[Any]
+#: A param group: ``{"params": [arrays], "grads": [arrays] (optional), **hyperparameters}``.
+ParamGroup = Dict[str, Any]
+#: What the optimizers take: arrays, or param-group dicts.
+Params = Union[Iterable[Array], Iterable[ParamGroup]]
+
+_COMMON_OPTIONS_DOC = """
+    Options every optimizer class shares:
+
+    - ``params``: a list of arrays (one group), or a list of param-group dicts
+      ``{"params": [...], **overrides}``; a group may also carry ``"grads": [...]``, its
+      gradient buffers (same shapes, same order): when every group has them,
+      ``step()`` takes no argument.
+    - ``max_grad_norm``: if given, the global L2 norm of all grads (after dividing by
+      ``grad_scale``) is computed inside the step and the update uses the grads scaled by
+      ``min(1, max_grad_norm / (norm + 1e-6))``, as ``clip_grad_norm`` followed by
+      ``step``; the grad arrays are not modified.
+    - ``skip_nonfinite``: if any grad holds NaN or Inf, nothing changes (params, state,
+      step count) and ``step`` returns False, as AMP's GradScaler skips a step.
+    - ``l1``: an L1 penalty, ``l1 * sign(p)`` added to the gradient (after weight decay).
+    - ``step(grads, grad_scale=s)``: the grads are divided by ``s`` first (the loss scale of
+      mixed-precision training).
+    - ``grads`` passed to ``step`` are a flat list aligned with the params in param-group
+      order: group 0's params first, then group 1's, and so on.
+    - ``comm``: a ``fusedops.distributed`` communicator (or an mpi4py Comm) for data
+      parallelism: ``step`` averages the grads over the ranks in place, then clips with the
+      global norm; ``skip_nonfinite`` decides the same on every rank. ``shard_state=True``
+      (ZeRO-1): each rank keeps and updates 1/N of the state; the grads are only read.
+      With one rank both are no-ops. See ``fusedops.distributed``.
+"""
 
 
 def _real(value: Any, where: str) -> float:
@@ -32,23 +70,44 @@ def _flag(value: Any, where: str) -> bool:
     return bool(value)
 
 
+def _array_list(value: Any, where: str) -> Tuple[Array, ...]:
+    """A tuple snapshot of one array or a list/tuple of arrays; TypeError otherwise."""
+    if isinstance(value, np.ndarray):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{where} must be a list of numpy.ndarray, got {type(value).__name__}")
+    items = tuple(value)
+    for i, a in enumerate(items):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{where}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+    return items
+
+
 class Optimizer:
     """Shared machinery: param groups, owned state, the native plan, state_dict."""
 
-    _state_names: tuple = ()
+    _state_names: Tuple[str, ...] = ()
+    def _check_native(self, where: str, args: Tuple[Any, ...]) -> None:
+        """Range checks of one group's hyperparameters (the native step's own checks)."""
+        raise NotImplementedError
 
-    def __init__(self, params, defaults: Dict[str, Any], *, max_grad_norm=None,
-                 skip_nonfinite=False, comm=None, shard_state=False):
-        self._dist = None  # runs the steps when comm= spans more than one rank
+    def _native_step(self, plan: Any, grads: Sequence[Array], groups: List[Tuple[Any, ...]],
+                     grad_scale: float) -> bool:
+        raise NotImplementedError
+
+    def __init__(self, params: Params, defaults: Dict[str, Any], *,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
+        self._dist: Optional[distributed.DataParallel] = None  # steps with comm= (> 1 rank)
         if comm is None and shard_state is False:
             self._setup(params, defaults, max_grad_norm, skip_nonfinite)
         else:
-            from . import distributed
             self._dist = distributed.attach(
                 self, comm, shard_state,
                 lambda: self._setup(params, defaults, max_grad_norm, skip_nonfinite))
 
-    def _setup(self, params, defaults, max_grad_norm, skip_nonfinite) -> None:
+    def _setup(self, params: Params, defaults: Dict[str, Any], max_grad_norm: Optional[float],
+               skip_nonfinite: bool) -> None:
         name = type(self).__name__
         if max_grad_norm is not None:
             max_grad_norm = _real(max_grad_norm, f"{name}: max_grad_norm")
@@ -60,37 +119,50 @@ class Optimizer:
         self.param_groups: List[Dict[str, Any]] = []
         self.state: List[Dict[str, np.ndarray]] = []  # one dict per param, in group order
         self._started: List[bool] = []  # per group: has an update been applied (SGD momentum)
-        self._allocated: List[tuple] = []  # per group: the state names its params hold
+        self._allocated: List[Tuple[Any, ...]] = []  # per group: the state names its params hold
         self._step = 0
-        self._plan = None
-        self._plan_key: tuple = ()
+        self._plan: Any = None
+        self._plan_key: Tuple[Any, ...] = ()
+        self._stepping = threading.Lock()
         if isinstance(params, np.ndarray):
             raise TypeError(f"{name}: params must be a list of arrays or of param-group dicts, "
                             "not a single array (wrap it in a list)")
-        params = list(params)
-        if not params:
+        items: List[Any] = list(params)
+        if not items:
             raise ValueError(f"{name}: got an empty parameter list")
-        groups = params if all(isinstance(p, dict) for p in params) else [{"params": params}]
+        groups = items if all(isinstance(p, dict) for p in items) else [{"params": items}]
         for group in groups:
             self.add_param_group(group)
 
     # ------------------------------------------------------------ groups and state
 
-    def add_param_group(self, group: Dict[str, Any]) -> None:
-        """Adds a group ``{"params": [...], **overrides}``; unset keys take the defaults."""
+    def add_param_group(self, group: ParamGroup) -> None:
+        """Adds a group ``{"params": [...], "grads": [...] (optional), **overrides}``.
+
+        Unset hyperparameters take the optimizer's defaults. ``"grads"``, when given, binds
+        the group's gradient buffers: one array per param, same shapes, same order.
+        """
         name = type(self).__name__
         if self._dist is not None:
             self._dist.check_add_param_group()
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{name}: a param group must be a dict with a 'params' key")
-        params = group["params"]
-        params = (params,) if isinstance(params, np.ndarray) else tuple(params)
         index = len(self.param_groups)
-        for i, p in enumerate(params):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"{name}: param_groups[{index}]['params'][{i}] must be a "
-                                f"numpy.ndarray, got {type(p).__name__}")
+        params = _array_list(group["params"], f"{name}: param_groups[{index}]['params']")
         new = {**self.defaults, **group, "params": params}
+        if "grads" in group:
+            grads = _array_list(group["grads"], f"{name}: param_groups[{index}]['grads']")
+            if len(grads) != len(params):
+                raise ValueError(f"{name}: param_groups[{index}] has {len(params)} params but "
+                                 f"{len(grads)} grads; bind one gradient buffer per param")
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if g.shape != p.shape:
+                    raise ValueError(f"{name}: param_groups[{index}]['grads'][{i}] has shape "
+                                     f"{g.shape} but its param has shape {p.shape}")
+                if g.dtype != p.dtype:
+                    raise TypeError(f"{name}: param_groups[{index}]['grads'][{i}] has dtype "
+                                    f"{g.dtype} but its param has dtype {p.dtype}")
+            new["grads"] = grads
         self._check_group(new, index)
         existing = [p for g in self.param_groups for p in g["params"]]
         self._build_plan([*existing, *params], [*self.param_groups, new],
@@ -101,7 +173,7 @@ class Optimizer:
         self._allocated.append(())
         self._plan = None
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         raise NotImplementedError
 
     def _ensure_state(self) -> None:
@@ -119,12 +191,13 @@ class Optimizer:
                 self._plan = None
             offset += n
 
-    def _build_plan(self, params, groups, states):
+    def _build_plan(self, params: Sequence[Array], groups: Sequence[ParamGroup],
+                    states: Sequence[Dict[str, Array]]) -> Any:
         group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         columns = [[st.get(key) for st in states] for key in self._state_names]
         return _core._OptimizerPlan(type(self).__name__, list(params), group_of, columns)
 
-    def _current_plan(self):
+    def _current_plan(self) -> Any:
         key = tuple(g["params"] for g in self.param_groups)
         if self._plan is not None and len(key) == len(self._plan_key) and all(
                 a is b for a, b in zip(key, self._plan_key)):
@@ -143,24 +216,54 @@ class Optimizer:
 
     # ------------------------------------------------------------ stepping
 
-    def _group_args(self, group, index) -> tuple:
+    def _group_args(self, group: ParamGroup, index: int) -> Tuple[Any, ...]:
         raise NotImplementedError
 
-    def _check_group(self, group, index) -> None:
+    def _check_group(self, group: ParamGroup, index: int) -> None:
         """Type and range checks of a group's hyperparameters (steps re-check them natively)."""
         self._check_native(f"{type(self).__name__}: param_groups[{index}]", self._group_args(group, index))
 
-    def step(self, grads, *, grad_scale: float = 1.0) -> bool:
-        """Updates every param from ``grads`` (flat, in group order). True if applied.
+    def _bound_grads(self) -> List[Array]:
+        name = type(self).__name__
+        grads: List[Array] = []
+        for gi, group in enumerate(self.param_groups):
+            if "grads" not in group:
+                raise ValueError(f"{name}: step() without grads needs every param group to bind "
+                                 f"its gradient buffers, and param_groups[{gi}] has no 'grads'; "
+                                 "pass step(grads) or add 'grads' to every group")
+            bound = group["grads"]
+            if not isinstance(bound, tuple) or len(bound) != len(group["params"]):
+                raise ValueError(f"{name}: param_groups[{gi}]['grads'] was replaced by something "
+                                 "other than the bound tuple of one array per param")
+            grads.extend(bound)
+        return grads
+
+    def step(self, grads: Optional[Sequence[Array]] = None, *, grad_scale: float = 1.0) -> bool:
+        """Updates every param in place; returns True if the update was applied.
+
+        ``grads``: a flat list of arrays aligned with the params in param-group order;
+        omit it when every param group binds its ``"grads"``. ``grad_scale``: the grads are
+        divided by it first (a loss scale). Returns False, changing nothing, when
+        ``skip_nonfinite`` is set and a grad holds NaN/Inf.
 
         With ``comm=``, the grads are first averaged over the ranks, in place (the arrays
         receive the average); with ``shard_state=True`` they are only read.
         """
-        if self._dist is not None:
-            return self._dist.step(grads, grad_scale)
-        return self._step_local(grads, grad_scale)
+        # The update runs with the GIL released: a second thread's step would race on the
+        # same params, state and step count. It is refused rather than queued, so that the
+        # mistake shows.
+        if not self._stepping.acquire(blocking=False):
+            raise RuntimeError(f"{type(self).__name__}: step() called while another thread is "
+                               "running step() on the same optimizer; step one optimizer from "
+                               "one thread at a time (or guard it with a lock)")
+        try:
+            if self._dist is not None:  # it checks the input on every rank before any collective
+                return self._dist.step(grads, grad_scale)
+            return self._step_local(self._bound_grads() if grads is None else grads, grad_scale)
+        finally:
+            self._stepping.release()
 
-    def _step_local(self, grads, grad_scale: float) -> bool:
+    def _step_local(self, grads: Sequence[Array], grad_scale: float) -> bool:
         if self._plan is not None:
             self._ensure_state()
         plan = self._current_plan()
@@ -179,13 +282,13 @@ class Optimizer:
     def state_dict(self) -> Dict[str, Any]:
         """Plain Python/NumPy objects (picklable): state arrays are copies. With
         ``shard_state=True``, the rank's shard (see ``consolidated_state_dict``)."""
-        if self._dist is not None and self._dist.sharded:
+        if isinstance(self._dist, distributed.ShardedDataParallel):
             return self._dist.state_dict()
         groups = []
         offset = 0
         for group in self.param_groups:
             n = len(group["params"])
-            groups.append({**{k: v for k, v in group.items() if k != "params"},
+            groups.append({**{k: v for k, v in group.items() if k not in ("params", "grads")},
                            "params": list(range(offset, offset + n))})
             offset += n
         state = {}
@@ -204,38 +307,61 @@ class Optimizer:
                 return gi
         raise IndexError(index)
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restores hyperparameters and state (validated first; copies into owned arrays)."""
-        if self._dist is not None and self._dist.sharded:
-            return self._dist.load_state_dict(state_dict)
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores hyperparameters and state (validated first; copies into owned arrays).
+
+        A malformed ``state_dict`` raises TypeError (wrong types) or ValueError (wrong
+        keys, counts or shapes) and changes nothing. With ``shard_state=True``: the rank's
+        shard (``state_dict()``) or the whole state (``consolidated_state_dict()``).
+        """
+        if isinstance(self._dist, distributed.ShardedDataParallel):
+            self._dist.load_state_dict(state_dict)
+        else:
+            self._load_state_dict_local(state_dict)
+
+    def _load_state_dict_local(self, state_dict: Mapping[str, Any]) -> None:
         name = type(self).__name__
-        if not isinstance(state_dict, dict) or not {"state", "param_groups", "step"} <= state_dict.keys():
-            raise ValueError(f"{name}: state_dict must have 'state', 'param_groups' and 'step'")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name}: state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = {"state", "param_groups", "step"} - set(state_dict.keys())
+        if missing:
+            raise ValueError(f"{name}: state_dict is missing {sorted(missing)}; it must have "
+                             "'state', 'param_groups' and 'step' (as state_dict() returns)")
         groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)):
+            raise TypeError(f"{name}: state_dict['param_groups'] must be a list of dicts, got "
+                            f"{type(groups).__name__}")
         if len(groups) != len(self.param_groups):
             raise ValueError(f"{name}: state_dict has {len(groups)} param groups, the optimizer "
                              f"has {len(self.param_groups)}")
         for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, Mapping):
+                raise TypeError(f"{name}: state_dict['param_groups'][{gi}] must be a dict, got "
+                                f"{type(saved).__name__}")
+            if not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"{name}: state_dict['param_groups'][{gi}] needs a 'params' list "
+                                 "of param indices")
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"{name}: param_groups[{gi}] has {len(saved['params'])} params in "
                                  f"state_dict but {len(group['params'])} in the optimizer")
             self._check_group({**group, **{k: v for k, v in saved.items() if k != "params"}}, gi)
         step = state_dict["step"]
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"{name}: state_dict['step'] must be an int >= 0, got {step!r}")
+        if step < 0:
             raise ValueError(f"{name}: state_dict['step'] must be an int >= 0, got {step!r}")
         params = [p for g in self.param_groups for p in g["params"]]
         saved_state = state_dict["state"]
-        started = []
-        offset = 0
-        for gi, group in enumerate(self.param_groups):
-            indices = range(offset, offset + len(group["params"]))
-            started.append(bool(indices) and all(
-                "momentum_buffer" in saved_state.get(i, {}) for i in indices))
-            offset += len(group["params"])
+        if not isinstance(saved_state, Mapping):
+            raise TypeError(f"{name}: state_dict['state'] must be a dict {{param index: "
+                            f"{{name: array}}}}, got {type(saved_state).__name__}")
         for i, entry in saved_state.items():
-            if not isinstance(i, numbers.Integral) or not 0 <= i < len(params):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(params):
                 raise ValueError(f"{name}: state_dict['state'] has an entry for param {i!r}, "
                                  f"the optimizer has {len(params)} params")
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"{name}: state_dict['state'][{i}] must be a dict of arrays, got "
+                                f"{type(entry).__name__}")
             for key, value in entry.items():
                 if key not in self._state_names:
                     raise ValueError(f"{name}: unknown state {key!r} for param {i}")
@@ -247,9 +373,16 @@ class Optimizer:
                 if value.shape != params[i].shape:
                     raise ValueError(f"{name}: state {key!r} of param {i} has shape {value.shape}, "
                                      f"the param has {params[i].shape}")
+        started = []
+        offset = 0
+        for gi, group in enumerate(self.param_groups):
+            indices = range(offset, offset + len(group["params"]))
+            started.append(bool(indices) and all(
+                "momentum_buffer" in saved_state.get(i, {}) for i in indices))
+            offset += len(group["params"])
         # Everything checked: apply.
         for saved, group in zip(groups, self.param_groups):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+            group.update({k: v for k, v in saved.items() if k not in ("params", "grads")})
         for i, st in enumerate(self.state):
             entry = saved_state.get(i, {})
             for key in list(st):
@@ -282,22 +415,44 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """torch.optim.SGD semantics (momentum, dampening, Nesterov, maximize), plus l1."""
+    """SGD with momentum, dampening, Nesterov and maximize: torch.optim.SGD's update.
 
+    Per element, with ``g = grad / grad_scale`` (negated when ``maximize``)::
+
+        g = g + weight_decay * p + l1 * sign(p)
+        if momentum != 0:
+            buf = g on the first step, else momentum * buf + (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+
+    Args:
+        params: arrays or param-group dicts (see below).
+        lr: learning rate (default 1e-3, as torch).
+        momentum: momentum factor (0 disables the buffer).
+        dampening: dampening of the momentum (0 <= dampening <= 1).
+        weight_decay: L2 penalty added to the gradient.
+        l1: L1 penalty, ``l1 * sign(p)`` added to the gradient.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening == 0).
+        maximize: maximize the objective instead of minimizing it.
+        max_grad_norm: clip by the global L2 norm of all grads, inside the step.
+        skip_nonfinite: skip the step (return False) when a grad holds NaN/Inf.
+"""
     _state_names = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
-                 nesterov=False, maximize=False, max_grad_norm=None, skip_nonfinite=False,
-                 comm=None, shard_state=False):
+    def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, l1: float = 0.0,
+                 nesterov: bool = False, maximize: bool = False,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
                          comm=comm, shard_state=shard_state)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _group_args(self, group, index) -> tuple:
+    def _group_args(self, group: ParamGroup, index: int) -> Tuple[Any, ...]:
         where = f"SGD: param_groups[{index}]"
         return (_real(group["lr"], f"{where}['lr']"), _real(group["momentum"], f"{where}['momentum']"),
                 _real(group["dampening"], f"{where}['dampening']"),
@@ -305,30 +460,57 @@ class SGD(Optimizer):
                 _flag(group["nesterov"], f"{where}['nesterov']"), _flag(group["maximize"], f"{where}['maximize']"),
                 not self._started[index] if index < len(self._started) else True)
 
-    _check_native = staticmethod(_core._check_sgd_group)
+    def _check_native(self, where: str, args: Tuple[Any, ...]) -> None:
+        _core._check_sgd_group(where, args)
 
-    def _native_step(self, plan, grads, groups, grad_scale) -> bool:
-        return plan.step_sgd(grads, groups, grad_scale, self.max_grad_norm, self.skip_nonfinite)
+    def _native_step(self, plan: Any, grads: Sequence[Array], groups: List[Tuple[Any, ...]],
+                     grad_scale: float) -> bool:
+        return bool(plan.step_sgd(grads, groups, grad_scale, self.max_grad_norm, self.skip_nonfinite))
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam semantics (L2 weight decay, AMSGrad, maximize), plus l1."""
+    """Adam with L2 weight decay, AMSGrad and maximize: torch.optim.Adam's update.
 
+    Per element, with ``g = grad / grad_scale`` (negated when ``maximize``) and ``t`` the
+    step count::
+
+        g = g + weight_decay * p + l1 * sign(p)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v) if amsgrad
+        p = p - lr / (1 - beta1**t) * m / (sqrt(v or vmax) / sqrt(1 - beta2**t) + eps)
+
+    Args:
+        params: arrays or param-group dicts (see below).
+        lr: learning rate.
+        betas: (beta1, beta2), each in [0, 1).
+        eps: added to the denominator.
+        weight_decay: L2 penalty added to the gradient (AdamW decouples it instead).
+        l1: L1 penalty, ``l1 * sign(p)`` added to the gradient.
+        amsgrad: keep the running maximum of v and divide by it.
+        maximize: maximize the objective instead of minimizing it.
+        max_grad_norm: clip by the global L2 norm of all grads, inside the step.
+        skip_nonfinite: skip the step (return False) when a grad holds NaN/Inf.
+"""
     _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0,
-                 amsgrad=False, maximize=False, max_grad_norm=None, skip_nonfinite=False,
-                 comm=None, shard_state=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, l1: float = 0.0,
+                 amsgrad: bool = False, maximize: bool = False,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
+        if not isinstance(betas, (tuple, list)):
+            raise TypeError(f"{type(self).__name__}: betas must be a pair of numbers, got {betas!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
                         amsgrad=amsgrad, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
                          comm=comm, shard_state=shard_state)
 
-    def _needed_state(self, group) -> tuple:
+    def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _group_args(self, group, index) -> tuple:
+    def _group_args(self, group: ParamGroup, index: int) -> Tuple[Any, ...]:
         name = type(self).__name__
         where = f"{name}: param_groups[{index}]"
         betas = group["betas"]
@@ -339,21 +521,33 @@ class Adam(Optimizer):
                 _real(group["weight_decay"], f"{where}['weight_decay']"), _real(group["l1"], f"{where}['l1']"),
                 _flag(group["amsgrad"], f"{where}['amsgrad']"), _flag(group["maximize"], f"{where}['maximize']"))
 
-    _check_native = staticmethod(_core._check_adam_group)
+    def _check_native(self, where: str, args: Tuple[Any, ...]) -> None:
+        _core._check_adam_group(where, args)
 
-    def _native_step(self, plan, grads, groups, grad_scale) -> bool:
-        return plan.step_adam(grads, groups, self._step + 1, self._decoupled, grad_scale,
-                              self.max_grad_norm, self.skip_nonfinite)
+    def _native_step(self, plan: Any, grads: Sequence[Array], groups: List[Tuple[Any, ...]],
+                     grad_scale: float) -> bool:
+        return bool(plan.step_adam(grads, groups, self._step + 1, self._decoupled, grad_scale,
+                                   self.max_grad_norm, self.skip_nonfinite))
 
 
 class AdamW(Adam):
-    """torch.optim.AdamW semantics: decoupled weight decay (default 1e-2)."""
+    """AdamW: Adam with decoupled weight decay (default 1e-2), torch.optim.AdamW's update.
 
+    As :class:`Adam`, except that weight decay is applied to the param, not the gradient:
+    ``p = p * (1 - lr * weight_decay)`` before the Adam update.
+"""
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0,
-                 amsgrad=False, maximize=False, max_grad_norm=None, skip_nonfinite=False,
-                 comm=None, shard_state=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, l1: float = 0.0,
+                 amsgrad: bool = False, maximize: bool = False,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
                          skip_nonfinite=skip_nonfinite, comm=comm, shard_state=shard_state)
+
+
+for _cls in (SGD, Adam, AdamW):
+    _cls.__doc__ = (_cls.__doc__ or "") + _COMMON_OPTIONS_DOC
+del _cls

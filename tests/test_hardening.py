@@ -1,0 +1,490 @@
+"""Memory safety under concurrency, fork, thread control, numerics at the edges and the
+errors of wrongly typed arguments. Cases that crashed or hung once run in a subprocess,
+so that a regression fails the test instead of killing the run."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fusedops as fo
+from checks import assert_rejected, misaligned
+from reference import adam_reference
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+
+def run_python(code, timeout=120, **env_overrides):
+    env = dict(os.environ)
+    env.pop("FUSEDOPS_ISA", None)
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ran_clean(result, expected_stdout):
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.stdout.split() == expected_stdout.split()
+
+
+# ------------------------------------------------------------------ owning references
+
+LIST_REPLACED_BY_ANOTHER_THREAD = """
+import threading
+import numpy as np
+import fusedops as fo
+
+fo.set_num_threads(1)
+lst = [np.ones(4_000_000, np.float32) for _ in range(4)]
+stop = threading.Event()
+
+def replace():
+    while not stop.is_set():
+        lst[0] = np.ones(4_000_000, np.float32)   # frees the array the call was given
+
+t = threading.Thread(target=replace)
+t.start()
+try:
+    norms = [fo.grad_norm(lst) for _ in range(40)]
+    clipped = [fo.clip_grad_norm(lst, 1e9) for _ in range(10)]
+finally:
+    stop.set()
+    t.join()
+print(all(n == 4000.0 for n in norms + clipped))
+"""
+
+
+def test_list_edited_by_another_thread_during_a_call():
+    assert_ran_clean(run_python(LIST_REPLACED_BY_ANOTHER_THREAD), "True")
+
+
+LIST_SUBCLASSES = """
+import numpy as np
+import fusedops as fo
+
+class FreshItems(list):
+    def __getitem__(self, i):            # a new array at every access
+        return np.ones(100_000, np.float32)
+
+class Shrinking(list):
+    def __len__(self):                   # claims more items than it holds
+        return super().__len__() + 5
+
+grads = FreshItems([np.full(100_000, 2.0, np.float32) for _ in range(3)])
+print(fo.grad_norm(grads) == np.sqrt(3 * 100_000 * 4.0))
+params = [np.zeros(100_000, np.float32) for _ in range(3)]
+fo.sgd_step(params, grads, lr=1.0)
+print(all((p == -2.0).all() for p in params))
+opt = fo.optim.SGD([np.zeros(100_000, np.float32) for _ in range(3)], lr=1.0)
+print(opt.step(Shrinking([np.ones(100_000, np.float32) for _ in range(3)])))
+print(fo.grad_norm(Shrinking([np.ones(4, np.float32)])) == 2.0)
+"""
+
+
+def test_list_subclasses_are_read_from_one_snapshot_of_their_items():
+    assert_ran_clean(run_python(LIST_SUBCLASSES), "True True True True")
+
+
+# ------------------------------------------------------------------ fork
+
+FORK_AFTER_PARALLEL_KERNEL = """
+import os
+import numpy as np
+import fusedops as fo
+
+fo.set_num_threads(2)
+a = np.ones(1_000_000, np.float32)
+fo.grad_norm([a])                         # the parent's OpenMP pool is running
+pid = os.fork()
+if pid == 0:
+    ok = fo.grad_norm([a]) == 1000.0 and fo.get_num_threads() == 1
+    p = np.zeros(100_000, np.float32)
+    fo.sgd_step(p, np.ones_like(p), lr=1.0)
+    os._exit(0 if ok and (p == -1).all() else 3)
+_, status = os.waitpid(pid, 0)
+print(os.WEXITSTATUS(status), fo.get_num_threads(), fo.grad_norm([a]))
+"""
+
+
+def test_os_fork_child_runs_kernels_after_the_parent_used_threads():
+    if not fo.build_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    assert_ran_clean(run_python(FORK_AFTER_PARALLEL_KERNEL, timeout=60), "0 2 1000.0")
+
+
+WORKER_POOL = """
+import multiprocessing as mp
+import numpy as np
+import fusedops as fo
+
+def work(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(200_000).astype(np.float32)
+    g = rng.standard_normal(200_000).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    fo.adam_step(p, g, m, v, step=1, lr=1e-3)
+    return float(fo.grad_norm([p], norm_type=1.0))
+
+if __name__ == "__main__":
+    fo.set_num_threads(2)
+    expected = [work(s) for s in range(6)]          # parallel kernels in the parent
+    with mp.get_context("fork").Pool(2) as pool:     # a DataLoader-style worker pool
+        got = pool.map(work, range(6))
+    with mp.get_context("fork").Pool(1) as pool:
+        got_one = pool.map(work, range(6))
+    print(got == expected, got_one == expected)
+"""
+
+
+def test_fork_worker_pool_after_parallel_kernels(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(WORKER_POOL)
+    env = dict(os.environ)
+    env.pop("FUSEDOPS_ISA", None)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert_ran_clean(result, "True True")
+
+
+# ------------------------------------------------------------------ one step at a time
+
+def test_one_optimizer_stepped_from_two_threads_raises_instead_of_racing():
+    rng = np.random.default_rng(0)
+    n = 2_000_000
+    params = [rng.standard_normal(n).astype(np.float32)]
+    grads = [rng.standard_normal(n).astype(np.float32)]
+    opt = fo.optim.Adam(params, lr=1e-3)
+    errors, applied = [], []
+    start = threading.Barrier(2)
+
+    def stepper():
+        start.wait()
+        for _ in range(30):
+            try:
+                applied.append(opt.step(grads))
+            except RuntimeError as e:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=stepper) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors, "two threads stepping one optimizer never overlapped (or were not detected)"
+    assert all("another thread is running step()" in e for e in errors)
+    # The steps that ran, ran one after the other: the same as that many serial steps.
+    ref = [np.random.default_rng(0).standard_normal(n).astype(np.float32)]
+    serial = fo.optim.Adam(ref, lr=1e-3)
+    for _ in range(len(applied)):
+        serial.step(grads)
+    assert np.array_equal(params[0], ref[0])
+
+
+# ------------------------------------------------------------------ writeability per step
+
+def test_param_made_read_only_after_construction_is_not_written():
+    p = np.ones(1000, np.float32)
+    opt = fo.optim.SGD([p], lr=0.1, momentum=0.9)
+    g = np.ones_like(p)
+    opt.step([g])
+    before = p.copy()
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\] has become read-only"):
+        opt.step([g])
+    assert np.array_equal(p, before)
+    p.flags.writeable = True
+    assert opt.step([g])
+
+
+def test_state_made_read_only_is_not_written():
+    p = np.ones(100, np.float64)
+    opt = fo.optim.Adam([p], lr=0.1)
+    opt.step([np.ones_like(p)])
+    opt.state[0]["exp_avg"].flags.writeable = False
+    before = p.copy()
+    with pytest.raises(ValueError, match="optimizer state of params\\[0\\] has become read-only"):
+        opt.step([np.ones_like(p)])
+    assert np.array_equal(p, before)
+
+
+# ------------------------------------------------------------------ misaligned inputs
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_read_only_inputs_are_rejected_everywhere(dtype):
+    n = 1000
+    p, m, v = (np.zeros(n, dtype) for _ in range(3))
+    g = misaligned(n, dtype)
+    assert_rejected(fo.adam_step, (p, g, m, v), dict(step=1), ValueError, "grads is not aligned")
+    opt = fo.optim.Adam([p])
+    assert_rejected(opt.step, ([g],), {}, ValueError, r"grads\[0\] is not aligned")
+    x = misaligned(4 * 3 * 5, dtype).reshape(4, 3, 5)
+    assert_rejected(fo.batch_norm_forward, (x,), {}, ValueError, "x is not aligned")
+
+
+# ------------------------------------------------------------------ threads
+
+@pytest.mark.usefixtures("threads")
+def test_threadpoolctl_limits_apply_to_fusedops():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not fo.build_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    fo.set_num_threads(2)
+    assert fo.get_num_threads() == 2
+    with threadpoolctl.threadpool_limits(1):
+        assert fo.get_num_threads() == 1
+    assert fo.get_num_threads() == 2
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert fo.get_num_threads() == 1
+
+
+@pytest.mark.usefixtures("threads")
+def test_set_num_threads_is_visible_to_threadpoolctl():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not fo.build_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    fo.set_num_threads(1)
+    import fusedops._core as core
+    ours = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
+    assert ours and any(i["num_threads"] == 1 for i in ours), ours
+    assert core.get_num_threads() == 1
+
+
+def test_thread_count_results_stay_bitwise_under_threadpoolctl():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(3)
+    g = [rng.standard_normal(300_001).astype(np.float32) for _ in range(3)]
+    with threadpoolctl.threadpool_limits(1):
+        one = fo.grad_norm(g)
+    assert fo.grad_norm(g) == one
+
+
+# ------------------------------------------------------------------ numerics
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e30])
+def test_adam_huge_gradients_do_not_overflow_the_second_moment_early(isa, magnitude):
+    p = np.array([1.0, -2.0, 0.5, 3.0] * 5, np.float32)
+    g = (np.array([1, -1, 0.5, -0.25] * 5) * magnitude).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    p0 = p.copy()
+    fo.adam_step(p, g, m, v, step=1, lr=0.1)
+    if magnitude == 1e20:
+        # (1 - beta2) * g * g = 1e37 fits float32; g * g alone would be inf.
+        assert np.isfinite(v).all()
+        e_p, e_m, e_v, _ = adam_reference(p0, g, np.zeros(20), np.zeros(20), None, step=1, lr=0.1)
+        np.testing.assert_allclose(v, e_v, rtol=1e-6)
+        np.testing.assert_allclose(p, e_p, rtol=1e-6)
+        assert not np.array_equal(p, p0)
+    else:
+        # 1e57 does not fit float32 in any order: v is inf, as in torch, and p stays.
+        assert np.isinf(v).all()
+    if torch is not None:
+        tp = torch.tensor(p0, requires_grad=True)
+        tp.grad = torch.tensor(g)
+        opt = torch.optim.Adam([tp], lr=0.1)
+        opt.step()
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ wrongly typed arguments
+
+def _adam_call(**overrides):
+    p, g, m, v = (np.ones(8, np.float32) for _ in range(4))
+    kwargs = dict(step=1)
+    kwargs.update(overrides)
+    return (p, g, m, v), kwargs
+
+
+@pytest.mark.parametrize("overrides, exc, match", [
+    (dict(betas=(0.9,)), TypeError, r"adam_step: betas must be a pair"),
+    (dict(betas=0.9), TypeError, r"adam_step: betas must be a pair"),
+    (dict(betas=(0.9, "x")), TypeError, r"adam_step: betas\[1\] must be a real number"),
+    (dict(step=1.5), TypeError, r"adam_step: step must be an int, got float"),
+    (dict(step=True), TypeError, r"adam_step: step must be an int, got bool"),
+    (dict(step=2**70), ValueError, r"adam_step: step is out of range"),
+    (dict(lr="0.1"), TypeError, r"adam_step: lr must be a real number \(int or float\), got str '0.1'"),
+    (dict(lr=None), TypeError, r"adam_step: lr must be a real number"),
+    (dict(eps=[1e-8]), TypeError, r"adam_step: eps must be a real number"),
+    (dict(amsgrad=None), TypeError, r"adam_step: amsgrad must be a bool"),
+    (dict(maximize=1), TypeError, r"adam_step: maximize must be a bool"),
+    (dict(grad_scale="2"), TypeError, r"adam_step: grad_scale must be a real number"),
+])
+def test_adam_scalar_arguments_of_the_wrong_type_are_named(overrides, exc, match):
+    args, kwargs = _adam_call(**overrides)
+    assert_rejected(fo.adam_step, args, kwargs, exc, match)
+
+
+def test_numpy_scalars_are_accepted_as_hyperparameters():
+    args, kwargs = _adam_call(lr=np.float32(0.1), step=np.int64(2), betas=(np.float64(0.9), 0.99))
+    fo.adam_step(*args, **kwargs)
+    p = np.ones(8)
+    fo.sgd_step(p, np.ones(8), lr=np.float64(0.5), nesterov=np.bool_(False))
+    assert (p == 0.5).all()
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(first_step=None), TypeError, r"sgd_step: first_step must be a bool \(True or False\), got NoneType"),
+    (dict(nesterov="yes"), TypeError, r"sgd_step: nesterov must be a bool"),
+    (dict(momentum="0.9"), TypeError, r"sgd_step: momentum must be a real number"),
+])
+def test_sgd_scalar_arguments_of_the_wrong_type_are_named(kwargs, exc, match):
+    p, g = np.ones(8), np.ones(8)
+    assert_rejected(fo.sgd_step, (p, g), dict(lr=0.1, **kwargs), exc, match)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(channel_axis=2**40), ValueError, r"batch_norm_forward: channel_axis must be 1"),
+    (dict(channel_axis=2**80), ValueError, r"batch_norm_forward: channel_axis is out of range"),
+    (dict(channel_axis=1.0), TypeError, r"batch_norm_forward: channel_axis must be an int"),
+    (dict(training=None), TypeError, r"batch_norm_forward: training must be a bool"),
+    (dict(momentum="0.1"), TypeError, r"batch_norm_forward: momentum must be a real number"),
+    (dict(eps=None), TypeError, r"batch_norm_forward: eps must be a real number"),
+])
+def test_batch_norm_scalar_arguments_of_the_wrong_type_are_named(kwargs, exc, match):
+    x = np.ones((4, 3, 5), np.float32)
+    out = np.zeros_like(x)
+    assert_rejected(fo.batch_norm_forward, (x,), dict(out=out, **kwargs), exc, match)
+
+
+def test_norm_scalar_arguments_of_the_wrong_type_are_named():
+    g = [np.ones(8)]
+    assert_rejected(fo.grad_norm, (g,), dict(norm_type="inf"), TypeError,
+                    r"grad_norm: norm_type must be a real number")
+    assert_rejected(fo.clip_grad_norm, (g,), dict(max_norm=None), TypeError,
+                    r"clip_grad_norm: max_norm must be a real number")
+
+
+def test_masked_arrays_are_rejected():
+    p = np.ones(8)
+    g = np.ma.masked_array(np.ones(8), mask=[True] + [False] * 7)
+    assert_rejected(fo.sgd_step, (p, g), dict(lr=0.1), TypeError,
+                    r"sgd_step: grads is a numpy.ma.MaskedArray, whose mask would be ignored")
+    assert_rejected(fo.grad_norm, ([g],), {}, TypeError, r"grads\[0\] is a numpy.ma.MaskedArray")
+    opt = fo.optim.SGD([p], lr=0.1)
+    assert_rejected(opt.step, ([g],), {}, TypeError, r"SGD: grads\[0\] is a numpy.ma.MaskedArray")
+    with pytest.raises(TypeError, match="MaskedArray"):
+        fo.optim.SGD([np.ma.masked_array(np.ones(3))], lr=0.1)
+
+
+@pytest.mark.parametrize("mutate, exc, match", [
+    (lambda sd: "not a dict", TypeError, "state_dict must be a dict"),
+    (lambda sd: {k: v for k, v in sd.items() if k != "step"}, ValueError, r"missing \['step'\]"),
+    (lambda sd: {**sd, "param_groups": 5}, TypeError, r"'param_groups'\] must be a list"),
+    (lambda sd: {**sd, "param_groups": [5]}, TypeError, r"'param_groups'\]\[0\] must be a dict"),
+    (lambda sd: {**sd, "param_groups": [{"lr": 0.1}]}, ValueError, "needs a 'params' list"),
+    (lambda sd: {**sd, "state": [1, 2]}, TypeError, r"'state'\] must be a dict"),
+    (lambda sd: {**sd, "state": {0: 5}}, TypeError, r"'state'\]\[0\] must be a dict"),
+    (lambda sd: {**sd, "step": "3"}, TypeError, r"'step'\] must be an int"),
+    (lambda sd: {**sd, "step": -1}, ValueError, r"'step'\] must be an int >= 0"),
+])
+def test_malformed_state_dict_is_a_clear_error_and_changes_nothing(mutate, exc, match):
+    p = np.ones(5)
+    opt = fo.optim.Adam([p], lr=0.1)
+    opt.step([np.ones(5)])
+    good = opt.state_dict()
+    before = (p.copy(), opt.state[0]["exp_avg"].copy(), opt._step)
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(mutate(good))
+    assert np.array_equal(p, before[0]) and np.array_equal(opt.state[0]["exp_avg"], before[1])
+    assert opt._step == before[2]
+
+
+def test_batch_norm_layer_names_itself_and_suggests_channel_axis_for_nhwc():
+    bn = fo.nn.BatchNorm(3)
+    x = np.ones((2, 5, 5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm\(3.*channel_axis=1.*build the layer with channel_axis=-1"):
+        bn.forward(x)
+    fo.nn.BatchNorm(3, channel_axis=-1).forward(x)
+
+
+# ------------------------------------------------------------------ bound gradients
+
+def test_bound_grads_step_without_arguments_equals_step_with_grads():
+    rng = np.random.default_rng(5)
+    shapes = [(3, 4), (4,), (7,)]
+    params = [rng.standard_normal(s) for s in shapes]
+    grads = [np.zeros(s) for s in shapes]
+    ref = [p.copy() for p in params]
+    opt = fo.optim.AdamW([{"params": params[:2], "grads": grads[:2]},
+                          {"params": params[2:], "grads": grads[2:], "weight_decay": 0.0}], lr=0.1)
+    ref_opt = fo.optim.AdamW([{"params": ref[:2]}, {"params": ref[2:], "weight_decay": 0.0}], lr=0.1)
+    for _ in range(3):
+        for g in grads:
+            g[...] = rng.standard_normal(g.shape)   # the backward pass fills the bound buffers
+        assert opt.step() is True
+        ref_opt.step([g.copy() for g in grads])
+    for a, b in zip(params, ref):
+        assert np.array_equal(a, b)
+    assert opt.step(grads) is True               # an explicit list keeps working
+    assert "grads" not in opt.state_dict()["param_groups"][0]
+
+
+def test_bound_grads_mismatch_is_rejected_at_construction():
+    p = [np.ones(3), np.ones(4)]
+    with pytest.raises(ValueError, match=r"param_groups\[0\] has 2 params but 1 grads"):
+        fo.optim.SGD([{"params": p, "grads": [np.ones(3)]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['grads'\]\[1\] has shape \(3,\)"):
+        fo.optim.SGD([{"params": p, "grads": [np.ones(3), np.ones(3)]}], lr=0.1)
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['grads'\]\[0\] has dtype float32"):
+        fo.optim.SGD([{"params": p, "grads": [np.ones(3, np.float32), np.ones(4)]}], lr=0.1)
+
+
+def test_step_without_grads_needs_every_group_bound():
+    a, b = np.ones(3), np.ones(3)
+    opt = fo.optim.SGD([{"params": [a], "grads": [np.ones(3)]}, {"params": [b]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\] has no 'grads'"):
+        opt.step()
+    assert (a == 1).all() and (b == 1).all()
+
+
+# ------------------------------------------------------------------ types
+
+USER_CODE = """
+import numpy as np
+import fusedops as fo
+
+params = [np.zeros(3, np.float32)]
+grads = [np.zeros(3, np.float32)]
+opt = fo.optim.AdamW(params, lr=1e-3, max_grad_norm=1.0, skip_nonfinite=True)
+applied: bool = opt.step(grads, grad_scale=2.0)
+bound = fo.optim.SGD([{"params": params, "grads": grads}], momentum=0.9)
+bound.step()
+norm: float = fo.clip_grad_norm(grads, 1.0)
+bn = fo.nn.BatchNorm(3, channel_axis=-1)
+y = bn.forward(np.zeros((2, 3), np.float32))
+dx = bn.backward(y)
+"""
+
+
+def _mypy(tmp_path, code):
+    mypy_api = pytest.importorskip("mypy.api")
+    path = tmp_path / "user.py"
+    path.write_text(code)
+    return mypy_api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"),
+                         str(path)])
+
+
+def test_mypy_strict_is_clean_on_user_code(tmp_path):
+    out, err, status = _mypy(tmp_path, USER_CODE)
+    assert status == 0, out + err
+
+
+def test_mypy_strict_catches_a_string_learning_rate(tmp_path):
+    out, err, status = _mypy(tmp_path, USER_CODE + 'fo.optim.Adam(params, lr="1e-3")\n')
+    assert status == 1 and 'Argument "lr" to "Adam" has incompatible type "str"' in out, out + err
+
+
+def test_stubs_match_the_runtime():
+    pytest.importorskip("mypy.stubtest")
+    allowlist = os.path.join(os.path.dirname(__file__), "stubtest_allowlist.txt")
+    result = subprocess.run([sys.executable, "-m", "mypy.stubtest", "fusedops", "--allowlist",
+                             allowlist], capture_output=True, text=True, timeout=600,
+                            cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stdout + result.stderr
