@@ -276,12 +276,6 @@ def _contiguous_span(flats: Sequence[Array], total: int) -> Optional[Array]:
     return span if span.flags.writeable and span.flags.aligned else None
 
 
-def _split(n: int, parts: int) -> Tuple[List[int], List[int]]:
-    """Counts and displacements of ``n`` elements in ``parts`` near-equal contiguous parts."""
-    counts = [n // parts + (r < n % parts) for r in range(parts)]
-    return counts, _split_displs(counts)
-
-
 # ---------------------------------------------------------------- collectives
 
 def _by_dtype(arrays: Sequence[Array]) -> Dict["np.dtype[Any]", List[Array]]:
@@ -293,15 +287,31 @@ def _by_dtype(arrays: Sequence[Array]) -> Dict["np.dtype[Any]", List[Array]]:
 
 def _mean_in_place(comm: Communicator, buf: Array) -> None:
     """Averages a contiguous 1-D buffer over the ranks, in place, identically on every
-    rank: reduce-scatter (each element summed on one rank), divide, allgather."""
-    counts, displs = _split(buf.size, comm.size)
-    lo, n = displs[comm.rank], counts[comm.rank]
+    rank. The buffer is cut into one equal block per rank (MPI's block collectives are
+    much faster than the ones with per-rank counts); a tail of fewer elements than ranks
+    goes through a zero-padded block of its own."""
+    size = comm.size
+    body = buf.size - buf.size % size
+    if body:
+        _mean_blocks(comm, buf[:body])
+    if body < buf.size:
+        padded = np.zeros(size, buf.dtype)
+        padded[:buf.size - body] = buf[body:]
+        _mean_blocks(comm, padded)
+        buf[body:] = padded[:buf.size - body]
+
+
+def _mean_blocks(comm: Communicator, buf: Array) -> None:
+    """Reduce-scatter (each block summed on one rank), divide, allgather: ``buf.size`` is
+    a multiple of the rank count."""
+    block = buf.size // comm.size
     mpi_type = _mpi_dtype(buf.dtype)
-    # In place the rank's summed part lands at the start of buf; parts are non-increasing
-    # in size, so it never overlaps the rank's own part further on.
-    comm.mpi.Reduce_scatter(_MPI.IN_PLACE, [buf, mpi_type], counts, op=_MPI.SUM)
-    np.divide(buf[:n], comm.size, out=buf[lo:lo + n])
-    comm.mpi.Allgatherv(_MPI.IN_PLACE, [buf, counts, displs, mpi_type])
+    # In place, the rank's summed block lands at the start of buf: never inside the rank's
+    # own block further on (rank 0's is the same block).
+    comm.mpi.Reduce_scatter_block(_MPI.IN_PLACE, [buf, mpi_type], op=_MPI.SUM)
+    lo = comm.rank * block
+    np.divide(buf[:block], comm.size, out=buf[lo:lo + block])
+    comm.mpi.Allgather(_MPI.IN_PLACE, [buf, mpi_type])
 
 
 def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
@@ -332,7 +342,8 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     if comm.size == 1:
         return
     for dtype, run in _by_dtype(arrays).items():
-        _run_buckets(FlatLayout(run), dtype, bucket_bytes, lambda buf: _mean_in_place(comm, buf))
+        _run_buckets(FlatLayout(run), dtype, bucket_bytes, lambda buf: _mean_in_place(comm, buf),
+                     multiple=comm.size)
 
 
 def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, *,
@@ -369,13 +380,18 @@ def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, 
                  pack=comm.rank == root, unpack=comm.rank != root)
 
 
+def _bucket_elements(bucket_bytes: int, dtype: "np.dtype[Any]", multiple: int) -> int:
+    """Elements per bucket: at most ``bucket_bytes``, a multiple of ``multiple`` (>= 1 of it)."""
+    return max(multiple, bucket_bytes // dtype.itemsize // multiple * multiple)
+
+
 def _run_buckets(layout: FlatLayout, dtype: "np.dtype[Any]", bucket_bytes: int,
-                 collective: Callable[[Array], None], *, pack: bool = True, unpack: bool = True,
-                 scratch: Optional[Array] = None) -> None:
-    """Runs ``collective(buffer)`` over consecutive buckets of the layout's elements,
-    in the arrays' own memory when they are one span, else through a scratch buffer
-    (``scratch`` if given, at least one bucket long)."""
-    per_bucket = max(1, bucket_bytes // dtype.itemsize)
+                 collective: Callable[[Array], None], *, multiple: int = 1, pack: bool = True,
+                 unpack: bool = True, scratch: Optional[Array] = None) -> None:
+    """Runs ``collective(buffer)`` over consecutive buckets of the layout's elements (all
+    but the last a multiple of ``multiple`` long), in the arrays' own memory when they are
+    one span, else through a scratch buffer (``scratch`` if given, one bucket long)."""
+    per_bucket = _bucket_elements(bucket_bytes, dtype, multiple)
     if layout.span is not None:
         for lo in range(0, layout.total, per_bucket):
             collective(layout.span[lo:lo + per_bucket])
@@ -523,12 +539,12 @@ class DataParallel:
             layout = FlatLayout(run)
             scratch = None
             if layout.span is None:  # kept from step to step
-                size = min(max(1, self.bucket_bytes // dtype.itemsize), layout.total)
+                size = min(_bucket_elements(self.bucket_bytes, dtype, self.comm.size), layout.total)
                 scratch = self._scratch.get(dtype)
                 if scratch is None or scratch.size < size:
                     scratch = self._scratch[dtype] = np.empty(size, dtype)
-            _run_buckets(layout, dtype, self.bucket_bytes,
-                         lambda buf: _mean_in_place(self.comm, buf), scratch=scratch)
+            _run_buckets(layout, dtype, self.bucket_bytes, lambda buf: _mean_in_place(self.comm, buf),
+                         multiple=self.comm.size, scratch=scratch)
         return self.opt._step_local(grads, grad_scale)
 
     def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
@@ -561,7 +577,9 @@ class ShardedDataParallel(DataParallel):
     """The steps of an optimizer built with ``comm=`` and ``shard_state=True``: ZeRO-1.
 
     The params, flattened in group order, are cut into one contiguous shard per rank
-    (near-equal element counts; a shard may cut through tensors). A step
+    (ceil(total / N) elements, the last shards shorter; a shard may cut through tensors),
+    each shard into the same number of pieces, and bucket k holds every rank's k-th piece
+    (zero-padded to equal blocks). A step
     reduce-scatters the grads so each rank gets the average of its shard, runs the fused
     step on views of its shard (the optimizer state exists for the shard only), then
     allgathers the updated params into every rank's arrays. The user's grads are only
@@ -575,19 +593,16 @@ class ShardedDataParallel(DataParallel):
         self.mpi_type = _mpi_dtype(self.dtype)
         self.layout = FlatLayout(params)
         self.total = self.layout.total
-        self.counts, self.displs = _split(self.total, comm.size)
-        self.lo, self.count = self.displs[comm.rank], self.counts[comm.rank]
-        # Buckets: bucket k holds the k-th of n_buckets pieces of every rank's shard.
-        n_buckets = max(1, -(-self.total * self.dtype.itemsize // self.bucket_bytes))
-        # (each rank's first flat index, count, displacement in the bucket)
-        self.buckets: List[Tuple[List[int], List[int], List[int]]] = []
-        for k in range(n_buckets):
-            starts = [d + c * k // n_buckets for c, d in zip(self.counts, self.displs)]
-            ends = [d + c * (k + 1) // n_buckets for c, d in zip(self.counts, self.displs)]
-            counts = [e - s for s, e in zip(starts, ends)]
-            self.buckets.append((starts, counts, _split_displs(counts)))
-        self.bucket = np.empty(max(sum(b[1]) for b in self.buckets), self.dtype)
-        self.grad_shard = np.zeros(self.count, self.dtype)
+        self.shard = -(-self.total // comm.size)  # elements per shard, padding included
+        # Rank r's shard: the flat elements [starts[r], starts[r] + counts[r]).
+        self.starts = [min(r * self.shard, self.total) for r in range(comm.size)]
+        self.counts = [min(self.shard, self.total - s) for s in self.starts]
+        self.lo, self.count = self.starts[comm.rank], self.counts[comm.rank]
+        n_buckets = max(1, -(-comm.size * self.shard * self.dtype.itemsize // self.bucket_bytes))
+        self.cuts = sorted({self.shard * k // n_buckets for k in range(n_buckets + 1)})
+        piece = max(b - a for a, b in zip(self.cuts, self.cuts[1:])) if self.shard else 0
+        self.bucket = np.zeros(comm.size * piece, self.dtype)
+        self.grad_shard = np.zeros(self.shard, self.dtype)
         self.state_flat: Dict[str, Array] = {}  # state name -> the shard's state
         group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
         # (param index, offset in the shard, view of the param's elements in the shard)
@@ -673,31 +688,38 @@ class ShardedDataParallel(DataParallel):
         self._allgather_params()
         return True
 
+    def _piece(self, rank: int, a: int, b: int) -> Tuple[int, int]:
+        """The flat range of the elements [a, b) of ``rank``'s shard that exist."""
+        start = rank * self.shard
+        return min(start + a, self.total), min(start + b, self.total)
+
     def _reduce_scatter_mean(self, grads: FlatLayout) -> None:
-        comm, rank = self.comm, self.comm.rank
-        for starts, counts, displs in self.buckets:
-            if len(self.buckets) == 1 and grads.span is not None:
-                buf = grads.span  # the grads are one buffer in flat order: send it as is
-            else:
-                buf = self.bucket[:sum(counts)]
-                for s, c, d in zip(starts, counts, displs):
-                    grads.copy_out(s, s + c, buf[d:d + c])
-            mine = self.grad_shard[starts[rank] - self.lo:starts[rank] - self.lo + counts[rank]]
-            comm.mpi.Reduce_scatter([buf, self.mpi_type], [mine, self.mpi_type], counts, op=_MPI.SUM)
+        """The average of the grads of this rank's shard, into ``grad_shard``."""
+        comm = self.comm
+        for a, b in zip(self.cuts, self.cuts[1:]):
+            width = b - a
+            buf = self.bucket[:comm.size * width]
+            for r in range(comm.size):
+                lo, hi = self._piece(r, a, b)
+                grads.copy_out(lo, hi, buf[r * width:r * width + hi - lo])
+                buf[r * width + hi - lo:(r + 1) * width] = 0  # padding past the last element
+            mine = self.grad_shard[a:b]
+            comm.mpi.Reduce_scatter_block([buf, self.mpi_type], [mine, self.mpi_type], op=_MPI.SUM)
             np.divide(mine, comm.size, out=mine)
 
     def _allgather_params(self) -> None:
+        """Every rank's updated shard into every rank's params."""
         comm, rank, params = self.comm, self.comm.rank, self.layout
-        for starts, counts, displs in self.buckets:
-            if len(self.buckets) == 1 and params.span is not None:
-                comm.mpi.Allgatherv(_MPI.IN_PLACE, [params.span, counts, displs, self.mpi_type])
-                continue
-            buf = self.bucket[:sum(counts)]
-            params.copy_out(starts[rank], starts[rank] + counts[rank], buf[displs[rank]:])
-            comm.mpi.Allgatherv(_MPI.IN_PLACE, [buf, counts, displs, self.mpi_type])
-            for r, (s, c, d) in enumerate(zip(starts, counts, displs)):
+        for a, b in zip(self.cuts, self.cuts[1:]):
+            width = b - a
+            buf = self.bucket[:comm.size * width]
+            lo, hi = self._piece(rank, a, b)
+            params.copy_out(lo, hi, buf[rank * width:rank * width + hi - lo])
+            comm.mpi.Allgather(_MPI.IN_PLACE, [buf, self.mpi_type])
+            for r in range(comm.size):
                 if r != rank:
-                    params.copy_in(s, s + c, buf[d:d + c])
+                    lo, hi = self._piece(r, a, b)
+                    params.copy_in(lo, hi, buf[r * width:r * width + hi - lo])
 
     def check_add_param_group(self) -> None:
         raise ValueError(f"{type(self.opt).__name__}: add_param_group is not supported with "
@@ -735,7 +757,7 @@ class ShardedDataParallel(DataParallel):
             if comm.rank == root:
                 full[name] = np.empty(self.total, self.dtype)
                 comm.mpi.Gatherv([self.state_flat[name], self.mpi_type],
-                                 [full[name], self.counts, self.displs, self.mpi_type], root=root)
+                                 [full[name], self.counts, self.starts, self.mpi_type], root=root)
             else:
                 comm.mpi.Gatherv([self.state_flat[name], self.mpi_type], None, root=root)
         if comm.rank != root:
@@ -840,13 +862,6 @@ class ShardedDataParallel(DataParallel):
                     flat[off:off + view.size] = saved_state[i][key].reshape(-1)[lo:lo + view.size]
             flats[key] = flat
         return flats, started
-
-
-def _split_displs(counts: Sequence[int]) -> List[int]:
-    displs = [0]
-    for c in counts[:-1]:
-        displs.append(displs[-1] + c)
-    return displs
 
 
 # ---------------------------------------------------------------- SyncBatchNorm

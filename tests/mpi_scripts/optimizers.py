@@ -142,6 +142,25 @@ for dtype, rtol in ((np.float64, 1e-9), (np.float32, 2e-4)):
                 fod.DEFAULT_BUCKET_BYTES = saved
 print(f"rank {rank}: equivalence done", flush=True)
 
+# ------------------------------------------------------------ fewer elements than ranks
+# (a rank with an empty shard) and bound grads: step() without arguments
+runs = []
+for shard_state in (False, True):
+    tiny = [np.array(1.0), np.array([2.0])]
+    bound = [np.array(float(rank)), np.array([1.0 + rank])]
+    opt = fo.optim.Adam([{"params": tiny, "grads": bound}], lr=0.1, comm=comm, shard_state=shard_state)
+    for _ in range(3):
+        assert opt.step()
+    runs.append(tiny)
+    assert identical_on_all_ranks(comm, tiny)
+plain = [np.array(1.0), np.array([2.0])]
+single = fo.optim.Adam(plain, lr=0.1)
+for _ in range(3):
+    single.step([np.array((size - 1) / 2), np.array([1.0 + (size - 1) / 2])])
+for tiny in runs:
+    for a, b in zip(tiny, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
 # ------------------------------------------------------------ the DP grads receive the average
 params = init_params(np.float64)
 opt = fo.optim.SGD(params, lr=0.1, comm=comm)
