@@ -7,7 +7,7 @@ between barriers, the slowest rank counting:
 
 - ``allreduce (raw mpi4py)``: one ``MPI.Allreduce`` (in place, SUM) of a contiguous buffer
   holding all the grads: the floor for averaging them;
-- ``allreduce_mean_ (148 arrays)`` / ``(flat_buffer views)``: fusedops' bucketed average,
+- ``allreduce_mean_ (separate arrays)`` / ``(flat_buffer views)``: fusedops' bucketed average,
   with packing copies / in the grads' own buffer;
 - ``data parallel step``: ``AdamW(..., comm=).step(grads)``, split into communication
   (the averaging) and compute (the same fused step on one rank's arrays);
@@ -75,10 +75,10 @@ def timed(comm: fod.Communicator, fn, repeats: int, before=None) -> float:
     return best
 
 
-def measure(repeats: int) -> dict:
+def measure(repeats: int, tiny: bool = False) -> dict:
     comm = fod.world()
     size, rank = comm.size, comm.rank
-    shapes = gpt2_small_shapes()
+    shapes = gpt2_small_shapes(vocab=101, context=16, width=8, layers=2) if tiny else gpt2_small_shapes()
     n = sum(int(np.prod(s)) for s in shapes)
     grad_bytes = 4 * n
     rng = np.random.default_rng(0)  # the same params on every rank
@@ -103,7 +103,7 @@ def measure(repeats: int) -> dict:
     if size > 1:
         row("allreduce (raw mpi4py)", timed(comm, lambda: comm.mpi.Allreduce(mpi.IN_PLACE, flat, op=mpi.SUM),
                                             repeats, refill_views))
-    row("allreduce_mean_ (148 arrays)", timed(comm, lambda: fod.allreduce_mean_(grads, comm), repeats))
+    row("allreduce_mean_ (separate arrays)", timed(comm, lambda: fod.allreduce_mean_(grads, comm), repeats))
     row("allreduce_mean_ (flat_buffer views)", timed(comm, lambda: fod.allreduce_mean_(views, comm),
                                                      repeats, refill_views))
     # The average is the same on every rank (a check that the timed calls did their job).
@@ -143,8 +143,8 @@ def measure(repeats: int) -> dict:
 
 def format_report(results: list[dict]) -> str:
     first = results[0]
-    lines = [f"GPT-2-small parameter list: {first['tensors']} float32 tensors, {first['values']:,} values, "
-             "AdamW", "",
+    lines = [f"GPT-2-small-shaped parameter list: {first['tensors']} float32 tensors, "
+             f"{first['values']:,} values, AdamW", "",
              f"{'ranks':>5}  {'operation':<42} {'time ms':>9} {'comm ms':>9} {'compute ms':>10} "
              f"{'MB/rank':>8}"]
     for result in results:
@@ -162,7 +162,7 @@ def format_report(results: list[dict]) -> str:
         if "allreduce (raw mpi4py)" in ops:
             raw = ops["allreduce (raw mpi4py)"]["ms"]
             lines.append(f"{result['ranks']} ranks: averaging / raw Allreduce = "
-                         f"{ops['allreduce_mean_ (148 arrays)']['ms'] / raw:.2f} (148 arrays), "
+                         f"{ops['allreduce_mean_ (separate arrays)']['ms'] / raw:.2f} (separate arrays), "
                          f"{ops['allreduce_mean_ (flat_buffer views)']['ms'] / raw:.2f} (flat buffer); "
                          f"ZeRO-1 step / data-parallel step = "
                          f"{ops['ZeRO-1 step']['ms'] / ops['data parallel step']['ms']:.2f}")
@@ -178,7 +178,7 @@ def find_mpiexec() -> str | None:
     return shutil.which("mpiexec")
 
 
-def launch(ranks: list[int], repeats: int) -> list[dict]:
+def launch(ranks: list[int], repeats: int, tiny: bool) -> list[dict]:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise SystemExit("mpiexec not found: pip install '.[dist]'")
@@ -188,7 +188,8 @@ def launch(ranks: list[int], repeats: int) -> list[dict]:
             out = Path(tmp) / "result.json"
             env = {**os.environ, "HYDRA_LAUNCHER": "fork"}
             subprocess.run([mpiexec, "-n", str(n), sys.executable, __file__, "--repeats", str(repeats),
-                            "--json", str(out)], check=True, env=env)
+                            "--json", str(out), "--no-report", *(["--tiny"] if tiny else [])],
+                           check=True, env=env)
             results.append(json.loads(out.read_text())[0])
     return results
 
@@ -201,16 +202,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="threads per rank (default: the cores divided by the ranks)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", action="store_true",
+                        help="a 2-block, width-8 model of the same structure (a quick check)")
     args = parser.parse_args(argv)
     if args.ranks:
-        results = launch(args.ranks, args.repeats)
+        results = launch(args.ranks, args.repeats, args.tiny)
     else:
         comm = fod.world()
         fo.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // comm.size))
-        results = [measure(args.repeats)]
+        results = [measure(args.repeats, args.tiny)]
         if comm.rank != 0:
             return 0
-    print(format_report(results), flush=True)
+    if not args.no_report:
+        print(format_report(results), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

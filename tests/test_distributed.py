@@ -187,3 +187,45 @@ def test_batch_norm_with_one_rank_is_plain(rng):
         assert_bitwise_equal(a, b)
     with pytest.raises(TypeError, match="comm must be"):
         fo.nn.BatchNorm(3, comm=1)
+
+
+# ---------------------------------------------------------------- bench/dist.py, bench/dist_model.py
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_dist_benchmark_runs_and_checks_its_results():
+    """bench/dist.py on a small model of GPT-2's structure, 1 and 2 ranks (it asserts that
+    the ranks' averages and params agree)."""
+    pytest.importorskip("mpi4py")
+    if find_mpiexec() is None:
+        pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+    done = subprocess.run([sys.executable, str(BENCH / "dist.py"), "--ranks", "1", "2", "--tiny",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=TIMEOUT,
+                          env=mpi_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "28 float32 tensors, 2,696 values" in out, out  # 936 + 2 * 872 + 16
+    for ranks in (1, 2):
+        assert re.search(rf"^\s+{ranks}  ZeRO-1 step\s+\d", out, re.M), out
+    assert re.search(r"^2 ranks: averaging / raw Allreduce = \d", out, re.M), out
+
+
+def test_gpt2_small_parameter_list():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import dist
+        import dist_model
+    finally:
+        sys.path.remove(str(BENCH))
+    shapes = dist.gpt2_small_shapes()
+    assert len(shapes) == 148
+    assert sum(int(np.prod(s)) for s in shapes) == dist_model.GPT2_SMALL == 124_439_808
+    # The model's formulas (ZeRO paper, table 1; ring allreduce).
+    assert dist_model.wire_bytes(1000, 4) == 2 * 3 / 4 * 4000
+    assert dist_model.memory_per_param(8, mixed=False, zero=True) == 9.0
+    assert dist_model.memory_per_param(4, mixed=True, zero=True) == 7.0
+    assert dist_model.memory_per_param(4, mixed=True, zero=False) == 16.0
+    seconds = dist_model.step_seconds(0.2, 2 * dist_model.GPT2_SMALL, 8, 100, zero=True)
+    assert seconds == pytest.approx(0.4 / 8 + dist_model.wire_bytes(2 * dist_model.GPT2_SMALL, 8) * 8 / 1e11
+                                    + 14 * dist_model.LATENCY_S)
