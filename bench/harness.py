@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import platform
 import sys
@@ -141,13 +142,42 @@ def measure(case: Case, repeats: int, probe: Optional[Impl] = None, probe_bytes:
     return rows
 
 
+def largest_cache_bytes() -> int:
+    """The largest CPU cache of this machine (usually the L3), read from sysfs; 32 MiB if
+    sysfs does not say."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    best = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text and text[-1] in units and text[:-1].isdigit():
+            best = max(best, int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            best = max(best, int(text))
+    return best or 32 << 20
+
+
+def beyond_cache_elements(bytes_per_element: float, minimum: int = 1 << 24) -> int:
+    """The smallest power-of-two element count, at least `minimum`, whose traffic (at
+    `bytes_per_element`) is at least twice the largest cache: a size that runs from DRAM."""
+    n = minimum
+    while n * bytes_per_element < 2 * largest_cache_bytes():
+        n *= 2
+    return n
+
+
 class BandwidthProbe:
-    """Native multi-threaded a += s * b over float32 arrays beyond the caches (12 B/element)."""
+    """Native multi-threaded a += s * b over float32 arrays beyond the caches (12 B/element):
+    the two arrays together hold at least twice the largest cache of this machine."""
 
     name = "bandwidth-probe"
     prepare = None
 
-    def __init__(self, n: int = 1 << 24):
+    def __init__(self, n: int = 0):
+        n = n or beyond_cache_elements(8)
         self.a = np.ones(n, dtype=np.float32)
         self.b = np.ones(n, dtype=np.float32)
         self.bytes = 12.0 * n
@@ -175,5 +205,8 @@ class BandwidthProbe:
 
 
 def progress(message: str) -> None:
+    """A one-line progress note on a terminal; nothing when stderr is a file or a pipe."""
+    if not sys.stderr.isatty():
+        return
     sys.stderr.write(f"\r\033[K{message}")
     sys.stderr.flush()

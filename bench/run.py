@@ -120,16 +120,35 @@ def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a representative subset (about a minute)")
     ap.add_argument("--only", metavar="PATTERN", help="run cases whose 'kernel/case/dtype' matches (glob or substring)")
-    ap.add_argument("--threads", type=int, default=fo.get_num_threads(), help="threads for every implementation")
-    ap.add_argument("--repeats", type=int, default=None, help="timed samples per implementation")
+    ap.add_argument("--threads", type=positive_int, default=fo.get_num_threads(),
+                    help="threads for every implementation (>= 1)")
+    ap.add_argument("--repeats", type=positive_int, default=None, help="timed samples per implementation")
     ap.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     ap.add_argument("--plot", metavar="PATH", help="write ns/element against size as a PNG (matplotlib)")
     args = ap.parse_args(argv)
 
+    cases = [c for make in CASE_LISTS for c in make(args.quick)]
+    if args.only:
+        pat = args.only if any(ch in args.only for ch in "*?[") else f"*{args.only}*"
+        cases = [c for c in cases if fnmatch.fnmatch(f"{c.kernel}/{c.case}/{c.dtype}", pat)]
+        if not cases:
+            print(f"error: --only {args.only!r} matches no case of this run"
+                  f"{' (--quick)' if args.quick else ''}", file=sys.stderr)
+            return 2
     harness.set_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 11)
     for line in harness.header_lines(args.threads):
@@ -137,15 +156,12 @@ def main(argv=None) -> int:
     harness.progress("bandwidth probe...")
     probe = harness.BandwidthProbe()
     probe_start = probe.measure(repeats)
-    print(f"bandwidth probe: {probe_start:.1f} GB/s at the start (native a += s*b over two 64 MiB float32 arrays, "
-          "12 B/element); it also runs interleaved with every case, and each row's '% bw' compares with "
-          "the probe measured during that case")
+    print(f"bandwidth probe: {probe_start:.1f} GB/s at the start (native a += s*b over two "
+          f"{probe.a.nbytes >> 20} MiB float32 arrays, 12 B/element; the largest cache here is "
+          f"{harness.largest_cache_bytes() >> 20} MiB); it also runs interleaved with every case, and "
+          "each row's '% bw' compares with the probe measured during that case")
     print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
           "optim.Adam.step 7 x itemsize; batch_norm see case names")
-    cases = [c for make in CASE_LISTS for c in make(args.quick)]
-    if args.only:
-        pat = args.only if any(ch in args.only for ch in "*?[") else f"*{args.only}*"
-        cases = [c for c in cases if fnmatch.fnmatch(f"{c.kernel}/{c.case}/{c.dtype}", pat)]
     missing = [name for name, mod in (("torch", harness.torch), ("numba", harness.numba)) if mod is None]
     if missing:
         print(f"skipped peers (not installed): {', '.join(missing)}")

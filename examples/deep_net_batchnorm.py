@@ -148,7 +148,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads for fusedops and NumPy's BLAS (0: the libraries' defaults)")
+                        help="threads for fusedops and NumPy's BLAS (default 0: one BLAS thread, "
+                             "fusedops' default)")
     parser.add_argument("--plot", metavar="PATH", default=None)
     args = parser.parse_args(argv)
     with limit_threads(args.threads or None):

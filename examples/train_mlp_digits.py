@@ -334,12 +334,16 @@ def plot_history(history: History, path: str, title: str) -> None:
 @contextlib.contextmanager
 def limit_threads(n: int | None):
     """Runs the body with ``n`` threads for fusedops and NumPy's BLAS (via threadpoolctl,
-    which scikit-learn depends on); ``None`` keeps the libraries' defaults."""
-    if n is None:
-        yield
-        return
+    which scikit-learn depends on). ``None``: BLAS gets one thread and fusedops keeps its
+    default. The matrix products here are at most 64 x 256 x 256: a BLAS thread pool gains
+    nothing on them, and its threads spinning between calls take the cores fusedops and
+    NumPy need (a run took 2-25 s on a busy 2-core machine instead of about 1 s)."""
     from threadpoolctl import threadpool_limits
 
+    if n is None:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+        return
     previous = fo.get_num_threads()
     fo.set_num_threads(n)
     try:
@@ -365,8 +369,8 @@ def parse_args(argv=None):
     parser.add_argument("--constant-lr", action="store_true", help="no cosine decay")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads for fusedops and NumPy's BLAS (default 0: the libraries' "
-                             "defaults)")
+                        help="threads for fusedops and NumPy's BLAS (default 0: one BLAS thread, "
+                             "fusedops' default)")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save loss/accuracy curves as a PNG")
     parser.add_argument("--distributed", action="store_true",

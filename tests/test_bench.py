@@ -89,3 +89,22 @@ def test_plot_of_a_size_sweep(tmp_path, probe):
     path = tmp_path / "sweep.png"
     run.plot(rows, 30.0, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_rejects_zero_threads_and_an_empty_selection(capsys):
+    import run
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--threads: expected an int >= 1, got 0" in capsys.readouterr().err
+    assert run.main(["--quick", "--only", "no-such-case"]) == 2
+    assert "matches no case" in capsys.readouterr().err
+
+
+def test_headline_sizes_are_beyond_the_largest_cache():
+    import harness
+    llc = harness.largest_cache_bytes()
+    assert llc > 0
+    for bpe in (8, 12, 28):
+        n = harness.beyond_cache_elements(bpe)
+        assert n * bpe >= 2 * llc and n & (n - 1) == 0
