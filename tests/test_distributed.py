@@ -229,3 +229,22 @@ def test_gpt2_small_parameter_list():
     seconds = dist_model.step_seconds(0.2, 2 * dist_model.GPT2_SMALL, 8, 100, zero=True)
     assert seconds == pytest.approx(0.4 / 8 + dist_model.wire_bytes(2 * dist_model.GPT2_SMALL, 8) * 8 / 1e11
                                     + 14 * dist_model.LATENCY_S)
+
+
+def test_readme_example_runs_on_two_ranks(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Data parallel over MPI", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    script = tmp_path / "readme_dist.py"
+    script.write_text(code + "\nassert np.all(grads[0] == (comm.size - 1) / 2)\n"
+                      "assert all(np.allclose(p, q, rtol=1e-6) for p, q in zip(opt.param_groups[0]['params'],"
+                      " zero.param_groups[0]['params']))\n"
+                      "print(f'rank {comm.rank}: readme ok', flush=True)\n")
+    pytest.importorskip("mpi4py")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=mpi_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_all_ranks_ok(done.stdout, "readme", 2)
