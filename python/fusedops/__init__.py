@@ -48,6 +48,7 @@ from ._core import (  # noqa: E402
     simd_isa,
 )
 
+from . import distributed
 from . import nn
 from . import optim
 
@@ -61,6 +62,7 @@ __all__ = [
     "batch_norm_forward",
     "build_info",
     "clip_grad_norm",
+    "distributed",
     "get_num_threads",
     "grad_norm",
     "nn",

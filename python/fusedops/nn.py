@@ -25,6 +25,14 @@ class BatchNorm:
       or the batch statistics when they are not tracked (as torch does).
     - ``backward(dy)`` returns ``dx`` for the last ``forward`` and writes the parameter
       gradients into ``grad_weight`` and ``grad_bias``.
+    - ``comm=`` (a ``fusedops.distributed`` communicator or an mpi4py Comm; SyncBatchNorm):
+      in training, the statistics are those of the global batch over the ranks (each
+      rank's per-channel count, mean and M2, combined in rank order, so identically on
+      every rank; a rank may hold 0 or 1 rows), the running variance is the global
+      unbiased one, and ``backward`` sums the per-channel reductions over the ranks. The
+      parameter gradients stay those of the rank's own rows, for a data-parallel optimizer
+      to average like any other. Every rank must call ``forward``/``backward`` together.
+      With one rank, a plain layer.
 
     Buffers: ``weight``, ``bias``, ``running_mean``, ``running_var``, ``grad_weight`` and
     ``grad_bias`` are allocated once and only ever updated in place, so an optimizer can
