@@ -120,27 +120,36 @@ def test_flat_layout_moves_ranges_across_arrays():
     arrays = [np.arange(5.0), np.arange(10.0, 13.0).reshape(3, 1), np.array(20.0), np.zeros(0),
               np.arange(30.0, 34.0)]
     layout = fod.FlatLayout(arrays)
-    assert layout.total == 13 and layout.span is None
+    assert layout.total == 13
     concatenated = np.concatenate([a.reshape(-1) for a in arrays])
     for lo in range(14):
         for hi in range(lo, 14):
             out = np.full(hi - lo, -1.0)
             layout.copy_out(lo, hi, out)
             np.testing.assert_array_equal(out, concatenated[lo:hi])
+            assert [i for i, _ in layout.views(lo, hi) if _.size] == \
+                [i for i in range(len(arrays))
+                 if max(lo, layout.offsets[i]) < min(hi, layout.offsets[i + 1])]
     layout.copy_in(3, 10, -np.arange(7.0))
     expected = concatenated.copy()
     expected[3:10] = -np.arange(7.0)
     np.testing.assert_array_equal(np.concatenate([a.reshape(-1) for a in arrays]), expected)
 
 
-def test_flat_layout_span_of_flat_buffer_views():
+def test_flat_buffer_views_are_one_span():
+    """Views of a flat_buffer, in order, are recognized as one buffer (collectives run in
+    it without copies); anything else is not."""
     flat, views = fod.flat_buffer([(2, 2), 3, (1, 2)], np.float32)
-    layout = fod.FlatLayout(views)
-    assert layout.span is not None and np.shares_memory(layout.span, flat)
-    assert layout.span.size == flat.size
-    assert fod.FlatLayout(views[::-1]).span is None          # not in memory order
-    assert fod.FlatLayout([views[0], views[2]]).span is None  # a gap
-    assert fod.FlatLayout([np.zeros(3), np.zeros(3)]).span is None
+
+    def span(arrays):
+        flats = [a.reshape(-1) for a in arrays]
+        return fod._contiguous_span(flats, sum(f.size for f in flats))
+
+    whole = span(views)
+    assert whole is not None and whole.size == flat.size and np.shares_memory(whole, flat)
+    assert span(views[::-1]) is None                 # not in memory order
+    assert span([views[0], views[2]]) is None        # a gap
+    assert span([np.zeros(3), np.zeros(3)]) is None  # two buffers
 
 
 def test_optimizer_arguments_without_mpi():
