@@ -57,22 +57,42 @@ def gpt2_small_shapes(vocab: int = 50257, context: int = 1024, width: int = 768,
     return shapes + [(width,), (width,)]                    # ln_f
 
 
-def timed(comm: fod.Communicator, fn, repeats: int, before=None) -> float:
-    """Seconds of the fastest of ``repeats`` runs of fn() (after one warm-up), each timed
-    between barriers and counted as the slowest rank's time."""
-    best = float("inf")
+class Stopwatch:
+    """Adds up the time spent in the functions it wraps (reset before each timed run)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn):
+        def timed_fn(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed_fn
+
+
+def timed(comm: fod.Communicator, fn, repeats: int, before=None,
+          watch: Stopwatch | None = None) -> tuple[float, float]:
+    """(seconds, the watch's seconds in that run) of the fastest of ``repeats`` runs of
+    fn() (after one warm-up), each timed between barriers, the slowest rank counting."""
+    best, best_part = float("inf"), 0.0
     for i in range(repeats + 1):
         if before is not None:
             before()
+        if watch is not None:
+            watch.seconds = 0.0
         comm.barrier()
         start = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - start
+        part = watch.seconds if watch is not None else 0.0
         if comm.size > 1:
-            elapsed = comm.mpi.allreduce(elapsed, op=fod._load_mpi().MAX)
-        if i:
-            best = min(best, elapsed)
-    return best
+            elapsed, part = comm.mpi.allreduce((elapsed, part), op=fod._load_mpi().MAX)
+        if i and elapsed < best:
+            best, best_part = elapsed, part
+    return best, best_part
 
 
 def measure(repeats: int, tiny: bool = False) -> dict:
@@ -101,41 +121,47 @@ def measure(repeats: int, tiny: bool = False) -> dict:
     # Raw mpi4py: one Allreduce of the same bytes (the flat buffer as scratch).
     mpi = fod._load_mpi()
     if size > 1:
-        row("allreduce (raw mpi4py)", timed(comm, lambda: comm.mpi.Allreduce(mpi.IN_PLACE, flat, op=mpi.SUM),
-                                            repeats, refill_views))
-    row("allreduce_mean_ (separate arrays)", timed(comm, lambda: fod.allreduce_mean_(grads, comm), repeats))
+        row("allreduce (raw mpi4py)",
+            timed(comm, lambda: comm.mpi.Allreduce(mpi.IN_PLACE, flat, op=mpi.SUM), repeats,
+                  refill_views)[0])
+    row("allreduce_mean_ (separate arrays)", timed(comm, lambda: fod.allreduce_mean_(grads, comm),
+                                                   repeats)[0])
     row("allreduce_mean_ (flat_buffer views)", timed(comm, lambda: fod.allreduce_mean_(views, comm),
-                                                     repeats, refill_views))
+                                                     repeats, refill_views)[0])
     # The average is the same on every rank (a check that the timed calls did their job).
-    ok = fod._load_mpi() is None or len(set(comm.mpi.allgather(zlib.crc32(views[5])))) == 1
-    assert ok, "the ranks' averages differ"
+    assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(views[5])))) == 1, \
+        "the ranks' averages differ"
 
     # Compute alone: the fused AdamW step on one rank's full arrays.
     opt = fo.optim.AdamW(params, lr=1e-4)
-    compute = timed(comm, lambda: opt.step(grads), repeats)
-    row("AdamW step, one rank's arrays (compute)", compute, moved=0.0)
+    row("AdamW step, one rank's arrays (compute)", timed(comm, lambda: opt.step(grads), repeats)[0],
+        moved=0.0)
     del opt
 
+    # Data parallel: the time outside the local fused step is communication.
     dp = fo.optim.AdamW(params, lr=1e-4, comm=comm)
-    dp_step = timed(comm, lambda: dp.step(grads), repeats)
-    averaging = timed(comm, lambda: fod.allreduce_mean_(grads, comm), repeats)
-    row("data parallel step", dp_step, averaging)
-    digest = zlib.crc32(params[3])
-    assert size == 1 or len(set(comm.mpi.allgather(digest))) == 1, "params differ across ranks"
+    watch = Stopwatch()
+    dp._step_local = watch.wrap(dp._step_local)
+    dp_step, dp_compute = timed(comm, lambda: dp.step(grads), repeats, watch=watch)
+    row("data parallel step", dp_step, dp_step - dp_compute if size > 1 else 0.0)
+    assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(params[3])))) == 1, \
+        "params differ across ranks"
     dp_state = sum(a.nbytes for entry in dp.state_dict()["state"].values() for a in entry.values())
     del dp
 
+    # ZeRO-1: the reduce-scatter of the grads and the allgather of the params are communication.
     zero = fo.optim.AdamW(params, lr=1e-4, comm=comm, shard_state=True)
-    zero_step = timed(comm, lambda: zero.step(grads), repeats)
-    if isinstance(zero._dist, fod.ShardedDataParallel):
-        layout = fod.FlatLayout(grads)
-        helper = zero._dist
-        zero_comm = (timed(comm, lambda: helper._reduce_scatter_mean(layout), repeats)
-                     + timed(comm, helper._allgather_params, repeats))
-    else:
-        zero_comm = 0.0
+    watch = Stopwatch()
+    helper = zero._dist
+    if isinstance(helper, fod.ShardedDataParallel):
+        helper._reduce_scatter_mean = watch.wrap(helper._reduce_scatter_mean)
+        helper._allgather_params = watch.wrap(helper._allgather_params)
+    zero_step, zero_comm = timed(comm, lambda: zero.step(grads), repeats, watch=watch)
     row("ZeRO-1 step", zero_step, zero_comm)
-    zero_state = sum(a.nbytes for a in zero.state_dict()["state"].values()) if size > 1 else dp_state
+    if not isinstance(helper, fod.ShardedDataParallel):
+        zero_state = dp_state
+    else:
+        zero_state = sum(a.nbytes for a in zero.state_dict()["state"].values())
     assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(params[3])))) == 1
     return {"ranks": size, "tensors": len(shapes), "values": n, "threads_per_rank": fo.get_num_threads(),
             "state_bytes_per_rank": {"data parallel": dp_state, "ZeRO-1": zero_state}, "rows": rows}
