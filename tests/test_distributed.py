@@ -116,24 +116,34 @@ def test_flat_buffer():
         fod.flat_buffer([(2,), (3, -1)])
 
 
-def test_flat_layout_moves_ranges_across_arrays():
-    arrays = [np.arange(5.0), np.arange(10.0, 13.0).reshape(3, 1), np.array(20.0), np.zeros(0),
-              np.arange(30.0, 34.0)]
-    layout = fod.FlatLayout(arrays)
-    assert layout.total == 13
-    concatenated = np.concatenate([a.reshape(-1) for a in arrays])
-    for lo in range(14):
-        for hi in range(lo, 14):
-            out = np.full(hi - lo, -1.0)
-            layout.copy_out(lo, hi, out)
-            np.testing.assert_array_equal(out, concatenated[lo:hi])
-            assert [i for i, _ in layout.views(lo, hi) if _.size] == \
-                [i for i in range(len(arrays))
-                 if max(lo, layout.offsets[i]) < min(hi, layout.offsets[i + 1])]
-    layout.copy_in(3, 10, -np.arange(7.0))
-    expected = concatenated.copy()
-    expected[3:10] = -np.arange(7.0)
-    np.testing.assert_array_equal(np.concatenate([a.reshape(-1) for a in arrays]), expected)
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("bucket_bytes", [4, 40, 1 << 12, 25 << 20])
+def test_bucket_plan_covers_every_element_once(blocks, bucket_bytes):
+    """Buckets take the arrays' elements in order, each once; in-place buckets are slices
+    of one array a multiple of the block count long; the blocks of the ranks partition
+    every bucket."""
+    sizes = [0, 1, 5, 17, 1000, 0, 3, 300_000, 2, 262_144, 262_145, 7]
+    buckets = fod.plan_buckets(sizes, 4, bucket_bytes, blocks)
+    per_bucket = max(blocks, bucket_bytes // 4 // blocks * blocks)
+    covered = [(i, lo, n) for b in buckets for i, lo, n in b.pieces]
+    expected, flat = [], [(i, k) for i, size in enumerate(sizes) for k in range(size)]
+    for i, lo, n in covered:
+        expected.extend((i, k) for k in range(lo, lo + n))
+    assert expected == flat
+    for b in buckets:
+        assert 0 < b.length <= per_bucket and b.block == -(-b.length // blocks)
+        if b.in_place:
+            assert len(b.pieces) == 1 and b.length % blocks == 0
+        parts = sorted((i, lo, n) for r in range(blocks) for i, lo, n, _ in b.block_pieces(r))
+        assert sum(n for _, _, n in parts) == b.length
+        for r in range(blocks):
+            positions = [pos for _, _, _, pos in b.block_pieces(r)]
+            assert positions == sorted(positions) and all(0 <= p < b.block for p in positions)
+    in_place = {b.pieces[0][0] for b in buckets if b.in_place}
+    if bucket_bytes >= 1 << 20:  # only the arrays of 1 MiB or more
+        assert in_place == {7, 9, 10}
+    else:  # any array of a bucket or more
+        assert in_place == {i for i, size in enumerate(sizes) if size >= per_bucket}
 
 
 def test_flat_buffer_views_are_one_span():

@@ -196,55 +196,6 @@ def agree(comm: Communicator, error: Optional[Exception], where: str, signature:
 
 # ---------------------------------------------------------------- flat layouts
 
-class FlatLayout:
-    """A list of C-contiguous arrays seen as one flat sequence of elements (list order).
-
-    ``copy_out(lo, hi, out)`` / ``copy_in(lo, hi, src)`` move the elements [lo, hi) of
-    that sequence to / from a contiguous buffer; ``views(lo, hi)`` gives them as views.
-    """
-
-    def __init__(self, arrays: Sequence[Array]) -> None:
-        self.flats = [a.reshape(-1) for a in arrays]  # views: the arrays are C-contiguous
-        sizes = [f.size for f in self.flats]
-        self.offsets = [0]
-        for n in sizes:
-            self.offsets.append(self.offsets[-1] + n)
-        self.total = self.offsets[-1]
-
-    def _pieces(self, lo: int, hi: int) -> Iterator[Array]:
-        i = bisect.bisect_right(self.offsets, lo) - 1
-        while lo < hi:
-            start, end = self.offsets[i], self.offsets[i + 1]
-            take = min(end, hi) - lo
-            if take > 0:
-                yield self.flats[i][lo - start:lo - start + take]
-                lo += take
-            i += 1
-
-    def copy_out(self, lo: int, hi: int, out: Array) -> None:
-        pos = 0
-        for piece in self._pieces(lo, hi):
-            np.copyto(out[pos:pos + piece.size], piece)
-            pos += piece.size
-
-    def copy_in(self, lo: int, hi: int, src: Array) -> None:
-        pos = 0
-        for piece in self._pieces(lo, hi):
-            np.copyto(piece, src[pos:pos + piece.size])
-            pos += piece.size
-
-    def views(self, lo: int, hi: int) -> Iterator[Tuple[int, Array]]:
-        """(array index, view of that array's flat elements) for the elements [lo, hi)."""
-        i = bisect.bisect_right(self.offsets, lo) - 1
-        while lo < hi and i < len(self.flats):
-            start, end = self.offsets[i], self.offsets[i + 1]
-            take = min(end, hi) - lo
-            if take > 0:
-                yield i, self.flats[i][lo - start:lo - start + take]
-                lo += take
-            i += 1
-
-
 def _root_array(a: Array) -> Array:
     while isinstance(a.base, np.ndarray):
         a = a.base
@@ -276,22 +227,6 @@ def _by_dtype(arrays: Sequence[Array]) -> Dict["np.dtype[Any]", List[Array]]:
     for a in arrays:
         runs.setdefault(a.dtype, []).append(a)
     return runs
-
-
-def _mean_in_place(comm: Communicator, buf: Array) -> None:
-    """Averages a contiguous 1-D buffer over the ranks, in place, identically on every
-    rank. The buffer is cut into one equal block per rank (MPI's block collectives are
-    much faster than the ones with per-rank counts); a tail of fewer elements than ranks
-    goes through a zero-padded block of its own."""
-    size = comm.size
-    body = buf.size - buf.size % size
-    if body:
-        _mean_blocks(comm, buf[:body])
-    if body < buf.size:
-        padded = np.zeros(size, buf.dtype)
-        padded[:buf.size - body] = buf[body:]
-        _mean_blocks(comm, padded)
-        buf[body:] = padded[:buf.size - body]
 
 
 def _mean_blocks(comm: Communicator, buf: Array) -> None:
@@ -335,8 +270,8 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     if comm.size == 1:
         return
     for dtype, run in _by_dtype(arrays).items():
-        _run_buckets(run, dtype, bucket_bytes, lambda buf: _mean_in_place(comm, buf),
-                     multiple=comm.size)
+        flats, buckets = _bucketed(run, bucket_bytes, comm.size)
+        _run_buckets(flats, buckets, comm.size, lambda buf: _mean_blocks(comm, buf))
 
 
 def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, *,
@@ -369,13 +304,9 @@ def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, 
     def bcast(buf: Array) -> None:
         comm.mpi.Bcast([buf, _MPI.BYTE], root=root)
 
-    _run_buckets(raw, np.dtype(np.uint8), bucket_bytes, bcast,
+    flats, buckets = _bucketed(raw, bucket_bytes, 1)
+    _run_buckets(flats, buckets, 1, bcast,
                  pack=comm.rank == root, unpack=comm.rank != root)
-
-
-def _bucket_elements(bucket_bytes: int, dtype: "np.dtype[Any]", multiple: int) -> int:
-    """Elements per bucket: at most ``bucket_bytes``, a multiple of ``multiple`` (>= 1 of it)."""
-    return max(multiple, bucket_bytes // dtype.itemsize // multiple * multiple)
 
 
 # Arrays of at least this size are run in their own memory: copying them into a bucket
@@ -383,62 +314,130 @@ def _bucket_elements(bucket_bytes: int, dtype: "np.dtype[Any]", multiple: int) -
 # of microseconds per call).
 _IN_PLACE_BYTES = 1 << 20
 
+Piece = Tuple[int, int, int]  # (array index, first flat element, element count)
 
-def _run_buckets(arrays: Sequence[Array], dtype: "np.dtype[Any]", bucket_bytes: int,
-                 collective: Callable[[Array], None], *, multiple: int = 1, pack: bool = True,
-                 unpack: bool = True, scratch: Optional[Array] = None) -> None:
-    """Runs ``collective(buffer)`` over buckets of the arrays' elements, in list order.
 
-    Buckets hold at most ``bucket_bytes`` and, but for the last slice of an array, a
-    multiple of ``multiple`` elements. Arrays that lie back to back in one buffer, and
-    arrays of at least 1 MiB, are run in their own memory, in bucket-sized slices; smaller
-    ones are packed whole into a scratch bucket (``scratch`` if given, a bucket long).
-    The boundaries depend only on the sizes, the same on every rank."""
-    flats = [a.reshape(-1) for a in arrays]
-    total = sum(a.size for a in flats)
-    per_bucket = _bucket_elements(bucket_bytes, dtype, multiple)
-    span = _contiguous_span(flats, total)
-    if span is not None:
-        for lo in range(0, total, per_bucket):
-            collective(span[lo:lo + per_bucket])
-        return
-    in_place = min(per_bucket, max(1, _IN_PLACE_BYTES // dtype.itemsize))
-    pending: List[Array] = []
+class Bucket:
+    """The elements of one collective: ``pieces`` of the arrays, back to back, seen as
+    ``blocks`` equal blocks of ``block`` elements (the last zero-padded).
+
+    ``in_place``: a single slice of one array whose length is a multiple of ``blocks``,
+    used in the array's own memory; otherwise the pieces are packed into a scratch buffer.
+    """
+
+    __slots__ = ("pieces", "length", "block", "in_place")
+
+    def __init__(self, pieces: List[Piece], blocks: int, in_place: bool) -> None:
+        self.pieces = pieces
+        self.length = sum(n for _, _, n in pieces)
+        self.block = -(-self.length // blocks)
+        self.in_place = in_place
+
+    def block_pieces(self, r: int) -> List[Tuple[int, int, int, int]]:
+        """(array index, first element, count, position in the block) of the elements of
+        block ``r``, the bucket's elements [r * block, (r + 1) * block)."""
+        start, end = r * self.block, min((r + 1) * self.block, self.length)
+        found, pos = [], 0
+        for i, lo, n in self.pieces:
+            a, b = max(start, pos), min(end, pos + n)
+            if a < b:
+                found.append((i, lo + a - pos, b - a, a - start))
+            pos += n
+        return found
+
+
+def plan_buckets(sizes: Sequence[int], itemsize: int, bucket_bytes: int, blocks: int, *,
+                 in_place_bytes: int = _IN_PLACE_BYTES) -> List[Bucket]:
+    """Cuts arrays of these sizes, in list order, into buckets of at most ``bucket_bytes``
+    made of ``blocks`` equal blocks. An array of at least ``in_place_bytes`` (or a bucket)
+    gives in-place buckets, slices of it whose lengths are multiples of ``blocks``; its
+    last few elements and the smaller arrays are packed, whole and in order, into shared
+    buckets. The plan depends only on the arguments, so it is the same on every rank."""
+    per_bucket = max(blocks, bucket_bytes // itemsize // blocks * blocks)
+    in_place = min(per_bucket, max(blocks, in_place_bytes // itemsize))
+    buckets: List[Bucket] = []
+    pending: List[Piece] = []
     filled = 0
 
     def flush() -> None:
-        nonlocal filled, scratch
+        nonlocal filled
         if filled:
-            if scratch is None:
-                scratch = np.empty(min(per_bucket, total), dtype)
-            buf = scratch[:filled]
-            for flat, pos in _packed(pending) if pack else ():
-                buf[pos:pos + flat.size] = flat
-            collective(buf)
-            for flat, pos in _packed(pending) if unpack else ():
-                flat[...] = buf[pos:pos + flat.size]
+            buckets.append(Bucket(list(pending), blocks, False))
         pending.clear()
         filled = 0
 
-    for flat in flats:
-        if flat.size >= in_place:
+    def add_packed(piece: Piece) -> None:
+        nonlocal filled
+        if filled + piece[2] > per_bucket:
             flush()
-            for lo in range(0, flat.size, per_bucket):
-                collective(flat[lo:lo + per_bucket])
-            continue
-        if filled + flat.size > per_bucket:
+        pending.append(piece)
+        filled += piece[2]
+
+    for i, size in enumerate(sizes):
+        if size >= in_place:
             flush()
-        pending.append(flat)
-        filled += flat.size
+            body = size - size % blocks
+            for lo in range(0, body, per_bucket):
+                buckets.append(Bucket([(i, lo, min(per_bucket, body - lo))], blocks, True))
+            if body < size:
+                add_packed((i, body, size - body))
+        elif size:
+            add_packed((i, 0, size))
     flush()
+    return buckets
 
 
-def _packed(flats: Sequence[Array]) -> Iterator[Tuple[Array, int]]:
-    """Each array with its offset when packed back to back."""
+def _bucketed(arrays: Sequence[Array], bucket_bytes: int,
+              blocks: int) -> Tuple[List[Array], List[Bucket]]:
+    """1-D views of the arrays and their buckets. Arrays that lie back to back in one
+    buffer are one array, used in place whatever its size."""
+    flats = [a.reshape(-1) for a in arrays]
+    span = _contiguous_span(flats, sum(f.size for f in flats))
+    if span is not None:
+        flats = [span]
+    return flats, plan_buckets([f.size for f in flats], flats[0].dtype.itemsize if flats else 1,
+                               bucket_bytes, blocks,
+                               in_place_bytes=0 if span is not None else _IN_PLACE_BYTES)
+
+
+def _scratch_elements(buckets: Sequence[Bucket], blocks: int) -> int:
+    return max((blocks * b.block for b in buckets if not b.in_place), default=0)
+
+
+def _pack(flats: Sequence[Array], bucket: Bucket, buf: Array) -> None:
     pos = 0
-    for flat in flats:
-        yield flat, pos
-        pos += flat.size
+    for i, lo, n in bucket.pieces:
+        buf[pos:pos + n] = flats[i][lo:lo + n]
+        pos += n
+    buf[pos:] = 0
+
+
+def _unpack(flats: Sequence[Array], bucket: Bucket, buf: Array) -> None:
+    pos = 0
+    for i, lo, n in bucket.pieces:
+        flats[i][lo:lo + n] = buf[pos:pos + n]
+        pos += n
+
+
+def _run_buckets(flats: Sequence[Array], buckets: Sequence[Bucket], blocks: int,
+                 collective: Callable[[Array], None], *, pack: bool = True, unpack: bool = True,
+                 scratch: Optional[Array] = None) -> None:
+    """Runs ``collective(buffer)`` on each bucket: an in-place bucket in its array's
+    memory, a packed one through ``scratch`` (allocated if None or too small)."""
+    for bucket in buckets:
+        if bucket.in_place:
+            i, lo, n = bucket.pieces[0]
+            collective(flats[i][lo:lo + n])
+            continue
+        size = blocks * bucket.block
+        if scratch is None or scratch.size < size:
+            scratch = np.empty(_scratch_elements(buckets, blocks), flats[0].dtype)
+        buf = scratch[:size]
+        if pack:
+            _pack(flats, bucket, buf)
+        collective(buf)
+        if unpack:
+            _unpack(flats, bucket, buf)
 
 
 # ---------------------------------------------------------------- optimizers (comm=)
@@ -568,15 +567,14 @@ class DataParallel:
         except (TypeError, ValueError) as exc:
             error = exc
         agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
+        size = self.comm.size
         for dtype, run in _by_dtype(grads).items():
-            # The scratch bucket is kept from step to step.
-            size = min(_bucket_elements(self.bucket_bytes, dtype, self.comm.size),
-                       sum(g.size for g in run))
-            scratch = self._scratch.get(dtype)
-            if scratch is None or scratch.size < size:
-                scratch = self._scratch[dtype] = np.empty(size, dtype)
-            _run_buckets(run, dtype, self.bucket_bytes, lambda buf: _mean_in_place(self.comm, buf),
-                         multiple=self.comm.size, scratch=scratch)
+            flats, buckets = _bucketed(run, self.bucket_bytes, size)
+            scratch = self._scratch.get(dtype)  # kept from step to step
+            if scratch is None or scratch.size < _scratch_elements(buckets, size):
+                scratch = self._scratch[dtype] = np.empty(_scratch_elements(buckets, size), dtype)
+            _run_buckets(flats, buckets, size, lambda buf: _mean_blocks(self.comm, buf),
+                         scratch=scratch)
         return self.opt._step_local(grads, grad_scale)
 
     def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
@@ -608,45 +606,45 @@ def _groups_for_state_dict(opt: Optimizer) -> List[Dict[str, Any]]:
 class ShardedDataParallel(DataParallel):
     """The steps of an optimizer built with ``comm=`` and ``shard_state=True``: ZeRO-1.
 
-    The params, flattened in group order, are cut into one contiguous shard per rank
-    (ceil(total / N) elements, the last shards shorter; a shard may cut through tensors),
-    each shard into the same number of pieces, and bucket k holds every rank's k-th piece
-    (zero-padded to equal blocks). A step
-    reduce-scatters the grads so each rank gets the average of its shard, runs the fused
-    step on views of its shard (the optimizer state exists for the shard only), then
-    allgathers the updated params into every rank's arrays. The user's grads are only
-    read. The global grad norm and the non-finite check are agreed with one small
-    allgather (partial sums added in rank order), so every rank decides the same."""
+    The params, in group order, are cut into buckets (:func:`plan_buckets`) and each
+    bucket into one equal block per rank; a rank's shard is its block of every bucket
+    (1/N of the elements, cutting through tensors). A step reduce-scatters the grads so
+    each rank gets the average of its shard, runs the fused step on views of its shard
+    (the optimizer state exists for the shard only), then allgathers the updated params.
+    Buckets of large tensors are used in the tensors' own memory (the grads are sent from
+    where they are and the params gathered in place); only small tensors are packed. The
+    user's grads are only read. The global grad norm and the non-finite check are agreed
+    with one small allgather (partial sums added in rank order), so every rank decides
+    the same."""
 
     def __init__(self, opt: Optimizer, comm: Communicator) -> None:
         super().__init__(opt, comm)
         params = _all_params(opt)
         self.dtype = params[0].dtype
         self.mpi_type = _mpi_dtype(self.dtype)
-        self.layout = FlatLayout(params)
-        self.total = self.layout.total
-        self.shard = -(-self.total // comm.size)  # elements per shard, padding included
-        # Rank r's shard: the flat elements [starts[r], starts[r] + counts[r]).
-        self.starts = [min(r * self.shard, self.total) for r in range(comm.size)]
-        self.counts = [min(self.shard, self.total - s) for s in self.starts]
-        self.lo, self.count = self.starts[comm.rank], self.counts[comm.rank]
-        n_buckets = max(1, -(-comm.size * self.shard * self.dtype.itemsize // self.bucket_bytes))
-        self.cuts = sorted({self.shard * k // n_buckets for k in range(n_buckets + 1)})
-        piece = max(b - a for a, b in zip(self.cuts, self.cuts[1:])) if self.shard else 0
-        self.bucket = np.zeros(comm.size * piece, self.dtype)
+        self.params = [p.reshape(-1) for p in params]
+        sizes = [p.size for p in params]
+        self.buckets = plan_buckets(sizes, self.dtype.itemsize, self.bucket_bytes, comm.size)
+        self.offsets = [0]  # where each bucket's block starts in a shard
+        for bucket in self.buckets:
+            self.offsets.append(self.offsets[-1] + bucket.block)
+        self.shard = self.offsets[-1]  # elements per shard, padding included
+        self.layout_id = zlib.crc32(repr((sizes, self.dtype.str, self.bucket_bytes)).encode())
+        self.scratch = np.zeros(_scratch_elements(self.buckets, comm.size), self.dtype)
         self.grad_shard = np.zeros(self.shard, self.dtype)
         self.state_flat: Dict[str, Array] = {}  # state name -> the shard's state
+        # This rank's elements: (param index, first flat element, count, offset in the shard).
+        self.pieces = self._pieces_of(comm.rank)
         group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
-        # (param index, offset in the shard, view of the param's elements in the shard)
-        self.pieces: List[Tuple[int, int, Array]] = []
-        offset = 0
-        for i, view in self.layout.views(self.lo, self.lo + self.count):
-            self.pieces.append((i, offset, view))
-            offset += view.size
-        self.group_of_piece = [group_of_param[i] for i, _, _ in self.pieces]
+        self.group_of_piece = [group_of_param[i] for i, _, _, _ in self.pieces]
         self.groups_used = max(self.group_of_piece, default=-1) + 1
-        self.grad_views = [self.grad_shard[off:off + v.size] for _, off, v in self.pieces]
+        self.grad_views = [self.grad_shard[off:off + n] for _, _, n, off in self.pieces]
         self._plan: Any = None
+
+    def _pieces_of(self, rank: int) -> List[Tuple[int, int, int, int]]:
+        return [(i, lo, n, offset + pos)
+                for bucket, offset in zip(self.buckets, self.offsets)
+                for i, lo, n, pos in bucket.block_pieces(rank)]
 
     # ------------------------------------------------------------ stepping
 
@@ -657,7 +655,7 @@ class ShardedDataParallel(DataParallel):
             needed.update(opt._needed_state(group))
         for name in opt._state_names:
             if name in needed and name not in self.state_flat:
-                self.state_flat[name] = np.zeros(self.count, self.dtype)
+                self.state_flat[name] = np.zeros(self.shard, self.dtype)
                 self._plan = None
 
     def _current_plan(self) -> Any:
@@ -667,10 +665,11 @@ class ShardedDataParallel(DataParallel):
             columns = []
             for name in self.opt._state_names:
                 flat = self.state_flat.get(name)
-                columns.append([None if flat is None else flat[off:off + v.size]
-                                for _, off, v in self.pieces])
-            self._plan = _core._OptimizerPlan(type(self.opt).__name__, [v for _, _, v in self.pieces],
-                                              self.group_of_piece, columns)
+                columns.append([None if flat is None else flat[off:off + n]
+                                for _, _, n, off in self.pieces])
+            views = [self.params[i][lo:lo + n] for i, lo, n, _ in self.pieces]
+            self._plan = _core._OptimizerPlan(type(self.opt).__name__, views, self.group_of_piece,
+                                              columns)
         return self._plan
 
     def step(self, grads_arg: Any, grad_scale: float) -> bool:
@@ -682,7 +681,7 @@ class ShardedDataParallel(DataParallel):
         except (TypeError, ValueError) as exc:
             error = exc
         agree(comm, error, f"{type(opt).__name__}.step")
-        self._reduce_scatter_mean(FlatLayout(grads))
+        self._reduce_scatter_mean(grads)
 
         divisor = float(grad_scale)
         if opt.max_grad_norm is not None or opt.skip_nonfinite:
@@ -720,38 +719,35 @@ class ShardedDataParallel(DataParallel):
         self._allgather_params()
         return True
 
-    def _piece(self, rank: int, a: int, b: int) -> Tuple[int, int]:
-        """The flat range of the elements [a, b) of ``rank``'s shard that exist."""
-        start = rank * self.shard
-        return min(start + a, self.total), min(start + b, self.total)
-
-    def _reduce_scatter_mean(self, grads: FlatLayout) -> None:
+    def _reduce_scatter_mean(self, grads: Sequence[Array]) -> None:
         """The average of the grads of this rank's shard, into ``grad_shard``."""
-        comm = self.comm
-        for a, b in zip(self.cuts, self.cuts[1:]):
-            width = b - a
-            buf = self.bucket[:comm.size * width]
-            for r in range(comm.size):
-                lo, hi = self._piece(r, a, b)
-                grads.copy_out(lo, hi, buf[r * width:r * width + hi - lo])
-                buf[r * width + hi - lo:(r + 1) * width] = 0  # padding past the last element
-            mine = self.grad_shard[a:b]
-            comm.mpi.Reduce_scatter_block([buf, self.mpi_type], [mine, self.mpi_type], op=_MPI.SUM)
+        comm, mpi_type = self.comm, self.mpi_type
+        flats = [g.reshape(-1) for g in grads]
+        for bucket, offset in zip(self.buckets, self.offsets):
+            if bucket.in_place:
+                i, lo, n = bucket.pieces[0]
+                send = flats[i][lo:lo + n]
+            else:
+                send = self.scratch[:comm.size * bucket.block]
+                _pack(flats, bucket, send)
+            mine = self.grad_shard[offset:offset + bucket.block]
+            comm.mpi.Reduce_scatter_block([send, mpi_type], [mine, mpi_type], op=_MPI.SUM)
             np.divide(mine, comm.size, out=mine)
 
     def _allgather_params(self) -> None:
-        """Every rank's updated shard into every rank's params."""
-        comm, rank, params = self.comm, self.comm.rank, self.layout
-        for a, b in zip(self.cuts, self.cuts[1:]):
-            width = b - a
-            buf = self.bucket[:comm.size * width]
-            lo, hi = self._piece(rank, a, b)
-            params.copy_out(lo, hi, buf[rank * width:rank * width + hi - lo])
+        """Every rank's updated block of every bucket into every rank's params."""
+        comm, rank, params = self.comm, self.comm.rank, self.params
+        for bucket in self.buckets:
+            if bucket.in_place:  # this rank's block was updated where it is
+                i, lo, n = bucket.pieces[0]
+                comm.mpi.Allgather(_MPI.IN_PLACE, [params[i][lo:lo + n], self.mpi_type])
+                continue
+            buf = self.scratch[:comm.size * bucket.block]
+            mine = buf[rank * bucket.block:]
+            for i, lo, n, pos in bucket.block_pieces(rank):
+                mine[pos:pos + n] = params[i][lo:lo + n]
             comm.mpi.Allgather(_MPI.IN_PLACE, [buf, self.mpi_type])
-            for r in range(comm.size):
-                if r != rank:
-                    lo, hi = self._piece(r, a, b)
-                    params.copy_in(lo, hi, buf[r * width:r * width + hi - lo])
+            _unpack(params, bucket, buf)
 
     def check_add_param_group(self) -> None:
         raise ValueError(f"{type(self.opt).__name__}: add_param_group is not supported with "
@@ -761,8 +757,8 @@ class ShardedDataParallel(DataParallel):
     # ------------------------------------------------------------ state
 
     def _shard_info(self) -> Dict[str, int]:
-        return {"rank": self.comm.rank, "size": self.comm.size, "offset": self.lo,
-                "count": self.count, "total": self.total}
+        return {"rank": self.comm.rank, "size": self.comm.size, "elements": self.shard,
+                "layout": self.layout_id}
 
     def state_dict(self) -> Dict[str, Any]:
         """The rank's shard: each state as one flat array of the shard's elements."""
@@ -784,22 +780,25 @@ class ShardedDataParallel(DataParallel):
         self._ensure_state()
         names = [n for n in opt._state_names if n in self.state_flat]
         agree(comm, error, where, zlib.crc32(",".join(names).encode()))
-        full: Dict[str, Array] = {}
+        shards: Dict[str, Array] = {}  # name -> every rank's shard, on root
         for name in names:
-            if comm.rank == root:
-                full[name] = np.empty(self.total, self.dtype)
-                comm.mpi.Gatherv([self.state_flat[name], self.mpi_type],
-                                 [full[name], self.counts, self.starts, self.mpi_type], root=root)
-            else:
-                comm.mpi.Gatherv([self.state_flat[name], self.mpi_type], None, root=root)
+            recv = np.empty((comm.size, self.shard), self.dtype) if comm.rank == root else None
+            comm.mpi.Gather([self.state_flat[name], self.mpi_type],
+                            None if recv is None else [recv, self.mpi_type], root=root)
+            if recv is not None:
+                shards[name] = recv
         if comm.rank != root:
             return None
-        state = {}
         params = _all_params(opt)
         group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
-        for i, p in enumerate(params):
-            lo, hi = self.layout.offsets[i], self.layout.offsets[i + 1]
-            entry = {name: flat[lo:hi].reshape(p.shape).copy() for name, flat in full.items()
+        whole = {name: [np.empty(p.shape, self.dtype) for p in params] for name in names}
+        for r in range(comm.size):
+            for i, lo, n, off in self._pieces_of(r):
+                for name in names:
+                    whole[name][i].reshape(-1)[lo:lo + n] = shards[name][r, off:off + n]
+        state = {}
+        for i in range(len(params)):
+            entry = {name: whole[name][i] for name in names
                      if opt._started[group_of_param[i]] or name != "momentum_buffer"}
             if entry:
                 state[i] = entry
@@ -849,9 +848,9 @@ class ShardedDataParallel(DataParallel):
                 raise TypeError(f"{name}: state {key!r} must be a numpy.ndarray")
             if value.dtype != self.dtype:
                 raise TypeError(f"{name}: state {key!r} has dtype {value.dtype}, the params have {self.dtype}")
-            if value.shape != (self.count,):
+            if value.shape != (self.shard,):
                 raise ValueError(f"{name}: state {key!r} has shape {value.shape}, the shard has "
-                                 f"({self.count},)")
+                                 f"({self.shard},)")
             flats[key] = value
         return flats, list(started)
 
@@ -887,11 +886,10 @@ class ShardedDataParallel(DataParallel):
         keys = [k for k in opt._state_names if any(k in e for e in saved_state.values())]
         flats = {}
         for key in keys:
-            flat = np.zeros(self.count, self.dtype)
-            for i, off, view in self.pieces:
+            flat = np.zeros(self.shard, self.dtype)
+            for i, lo, n, off in self.pieces:
                 if key in saved_state.get(i, {}):
-                    lo = self.lo + off - self.layout.offsets[i]
-                    flat[off:off + view.size] = saved_state[i][key].reshape(-1)[lo:lo + view.size]
+                    flat[off:off + n] = saved_state[i][key].reshape(-1)[lo:lo + n]
             flats[key] = flat
         return flats, started
 
