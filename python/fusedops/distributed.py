@@ -6,11 +6,13 @@ here is a no-op (after the same argument checks), so the same script runs anywhe
 
 Everything moves through buffer-protocol calls on NumPy arrays (no pickling on the hot
 path) and the optimizer math runs in the same fused kernels, on views. The collectives
-have a fixed structure: arrays are packed in list order into buckets whose boundaries
-depend only on the shapes, dtypes and ``bucket_bytes``; each bucket is reduce-scattered
-(every element is summed by exactly one rank, in the MPI library's fixed order for that
-message size and rank count), divided by the rank count on that rank and allgathered.
-So every rank receives bitwise the same average, and a run replays bitwise.
+have a fixed structure: arrays are cut in list order into buckets whose boundaries
+depend only on the shapes, dtypes and ``bucket_bytes`` (:func:`plan_buckets`: large
+arrays are used in their own memory, small ones packed together); each bucket is
+reduce-scattered (every element is summed by exactly one rank, in the MPI library's
+fixed order for that message size and rank count), divided by the rank count on that
+rank and allgathered. So every rank receives bitwise the same average, and a run
+replays bitwise.
 
 Errors never leave a rank waiting in a collective: the arguments are checked on every
 rank first, the ranks agree on the outcome (one tiny allreduce), and if any rank rejected
@@ -57,7 +59,8 @@ def _mpi_dtype(dtype: "np.dtype[Any]") -> Any:
     return {np.dtype(np.float32): _MPI.FLOAT, np.dtype(np.float64): _MPI.DOUBLE}[np.dtype(dtype)]
 
 
-__all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
+__all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer",
+           "plan_buckets"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
 _REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64))
@@ -246,10 +249,11 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
     """Replaces each array by its mean over the ranks, in place (float32/float64).
 
-    Arrays are packed in list order into buckets of at most ``bucket_bytes`` (one per
-    dtype run) and each bucket is averaged with a reduce-scatter and an allgather, so the
-    result is bitwise identical on every rank and from run to run. Arrays that lie back to
-    back in one buffer (:func:`flat_buffer`) are averaged in that buffer, without copies.
+    The arrays of each dtype are cut into buckets of at most ``bucket_bytes``
+    (:func:`plan_buckets`) and each bucket is averaged with a reduce-scatter and an
+    allgather, so the result is bitwise identical on every rank and from run to run.
+    Arrays of 1 MiB or more, and arrays that lie back to back in one buffer
+    (:func:`flat_buffer`), are averaged in their own memory; smaller ones are packed.
     Every rank must pass arrays of the same shapes and dtypes (ValueError on every rank
     otherwise).
     """
