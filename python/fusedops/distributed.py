@@ -59,8 +59,7 @@ def _mpi_dtype(dtype: "np.dtype[Any]") -> Any:
     return {np.dtype(np.float32): _MPI.FLOAT, np.dtype(np.float64): _MPI.DOUBLE}[np.dtype(dtype)]
 
 
-__all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer",
-           "plan_buckets"]
+__all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
 _REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64))
