@@ -174,7 +174,7 @@ def _layout_signature(arrays: Sequence[Array]) -> int:
     return zlib.crc32(text.encode())
 
 
-def agree(comm: Communicator, error: Optional[Exception], where: str, signature: int = 0) -> None:
+def _agree(comm: Communicator, error: Optional[Exception], where: str, signature: int = 0) -> None:
     """Collective: raises on every rank if any rank has an ``error`` or the ranks'
     ``signature`` values differ. The rank with the error re-raises its own; the others
     raise the same type naming that rank. Costs one 3-integer allreduce when all is well."""
@@ -196,7 +196,7 @@ def agree(comm: Communicator, error: Optional[Exception], where: str, signature:
         raise ValueError(f"{where}: the ranks disagree on the arrays' count, shapes or dtypes")
 
 
-# ---------------------------------------------------------------- flat layouts
+# ---------------------------------------------------------------- arrays in one buffer
 
 def _root_array(a: Array) -> Array:
     while isinstance(a.base, np.ndarray):
@@ -269,10 +269,10 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
         bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
     except (TypeError, ValueError) as exc:
         error = exc
-    agree(comm, error, where, 0 if error else _layout_signature(arrays))
+    _agree(comm, error, where, 0 if error else _layout_signature(arrays))
     if comm.size == 1:
         return
-    for dtype, run in _by_dtype(arrays).items():
+    for run in _by_dtype(arrays).values():
         flats, buckets = _bucketed(run, bucket_bytes, comm.size)
         _run_buckets(flats, buckets, comm.size, lambda buf: _mean_blocks(comm, buf))
 
@@ -291,14 +291,11 @@ def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, 
     try:
         items = _as_array_list(arrays, where, "arrays")
         _check_written(items, where, "arrays")
-        if isinstance(root, bool) or not isinstance(root, numbers.Integral):
-            raise TypeError(f"{where}: root must be an int, got {type(root).__name__}")
-        if not 0 <= int(root) < comm.size:
-            raise ValueError(f"{where}: root must be in [0, {comm.size}), got {root}")
+        _check_root(comm, root, where)
         bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
     except (TypeError, ValueError) as exc:
         error = exc
-    agree(comm, error, where, 0 if error else _layout_signature(items) ^ int(root))
+    _agree(comm, error, where, 0 if error else _layout_signature(items) ^ int(root))
     if comm.size == 1:
         return
     # Raw bytes: any dtype (bfloat16 included) travels as MPI.BYTE.
@@ -311,6 +308,8 @@ def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, 
     _run_buckets(flats, buckets, 1, bcast,
                  pack=comm.rank == root, unpack=comm.rank != root)
 
+
+# ---------------------------------------------------------------- buckets
 
 # Arrays of at least this size are run in their own memory: copying them into a bucket
 # and back costs more than the collective calls saved (about 0.4 ms per MiB against tens
@@ -569,7 +568,7 @@ class DataParallel:
             signature = _layout_signature(_all_params(self.opt))
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
+        _agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
         size = self.comm.size
         for dtype, run in _by_dtype(grads).items():
             flats, buckets = _bucketed(run, self.bucket_bytes, size)
@@ -683,7 +682,7 @@ class ShardedDataParallel(DataParallel):
             grads, groups = _check_step_input(opt, grads_arg, grad_scale, written=False)
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(comm, error, f"{type(opt).__name__}.step")
+        _agree(comm, error, f"{type(opt).__name__}.step")
         self._reduce_scatter_mean(grads)
 
         divisor = float(grad_scale)
@@ -782,7 +781,7 @@ class ShardedDataParallel(DataParallel):
             error = exc
         self._ensure_state()
         names = [n for n in opt._state_names if n in self.state_flat]
-        agree(comm, error, where, zlib.crc32(",".join(names).encode()))
+        _agree(comm, error, where, zlib.crc32(",".join(names).encode()))
         shards: Dict[str, Array] = {}  # name -> every rank's shard, on root
         for name in names:
             recv = np.empty((comm.size, self.shard), self.dtype) if comm.rank == root else None
@@ -925,7 +924,7 @@ def _allgather_rows(comm: Communicator, row: Optional[Array], width: int,
     rows = np.empty((comm.size, width + 1))
     comm.mpi.Allgather(send, rows)
     if rows[:, 0].any():
-        agree(comm, error, where)  # the failing rank raises its own error, the others name it
+        _agree(comm, error, where)  # the failing rank raises its own error, the others name it
     return rows[:, 1:]
 
 
