@@ -267,3 +267,35 @@ def test_readme_example_runs_on_two_ranks(tmp_path):
                           text=True, timeout=TIMEOUT, env=mpi_environment())
     assert done.returncode == 0, done.stdout + done.stderr
     assert_all_ranks_ok(done.stdout, "readme", 2)
+
+
+# ---------------------------------------------------------------- the MLP example
+
+def _example_run(ranks, *args):
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_mlp_digits.py"
+    command = [sys.executable, str(example), "--epochs", "3", "--hidden", "64", "64", *args]
+    if ranks:
+        command = [find_mpiexec(), "-n", str(ranks), *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=mpi_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    losses = [float(x) for x in re.findall(r"^epoch +\d+ +loss (\S+)", done.stdout, re.M)]
+    accuracy = float(re.search(r"^test accuracy: (\S+)", done.stdout, re.M).group(1))
+    return losses, accuracy
+
+
+@pytest.mark.parametrize("shard_state", [False, True], ids=["data-parallel", "zero1"])
+def test_mlp_example_distributed_follows_the_single_process_run(shard_state):
+    """Two ranks, each on half of every batch, with SyncBatchNorm and grads averaged in
+    the step, train the same model as one process on the whole batches (up to rounding)."""
+    if not hasattr(fo, "batch_norm_stats"):
+        pytest.skip("needs the split batch-norm API (fo.batch_norm_stats ...), not merged yet")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("mpi4py")
+    if find_mpiexec() is None:
+        pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+    single_losses, single_accuracy = _example_run(0)
+    losses, accuracy = _example_run(2, "--distributed", *(["--shard-state"] if shard_state else []))
+    assert len(losses) == len(single_losses) == 3
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-3)
+    assert abs(accuracy - single_accuracy) <= 0.01 and accuracy > 0.9
