@@ -5,7 +5,7 @@ measured by ``bench/dist.py`` (``--json``) or given with ``--step-ms``, and stat
 figures. For N ranks and a model of P parameters it computes:
 
 - bytes on the wire per rank and step: a ring allreduce (or reduce-scatter + allgather,
-  which ZeRO-1 does) sends and receives 2 (N - 1) / N x the gradient bytes;
+  which ZeRO-1 does) sends, and receives, 2 (N - 1) / N x the gradient bytes;
 - model-state memory per rank (ZeRO paper, table 1): float32 Adam holds params, grads
   and two moments, 16 B/param, ZeRO-1 shards the moments: 8 + 8 / N; mixed-precision
   Adam holds 16-bit params and grads and float32 master, m and v: 2 + 2 + 12 = 16
@@ -57,7 +57,7 @@ def report(step_124m: float) -> str:
     lines = [f"Measured: AdamW step of the 124M-value parameter list on one rank: "
              f"{step_124m * 1e3:.0f} ms. Network: {LATENCY_S * 1e6:.0f} us per message, "
              "ring allreduce, float32 grads, no overlap with the backward pass.", ""]
-    lines.append("| model | ranks | wire MB/rank/step | state B/param: fp32 Adam, ZeRO-1 | "
+    lines.append("| model | ranks | MB sent per rank and step | state B/param: fp32 Adam, ZeRO-1 | "
                  "mixed Adam, ZeRO-1 | " + " | ".join(f"step ms @{g} Gb/s: DP, ZeRO-1"
                                                        for g in NETWORKS_GBPS) + " |")
     lines.append("|---" * (5 + len(NETWORKS_GBPS)) + "|")
