@@ -94,6 +94,9 @@ def train(make, two_groups, dtype, *, comm=None, shard_state=False, steps=STEPS,
             g[...] = natural_grads[i]
         if nan_at == step and rank == size - 1:
             grads[1].reshape(-1)[0] = np.nan
+        if step == 2:  # hyperparameter edits take effect at the next step
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
         applied.append(opt.step(grads))
     return params, opt, applied, grads
 
@@ -162,6 +165,26 @@ for _ in range(3):
 for tiny in runs:
     for a, b in zip(tiny, plain):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+# ------------------------------------------------------------ momentum switched on mid-run
+# (the state appears at the next step: allocated for the shard only with shard_state)
+runs = []
+for kwargs in ({}, dict(comm=comm), dict(comm=comm, shard_state=True)):
+    params = init_params(np.float64)
+    opt = fo.optim.SGD(params, lr=0.05, **kwargs)
+    for step in range(4):
+        if step == 2:
+            opt.param_groups[0]["momentum"] = 0.9
+        x, t = batch(step, np.float64)
+        if kwargs:
+            x, t = x[rank * ROWS // size:(rank + 1) * ROWS // size], t[rank * ROWS // size:(rank + 1) * ROWS // size]
+        grads = [np.empty_like(p) for p in params]
+        gradients(params, x, t, grads)
+        opt.step(grads)
+    runs.append(params)
+for run in runs[1:]:
+    for a, b in zip(run, runs[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 # ------------------------------------------------------------ the DP grads receive the average
 params = init_params(np.float64)
