@@ -934,7 +934,7 @@ def sync_batch_norm_forward(layer: BatchNorm, comm: Communicator, x: Any,
     global batch: each rank's (count, mean, m2) per channel are allgathered and combined
     in rank order (Chan), identically on every rank. Updates the running statistics
     (global unbiased variance). Returns (y, mean, invstd, global count)."""
-    from . import _core
+    import fusedops  # the public batch-norm calls (the package is loaded by now)
     where = "BatchNorm.forward"
     c = layer.num_features
     error: Optional[Exception] = None
@@ -949,7 +949,7 @@ def sync_batch_norm_forward(layer: BatchNorm, comm: Communicator, x: Any,
                              f"{layer.channel_axis}, got shape {x.shape}")
         if out is not None:
             _check_like(out, x, where, "out", written=True)
-        mean, m2 = _core.batch_norm_stats(x, channel_axis=layer.channel_axis)
+        mean, m2 = fusedops.batch_norm_stats(x, channel_axis=layer.channel_axis)
         row = np.concatenate([[x.size // c], mean, m2])
     except (TypeError, ValueError) as exc:
         error = exc
@@ -959,10 +959,10 @@ def sync_batch_norm_forward(layer: BatchNorm, comm: Communicator, x: Any,
     if count < 2:
         raise ValueError(f"{where}: the global batch has {count:.0f} values per channel; "
                          "training needs at least 2")
-    mean, var, m2 = _core.batch_norm_combine_stats(np.ascontiguousarray(rows[:, 1:1 + c]),
+    mean, var, m2 = fusedops.batch_norm_combine_stats(np.ascontiguousarray(rows[:, 1:1 + c]),
                                                    np.ascontiguousarray(rows[:, 1 + c:]), counts)
     invstd = 1.0 / np.sqrt(var + layer.eps)
-    y = _core.batch_norm_elemt(x, layer.weight, layer.bias, mean, invstd,
+    y = fusedops.batch_norm_elemt(x, layer.weight, layer.bias, mean, invstd,
                                channel_axis=layer.channel_axis, out=out)
     if layer.running_mean is not None and layer.running_var is not None:
         momentum = layer.momentum
@@ -979,7 +979,7 @@ def sync_batch_norm_backward(layer: BatchNorm, comm: Communicator, dy: Any, x: A
     Returns (dx, dweight, dbias) where dweight = sum(dy * xhat) and dbias = sum(dy) over
     this rank's rows: the parameter gradients of this rank's loss, which a data-parallel
     optimizer then averages, as for any other parameter."""
-    from . import _core
+    import fusedops  # the public batch-norm calls (the package is loaded by now)
     where = "BatchNorm.backward"
     c = layer.num_features
     error: Optional[Exception] = None
@@ -988,7 +988,7 @@ def sync_batch_norm_backward(layer: BatchNorm, comm: Communicator, dy: Any, x: A
         _check_like(dy, x, where, "dy", written=False)
         if out is not None:
             _check_like(out, x, where, "out", written=True)
-        sum_dy, sum_dy_xhat = _core.batch_norm_backward_reduce(dy, x, mean, invstd,
+        sum_dy, sum_dy_xhat = fusedops.batch_norm_backward_reduce(dy, x, mean, invstd,
                                                                channel_axis=layer.channel_axis)
         row = np.concatenate([sum_dy, sum_dy_xhat])
     except (TypeError, ValueError) as exc:
@@ -997,6 +997,6 @@ def sync_batch_norm_backward(layer: BatchNorm, comm: Communicator, dy: Any, x: A
     total = np.zeros(2 * c)
     for r in range(comm.size):  # rank order: the same sums on every rank
         total += rows[r]
-    dx = _core.batch_norm_backward_elemt(dy, x, layer.weight, mean, invstd, total[:c], total[c:],
+    dx = fusedops.batch_norm_backward_elemt(dy, x, layer.weight, mean, invstd, total[:c], total[c:],
                                          count, channel_axis=layer.channel_axis, out=out)
     return dx, sum_dy_xhat, sum_dy
