@@ -18,6 +18,7 @@ namespace fusedops {
 namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "optim_kernels.hpp"
+#include "optim_family_kernels.hpp"
 #include "batch_norm_kernels.hpp"
 
 template <class T>
@@ -25,6 +26,14 @@ constexpr TypedKernels<T> typed_kernels() {
   TypedKernels<T> k{};
   k.sgd = &sgd<T>;
   k.adam = &adam<T>;
+  k.family[static_cast<int>(FamilyKind::adagrad)] = &family_adagrad<T>;
+  k.family[static_cast<int>(FamilyKind::rmsprop)] = &family_rmsprop<T>;
+  k.family[static_cast<int>(FamilyKind::adamax)] = &family_adamax<T>;
+  k.family[static_cast<int>(FamilyKind::nadam)] = &family_nadam<T>;
+  k.family[static_cast<int>(FamilyKind::radam)] = &family_radam<T>;
+  k.family[static_cast<int>(FamilyKind::lion)] = &family_lion<T>;
+  k.lamb_moments = &lamb_moments<T>;
+  k.lamb_apply = &lamb_apply<T>;
   k.sum_squares = &sum_squares<T>;
   k.sum_abs = &sum_abs<T>;
   k.sum_abs_pow = &sum_abs_pow<T>;
@@ -34,8 +43,8 @@ constexpr TypedKernels<T> typed_kernels() {
   k.add_scaled = &add_scaled<T>;
   k.bn_slab_stats = &bn_slab_stats<T>;
   k.bn_slab_grad_sums = &bn_slab_grad_sums<T>;
-  k.bn_slab_normalize = &bn_slab_normalize<T>;
-  k.bn_slab_dx = &bn_slab_dx<T>;
+  k.bn_runs_normalize = &bn_runs_normalize<T>;
+  k.bn_runs_dx = &bn_runs_dx<T>;
   k.bn_rows_stats = &bn_rows_stats<T>;
   k.bn_rows_grad_sums = &bn_rows_grad_sums<T>;
   k.bn_rows_normalize = &bn_rows_normalize<T>;

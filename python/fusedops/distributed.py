@@ -511,7 +511,7 @@ def _signature_difference(first: Tuple[Any, ...], other: Tuple[Any, ...], rank: 
 
 
 def _check_step_input(opt: Optimizer, grads_arg: Any, grad_scale: Any, *,
-                      written: bool) -> Tuple[List[Array], List[Tuple[Any, ...]]]:
+                      written: bool) -> Tuple[List[Array], List[Any]]:
     """The checks the native step makes, run before any collective; returns the grads
     (the bound ones when ``grads_arg`` is None) and the groups' hyperparameters."""
     name = type(opt).__name__
@@ -538,11 +538,10 @@ def _check_step_input(opt: Optimizer, grads_arg: Any, grad_scale: Any, *,
         raise TypeError(f"{name}.step: grad_scale must be a real number, got {type(grad_scale).__name__}")
     if not (math.isfinite(grad_scale) and float(grad_scale) > 0):
         raise ValueError(f"{name}.step: grad_scale must be finite and > 0, got {grad_scale}")
-    groups: List[Tuple[Any, ...]] = []
+    groups: List[Any] = []
     for i, group in enumerate(opt.param_groups):
-        args = opt._group_args(group, i)
-        opt._check_native(f"{name}: param_groups[{i}]", args)
-        groups.append(args)
+        opt._check_group(group, i)  # the native step's type and range checks
+        groups.append(opt._group_args(group, i))
     return grads, groups
 
 

@@ -44,6 +44,50 @@ struct AdamConstants {
   bool scaled;
 };
 
+// The elementwise optimizer family (cpp/kernels/optim_family_kernels.hpp); the enum
+// indexes TypedKernels::family.
+enum class FamilyKind { adagrad, rmsprop, adamax, nadam, radam, lion, count };
+
+// Per-step constants of a family optimizer, derived once (in double) from the
+// hyperparameters; each loop reads the fields its update uses.
+struct FamilyConstants {
+  double beta1, one_minus_beta1;  // RMSprop: alpha
+  double beta2, one_minus_beta2;
+  double eps;
+  double step_size;     // the lr factor of the update (bias corrections folded in)
+  double grad_coef;     // NAdam: coefficient of grad / denom
+  double avg_coef;      // NAdam: coefficient of exp_avg / denom
+  double inv_sqrt_bc2;  // NAdam: 1 / sqrt(1 - beta2^step)
+  double momentum;      // RMSprop
+  double weight_decay;  // L2 coefficient added to the gradient
+  double decay_factor;  // 1 - lr * weight_decay (decoupled)
+  double l1;
+  double grad_divisor;  // grad_scale, negated when maximizing
+  bool decoupled;
+  bool use_weight_decay;
+  bool use_l1;
+  bool scaled;
+  bool use_momentum;  // RMSprop
+  bool centered;      // RMSprop
+  bool rectified;     // RAdam: rho_t > 5
+};
+
+// Per-step constants of LAMB (one set per group, and one without weight decay for the
+// tensors excluded from decay and adaptation).
+struct LambConstants {
+  double beta1, one_minus_beta1;
+  double beta2, one_minus_beta2;
+  double inv_bc1;       // 1 / (1 - beta1^step), or 1 without bias correction
+  double inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^step), or 1
+  double eps;
+  double weight_decay;  // added to the update, inside the trust ratio
+  double l1;
+  double grad_divisor;  // grad_scale, negated when maximizing
+  bool use_weight_decay;
+  bool use_l1;
+  bool scaled;
+};
+
 // Reductions return partial results for one range; the runtime combines the ranges'
 // partials in a fixed order so the total never depends on the thread count.
 template <class T>
@@ -51,6 +95,17 @@ struct TypedKernels {
   void (*sgd)(const SgdConstants&, T* param, const T* grad, T* momentum_buffer, std::size_t n);
   void (*adam)(const AdamConstants&, T* param, const T* grad, T* exp_avg, T* exp_avg_sq,
                T* max_exp_avg_sq, std::size_t n);
+  // state0..2 per kind: Adagrad (sum), RMSprop (square_avg, grad_avg, momentum_buffer),
+  // Adamax (exp_avg, exp_inf), NAdam/RAdam (exp_avg, exp_avg_sq), Lion (exp_avg).
+  void (*family[static_cast<int>(FamilyKind::count)])(const FamilyConstants&, T* param,
+                                                      const T* grad, T* state0, T* state1,
+                                                      T* state2, std::size_t n);
+  // LAMB, two passes: the moments (m, v written) with the partial sums of p^2 and u^2
+  // (u the Adam direction plus weight decay) into sums[0..1]; then p -= step_size * u.
+  void (*lamb_moments)(const LambConstants&, const T* param, const T* grad, T* exp_avg,
+                       T* exp_avg_sq, std::size_t n, double* sums);
+  void (*lamb_apply)(const LambConstants&, T* param, const T* exp_avg, const T* exp_avg_sq,
+                     std::size_t n, double step_size);
   double (*sum_squares)(const T* x, std::size_t n);
   double (*sum_abs)(const T* x, std::size_t n);
   double (*sum_abs_pow)(const T* x, std::size_t n, double p);
@@ -59,17 +114,24 @@ struct TypedKernels {
   void (*scale)(T* x, std::size_t n, double factor);
   void (*add_scaled)(T* a, const T* b, std::size_t n, double factor);  // bandwidth probe
 
-  // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab loops walk one contiguous run
-  // of a single channel; row loops walk `rows` rows, `stride` apart, of `cols` values
-  // with one constant (or accumulator) per column. Sums are in double. `stream` writes
-  // the output with non-temporal stores (for outputs much larger than the caches).
+  // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab reductions walk one contiguous
+  // run of a single channel. Run loops walk n values of channel-first data seen as slabs
+  // of slab_len values (channel cycling through `channels`), starting `offset` values into
+  // a slab of channel `channel`, with one constant per channel. Row loops walk `rows`
+  // rows, `stride` apart, of `cols` values with one constant (or accumulator) per column.
+  // Sums are in double. The mean arrives split in two values of T (hi + lo, x - hi exact
+  // near the mean). `stream` writes the output with non-temporal stores.
   void (*bn_slab_stats)(const T* x, std::size_t n, double pivot, double* sums);
   void (*bn_slab_grad_sums)(const T* dy, const T* x, std::size_t n, double mean,
                             double* sums);
-  void (*bn_slab_normalize)(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T scale,
-                            T shift, bool stream);
-  void (*bn_slab_dx)(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x,
-                     T k_0, bool centered, bool stream);
+  void (*bn_runs_normalize)(const T* x, T* y, std::size_t n, std::size_t slab_len,
+                            std::size_t channels, std::size_t offset, std::size_t channel,
+                            const T* mean_hi, const T* mean_lo, const T* scale,
+                            const T* shift, bool stream);
+  void (*bn_runs_dx)(const T* dy, const T* x, T* dx, std::size_t n, std::size_t slab_len,
+                     std::size_t channels, std::size_t offset, std::size_t channel,
+                     const T* k_dy, const T* mean_hi, const T* mean_lo, const T* k_x,
+                     const T* k_0, bool centered, bool stream);
   void (*bn_rows_stats)(const T* x, std::size_t rows, std::size_t stride, std::size_t cols,
                         const double* pivot, double* sum, double* sum_sq);
   void (*bn_rows_grad_sums)(const T* dy, const T* x, std::size_t rows, std::size_t stride,
@@ -79,8 +141,8 @@ struct TypedKernels {
                             std::size_t cols, const T* mean_hi, const T* mean_lo,
                             const T* scale, const T* shift, bool stream);
   void (*bn_rows_dx)(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
-                     std::size_t cols, const T* k_dy, const T* mean, const T* k_x,
-                     const T* k_0, bool centered, bool stream);
+                     std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                     const T* k_x, const T* k_0, bool centered, bool stream);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
 };
