@@ -89,8 +89,6 @@ def test_optimizers(ranks):
 def test_sync_batch_norm(ranks):
     """fo.nn.BatchNorm(..., comm=) over ranks with uneven batches (0 and 1 rows included)
     equals batch norm over the concatenated batch; errors raise on every rank."""
-    if not hasattr(fo, "batch_norm_stats"):
-        pytest.skip("needs the split batch-norm API (fo.batch_norm_stats ...), not merged yet")
     assert_all_ranks_ok(run_script("sync_batch_norm.py", ranks), "sync batch norm", ranks)
 
 
@@ -288,8 +286,6 @@ def _example_run(ranks, *args):
 def test_mlp_example_distributed_follows_the_single_process_run(shard_state):
     """Two ranks, each on half of every batch, with SyncBatchNorm and grads averaged in
     the step, train the same model as one process on the whole batches (up to rounding)."""
-    if not hasattr(fo, "batch_norm_stats"):
-        pytest.skip("needs the split batch-norm API (fo.batch_norm_stats ...), not merged yet")
     pytest.importorskip("sklearn")
     pytest.importorskip("mpi4py")
     if find_mpiexec() is None:
