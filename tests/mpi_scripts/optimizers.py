@@ -147,6 +147,23 @@ for dtype, rtol in ((np.float64, 1e-9), (np.float32, 2e-4)):
                 fod.DEFAULT_BUCKET_BYTES = saved
 print(f"rank {rank}: equivalence done", flush=True)
 
+# ------------------------------------------------------------ the optimizer family
+FAMILY = [
+    ("rmsprop", lambda ps, **kw: fo.optim.RMSprop(ps, lr=0.01, momentum=0.5, **kw), True),
+    ("nadam", lambda ps, **kw: fo.optim.NAdam(ps, lr=0.01, **kw), True),
+    ("lion", lambda ps, **kw: fo.optim.Lion(ps, lr=1e-3, max_grad_norm=0.05, **kw), True),
+    ("lamb", lambda ps, **kw: fo.optim.LAMB(ps, lr=0.01, weight_decay=0.01, **kw), False),
+]
+for name, make, shardable in FAMILY:
+    reference = train(make, False, np.float64)[0]
+    for shard_state in (False, True) if shardable else (False,):
+        run = train(make, False, np.float64, comm=comm, shard_state=shard_state)[0]
+        for a, b in zip(run, reference):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, err_msg=f"{name} {shard_state}")
+        assert identical_on_all_ranks(comm, run), name
+raises_everywhere(comm, lambda: fo.optim.LAMB(init_params(np.float32), comm=comm, shard_state=True),
+                  ValueError, "shard_state=True is not supported")
+
 # ------------------------------------------------------------ fewer elements than ranks
 # (a rank with an empty shard) and bound grads: step() without arguments
 runs = []
