@@ -1,4 +1,6 @@
-"""Optimizer classes for custom training loops: SGD, Adam and AdamW over NumPy arrays.
+"""Optimizer classes for custom training loops: SGD, Adam and AdamW over NumPy arrays
+(the rest of the family, Adagrad to LARS, lives in ``_optim_family`` and is re-exported
+here; the learning-rate schedules in ``lr_scheduler``).
 
 The optimizer owns its state arrays; params are updated in place. ``step(grads)`` takes a
 flat list of gradients aligned with the params in param-group order and updates every
@@ -23,8 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from . import lr_scheduler
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "ParamGroup", "Params"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
+           "Lion", "LAMB", "LARS", "ParamGroup", "Params", "lr_scheduler"]
 
 Array = npt.NDArray[Any]
 #: A param group: ``{"params": [arrays], "grads": [arrays] (optional), **hyperparameters}``.
@@ -388,18 +392,18 @@ class SGD(Optimizer):
         momentum: momentum factor (0 disables the buffer).
         dampening: dampening of the momentum (0 <= dampening <= 1).
         weight_decay: L2 penalty added to the gradient.
-        l1: L1 penalty, ``l1 * sign(p)`` added to the gradient.
         nesterov: Nesterov momentum (needs momentum > 0 and dampening == 0).
         maximize: maximize the objective instead of minimizing it.
+        l1: L1 penalty (keyword-only, as every option after it), ``l1 * sign(p)`` added to the gradient.
         max_grad_norm: clip by the global L2 norm of all grads, inside the step.
         skip_nonfinite: skip the step (return False) when a grad holds NaN/Inf.
 """
     _state_names = ("momentum_buffer",)
 
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, l1: float = 0.0,
-                 nesterov: bool = False, maximize: bool = False,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
@@ -441,9 +445,9 @@ class Adam(Optimizer):
         betas: (beta1, beta2), each in [0, 1).
         eps: added to the denominator.
         weight_decay: L2 penalty added to the gradient (AdamW decouples it instead).
-        l1: L1 penalty, ``l1 * sign(p)`` added to the gradient.
         amsgrad: keep the running maximum of v and divide by it.
         maximize: maximize the objective instead of minimizing it.
+        l1: L1 penalty (keyword-only, as every option after it), ``l1 * sign(p)`` added to the gradient.
         max_grad_norm: clip by the global L2 norm of all grads, inside the step.
         skip_nonfinite: skip the step (return False) when a grad holds NaN/Inf.
 """
@@ -451,9 +455,9 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, l1: float = 0.0,
-                 amsgrad: bool = False, maximize: bool = False,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         if not isinstance(betas, (tuple, list)):
             raise TypeError(f"{type(self).__name__}: betas must be a pair of numbers, got {betas!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
@@ -492,9 +496,9 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, l1: float = 0.0,
-                 amsgrad: bool = False, maximize: bool = False,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
                          skip_nonfinite=skip_nonfinite)
@@ -503,3 +507,6 @@ class AdamW(Adam):
 for _cls in (SGD, Adam, AdamW):
     _cls.__doc__ = (_cls.__doc__ or "") + _COMMON_OPTIONS_DOC
 del _cls
+
+
+from ._optim_family import LAMB, LARS, Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402
