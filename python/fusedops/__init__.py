@@ -48,6 +48,8 @@ from ._core import (  # noqa: E402
     simd_isa,
 )
 
+from ml_dtypes import bfloat16  # noqa: E402  (the NumPy bfloat16 of JAX and TensorFlow)
+
 from . import nn
 from . import optim
 
@@ -59,6 +61,7 @@ __all__ = [
     "available_isas",
     "batch_norm_backward",
     "batch_norm_forward",
+    "bfloat16",
     "build_info",
     "clip_grad_norm",
     "get_num_threads",
