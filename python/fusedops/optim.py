@@ -130,6 +130,10 @@ class _Precision:
     def initial_state(self, p: Array, where: str) -> Dict[str, Array]:
         """The master (or remainder) a new param needs."""
         half = p.dtype in (_BF16, np.float16)
+        if self.state_dtype == _BF16 and p.dtype == np.float16 and not self.master_weights:
+            raise TypeError(f"{where} has dtype float16, whose state is float32; "
+                            "state_dtype=fo.bfloat16 needs float32 or bfloat16 params "
+                            "(or master_weights=True)")
         if self.master_weights == "remainder" and p.dtype == np.float16:
             raise TypeError(f"{where} has dtype float16; master_weights='remainder' needs "
                             "bfloat16 params (use master_weights=True)")
