@@ -72,11 +72,12 @@ def test_master_weights_step_float32_masters_and_write_the_params(isa, grad_dtyp
     assert any((st["master"] != p.astype(np.float32)).any() for st, p in zip(opt.state, params))
 
 
-def test_remainder_gives_the_same_masters_as_master_weights(isa, rng):
+@pytest.mark.parametrize("state_dtype", [None, fo.bfloat16])
+def test_remainder_gives_the_same_masters_as_master_weights(isa, state_dtype, rng):
     params = make(rng, BF16)
     full = [p.copy() for p in params]
-    a = fo.optim.AdamW(params, lr=1e-3, master_weights="remainder")
-    b = fo.optim.AdamW(full, lr=1e-3, master_weights=True)
+    a = fo.optim.AdamW(params, lr=1e-3, master_weights="remainder", state_dtype=state_dtype)
+    b = fo.optim.AdamW(full, lr=1e-3, master_weights=True, state_dtype=state_dtype)
     for _ in range(5):
         grads = grads_for(rng, params)
         a.step(grads)

@@ -5,8 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__F16C__) || defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__SSE2__)
+#include <immintrin.h>  // F16C, and the non-temporal stores of simd_common.hpp
 #endif
 
 #include "fusedops/mixed.hpp"
@@ -18,7 +18,9 @@
 namespace fusedops {
 namespace FUSEDOPS_ISA_NS {
 namespace {
+#include "simd_common.hpp"
 #include "storage.hpp"
+#include "mixed_kernels.hpp"
 
 void widen_bf16(const std::uint16_t* __restrict src, float* __restrict dst, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
@@ -120,9 +122,11 @@ void narrow_f16(const float* __restrict src, std::uint16_t* __restrict dst, std:
 
 constexpr ConvertKernels kConvert{&widen_bf16, &widen_f16, &widen_split,
                                   &narrow_bf16, &narrow_f16, &split};
+constexpr FusedKernels kFused = fused_table();
 }  // namespace
 
 const ConvertKernels& convert_kernels() { return kConvert; }
+const FusedKernels& fused_kernels() { return kFused; }
 
 }  // namespace FUSEDOPS_ISA_NS
 }  // namespace fusedops

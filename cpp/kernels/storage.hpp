@@ -106,3 +106,35 @@ inline float f16_stochastic_value(float x, std::uint32_t random) {
   const float result = a >= 0x47800000u ? magnitude : rounded;
   return float_of(bits_of(result) | (u & 0x80000000u));
 }
+
+// ---- Storage types of the fused mixed-precision loops: load(ptr, i) -> float,
+// store<kStochastic>(ptr, i, value, random). float16 uses the portable conversion here
+// (integer lane ops, so the fused loops vectorize on every ISA).
+
+struct Float32Storage {
+  using raw = float;
+  static float load(const raw* p, std::size_t i) { return p[i]; }
+  template <bool kStochastic>
+  static void store(raw* p, std::size_t i, float x, std::uint32_t) { p[i] = x; }
+  static constexpr bool kRounds = false;
+};
+
+struct Bfloat16Storage {
+  using raw = std::uint16_t;
+  static float load(const raw* p, std::size_t i) { return bf16_to_float(p[i]); }
+  template <bool kStochastic>
+  static void store(raw* p, std::size_t i, float x, std::uint32_t random) {
+    p[i] = kStochastic ? bf16_round_stochastic(x, random) : bf16_round_nearest(x);
+  }
+  static constexpr bool kRounds = true;
+};
+
+struct Float16Storage {
+  using raw = std::uint16_t;
+  static float load(const raw* p, std::size_t i) { return f16_to_float(p[i]); }
+  template <bool kStochastic>
+  static void store(raw* p, std::size_t i, float x, std::uint32_t random) {
+    p[i] = f16_round_nearest(kStochastic ? f16_stochastic_value(x, random) : x);
+  }
+  static constexpr bool kRounds = true;
+};

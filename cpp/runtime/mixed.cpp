@@ -1,12 +1,13 @@
 // Mixed-precision steps and norms: every tensor of a call, whatever its dtypes, is cut
 // into chunks of one work list run in one parallel region. float64 and all-float32
-// tensors go straight to their TypedKernels entry. A tensor with 16-bit operands is
-// walked in blocks of kBlock elements: its 16-bit operands are widened into block
-// buffers (float32 operands are used in place), the float32 kernel updates the block,
-// and the 16-bit results, and the param copy, are rounded back while the block is still
-// in L1. So the arithmetic is exactly the float32 kernel's, every new TypedKernels<float>
-// entry gets the dtype table for free, and no kernel is instantiated per dtype
-// combination.
+// tensors go straight to their TypedKernels entry; rows with 16-bit params or state run
+// their fused loop (cpp/kernels/mixed_kernels.hpp) over the chunk, then write the param
+// copy from the chunk still in cache. The other rows (float32 params and state with
+// 16-bit grads, copies, or a remainder) are walked in blocks of kBlock elements: their
+// 16-bit operands are widened into block buffers (float32 operands are used in place),
+// the float32 kernel updates the block, and the results are rounded back while the block
+// is in L1. The block path works for any TypedKernels<float> entry, so a new optimizer
+// gets the whole dtype table from it before it has fused loops.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -40,6 +41,43 @@ const ConvertKernels& current_convert_kernels() {
 #endif
     default:
       return scalar::convert_kernels();
+  }
+}
+
+const FusedKernels& current_fused_kernels() {
+  switch (current_isa()) {
+#ifdef FUSEDOPS_HAVE_AVX512
+    case Isa::avx512:
+      return avx512::fused_kernels();
+#endif
+#ifdef FUSEDOPS_HAVE_AVX2
+    case Isa::avx2:
+      return avx2::fused_kernels();
+#endif
+    default:
+      return scalar::fused_kernels();
+  }
+}
+
+// The fused loop of a tensor's row, or -1 for the block path, where the float32 kernel
+// runs: float32 params with float32 state (only the grads, if any, are 16-bit), and
+// remainders with float32 state, whose masters must equal the float32 masters of
+// master_weights=True bit for bit (the same kernel then computes both).
+int fused_row(const MixedTensor& t) {
+  const bool bf16_state = t.state_dtype == Dtype::bf16;
+  if (t.remainder != nullptr) return bf16_state ? int(FusedRow::split_bf16_bf16) : -1;
+  switch (t.param_dtype) {
+    case Dtype::bf16:
+      return int(bf16_state ? FusedRow::bf16_bf16_bf16 : FusedRow::bf16_bf16_f32);
+    case Dtype::f16:
+      return int(FusedRow::f16_f16_f32);
+    case Dtype::f32:
+      if (!bf16_state) return -1;
+      if (t.grad_dtype == Dtype::bf16) return int(FusedRow::f32_bf16_bf16);
+      if (t.grad_dtype == Dtype::f16) return int(FusedRow::f32_f16_bf16);
+      return int(FusedRow::f32_f32_bf16);
+    default:
+      return -1;
   }
 }
 
@@ -106,6 +144,36 @@ bool all_float32(const MixedTensor& t) {
 template <class T>
 T* at(void* p, std::size_t b) { return p ? static_cast<T*>(p) + b : nullptr; }
 
+template <class T>
+T* offset(void* p, std::size_t b, std::size_t size) {
+  return p ? reinterpret_cast<T*>(static_cast<char*>(p) + b * size) : nullptr;
+}
+
+// Runs the fused loop of tensor t's row over [begin, end), then writes the param copy
+// from the updated float32 params while they are still in cache. False: no fused loop.
+template <class Fused>
+bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
+                 std::size_t begin, std::size_t end, const Rounding& r, const Fused& fused) {
+  const int row = fused_row(t);
+  if (row < 0) return false;
+  FusedArgs a{};
+  a.param = offset<void>(t.param, begin, dtype_size(t.param_dtype));
+  a.grad = offset<void>(const_cast<void*>(t.grad), begin, dtype_size(t.grad_dtype));
+  for (int j = 0; j < 3; ++j) a.state[j] = offset<void>(t.state[j], begin, dtype_size(t.state_dtype));
+  a.remainder = t.remainder ? t.remainder + begin : nullptr;
+  a.first = std::uint32_t(begin);
+  a.stochastic = r.stochastic;
+  if (r.stochastic) {
+    for (unsigned k = 0; k < 4; ++k) a.keys[k] = rounding_key(r, tensor, kParamOperand + k, begin);
+  }
+  fused(row, a, end - begin);
+  if (t.copy != nullptr) {
+    store_back(cv, t.copy, t.copy_dtype, nullptr, begin, end - begin,
+               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand);
+  }
+  return true;
+}
+
 // Runs update(param, grad, state0, state1, state2, n) over [begin, end) of tensor t, with
 // T-typed pointers (T: float or double) into memory or into widened blocks.
 template <class Update32, class Update64>
@@ -148,15 +216,20 @@ void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t te
   }
 }
 
-template <class Constants, class Step>
+template <class Constants, class Step, class FusedStep>
 void run_mixed(const Constants* c, const MixedTensor* tensors, std::size_t count,
-               const Rounding& rounding, const Step& step) {
+               const Rounding& rounding, const Step& step, const FusedStep& fused_step) {
   const KernelTable& table = current_kernels();
   const ConvertKernels& cv = current_convert_kernels();
+  const FusedKernels& fk = current_fused_kernels();
   const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     const MixedTensor& t = tensors[item.tensor];
     const Constants& k = c[t.group];
+    const auto fused = [&](int row, const FusedArgs& a, std::size_t n) {
+      fused_step(fk, row, k, a, n);
+    };
+    if (fused_range(cv, t, item.tensor, item.begin, item.end, rounding, fused)) return;
     update_range(
         cv, t, item.tensor, item.begin, item.end, rounding,
         [&](float* p, const float* g, float* s0, float* s1, float* s2, std::size_t n) {
@@ -233,7 +306,9 @@ void sgd_step_mixed(const SgdParams* groups, std::size_t n_groups, const MixedTe
   for (std::size_t i = 0; i < n_groups; ++i) c[i] = sgd_constants(groups[i]);
   run_mixed(c.data(), tensors, count, rounding,
             [](const auto& k, const SgdConstants& sc, auto* p, const auto* g, auto* s0, auto*,
-               auto*, std::size_t n) { k.sgd(sc, p, g, s0, n); });
+               auto*, std::size_t n) { k.sgd(sc, p, g, s0, n); },
+            [](const FusedKernels& fk, int row, const SgdConstants& sc, const FusedArgs& a,
+               std::size_t n) { fk.sgd[row](sc, a, n); });
 }
 
 void adam_step_mixed(const AdamParams* groups, std::size_t n_groups, const MixedTensor* tensors,
@@ -242,7 +317,9 @@ void adam_step_mixed(const AdamParams* groups, std::size_t n_groups, const Mixed
   for (std::size_t i = 0; i < n_groups; ++i) c[i] = adam_constants(groups[i]);
   run_mixed(c.data(), tensors, count, rounding,
             [](const auto& k, const AdamConstants& ac, auto* p, const auto* g, auto* s0,
-               auto* s1, auto* s2, std::size_t n) { k.adam(ac, p, g, s0, s1, s2, n); });
+               auto* s1, auto* s2, std::size_t n) { k.adam(ac, p, g, s0, s1, s2, n); },
+            [](const FusedKernels& fk, int row, const AdamConstants& ac, const FusedArgs& a,
+               std::size_t n) { fk.adam[row](ac, a, n); });
 }
 
 double global_norm_mixed(const TypedBuffer* buffers, std::size_t count, double norm_type) {

@@ -1,8 +1,9 @@
 // Mixed precision: bfloat16 and float16 storage beside float32/float64, per tensor.
-// The math runs in float (double for float64 tensors) through the same TypedKernels
-// entries as the single-dtype calls: 16-bit operands are widened into small blocks that
-// stay in L1, the float kernel updates the block, and the results are rounded back
-// (to nearest even, or stochastically). No pybind11 here.
+// The math runs in float (double for float64 tensors). Rows with 16-bit params or state
+// have fused loops (load, update, round, store in one pass); the other rows run the
+// TypedKernels<float> entry over L1 blocks into which their 16-bit operands (grads,
+// remainders) are widened, and the results are rounded back (to nearest even, or
+// stochastically). No pybind11 here.
 #pragma once
 
 #include <cstddef>
@@ -34,6 +35,40 @@ struct ConvertKernels {
   // hi[i] = high 16 bits of src[i] (the truncated bfloat16), lo[i] = low 16 bits.
   void (*split)(const float* src, std::uint16_t* hi, std::uint16_t* lo, std::size_t n);
 };
+
+// The rows of API.md's table that have a fused loop (16-bit params or state; float32
+// params with float32 state and 16-bit grads go through the block path, which then only
+// widens the grads). "split": bfloat16 params with a remainder (exact float32 masters);
+// with float32 state it takes the block path, so that its masters are bitwise those of
+// float32 params (master_weights=True).
+enum class FusedRow : int {
+  f32_f32_bf16, f32_bf16_bf16, f32_f16_bf16,   // params, grads, state
+  bf16_bf16_f32, bf16_bf16_bf16, f16_f16_f32,
+  split_bf16_bf16,
+  count
+};
+
+// One range of one tensor for a fused loop: pointers already offset to the range's first
+// element `first` (its index in the tensor, low 32 bits). keys[k]: random-bit keys of
+// the param (0) and the state slots (1..3) when stochastic.
+struct FusedArgs {
+  void* param;
+  const void* grad;
+  void* state[3];
+  std::uint16_t* remainder;
+  RoundingKey keys[4];
+  std::uint32_t first;
+  bool stochastic;
+};
+
+struct FusedKernels {
+  void (*sgd[int(FusedRow::count)])(const SgdConstants&, const FusedArgs&, std::size_t n);
+  void (*adam[int(FusedRow::count)])(const AdamConstants&, const FusedArgs&, std::size_t n);
+};
+
+namespace scalar { const FusedKernels& fused_kernels(); }
+namespace avx2 { const FusedKernels& fused_kernels(); }
+namespace avx512 { const FusedKernels& fused_kernels(); }
 
 namespace scalar { const ConvertKernels& convert_kernels(); }
 namespace avx2 { const ConvertKernels& convert_kernels(); }
