@@ -1,7 +1,8 @@
 """fusedops: fused SIMD/OpenMP CPU kernels for the training inner loop, from NumPy.
 
 Functional, in-place optimizer steps (``sgd_step``, ``adam_step``, ``adamw_step``),
-global gradient norms and clipping, batch norm, and the runtime controls. See
+global gradient norms and clipping, batch norm (fused, and split into statistics and
+elementwise pieces), and the runtime controls. See
 ``fusedops.optim`` for optimizer classes and ``fusedops.nn`` for the BatchNorm layer.
 """
 
@@ -37,8 +38,6 @@ from ._core import (  # noqa: E402
     adamw_step,
     all_finite,
     available_isas,
-    batch_norm_backward,
-    batch_norm_forward,
     build_info,
     clip_grad_norm,
     get_num_threads,
@@ -50,6 +49,16 @@ from ._core import (  # noqa: E402
 
 from ml_dtypes import bfloat16  # noqa: E402  (the NumPy bfloat16 of JAX and TensorFlow)
 
+from ._batch_norm import (  # noqa: E402
+    batch_norm_backward,
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_combine_stats,
+    batch_norm_elemt,
+    batch_norm_forward,
+    batch_norm_stats,
+)
+
 from . import nn
 from . import optim
 
@@ -60,7 +69,12 @@ __all__ = [
     "all_finite",
     "available_isas",
     "batch_norm_backward",
+    "batch_norm_backward_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_combine_stats",
+    "batch_norm_elemt",
     "batch_norm_forward",
+    "batch_norm_stats",
     "bfloat16",
     "build_info",
     "clip_grad_norm",
