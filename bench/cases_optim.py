@@ -1,4 +1,5 @@
-"""Optimizer cases: SGD, Adam/AdamW, clip_grad_norm and the optimizer classes."""
+"""Optimizer cases: SGD, Adam/AdamW, clip_grad_norm, the optimizer classes, the optimizer
+family (Adagrad, RMSprop, Adamax, NAdam, RAdam, Lion) and LAMB/LARS."""
 
 from __future__ import annotations
 
@@ -491,6 +492,303 @@ def mixed_cases():
     return cases
 
 
+# ---------------------------------------------------------------- the optimizer family
+
+# kind -> (torch class, torch peer modes, state names, hyperparameters, bytes/element in units
+# of the element size: reads + writes of one step). L2 weight decay stays off: the checked
+# first step of these is nearly sign(g + wd p), which float32 cannot resolve where the sum
+# cancels.
+FAMILY = {
+    "adagrad": ("Adagrad", ("fused", "foreach"), ("sum",), dict(lr=1e-2), 5),
+    "rmsprop": ("RMSprop", ("foreach",), ("square_avg",), dict(lr=1e-2), 5),
+    "adamax": ("Adamax", ("foreach",), ("exp_avg", "exp_inf"), dict(lr=2e-3), 7),
+    "nadam": ("NAdam", ("foreach",), ("exp_avg", "exp_avg_sq"), dict(lr=2e-3), 7),
+    "radam": ("RAdam", ("foreach",), ("exp_avg", "exp_avg_sq"),
+              dict(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True), 7),
+    "lion": (None, (), ("exp_avg",), dict(lr=1e-4, weight_decay=1e-2), 5),
+}
+
+
+def family_bytes_note() -> str:
+    """The traffic models of the family rows, for the benchmark's header."""
+    kinds = ", ".join(f"{kind} {FAMILY[kind][4]}" for kind in FAMILY)
+    return f"bytes/element: {kinds}, LAMB 10 and LARS 7 (two passes) (x itemsize)"
+
+
+def _family_numpy(kind, hp):
+    """One step of `kind` in NumPy with in-place ufuncs (float32 or float64 arrays): the
+    NumPy row, and, on float64 copies, the reference."""
+    wd = hp.get("weight_decay", 0.0)
+
+    def step(params, grads, states, t):
+        for p, g, st in zip(params, grads, states):
+            if kind in ("radam", "lion") and wd:
+                p *= 1 - hp["lr"] * wd
+                d = g
+            else:
+                d = g + wd * p
+            if kind == "adagrad":
+                st["sum"] += d * d
+                p -= hp["lr"] * d / (np.sqrt(st["sum"]) + 1e-10)
+            elif kind == "rmsprop":
+                sq = st["square_avg"]
+                sq *= 0.99
+                sq += 0.01 * d * d
+                p -= hp["lr"] * d / (np.sqrt(sq) + 1e-8)
+            elif kind == "lion":
+                m = st["exp_avg"]
+                p -= hp["lr"] * np.sign(0.9 * m + 0.1 * d)
+                m *= 0.99
+                m += 0.01 * d
+            else:
+                m = st["exp_avg"]
+                m *= 0.9
+                m += 0.1 * d
+                if kind == "adamax":
+                    u = st["exp_inf"]
+                    np.maximum(u * 0.999, np.abs(d) + 1e-8, out=u)
+                    p -= hp["lr"] / (1 - 0.9**t) * m / u
+                    continue
+                v = st["exp_avg_sq"]
+                v *= 0.999
+                v += 0.001 * d * d
+                bc1, bc2 = 1 - 0.9**t, 1 - 0.999**t
+                if kind == "nadam":
+                    prod = 1.0
+                    for k in range(1, t + 1):
+                        prod *= 0.9 * (1 - 0.5 * 0.96 ** (k * 4e-3))
+                    mu, mu_next = (0.9 * (1 - 0.5 * 0.96 ** (k * 4e-3)) for k in (t, t + 1))
+                    denom = np.sqrt(v / bc2) + 1e-8
+                    p -= hp["lr"] * (1 - mu) / (1 - prod) * d / denom
+                    p -= hp["lr"] * mu_next / (1 - prod * mu_next) * m / denom
+                else:
+                    rho_inf = 2 / (1 - 0.999) - 1
+                    rho = rho_inf - 2 * t * 0.999**t / bc2
+                    if rho > 5:
+                        rect = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                        p -= hp["lr"] * rect * np.sqrt(bc2) / bc1 * m / (np.sqrt(v) + 1e-8)
+                    else:
+                        p -= hp["lr"] / bc1 * m
+    return step
+
+
+def _family_functional(kind, hp, params, grads, states):
+    """fusedops' functional step over the lists, with its own step counter."""
+    names = FAMILY[kind][2]
+    lists = [[st[k] for st in states] for k in names]
+    count = [0, 1.0]  # step, NAdam's mu_product
+    fn = getattr(fo, f"{kind}_step")
+
+    def run():
+        count[0] += 1
+        if kind in ("rmsprop", "lion"):
+            fn(params, grads, *lists, **hp)
+        elif kind == "nadam":
+            count[1] = fn(params, grads, *lists, step=count[0], mu_product=count[1], **hp)
+        else:
+            fn(params, grads, *lists, step=count[0], **hp)
+    return run
+
+
+def _zero_states(kind, params):
+    return [{k: np.zeros_like(p) for k in FAMILY[kind][2]} for p in params]
+
+
+def family_case(kind, sizes, dtype, through_class=False, name=None):
+    """One step of a family optimizer from zero state (the checked first run is step 1);
+    through_class: fo.optim.<Class>.step, else the functional step."""
+    torch_name, modes, _, hp, arrays = FAMILY[kind]
+    itemsize = np.dtype(dtype).itemsize
+
+    def build():
+        params, grads, _ = _arrays(sizes, dtype, 0, seed=7)
+        ref_p = [p.astype(np.float64) for p in params]
+        _family_numpy(kind, hp)(ref_p, [g.astype(np.float64) for g in grads], _zero_states(kind, ref_p), 1)
+        impls = []
+        fp = _copies(params)
+        if through_class:
+            opt = getattr(fo.optim, torch_name or kind.capitalize())(fp, **hp)
+            impls.append(Impl("fusedops", lambda: opt.step(grads), lambda: fp))
+        else:
+            impls.append(Impl("fusedops", _family_functional(kind, hp, fp, grads, _zero_states(kind, fp)),
+                              lambda: fp))
+        npp = _copies(params)
+        np_states, np_step, count = _zero_states(kind, npp), _family_numpy(kind, hp), [0]
+
+        def run_numpy():
+            count[0] += 1
+            np_step(npp, grads, np_states, count[0])
+        impls.append(Impl("numpy", run_numpy, lambda: npp))
+        if torch is not None and torch_name is not None:
+            for mode in modes:
+                tp, topt = _torch_optimizer(getattr(torch.optim, torch_name), params, grads, lambda i: {}, mode, **hp)
+                impls.append(Impl(f"torch-{mode}", topt.step, lambda tp=tp: [p.numpy() for p in tp]))
+        return impls, ref_p
+
+    label = name or ("x".join(map(str, sizes)) if len(sizes) == 1 else f"{len(sizes)} tensors")
+    kernel = f"optim.{torch_name or 'Lion'}.step" if through_class else f"{kind}_step"
+    baseline = f"torch-{modes[0]}" if modes else "numpy"
+    return Case(kernel, label, np.dtype(dtype).name, int(sum(sizes)), len(sizes), arrays * itemsize, build,
+                rtol=1e-4, atol=1e-5, baseline=baseline)
+
+
+# ---------------------------------------------------------------- LAMB and LARS
+
+def gpt2_sizes(layers=12, width=768, vocab=50257, context=1024):
+    """The parameter list of GPT-2 (small: 148 tensors, 124M values), in module order."""
+    sizes = [vocab * width, context * width]
+    for _ in range(layers):
+        sizes += [width, width, width * 3 * width, 3 * width, width * width, width,
+                  width, width, width * 4 * width, 4 * width, 4 * width * width, width]
+    return sizes + [width, width]
+
+
+def _lamb_numpy(params, grads, ms, vs, lr, wd, t, eps=1e-6):
+    """LAMB (You et al. 2019) in NumPy, one tensor at a time; returns the trust ratios."""
+    ratios = []
+    for p, g, m, v in zip(params, grads, ms, vs):
+        m *= 0.9
+        m += 0.1 * g
+        v *= 0.999
+        v += 0.001 * g * g
+        u = (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + eps) + wd * p
+        pn, un = np.linalg.norm(p), np.linalg.norm(u)
+        ratio = pn / un if pn > 0 and un > 0 else 1.0
+        p -= lr * ratio * u
+        ratios.append(ratio)
+    return ratios
+
+
+def _torch_lamb(tp, tg, tm, tv, lr, wd, count, eps=1e-6):
+    """timm's Lamb algorithm (a per-tensor loop of torch ops), without its grad clipping."""
+    def run():
+        count[0] += 1
+        t = count[0]
+        with torch.no_grad():
+            for p, g, m, v in zip(tp, tg, tm, tv):
+                m.mul_(0.9).add_(g, alpha=0.1)
+                v.mul_(0.999).addcmul_(g, g, value=0.001)
+                denom = (v.sqrt() / (1 - 0.999**t) ** 0.5).add_(eps)
+                update = (m / (1 - 0.9**t)).div_(denom).add_(p, alpha=wd)
+                w_norm, u_norm = p.norm(2.0), update.norm(2.0)
+                one = torch.ones_like(w_norm)
+                ratio = torch.where(w_norm > 0, torch.where(u_norm > 0, w_norm / u_norm, one), one)
+                p.add_(update * ratio, alpha=-lr)
+    return run
+
+
+def lamb_case(sizes, dtype, name, with_numpy=True):
+    """LAMB through fo.optim.LAMB: the two-pass scheme moves 10 elements per value (pass 1
+    reads p, g, m, v and writes m, v; pass 2 reads p, m, v and writes p)."""
+    itemsize = np.dtype(dtype).itemsize
+    lr, wd = 1e-3, 1e-2
+
+    def build():
+        params, grads, _ = _arrays(sizes, dtype, 0, seed=8)
+        ref_p = [p.astype(np.float64) for p in params]
+        for p, g in zip(ref_p, grads):  # one tensor at a time: GPT-2's float64 state is 2 GB
+            _lamb_numpy([p], [g.astype(np.float64)], [np.zeros_like(p)], [np.zeros_like(p)], lr, wd, 1)
+        impls = []
+        fp = _copies(params)
+        opt = fo.optim.LAMB(fp, lr=lr, weight_decay=wd)
+        impls.append(Impl("fusedops", lambda: opt.step(grads), lambda: fp))
+        if with_numpy:
+            npp = _copies(params)
+            nm, nv, count = [np.zeros_like(p) for p in npp], [np.zeros_like(p) for p in npp], [0]
+
+            def run_numpy():
+                count[0] += 1
+                _lamb_numpy(npp, grads, nm, nv, lr, wd, count[0])
+            impls.append(Impl("numpy", run_numpy, lambda: npp))
+        if torch is not None:
+            tp, tg = _torch_tensors(params), [torch.from_numpy(g) for g in grads]
+            tm, tv = [torch.zeros_like(p) for p in tp], [torch.zeros_like(p) for p in tp]
+            impls.append(Impl("torch-timm-lamb", _torch_lamb(tp, tg, tm, tv, lr, wd, [0]),
+                              lambda: [p.numpy() for p in tp]))
+        return impls, ref_p
+
+    return Case("optim.LAMB.step", name, np.dtype(dtype).name, int(sum(sizes)), len(sizes), 10 * itemsize,
+                build, rtol=1e-4, atol=1e-5, baseline="torch-timm-lamb" if torch is not None else "numpy")
+
+
+def _torch_lars(tp, tg, tb, lr, momentum, wd, eta, first):
+    """timm's Lars algorithm (a per-tensor loop of torch ops; always adapting)."""
+    def run():
+        with torch.no_grad():
+            for p, g, b in zip(tp, tg, tb):
+                w_norm, g_norm = p.norm(2.0), g.norm(2.0)
+                one = torch.ones_like(w_norm)
+                ratio = torch.where(w_norm > 0, torch.where(g_norm > 0, eta * w_norm / (g_norm + wd * w_norm + 1e-8),
+                                                            one), one)
+                d = g.add(p, alpha=wd).mul_(ratio)
+                if first[0]:
+                    b.copy_(d)
+                else:
+                    b.mul_(momentum).add_(d)
+                p.add_(b, alpha=-lr)
+        first[0] = False
+    return run
+
+
+def lars_case(sizes, dtype, name):
+    """LARS through fo.optim.LARS: pass 1 reads p and g (norms), pass 2 is SGD with momentum
+    (reads p, g, buf; writes p, buf): 7 elements per value."""
+    itemsize = np.dtype(dtype).itemsize
+    lr, momentum, wd, eta = 0.1, 0.9, 1e-4, 1e-3
+
+    def build():
+        params, grads, _ = _arrays(sizes, dtype, 0, seed=9)
+        ref_p = []
+        for p, g in zip(params, grads):
+            p, g = p.astype(np.float64), g.astype(np.float64)
+            pn, gn = np.linalg.norm(p), np.linalg.norm(g)
+            ratio = eta * pn / (gn + wd * pn + 1e-8) if pn > 0 and gn > 0 else 1.0
+            ref_p.append(p - lr * ratio * (g + wd * p))
+        impls = []
+        fp = _copies(params)
+        opt = fo.optim.LARS(fp, lr=lr, momentum=momentum, weight_decay=wd, eta=eta)
+        impls.append(Impl("fusedops", lambda: opt.step(grads), lambda: fp))
+        npp, nb, first = _copies(params), [np.zeros_like(p) for p in params], [True]
+
+        def run_numpy():
+            for p, g, b in zip(npp, grads, nb):
+                pn, gn = np.linalg.norm(p), np.linalg.norm(g)
+                ratio = eta * pn / (gn + wd * pn + 1e-8) if pn > 0 and gn > 0 else 1.0
+                d = (g + wd * p) * ratio
+                if first[0]:
+                    b[...] = d
+                else:
+                    b *= momentum
+                    b += d
+                p -= lr * b
+            first[0] = False
+        impls.append(Impl("numpy", run_numpy, lambda: npp))
+        if torch is not None:
+            tp, tg = _torch_tensors(params), [torch.from_numpy(g) for g in grads]
+            tb = [torch.zeros_like(p) for p in tp]
+            impls.append(Impl("torch-timm-lars", _torch_lars(tp, tg, tb, lr, momentum, wd, eta, [True]),
+                              lambda: [p.numpy() for p in tp]))
+        return impls, ref_p
+
+    return Case("optim.LARS.step", name, np.dtype(dtype).name, int(sum(sizes)), len(sizes), 7 * itemsize,
+                build, rtol=1e-4, atol=1e-5, baseline="torch-timm-lars" if torch is not None else "numpy")
+
+
+def family_cases(quick: bool):
+    """Each family optimizer at 16M float32 (functional) and 1000 x 256 (class); LAMB on
+    GPT-2 small's parameter list (a 2-layer, 8k-vocabulary cut in the quick run)."""
+    f32 = np.float32
+    cases = [family_case(kind, [1 << 24], f32) for kind in FAMILY]
+    cases += [family_case(kind, [256] * 1000, f32, through_class=True, name="1000x256") for kind in FAMILY]
+    if quick:
+        cases.append(lamb_case(gpt2_sizes(layers=2, vocab=8192), f32, "gpt2-2layer-8k", with_numpy=False))
+    else:
+        cases.append(lamb_case(gpt2_sizes(), f32, "gpt2-small", with_numpy=False))
+        cases.append(lars_case([1 << 24], f32, "16777216"))
+        cases.append(lars_case(gpt2_sizes(layers=2, vocab=8192), f32, "gpt2-2layer-8k"))
+    return cases
+
+
 # ---------------------------------------------------------------- the case lists
 
 SWEEP = [1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24, 1 << 26]
@@ -507,7 +805,7 @@ def optim_cases(quick: bool):
                  clip_case([65536] * 10 + [1 << 22], f32)]
         if hasattr(fo, "optim"):
             cases.append(adam_class_case([256] * 1000, f32, "1000x256"))
-        return cases + mixed_cases()
+        return cases + mixed_cases() + family_cases(quick)
     cases = [sgd_case([n], f32, "momentum") for n in SWEEP]
     cases += [sgd_case([big(8)], f32, "plain"), sgd_case([big(12)], f32, "nesterov"),
               sgd_case([big(24)], f64, "momentum")]
@@ -520,4 +818,4 @@ def optim_cases(quick: bool):
                   adam_class_case([256000], f32, "1x256000"),
                   adam_class_case([256] * 1000, f64, "1000x256"),
                   adam_class_case(transformer_sizes(), f32, "transformer-12x768")]
-    return cases + mixed_cases()
+    return cases + mixed_cases() + family_cases(quick)

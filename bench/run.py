@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 import fusedops as fo  # noqa: E402
 import harness  # noqa: E402
-from cases_optim import optim_cases  # noqa: E402
+from cases_optim import family_bytes_note, optim_cases  # noqa: E402
 
 CASE_LISTS = [optim_cases]
 try:
@@ -212,6 +212,7 @@ def main(argv=None) -> int:
           "each row's '% bw' compares with the probe measured during that case")
     print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
           "optim.Adam.step 7 x itemsize; batch_norm see case names")
+    print(family_bytes_note())
     missing = [name for name, mod in (("torch", harness.torch), ("numba", harness.numba)) if mod is None]
     if missing:
         print(f"skipped peers (not installed): {', '.join(missing)}")

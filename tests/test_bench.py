@@ -29,6 +29,12 @@ SMALL_CASES = [
     lambda: cases_optim.adam_case([999], np.float64, "adamw-amsgrad"),
     lambda: cases_optim.clip_case([100, 1000], np.float32),
     lambda: cases_optim.adam_class_case([256] * 5, np.float32, "5x256"),
+    *[lambda kind=kind: cases_optim.family_case(kind, [1000, 17], np.float32) for kind in cases_optim.FAMILY],
+    *[lambda kind=kind: cases_optim.family_case(kind, [256] * 5, np.float64, through_class=True)
+      for kind in cases_optim.FAMILY],
+    lambda: cases_optim.lamb_case(cases_optim.gpt2_sizes(layers=1, width=16, vocab=50, context=8),
+                                  np.float32, "gpt2-tiny"),
+    lambda: cases_optim.lars_case([1000, 3, 0], np.float32, "3 tensors"),
     lambda: cases_norm.batch_norm_case((4, 3, 5, 7), 1, np.float32, "fwd+bwd"),
     lambda: cases_norm.batch_norm_case((4, 5, 7, 3), -1, np.float64, "forward"),
     lambda: cases_norm.batch_norm_case((4, 3, 5, 7), 1, np.float32, "backward"),

@@ -11,6 +11,7 @@
 #include "dtype_rules.hpp"
 #include "fusedops/mixed.hpp"
 #include "optim_params.hpp"
+#include "optim_family.hpp"
 
 namespace fusedops::bind {
 
@@ -197,6 +198,125 @@ class OptimizerPlan {
     return true;
   }
 
+  // One step of a family optimizer (FamilyKind `kind`); each group dict maps FamilyParams
+  // field names to values (see family_params_from_group).
+  bool step_family(py::handle grads, int kind, const std::vector<py::dict>& groups,
+                   long long step, double grad_scale, std::optional<double> max_grad_norm,
+                   bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    if (kind < 0 || kind >= static_cast<int>(FamilyKind::count)) {
+      throw py::value_error(name_ + ": unknown optimizer kind " + std::to_string(kind));
+    }
+    std::vector<FamilyParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      params[i] = family_params_from_group(group_label(i).c_str(), static_cast<FamilyKind>(kind),
+                                           groups[i], step, grad_scale);
+    }
+    check_group_count(params.size());
+    for (const MixedTensor& t : tensors_) {
+      for (int k = 0; k < 3; ++k) {
+        if (family_uses_state(params[t.group], k) && t.state[k] == nullptr) {
+          throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
+                                " lacks state slot " + std::to_string(k));
+        }
+      }
+    }
+    const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
+    const std::vector<MixedTensor> mixed = with_grads(grad_items);
+    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
+    check_still_writeable();
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
+    for (FamilyParams& p : params) p.grad_scale = scale;
+    for (OptimTensor& t : tensors) {
+      for (int k = 0; k < 3; ++k) {
+        if (!family_uses_state(params[t.group], k)) t.state[k] = nullptr;
+      }
+    }
+    family_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    return true;
+  }
+
+  // LAMB / LARS: `excluded` holds one byte per param (nonzero: no weight decay, trust
+  // ratio 1). Returns the per-tensor trust ratios, or None when the step was skipped.
+  std::optional<std::vector<double>> step_lamb(py::handle grads, const std::vector<py::dict>& groups,
+                                               long long step, const std::string& excluded,
+                                               double grad_scale,
+                                               std::optional<double> max_grad_norm,
+                                               bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    std::vector<LambParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      params[i] = lamb_params_from_group(group_label(i).c_str(), groups[i], step, grad_scale);
+    }
+    check_group_count(params.size());
+    check_exclusion(excluded);
+    for (const MixedTensor& t : tensors_) {
+      if (t.state[0] == nullptr || t.state[1] == nullptr) {
+        throw py::value_error(name_ + ": a param lacks its exp_avg/exp_avg_sq state");
+      }
+    }
+    const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
+    const std::vector<MixedTensor> mixed = with_grads(grad_items);
+    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
+    check_still_writeable();
+    std::vector<double> ratios(tensors.size());
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+      return std::nullopt;
+    }
+    for (LambParams& p : params) p.grad_scale = scale;
+    lamb_step(dtype_, params.data(), params.size(), tensors.data(),
+              reinterpret_cast<const unsigned char*>(excluded.data()), tensors.size(),
+              ratios.data());
+    return ratios;
+  }
+
+  // `first_step` per group: its momentum buffers start as the gradient.
+  std::optional<std::vector<double>> step_lars(py::handle grads, const std::vector<py::dict>& groups,
+                                               const std::vector<bool>& first_step,
+                                               const std::string& excluded, double grad_scale,
+                                               std::optional<double> max_grad_norm,
+                                               bool skip_nonfinite) {
+    require_positive(name_.c_str(), "grad_scale", grad_scale);
+    if (first_step.size() != groups.size()) {
+      throw py::value_error(name_ + ": first_step needs one flag per param group");
+    }
+    std::vector<LarsParams> params(groups.size());
+    for (std::size_t i = 0; i < groups.size(); ++i) {
+      params[i] = lars_params_from_group(group_label(i).c_str(), groups[i], grad_scale,
+                                         first_step[i]);
+    }
+    check_group_count(params.size());
+    check_exclusion(excluded);
+    for (const MixedTensor& t : tensors_) {
+      if (params[t.group].momentum != 0.0 && t.state[0] == nullptr) {
+        throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
+                              " has no momentum buffer");
+      }
+    }
+    const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
+    const std::vector<MixedTensor> mixed = with_grads(grad_items);
+    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
+    check_still_writeable();
+    std::vector<double> ratios(tensors.size());
+    py::gil_scoped_release release;
+    double scale = 1.0;
+    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+      return std::nullopt;
+    }
+    for (LarsParams& p : params) p.grad_scale = scale;
+    for (OptimTensor& t : tensors) {
+      if (params[t.group].momentum == 0.0) t.state[0] = nullptr;
+    }
+    lars_step(dtype_, params.data(), params.size(), tensors.data(),
+              reinterpret_cast<const unsigned char*>(excluded.data()), tensors.size(),
+              ratios.data());
+    return ratios;
+  }
+
   std::size_t size() const { return tensors_.size(); }
 
  private:
@@ -225,6 +345,14 @@ class OptimizerPlan {
 
   std::string group_label(std::size_t i) const {
     return name_ + ": param_groups[" + std::to_string(i) + "]";
+  }
+
+  void check_exclusion(const std::string& excluded) const {
+    if (excluded.size() != tensors_.size()) {
+      throw py::value_error(name_ + ": expected one exclusion flag per param (" +
+                            std::to_string(tensors_.size()) + "), got " +
+                            std::to_string(excluded.size()));
+    }
   }
 
   void check_group_count(std::size_t count) const {
@@ -358,6 +486,25 @@ class OptimizerPlan {
     return true;
   }
 
+  // The optimizer family has single-dtype kernels only (fusedops/mixed.hpp's block path
+  // is how to extend them): float32 or float64 throughout, or a TypeError.
+  std::vector<OptimTensor> single_dtype_only(const std::vector<MixedTensor>& tensors) const {
+    std::vector<OptimTensor> out;
+    if (tensors.empty() || single_dtype(tensors, &out)) return out;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      const MixedTensor& t = tensors[i];
+      if (t.param_dtype != dtype_ || t.grad_dtype != dtype_ || t.state_dtype != dtype_ ||
+          t.copy != nullptr || t.remainder != nullptr || !single_) {
+        throw py::type_error(name_ + ": params[" + std::to_string(i) + "] (dtype " +
+                             dtype_name(t.param_dtype) + ", grads " + dtype_name(t.grad_dtype) +
+                             ", state " + dtype_name(t.state_dtype) +
+                             ") is a mixed-precision row; " + name_ +
+                             " supports float32 or float64 throughout (one dtype per optimizer)");
+      }
+    }
+    return out;
+  }
+
   std::uint16_t* checked_remainder(py::handle obj, py::handle param, const CheckedArray& p,
                                    std::size_t i) const {
     const std::string where = name_ + ": the remainder of params[" + std::to_string(i) + "]";
@@ -423,6 +570,15 @@ void register_optimizer(py::module_& m) {
            py::arg("step") = 0)
       .def("step_adam", &OptimizerPlan::step_adam, py::arg("grads"), py::arg("groups"),
            py::arg("step"), py::arg("decoupled"), py::arg("grad_scale"),
+           py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
+      .def("step_family", &OptimizerPlan::step_family, py::arg("grads"), py::arg("kind"),
+           py::arg("groups"), py::arg("step"), py::arg("grad_scale"), py::arg("max_grad_norm"),
+           py::arg("skip_nonfinite"))
+      .def("step_lamb", &OptimizerPlan::step_lamb, py::arg("grads"), py::arg("groups"),
+           py::arg("step"), py::arg("excluded"), py::arg("grad_scale"), py::arg("max_grad_norm"),
+           py::arg("skip_nonfinite"))
+      .def("step_lars", &OptimizerPlan::step_lars, py::arg("grads"), py::arg("groups"),
+           py::arg("first_step"), py::arg("excluded"), py::arg("grad_scale"),
            py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
       .def("__len__", &OptimizerPlan::size);
 }

@@ -18,6 +18,7 @@ namespace fusedops {
 namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "optim_kernels.hpp"
+#include "optim_family_kernels.hpp"
 #include "batch_norm_kernels.hpp"
 
 template <class T>
@@ -25,6 +26,14 @@ constexpr TypedKernels<T> typed_kernels() {
   TypedKernels<T> k{};
   k.sgd = &sgd<T>;
   k.adam = &adam<T>;
+  k.family[static_cast<int>(FamilyKind::adagrad)] = &family_adagrad<T>;
+  k.family[static_cast<int>(FamilyKind::rmsprop)] = &family_rmsprop<T>;
+  k.family[static_cast<int>(FamilyKind::adamax)] = &family_adamax<T>;
+  k.family[static_cast<int>(FamilyKind::nadam)] = &family_nadam<T>;
+  k.family[static_cast<int>(FamilyKind::radam)] = &family_radam<T>;
+  k.family[static_cast<int>(FamilyKind::lion)] = &family_lion<T>;
+  k.lamb_moments = &lamb_moments<T>;
+  k.lamb_apply = &lamb_apply<T>;
   k.sum_squares = &sum_squares<T>;
   k.sum_abs = &sum_abs<T>;
   k.sum_abs_pow = &sum_abs_pow<T>;

@@ -79,6 +79,45 @@ class WorkList {
     return work;
   }
 
+  // Two passes in one parallel region: first(i, item) for every item, then between() once
+  // (on one thread, after every first() has returned), then second(i, item) for every
+  // item. For steps whose update needs a reduction over the data it updates (per-tensor
+  // norms): the per-item partials of first() are combined in between(), in item order.
+  template <class First, class Between, class Second>
+  void run_phases(First&& first, Between&& between, Second&& second) const {
+    const std::size_t batches = batch_ends_.size();
+    const auto run_batch = [&](auto& fn, std::size_t batch) {
+      const std::size_t lo = batch == 0 ? 0 : batch_ends_[batch - 1];
+      for (std::size_t i = lo; i < batch_ends_[batch]; ++i) fn(i, items_[i]);
+    };
+    const int threads = thread_count();
+#ifdef _OPENMP
+    if (threads <= 1) {
+#endif
+      for (std::size_t b = 0; b < batches; ++b) run_batch(first, b);
+      between();
+      for (std::size_t b = 0; b < batches; ++b) run_batch(second, b);
+      return;
+#ifdef _OPENMP
+    }
+    std::atomic<std::size_t> next_first{0}, next_second{0};
+#pragma omp parallel num_threads(threads)
+    {
+      for (std::size_t b = next_first.fetch_add(1, std::memory_order_relaxed); b < batches;
+           b = next_first.fetch_add(1, std::memory_order_relaxed)) {
+        run_batch(first, b);
+      }
+#pragma omp barrier
+#pragma omp single
+      between();  // the implicit barrier after `single` publishes its results
+      for (std::size_t b = next_second.fetch_add(1, std::memory_order_relaxed); b < batches;
+           b = next_second.fetch_add(1, std::memory_order_relaxed)) {
+        run_batch(second, b);
+      }
+    }
+#endif
+  }
+
   const std::vector<WorkItem>& items() const { return items_; }
   std::size_t elements() const { return elements_; }
 
@@ -123,6 +162,14 @@ class WorkList {
 
  private:
   WorkList() = default;
+
+  int thread_count() const {
+    const std::size_t batches = batch_ends_.size();
+    int threads = get_num_threads();
+    if (elements_ < kMinParallelElements || batches < 2) threads = 1;
+    if (threads > static_cast<int>(batches)) threads = static_cast<int>(batches);
+    return threads;
+  }
 
   std::vector<WorkItem> items_;
   std::vector<std::size_t> batch_ends_;  // items [batch_ends_[b-1], batch_ends_[b]) form batch b

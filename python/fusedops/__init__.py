@@ -1,9 +1,11 @@
 """fusedops: fused SIMD/OpenMP CPU kernels for the training inner loop, from NumPy.
 
-Functional, in-place optimizer steps (``sgd_step``, ``adam_step``, ``adamw_step``),
-global gradient norms and clipping, batch norm (fused, and split into statistics and
-elementwise pieces), and the runtime controls. See
-``fusedops.optim`` for optimizer classes and ``fusedops.nn`` for the BatchNorm layer.
+Functional, in-place optimizer steps (``sgd_step``, ``adam_step``, ``adamw_step``, and
+the family: ``adagrad_step``, ``rmsprop_step``, ``adamax_step``, ``nadam_step``,
+``radam_step``, ``lion_step``, ``lamb_step``, ``lars_step``), global gradient norms and
+clipping, batch norm (fused, and split into statistics and elementwise pieces), and the
+runtime controls. See ``fusedops.optim`` for optimizer classes (and
+``fusedops.optim.lr_scheduler``) and ``fusedops.nn`` for the BatchNorm layer.
 """
 
 import os as _os
@@ -34,7 +36,9 @@ _load_native()
 
 from ._core import (  # noqa: E402
     __version__,
+    adagrad_step,
     adam_step,
+    adamax_step,
     adamw_step,
     all_finite,
     available_isas,
@@ -42,6 +46,12 @@ from ._core import (  # noqa: E402
     clip_grad_norm,
     get_num_threads,
     grad_norm,
+    lamb_step,
+    lars_step,
+    lion_step,
+    nadam_step,
+    radam_step,
+    rmsprop_step,
     set_num_threads,
     sgd_step,
     simd_isa,
@@ -59,12 +69,15 @@ from ._batch_norm import (  # noqa: E402
     batch_norm_stats,
 )
 
+from . import distributed
 from . import nn
 from . import optim
 
 __all__ = [
     "__version__",
+    "adagrad_step",
     "adam_step",
+    "adamax_step",
     "adamw_step",
     "all_finite",
     "available_isas",
@@ -78,10 +91,17 @@ __all__ = [
     "bfloat16",
     "build_info",
     "clip_grad_norm",
+    "distributed",
     "get_num_threads",
     "grad_norm",
+    "lamb_step",
+    "lars_step",
+    "lion_step",
+    "nadam_step",
     "nn",
     "optim",
+    "radam_step",
+    "rmsprop_step",
     "set_num_threads",
     "sgd_step",
     "simd_isa",

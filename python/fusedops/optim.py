@@ -1,4 +1,6 @@
-"""Optimizer classes for custom training loops: SGD, Adam and AdamW over NumPy arrays.
+"""Optimizer classes for custom training loops: SGD, Adam and AdamW over NumPy arrays
+(the rest of the family, Adagrad to LARS, lives in ``_optim_family`` and is re-exported
+here; the learning-rate schedules in ``lr_scheduler``).
 
 The optimizer owns its state arrays; params are updated in place. ``step(grads)`` takes a
 flat list of gradients aligned with the params in param-group order and updates every
@@ -24,9 +26,11 @@ import numpy.typing as npt
 
 from ml_dtypes import bfloat16
 
-from . import _core
+from . import _core, distributed
+from . import lr_scheduler
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LossScaler", "ParamGroup", "Params"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
+           "Lion", "LAMB", "LARS", "LossScaler", "ParamGroup", "Params", "lr_scheduler"]
 
 Array = npt.NDArray[Any]
 #: A param group: ``{"params": [arrays], "grads": [arrays] (optional), **hyperparameters}``.
@@ -52,6 +56,11 @@ _COMMON_OPTIONS_DOC = """
       mixed-precision training).
     - ``grads`` passed to ``step`` are a flat list aligned with the params in param-group
       order: group 0's params first, then group 1's, and so on.
+    - ``comm``: a ``fusedops.distributed`` communicator (or an mpi4py Comm) for data
+      parallelism: ``step`` averages the grads over the ranks in place, then clips with the
+      global norm; ``skip_nonfinite`` decides the same on every rank. ``shard_state=True``
+      (ZeRO-1): each rank keeps and updates 1/N of the state; the grads are only read.
+      With one rank both are no-ops. See ``fusedops.distributed``.
 
     Mixed precision (params float32, float64, bfloat16 or float16, per param):
 
@@ -158,10 +167,22 @@ class Optimizer:
 
     def __init__(self, params: Params, defaults: Dict[str, Any], *,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False,
                  state_dtype: Any = None, master_weights: Union[bool, str] = False,
                  stochastic_rounding: bool = False, seed: int = 0) -> None:
+        self._precision = _Precision(type(self).__name__, state_dtype, master_weights,
+                                     stochastic_rounding, seed)
+        self._dist: Optional[distributed.DataParallel] = None  # steps with comm= (> 1 rank)
+        if comm is None and shard_state is False:
+            self._setup(params, defaults, max_grad_norm, skip_nonfinite)
+        else:
+            self._dist = distributed.attach(
+                self, comm, shard_state,
+                lambda: self._setup(params, defaults, max_grad_norm, skip_nonfinite))
+
+    def _setup(self, params: Params, defaults: Dict[str, Any], max_grad_norm: Optional[float],
+               skip_nonfinite: bool) -> None:
         name = type(self).__name__
-        self._precision = _Precision(name, state_dtype, master_weights, stochastic_rounding, seed)
         if max_grad_norm is not None:
             max_grad_norm = _real(max_grad_norm, f"{name}: max_grad_norm")
             if not (math.isfinite(max_grad_norm) and max_grad_norm >= 0):
@@ -196,6 +217,8 @@ class Optimizer:
         the group's gradient buffers: one array per param, same shapes, same order.
         """
         name = type(self).__name__
+        if self._dist is not None:
+            self._dist.check_add_param_group()
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{name}: a param group must be a dict with a 'params' key")
         index = len(self.param_groups)
@@ -307,6 +330,9 @@ class Optimizer:
         omit it when every param group binds its ``"grads"``. ``grad_scale``: the grads are
         divided by it first (a loss scale). Returns False, changing nothing, when
         ``skip_nonfinite`` is set and a grad holds NaN/Inf.
+
+        With ``comm=``, the grads are first averaged over the ranks, in place (the arrays
+        receive the average); with ``shard_state=True`` they are only read.
         """
         # The update runs with the GIL released: a second thread's step would race on the
         # same params, state and step count. It is refused rather than queued, so that the
@@ -316,25 +342,33 @@ class Optimizer:
                                "running step() on the same optimizer; step one optimizer from "
                                "one thread at a time (or guard it with a lock)")
         try:
-            if grads is None:
-                grads = self._bound_grads()
-            if self._plan is not None:
-                self._ensure_state()
-            plan = self._current_plan()
-            groups = [self._group_args(g, i) for i, g in enumerate(self.param_groups)]
-            applied = self._native_step(plan, grads, groups, grad_scale)
-            if applied:
-                self._step += 1
-                self._started = [s or bool(g.get("momentum", 0))
-                                 for s, g in zip(self._started, self.param_groups)]
-            return applied
+            if self._dist is not None:  # it checks the input on every rank before any collective
+                return self._dist.step(grads, grad_scale)
+            return self._step_local(self._bound_grads() if grads is None else grads, grad_scale)
         finally:
             self._stepping.release()
+
+    def _step_local(self, grads: Sequence[Array], grad_scale: float) -> bool:
+        if self._plan is not None:
+            self._ensure_state()
+        plan = self._current_plan()
+        groups = [self._group_args(g, i) for i, g in enumerate(self.param_groups)]
+        applied = self._native_step(plan, grads, groups, grad_scale)
+        if applied:
+            self._record_applied()
+        return applied
+
+    def _record_applied(self) -> None:
+        self._step += 1
+        self._started = [s or bool(g.get("momentum", 0)) for s, g in zip(self._started, self.param_groups)]
 
     # ------------------------------------------------------------ state_dict
 
     def state_dict(self) -> Dict[str, Any]:
-        """Plain Python/NumPy objects (picklable): state arrays are copies."""
+        """Plain Python/NumPy objects (picklable): state arrays are copies. With
+        ``shard_state=True``, the rank's shard (see ``consolidated_state_dict``)."""
+        if isinstance(self._dist, distributed.ShardedDataParallel):
+            return self._dist.state_dict()
         groups = []
         offset = 0
         for group in self.param_groups:
@@ -362,8 +396,15 @@ class Optimizer:
         """Restores hyperparameters and state (validated first; copies into owned arrays).
 
         A malformed ``state_dict`` raises TypeError (wrong types) or ValueError (wrong
-        keys, counts or shapes) and changes nothing.
+        keys, counts or shapes) and changes nothing. With ``shard_state=True``: the rank's
+        shard (``state_dict()``) or the whole state (``consolidated_state_dict()``).
         """
+        if isinstance(self._dist, distributed.ShardedDataParallel):
+            self._dist.load_state_dict(state_dict)
+        else:
+            self._load_state_dict_local(state_dict)
+
+    def _load_state_dict_local(self, state_dict: Mapping[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name}: state_dict must be a dict, got {type(state_dict).__name__}")
@@ -447,6 +488,13 @@ class Optimizer:
         self._started = started
         self._step = int(step)
 
+    def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
+        """Collective with ``comm=``: the whole state (the unsharded format) on rank
+        ``root``, None on the other ranks. Without ``comm=``: ``state_dict()``."""
+        if self._dist is not None:
+            return self._dist.consolidated_state_dict(root)
+        return self.state_dict()
+
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, g in enumerate(self.param_groups):
@@ -472,24 +520,24 @@ class SGD(Optimizer):
         momentum: momentum factor (0 disables the buffer).
         dampening: dampening of the momentum (0 <= dampening <= 1).
         weight_decay: L2 penalty added to the gradient.
-        l1: L1 penalty, ``l1 * sign(p)`` added to the gradient.
         nesterov: Nesterov momentum (needs momentum > 0 and dampening == 0).
         maximize: maximize the objective instead of minimizing it.
+        l1: L1 penalty (keyword-only, as every option after it), ``l1 * sign(p)`` added to the gradient.
         max_grad_norm: clip by the global L2 norm of all grads, inside the step.
         skip_nonfinite: skip the step (return False) when a grad holds NaN/Inf.
 """
     _state_names = ("momentum_buffer",)
 
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, l1: float = 0.0,
-                 nesterov: bool = False, maximize: bool = False,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False, *,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False,
                  state_dtype: Any = None, master_weights: Union[bool, str] = False,
                  stochastic_rounding: bool = False, seed: int = 0) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         state_dtype=state_dtype, master_weights=master_weights,
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
@@ -530,9 +578,9 @@ class Adam(Optimizer):
         betas: (beta1, beta2), each in [0, 1).
         eps: added to the denominator.
         weight_decay: L2 penalty added to the gradient (AdamW decouples it instead).
-        l1: L1 penalty, ``l1 * sign(p)`` added to the gradient.
         amsgrad: keep the running maximum of v and divide by it.
         maximize: maximize the objective instead of minimizing it.
+        l1: L1 penalty (keyword-only, as every option after it), ``l1 * sign(p)`` added to the gradient.
         max_grad_norm: clip by the global L2 norm of all grads, inside the step.
         skip_nonfinite: skip the step (return False) when a grad holds NaN/Inf.
 """
@@ -540,9 +588,9 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, l1: float = 0.0,
-                 amsgrad: bool = False, maximize: bool = False,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False, *,
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False,
                  state_dtype: Any = None, master_weights: Union[bool, str] = False,
                  stochastic_rounding: bool = False, seed: int = 0) -> None:
         if not isinstance(betas, (tuple, list)):
@@ -550,7 +598,7 @@ class Adam(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
                         amsgrad=amsgrad, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         state_dtype=state_dtype, master_weights=master_weights,
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype, master_weights=master_weights,
                          stochastic_rounding=stochastic_rounding, seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
@@ -585,21 +633,24 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, l1: float = 0.0,
-                 amsgrad: bool = False, maximize: bool = False,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False, *,
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False,
                  state_dtype: Any = None, master_weights: Union[bool, str] = False,
                  stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
-                         skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
-                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
-                         seed=seed)
+                         skip_nonfinite=skip_nonfinite, comm=comm, shard_state=shard_state,
+                         state_dtype=state_dtype, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 for _cls in (SGD, Adam, AdamW):
     _cls.__doc__ = (_cls.__doc__ or "") + _COMMON_OPTIONS_DOC
 del _cls
+
+
+from ._optim_family import LAMB, LARS, Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402
 
 
 class LossScaler:

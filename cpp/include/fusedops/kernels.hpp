@@ -44,6 +44,50 @@ struct AdamConstants {
   bool scaled;
 };
 
+// The elementwise optimizer family (cpp/kernels/optim_family_kernels.hpp); the enum
+// indexes TypedKernels::family.
+enum class FamilyKind { adagrad, rmsprop, adamax, nadam, radam, lion, count };
+
+// Per-step constants of a family optimizer, derived once (in double) from the
+// hyperparameters; each loop reads the fields its update uses.
+struct FamilyConstants {
+  double beta1, one_minus_beta1;  // RMSprop: alpha
+  double beta2, one_minus_beta2;
+  double eps;
+  double step_size;     // the lr factor of the update (bias corrections folded in)
+  double grad_coef;     // NAdam: coefficient of grad / denom
+  double avg_coef;      // NAdam: coefficient of exp_avg / denom
+  double inv_sqrt_bc2;  // NAdam: 1 / sqrt(1 - beta2^step)
+  double momentum;      // RMSprop
+  double weight_decay;  // L2 coefficient added to the gradient
+  double decay_factor;  // 1 - lr * weight_decay (decoupled)
+  double l1;
+  double grad_divisor;  // grad_scale, negated when maximizing
+  bool decoupled;
+  bool use_weight_decay;
+  bool use_l1;
+  bool scaled;
+  bool use_momentum;  // RMSprop
+  bool centered;      // RMSprop
+  bool rectified;     // RAdam: rho_t > 5
+};
+
+// Per-step constants of LAMB (one set per group, and one without weight decay for the
+// tensors excluded from decay and adaptation).
+struct LambConstants {
+  double beta1, one_minus_beta1;
+  double beta2, one_minus_beta2;
+  double inv_bc1;       // 1 / (1 - beta1^step), or 1 without bias correction
+  double inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^step), or 1
+  double eps;
+  double weight_decay;  // added to the update, inside the trust ratio
+  double l1;
+  double grad_divisor;  // grad_scale, negated when maximizing
+  bool use_weight_decay;
+  bool use_l1;
+  bool scaled;
+};
+
 // Reductions return partial results for one range; the runtime combines the ranges'
 // partials in a fixed order so the total never depends on the thread count.
 template <class T>
@@ -51,6 +95,17 @@ struct TypedKernels {
   void (*sgd)(const SgdConstants&, T* param, const T* grad, T* momentum_buffer, std::size_t n);
   void (*adam)(const AdamConstants&, T* param, const T* grad, T* exp_avg, T* exp_avg_sq,
                T* max_exp_avg_sq, std::size_t n);
+  // state0..2 per kind: Adagrad (sum), RMSprop (square_avg, grad_avg, momentum_buffer),
+  // Adamax (exp_avg, exp_inf), NAdam/RAdam (exp_avg, exp_avg_sq), Lion (exp_avg).
+  void (*family[static_cast<int>(FamilyKind::count)])(const FamilyConstants&, T* param,
+                                                      const T* grad, T* state0, T* state1,
+                                                      T* state2, std::size_t n);
+  // LAMB, two passes: the moments (m, v written) with the partial sums of p^2 and u^2
+  // (u the Adam direction plus weight decay) into sums[0..1]; then p -= step_size * u.
+  void (*lamb_moments)(const LambConstants&, const T* param, const T* grad, T* exp_avg,
+                       T* exp_avg_sq, std::size_t n, double* sums);
+  void (*lamb_apply)(const LambConstants&, T* param, const T* exp_avg, const T* exp_avg_sq,
+                     std::size_t n, double step_size);
   double (*sum_squares)(const T* x, std::size_t n);
   double (*sum_abs)(const T* x, std::size_t n);
   double (*sum_abs_pow)(const T* x, std::size_t n, double p);
