@@ -378,6 +378,120 @@ def adam_class_case(sizes, dtype, name):
                 rtol=1e-4, atol=1e-5, baseline="torch-fused")
 
 
+# ---------------------------------------------------------------- mixed precision
+
+BF16 = np.dtype(fo.bfloat16)
+# Per flow: (params, grads, state, param copy, bytes per element). Bytes count each array
+# read (grads) or read and written (params, state, remainder) once per direction.
+MIXED_ADAM_FLOWS = {
+    "bf16-all": (BF16, BF16, BF16, None, 14),              # 2+2 + 2 (g) + 2*(2+2)
+    "bf16-params-f32-state": (BF16, BF16, np.float32, None, 22),
+    "master-f32-bf16-grads-copy": (np.float32, BF16, np.float32, BF16, 28),
+    "remainder-bf16-f32-state": (BF16, BF16, np.float32, "remainder", 26),  # 22 + 2+2
+}
+
+
+def mixed_adam_case(sizes, flow, step0=10):
+    pdt, gdt, sdt, copy, traffic = MIXED_ADAM_FLOWS[flow]
+    hp = dict(lr=1e-3)
+
+    def build():
+        params, grads, (ms, vs) = _arrays(sizes, np.float32, 2)
+        params = [p.astype(pdt) for p in params]
+        grads = [g.astype(gdt) for g in grads]
+        ms, vs = [m.astype(sdt) for m in ms], [v.astype(sdt) for v in vs]
+        reference = _adam_reference(params, grads, ms, vs, None, hp, step0 + 1)
+        impls = []
+        if copy == "remainder":
+            fp = _copies(params)
+            opt = fo.optim.Adam(fp, lr=hp["lr"], master_weights="remainder")
+            for st, m, v in zip(opt.state, ms, vs):
+                st["exp_avg"], st["exp_avg_sq"] = m.copy(), v.copy()
+            opt._step = step0
+            impls.append(Impl("fusedops", lambda: opt.step(grads), lambda: fp))
+        else:
+            for name, stochastic in (("fusedops", False), ("fusedops-stochastic", True)):
+                if stochastic and pdt != BF16 and sdt != BF16:
+                    continue
+                fp, fm, fv = _copies(params), _copies(ms), _copies(vs)
+                fc = [np.zeros(p.shape, copy) for p in params] if copy is not None else None
+                box = [step0]
+
+                def run(fp=fp, fm=fm, fv=fv, fc=fc, box=box, stochastic=stochastic):
+                    box[0] += 1
+                    fo.adam_step(fp, grads, fm, fv, step=box[0], param_copies=fc,
+                                 stochastic_rounding=stochastic, **hp)
+                impls.append(Impl(name, run, lambda fp=fp: fp))
+        if torch is not None and flow == "bf16-all":
+            def state(i):
+                return {"step": torch.tensor(float(step0)),
+                        "exp_avg": torch.from_numpy(ms[i].astype(np.float32)).to(torch.bfloat16),
+                        "exp_avg_sq": torch.from_numpy(vs[i].astype(np.float32)).to(torch.bfloat16)}
+            tp = [torch.from_numpy(p.astype(np.float32)).to(torch.bfloat16) for p in params]
+            for p, g in zip(tp, grads):
+                p.grad = torch.from_numpy(g.astype(np.float32)).to(torch.bfloat16)
+            opt_t = torch.optim.Adam(tp, fused=True, **hp)
+            for i, p in enumerate(tp):
+                opt_t.state[p].update(state(i))
+            impls.append(Impl("torch-fused", opt_t.step,
+                              lambda tp=tp: [p.float().numpy() for p in tp]))
+        if torch is not None and flow == "master-f32-bf16-grads-copy":
+            # torch's way: fused float32 Adam on the masters, then copy into bf16 model params
+            tp = _torch_tensors(params)
+            for p, g in zip(tp, grads):
+                p.grad = torch.from_numpy(g.astype(np.float32))
+            model = [torch.empty(p.shape, dtype=torch.bfloat16) for p in tp]
+            opt_t = torch.optim.Adam(tp, fused=True, **hp)
+            for i, p in enumerate(tp):
+                opt_t.state[p].update({"step": torch.tensor(float(step0)),
+                                       "exp_avg": torch.from_numpy(ms[i].copy()),
+                                       "exp_avg_sq": torch.from_numpy(vs[i].copy())})
+
+            def run_torch():
+                opt_t.step()
+                with torch.no_grad():
+                    for m, p in zip(model, tp):
+                        m.copy_(p)
+            impls.append(Impl("torch-fused+copy", run_torch, lambda tp=tp: [p.numpy() for p in tp]))
+        return impls, reference
+
+    return Case("adam_step", f"{flow} ({traffic} B/el)", "bfloat16", int(sum(sizes)), len(sizes),
+                traffic, build, rtol=2e-2, atol=2e-2, baseline="torch-fused")
+
+
+def mixed_sgd_case(sizes):
+    hp = SGD_VARIANTS["momentum"]
+    traffic = 10  # bf16 params and buffer read and written, grads read
+
+    def build():
+        params, grads, (bufs,) = _arrays(sizes, np.float32, 1)
+        params, grads, bufs = ([a.astype(BF16) for a in x] for x in (params, grads, bufs))
+        reference = _sgd_reference(params, grads, bufs, hp)
+        fp, fb = _copies(params), _copies(bufs)
+        impls = [Impl("fusedops", lambda: fo.sgd_step(fp, grads, fb, **hp), lambda: fp)]
+        if torch is not None:
+            tp = [torch.from_numpy(p.astype(np.float32)).to(torch.bfloat16) for p in params]
+            for p, g in zip(tp, grads):
+                p.grad = torch.from_numpy(g.astype(np.float32)).to(torch.bfloat16)
+            # torch 2.13's fused CPU SGD gives wrong bfloat16 results here (params left
+            # unchanged in vector lanes): its foreach path is the peer.
+            opt_t = torch.optim.SGD(tp, foreach=True, **hp)
+            for p, b in zip(tp, bufs):
+                opt_t.state[p]["momentum_buffer"] = torch.from_numpy(b.astype(np.float32)).to(torch.bfloat16)
+            impls.append(Impl("torch-foreach", opt_t.step, lambda tp=tp: [p.float().numpy() for p in tp]))
+        return impls, reference
+
+    return Case("sgd_step", f"momentum bf16-all ({traffic} B/el)", "bfloat16", int(sum(sizes)),
+                len(sizes), traffic, build, rtol=2e-2, atol=2e-2, baseline="torch-foreach")
+
+
+def mixed_cases():
+    big = harness.beyond_cache_elements
+    cases = [mixed_adam_case([big(bpe)], flow) for flow, (*_, bpe) in MIXED_ADAM_FLOWS.items()]
+    cases += [mixed_adam_case([256] * 1000, "bf16-all"), mixed_sgd_case([big(10)])]
+    return cases
+
+
 # ---------------------------------------------------------------- the optimizer family
 
 # kind -> (torch class, torch peer modes, state names, hyperparameters, bytes/element in units
@@ -691,7 +805,7 @@ def optim_cases(quick: bool):
                  clip_case([65536] * 10 + [1 << 22], f32)]
         if hasattr(fo, "optim"):
             cases.append(adam_class_case([256] * 1000, f32, "1000x256"))
-        return cases + family_cases(quick)
+        return cases + mixed_cases() + family_cases(quick)
     cases = [sgd_case([n], f32, "momentum") for n in SWEEP]
     cases += [sgd_case([big(8)], f32, "plain"), sgd_case([big(12)], f32, "nesterov"),
               sgd_case([big(24)], f64, "momentum")]
@@ -704,4 +818,4 @@ def optim_cases(quick: bool):
                   adam_class_case([256000], f32, "1x256000"),
                   adam_class_case([256] * 1000, f64, "1000x256"),
                   adam_class_case(transformer_sizes(), f32, "transformer-12x768")]
-    return cases + family_cases(quick)
+    return cases + mixed_cases() + family_cases(quick)

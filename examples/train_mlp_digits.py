@@ -18,6 +18,18 @@ The data set ships with scikit-learn (1797 8x8 images), nothing is downloaded.
     python examples/train_mlp_digits.py --optimizer sgd --lr 0.1 --weight-decay 5e-4
     python examples/train_mlp_digits.py --optimizer adamw --max-grad-norm 1.0 --plot mlp.png
 
+Mixed precision (``--precision bf16`` or ``fp16``): the dense layers' weights, biases and
+gradients are stored in 16 bits (the matmuls widen them to float32; batch norm stays
+float32, beside them in the same optimizer). ``--rounding`` picks how bfloat16 params are
+updated: ``nearest`` (pure bfloat16, round to nearest even: updates below half an ulp are
+lost), ``stochastic`` (stochastic rounding) or ``master`` (float32 master weights kept by
+the optimizer). float16 always uses master weights and dynamic loss scaling
+(``fo.optim.LossScaler``: a step whose scaled grads overflow is skipped).
+
+    python examples/train_mlp_digits.py --precision bf16 --rounding nearest
+    python examples/train_mlp_digits.py --precision bf16 --compare-rounding --plot bf16.png
+    python examples/train_mlp_digits.py --precision fp16
+
 Data parallel over MPI ranks (needs mpi4py: ``pip install ".[dist]"``): each rank trains
 on its slice of every batch, batch norm uses the statistics of the whole batch
 (SyncBatchNorm) and the optimizer averages the grads over the ranks, so the run follows
@@ -41,6 +53,7 @@ import fusedops as fo
 import fusedops.distributed as fod
 
 DTYPE = np.float32
+STORAGE = {"fp32": np.dtype(np.float32), "bf16": np.dtype(fo.bfloat16), "fp16": np.dtype(np.float16)}
 
 
 # ---------------------------------------------------------------- data
@@ -68,26 +81,39 @@ class Dense:
     """
 
     def __init__(self, fan_in: int, fan_out: int, *, bias: bool, std: float,
-                 rng: np.random.Generator):
-        self.weight = (rng.standard_normal((fan_in, fan_out)) * std).astype(DTYPE)
-        self.bias = np.zeros(fan_out, DTYPE) if bias else None
+                 rng: np.random.Generator, storage=DTYPE):
+        # weight, bias and their grads are stored in `storage`; a 16-bit layer computes in
+        # float32 on widened copies (NumPy has no fast 16-bit matmul)
+        self.weight = (rng.standard_normal((fan_in, fan_out)) * std).astype(storage)
+        self.bias = np.zeros(fan_out, storage) if bias else None
         self.grad_weight = np.zeros_like(self.weight)
         self.grad_bias = np.zeros_like(self.bias) if bias else None
+        wide = np.dtype(storage) != DTYPE
+        self._w = np.empty(self.weight.shape, DTYPE) if wide else self.weight
+        self._gw = np.empty(self.weight.shape, DTYPE) if wide else self.grad_weight
+        self._gb = np.empty(fan_out, DTYPE) if wide and bias else self.grad_bias
         self._x = None  # the input of the last forward, read by backward
 
     def forward(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         self._x = x
-        np.matmul(x, self.weight, out=out)
+        if self._w is not self.weight:
+            np.copyto(self._w, self.weight, casting="unsafe")
+        np.matmul(x, self._w, out=out)
         if self.bias is not None:
-            out += self.bias
+            out += self.bias.astype(DTYPE, copy=False)
         return out
 
     def backward(self, dy: np.ndarray, dx: np.ndarray | None) -> np.ndarray | None:
-        np.matmul(self._x.T, dy, out=self.grad_weight)
+        np.matmul(self._x.T, dy, out=self._gw)
         if self.bias is not None:
-            np.sum(dy, axis=0, out=self.grad_bias)
+            np.sum(dy, axis=0, out=self._gb)
+        if self._gw is not self.grad_weight:  # rounded to nearest into the 16-bit grads
+            with np.errstate(over="ignore"):  # float16 overflow: the step is then skipped
+                np.copyto(self.grad_weight, self._gw, casting="unsafe")
+                if self.bias is not None:
+                    np.copyto(self.grad_bias, self._gb, casting="unsafe")
         if dx is not None:
-            np.matmul(dy, self.weight.T, out=dx)
+            np.matmul(dy, self._w.T, out=dx)
         return dx
 
 
@@ -129,7 +155,7 @@ class MLP:
     """
 
     def __init__(self, sizes, *, batch_norm: bool = True, activation: str = "relu",
-                 init_std=None, capacity: int = 256, seed: int = 0, comm=None):
+                 init_std=None, capacity: int = 256, seed: int = 0, comm=None, storage=DTYPE):
         rng = np.random.default_rng(seed)
         init_std = init_std or (lambda fan_in: math.sqrt(2.0 / fan_in))
         self.sizes = list(sizes)
@@ -137,7 +163,7 @@ class MLP:
         self.act, self.act_grad = ACTIVATIONS[activation]
         hidden = self.sizes[1:-1]
         self.dense = [Dense(fan_in, fan_out, bias=not (batch_norm and i < len(hidden)),
-                            std=init_std(fan_in), rng=rng)
+                            std=init_std(fan_in), rng=rng, storage=storage)
                       for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:]))]
         self.norms = [fo.nn.BatchNorm(width, dtype=DTYPE, comm=comm) if batch_norm else None
                       for width in hidden]  # one per hidden block; synchronized with comm
@@ -220,7 +246,8 @@ class MLP:
 # ---------------------------------------------------------------- optimizer
 
 def make_optimizer(model: MLP, name: str, lr: float, weight_decay: float,
-                   max_grad_norm: float | None, comm=None, shard_state: bool = False):
+                   max_grad_norm: float | None, comm=None, shard_state: bool = False,
+                   **precision):
     """The optimizer over two param groups (decayed, not decayed) and the grads list
     aligned with its params in group order. With ``comm`` it averages the grads over the
     ranks in each step (and keeps 1/N of its state per rank with ``shard_state``)."""
@@ -232,11 +259,11 @@ def make_optimizer(model: MLP, name: str, lr: float, weight_decay: float,
     grads = [g for _, g in decayed + plain]
     common = dict(max_grad_norm=max_grad_norm, comm=comm, shard_state=shard_state)
     if name == "adam":
-        opt = fo.optim.Adam(groups, lr=lr, **common)
+        opt = fo.optim.Adam(groups, lr=lr, **common, **precision)
     elif name == "adamw":
-        opt = fo.optim.AdamW(groups, lr=lr, **common)
+        opt = fo.optim.AdamW(groups, lr=lr, **common, **precision)
     elif name == "sgd":
-        opt = fo.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **common)
+        opt = fo.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **common, **precision)
     else:
         raise ValueError(f"unknown optimizer {name!r}")
     return opt, grads
@@ -253,18 +280,26 @@ class History:
 
 
 def train_step(model: MLP, opt, grads, x: np.ndarray, y: np.ndarray,
-               dlogits: np.ndarray) -> float:
-    """One batch: forward, loss, backward into the grads buffers, one optimizer step."""
+               dlogits: np.ndarray, scaler=None) -> float:
+    """One batch: forward, loss, backward into the grads buffers, one optimizer step.
+    With a loss scaler, the loss gradient is multiplied by its scale before the backward
+    pass, the step divides it out (skipping the step if a grad overflowed), and the scale
+    is updated."""
     logits = model.forward(x, training=True)
     loss = model.loss_and_grad(logits, y, dlogits)
+    if scaler is None:
+        model.backward(dlogits)
+        opt.step(grads)
+        return loss
+    dlogits *= scaler.scale
     model.backward(dlogits)
-    opt.step(grads)
+    scaler.update(opt.step(grads, grad_scale=scaler.scale))
     return loss
 
 
 def train(model: MLP, opt, grads, data, *, epochs: int, batch_size: int, seed: int,
           base_lr: float | None = None, verbose: bool = True, label: str = "",
-          comm: fod.Communicator | None = None) -> History:
+          comm: fod.Communicator | None = None, scaler=None) -> History:
     """Minibatch training; one ``opt.step(grads)`` per batch. With ``base_lr`` the learning
     rate follows a cosine decay from ``base_lr`` to 0 over the run (per step). With
     ``comm``, every rank draws the same batches and trains on its equal slice of each."""
@@ -294,7 +329,7 @@ def train(model: MLP, opt, grads, data, *, epochs: int, batch_size: int, seed: i
                 lr = 0.5 * base_lr * (1 + math.cos(math.pi * step / total_steps))
                 for group in opt.param_groups:
                     group["lr"] = lr
-            epoch_loss += train_step(model, opt, grads, x_batch, y_batch, dlogits)
+            epoch_loss += train_step(model, opt, grads, x_batch, y_batch, dlogits, scaler)
             step += 1
         mean_loss = np.array([epoch_loss / batches_per_epoch])
         if comm is not None:  # each rank's loss is over its slice: average them
@@ -373,6 +408,13 @@ def parse_args(argv=None):
                              "fusedops' default)")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save loss/accuracy curves as a PNG")
+    parser.add_argument("--precision", choices=sorted(STORAGE), default="fp32",
+                        help="storage of the dense layers' params and grads")
+    parser.add_argument("--rounding", choices=["nearest", "stochastic", "master"],
+                        default="stochastic",
+                        help="bf16: how params are updated (default stochastic)")
+    parser.add_argument("--compare-rounding", action="store_true",
+                        help="bf16: train once per --rounding choice and compare")
     parser.add_argument("--distributed", action="store_true",
                         help="data parallel over the ranks of mpiexec (one rank without it)")
     parser.add_argument("--shard-state", action="store_true",
@@ -387,35 +429,91 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> History:
+def main(argv=None):
     args = parse_args(argv)
     with limit_threads(args.threads or None):
+        if args.compare_rounding:
+            return compare_rounding(args)
         return run(args)
 
 
-def run(args) -> History:
+def precision_options(args) -> dict:
+    """Optimizer options for the chosen precision."""
+    if args.precision == "fp16":
+        return dict(master_weights=True, skip_nonfinite=True)
+    if args.precision == "bf16":
+        return dict(master_weights=args.rounding == "master",
+                    stochastic_rounding=args.rounding == "stochastic", seed=args.seed)
+    return {}
+
+
+def compare_rounding(args) -> dict:
+    """bf16 with each rounding, and float32, on the same data and seed."""
+    import copy
+
+    runs = {}
+    for precision, rounding in (("fp32", "nearest"), ("bf16", "nearest"),
+                                ("bf16", "stochastic"), ("bf16", "master")):
+        one = copy.copy(args)
+        one.precision, one.rounding, one.plot = precision, rounding, None
+        label = "float32" if precision == "fp32" else f"bf16 {rounding}"
+        runs[label] = run(one, verbose=False)
+    print("\nfinal test accuracy / training loss:")
+    for label, h in runs.items():
+        print(f"  {label:16s} {h.test_accuracy[-1]:.4f}  {h.loss[-1]:.4f}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+        for label, h in runs.items():
+            epochs = np.arange(1, len(h.loss) + 1)
+            ax_loss.plot(epochs, h.loss, label=label)
+            ax_acc.plot(epochs, h.test_accuracy, label=label)
+        ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+        ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="accuracy")
+        ax_acc.legend()
+        fig.suptitle(f"bfloat16 params: rounding ({args.optimizer}, lr {args.lr})")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        plt.close(fig)
+        print(f"saved {args.plot}")
+    return runs
+
+
+def run(args, verbose: bool = True) -> History:
     comm = fod.world() if args.distributed else None
     lead = comm is None or comm.rank == 0  # the rank that reports
     data = load_digits_split(seed=args.seed)
     x_train = data[0]
     model = MLP([x_train.shape[1], *args.hidden, 10], batch_norm=True, activation="relu",
-                capacity=args.batch_size, seed=args.seed, comm=comm)
+                capacity=args.batch_size, seed=args.seed, comm=comm,
+                storage=STORAGE[args.precision])
     opt, grads = make_optimizer(model, args.optimizer, args.lr, args.weight_decay,
-                                args.max_grad_norm, comm=comm, shard_state=args.shard_state)
+                                args.max_grad_norm, comm=comm, shard_state=args.shard_state,
+                                **precision_options(args))
+    scaler = fo.optim.LossScaler() if args.precision == "fp16" else None
     if comm is not None:  # the ranks built the same seeded model; make sure they start equal
         fod.broadcast_([p for p, _, _ in model.parameters_and_gradients()], comm)
     if lead:
         ranks = "" if comm is None else (f"; {comm.size} ranks, data parallel"
                                          + (", ZeRO-1" if args.shard_state else ""))
+        rounding = f" ({args.rounding})" if args.precision == "bf16" else ""
         print(f"fusedops {fo.__version__} ({fo.simd_isa()}, {fo.get_num_threads()} threads); "
               f"{x_train.shape[0]} train / {data[2].shape[0]} test images; model "
               f"{'-'.join(map(str, model.sizes))}; {args.optimizer} lr {args.lr} "
-              f"weight decay {args.weight_decay} max grad norm {args.max_grad_norm}{ranks}")
+              f"weight decay {args.weight_decay} max grad norm {args.max_grad_norm}{ranks}; "
+              f"{args.precision}{rounding}")
     start = time.perf_counter()
     history = train(model, opt, grads, data, epochs=args.epochs, batch_size=args.batch_size,
-                    seed=args.seed, base_lr=None if args.constant_lr else args.lr, comm=comm)
+                    seed=args.seed, base_lr=None if args.constant_lr else args.lr, comm=comm,
+                    verbose=verbose, scaler=scaler)
     if lead:
         print(f"total time: {time.perf_counter() - start:.2f} s")
+        if scaler is not None:
+            print(f"loss scale at the end: {scaler.scale:g}")
     if args.plot and lead:
         plot_history(history, args.plot, f"MLP {'-'.join(map(str, model.sizes))} on digits, "
                      f"{args.optimizer}")

@@ -492,7 +492,7 @@ BAD_CASES = [
     ("last-grad-int", last("grads", lambda c: np.ones(N, np.int32)), TypeError,
      r"grads\[2\] has dtype int32"),
     ("mixed-dtype-exp-avg-sq", last("exp_avg_sqs", lambda c: np.ones(N, np.float32)),
-     TypeError, r"exp_avg_sqs\[2\] has dtype float32 but params\[0\] has dtype float64"),
+     TypeError, r"exp_avg_sqs\[2\] has dtype float32 but params\[2\] has dtype float64"),
     ("mixed-dtype-max", last("max_exp_avg_sqs", lambda c: np.ones(N, np.float32)), TypeError,
      r"max_exp_avg_sqs\[2\] has dtype float32"),
     ("mixed-dtype-grad", last("grads", lambda c: np.ones(N, np.float32)), TypeError,

@@ -81,7 +81,15 @@ def test_case_lists_cover_every_kernel():
     kernels = {k for k, _ in names}
     assert {"sgd_step", "adam_step", "adamw_step", "clip_grad_norm", "optim.Adam.step",
             "batch_norm forward", "batch_norm backward", "batch_norm fwd+bwd"} <= kernels
-    assert {d for _, d in names} == {"float32", "float64"}
+    assert {d for _, d in names} == {"float32", "float64", "bfloat16"}
+
+
+@pytest.mark.parametrize("flow", sorted(cases_optim.MIXED_ADAM_FLOWS))
+def test_mixed_precision_cases_check_their_results(flow, probe):
+    for case in (cases_optim.mixed_adam_case([1000, 37], flow), cases_optim.mixed_sgd_case([1000])):
+        rows = harness.measure(case, repeats=1, probe=probe, probe_bytes=probe.bytes)
+        assert rows and all(r["seconds_median"] > 0 for r in rows)
+        assert case.bytes_per_element == int(case.case.split("(")[1].split()[0])
 
 
 def test_plot_of_a_size_sweep(tmp_path, probe):

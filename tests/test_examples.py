@@ -39,6 +39,38 @@ def test_mlp_example_learns(capsys, argv):
     assert float(lines[-1].split()[-1]) == pytest.approx(history.test_accuracy[-1], abs=5e-5)
 
 
+@pytest.mark.parametrize("argv", [
+    ["--precision", "bf16", "--rounding", "nearest"],
+    ["--precision", "bf16", "--rounding", "stochastic"],
+    ["--precision", "bf16", "--rounding", "master", "--optimizer", "adamw"],
+    ["--precision", "fp16"],
+], ids=["bf16-nearest", "bf16-stochastic", "bf16-master", "fp16-loss-scaling"])
+def test_mlp_example_learns_in_16_bits(capsys, argv):
+    history = mlp.main([*argv, "--epochs", "3", "--hidden", "64", "64", "--seed", "1"])
+    assert history.loss[-1] < 0.5 * history.loss[0]
+    assert history.test_accuracy[-1] > 0.9
+    out = capsys.readouterr().out
+    assert argv[1] in out
+    if argv[1] == "fp16":
+        # 63 steps: no growth yet (every 2000 good steps); an overflow would halve it
+        scale = float(re.search(r"loss scale at the end: (\S+)", out).group(1))
+        assert scale in (2.0**16, 2.0**15, 2.0**14)
+
+
+def test_bf16_rounding_comparison(capsys, tmp_path):
+    """Pure bfloat16 with round-to-nearest loses the small SGD updates and ends with a
+    higher training loss; stochastic rounding and master weights track float32."""
+    path = tmp_path / "bf16.png"
+    runs = mlp.main(["--precision", "bf16", "--compare-rounding", "--optimizer", "sgd",
+                     "--lr", "0.02", "--epochs", "12", "--hidden", "64", "64", "--seed", "0",
+                     "--plot", str(path)])
+    final = {label: h.loss[-1] for label, h in runs.items()}
+    assert final["bf16 nearest"] > 1.3 * final["float32"]
+    for label in ("bf16 stochastic", "bf16 master"):
+        assert final[label] < 1.1 * final["float32"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_mlp_example_is_seeded(capsys):
     argv = ["--epochs", "1", "--hidden", "32", "32", "--seed", "3"]
     first, second = mlp.main(argv), mlp.main(argv)

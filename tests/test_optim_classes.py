@@ -301,7 +301,7 @@ def test_bad_hyperparameter_edit_rejected_at_step_and_nothing_changed():
     (lambda: fo.optim.Adam([np.zeros(3)], betas=(1.0, 0.9)), ValueError, r"betas\[0\]"),
     (lambda: fo.optim.Adam([np.zeros(3)], eps=-1.0), ValueError, "eps"),
     (lambda: fo.optim.Adam([np.zeros(3)], max_grad_norm=-1.0), ValueError, "max_grad_norm"),
-    (lambda: fo.optim.Adam([np.zeros(3), np.zeros(3, np.float32)]), TypeError, "dtype"),
+    (lambda: fo.optim.Adam([np.zeros(3), np.zeros(3, np.int32)]), TypeError, "dtype"),
     (lambda: fo.optim.Adam([np.zeros(3, np.int64)]), TypeError, "dtype"),
     (lambda: fo.optim.Adam(np.zeros(3)), TypeError, "single array"),
     (lambda: fo.optim.Adam([]), ValueError, "empty"),

@@ -1,5 +1,7 @@
 #include "common.hpp"
 
+#include "fusedops/mixed.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -19,6 +21,24 @@ std::string format_number(double value) {
 // A module attribute kept for the life of the process (a type checked against often).
 PyObject* imported(const char* module, const char* name) {
   return py::object(py::module_::import(module).attr(name)).release().ptr();
+}
+
+constexpr int kHalfTypeNum = 23;     // NPY_HALF
+constexpr int kUserTypeNum = 256;    // NPY_USERDEF: registered types such as bfloat16
+
+// The type number NumPy gave ml_dtypes.bfloat16 in this process (-1 without ml_dtypes);
+// asked once, under the GIL, the first time a user-defined dtype is seen.
+int bfloat16_type_num() {
+  static const int num = [] {
+    try {
+      const py::object dtype =
+          py::module_::import("numpy").attr("dtype")(py::module_::import("ml_dtypes").attr("bfloat16"));
+      return dtype.attr("num").cast<int>();
+    } catch (const py::error_already_set&) {
+      return -1;
+    }
+  }();
+  return num;
 }
 
 bool is_sequence(py::handle obj) { return PyList_Check(obj.ptr()) || PyTuple_Check(obj.ptr()); }
@@ -133,6 +153,21 @@ std::pair<double, double> pair_arg(const char* fn, const char* name, py::handle 
   return {real_arg(fn, first.c_str(), items[0]), real_arg(fn, second.c_str(), items[1])};
 }
 
+bool dtype_of_type_num(int type_num, Dtype* out) {
+  if (type_num == py::detail::npy_api::NPY_FLOAT_) {
+    *out = Dtype::f32;
+  } else if (type_num == py::detail::npy_api::NPY_DOUBLE_) {
+    *out = Dtype::f64;
+  } else if (type_num == kHalfTypeNum) {
+    *out = Dtype::f16;
+  } else if (type_num >= kUserTypeNum && type_num == bfloat16_type_num()) {
+    *out = Dtype::bf16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 bool is_native_byte_order(py::handle a) {
   const char order =
       py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->byteorder;
@@ -202,25 +237,24 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
   const auto* fields = py::detail::array_proxy(obj.ptr());
   const int num = py::detail::array_descriptor_proxy(fields->descr)->type_num;
   const auto array = [obj] { return py::reinterpret_borrow<py::array>(obj); };
-  Dtype dtype;
-  if (num == py::detail::npy_api::NPY_FLOAT_) {
-    dtype = Dtype::f32;
-  } else if (num == py::detail::npy_api::NPY_DOUBLE_) {
-    dtype = Dtype::f64;
-  } else {
+  Dtype dtype = Dtype::f32;
+  const bool known = dtype_of_type_num(num, &dtype);
+  if (!known || (!per_array_dtypes_ && dtype != Dtype::f32 && dtype != Dtype::f64)) {
     type_error(arg.label(i) + " has dtype " + py::str(array().dtype()).cast<std::string>() +
-               "; expected float32 or float64");
+               (per_array_dtypes_ ? "; expected float32, float64, bfloat16 or float16"
+                                  : "; expected float32 or float64"));
   }
   // A byte-swapped array has the same type number but would be read as garbage.
   if (!is_native_byte_order(obj)) {
     type_error(arg.label(i) + " has dtype " + py::str(array().dtype()).cast<std::string>() +
                " in non-native byte order; pass x.astype(x.dtype.newbyteorder('='))");
   }
-  if (!has_dtype_) {
+  // With per-array dtypes the caller checks the combination.
+  if (!per_array_dtypes_ && !has_dtype_) {
     has_dtype_ = true;
     dtype_ = dtype;
     dtype_origin_ = arg.label(i);
-  } else if (dtype != dtype_) {
+  } else if (!per_array_dtypes_ && dtype != dtype_) {
     type_error(arg.label(i) + " has dtype " + (dtype == Dtype::f32 ? "float32" : "float64") +
                " but " + dtype_origin_ + " has dtype " +
                (dtype_ == Dtype::f32 ? "float32" : "float64") +
@@ -240,7 +274,7 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
   require_layout(std::string(function_) + ": " + arg.label(i), fields->flags, access);
   std::size_t n = 1;
   for (int d = 0; d < fields->nd; ++d) n *= static_cast<std::size_t>(fields->dimensions[d]);
-  CheckedArray checked{fields->data, n, n * (dtype == Dtype::f32 ? 4 : 8), access, &arg, i};
+  CheckedArray checked{fields->data, n, n * dtype_size(dtype), access, &arg, i, dtype};
   arrays_.push_back(checked);
   return checked;
 }

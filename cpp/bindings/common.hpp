@@ -44,6 +44,7 @@ struct CheckedArray {
   Access access;
   const ArrayArg* arg;
   std::size_t index;
+  Dtype dtype = Dtype::f32;
 };
 
 // Collects the arrays of one call and checks the rules every call shares: ndarray type,
@@ -52,6 +53,10 @@ struct CheckedArray {
 class CallChecker {
  public:
   explicit CallChecker(const char* function) : function_(function) {}
+  // per_array_dtypes: each array may be float32, float64, bfloat16 or float16 (the caller
+  // checks the combination); otherwise all arrays share float32 or float64.
+  CallChecker(const char* function, bool per_array_dtypes)
+      : function_(function), per_array_dtypes_(per_array_dtypes) {}
 
   // Checks arg.items[i]; `shape_of` (optional) is an array whose shape it must match.
   CheckedArray check(const ArrayArg& arg, std::size_t i, Access access,
@@ -68,6 +73,7 @@ class CallChecker {
 
  private:
   const char* function_;
+  bool per_array_dtypes_ = false;
   bool has_dtype_ = false;
   Dtype dtype_ = Dtype::f32;
   std::string dtype_origin_;
@@ -95,6 +101,10 @@ double real_arg(const char* fn, const char* name, py::handle obj);     // int or
 bool flag_arg(const char* fn, const char* name, py::handle obj);       // bool (or numpy.bool_)
 long long int_arg(const char* fn, const char* name, py::handle obj);   // int, not bool
 std::pair<double, double> pair_arg(const char* fn, const char* name, py::handle obj);
+
+// The float dtype of an array's NumPy type number, if it is one fusedops computes with
+// (bfloat16 is ml_dtypes.bfloat16).
+bool dtype_of_type_num(int type_num, Dtype* out);
 
 // False for a byte-swapped array: same type number, but its values would be misread.
 bool is_native_byte_order(py::handle a);

@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "common.hpp"
+#include "dtype_rules.hpp"
+#include "fusedops/mixed.hpp"
 #include "optim_params.hpp"
 
 namespace fusedops::bind {
@@ -66,18 +68,20 @@ AdamParams checked_adam_params(const char* fn, long long step, double lr,
 
 namespace {
 
-// Unpacks and checks params (written), grads (read) and the state arguments (written;
-// None where absent) of an optimizer step; returns one OptimTensor per param.
+// Unpacks and checks params (written), grads (read), the state arguments (written;
+// None where absent) and param_copies (written; None: none) of an optimizer step; returns
+// one MixedTensor per param, its dtypes checked against API.md's table.
 struct StepArrays {
   ArrayArg params, grads;
   std::vector<ArrayArg> states;  // same order as the names given
-  std::vector<OptimTensor> tensors;
-  Dtype dtype = Dtype::f32;
+  ArrayArg copies;
+  std::vector<MixedTensor> tensors;
 };
 
 StepArrays check_step_arrays(const char* function, py::handle params, py::handle grads,
-                             std::initializer_list<std::pair<const char*, py::handle>> states) {
-  StepArrays s{unpack(function, "params", params), {}, {}, {}, Dtype::f32};
+                             std::initializer_list<std::pair<const char*, py::handle>> states,
+                             py::handle param_copies) {
+  StepArrays s{unpack(function, "params", params), {}, {}, {"param_copies", false, {}}, {}};
   s.grads = unpack(function, "grads", grads, &s.params);
   std::vector<int> slot_of_state;
   int slot = 0;
@@ -88,30 +92,82 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
     }
     ++slot;
   }
-  CallChecker checker(function);
+  const bool has_copies = !param_copies.is_none();
+  if (has_copies) s.copies = unpack(function, "param_copies", param_copies, &s.params);
+  CallChecker checker(function, true);
   const std::size_t count = s.params.items.size();
   s.tensors.resize(count);
   for (std::size_t i = 0; i < count; ++i) {
-    OptimTensor& t = s.tensors[i];
+    MixedTensor& t = s.tensors[i];
     const CheckedArray p = checker.check(s.params, i, Access::write);
+    const CheckedArray g = checker.check(s.grads, i, Access::read, &s.params);
     t.param = p.data;
     t.n = p.n;
-    t.grad = checker.check(s.grads, i, Access::read, &s.params).data;
+    t.grad = g.data;
+    t.param_dtype = p.dtype;
+    t.grad_dtype = g.dtype;
     t.state[0] = t.state[1] = t.state[2] = nullptr;
+    t.state_dtype = p.dtype == Dtype::f64 ? Dtype::f64 : Dtype::f32;
+    t.copy = nullptr;
+    t.copy_dtype = Dtype::f32;
+    t.remainder = nullptr;
     t.group = 0;
+    std::vector<LabelledDtype> state_dtypes;
     for (std::size_t k = 0; k < s.states.size(); ++k) {
-      t.state[slot_of_state[k]] = checker.check(s.states[k], i, Access::write, &s.params).data;
+      const CheckedArray a = checker.check(s.states[k], i, Access::write, &s.params);
+      t.state[slot_of_state[k]] = a.data;
+      t.state_dtype = a.dtype;
+      state_dtypes.push_back({s.states[k].label(i), a.dtype});
     }
+    LabelledDtype copy{};
+    if (has_copies) {
+      const CheckedArray c = checker.check(s.copies, i, Access::write, &s.params);
+      t.copy = c.data;
+      t.copy_dtype = c.dtype;
+      copy = {s.copies.label(i), c.dtype};
+    }
+    check_tensor_dtypes(function, {s.params.label(i), p.dtype}, {s.grads.label(i), g.dtype},
+                        state_dtypes, has_copies ? &copy : nullptr);
   }
   checker.check_no_overlap();
-  s.dtype = checker.dtype();
   return s;
+}
+
+// The single-dtype form of a call (float32 or float64 throughout, no copies), if it has one.
+bool single_dtype(const std::vector<MixedTensor>& tensors, Dtype* dtype,
+                  std::vector<OptimTensor>* out) {
+  if (tensors.empty()) return false;
+  *dtype = tensors[0].param_dtype;
+  if (*dtype != Dtype::f32 && *dtype != Dtype::f64) return false;
+  for (const MixedTensor& t : tensors) {
+    if (t.param_dtype != *dtype || t.grad_dtype != *dtype || t.state_dtype != *dtype ||
+        t.copy != nullptr || t.remainder != nullptr) {
+      return false;
+    }
+  }
+  out->reserve(tensors.size());
+  for (const MixedTensor& t : tensors) {
+    out->push_back({t.param, t.grad, {t.state[0], t.state[1], t.state[2]}, t.n, t.group});
+  }
+  return true;
+}
+
+Rounding checked_rounding(const char* fn, py::handle stochastic_rounding, py::handle seed) {
+  Rounding r;
+  r.stochastic = flag_arg(fn, "stochastic_rounding", stochastic_rounding);
+  const long long s = int_arg(fn, "seed", seed);
+  if (s < 0) {
+    throw py::value_error(std::string(fn) + ": seed must be an int >= 0, got " + std::to_string(s));
+  }
+  r.seed = static_cast<std::uint64_t>(s);
+  return r;
 }
 
 void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffers, py::handle lr,
                  py::handle momentum, py::handle dampening, py::handle weight_decay, py::handle l1,
                  py::handle nesterov, py::handle maximize, py::handle first_step,
-                 py::handle grad_scale) {
+                 py::handle grad_scale, py::handle param_copies, py::handle stochastic_rounding,
+                 py::handle seed) {
   const char* fn = "sgd_step";
   const double momentum_value = real_arg(fn, "momentum", momentum);
   const SgdParams p = checked_sgd_params(
@@ -119,28 +175,40 @@ void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffer
       real_arg(fn, "weight_decay", weight_decay), real_arg(fn, "l1", l1),
       flag_arg(fn, "nesterov", nesterov), flag_arg(fn, "maximize", maximize),
       flag_arg(fn, "first_step", first_step), real_arg(fn, "grad_scale", grad_scale));
+  const Rounding rounding = checked_rounding(fn, stochastic_rounding, seed);
   if (momentum_value != 0.0 && momentum_buffers.is_none()) {
     throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
   }
-  StepArrays s = check_step_arrays(fn, params, grads, {{"momentum_buffers", momentum_buffers}});
+  StepArrays s = check_step_arrays(fn, params, grads, {{"momentum_buffers", momentum_buffers}},
+                                   param_copies);
   if (momentum_value == 0.0) {
-    for (OptimTensor& t : s.tensors) t.state[0] = nullptr;
+    for (MixedTensor& t : s.tensors) t.state[0] = nullptr;
   }
+  Dtype dtype;
+  std::vector<OptimTensor> single;
+  const bool is_single = single_dtype(s.tensors, &dtype, &single);
   py::gil_scoped_release release;
-  sgd_step(s.dtype, &p, 1, s.tensors.data(), s.tensors.size());
+  if (is_single) {
+    sgd_step(dtype, &p, 1, single.data(), single.size());
+  } else {
+    sgd_step_mixed(&p, 1, s.tensors.data(), s.tensors.size(), rounding);
+  }
 }
 
 void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::handle exp_avgs,
                     py::handle exp_avg_sqs, py::handle step, py::handle lr, py::handle betas,
                     py::handle eps, py::handle weight_decay, py::handle l1,
                     bool decoupled_weight_decay, py::handle amsgrad_obj,
-                    py::handle max_exp_avg_sqs, py::handle maximize, py::handle grad_scale) {
+                    py::handle max_exp_avg_sqs, py::handle maximize, py::handle grad_scale,
+                    py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
   const bool amsgrad = flag_arg(fn, "amsgrad", amsgrad_obj);
   const AdamParams p = checked_adam_params(
       fn, int_arg(fn, "step", step), real_arg(fn, "lr", lr), pair_arg(fn, "betas", betas),
       real_arg(fn, "eps", eps), real_arg(fn, "weight_decay", weight_decay),
       real_arg(fn, "l1", l1), decoupled_weight_decay, amsgrad,
       flag_arg(fn, "maximize", maximize), real_arg(fn, "grad_scale", grad_scale));
+  Rounding rounding = checked_rounding(fn, stochastic_rounding, seed);
+  rounding.step = static_cast<std::uint64_t>(p.step);
   // The state check below skips None (optional state); these two are always written.
   if (exp_avgs.is_none() || exp_avg_sqs.is_none()) {
     throw py::type_error(std::string(fn) + ": " +
@@ -153,31 +221,62 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
   StepArrays s = check_step_arrays(fn, params, grads,
                                    {{"exp_avgs", exp_avgs},
                                     {"exp_avg_sqs", exp_avg_sqs},
-                                    {"max_exp_avg_sqs", max_exp_avg_sqs}});
+                                    {"max_exp_avg_sqs", max_exp_avg_sqs}},
+                                   param_copies);
   if (!amsgrad) {
-    for (OptimTensor& t : s.tensors) t.state[2] = nullptr;
+    for (MixedTensor& t : s.tensors) t.state[2] = nullptr;
   }
+  Dtype dtype;
+  std::vector<OptimTensor> single;
+  const bool is_single = single_dtype(s.tensors, &dtype, &single);
   py::gil_scoped_release release;
-  adam_step(s.dtype, &p, 1, s.tensors.data(), s.tensors.size());
+  if (is_single) {
+    adam_step(dtype, &p, 1, single.data(), single.size());
+  } else {
+    adam_step_mixed(&p, 1, s.tensors.data(), s.tensors.size(), rounding);
+  }
 }
 
 // Unpacks a read-only list of gradients for the norm functions.
+// Each array may have any of the four float dtypes; `single` is set when they share
+// float32 or float64 (the single-dtype kernels then run).
 struct ReadArrays {
   ArrayArg arg;
   std::vector<Buffer> buffers;
+  std::vector<TypedBuffer> typed;
   Dtype dtype = Dtype::f32;
+  bool single = true;
+
+  double norm(double norm_type) const {
+    return single ? global_norm(dtype, buffers.data(), buffers.size(), norm_type)
+                  : global_norm_mixed(typed.data(), typed.size(), norm_type);
+  }
+  bool finite() const {
+    return single ? all_finite(dtype, buffers.data(), buffers.size())
+                  : all_finite_mixed(typed.data(), typed.size());
+  }
+  void scale(double factor) const {
+    if (single) {
+      scale_in_place(dtype, buffers.data(), buffers.size(), factor);
+    } else {
+      scale_in_place_mixed(typed.data(), typed.size(), factor);
+    }
+  }
 };
 
 ReadArrays check_grads(const char* fn, py::handle grads, Access access) {
-  ReadArrays r{unpack(fn, "grads", grads), {}, Dtype::f32};
-  CallChecker checker(fn);
+  ReadArrays r{unpack(fn, "grads", grads), {}, {}, Dtype::f32, true};
+  CallChecker checker(fn, true);
   r.buffers.reserve(r.arg.items.size());
   for (std::size_t i = 0; i < r.arg.items.size(); ++i) {
     const CheckedArray a = checker.check(r.arg, i, access);
     r.buffers.push_back({a.data, a.n});
+    r.typed.push_back({a.data, a.n, a.dtype});
+    if (i == 0) r.dtype = a.dtype;
+    r.single = r.single && a.dtype == r.dtype;
   }
+  r.single = r.single && (r.dtype == Dtype::f32 || r.dtype == Dtype::f64);
   if (access == Access::write) checker.check_no_overlap();
-  r.dtype = checker.dtype();
   return r;
 }
 
@@ -194,7 +293,7 @@ double grad_norm_py(py::handle grads, py::handle norm_type_obj) {
   const double norm_type = checked_norm_type("grad_norm", norm_type_obj);
   const ReadArrays r = check_grads("grad_norm", grads, Access::read);
   py::gil_scoped_release release;
-  return global_norm(r.dtype, r.buffers.data(), r.buffers.size(), norm_type);
+  return r.norm(norm_type);
 }
 
 double clip_grad_norm_py(py::handle grads, py::handle max_norm_obj, py::handle norm_type_obj) {
@@ -203,18 +302,18 @@ double clip_grad_norm_py(py::handle grads, py::handle max_norm_obj, py::handle n
   const double norm_type = checked_norm_type("clip_grad_norm", norm_type_obj);
   const ReadArrays r = check_grads("clip_grad_norm", grads, Access::write);
   py::gil_scoped_release release;
-  const double total = global_norm(r.dtype, r.buffers.data(), r.buffers.size(), norm_type);
+  const double total = r.norm(norm_type);
   // As torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (total + 1e-6)); a NaN
   // norm scales by NaN.
   const double coef = max_norm / (total + 1e-6);
-  if (!(coef >= 1.0)) scale_in_place(r.dtype, r.buffers.data(), r.buffers.size(), coef);
+  if (!(coef >= 1.0)) r.scale(coef);
   return total;
 }
 
 bool all_finite_py(py::handle grads) {
   const ReadArrays r = check_grads("all_finite", grads, Access::read);
   py::gil_scoped_release release;
-  return all_finite(r.dtype, r.buffers.data(), r.buffers.size());
+  return r.finite();
 }
 
 void bandwidth_probe_py(py::handle a, py::handle b, double factor) {
@@ -237,7 +336,11 @@ void register_optim(py::module_& m) {
         py::arg("momentum") = 0.0, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
         py::arg("l1") = 0.0, py::arg("nesterov") = false, py::arg("maximize") = false,
         py::arg("first_step") = false, py::arg("grad_scale") = 1.0,
-        "One fused SGD step (torch.optim.SGD semantics plus l1 and grad_scale), in place.");
+        py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+        py::arg("seed") = 0,
+        "One fused SGD step (torch.optim.SGD semantics plus l1 and grad_scale), in place.\n"
+        "With stochastic_rounding, the random bits come from (seed, tensor, element): pass a\n"
+        "different seed at each step (the optimizer classes use their step count).");
 
   m.def(
       "adam_step",
@@ -245,11 +348,12 @@ void register_optim(py::module_& m) {
          py::handle step, py::handle lr, py::handle betas, py::handle eps,
          py::handle weight_decay, py::handle l1, py::handle decoupled_weight_decay,
          py::handle amsgrad, py::handle max_exp_avg_sqs, py::handle maximize,
-         py::handle grad_scale) {
+         py::handle grad_scale, py::handle param_copies, py::handle stochastic_rounding,
+         py::handle seed) {
         const bool decoupled = flag_arg("adam_step", "decoupled_weight_decay", decoupled_weight_decay);
         adam_step_impl("adam_step", params, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps,
                        weight_decay, l1, decoupled, amsgrad, max_exp_avg_sqs, maximize,
-                       grad_scale);
+                       grad_scale, param_copies, stochastic_rounding, seed);
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
       py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
@@ -257,7 +361,8 @@ void register_optim(py::module_& m) {
       py::arg("weight_decay") = 0.0, py::arg("l1") = 0.0,
       py::arg("decoupled_weight_decay") = false, py::arg("amsgrad") = false,
       py::arg("max_exp_avg_sqs") = py::none(), py::arg("maximize") = false,
-      py::arg("grad_scale") = 1.0,
+      py::arg("grad_scale") = 1.0, py::arg("param_copies") = py::none(),
+      py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
       "One fused Adam step (torch.optim.Adam; AdamW with decoupled_weight_decay=True), in place.");
 
   m.def(
@@ -265,17 +370,20 @@ void register_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
          py::handle step, py::handle lr, py::handle betas, py::handle eps,
          py::handle weight_decay, py::handle l1, py::handle amsgrad,
-         py::handle max_exp_avg_sqs, py::handle maximize, py::handle grad_scale) {
+         py::handle max_exp_avg_sqs, py::handle maximize, py::handle grad_scale,
+         py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
         adam_step_impl("adamw_step", params, grads, exp_avgs, exp_avg_sqs, step, lr, betas,
                        eps, weight_decay, l1, true, amsgrad, max_exp_avg_sqs, maximize,
-                       grad_scale);
+                       grad_scale, param_copies, stochastic_rounding, seed);
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
       py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
       py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
       py::arg("weight_decay") = 1e-2, py::arg("l1") = 0.0, py::arg("amsgrad") = false,
       py::arg("max_exp_avg_sqs") = py::none(), py::arg("maximize") = false,
-      py::arg("grad_scale") = 1.0, "One fused AdamW step (torch.optim.AdamW), in place.");
+      py::arg("grad_scale") = 1.0, py::arg("param_copies") = py::none(),
+      py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+      "One fused AdamW step (torch.optim.AdamW), in place.");
 
   m.def("grad_norm", &grad_norm_py, py::arg("grads"), py::arg("norm_type") = 2.0,
         "Global norm over all arrays (norm_type > 0 or inf); NaN if any element is NaN.");

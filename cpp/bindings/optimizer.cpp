@@ -8,6 +8,8 @@
 #include <tuple>
 
 #include "common.hpp"
+#include "dtype_rules.hpp"
+#include "fusedops/mixed.hpp"
 #include "optim_params.hpp"
 #include "optim_family.hpp"
 
@@ -23,10 +25,17 @@ using AdamGroup = std::tuple<double, double, double, double, double, double, boo
 class OptimizerPlan {
  public:
   // params: list of arrays; groups: group index per param; states: lists aligned with
-  // params (None entries where a tensor has no such state).
+  // params (None entries where a tensor has no such state). Mixed precision: copies
+  // (16-bit arrays written from float32 params) and remainders (uint16, the low halves of
+  // bfloat16 params' float32 masters) are None or lists aligned with params (None
+  // entries: none); 16-bit values are written with stochastic rounding when asked.
   OptimizerPlan(std::string name, py::list params, std::vector<std::size_t> groups,
-                std::vector<py::list> states)
-      : name_(std::move(name)), params_(params), states_(std::move(states)) {
+                std::vector<py::list> states, py::object copies, py::object remainders,
+                bool stochastic_rounding, std::uint64_t seed)
+      : name_(std::move(name)), params_(params), states_(std::move(states)),
+        extras_(py::make_tuple(copies, remainders)) {
+    rounding_.stochastic = stochastic_rounding;
+    rounding_.seed = seed;
     const ArrayArg params_arg = unpack(name_.c_str(), "params", params);
     const std::size_t n = params_arg.items.size();
     if (groups.size() != n) throw py::value_error("groups must have one entry per param");
@@ -35,22 +44,58 @@ class OptimizerPlan {
       if (states_[k].size() != n) throw py::value_error("each state list needs one entry per param");
       state_args.push_back(ArrayArg{"state", true, sequence_snapshot(states_[k])});
     }
-    CallChecker checker(name_.c_str());
+    const ArrayArg copies_arg{"param_copies", true,
+                              copies.is_none() ? std::vector<py::object>(n, py::none())
+                                               : sequence_snapshot(copies)};
+    const ArrayArg remainders_arg{"remainders", true,
+                                  remainders.is_none() ? std::vector<py::object>(n, py::none())
+                                                       : sequence_snapshot(remainders)};
+    if (copies_arg.items.size() != n || remainders_arg.items.size() != n) {
+      throw py::value_error("copies and remainders need one entry per param");
+    }
+    CallChecker checker(name_.c_str(), true);
     tensors_.resize(n);
     shapes_.resize(n);
     for (std::size_t i = 0; i < n; ++i) {
-      OptimTensor& t = tensors_[i];
+      MixedTensor& t = tensors_[i];
       const CheckedArray p = checker.check(params_arg, i, Access::write);
       t.param = p.data;
       t.n = p.n;
       t.grad = nullptr;
       t.group = groups[i];
+      t.param_dtype = t.grad_dtype = p.dtype;
+      t.state_dtype = p.dtype == Dtype::f64 ? Dtype::f64 : Dtype::f32;
+      t.copy = nullptr;
+      t.copy_dtype = Dtype::f32;
+      t.remainder = nullptr;
       n_groups_ = std::max(n_groups_, groups[i] + 1);
+      std::vector<LabelledDtype> state_dtypes;
+      std::size_t state_bytes[3] = {0, 0, 0};
       for (std::size_t k = 0; k < 3; ++k) {
         t.state[k] = nullptr;
         if (k < state_args.size() && !state_args[k].items[i].is_none()) {
-          t.state[k] = checker.check(state_args[k], i, Access::write, &params_arg).data;
+          const CheckedArray a = checker.check(state_args[k], i, Access::write, &params_arg);
+          t.state[k] = a.data;
+          t.state_dtype = a.dtype;
+          state_bytes[k] = a.nbytes;
+          state_dtypes.push_back({"the optimizer state of params[" + std::to_string(i) + "]",
+                                  a.dtype});
         }
+      }
+      LabelledDtype copy_dtype{};
+      if (!copies_arg.items[i].is_none()) {
+        const CheckedArray c = checker.check(copies_arg, i, Access::write, &params_arg);
+        t.copy = c.data;
+        t.copy_dtype = c.dtype;
+        copy_dtype = {copies_arg.label(i), c.dtype};
+        record_written(c);
+        written_arrays_.emplace_back(copies_arg.items[i], copies_arg.label(i));
+      }
+      check_tensor_dtypes(name_, {params_arg.label(i), p.dtype}, {params_arg.label(i), p.dtype},
+                          state_dtypes, t.copy ? &copy_dtype : nullptr);
+      if (!remainders_arg.items[i].is_none()) {
+        t.remainder = checked_remainder(remainders_arg.items[i], params_arg.items[i], p, i);
+        record_written({t.remainder, t.n, 2 * t.n, Access::write, nullptr, 0, Dtype::bf16});
       }
       const py::array a = py::reinterpret_borrow<py::array>(params_arg.items[i]);
       shapes_[i].assign(a.shape(), a.shape() + a.ndim());
@@ -58,20 +103,26 @@ class OptimizerPlan {
       written_arrays_.emplace_back(params_arg.items[i], "params[" + std::to_string(i) + "]");
       for (std::size_t k = 0; k < 3; ++k) {
         if (t.state[k] != nullptr) {
-          record_written({t.state[k], t.n, p.nbytes, Access::write, nullptr, 0});
+          record_written({t.state[k], t.n, state_bytes[k], Access::write, nullptr, 0});
           written_arrays_.emplace_back(state_args[k].items[i],
                                        "the optimizer state of params[" + std::to_string(i) + "]");
         }
       }
     }
     checker.check_no_overlap();
-    dtype_ = checker.dtype();
+    single_ = !tensors_.empty();
+    if (single_) dtype_ = tensors_[0].param_dtype;
+    for (const MixedTensor& t : tensors_) {
+      single_ = single_ && (dtype_ == Dtype::f32 || dtype_ == Dtype::f64) &&
+                t.param_dtype == dtype_ && t.state_dtype == dtype_ && t.copy == nullptr &&
+                t.remainder == nullptr;
+    }
     std::sort(written_.begin(), written_.end());
     cleared_grads_.assign(n, nullptr);
   }
 
   bool step_sgd(py::handle grads, const std::vector<SgdGroup>& groups, double grad_scale,
-                std::optional<double> max_grad_norm, bool skip_nonfinite) {
+                std::optional<double> max_grad_norm, bool skip_nonfinite, long long step) {
     require_positive(name_.c_str(), "grad_scale", grad_scale);
     std::vector<SgdParams> params(groups.size());
     for (std::size_t i = 0; i < groups.size(); ++i) {
@@ -81,23 +132,30 @@ class OptimizerPlan {
                                      maximize, first, grad_scale);
     }
     check_group_count(params.size());
-    for (const OptimTensor& t : tensors_) {
+    for (const MixedTensor& t : tensors_) {
       if (params[t.group].momentum != 0.0 && t.state[0] == nullptr) {
         throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
                               " has no momentum buffer");
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    std::vector<MixedTensor> tensors = with_grads(grad_items);
     check_still_writeable();
     py::gil_scoped_release release;
     double scale = 1.0;
     if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
     for (SgdParams& p : params) p.grad_scale = scale;
-    for (OptimTensor& t : tensors) {
+    for (MixedTensor& t : tensors) {
       if (params[t.group].momentum == 0.0) t.state[0] = nullptr;
     }
-    sgd_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    std::vector<OptimTensor> single;
+    if (single_dtype(tensors, &single)) {
+      sgd_step(dtype_, params.data(), params.size(), single.data(), single.size());
+    } else {
+      Rounding r = rounding_;
+      r.step = static_cast<std::uint64_t>(step);
+      sgd_step_mixed(params.data(), params.size(), tensors.data(), tensors.size(), r);
+    }
     return true;
   }
 
@@ -113,23 +171,30 @@ class OptimizerPlan {
                                       decoupled, amsgrad, maximize, grad_scale);
     }
     check_group_count(params.size());
-    for (const OptimTensor& t : tensors_) {
+    for (const MixedTensor& t : tensors_) {
       if (params[t.group].amsgrad && t.state[2] == nullptr) {
         throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
                               " has no max_exp_avg_sq state");
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    std::vector<MixedTensor> tensors = with_grads(grad_items);
     check_still_writeable();
     py::gil_scoped_release release;
     double scale = 1.0;
     if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
     for (AdamParams& p : params) p.grad_scale = scale;
-    for (OptimTensor& t : tensors) {
+    for (MixedTensor& t : tensors) {
       if (!params[t.group].amsgrad) t.state[2] = nullptr;
     }
-    adam_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    std::vector<OptimTensor> single;
+    if (single_dtype(tensors, &single)) {
+      adam_step(dtype_, params.data(), params.size(), single.data(), single.size());
+    } else {
+      Rounding r = rounding_;
+      r.step = static_cast<std::uint64_t>(step);
+      adam_step_mixed(params.data(), params.size(), tensors.data(), tensors.size(), r);
+    }
     return true;
   }
 
@@ -148,7 +213,7 @@ class OptimizerPlan {
                                            groups[i], step, grad_scale);
     }
     check_group_count(params.size());
-    for (const OptimTensor& t : tensors_) {
+    for (const MixedTensor& t : tensors_) {
       for (int k = 0; k < 3; ++k) {
         if (family_uses_state(params[t.group], k) && t.state[k] == nullptr) {
           throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
@@ -157,11 +222,12 @@ class OptimizerPlan {
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    const std::vector<MixedTensor> mixed = with_grads(grad_items);
+    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
     check_still_writeable();
     py::gil_scoped_release release;
     double scale = 1.0;
-    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
+    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
     for (FamilyParams& p : params) p.grad_scale = scale;
     for (OptimTensor& t : tensors) {
       for (int k = 0; k < 3; ++k) {
@@ -186,18 +252,19 @@ class OptimizerPlan {
     }
     check_group_count(params.size());
     check_exclusion(excluded);
-    for (const OptimTensor& t : tensors_) {
+    for (const MixedTensor& t : tensors_) {
       if (t.state[0] == nullptr || t.state[1] == nullptr) {
         throw py::value_error(name_ + ": a param lacks its exp_avg/exp_avg_sq state");
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    const std::vector<MixedTensor> mixed = with_grads(grad_items);
+    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
     check_still_writeable();
     std::vector<double> ratios(tensors.size());
     py::gil_scoped_release release;
     double scale = 1.0;
-    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
       return std::nullopt;
     }
     for (LambParams& p : params) p.grad_scale = scale;
@@ -224,19 +291,20 @@ class OptimizerPlan {
     }
     check_group_count(params.size());
     check_exclusion(excluded);
-    for (const OptimTensor& t : tensors_) {
+    for (const MixedTensor& t : tensors_) {
       if (params[t.group].momentum != 0.0 && t.state[0] == nullptr) {
         throw py::value_error(name_ + ": a param of group " + std::to_string(t.group) +
                               " has no momentum buffer");
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    std::vector<OptimTensor> tensors = with_grads(grad_items);
+    const std::vector<MixedTensor> mixed = with_grads(grad_items);
+    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
     check_still_writeable();
     std::vector<double> ratios(tensors.size());
     py::gil_scoped_release release;
     double scale = 1.0;
-    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
       return std::nullopt;
     }
     for (LarsParams& p : params) p.grad_scale = scale;
@@ -302,16 +370,13 @@ class OptimizerPlan {
   }
 
   // Checks the grads (the only arrays new at each step) and returns the tensors with them.
-  std::vector<OptimTensor> with_grads(const std::vector<py::object>& seq) const {
+  std::vector<MixedTensor> with_grads(const std::vector<py::object>& seq) const {
     if (seq.size() != tensors_.size()) {
       throw py::value_error(name_ + ": grads has " + std::to_string(seq.size()) +
                             " arrays but the optimizer has " + std::to_string(tensors_.size()) +
                             " params (in param group order)");
     }
-    const int want = dtype_ == Dtype::f32 ? py::detail::npy_api::NPY_FLOAT_
-                                          : py::detail::npy_api::NPY_DOUBLE_;
-    const std::size_t itemsize = dtype_ == Dtype::f32 ? 4 : 8;
-    std::vector<OptimTensor> tensors = tensors_;
+    std::vector<MixedTensor> tensors = tensors_;
     std::size_t i = 0;
     for (py::handle h : seq) {
       // This runs for every grad at every step: read the array's fields directly
@@ -323,11 +388,18 @@ class OptimizerPlan {
       const auto* fields = py::detail::array_proxy(h.ptr());
       const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
       const auto a = [h] { return py::reinterpret_borrow<py::array>(h); };
-      if (descr->type_num != want || !is_native_byte_order(h)) {
+      const Dtype param_dtype = tensors_[i].param_dtype;
+      Dtype grad_dtype = param_dtype;
+      if (!dtype_of_type_num(descr->type_num, &grad_dtype) || !is_native_byte_order(h) ||
+          !grad_dtype_allowed(param_dtype, grad_dtype)) {
         throw py::type_error(name_ + ": " + label() + " has dtype " +
-                             py::str(a().dtype()).cast<std::string>() + " but the params have dtype " +
-                             (dtype_ == Dtype::f32 ? "float32" : "float64"));
+                             py::str(a().dtype()).cast<std::string>() + " but its param has dtype " +
+                             dtype_name(param_dtype) +
+                             (param_dtype == Dtype::f32
+                                  ? "; expected float32, bfloat16 or float16"
+                                  : "; expected the param dtype"));
       }
+      tensors[i].grad_dtype = grad_dtype;
       const auto& shape = shapes_[i];
       bool same = static_cast<std::size_t>(fields->nd) == shape.size();
       for (std::size_t d = 0; same && d < shape.size(); ++d) same = fields->dimensions[d] == shape[d];
@@ -337,7 +409,7 @@ class OptimizerPlan {
       }
       require_layout(name_ + ": " + label(), fields->flags, Access::read);
       const char* start = fields->data;
-      const std::size_t nbytes = tensors_[i].n * itemsize;
+      const std::size_t nbytes = tensors_[i].n * dtype_size(grad_dtype);
       // The written ranges never change while the plan lives, so a grad at the address
       // that passed last step (the usual reused gradient buffer) passes again.
       if (nbytes > 0 && start != cleared_grads_[i] && overlaps_written(start, start + nbytes)) {
@@ -364,12 +436,28 @@ class OptimizerPlan {
 
   // The divisor the kernels apply to the grads: grad_scale, times 1/clip_coef when the
   // global norm of the unscaled grads exceeds max_grad_norm. False: skip this step.
-  bool gradient_scale(const std::vector<OptimTensor>& tensors, double grad_scale,
+  bool gradient_scale(const std::vector<MixedTensor>& tensors, double grad_scale,
                       std::optional<double> max_grad_norm, bool skip_nonfinite,
                       double* divisor) const {
-    std::vector<Buffer> buffers;
+    std::vector<TypedBuffer> buffers;
     buffers.reserve(tensors.size());
-    for (const OptimTensor& t : tensors) buffers.push_back({const_cast<void*>(t.grad), t.n});
+    bool single = true;
+    for (const MixedTensor& t : tensors) {
+      buffers.push_back({const_cast<void*>(t.grad), t.n, t.grad_dtype});
+      single = single && single_ && t.grad_dtype == dtype_;
+    }
+    std::vector<Buffer> plain;
+    if (single) {
+      for (const TypedBuffer& b : buffers) plain.push_back({b.data, b.n});
+    }
+    const auto global_norm = [&](Dtype, const TypedBuffer*, std::size_t, double norm_type) {
+      return single ? fusedops::global_norm(dtype_, plain.data(), plain.size(), norm_type)
+                    : global_norm_mixed(buffers.data(), buffers.size(), norm_type);
+    };
+    const auto all_finite = [&](Dtype, const TypedBuffer*, std::size_t) {
+      return single ? fusedops::all_finite(dtype_, plain.data(), plain.size())
+                    : all_finite_mixed(buffers.data(), buffers.size());
+    };
     *divisor = grad_scale;
     if (max_grad_norm) {
       const double norm = global_norm(dtype_, buffers.data(), buffers.size(), 2.0) / grad_scale;
@@ -385,16 +473,70 @@ class OptimizerPlan {
     return !skip_nonfinite || all_finite(dtype_, buffers.data(), buffers.size());
   }
 
+  // The single-dtype form of a step (float32 or float64 throughout), if it has one.
+  bool single_dtype(const std::vector<MixedTensor>& tensors, std::vector<OptimTensor>* out) const {
+    if (!single_) return false;
+    for (const MixedTensor& t : tensors) {
+      if (t.grad_dtype != dtype_) return false;
+    }
+    out->reserve(tensors.size());
+    for (const MixedTensor& t : tensors) {
+      out->push_back({t.param, t.grad, {t.state[0], t.state[1], t.state[2]}, t.n, t.group});
+    }
+    return true;
+  }
+
+  // The optimizer family has single-dtype kernels only (fusedops/mixed.hpp's block path
+  // is how to extend them): float32 or float64 throughout, or a TypeError.
+  std::vector<OptimTensor> single_dtype_only(const std::vector<MixedTensor>& tensors) const {
+    std::vector<OptimTensor> out;
+    if (tensors.empty() || single_dtype(tensors, &out)) return out;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      const MixedTensor& t = tensors[i];
+      if (t.param_dtype != dtype_ || t.grad_dtype != dtype_ || t.state_dtype != dtype_ ||
+          t.copy != nullptr || t.remainder != nullptr || !single_) {
+        throw py::type_error(name_ + ": params[" + std::to_string(i) + "] (dtype " +
+                             dtype_name(t.param_dtype) + ", grads " + dtype_name(t.grad_dtype) +
+                             ", state " + dtype_name(t.state_dtype) +
+                             ") is a mixed-precision row; " + name_ +
+                             " supports float32 or float64 throughout (one dtype per optimizer)");
+      }
+    }
+    return out;
+  }
+
+  std::uint16_t* checked_remainder(py::handle obj, py::handle param, const CheckedArray& p,
+                                   std::size_t i) const {
+    const std::string where = name_ + ": the remainder of params[" + std::to_string(i) + "]";
+    require_plain_ndarray(where, obj);
+    const auto a = py::reinterpret_borrow<py::array>(obj);
+    if (p.dtype != Dtype::bf16) {
+      throw py::type_error(where + ": a remainder needs bfloat16 params, got " + dtype_name(p.dtype));
+    }
+    if (!a.dtype().is(py::dtype::of<std::uint16_t>())) {
+      throw py::type_error(where + " must have dtype uint16, got " + py::str(a.dtype()).cast<std::string>());
+    }
+    const auto pa = py::reinterpret_borrow<py::array>(param);
+    bool same = a.ndim() == pa.ndim();
+    for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == pa.shape(d);
+    if (!same) throw py::value_error(where + " has shape " + shape_string(a) + ", expected " + shape_string(pa));
+    require_layout(where, py::detail::array_proxy(obj.ptr())->flags, Access::write);
+    return reinterpret_cast<std::uint16_t*>(py::detail::array_proxy(obj.ptr())->data);
+  }
+
   std::string name_;
   py::list params_;                // keeps the arrays alive
   std::vector<py::list> states_;   // idem
-  std::vector<OptimTensor> tensors_;
+  py::tuple extras_;               // keeps copies and remainders alive
+  std::vector<MixedTensor> tensors_;
   std::vector<std::vector<py::ssize_t>> shapes_;
   std::vector<Range> written_;
   std::vector<std::pair<py::object, std::string>> written_arrays_;  // params and state
   mutable std::vector<const char*> cleared_grads_;  // grads that passed the overlap check
   std::size_t n_groups_ = 0;
   Dtype dtype_ = Dtype::f32;
+  bool single_ = false;            // float32 or float64 throughout, no copies or remainders
+  Rounding rounding_;
 };
 
 }  // namespace
@@ -418,10 +560,14 @@ void register_optimizer(py::module_& m) {
       py::arg("where"), py::arg("group"), "Raises ValueError for out-of-range Adam hyperparameters.");
   py::class_<OptimizerPlan>(m, "_OptimizerPlan",
                             "Validated params and state of an optimizer; steps them natively.")
-      .def(py::init<std::string, py::list, std::vector<std::size_t>, std::vector<py::list>>(),
-           py::arg("name"), py::arg("params"), py::arg("groups"), py::arg("states"))
+      .def(py::init<std::string, py::list, std::vector<std::size_t>, std::vector<py::list>,
+                    py::object, py::object, bool, std::uint64_t>(),
+           py::arg("name"), py::arg("params"), py::arg("groups"), py::arg("states"),
+           py::arg("copies") = py::none(), py::arg("remainders") = py::none(),
+           py::arg("stochastic_rounding") = false, py::arg("seed") = 0)
       .def("step_sgd", &OptimizerPlan::step_sgd, py::arg("grads"), py::arg("groups"),
-           py::arg("grad_scale"), py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
+           py::arg("grad_scale"), py::arg("max_grad_norm"), py::arg("skip_nonfinite"),
+           py::arg("step") = 0)
       .def("step_adam", &OptimizerPlan::step_adam, py::arg("grads"), py::arg("groups"),
            py::arg("step"), py::arg("decoupled"), py::arg("grad_scale"),
            py::arg("max_grad_norm"), py::arg("skip_nonfinite"))

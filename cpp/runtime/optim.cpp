@@ -4,19 +4,11 @@
 #include <cmath>
 #include <limits>
 
+#include "constants.hpp"
 #include "fusedops/fusedops.hpp"
 #include "work.hpp"
 
 namespace fusedops {
-
-namespace {
-
-template <class T>
-T* typed(void* p) { return static_cast<T*>(p); }
-template <class T>
-const T* typed(const void* p) { return static_cast<const T*>(p); }
-
-std::size_t element_bytes(Dtype dtype) { return dtype == Dtype::f32 ? 4 : 8; }
 
 SgdConstants sgd_constants(const SgdParams& p) {
   SgdConstants c{};
@@ -58,6 +50,13 @@ AdamConstants adam_constants(const AdamParams& p) {
   c.scaled = c.grad_divisor != 1.0;
   return c;
 }
+
+namespace {
+
+template <class T>
+T* typed(void* p) { return static_cast<T*>(p); }
+template <class T>
+const T* typed(const void* p) { return static_cast<const T*>(p); }
 
 template <class T>
 void sgd_typed(const SgdConstants* c, const OptimTensor* tensors, std::size_t count) {

@@ -57,6 +57,8 @@ from ._core import (  # noqa: E402
     simd_isa,
 )
 
+from ml_dtypes import bfloat16  # noqa: E402  (the NumPy bfloat16 of JAX and TensorFlow)
+
 from ._batch_norm import (  # noqa: E402
     batch_norm_backward,
     batch_norm_backward_elemt,
@@ -86,6 +88,7 @@ __all__ = [
     "batch_norm_elemt",
     "batch_norm_forward",
     "batch_norm_stats",
+    "bfloat16",
     "build_info",
     "clip_grad_norm",
     "distributed",

@@ -35,6 +35,9 @@ def sgd_step(
     maximize: bool = False,
     first_step: bool = False,
     grad_scale: float = 1.0,
+    param_copies: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None: ...
 def adam_step(
     params: _Arrays,
@@ -53,6 +56,9 @@ def adam_step(
     max_exp_avg_sqs: Optional[_Arrays] = None,
     maximize: bool = False,
     grad_scale: float = 1.0,
+    param_copies: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None: ...
 def adamw_step(
     params: _Arrays,
@@ -70,6 +76,9 @@ def adamw_step(
     max_exp_avg_sqs: Optional[_Arrays] = None,
     maximize: bool = False,
     grad_scale: float = 1.0,
+    param_copies: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None: ...
 
 # ---- the optimizer family (return None unless stated)
@@ -116,9 +125,12 @@ def _bandwidth_probe(a: _Array, b: _Array, factor: float) -> None: ...
 # ---- optimizer classes (native side)
 class _OptimizerPlan:
     def __init__(self, name: str, params: list[_Array], groups: Sequence[int],
-                 states: Sequence[list[Optional[_Array]]]) -> None: ...
+                 states: Sequence[list[Optional[_Array]]],
+                 copies: Optional[Sequence[Optional[_Array]]] = None,
+                 remainders: Optional[Sequence[Optional[_Array]]] = None,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None: ...
     def step_sgd(self, grads: Sequence[_Array], groups: Sequence[Tuple[Any, ...]], grad_scale: float,
-                 max_grad_norm: Optional[float], skip_nonfinite: bool) -> bool: ...
+                 max_grad_norm: Optional[float], skip_nonfinite: bool, step: int = 0) -> bool: ...
     def step_adam(self, grads: Sequence[_Array], groups: Sequence[Tuple[Any, ...]], step: int, decoupled: bool,
                   grad_scale: float, max_grad_norm: Optional[float], skip_nonfinite: bool) -> bool: ...
     def step_family(self, grads: Sequence[_Array], kind: int, groups: Sequence[dict[str, Any]], step: int,

@@ -24,11 +24,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from ml_dtypes import bfloat16
+
 from . import _core, distributed
 from . import lr_scheduler
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
-           "Lion", "LAMB", "LARS", "ParamGroup", "Params", "lr_scheduler"]
+           "Lion", "LAMB", "LARS", "LossScaler", "ParamGroup", "Params", "lr_scheduler"]
 
 Array = npt.NDArray[Any]
 #: A param group: ``{"params": [arrays], "grads": [arrays] (optional), **hyperparameters}``.
@@ -59,6 +61,20 @@ _COMMON_OPTIONS_DOC = """
       global norm; ``skip_nonfinite`` decides the same on every rank. ``shard_state=True``
       (ZeRO-1): each rank keeps and updates 1/N of the state; the grads are only read.
       With one rank both are no-ops. See ``fusedops.distributed``.
+
+    Mixed precision (params float32, float64, bfloat16 or float16, per param):
+
+    - ``state_dtype``: None (float32 state, float64 for float64 params), ``np.float32`` or
+      ``fo.bfloat16`` (halves the state traffic; not for float16 or float64 params).
+    - ``master_weights=True``: the optimizer keeps a float32 master of each 16-bit param
+      (state ``"master"``, in the state_dict) and writes it, rounded, into the param in the
+      same pass. ``"remainder"`` (bfloat16 params): the optimizer keeps only the low 16
+      bits of each float32 master (state ``"remainder"``, uint16); the param holds the
+      high 16 bits, i.e. the param is the master *truncated*, not rounded. Both give the
+      same masters, bit for bit; the remainder costs 2 bytes per param instead of 4.
+    - ``stochastic_rounding``, ``seed``: 16-bit values the step writes are rounded
+      stochastically, with random bits from (seed, step count, param index, element).
+    - grads may be bfloat16 or float16 where the params (or masters) are float32.
 """
 
 
@@ -87,6 +103,56 @@ def _array_list(value: Any, where: str) -> Tuple[Array, ...]:
     return items
 
 
+_BF16 = np.dtype(bfloat16)
+
+
+class _Precision:
+    """The mixed-precision options of an optimizer, checked once."""
+
+    def __init__(self, name: str, state_dtype: Any, master_weights: Union[bool, str],
+                 stochastic_rounding: bool, seed: int) -> None:
+        self.name = name
+        if state_dtype is not None:
+            try:
+                state_dtype = np.dtype(state_dtype)
+            except TypeError:
+                raise TypeError(f"{name}: state_dtype must be None, np.float32 or fo.bfloat16, "
+                                f"got {state_dtype!r}") from None
+            if state_dtype not in (np.float32, _BF16):
+                raise TypeError(f"{name}: state_dtype must be None, np.float32 or fo.bfloat16, "
+                                f"got {state_dtype}")
+        if master_weights not in (False, True, "remainder") or isinstance(master_weights, np.bool_):
+            raise ValueError(f"{name}: master_weights must be False, True or 'remainder', "
+                             f"got {master_weights!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise TypeError(f"{name}: seed must be an int >= 0, got {seed!r}")
+        self.state_dtype: Optional[np.dtype[Any]] = state_dtype
+        self.master_weights: Union[bool, str] = master_weights
+        self.stochastic_rounding: bool = _flag(stochastic_rounding, f"{name}: stochastic_rounding")
+        self.seed: int = int(seed)
+
+    def state_dtype_for(self, p: Array) -> Any:
+        if p.dtype == np.float64:
+            return np.float64
+        return self.state_dtype if self.state_dtype is not None else np.float32
+
+    def initial_state(self, p: Array, where: str) -> Dict[str, Array]:
+        """The master (or remainder) a new param needs."""
+        half = p.dtype in (_BF16, np.float16)
+        if self.state_dtype == _BF16 and p.dtype == np.float16 and not self.master_weights:
+            raise TypeError(f"{where} has dtype float16, whose state is float32; "
+                            "state_dtype=fo.bfloat16 needs float32 or bfloat16 params "
+                            "(or master_weights=True)")
+        if self.master_weights == "remainder" and p.dtype == np.float16:
+            raise TypeError(f"{where} has dtype float16; master_weights='remainder' needs "
+                            "bfloat16 params (use master_weights=True)")
+        if self.master_weights is True and half:
+            return {"master": p.astype(np.float32)}
+        if self.master_weights == "remainder" and p.dtype == _BF16:
+            return {"remainder": np.zeros(p.shape, np.uint16)}
+        return {}
+
+
 class Optimizer:
     """Shared machinery: param groups, owned state, the native plan, state_dict."""
 
@@ -101,7 +167,11 @@ class Optimizer:
 
     def __init__(self, params: Params, defaults: Dict[str, Any], *,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False,
+                 state_dtype: Any = None, master_weights: Union[bool, str] = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
+        self._precision = _Precision(type(self).__name__, state_dtype, master_weights,
+                                     stochastic_rounding, seed)
         self._dist: Optional[distributed.DataParallel] = None  # steps with comm= (> 1 rank)
         if comm is None and shard_state is False:
             self._setup(params, defaults, max_grad_norm, skip_nonfinite)
@@ -163,16 +233,19 @@ class Optimizer:
                 if g.shape != p.shape:
                     raise ValueError(f"{name}: param_groups[{index}]['grads'][{i}] has shape "
                                      f"{g.shape} but its param has shape {p.shape}")
-                if g.dtype != p.dtype:
+                if g.dtype != p.dtype and not (
+                        p.dtype == np.float32 and g.dtype in (_BF16, np.float16)):
                     raise TypeError(f"{name}: param_groups[{index}]['grads'][{i}] has dtype "
                                     f"{g.dtype} but its param has dtype {p.dtype}")
             new["grads"] = grads
         self._check_group(new, index)
         existing = [p for g in self.param_groups for p in g["params"]]
+        fresh = [self._precision.initial_state(p, f"{name}: param_groups[{index}]['params'][{i}]")
+                 for i, p in enumerate(params)]
         self._build_plan([*existing, *params], [*self.param_groups, new],
-                         [*self.state, *({} for _ in params)])  # validates the arrays
+                         [*self.state, *fresh])  # validates the arrays
         self.param_groups.append(new)
-        self.state.extend({} for _ in params)
+        self.state.extend(fresh)
         self._started.append(False)
         self._allocated.append(())
         self._plan = None
@@ -190,7 +263,7 @@ class Optimizer:
                 for p, st in zip(group["params"], self.state[offset:offset + n]):
                     for key in needed:
                         if key not in st:
-                            st[key] = np.zeros_like(p)
+                            st[key] = np.zeros(p.shape, self._precision.state_dtype_for(p))
                 self._allocated[gi] = tuple(dict.fromkeys((*self._allocated[gi], *needed)))
                 self._plan = None
             offset += n
@@ -199,7 +272,15 @@ class Optimizer:
                     states: Sequence[Dict[str, Array]]) -> Any:
         group_of = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         columns = [[st.get(key) for st in states] for key in self._state_names]
-        return _core._OptimizerPlan(type(self).__name__, list(params), group_of, columns)
+        # master weights: the plan steps the float32 master and writes the param as its copy
+        stepped = [st.get("master", p) for p, st in zip(params, states)]
+        copies = [p if "master" in st else None for p, st in zip(params, states)]
+        remainders = [st.get("remainder") for st in states]
+        pr = self._precision
+        return _core._OptimizerPlan(type(self).__name__, stepped, group_of, columns,
+                                    copies if any(c is not None for c in copies) else None,
+                                    remainders if any(r is not None for r in remainders) else None,
+                                    pr.stochastic_rounding, pr.seed)
 
     def _current_plan(self) -> Any:
         key = tuple(g["params"] for g in self.param_groups)
@@ -367,13 +448,15 @@ class Optimizer:
                 raise TypeError(f"{name}: state_dict['state'][{i}] must be a dict of arrays, got "
                                 f"{type(entry).__name__}")
             for key, value in entry.items():
-                if key not in self._state_names:
+                if key not in self._state_names and key not in self.state[i]:
                     raise ValueError(f"{name}: unknown state {key!r} for param {i}")
                 if not isinstance(value, np.ndarray):
                     raise TypeError(f"{name}: state {key!r} of param {i} must be a numpy.ndarray")
-                if value.dtype != params[i].dtype:
+                want = (self.state[i][key].dtype if key in self.state[i]
+                        else self._precision.state_dtype_for(params[i]))
+                if value.dtype != want:
                     raise TypeError(f"{name}: state {key!r} of param {i} has dtype {value.dtype}, "
-                                    f"the param has {params[i].dtype}")
+                                    f"expected {np.dtype(want)}")
                 if value.shape != params[i].shape:
                     raise ValueError(f"{name}: state {key!r} of param {i} has shape {value.shape}, "
                                      f"the param has {params[i].shape}")
@@ -390,7 +473,9 @@ class Optimizer:
         for i, st in enumerate(self.state):
             entry = saved_state.get(i, {})
             for key in list(st):
-                if key not in entry:
+                if key == "master" and key not in entry:
+                    np.copyto(st[key], params[i], casting="unsafe")
+                elif key not in entry:
                     st[key][...] = 0
             for key, value in entry.items():
                 if key in st:
@@ -446,11 +531,14 @@ class SGD(Optimizer):
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False) -> None:
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False,
+                 state_dtype: Any = None, master_weights: Union[bool, str] = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -468,7 +556,8 @@ class SGD(Optimizer):
 
     def _native_step(self, plan: Any, grads: Sequence[Array], groups: List[Tuple[Any, ...]],
                      grad_scale: float) -> bool:
-        return bool(plan.step_sgd(grads, groups, grad_scale, self.max_grad_norm, self.skip_nonfinite))
+        return bool(plan.step_sgd(grads, groups, grad_scale, self.max_grad_norm, self.skip_nonfinite,
+                                  self._step + 1))
 
 
 class Adam(Optimizer):
@@ -501,13 +590,16 @@ class Adam(Optimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False) -> None:
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False,
+                 state_dtype: Any = None, master_weights: Union[bool, str] = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         if not isinstance(betas, (tuple, list)):
             raise TypeError(f"{type(self).__name__}: betas must be a pair of numbers, got {betas!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
                         amsgrad=amsgrad, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
@@ -543,10 +635,14 @@ class AdamW(Adam):
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False) -> None:
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False,
+                 state_dtype: Any = None, master_weights: Union[bool, str] = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
-                         skip_nonfinite=skip_nonfinite, comm=comm, shard_state=shard_state)
+                         skip_nonfinite=skip_nonfinite, comm=comm, shard_state=shard_state,
+                         state_dtype=state_dtype, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 for _cls in (SGD, Adam, AdamW):
@@ -555,3 +651,67 @@ del _cls
 
 
 from ._optim_family import LAMB, LARS, Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402
+
+
+class LossScaler:
+    """Dynamic loss scaling for float16 training: torch.amp.GradScaler's schedule.
+
+    Multiply the loss by ``scale`` before the backward pass, step with
+    ``opt.step(grads, grad_scale=scaler.scale)`` on an optimizer built with
+    ``skip_nonfinite=True``, then call ``scaler.update(applied)`` with what the step
+    returned: a skipped (non-finite) step multiplies the scale by ``backoff_factor``;
+    ``growth_interval`` applied steps in a row multiply it by ``growth_factor``.
+    """
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
+        init_scale = _real(init_scale, "LossScaler: init_scale")
+        growth_factor = _real(growth_factor, "LossScaler: growth_factor")
+        backoff_factor = _real(backoff_factor, "LossScaler: backoff_factor")
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise ValueError(f"LossScaler: init_scale must be finite and > 0, got {init_scale}")
+        if not (math.isfinite(growth_factor) and growth_factor > 1):
+            raise ValueError(f"LossScaler: growth_factor must be > 1, got {growth_factor}")
+        if not 0 < backoff_factor < 1:
+            raise ValueError(f"LossScaler: backoff_factor must be in (0, 1), got {backoff_factor}")
+        if isinstance(growth_interval, bool) or not isinstance(growth_interval, numbers.Integral) \
+                or growth_interval < 1:
+            raise ValueError(f"LossScaler: growth_interval must be an int >= 1, got {growth_interval!r}")
+        self.scale: float = init_scale
+        self.growth_factor: float = growth_factor
+        self.backoff_factor: float = backoff_factor
+        self.growth_interval: int = int(growth_interval)
+        self._growth_tracker: int = 0
+
+    def update(self, applied: bool) -> None:
+        """Adjusts the scale after a step; ``applied`` is what ``step`` returned."""
+        if not _flag(applied, "LossScaler.update: applied"):
+            self.scale *= self.backoff_factor
+            self._growth_tracker = 0
+            return
+        self._growth_tracker += 1
+        if self._growth_tracker == self.growth_interval:
+            self.scale *= self.growth_factor
+            self._growth_tracker = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"scale": self.scale, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval,
+                "_growth_tracker": self._growth_tracker}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"LossScaler: state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = {"scale", "growth_factor", "backoff_factor", "growth_interval",
+                   "_growth_tracker"} - set(state_dict)
+        if missing:
+            raise ValueError(f"LossScaler: state_dict is missing {sorted(missing)}")
+        restored = LossScaler(state_dict["scale"], state_dict["growth_factor"],
+                              state_dict["backoff_factor"], state_dict["growth_interval"])
+        tracker: Any = state_dict["_growth_tracker"]
+        if isinstance(tracker, bool) or not isinstance(tracker, numbers.Integral) or \
+                not 0 <= int(tracker) < restored.growth_interval:
+            raise ValueError(f"LossScaler: state_dict['_growth_tracker'] must be an int in "
+                             f"[0, growth_interval), got {tracker!r}")
+        self.__dict__.update(restored.__dict__)
+        self._growth_tracker = int(tracker)

@@ -11,7 +11,8 @@
 
 namespace fusedops {
 
-enum class Dtype { f32, f64 };
+// bf16/f16 only reach the *_mixed entry points (fusedops/mixed.hpp).
+enum class Dtype { f32, f64, bf16, f16 };
 
 struct SgdParams {
   double lr = 0.0;

@@ -1,0 +1,120 @@
+// Mixed precision: bfloat16 and float16 storage beside float32/float64, per tensor.
+// The math runs in float (double for float64 tensors). Rows with 16-bit params or state
+// have fused loops (load, update, round, store in one pass); the other rows run the
+// TypedKernels<float> entry over L1 blocks into which their 16-bit operands (grads,
+// remainders) are widened, and the results are rounded back (to nearest even, or
+// stochastically). No pybind11 here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fusedops/fusedops.hpp"
+
+namespace fusedops {
+
+// Stochastic rounding key of one block of one operand; the element index supplies the
+// rest of the counter.
+struct RoundingKey {
+  std::uint32_t k0, k1;
+};
+
+// Conversions between float and 16-bit storage over one contiguous range, compiled per
+// ISA (cpp/kernels/convert_table.cpp). `key` nullptr: round to nearest even; otherwise
+// stochastic rounding with random bits of (key, first + i) for element i.
+struct ConvertKernels {
+  void (*widen_bf16)(const std::uint16_t* src, float* dst, std::size_t n);
+  void (*widen_f16)(const std::uint16_t* src, float* dst, std::size_t n);
+  // The float whose high 16 bits are hi[i] and low 16 bits lo[i].
+  void (*widen_split)(const std::uint16_t* hi, const std::uint16_t* lo, float* dst,
+                      std::size_t n);
+  void (*narrow_bf16)(const float* src, std::uint16_t* dst, std::size_t n,
+                      const RoundingKey* key, std::uint32_t first);
+  void (*narrow_f16)(const float* src, std::uint16_t* dst, std::size_t n,
+                     const RoundingKey* key, std::uint32_t first);
+  // hi[i] = high 16 bits of src[i] (the truncated bfloat16), lo[i] = low 16 bits.
+  void (*split)(const float* src, std::uint16_t* hi, std::uint16_t* lo, std::size_t n);
+};
+
+// The rows of API.md's table that have a fused loop (16-bit params or state; float32
+// params with float32 state and 16-bit grads go through the block path, which then only
+// widens the grads). "split": bfloat16 params with a remainder (exact float32 masters);
+// with float32 state it takes the block path, so that its masters are bitwise those of
+// float32 params (master_weights=True).
+enum class FusedRow : int {
+  f32_f32_bf16, f32_bf16_bf16, f32_f16_bf16,   // params, grads, state
+  bf16_bf16_f32, bf16_bf16_bf16, f16_f16_f32,
+  split_bf16_bf16,
+  count
+};
+
+// One range of one tensor for a fused loop: pointers already offset to the range's first
+// element `first` (its index in the tensor, low 32 bits). keys[k]: random-bit keys of
+// the param (0) and the state slots (1..3) when stochastic.
+struct FusedArgs {
+  void* param;
+  const void* grad;
+  void* state[3];
+  std::uint16_t* remainder;
+  RoundingKey keys[4];
+  std::uint32_t first;
+  bool stochastic;
+};
+
+struct FusedKernels {
+  void (*sgd[int(FusedRow::count)])(const SgdConstants&, const FusedArgs&, std::size_t n);
+  void (*adam[int(FusedRow::count)])(const AdamConstants&, const FusedArgs&, std::size_t n);
+};
+
+namespace scalar { const FusedKernels& fused_kernels(); }
+namespace avx2 { const FusedKernels& fused_kernels(); }
+namespace avx512 { const FusedKernels& fused_kernels(); }
+
+namespace scalar { const ConvertKernels& convert_kernels(); }
+namespace avx2 { const ConvertKernels& convert_kernels(); }
+namespace avx512 { const ConvertKernels& convert_kernels(); }
+
+std::size_t dtype_size(Dtype dtype);
+const char* dtype_name(Dtype dtype);
+
+// One tensor of a mixed optimizer step (the combinations of API.md's table; the caller
+// checks them). state[] as OptimTensor, all of state_dtype. `copy` (optional) receives
+// the updated float32 param rounded to copy_dtype. `remainder` (bfloat16 params only):
+// the low 16 bits of the float32 master whose high 16 bits are the param.
+struct MixedTensor {
+  void* param;
+  const void* grad;
+  void* state[3];
+  void* copy;
+  std::uint16_t* remainder;
+  std::size_t n;
+  std::size_t group;
+  Dtype param_dtype, grad_dtype, state_dtype, copy_dtype;
+};
+
+// How 16-bit values are written. Stochastic: random bits from (seed, step, tensor index,
+// operand, element index).
+struct Rounding {
+  bool stochastic = false;
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;
+};
+
+void sgd_step_mixed(const SgdParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                    std::size_t count, const Rounding& rounding);
+void adam_step_mixed(const AdamParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                     std::size_t count, const Rounding& rounding);
+
+struct TypedBuffer {
+  void* data;
+  std::size_t n;
+  Dtype dtype;
+};
+
+// As global_norm / all_finite / scale_in_place, each buffer with its own dtype; sums in
+// double. 16-bit buffers scaled in place are rounded to nearest even.
+double global_norm_mixed(const TypedBuffer* buffers, std::size_t count, double norm_type);
+bool all_finite_mixed(const TypedBuffer* buffers, std::size_t count);
+void scale_in_place_mixed(const TypedBuffer* buffers, std::size_t count, double factor);
+
+}  // namespace fusedops

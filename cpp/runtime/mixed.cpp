@@ -1,0 +1,391 @@
+// Mixed-precision steps and norms: every tensor of a call, whatever its dtypes, is cut
+// into chunks of one work list run in one parallel region. float64 and all-float32
+// tensors go straight to their TypedKernels entry; rows with 16-bit params or state run
+// their fused loop (cpp/kernels/mixed_kernels.hpp) over the chunk, then write the param
+// copy from the chunk still in cache. The other rows (float32 params and state with
+// 16-bit grads, copies, or a remainder) are walked in blocks of kBlock elements: their
+// 16-bit operands are widened into block buffers (float32 operands are used in place),
+// the float32 kernel updates the block, and the results are rounded back while the block
+// is in L1. The block path works for any TypedKernels<float> entry, so a new optimizer
+// gets the whole dtype table from it before it has fused loops.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "constants.hpp"
+#include "fusedops/mixed.hpp"
+#include "work.hpp"
+
+namespace fusedops {
+
+namespace {
+
+// Small enough that five float blocks (param, grad, three states) fit in a 32 KiB L1.
+constexpr std::size_t kBlock = 512;
+// Chunks are counted in 4-byte elements for every dtype of a mixed call.
+constexpr std::size_t kChunkElementBytes = 4;
+
+// Operands of one tensor, for the random-bit key.
+enum Operand : unsigned { kParamOperand = 0, kStateOperand = 1, kCopyOperand = 4 };
+
+const ConvertKernels& current_convert_kernels() {
+  switch (current_isa()) {
+#ifdef FUSEDOPS_HAVE_AVX512
+    case Isa::avx512:
+      return avx512::convert_kernels();
+#endif
+#ifdef FUSEDOPS_HAVE_AVX2
+    case Isa::avx2:
+      return avx2::convert_kernels();
+#endif
+    default:
+      return scalar::convert_kernels();
+  }
+}
+
+const FusedKernels& current_fused_kernels() {
+  switch (current_isa()) {
+#ifdef FUSEDOPS_HAVE_AVX512
+    case Isa::avx512:
+      return avx512::fused_kernels();
+#endif
+#ifdef FUSEDOPS_HAVE_AVX2
+    case Isa::avx2:
+      return avx2::fused_kernels();
+#endif
+    default:
+      return scalar::fused_kernels();
+  }
+}
+
+// The fused loop of a tensor's row, or -1 for the block path, where the float32 kernel
+// runs: float32 params with float32 state (only the grads, if any, are 16-bit), and
+// remainders with float32 state, whose masters must equal the float32 masters of
+// master_weights=True bit for bit (the same kernel then computes both).
+int fused_row(const MixedTensor& t) {
+  const bool bf16_state = t.state_dtype == Dtype::bf16;
+  if (t.remainder != nullptr) return bf16_state ? int(FusedRow::split_bf16_bf16) : -1;
+  switch (t.param_dtype) {
+    case Dtype::bf16:
+      return int(bf16_state ? FusedRow::bf16_bf16_bf16 : FusedRow::bf16_bf16_f32);
+    case Dtype::f16:
+      return int(FusedRow::f16_f16_f32);
+    case Dtype::f32:
+      if (!bf16_state) return -1;
+      if (t.grad_dtype == Dtype::bf16) return int(FusedRow::f32_bf16_bf16);
+      if (t.grad_dtype == Dtype::f16) return int(FusedRow::f32_f16_bf16);
+      return int(FusedRow::f32_f32_bf16);
+    default:
+      return -1;
+  }
+}
+
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The key of the random bits of (tensor, operand) for the elements whose index has the
+// high 32 bits of `index` (blocks never straddle a multiple of 2^32).
+RoundingKey rounding_key(const Rounding& r, std::size_t tensor, unsigned operand,
+                         std::size_t index) {
+  std::uint64_t k = splitmix64(r.seed);
+  k = splitmix64(k ^ r.step);
+  k = splitmix64(k ^ (std::uint64_t(tensor) << 3 | operand));
+  k = splitmix64(k ^ (std::uint64_t(index) >> 32));
+  return {std::uint32_t(k), std::uint32_t(k >> 32)};
+}
+
+// Float values of one operand over [b, b + n): the memory itself for float32 storage,
+// otherwise `buffer` filled with the widened values.
+float* float_view(const ConvertKernels& cv, void* data, Dtype dtype, const std::uint16_t* remainder,
+                  std::size_t b, std::size_t n, float* buffer) {
+  if (dtype == Dtype::f32) return static_cast<float*>(data) + b;
+  const auto* half = static_cast<const std::uint16_t*>(data) + b;
+  if (remainder != nullptr) {
+    cv.widen_split(half, remainder + b, buffer, n);
+  } else if (dtype == Dtype::bf16) {
+    cv.widen_bf16(half, buffer, n);
+  } else {
+    cv.widen_f16(half, buffer, n);
+  }
+  return buffer;
+}
+
+// Writes the block's updated values of a 16-bit operand (float32 ones were updated in
+// place). A param with a remainder keeps the truncated high half and the low half.
+void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t* remainder,
+                std::size_t b, std::size_t n, const float* values, const Rounding& r,
+                std::size_t tensor, unsigned operand) {
+  if (dtype == Dtype::f32) return;
+  auto* half = static_cast<std::uint16_t*>(data) + b;
+  if (remainder != nullptr) {
+    cv.split(values, half, remainder + b, n);
+    return;
+  }
+  RoundingKey key{};
+  if (r.stochastic) key = rounding_key(r, tensor, operand, b);
+  const RoundingKey* k = r.stochastic ? &key : nullptr;
+  if (dtype == Dtype::bf16) {
+    cv.narrow_bf16(values, half, n, k, std::uint32_t(b));
+  } else {
+    cv.narrow_f16(values, half, n, k, std::uint32_t(b));
+  }
+}
+
+bool all_float32(const MixedTensor& t) {
+  return t.param_dtype == Dtype::f32 && t.grad_dtype == Dtype::f32 &&
+         t.state_dtype == Dtype::f32 && t.copy == nullptr && t.remainder == nullptr;
+}
+
+template <class T>
+T* at(void* p, std::size_t b) { return p ? static_cast<T*>(p) + b : nullptr; }
+
+template <class T>
+T* offset(void* p, std::size_t b, std::size_t size) {
+  return p ? reinterpret_cast<T*>(static_cast<char*>(p) + b * size) : nullptr;
+}
+
+// Runs the fused loop of tensor t's row over [begin, end), then writes the param copy
+// from the updated float32 params while they are still in cache. False: no fused loop.
+template <class Fused>
+bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
+                 std::size_t begin, std::size_t end, const Rounding& r, const Fused& fused) {
+  const int row = fused_row(t);
+  if (row < 0) return false;
+  FusedArgs a{};
+  a.param = offset<void>(t.param, begin, dtype_size(t.param_dtype));
+  a.grad = offset<void>(const_cast<void*>(t.grad), begin, dtype_size(t.grad_dtype));
+  for (int j = 0; j < 3; ++j) a.state[j] = offset<void>(t.state[j], begin, dtype_size(t.state_dtype));
+  a.remainder = t.remainder ? t.remainder + begin : nullptr;
+  a.first = std::uint32_t(begin);
+  a.stochastic = r.stochastic;
+  if (r.stochastic) {
+    for (unsigned k = 0; k < 4; ++k) a.keys[k] = rounding_key(r, tensor, kParamOperand + k, begin);
+  }
+  fused(row, a, end - begin);
+  if (t.copy != nullptr) {
+    store_back(cv, t.copy, t.copy_dtype, nullptr, begin, end - begin,
+               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand);
+  }
+  return true;
+}
+
+// Runs update(param, grad, state0, state1, state2, n) over [begin, end) of tensor t, with
+// T-typed pointers (T: float or double) into memory or into widened blocks.
+template <class Update32, class Update64>
+void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
+                  std::size_t begin, std::size_t end, const Rounding& r,
+                  const Update32& update32, const Update64& update64) {
+  if (t.param_dtype == Dtype::f64) {
+    update64(at<double>(t.param, begin), at<const double>(const_cast<void*>(t.grad), begin),
+             at<double>(t.state[0], begin), at<double>(t.state[1], begin),
+             at<double>(t.state[2], begin), end - begin);
+    return;
+  }
+  if (all_float32(t)) {
+    update32(at<float>(t.param, begin), at<const float>(const_cast<void*>(t.grad), begin),
+             at<float>(t.state[0], begin), at<float>(t.state[1], begin),
+             at<float>(t.state[2], begin), end - begin);
+    return;
+  }
+  alignas(64) float blocks[5][kBlock];
+  for (std::size_t b = begin; b < end; b += kBlock) {
+    const std::size_t n = std::min(kBlock, end - b);
+    float* p = float_view(cv, t.param, t.param_dtype, t.remainder, b, n, blocks[0]);
+    const float* g =
+        float_view(cv, const_cast<void*>(t.grad), t.grad_dtype, nullptr, b, n, blocks[1]);
+    float* s[3];
+    for (int j = 0; j < 3; ++j) {
+      s[j] = t.state[j] ? float_view(cv, t.state[j], t.state_dtype, nullptr, b, n, blocks[2 + j])
+                        : nullptr;
+    }
+    update32(p, g, s[0], s[1], s[2], n);
+    store_back(cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor, kParamOperand);
+    for (unsigned j = 0; j < 3; ++j) {
+      if (t.state[j]) {
+        store_back(cv, t.state[j], t.state_dtype, nullptr, b, n, s[j], r, tensor, kStateOperand + j);
+      }
+    }
+    if (t.copy != nullptr) {
+      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand);
+    }
+  }
+}
+
+template <class Constants, class Step, class FusedStep>
+void run_mixed(const Constants* c, const MixedTensor* tensors, std::size_t count,
+               const Rounding& rounding, const Step& step, const FusedStep& fused_step) {
+  const KernelTable& table = current_kernels();
+  const ConvertKernels& cv = current_convert_kernels();
+  const FusedKernels& fk = current_fused_kernels();
+  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
+  work.run([&](std::size_t, const WorkItem& item) {
+    const MixedTensor& t = tensors[item.tensor];
+    const Constants& k = c[t.group];
+    const auto fused = [&](int row, const FusedArgs& a, std::size_t n) {
+      fused_step(fk, row, k, a, n);
+    };
+    if (fused_range(cv, t, item.tensor, item.begin, item.end, rounding, fused)) return;
+    update_range(
+        cv, t, item.tensor, item.begin, item.end, rounding,
+        [&](float* p, const float* g, float* s0, float* s1, float* s2, std::size_t n) {
+          step(table.f32, k, p, g, s0, s1, s2, n);
+        },
+        [&](double* p, const double* g, double* s0, double* s1, double* s2, std::size_t n) {
+          step(table.f64, k, p, g, s0, s1, s2, n);
+        });
+  });
+}
+
+// The (widened) values of one buffer range, block by block: f(const T* x, n) with T the
+// buffer's compute type; 16-bit ranges arrive as float blocks.
+template <class F>
+void for_blocks(const ConvertKernels& cv, const TypedBuffer& buf, std::size_t begin,
+                std::size_t end, const F& f) {
+  if (buf.dtype == Dtype::f64) {
+    f(static_cast<const double*>(buf.data) + begin, end - begin);
+    return;
+  }
+  if (buf.dtype == Dtype::f32) {
+    f(static_cast<const float*>(buf.data) + begin, end - begin);
+    return;
+  }
+  alignas(64) float block[kBlock];
+  for (std::size_t b = begin; b < end; b += kBlock) {
+    const std::size_t n = std::min(kBlock, end - b);
+    f(static_cast<const float*>(float_view(cv, buf.data, buf.dtype, nullptr, b, n, block)), n);
+  }
+}
+
+// Per-chunk partials (each the in-order sum, or max, of its blocks' partials), in item
+// order: the same for any thread count.
+template <class Partial>
+std::vector<double> mixed_partials(const TypedBuffer* buffers, std::size_t count, bool is_max,
+                                   const Partial& partial) {
+  const ConvertKernels& cv = current_convert_kernels();
+  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return buffers[t].n; });
+  std::vector<double> partials(work.items().size());
+  work.run([&](std::size_t i, const WorkItem& item) {
+    double acc = 0.0;
+    for_blocks(cv, buffers[item.tensor], item.begin, item.end, [&](const auto* x, std::size_t n) {
+      const double v = partial(x, n);
+      acc = is_max ? ((acc >= v || std::isnan(acc)) ? acc : v) : acc + v;
+    });
+    partials[i] = acc;
+  });
+  return partials;
+}
+
+}  // namespace
+
+std::size_t dtype_size(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::f32: return 4;
+    case Dtype::f64: return 8;
+    default: return 2;
+  }
+}
+
+const char* dtype_name(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::f32: return "float32";
+    case Dtype::f64: return "float64";
+    case Dtype::bf16: return "bfloat16";
+    case Dtype::f16: return "float16";
+  }
+  return "unknown";
+}
+
+void sgd_step_mixed(const SgdParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                    std::size_t count, const Rounding& rounding) {
+  std::vector<SgdConstants> c(n_groups);
+  for (std::size_t i = 0; i < n_groups; ++i) c[i] = sgd_constants(groups[i]);
+  run_mixed(c.data(), tensors, count, rounding,
+            [](const auto& k, const SgdConstants& sc, auto* p, const auto* g, auto* s0, auto*,
+               auto*, std::size_t n) { k.sgd(sc, p, g, s0, n); },
+            [](const FusedKernels& fk, int row, const SgdConstants& sc, const FusedArgs& a,
+               std::size_t n) { fk.sgd[row](sc, a, n); });
+}
+
+void adam_step_mixed(const AdamParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                     std::size_t count, const Rounding& rounding) {
+  std::vector<AdamConstants> c(n_groups);
+  for (std::size_t i = 0; i < n_groups; ++i) c[i] = adam_constants(groups[i]);
+  run_mixed(c.data(), tensors, count, rounding,
+            [](const auto& k, const AdamConstants& ac, auto* p, const auto* g, auto* s0,
+               auto* s1, auto* s2, std::size_t n) { k.adam(ac, p, g, s0, s1, s2, n); },
+            [](const FusedKernels& fk, int row, const AdamConstants& ac, const FusedArgs& a,
+               std::size_t n) { fk.adam[row](ac, a, n); });
+}
+
+double global_norm_mixed(const TypedBuffer* buffers, std::size_t count, double norm_type) {
+  const KernelTable& table = current_kernels();
+  const auto pick = [&](const auto* x) -> const auto& {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+    return table.typed<T>();
+  };
+  if (std::isinf(norm_type)) {
+    const auto partials = mixed_partials(buffers, count, true, [&](const auto* x, std::size_t n) {
+      return pick(x).max_abs(x, n);
+    });
+    double best = 0.0;
+    for (double x : partials) best = (best >= x || std::isnan(best)) ? best : x;
+    return best;
+  }
+  const auto partials = mixed_partials(buffers, count, false, [&](const auto* x, std::size_t n) {
+    const auto& k = pick(x);
+    if (norm_type == 2.0) return k.sum_squares(x, n);
+    if (norm_type == 1.0) return k.sum_abs(x, n);
+    return k.sum_abs_pow(x, n, norm_type);
+  });
+  double total = 0.0;
+  for (double x : partials) total += x;
+  if (norm_type == 2.0) return std::sqrt(total);
+  if (norm_type == 1.0) return total;
+  return std::pow(total, 1.0 / norm_type);
+}
+
+bool all_finite_mixed(const TypedBuffer* buffers, std::size_t count) {
+  const KernelTable& table = current_kernels();
+  const ConvertKernels& cv = current_convert_kernels();
+  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return buffers[t].n; });
+  std::atomic<bool> finite{true};
+  work.run([&](std::size_t, const WorkItem& item) {
+    if (!finite.load(std::memory_order_relaxed)) return;
+    bool ok = true;
+    for_blocks(cv, buffers[item.tensor], item.begin, item.end, [&](const auto* x, std::size_t n) {
+      using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+      ok = ok && table.typed<T>().all_finite(x, n);
+    });
+    if (!ok) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
+}
+
+void scale_in_place_mixed(const TypedBuffer* buffers, std::size_t count, double factor) {
+  const KernelTable& table = current_kernels();
+  const ConvertKernels& cv = current_convert_kernels();
+  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return buffers[t].n; });
+  const Rounding nearest;
+  work.run([&](std::size_t, const WorkItem& item) {
+    const TypedBuffer& buf = buffers[item.tensor];
+    const std::size_t begin = item.begin, end = item.end;
+    if (buf.dtype == Dtype::f64) {
+      table.f64.scale(static_cast<double*>(buf.data) + begin, end - begin, factor);
+      return;
+    }
+    alignas(64) float block[kBlock];
+    for (std::size_t b = begin; b < end; b += kBlock) {
+      const std::size_t n = std::min(kBlock, end - b);
+      float* x = float_view(cv, buf.data, buf.dtype, nullptr, b, n, block);
+      table.f32.scale(x, n, factor);
+      store_back(cv, buf.data, buf.dtype, nullptr, b, n, x, nearest, item.tensor, 0);
+    }
+  });
+}
+
+}  // namespace fusedops
