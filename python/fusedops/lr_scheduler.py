@@ -250,7 +250,8 @@ class MultiStepLR(LRScheduler):
 
 
 class LinearLR(LRScheduler):
-    """lr factor moving linearly from start_factor to end_factor over total_iters steps."""
+    """lr factor moving linearly from start_factor to end_factor over total_iters steps
+    (torch's recurrence; where rounding takes it below 0, at end_factor=0, it is 0)."""
 
     def __init__(self, optimizer: SupportsParamGroups, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
@@ -271,7 +272,9 @@ class LinearLR(LRScheduler):
             return lrs
         delta = self.end_factor - self.start_factor
         factor = 1.0 + delta / (self.total_iters * self.start_factor + (self.last_epoch - 1) * delta)
-        return [lr * factor for lr in lrs]
+        # The exact factor is never negative; with end_factor=0 the recurrence ends at about
+        # -1e-17 instead of 0 (torch's too), which an optimizer would reject as lr < 0.
+        return [max(lr * factor, 0.0) for lr in lrs]
 
     def _closed_form_lr(self) -> List[float]:
         frac = min(self.total_iters, self.last_epoch) / self.total_iters
