@@ -123,10 +123,11 @@ def _torch(x, dy, weight, bias, channel_axis):
             lambda: [to_numpy(x_t.grad), w_t.grad.numpy(), b_t.grad.numpy()])
 
 
-def batch_norm_case(shape, channel_axis, dtype, phase):
+def batch_norm_case(shape, channel_axis, dtype, phase, sweep=""):
     itemsize = np.dtype(dtype).itemsize
     bytes_per_element = PHASES[phase] * itemsize / 4
-    layout = "NCHW" if channel_axis == 1 else "NHWC"
+    layout = ("NCHW" if channel_axis == 1 else "NHWC") if len(shape) == 4 else \
+        {2: "NC", 3: "NCL"}.get(len(shape), f"{len(shape)}-D")
     label = f"{layout} {'x'.join(map(str, shape))}, {bytes_per_element:g} B/el"
 
     def build():
@@ -153,16 +154,40 @@ def batch_norm_case(shape, channel_axis, dtype, phase):
     # float32 sums over ~1e5 values (NumPy, torch) carry ~1e-2 absolute error in dweight
     rtol, atol = (1e-4, 2e-2) if dtype == np.float32 else (1e-9, 1e-9)
     return Case(f"batch_norm {phase}", label, np.dtype(dtype).name, int(np.prod(shape)), 1,
-                bytes_per_element, build, rtol=rtol, atol=atol, baseline="torch")
+                bytes_per_element, build, rtol=rtol, atol=atol, baseline="torch", sweep=sweep)
+
+
+# Size sweeps per layout, from MLP activations to beyond the L2 (the plot draws each as
+# ns/element against size): (shape, channel_axis).
+SWEEPS = {
+    "NC (BatchNorm1d after Linear)": [((32, 128), 1), ((64, 256), 1), ((256, 1024), 1),
+                                      ((1024, 1024), 1), ((8192, 256), 1), ((1024, 4096), 1),
+                                      ((4096, 4096), 1)],
+    "NCL (BatchNorm1d on sequences)": [((16, 32, 32), 1), ((128, 64, 32), 1),
+                                       ((64, 128, 128), 1), ((256, 256, 64), 1)],
+    "NCHW": [((8, 32, 14, 14), 1), ((16, 512, 14, 14), 1), ((32, 64, 56, 56), 1),
+             ((64, 256, 28, 28), 1)],
+    "NHWC": [((8, 14, 14, 32), -1), ((16, 14, 14, 512), -1), ((32, 56, 56, 64), -1),
+             ((64, 28, 28, 256), -1)],
+}
+# The quick run's sweep: the MLP sizes where per-call overhead shows.
+QUICK_SWEEP = ("NC (BatchNorm1d after Linear)", [((32, 128), 1), ((64, 256), 1),
+                                                 ((256, 1024), 1), ((1024, 1024), 1)])
 
 
 def norm_cases(quick: bool):
     f32, f64 = np.float32, np.float64
     shapes = [((64, 256, 28, 28), 1), ((32, 64, 56, 56), 1), ((32, 56, 56, 64), -1)]
-    phases = ["fwd+bwd"] if quick else list(PHASES)
-    cases = [batch_norm_case(shape, axis, f32, phase)
-             for shape, axis in shapes for phase in phases]
-    if not quick:
-        cases += [batch_norm_case(shape, axis, f64, "fwd+bwd")
-                  for shape, axis in [((16, 64, 28, 28), 1), ((16, 28, 28, 64), -1)]]
+    if quick:
+        name, sweep = QUICK_SWEEP
+        return ([batch_norm_case(shape, axis, f32, "fwd+bwd") for shape, axis in shapes]
+                + [batch_norm_case(shape, axis, f32, "fwd+bwd", sweep=name)
+                   for shape, axis in sweep])
+    cases = []
+    for name, sweep in SWEEPS.items():
+        for phase in PHASES:
+            cases += [batch_norm_case(shape, axis, f32, phase, sweep=name)
+                      for shape, axis in sweep]
+        cases += [batch_norm_case(shape, axis, f64, "fwd+bwd", sweep=name)
+                  for shape, axis in sweep]
     return cases

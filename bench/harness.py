@@ -38,6 +38,7 @@ class Case:
     rtol: float = 1e-4
     atol: float = 1e-6
     baseline: str = "torch"  # the peer the speedup column compares with
+    sweep: str = ""  # cases of one kernel and dtype sharing a sweep name form a size sweep
 
 
 class WrongResult(AssertionError):
@@ -137,7 +138,7 @@ def measure(case: Case, repeats: int, probe: Optional[Impl] = None, probe_bytes:
                          n_elements=case.n_elements, n_tensors=case.n_tensors, impl=impl.name,
                          seconds_median=float(np.median(s)), seconds_min=float(s.min()),
                          bytes_per_element=case.bytes_per_element, baseline=case.baseline,
-                         probe_gbps=probe_gbps))
+                         sweep=case.sweep, probe_gbps=probe_gbps))
     del impls, reference
     return rows
 

@@ -88,6 +88,9 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
+    """ns/element against size for every size sweep of the run (log-log, with the
+    bandwidth limit of the sweep's bytes/element model); a run without a sweep (three
+    sizes or more) gets a bar chart of ns/element per case and implementation instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,13 +99,18 @@ def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
     sweeps = {}
     for r in rows:
         if r["n_tensors"] == 1:
-            sweeps.setdefault((r["kernel"], r["case"], r["dtype"]), []).append(r)
+            key = (r["kernel"], r.get("sweep") or r["case"], r["dtype"])
+            sweeps.setdefault(key, []).append(r)
     sweeps = {k: v for k, v in sweeps.items() if len({r["n_elements"] for r in v}) >= 3}
     if not sweeps:
-        print(f"no size sweep in this run: {path} not written", file=sys.stderr)
+        _bar_chart(plt, rows, path)
         return
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.8), squeeze=False)
-    for ax, ((kernel, case, dtype), rs) in zip(axes[0], sorted(sweeps.items())):
+    columns = min(3, len(sweeps))
+    lines = (len(sweeps) + columns - 1) // columns
+    fig, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.8 * lines), squeeze=False)
+    for ax in axes.flat[len(sweeps):]:
+        ax.set_visible(False)
+    for ax, ((kernel, case, dtype), rs) in zip(axes.flat, sorted(sweeps.items())):
         for impl in dict.fromkeys(r["impl"] for r in rs):
             pts = sorted((r["n_elements"], r["ns_per_element"]) for r in rs if r["impl"] == impl)
             ax.plot(*zip(*pts), marker="o", label=impl)
@@ -113,11 +121,48 @@ def plot(rows: list[dict], probe_gbps: float, path: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("elements")
         ax.set_ylabel("ns per element (median)")
-        ax.set_title(f"{kernel} {case} {dtype}")
+        ax.set_title(f"{kernel} {case} {dtype}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bar_chart(plt, rows: list[dict], path: str) -> None:
+    cases = list(dict.fromkeys((r["kernel"], r["case"], r["dtype"]) for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    value = {(r["kernel"], r["case"], r["dtype"], r["impl"]): r["ns_per_element"] for r in rows}
+    width = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(cases) + 2), 5.5))
+    for k, impl in enumerate(impls):
+        heights = [value.get((*c, impl), float("nan")) for c in cases]
+        ax.bar([i + k * width for i in range(len(cases))], heights, width, label=impl)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+    ax.set_xticklabels([f"{kernel}\n{case}\n{dtype}" for kernel, case, dtype in cases],
+                       rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ns per element (median)")
+    ax.set_title("ns per element per case (no size sweep in this run)")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def check_plot_possible(path: str) -> str | None:
+    """Why --plot PATH cannot be honoured (checked before the run), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "--plot needs matplotlib (pip install matplotlib, or the bench extra)"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"--plot {path}: directory {directory} does not exist"
+    if not os.access(directory, os.W_OK):
+        return f"--plot {path}: directory {directory} is not writeable"
+    return None
 
 
 def positive_int(text: str) -> int:
@@ -141,6 +186,11 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", metavar="PATH", help="write ns/element against size as a PNG (matplotlib)")
     args = ap.parse_args(argv)
 
+    if args.plot:
+        problem = check_plot_possible(args.plot)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     cases = [c for make in CASE_LISTS for c in make(args.quick)]
     if args.only:
         pat = args.only if any(ch in args.only for ch in "*?[") else f"*{args.only}*"
@@ -183,6 +233,9 @@ def main(argv=None) -> int:
             json.dump(all_rows, f, indent=1)
     if args.plot:
         plot(all_rows, float(np.median([r["probe_gbps"] for r in all_rows])) if all_rows else probe_start, args.plot)
+        if not os.path.isfile(args.plot):
+            print(f"error: --plot {args.plot} was not written", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,12 +1,15 @@
 """Batch norm forward/backward and the nn.BatchNorm layer against float64 references,
 torch autograd (when installed) and finite differences."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusedops as fo
+from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 
 DTYPES = [np.float32, np.float64]
@@ -14,8 +17,10 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
 
 # (shape, channel_axis): odd channel counts and spatial sizes, every layout, and shapes
-# that take the multi-block slab path (spatial > 16384) and multi-tile row path (> 512
-# columns per row).
+# that take each path: slab reductions (spatial >= 512; multi-block above 16384), row
+# reductions (shorter spatial extents, channel-last; multi-tile above 512 columns per
+# row), runs for the elementwise passes (spatial >= 32, several runs crossing slabs
+# above 16384 values) and rows otherwise.
 CASES = [
     ((4, 3, 5, 7), 1),
     ((3, 17, 7, 9), 1),
@@ -32,6 +37,11 @@ CASES = [
     ((2, 3, 130, 130), 1),
     ((4, 5, 5, 600), -1),
     ((4, 300, 2, 2), 1),
+    ((3, 5, 40), 1),
+    ((5, 7, 9, 5), 1),
+    ((40, 13, 37), 1),
+    ((2, 3, 600), 1),
+    ((9, 3, 100, 21), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 
@@ -70,8 +80,9 @@ def test_forward_matches_reference(isa, rng, shape, channel_axis, dtype, affine,
     y, save_mean, save_invstd = fo.batch_norm_forward(
         x, weight, bias, rm, rv, training=training, momentum=0.3, eps=1e-3,
         channel_axis=channel_axis)
-    for a in (y, save_mean, save_invstd):
-        assert a.dtype == dtype
+    assert y.dtype == dtype
+    # The statistics stay float64 whatever x's dtype: a float32 mean is never rounded.
+    assert save_mean.dtype == save_invstd.dtype == np.float64
     assert y.shape == x.shape and save_mean.shape == save_invstd.shape == (shape[channel_axis],)
     assert_close(y, y_ref, dtype, "y")
     assert_close(save_mean, mean_ref, dtype, "save_mean")
@@ -104,26 +115,72 @@ def test_backward_matches_reference(isa, rng, shape, channel_axis, dtype, affine
         assert dw is None and db is None
 
 
-@pytest.mark.parametrize("shape,channel_axis", [((17, 7, 193, 183), 1), ((9, 97, 101, 53), -1),
-                                                ((1024, 1031, 2, 2), 1)],
-                         ids=["nchw", "nhwc", "short-spatial"])
-def test_outputs_beyond_the_cache_size(isa, shape, channel_axis):
-    # Outputs of 16 MiB and more are written with non-temporal stores; odd extents put
-    # the rows and blocks at every alignment.
+@pytest.fixture
+def small_last_level_cache():
+    """A 1 MiB last-level cache: arrays of a few MiB take the paths of arrays beyond the
+    machine's real cache (non-temporal stores)."""
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 20)
+    yield 1 << 20
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", [((5, 7, 93, 83), 1), ((9, 33, 41, 53), -1),
+                                                ((300, 131, 2, 2), 1), ((100, 31, 11, 13), 1),
+                                                ((1500, 107), 1)],
+                         ids=["nchw", "nhwc", "short-spatial", "runs", "nc"])
+def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, channel_axis, dtype):
+    # Outputs that do not fit in the last-level cache with the inputs are written with
+    # non-temporal stores; odd extents put the rows, runs and blocks at every alignment.
     rng = np.random.default_rng(11)
-    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, np.float32)
-    dy = rng.standard_normal(shape, dtype=np.float32)
-    assert x.nbytes >= 16 << 20
+    x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    assert 2 * x.nbytes > small_last_level_cache
     y_ref, mean, invstd, _, _ = batch_norm_forward_reference(x, weight, bias,
                                                              channel_axis=channel_axis)
     y, save_mean, save_invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
-    assert_close(y, y_ref, np.float32, "y")
-    del y, y_ref
+    assert_close(y, y_ref, dtype, "y")
     dx_ref, _, _ = batch_norm_backward_reference(dy, x, weight, save_mean, save_invstd,
                                                  channel_axis=channel_axis)
     dx, _, _ = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd,
                                       channel_axis=channel_axis)
-    assert_close(dx, dx_ref, np.float32, "dx")
+    assert_close(dx, dx_ref, dtype, "dx")
+    # The streamed outputs are bitwise the cached ones.
+    _core._set_cache_bytes(1 << 15, 1 << 21, 1 << 40)
+    y_cached, _, _ = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    dx_cached, _, _ = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd,
+                                             channel_axis=channel_axis)
+    np.testing.assert_array_equal(y, y_cached)
+    np.testing.assert_array_equal(dx, dx_cached)
+
+
+def test_cache_sizes_are_the_machines():
+    caches = fo.build_info()["cache_bytes"]
+    assert 0 < caches["l1d"] <= caches["l2"] <= caches["last_level"]
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    if not os.path.isdir(root):
+        return
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    by_level = {}
+    for index in sorted(os.listdir(root)):
+        path = os.path.join(root, index)
+        if not index.startswith("index"):
+            continue
+        with open(os.path.join(path, "type")) as f:
+            if f.read().strip() == "Instruction":
+                continue
+        with open(os.path.join(path, "level")) as f:
+            level = int(f.read())
+        with open(os.path.join(path, "size")) as f:
+            text = f.read().strip()
+        by_level[level] = int(text.rstrip("KMG")) * units.get(text[-1], 1)
+    if 1 in by_level:
+        assert caches["l1d"] == by_level[1]
+    if 2 in by_level:
+        assert caches["l2"] == by_level[2]
+    if by_level:
+        assert caches["last_level"] == by_level[max(by_level)]
 
 
 @pytest.mark.parametrize("channel_axis", [1, -1])
@@ -361,6 +418,48 @@ def test_large_mean_small_spread_float32(isa, shape, channel_axis):
     assert abs(float(y.astype(np.float64).std()) - 1) < 1e-4
 
 
+LARGE_MEAN_CASES = [((64, 3, 8, 8), 1), ((64, 8, 8, 3), -1), ((256, 3), 1), ((64, 3, 2, 2), 1)]
+
+
+@pytest.mark.parametrize("shape,channel_axis", LARGE_MEAN_CASES,
+                         ids=["nchw", "nhwc", "nc", "short-spatial"])
+def test_large_mean_backward_keeps_statistics_exact_float32(isa, shape, channel_axis):
+    # Mean 1e4, std 1e-2: a float32 mean is off by up to 5e-4 (5% of the spread), which
+    # the backward would turn into a 1e-2 error of dweight. The statistics travel in
+    # float64 from the forward to the backward, through the layer too.
+    rng = np.random.default_rng(17)
+    x = (1e4 + 1e-2 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    channels = shape[channel_axis]
+    weight = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    bias = np.zeros(channels, np.float32)
+    _, mean_ref, invstd_ref, _, _ = batch_norm_forward_reference(x, weight, bias,
+                                                                 channel_axis=channel_axis)
+    dx_ref, dw_ref, db_ref = batch_norm_backward_reference(dy, x, weight, mean_ref, invstd_ref,
+                                                           channel_axis=channel_axis)
+
+    def check(dx, dw, db, where):
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, err_msg=f"{where} dweight")
+        np.testing.assert_allclose(db, db_ref, rtol=1e-5, err_msg=f"{where} dbias")
+        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 * np.abs(dx_ref).max(),
+                                   err_msg=f"{where} dx")
+
+    _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    check(*fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis),
+          "functional")
+
+    bn = fo.nn.BatchNorm(channels, channel_axis=channel_axis)
+    bn.weight[...] = weight
+    bn.forward(x)
+    dx = bn.backward(dy)
+    check(dx, bn.grad_weight, bn.grad_bias, "layer")
+
+    # The test can tell: the same backward from float32-rounded statistics misses.
+    _, dw32, _ = fo.batch_norm_backward(dy, x, weight, mean.astype(np.float32),
+                                        invstd.astype(np.float32), channel_axis=channel_axis)
+    assert np.max(np.abs(dw32 / dw_ref - 1)) > 1e-3
+
+
 @pytest.mark.parametrize("shape,channel_axis", [((16, 3, 32, 32), 1), ((16, 32, 32, 3), -1),
                                                 ((64, 3, 2, 2), 1)],
                          ids=["nchw", "nhwc", "short-spatial"])
@@ -389,8 +488,10 @@ def test_first_value_far_from_the_rest_float32(isa, shape, channel_axis):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape,channel_axis",
                          [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1), ((2, 3, 150, 150), 1),
-                          ((128, 40, 3, 3), 1), ((24, 1500), 1)],
-                         ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc"])
+                          ((128, 40, 3, 3), 1), ((24, 1500), 1), ((16, 24, 20, 20), 1),
+                          ((4096, 40), 1)],
+                         ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc",
+                              "runs", "tall-nc"])
 def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype,
                                                 training):
     rng = np.random.default_rng(3)
@@ -451,6 +552,14 @@ FORWARD_ERRORS = [
     ("one-value-per-channel", lambda k: {"x": k["x"][:1, :, :1, :1].copy(), "out": None},
      ValueError, "per channel"),
     ("channel-axis-2", lambda k: {"channel_axis": 2}, ValueError, "channel_axis"),
+    ("channel-axis-huge", lambda k: {"channel_axis": 2**40}, ValueError, "channel_axis"),
+    ("channel-axis-float", lambda k: {"channel_axis": 1.0}, TypeError, "channel_axis"),
+    ("channel-axis-bool", lambda k: {"channel_axis": True}, TypeError, "channel_axis"),
+    ("training-str", lambda k: {"training": "yes"}, TypeError, "training"),
+    ("training-none", lambda k: {"training": None}, TypeError, "training"),
+    ("momentum-str", lambda k: {"momentum": "0.1"}, TypeError, "momentum"),
+    ("eps-none", lambda k: {"eps": None}, TypeError, "eps"),
+    ("eps-bool", lambda k: {"eps": True}, TypeError, "eps"),
     ("momentum-negative", lambda k: {"momentum": -0.1}, ValueError, "momentum"),
     ("momentum-above-1", lambda k: {"momentum": 1.5}, ValueError, "momentum"),
     ("momentum-nan", lambda k: {"momentum": float("nan")}, ValueError, "momentum"),
@@ -497,7 +606,13 @@ BACKWARD_ERRORS = [
     ("save-invstd-none", lambda k: {"save_invstd": None}, TypeError, "save_invstd"),
     ("save-invstd-f32", lambda k: {"save_invstd": np.ones(3, np.float32)}, TypeError,
      "save_invstd"),
+    ("save-mean-int", lambda k: {"save_mean": np.zeros(3, np.int64)}, TypeError, "save_mean"),
+    ("save-mean-strided", lambda k: {"save_mean": np.zeros(6)[::2]}, ValueError, "save_mean"),
+    ("save-mean-list", lambda k: {"save_mean": [0.0, 0.0, 0.0]}, TypeError, "save_mean"),
+    ("out-is-save-mean", lambda k: {"save_mean": k["out"].reshape(-1)[:3]}, ValueError, "out"),
     ("channel-axis", lambda k: {"channel_axis": 0}, ValueError, "channel_axis"),
+    ("channel-axis-str", lambda k: {"channel_axis": "-1"}, TypeError, "channel_axis"),
+    ("training-int", lambda k: {"training": 1}, TypeError, "training"),
     ("out-is-dy", lambda k: {"out": k["dy"]}, ValueError, "out"),
     ("out-read-only", lambda k: {"out": read_only(k["out"])}, ValueError, "out"),
     ("out-shape", lambda k: {"out": np.zeros((4, 5, 3, 5))}, ValueError, "out"),

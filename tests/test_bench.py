@@ -97,6 +97,60 @@ def test_plot_of_a_size_sweep(tmp_path, probe):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_without_a_sweep_is_a_bar_chart(tmp_path, probe):
+    pytest.importorskip("matplotlib")
+    rows = []
+    for case in (cases_optim.sgd_case([1000], np.float32, "momentum"),
+                 cases_norm.batch_norm_case((4, 3, 5, 7), 1, np.float32, "fwd+bwd")):
+        case_rows = harness.measure(case, repeats=1, probe=probe, probe_bytes=probe.bytes)
+        run.finish_rows(case_rows, threads=1)
+        rows += case_rows
+    path = tmp_path / "bars.png"
+    run.plot(rows, 30.0, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_batch_norm_sweeps(tmp_path, probe):
+    pytest.importorskip("matplotlib")
+    rows = []
+    for sweep, shapes in (("NC", [(4, 3), (16, 8), (64, 16)]),
+                          ("NHWC", [(2, 3, 3, 4), (2, 5, 5, 4), (4, 7, 7, 4)])):
+        axis = 1 if sweep == "NC" else -1
+        for shape in shapes:
+            case = cases_norm.batch_norm_case(shape, axis, np.float32, "forward", sweep=sweep)
+            case_rows = harness.measure(case, repeats=1, probe=probe, probe_bytes=probe.bytes)
+            run.finish_rows(case_rows, threads=1)
+            rows += case_rows
+    assert {r["sweep"] for r in rows} == {"NC", "NHWC"}
+    path = tmp_path / "sweeps.png"
+    run.plot(rows, 30.0, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_norm_cases_hold_size_sweeps():
+    for quick in (True, False):
+        sizes = {}
+        for c in cases_norm.norm_cases(quick):
+            if c.sweep:
+                sizes.setdefault((c.kernel, c.sweep, c.dtype), set()).add(c.n_elements)
+        assert sizes and all(len(s) >= 3 for s in sizes.values())
+        if not quick:
+            kernels = {(k, d) for k, _, d in sizes}
+            assert {("batch_norm forward", "float32"), ("batch_norm backward", "float32"),
+                    ("batch_norm fwd+bwd", "float32"), ("batch_norm fwd+bwd", "float64")} <= kernels
+            assert {sweep for _, sweep, _ in sizes} == set(cases_norm.SWEEPS)
+
+
+def test_plot_that_cannot_be_written_fails_before_the_run(tmp_path, capsys, monkeypatch):
+    missing_dir = tmp_path / "no-such-dir" / "x.png"
+    assert run.main(["--quick", "--only", "batch_norm", "--plot", str(missing_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    assert run.main(["--quick", "--only", "batch_norm", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_run_rejects_zero_threads_and_an_empty_selection(capsys):
     import run
     with pytest.raises(SystemExit) as exit_info:

@@ -1,6 +1,7 @@
 // Bindings of the runtime: ISA choice, threads, build information.
 #include <cstdlib>
 
+#include "cache.hpp"
 #include "common.hpp"
 
 namespace fusedops::bind {
@@ -61,6 +62,13 @@ void register_runtime(py::module_& m) {
       "Caps the threads of the kernels at n, and sets OpenMP's thread count of the calling "
       "thread to n (what threadpoolctl reports). Default: OpenMP's own setting "
       "(OMP_NUM_THREADS or all cores), which threadpoolctl's limits also control.");
+  m.def(
+      "_set_cache_bytes",
+      [](std::size_t l1d, std::size_t l2, std::size_t last_level) {
+        set_cache_sizes({l1d, l2, last_level});
+      },
+      py::arg("l1d"), py::arg("l2"), py::arg("last_level"),
+      "Replace the cache sizes read at import (for tests of the large-tensor paths).");
   m.def("get_num_threads", &get_num_threads,
         "Threads the next kernel called from this thread will use (1 in a child forked after "
         "the parent ran a parallel kernel: OpenMP's workers do not survive fork).");
@@ -78,6 +86,11 @@ void register_runtime(py::module_& m) {
     info["simd_isa"] = isa_name(current_isa());
     info["num_threads"] = get_num_threads();
     info["forked_single_threaded"] = forked_single_threaded();
+    py::dict caches;
+    caches["l1d"] = cache_sizes().l1d;
+    caches["l2"] = cache_sizes().l2;
+    caches["last_level"] = cache_sizes().last;
+    info["cache_bytes"] = caches;
     return info;
   });
   m.attr("__version__") = FUSEDOPS_VERSION;

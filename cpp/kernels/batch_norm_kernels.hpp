@@ -1,11 +1,13 @@
 // Batch-norm loops, written once and compiled per ISA.
 //
-// The runtime views x as (outer, C, inner) and runs one of two loop shapes:
-// - slab loops walk one contiguous run of a single channel (channel-first layouts: a
-//   block of the spatial extent of one (n, c));
+// The runtime views x as (outer, C, inner) and runs these loop shapes:
+// - slab reductions walk one contiguous run of a single channel (channel-first layouts:
+//   a block of the spatial extent of one (n, c));
+// - run loops (elementwise) walk any contiguous range of channel-first data, a piece per
+//   slab, with per-channel constants;
 // - row loops walk `rows` rows of `cols` contiguous values whose column j belongs to a
 //   channel the runtime knows (channel-last layouts, and channel-first layouts whose
-//   spatial extent is too short for slabs); per-column constants arrive as arrays.
+//   spatial extent is too short for the others); per-column constants arrive as arrays.
 // Every sum is accumulated in double; statistics are taken around a per-channel pivot
 // (a value of the channel), so a large mean does not cancel the small spread.
 #pragma once
@@ -13,24 +15,54 @@
 // Included by isa_table.cpp inside its per-ISA namespace.
 #include "simd_common.hpp"
 
-// Independent accumulators per slab reduction. With 16 double lanes GCC vectorizes
-// across loop iterations and transposes (slower than scalar code); 32 keep the loop a
-// plain vertical one on every ISA.
-template <class T>
-constexpr std::size_t kSlabLanes = sizeof(T) == 8 ? 32 : 16;
+// Eight double lanes as one GCC/Clang generic vector: it lowers to one AVX-512, two
+// AVX2 or four SSE2 registers, so the slab reductions are plain vertical vector code on
+// every ISA. (Written as arrays of doubles, GCC vectorized one of the two sums and kept
+// the other in 16 scalar registers: 2 cycles per element.)
+typedef double Lanes8 __attribute__((vector_size(64)));
+typedef float Floats8 __attribute__((vector_size(32)));
 
-// Two sums over one slab run, kSlabLanes<T> independent accumulators each, combined
-// pairwise in a fixed order: add(i, s1, s2) adds element i's terms to its lane's sums.
-template <class T, class AddTerms>
-void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
-  constexpr std::size_t kLanes = kSlabLanes<T>;
-  double s1[kLanes] = {}, s2[kLanes] = {};
-  std::size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (std::size_t j = 0; j < kLanes; ++j) add(i + j, s1[j], s2[j]);
+inline Lanes8 load_lanes(const float* p) {
+  Floats8 f;
+  __builtin_memcpy(&f, p, sizeof f);
+  return __builtin_convertvector(f, Lanes8);
+}
+inline Lanes8 load_lanes(const double* p) {
+  Lanes8 d;
+  __builtin_memcpy(&d, p, sizeof d);
+  return d;
+}
+
+// Values at p as the accumulator type: 8 lanes, or one double.
+template <class Acc, class T>
+inline Acc load_as(const T* p) {
+  if constexpr (sizeof(Acc) == sizeof(double)) {
+    return double(*p);
+  } else {
+    return load_lanes(p);
   }
+}
+
+// Independent accumulators per slab reduction: 4 vectors of 8 lanes, enough to hide the
+// latency of the adds.
+constexpr std::size_t kSlabLanes = 32;
+
+// Two sums over one slab run, kSlabLanes independent accumulators each (element i goes
+// to lane i % kSlabLanes), combined pairwise in a fixed order. add(i, s1, s2) adds the
+// terms of the elements from i to the sums: 8 of them to Lanes8 sums, one to doubles.
+template <class AddTerms>
+void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
+  constexpr std::size_t kVectors = kSlabLanes / 8;
+  Lanes8 v1[kVectors] = {}, v2[kVectors] = {};
+  std::size_t i = 0;
+  for (; i + kSlabLanes <= n; i += kSlabLanes) {
+    for (std::size_t v = 0; v < kVectors; ++v) add(i + 8 * v, v1[v], v2[v]);
+  }
+  double s1[kSlabLanes], s2[kSlabLanes];
+  __builtin_memcpy(s1, v1, sizeof s1);
+  __builtin_memcpy(s2, v2, sizeof s2);
   for (std::size_t j = 0; i < n; ++i, ++j) add(i, s1[j], s2[j]);
-  for (std::size_t width = kLanes / 2; width > 0; width /= 2) {
+  for (std::size_t width = kSlabLanes / 2; width > 0; width /= 2) {
     for (std::size_t j = 0; j < width; ++j) {
       s1[j] += s1[j + width];
       s2[j] += s2[j + width];
@@ -43,8 +75,9 @@ void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
 // sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
 template <class T>
 void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* sums) {
-  bn_slab_sum_pair<T>(n, [x, pivot](std::size_t i, double& s1, double& s2) {
-    const double d = double(x[i]) - pivot;
+  bn_slab_sum_pair(n, [x, pivot](std::size_t i, auto& s1, auto& s2) {
+    using Acc = std::remove_reference_t<decltype(s1)>;
+    const Acc d = load_as<Acc>(x + i) - pivot;
     s1 += d;
     s2 += d * d;
   }, sums);
@@ -54,46 +87,102 @@ void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* s
 template <class T>
 void bn_slab_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t n,
                        double mean, double* sums) {
-  bn_slab_sum_pair<T>(n, [dy, x, mean](std::size_t i, double& s1, double& s2) {
-    const double g = double(dy[i]);
+  bn_slab_sum_pair(n, [dy, x, mean](std::size_t i, auto& s1, auto& s2) {
+    using Acc = std::remove_reference_t<decltype(s1)>;
+    const Acc g = load_as<Acc>(dy + i);
     s1 += g;
-    s2 += g * (double(x[i]) - mean);
+    s2 += g * (load_as<Acc>(x + i) - mean);
   }, sums);
 }
 
-// y = ((x - mean_hi) - mean_lo) * scale + shift. The mean is split in two values of T
-// (mean_lo = 0 in double, or when the mean is already a value of T): x - mean_hi is
+// A position in channel-first data seen as consecutive slabs of slab_len values whose
+// channel cycles through `channels`: `offset` values into a slab of channel `channel`.
+struct SlabCursor {
+  std::size_t slab_len, channels, offset, channel;
+
+  // Calls piece(begin, count, channel) for each piece of [begin, begin + n) (counted
+  // from where the cursor started; calls continue where the last one ended) that lies
+  // in one slab, and moves the cursor past them.
+  template <class Piece>
+  void walk(std::size_t begin, std::size_t n, const Piece& piece) {
+    while (n > 0) {
+      const std::size_t left = slab_len - offset;
+      const std::size_t count = n < left ? n : left;
+      piece(begin, count, channel);
+      begin += count;
+      n -= count;
+      offset += count;
+      if (offset == slab_len) {
+        offset = 0;
+        if (++channel == channels) channel = 0;
+      }
+    }
+  }
+};
+
+// y = ((x - mean_hi) - mean_lo) * scale + shift over a run of n values of channel-first
+// data starting at `cursor`, with per-channel constants. The mean is split in two values
+// of T (mean_lo = 0 in double, or when the mean is already a value of T): x - mean_hi is
 // exact near the mean, so float32 output keeps its precision when |mean| >> std.
-// `stream` writes with non-temporal stores (see write_values); the caller fences.
+// `stream` writes with non-temporal stores (see write_blocks); the caller fences.
 template <class T, bool kStream>
-void bn_slab_normalize_loop(const T* __restrict x, T* __restrict y, std::size_t n, T mean_hi,
-                            T mean_lo, T scale, T shift) {
-  write_values<kStream>(y, n, [=](std::size_t i) {
-    return ((x[i] - mean_hi) - mean_lo) * scale + shift;
+void bn_runs_normalize_loop(const T* __restrict x, T* __restrict y, std::size_t n,
+                            SlabCursor cursor, const T* __restrict mean_hi,
+                            const T* __restrict mean_lo, const T* __restrict scale,
+                            const T* __restrict shift) {
+  write_blocks<kStream>(y, n, [&](T* __restrict out, std::size_t begin, std::size_t count) {
+    cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
+      const T hi = mean_hi[c], lo = mean_lo[c], sc = scale[c], sh = shift[c];
+      const T* __restrict xs = x + b;
+      T* __restrict o = out + (b - begin);
+      for (std::size_t k = 0; k < m; ++k) o[k] = ((xs[k] - hi) - lo) * sc + sh;
+    });
   });
 }
 
 template <class T>
-void bn_slab_normalize(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T scale, T shift,
+void bn_runs_normalize(const T* x, T* y, std::size_t n, std::size_t slab_len,
+                       std::size_t channels, std::size_t offset, std::size_t channel,
+                       const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
                        bool stream) {
-  with_flags([&](auto s) { bn_slab_normalize_loop<T, s>(x, y, n, mean_hi, mean_lo, scale, shift); },
-             stream);
+  const SlabCursor cursor{slab_len, channels, offset, channel};
+  with_flags(
+      [&](auto s) {
+        bn_runs_normalize_loop<T, s>(x, y, n, cursor, mean_hi, mean_lo, scale, shift);
+      },
+      stream);
 }
 
-// dx = dy * k_dy + (x - mean) * k_x + k_0; kCentered = false drops the x terms (eval).
+// dx = dy * k_dy + ((x - mean_hi) - mean_lo) * k_x + k_0 over a run as above;
+// kCentered = false drops the x terms (eval).
 template <class T, bool kCentered, bool kStream>
-void bn_slab_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
-                     std::size_t n, T k_dy, T mean, T k_x, T k_0) {
-  write_values<kStream>(dx, n, [=](std::size_t i) {
-    return kCentered ? dy[i] * k_dy + ((x[i] - mean) * k_x + k_0) : dy[i] * k_dy;
+void bn_runs_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
+                     std::size_t n, SlabCursor cursor, const T* __restrict k_dy,
+                     const T* __restrict mean_hi, const T* __restrict mean_lo,
+                     const T* __restrict k_x, const T* __restrict k_0) {
+  write_blocks<kStream>(dx, n, [&](T* __restrict out, std::size_t begin, std::size_t count) {
+    cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
+      const T kd = k_dy[c], hi = mean_hi[c], lo = mean_lo[c], kx = k_x[c], k0 = k_0[c];
+      const T* __restrict gs = dy + b;
+      const T* __restrict xs = x + b;
+      T* __restrict o = out + (b - begin);
+      for (std::size_t k = 0; k < m; ++k) {
+        o[k] = kCentered ? gs[k] * kd + (((xs[k] - hi) - lo) * kx + k0) : gs[k] * kd;
+      }
+    });
   });
 }
 
 template <class T>
-void bn_slab_dx(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x, T k_0,
-                bool centered, bool stream) {
+void bn_runs_dx(const T* dy, const T* x, T* dx, std::size_t n, std::size_t slab_len,
+                std::size_t channels, std::size_t offset, std::size_t channel, const T* k_dy,
+                const T* mean_hi, const T* mean_lo, const T* k_x, const T* k_0, bool centered,
+                bool stream) {
+  const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
-      [&](auto c, auto s) { bn_slab_dx_loop<T, c, s>(dy, x, dx, n, k_dy, mean, k_x, k_0); },
+      [&](auto c, auto s) {
+        bn_runs_dx_loop<T, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, mean_lo, k_x, k_0);
+      },
       centered, stream);
 }
 
@@ -190,25 +279,28 @@ void bn_rows_normalize(const T* x, T* y, std::size_t rows, std::size_t stride, s
 template <class T, bool kCentered, bool kStream>
 void bn_rows_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
-                     const T* __restrict k_dy, const T* __restrict mean,
-                     const T* __restrict k_x, const T* __restrict k_0) {
+                     const T* __restrict k_dy, const T* __restrict mean_hi,
+                     const T* __restrict mean_lo, const T* __restrict k_x,
+                     const T* __restrict k_0) {
   for (std::size_t r = 0; r < rows; ++r) {
     const T* __restrict gr = dy + r * stride;
     const T* __restrict xr = x + r * stride;
     write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
-      return kCentered ? gr[j] * k_dy[j] + ((xr[j] - mean[j]) * k_x[j] + k_0[j])
-                       : gr[j] * k_dy[j];
+      return kCentered
+                 ? gr[j] * k_dy[j] + (((xr[j] - mean_hi[j]) - mean_lo[j]) * k_x[j] + k_0[j])
+                 : gr[j] * k_dy[j];
     });
   }
 }
 
 template <class T>
 void bn_rows_dx(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
-                std::size_t cols, const T* k_dy, const T* mean, const T* k_x, const T* k_0,
-                bool centered, bool stream) {
+                std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                const T* k_x, const T* k_0, bool centered, bool stream) {
   with_flags(
       [&](auto c, auto s) {
-        bn_rows_dx_loop<T, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean, k_x, k_0);
+        bn_rows_dx_loop<T, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo, k_x,
+                                 k_0);
       },
       centered, stream);
 }

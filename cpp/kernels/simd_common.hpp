@@ -38,26 +38,31 @@ inline void with_flags_impl(F&& f, bool first, Flags... rest) {
 template <class F, class... Flags>
 inline void with_flags(F&& f, Flags... flags) { with_flags_impl(f, flags...); }
 
-// Writes dst[i] = value(i) for i < n. With kStream, whole 16-byte-aligned tiles are
-// computed into an L1 buffer and written with non-temporal stores: a large output then
-// costs its bytes once (no read-for-ownership of the destination lines) and does not
-// evict the inputs from the cache. Each thread calls stream_fence() after its streaming
-// writes (once per batch of work: a fence costs about as much as a short kernel call).
+// Writes n values to dst: fill(out, begin, count) computes values [begin, begin + count)
+// into out[0, count), and is called for consecutive ranges in increasing order. With
+// kStream, whole 16-byte-aligned tiles are computed into an L1 buffer and written with
+// non-temporal stores: a large output then costs its bytes once (no read-for-ownership
+// of the destination lines) and does not evict the inputs from the cache. Each thread
+// calls stream_fence() after its streaming writes (once per batch of work: a fence costs
+// about as much as a short kernel call).
 constexpr std::size_t kStreamTileBytes = 256;
 
-template <bool kStream, class T, class Value>
-inline void write_values(T* __restrict dst, std::size_t n, const Value& value) {
+template <bool kStream, class T, class Fill>
+inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill) {
   std::size_t i = 0;
 #if defined(__SSE2__)
   if (kStream) {
     constexpr std::size_t tile = kStreamTileBytes / sizeof(T);
     constexpr std::size_t granule = 16 / sizeof(T);
-    for (; i < n && reinterpret_cast<std::uintptr_t>(dst + i) % 16 != 0; ++i) dst[i] = value(i);
+    std::size_t head = (16 - reinterpret_cast<std::uintptr_t>(dst) % 16) % 16 / sizeof(T);
+    if (head > n) head = n;
+    if (head > 0) fill(dst, 0, head);
+    i = head;
     alignas(64) T buffer[tile];
     while (i + granule <= n) {
       // A whole tile, or the last whole 16-byte granules (a partial tile).
       const std::size_t count = i + tile <= n ? tile : (n - i) / granule * granule;
-      for (std::size_t j = 0; j < count; ++j) buffer[j] = value(i + j);
+      fill(buffer, i, count);
       char* out = reinterpret_cast<char*>(dst + i);
       const char* in = reinterpret_cast<const char*>(buffer);
       for (std::size_t b = 0; b < count * sizeof(T); b += 16) {
@@ -68,7 +73,15 @@ inline void write_values(T* __restrict dst, std::size_t n, const Value& value) {
     }
   }
 #endif
-  for (; i < n; ++i) dst[i] = value(i);
+  if (i < n) fill(dst + i, i, n - i);
+}
+
+// dst[i] = value(i) for i < n, written as write_blocks writes.
+template <bool kStream, class T, class Value>
+inline void write_values(T* __restrict dst, std::size_t n, const Value& value) {
+  write_blocks<kStream>(dst, n, [&value](T* __restrict out, std::size_t begin, std::size_t count) {
+    for (std::size_t j = 0; j < count; ++j) out[j] = value(begin + j);
+  });
 }
 
 // Orders the non-temporal stores before anything the thread does next.

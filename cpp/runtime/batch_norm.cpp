@@ -1,35 +1,81 @@
-// Batch norm forward and backward: one reduction pass and one elementwise pass each.
+// Batch norm: the split pieces (statistics, elementwise normalize, gradient sums,
+// elementwise dx) and the forward and backward composed of them.
 //
 // x is viewed as (outer, C, inner). The work is cut into units whose boundaries depend
 // only on the shape: per-(n, c) slab blocks when the spatial extent is long enough
 // (channel-first), otherwise (row group, column block) tiles of the rows of C * inner
 // contiguous values (channel-last, or short spatial extents). Reduction units write
 // partial sums to their own slots, combined per channel in unit order: results are
-// bitwise identical for any thread count. Per-channel constants are derived in double.
+// bitwise identical for any thread count. Per-channel constants are derived in double;
+// statistics cross the API in double, so a float32 mean is never rounded on its way
+// from the forward to the backward.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
+#include "cache.hpp"
 #include "work.hpp"
 
 namespace fusedops {
 
 namespace {
 
-// A spatial extent shorter than this runs as rows (the slab loops would mostly be tails).
-constexpr std::size_t kMinSlab = 16;
+// Channel-first reductions with a spatial extent shorter than this run as rows: a slab
+// unit pays a call and a horizontal sum of its lanes, which short slabs do not amortize.
+constexpr std::size_t kMinReduceSlab = 512;
+// Channel-first elementwise passes with a spatial extent shorter than this run as rows
+// (a run's per-slab pieces would be mostly vector tails).
+constexpr std::size_t kMinRunSlab = 32;
 // Rows are split into at most this many groups, each with its own row of partial sums...
 constexpr std::size_t kMaxRowGroups = 64;
+// ...each tile (group x column block) of at least this many values (a group's partial
+// row costs a pass over its columns to clear and to combine: small inputs get one group
+// and no combine to speak of)...
+constexpr std::size_t kRowTileElements = 16 * 1024;
 // ...and fewer when rows are long, so the partials stay within this many doubles.
 constexpr std::size_t kRowPartialBudget = std::size_t(1) << 16;
 // Columns per row tile: the tile's accumulators (2 doubles per column) stay in L1.
 constexpr std::size_t kColBlock = 512;
-// Outputs at least this large are written with non-temporal stores: they would not stay
-// in cache anyway, and the stores then skip reading the destination and keep the inputs
-// cached for the pass that follows.
-constexpr std::size_t kStreamMinBytes = std::size_t(16) << 20;
+
+constexpr std::size_t kLineBytes = 64;
+
+// Per-thread memory reused from call to call for a call's temporaries (per-channel
+// constants, partial sums): after the first calls of a shape, a call allocates nothing.
+// Frames nest: what a Scratch takes is given back when it goes out of scope.
+class Scratch {
+ public:
+  Scratch() : pool_(pool()), first_(pool_.used) {}
+  ~Scratch() { pool_.used = first_; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+
+  // n values of V (unspecified contents) starting on a cache line.
+  template <class V>
+  V* take(std::size_t n) {
+    if (pool_.used == pool_.buffers.size()) pool_.buffers.emplace_back();
+    std::vector<unsigned char>& buffer = pool_.buffers[pool_.used++];
+    const std::size_t bytes = n * sizeof(V) + kLineBytes;
+    if (buffer.size() < bytes) buffer.resize(bytes);
+    const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(buffer.data()) + kLineBytes - 1) &
+                              ~std::uintptr_t(kLineBytes - 1);
+    return reinterpret_cast<V*>(at);
+  }
+
+ private:
+  struct Pool {
+    std::vector<std::vector<unsigned char>> buffers;
+    std::size_t used = 0;
+  };
+  static Pool& pool() {
+    thread_local Pool p;
+    return p;
+  }
+  Pool& pool_;
+  std::size_t first_;
+};
 
 struct SlabUnit {
   std::size_t offset;
@@ -45,44 +91,68 @@ struct RowUnit {
   std::size_t group;
 };
 
+// A contiguous range of channel-first data, `slab_offset` values into a slab of `channel`.
+struct RunUnit {
+  std::size_t offset;
+  std::size_t length;
+  std::size_t slab_offset;
+  std::size_t channel;
+};
+
+// How a shape is cut into units. Reductions run over slab units (channel-first, long
+// spatial extent) or row tiles; elementwise passes over runs (channel-first) or row tiles.
+// Unit boundaries depend only on the shape, never on the thread count.
 class Plan {
  public:
   Plan(const BatchNormShape& shape, std::size_t element_bytes)
       : outer_(shape.outer), channels_(shape.channels), inner_(shape.inner),
-        element_bytes_(element_bytes) {
+        element_bytes_(element_bytes), chunk_(kChunkBytes / element_bytes) {
     if (channels_ == 1) {  // one channel: the whole array is one slab
       inner_ *= outer_;
       outer_ = 1;
     }
-    slab_ = inner_ >= kMinSlab;
-    if (slab_) {
-      block_ = kChunkBytes / element_bytes;
-      blocks_per_slab_ = (inner_ + block_ - 1) / block_;
-      units_ = outer_ * channels_ * blocks_per_slab_;
-    } else {
-      cols_ = channels_ * inner_;
-      const std::size_t budget_groups = kRowPartialBudget / std::max<std::size_t>(cols_, 1);
-      groups_ = std::min({outer_, kMaxRowGroups, std::max<std::size_t>(1, budget_groups)});
-      col_blocks_ = (cols_ + kColBlock - 1) / kColBlock;
-      units_ = groups_ * col_blocks_;
+    total_ = outer_ * channels_ * inner_;
+    reduce_slabs_ = inner_ >= kMinReduceSlab;
+    runs_ = inner_ >= kMinRunSlab;
+    if (reduce_slabs_) {
+      blocks_per_slab_ = (inner_ + chunk_ - 1) / chunk_;
+      slab_units_ = outer_ * channels_ * blocks_per_slab_;
     }
+    if (!reduce_slabs_ || !runs_) {
+      cols_ = channels_ * inner_;
+      col_blocks_ = (cols_ + kColBlock - 1) / kColBlock;
+      const std::size_t budget_groups = kRowPartialBudget / std::max<std::size_t>(cols_, 1);
+      const std::size_t work_groups = total_ / (kRowTileElements * std::max<std::size_t>(col_blocks_, 1));
+      groups_ = std::max<std::size_t>(
+          1, std::min({outer_, kMaxRowGroups, budget_groups, work_groups}));
+      row_units_ = groups_ * col_blocks_;
+    }
+    if (runs_) run_units_ = (total_ + chunk_ - 1) / chunk_;
   }
 
-  bool slab() const { return slab_; }
+  bool reduce_slabs() const { return reduce_slabs_; }
+  bool runs() const { return runs_; }
+  std::size_t outer() const { return outer_; }
   std::size_t channels() const { return channels_; }
   std::size_t inner() const { return inner_; }
   std::size_t per_channel() const { return outer_ * inner_; }
-  std::size_t units() const { return units_; }
-  bool stream_output() const {
-    return outer_ * channels_ * inner_ * element_bytes_ >= kStreamMinBytes;
+  std::size_t blocks_per_slab() const { return blocks_per_slab_; }
+  // An elementwise pass over `arrays` x-shaped arrays (inputs and output) writes its
+  // output with non-temporal stores when they do not fit in the last-level cache
+  // together: the output would not stay in cache anyway, and the stores then skip
+  // reading the destination and keep the inputs cached. Below that, the output stays in
+  // cache for whatever reads it next (on a machine with a large L3, streaming sent
+  // arrays that fit in it to DRAM).
+  bool stream_output(std::size_t arrays) const {
+    return arrays * total_ * element_bytes_ > cache_sizes().last;
   }
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
 
   SlabUnit slab_unit(std::size_t u) const {
     const std::size_t slab = u / blocks_per_slab_;
-    const std::size_t begin = (u % blocks_per_slab_) * block_;
-    return {slab * inner_ + begin, std::min(inner_, begin + block_) - begin, slab % channels_};
+    const std::size_t begin = (u % blocks_per_slab_) * chunk_;
+    return {slab * inner_ + begin, std::min(inner_, begin + chunk_) - begin, slab % channels_};
   }
 
   RowUnit row_unit(std::size_t u) const {
@@ -93,96 +163,116 @@ class Plan {
             std::min(cols_, col + kColBlock) - col, group};
   }
 
-  std::size_t cost(std::size_t u) const {
-    if (slab_) return slab_unit(u).length;
+  RunUnit run_unit(std::size_t u) const {
+    const std::size_t begin = u * chunk_;
+    const std::size_t slab = begin / inner_;
+    return {begin, std::min(total_, begin + chunk_) - begin, begin - slab * inner_,
+            slab % channels_};
+  }
+
+  WorkList slab_work() const {
+    return WorkList::units(slab_units_, element_bytes_,
+                           [this](std::size_t u) { return slab_unit(u).length; });
+  }
+  WorkList row_work() const {
+    return WorkList::units(row_units_, element_bytes_, [this](std::size_t u) { return row_cost(u); });
+  }
+  // The row tiles from last to first: item u of this list is tile last_first(u). The
+  // backward's row path runs its elementwise pass backwards, starting on the dy and x the
+  // reduction pass read last, part of which the cache still holds (channel-last, 2
+  // threads: about 3% faster; the same order in the forward measured no difference).
+  WorkList row_work_backwards() const {
+    return WorkList::units(row_units_, element_bytes_,
+                           [this](std::size_t u) { return row_cost(last_first(u)); });
+  }
+  std::size_t last_first(std::size_t u) const { return row_units_ - 1 - u; }
+  WorkList run_work() const {
+    return WorkList::units(run_units_, element_bytes_,
+                           [this](std::size_t u) { return run_unit(u).length; });
+  }
+
+ private:
+  std::size_t row_begin(std::size_t group) const { return group * outer_ / groups_; }
+  std::size_t row_cost(std::size_t u) const {
     const RowUnit r = row_unit(u);
     return r.rows * r.cols;
   }
 
-  WorkList work() const {
-    return WorkList::units(units_, element_bytes_, [this](std::size_t u) { return cost(u); });
-  }
-  // The units from last to first: item u of this list is unit last_first(u). The
-  // backward's row path runs its elementwise pass backwards, starting on the dy and x the
-  // reduction pass read last, part of which the cache still holds (channel-last, 2
-  // threads: about 3% faster; the same order in the forward measured no difference).
-  WorkList work_backwards() const {
-    return WorkList::units(units_, element_bytes_,
-                           [this](std::size_t u) { return cost(last_first(u)); });
-  }
-  std::size_t last_first(std::size_t u) const { return units_ - 1 - u; }
-
- private:
-  std::size_t row_begin(std::size_t group) const { return group * outer_ / groups_; }
-
-  std::size_t outer_, channels_, inner_, element_bytes_;
-  bool slab_ = false;
-  std::size_t units_ = 0;
-  std::size_t block_ = 0, blocks_per_slab_ = 0;              // slab units
-  std::size_t cols_ = 0, groups_ = 0, col_blocks_ = 0;       // row units
-};
-
-constexpr std::size_t kDoublesPerLine = 64 / sizeof(double);
-
-// The first cache-line boundary at or after p (p's buffer has a line to spare).
-double* cache_line_aligned(double* p) {
-  const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t(63);
-  return reinterpret_cast<double*>(at);
-}
-
-// Per-channel sums of a reduction pass: first[c] and second[c].
-struct ChannelSums {
-  std::vector<double> first, second;
+  std::size_t outer_, channels_, inner_, element_bytes_, chunk_;
+  std::size_t total_ = 0;
+  bool reduce_slabs_ = false, runs_ = false;
+  std::size_t blocks_per_slab_ = 0, slab_units_ = 0;              // slab units
+  std::size_t cols_ = 0, groups_ = 0, col_blocks_ = 0, row_units_ = 0;  // row tiles
+  std::size_t run_units_ = 0;                                      // runs
 };
 
 // Runs a two-sum reduction over all units and combines the partials per channel in
-// unit order. slab_sums(unit, sums[2]) and row_sums(unit, first_row, second_row) fill
-// one unit's partials; row partial rows are indexed by column.
+// unit order into first[c] and second[c]. slab_sums(unit, sums[2]) and
+// row_sums(unit, first_row, second_row) fill one unit's partials; row partial rows are
+// indexed by column.
 template <class SlabSums, class RowSums>
-ChannelSums reduce(const Plan& plan, const WorkList& work, SlabSums slab_sums,
-                   RowSums row_sums) {
-  const std::size_t channels = plan.channels();
-  ChannelSums total{std::vector<double>(channels, 0.0), std::vector<double>(channels, 0.0)};
-  if (plan.slab()) {
-    std::vector<double> partials(2 * plan.units());
+void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* first,
+            double* second) {
+  Scratch scratch;
+  const std::size_t channels = plan.channels(), inner = plan.inner();
+  std::fill(first, first + channels, 0.0);
+  std::fill(second, second + channels, 0.0);
+  if (plan.reduce_slabs()) {
+    const WorkList work = plan.slab_work();
+    double* partials = scratch.take<double>(2 * work.items().size());
     work.run([&](std::size_t u, const WorkItem&) {
-      slab_sums(plan.slab_unit(u), &partials[2 * u]);
+      slab_sums(plan.slab_unit(u), partials + 2 * u);
     });
-    for (std::size_t u = 0; u < plan.units(); ++u) {
-      const std::size_t c = plan.slab_unit(u).channel;
-      total.first[c] += partials[2 * u];
-      total.second[c] += partials[2 * u + 1];
-    }
-  } else {
-    // The accumulator rows are updated for every row of data: each group's rows start on
-    // their own cache lines, or two threads would keep stealing the line they share.
-    const std::size_t cols = plan.cols(), groups = plan.groups();
-    const std::size_t stride = (cols + kDoublesPerLine - 1) / kDoublesPerLine * kDoublesPerLine;
-    std::vector<double> storage(2 * groups * stride + kDoublesPerLine);
-    double* first = cache_line_aligned(storage.data());
-    double* second = first + groups * stride;
-    work.run([&](std::size_t u, const WorkItem&) {
-      const RowUnit r = plan.row_unit(u);
-      const std::size_t at = r.group * stride + r.col;
-      row_sums(r, first + at, second + at);
-    });
-    for (std::size_t g = 0; g < groups; ++g) {
-      for (std::size_t col = 0; col < cols; ++col) {
-        const std::size_t c = col / plan.inner();
-        total.first[c] += first[g * stride + col];
-        total.second[c] += second[g * stride + col];
+    const double* p = partials;
+    for (std::size_t o = 0; o < plan.outer(); ++o) {
+      for (std::size_t c = 0; c < channels; ++c) {
+        for (std::size_t b = 0; b < plan.blocks_per_slab(); ++b, p += 2) {
+          first[c] += p[0];
+          second[c] += p[1];
+        }
       }
     }
+    return;
   }
-  return total;
+  // The accumulator rows are updated for every row of data: each group's rows start on
+  // their own cache lines, or two threads would keep stealing the line they share.
+  const std::size_t groups = plan.groups();
+  constexpr std::size_t kDoublesPerLine = kLineBytes / sizeof(double);
+  const std::size_t stride =
+      (plan.cols() + kDoublesPerLine - 1) / kDoublesPerLine * kDoublesPerLine;
+  double* first_rows = scratch.take<double>(groups * stride);
+  double* second_rows = scratch.take<double>(groups * stride);
+  plan.row_work().run([&](std::size_t u, const WorkItem&) {
+    const RowUnit r = plan.row_unit(u);
+    const std::size_t at = r.group * stride + r.col;
+    row_sums(r, first_rows + at, second_rows + at);
+  });
+  for (std::size_t g = 0; g < groups; ++g) {
+    const double* __restrict f = first_rows + g * stride;
+    const double* __restrict s = second_rows + g * stride;
+    for (std::size_t c = 0; c < channels; ++c, f += inner, s += inner) {
+      double f_sum = 0.0, s_sum = 0.0;
+      for (std::size_t i = 0; i < inner; ++i) {
+        f_sum += f[i];
+        s_sum += s[i];
+      }
+      first[c] += f_sum;
+      second[c] += s_sum;
+    }
+  }
 }
 
-// Expands per-channel values to per-column values of a row (channel of column j is
-// j / inner).
+// Per-channel values repeated for each column of a row (column j holds channel
+// j / inner); the values themselves when inner is 1.
 template <class V>
-std::vector<V> per_column(const Plan& plan, const std::vector<V>& per_channel) {
-  std::vector<V> out(plan.cols());
-  for (std::size_t j = 0; j < out.size(); ++j) out[j] = per_channel[j / plan.inner()];
+const V* per_column(const Plan& plan, const V* per_channel, Scratch& scratch) {
+  const std::size_t inner = plan.inner();
+  if (inner == 1) return per_channel;
+  V* out = scratch.take<V>(plan.cols());
+  V* o = out;
+  for (std::size_t c = 0; c < plan.channels(); ++c) {
+    for (std::size_t i = 0; i < inner; ++i) *o++ = per_channel[c];
+  }
   return out;
 }
 
@@ -195,39 +285,165 @@ auto stream_fence_after_batch(const TypedKernels<T>& k, bool stream) {
   };
 }
 
+// The mean as a value of T plus the remainder (0 in double, or when the mean is a value
+// of T): x - hi is exact near the mean, so float32 keeps its precision when
+// |mean| >> std.
+template <class T>
+void split_mean(double mean, T* hi, T* lo) {
+  *hi = T(mean);
+  *lo = T(mean - double(*hi));
+}
+
+template <class T>
+void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
+  const auto& k = current_kernels().typed<T>();
+  const std::size_t channels = plan.channels();
+  if (plan.per_channel() == 0) {
+    std::fill(mean, mean + channels, 0.0);
+    std::fill(m2, m2 + channels, 0.0);
+    return;
+  }
+  Scratch scratch;
+  // Sums are taken around a value of each channel (its first), so they see the spread,
+  // not the mean; exact enough in double even when that value is far out.
+  double* pivot = scratch.take<double>(channels);
+  for (std::size_t c = 0; c < channels; ++c) pivot[c] = double(x[c * plan.inner()]);
+  const double* pivot_col = plan.reduce_slabs() ? nullptr : per_column(plan, pivot, scratch);
+  double* sum = scratch.take<double>(channels);
+  double* sum_sq = scratch.take<double>(channels);
+  reduce(
+      plan,
+      [&](const SlabUnit& s, double* out) {
+        k.bn_slab_stats(x + s.offset, s.length, pivot[s.channel], out);
+      },
+      [&](const RowUnit& r, double* first, double* second) {
+        k.bn_rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first,
+                        second);
+      },
+      sum, sum_sq);
+  const double count = double(plan.per_channel());
+  for (std::size_t c = 0; c < channels; ++c) {
+    const double shift = sum[c] / count;
+    const double spread = sum_sq[c] - sum[c] * shift;
+    mean[c] = pivot[c] + shift;
+    m2[c] = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
+  }
+}
+
+template <class T>
+void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const double* invstd,
+                 const T* weight, const T* bias) {
+  const auto& k = current_kernels().typed<T>();
+  const std::size_t channels = plan.channels();
+  Scratch scratch;
+  T* mean_hi = scratch.take<T>(channels);
+  T* mean_lo = scratch.take<T>(channels);
+  T* scale = scratch.take<T>(channels);
+  T* shift = scratch.take<T>(channels);
+  for (std::size_t c = 0; c < channels; ++c) {
+    split_mean(mean[c], &mean_hi[c], &mean_lo[c]);
+    scale[c] = T(invstd[c] * (weight ? double(weight[c]) : 1.0));
+    shift[c] = bias ? bias[c] : T(0);
+  }
+  const bool stream = plan.stream_output(2);
+  const auto fence = stream_fence_after_batch(k, stream);
+  if (plan.runs()) {
+    plan.run_work().run([&](std::size_t u, const WorkItem&) {
+      const RunUnit r = plan.run_unit(u);
+      k.bn_runs_normalize(x + r.offset, y + r.offset, r.length, plan.inner(), channels,
+                          r.slab_offset, r.channel, mean_hi, mean_lo, scale, shift, stream);
+    }, fence);
+    return;
+  }
+  const T* hi = per_column(plan, mean_hi, scratch);
+  const T* lo = per_column(plan, mean_lo, scratch);
+  const T* sc = per_column(plan, scale, scratch);
+  const T* sh = per_column(plan, shift, scratch);
+  plan.row_work().run([&](std::size_t u, const WorkItem&) {
+    const RowUnit r = plan.row_unit(u);
+    k.bn_rows_normalize(x + r.offset, y + r.offset, r.rows, plan.cols(), r.cols, hi + r.col,
+                        lo + r.col, sc + r.col, sh + r.col, stream);
+  }, fence);
+}
+
+template <class T>
+void backward_reduce_typed(const Plan& plan, const T* dy, const T* x, const double* mean,
+                           const double* invstd, double* sum_dy, double* sum_dy_xhat) {
+  const auto& k = current_kernels().typed<T>();
+  Scratch scratch;
+  const double* mean_col = plan.reduce_slabs() ? nullptr : per_column(plan, mean, scratch);
+  reduce(
+      plan,
+      [&](const SlabUnit& s, double* out) {
+        k.bn_slab_grad_sums(dy + s.offset, x + s.offset, s.length, mean[s.channel], out);
+      },
+      [&](const RowUnit& r, double* first, double* second) {
+        k.bn_rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
+                            mean_col + r.col, first, second);
+      },
+      sum_dy, sum_dy_xhat);
+  for (std::size_t c = 0; c < plan.channels(); ++c) sum_dy_xhat[c] *= invstd[c];
+}
+
+// centered = false: dx = dy * weight * invstd (eval mode; the sums are not read).
+template <class T>
+void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, const T* weight,
+                          const double* mean, const double* invstd, const double* sum_dy,
+                          const double* sum_dy_xhat, double count, bool centered) {
+  const auto& k = current_kernels().typed<T>();
+  const std::size_t channels = plan.channels();
+  Scratch scratch;
+  T* k_dy = scratch.take<T>(channels);
+  T* mean_hi = scratch.take<T>(channels);
+  T* mean_lo = scratch.take<T>(channels);
+  T* k_x = scratch.take<T>(channels);
+  T* k_0 = scratch.take<T>(channels);
+  for (std::size_t c = 0; c < channels; ++c) {
+    // dx = w * invstd * (dy - sum_dy / M - xhat * sum_dy_xhat / M), xhat = (x - mean) * invstd
+    const double scale = (weight ? double(weight[c]) : 1.0) * invstd[c];
+    k_dy[c] = T(scale);
+    split_mean(mean[c], &mean_hi[c], &mean_lo[c]);
+    k_x[c] = centered ? T(-scale * invstd[c] * sum_dy_xhat[c] / count) : T(0);
+    k_0[c] = centered ? T(-scale * sum_dy[c] / count) : T(0);
+  }
+  const bool stream = plan.stream_output(3);
+  const auto fence = stream_fence_after_batch(k, stream);
+  if (plan.runs()) {
+    plan.run_work().run([&](std::size_t u, const WorkItem&) {
+      const RunUnit r = plan.run_unit(u);
+      k.bn_runs_dx(dy + r.offset, x + r.offset, dx + r.offset, r.length, plan.inner(),
+                   channels, r.slab_offset, r.channel, k_dy, mean_hi, mean_lo, k_x, k_0,
+                   centered, stream);
+    }, fence);
+    return;
+  }
+  const T* kd = per_column(plan, k_dy, scratch);
+  const T* hi = per_column(plan, mean_hi, scratch);
+  const T* lo = per_column(plan, mean_lo, scratch);
+  const T* kx = per_column(plan, k_x, scratch);
+  const T* k0 = per_column(plan, k_0, scratch);
+  plan.row_work_backwards().run([&](std::size_t u, const WorkItem&) {
+    const RowUnit r = plan.row_unit(plan.last_first(u));
+    k.bn_rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
+                 kd + r.col, hi + r.col, lo + r.col, kx + r.col, k0 + r.col, centered, stream);
+  }, fence);
+}
+
 template <class T>
 void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
-  const auto& k = current_kernels().typed<T>();
   const Plan plan(shape, sizeof(T));
-  const WorkList work = plan.work();
   const std::size_t channels = plan.channels();
-  const T* x = static_cast<const T*>(a.x);
-  T* y = static_cast<T*>(a.y);
   T* running_mean = static_cast<T*>(a.running_mean);
   T* running_var = static_cast<T*>(a.running_var);
-
-  std::vector<double> mean(channels), invstd(channels);
-  if (a.training && plan.per_channel() > 0) {
-    // Shift by a value of each channel (its first) so the sums see the spread, not the
-    // mean; exact enough in double even when that value is far out.
-    std::vector<double> pivot(channels);
-    for (std::size_t c = 0; c < channels; ++c) pivot[c] = double(x[c * plan.inner()]);
-    const auto pivot_col = plan.slab() ? std::vector<double>() : per_column(plan, pivot);
-    const ChannelSums sums = reduce(
-        plan, work,
-        [&](const SlabUnit& s, double* out) {
-          k.bn_slab_stats(x + s.offset, s.length, pivot[s.channel], out);
-        },
-        [&](const RowUnit& r, double* sum, double* sum_sq) {
-          k.bn_rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, &pivot_col[r.col], sum,
-                          sum_sq);
-        });
+  double* mean = a.save_mean;
+  double* invstd = a.save_invstd;
+  if (a.training) {
+    Scratch scratch;
+    double* m2 = scratch.take<double>(channels);
+    stats_typed(plan, static_cast<const T*>(a.x), mean, m2);
     const double count = double(plan.per_channel());
     for (std::size_t c = 0; c < channels; ++c) {
-      const double shift = sums.first[c] / count;
-      const double spread = sums.second[c] / count - shift * shift;
-      const double var = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
-      mean[c] = pivot[c] + shift;
+      const double var = m2[c] / count;
       invstd[c] = 1.0 / std::sqrt(var + a.eps);
       if (running_mean != nullptr) {
         const double unbiased = var * (count / (count - 1.0));
@@ -236,117 +452,50 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
         running_var[c] = T(keep * double(running_var[c]) + a.momentum * unbiased);
       }
     }
-  } else if (!a.training) {
+  } else {
     for (std::size_t c = 0; c < channels; ++c) {
       mean[c] = double(running_mean[c]);
       invstd[c] = 1.0 / std::sqrt(double(running_var[c]) + a.eps);
     }
   }
-
-  const T* weight = static_cast<const T*>(a.weight);
-  const T* bias = static_cast<const T*>(a.bias);
-  T* save_mean = static_cast<T*>(a.save_mean);
-  T* save_invstd = static_cast<T*>(a.save_invstd);
-  std::vector<T> mean_hi(channels), mean_lo(channels), scale(channels), shift(channels);
-  for (std::size_t c = 0; c < channels; ++c) {
-    mean_hi[c] = T(mean[c]);
-    mean_lo[c] = T(mean[c] - double(mean_hi[c]));
-    scale[c] = T(invstd[c] * (weight ? double(weight[c]) : 1.0));
-    shift[c] = bias ? bias[c] : T(0);
-    save_mean[c] = mean_hi[c];
-    save_invstd[c] = T(invstd[c]);
-  }
-
-  const bool stream = plan.stream_output();
-  const auto fence = stream_fence_after_batch(k, stream);
-  if (plan.slab()) {
-    work.run([&](std::size_t u, const WorkItem&) {
-      const SlabUnit s = plan.slab_unit(u);
-      const std::size_t c = s.channel;
-      k.bn_slab_normalize(x + s.offset, y + s.offset, s.length, mean_hi[c], mean_lo[c],
-                          scale[c], shift[c], stream);
-    }, fence);
-  } else {
-    const auto hi = per_column(plan, mean_hi), lo = per_column(plan, mean_lo);
-    const auto sc = per_column(plan, scale), sh = per_column(plan, shift);
-    work.run([&](std::size_t u, const WorkItem&) {
-      const RowUnit r = plan.row_unit(u);
-      k.bn_rows_normalize(x + r.offset, y + r.offset, r.rows, plan.cols(), r.cols, &hi[r.col],
-                          &lo[r.col], &sc[r.col], &sh[r.col], stream);
-    }, fence);
-  }
+  elemt_typed(plan, static_cast<const T*>(a.x), static_cast<T*>(a.y), mean, invstd,
+              static_cast<const T*>(a.weight), static_cast<const T*>(a.bias));
 }
 
 template <class T>
 void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a) {
-  const auto& k = current_kernels().typed<T>();
   const Plan plan(shape, sizeof(T));
-  const WorkList work = plan.work();
   const std::size_t channels = plan.channels();
   const T* dy = static_cast<const T*>(a.dy);
   const T* x = static_cast<const T*>(a.x);
-  T* dx = static_cast<T*>(a.dx);
   const T* weight = static_cast<const T*>(a.weight);
-  const T* save_mean = static_cast<const T*>(a.save_mean);
-  const T* save_invstd = static_cast<const T*>(a.save_invstd);
-
-  // sum(dy) and sum(dy * (x - mean)) per channel; eval mode without weight needs neither.
-  ChannelSums sums{std::vector<double>(channels, 0.0), std::vector<double>(channels, 0.0)};
+  Scratch scratch;
+  double* sum_dy = scratch.take<double>(channels);
+  double* sum_dy_xhat = scratch.take<double>(channels);
+  // Eval mode without weight needs neither sum.
   if (a.training || weight != nullptr) {
-    std::vector<double> mean(channels);
-    for (std::size_t c = 0; c < channels; ++c) mean[c] = double(save_mean[c]);
-    const auto mean_col = plan.slab() ? std::vector<double>() : per_column(plan, mean);
-    sums = reduce(
-        plan, work,
-        [&](const SlabUnit& s, double* out) {
-          k.bn_slab_grad_sums(dy + s.offset, x + s.offset, s.length, mean[s.channel], out);
-        },
-        [&](const RowUnit& r, double* sum_dy, double* sum_dyx) {
-          k.bn_rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
-                              &mean_col[r.col], sum_dy, sum_dyx);
-        });
+    backward_reduce_typed(plan, dy, x, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat);
   }
-
-  const double count = double(plan.per_channel());
-  const bool centered = a.training && count > 0;
-  T* grad_weight = static_cast<T*>(a.grad_weight);
-  T* grad_bias = static_cast<T*>(a.grad_bias);
-  std::vector<T> k_dy(channels), k_x(channels), k_0(channels);
-  for (std::size_t c = 0; c < channels; ++c) {
-    const double invstd = double(save_invstd[c]);
-    const double dweight = invstd * sums.second[c];
-    const double dbias = sums.first[c];
-    if (weight != nullptr) {
-      grad_weight[c] = T(dweight);
-      grad_bias[c] = T(dbias);
+  if (weight != nullptr) {
+    T* grad_weight = static_cast<T*>(a.grad_weight);
+    T* grad_bias = static_cast<T*>(a.grad_bias);
+    for (std::size_t c = 0; c < channels; ++c) {
+      grad_weight[c] = T(sum_dy_xhat[c]);
+      grad_bias[c] = T(sum_dy[c]);
     }
-    // dx = w * invstd * (dy - dbias / M - xhat * dweight / M), xhat = (x - mean) * invstd
-    const double scale = (weight ? double(weight[c]) : 1.0) * invstd;
-    k_dy[c] = T(scale);
-    k_x[c] = centered ? T(-scale * invstd * dweight / count) : T(0);
-    k_0[c] = centered ? T(-scale * dbias / count) : T(0);
   }
+  const double count = double(plan.per_channel());
+  backward_elemt_typed(plan, dy, x, static_cast<T*>(a.dx), weight, a.save_mean, a.save_invstd,
+                       sum_dy, sum_dy_xhat, count, a.training && count > 0);
+}
 
-  const bool stream = plan.stream_output();
-  const auto fence = stream_fence_after_batch(k, stream);
-  if (plan.slab()) {
-    work.run([&](std::size_t u, const WorkItem&) {
-      const SlabUnit s = plan.slab_unit(u);
-      const std::size_t c = s.channel;
-      k.bn_slab_dx(dy + s.offset, x + s.offset, dx + s.offset, s.length, k_dy[c],
-                   save_mean[c], k_x[c], k_0[c], centered, stream);
-    }, fence);
+// Calls f(T{}) with T the C++ type of dtype.
+template <class F>
+void with_type(Dtype dtype, F&& f) {
+  if (dtype == Dtype::f32) {
+    f(float{});
   } else {
-    const auto kd = per_column(plan, k_dy), kx = per_column(plan, k_x);
-    const auto k0 = per_column(plan, k_0);
-    std::vector<T> mean(channels);
-    for (std::size_t c = 0; c < channels; ++c) mean[c] = save_mean[c];
-    const auto mc = per_column(plan, mean);
-    plan.work_backwards().run([&](std::size_t u, const WorkItem&) {
-      const RowUnit r = plan.row_unit(plan.last_first(u));
-      k.bn_rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
-                   &kd[r.col], &mc[r.col], &kx[r.col], &k0[r.col], centered, stream);
-    }, fence);
+    f(double{});
   }
 }
 
@@ -354,20 +503,77 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
 
 void batch_norm_forward(Dtype dtype, const BatchNormShape& shape,
                         const BatchNormForwardArgs& args) {
-  if (dtype == Dtype::f32) {
-    forward_typed<float>(shape, args);
-  } else {
-    forward_typed<double>(shape, args);
-  }
+  with_type(dtype, [&](auto t) { forward_typed<decltype(t)>(shape, args); });
 }
 
 void batch_norm_backward(Dtype dtype, const BatchNormShape& shape,
                          const BatchNormBackwardArgs& args) {
-  if (dtype == Dtype::f32) {
-    backward_typed<float>(shape, args);
-  } else {
-    backward_typed<double>(shape, args);
+  with_type(dtype, [&](auto t) { backward_typed<decltype(t)>(shape, args); });
+}
+
+void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,
+                      double* m2) {
+  with_type(dtype, [&](auto t) {
+    using T = decltype(t);
+    stats_typed(Plan(shape, sizeof(T)), static_cast<const T*>(x), mean, m2);
+  });
+}
+
+void batch_norm_combine_stats(const double* means, const double* m2s, const double* counts,
+                              std::size_t pieces, std::size_t channels, double* mean,
+                              double* var, double* m2) {
+  for (std::size_t c = 0; c < channels; ++c) {
+    double n = 0.0, mu = 0.0, sq = 0.0;
+    for (std::size_t p = 0; p < pieces; ++p) {
+      const double n_p = counts[p];
+      if (n_p == 0.0) continue;
+      const double mu_p = means[p * channels + c], sq_p = m2s[p * channels + c];
+      if (n == 0.0) {
+        n = n_p;
+        mu = mu_p;
+        sq = sq_p;
+        continue;
+      }
+      const double total = n + n_p;
+      const double delta = mu_p - mu;
+      mu += delta * (n_p / total);
+      sq += sq_p + delta * delta * (n * n_p / total);
+      n = total;
+    }
+    mean[c] = mu;
+    m2[c] = sq;
+    var[c] = sq / n;
   }
+}
+
+void batch_norm_elemt(Dtype dtype, const BatchNormShape& shape, const BatchNormElemtArgs& a) {
+  with_type(dtype, [&](auto t) {
+    using T = decltype(t);
+    elemt_typed(Plan(shape, sizeof(T)), static_cast<const T*>(a.x), static_cast<T*>(a.y),
+                a.mean, a.invstd, static_cast<const T*>(a.weight),
+                static_cast<const T*>(a.bias));
+  });
+}
+
+void batch_norm_backward_reduce(Dtype dtype, const BatchNormShape& shape, const void* dy,
+                                const void* x, const double* mean, const double* invstd,
+                                double* sum_dy, double* sum_dy_xhat) {
+  with_type(dtype, [&](auto t) {
+    using T = decltype(t);
+    backward_reduce_typed(Plan(shape, sizeof(T)), static_cast<const T*>(dy),
+                          static_cast<const T*>(x), mean, invstd, sum_dy, sum_dy_xhat);
+  });
+}
+
+void batch_norm_backward_elemt(Dtype dtype, const BatchNormShape& shape,
+                               const BatchNormBackwardElemtArgs& a) {
+  with_type(dtype, [&](auto t) {
+    using T = decltype(t);
+    backward_elemt_typed(Plan(shape, sizeof(T)), static_cast<const T*>(a.dy),
+                         static_cast<const T*>(a.x), static_cast<T*>(a.dx),
+                         static_cast<const T*>(a.weight), a.mean, a.invstd, a.sum_dy,
+                         a.sum_dy_xhat, a.count, true);
+  });
 }
 
 }  // namespace fusedops

@@ -3,8 +3,9 @@
 Functional, in-place optimizer steps (``sgd_step``, ``adam_step``, ``adamw_step``, and
 the family: ``adagrad_step``, ``rmsprop_step``, ``adamax_step``, ``nadam_step``,
 ``radam_step``, ``lion_step``, ``lamb_step``, ``lars_step``), global gradient norms and
-clipping, batch norm, and the runtime controls. See ``fusedops.optim`` for optimizer
-classes (and ``fusedops.optim.lr_scheduler``) and ``fusedops.nn`` for the BatchNorm layer.
+clipping, batch norm (fused, and split into statistics and elementwise pieces), and the
+runtime controls. See ``fusedops.optim`` for optimizer classes (and
+``fusedops.optim.lr_scheduler``) and ``fusedops.nn`` for the BatchNorm layer.
 """
 
 import os as _os
@@ -41,8 +42,6 @@ from ._core import (  # noqa: E402
     adamw_step,
     all_finite,
     available_isas,
-    batch_norm_backward,
-    batch_norm_forward,
     build_info,
     clip_grad_norm,
     get_num_threads,
@@ -58,6 +57,16 @@ from ._core import (  # noqa: E402
     simd_isa,
 )
 
+from ._batch_norm import (  # noqa: E402
+    batch_norm_backward,
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_combine_stats,
+    batch_norm_elemt,
+    batch_norm_forward,
+    batch_norm_stats,
+)
+
 from . import nn
 from . import optim
 
@@ -70,7 +79,12 @@ __all__ = [
     "all_finite",
     "available_isas",
     "batch_norm_backward",
+    "batch_norm_backward_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_combine_stats",
+    "batch_norm_elemt",
     "batch_norm_forward",
+    "batch_norm_stats",
     "build_info",
     "clip_grad_norm",
     "get_num_threads",

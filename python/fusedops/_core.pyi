@@ -7,6 +7,7 @@ import numpy.typing as npt
 
 _Array = npt.NDArray[np.floating[Any]]
 _Arrays = Union[_Array, Sequence[_Array]]
+_F64 = npt.NDArray[np.float64]
 
 __version__: str
 
@@ -14,6 +15,7 @@ __version__: str
 def simd_isa() -> str: ...
 def available_isas() -> list[str]: ...
 def _set_isa(name: str) -> None: ...
+def _set_cache_bytes(l1d: int, l2: int, last_level: int) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def build_info() -> dict[str, Any]: ...
@@ -136,28 +138,62 @@ def _check_lamb_group(where: str, group: dict[str, Any]) -> None: ...
 def _check_lars_group(where: str, group: dict[str, Any]) -> None: ...
 _family_kinds: dict[str, int]
 
-# ---- batch norm
-def batch_norm_forward(
+# ---- batch norm: positional natives; the public, documented signatures are in
+# fusedops/_batch_norm.py. Statistics come back as float64 (C,) arrays.
+def _batch_norm_forward(
     x: _Array,
-    weight: Optional[_Array] = None,
-    bias: Optional[_Array] = None,
-    running_mean: Optional[_Array] = None,
-    running_var: Optional[_Array] = None,
-    *,
-    training: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    channel_axis: int = 1,
-    out: Optional[_Array] = None,
-) -> Tuple[_Array, _Array, _Array]: ...
-def batch_norm_backward(
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    running_mean: Optional[_Array],
+    running_var: Optional[_Array],
+    training: bool,
+    momentum: float,
+    eps: float,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
+) -> Tuple[_Array, _F64, _F64]: ...
+def _batch_norm_backward(
     dy: _Array,
     x: _Array,
     weight: Optional[_Array],
     save_mean: _Array,
     save_invstd: _Array,
-    *,
-    training: bool = True,
-    channel_axis: int = 1,
-    out: Optional[_Array] = None,
+    training: bool,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
 ) -> Tuple[_Array, Optional[_Array], Optional[_Array]]: ...
+def _batch_norm_stats(x: _Array, channel_axis: int, /) -> Tuple[_F64, _F64]: ...
+def _batch_norm_combine_stats(
+    means: Union[_F64, Sequence[_F64]],
+    m2s: Union[_F64, Sequence[_F64]],
+    counts: Union[npt.NDArray[Any], Sequence[float]],
+    /,
+) -> Tuple[_F64, _F64, _F64]: ...
+def _batch_norm_elemt(
+    x: _Array,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    mean: _Array,
+    invstd: _Array,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
+) -> _Array: ...
+def _batch_norm_backward_reduce(
+    dy: _Array, x: _Array, mean: _Array, invstd: _Array, channel_axis: int, /
+) -> Tuple[_F64, _F64]: ...
+def _batch_norm_backward_elemt(
+    dy: _Array,
+    x: _Array,
+    weight: Optional[_Array],
+    mean: _Array,
+    invstd: _Array,
+    sum_dy: _Array,
+    sum_dy_xhat: _Array,
+    count: float,
+    channel_axis: int,
+    out: Optional[_Array],
+    /,
+) -> _Array: ...

@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from ._core import batch_norm_backward, batch_norm_forward
+from ._batch_norm import batch_norm_backward, batch_norm_forward
 
 __all__ = ["BatchNorm"]
 
@@ -32,7 +32,9 @@ class BatchNorm:
     array is never overwritten behind the caller's back. A training loop that wants no
     per-step allocation passes its own ``out=`` buffers (C-contiguous, the shape and dtype
     of ``x``). ``forward`` keeps a reference to ``x`` (not a copy) for ``backward``: do not
-    modify ``x`` in between.
+    modify ``x`` in between. The batch statistics kept for ``backward`` are float64 (as
+    ``batch_norm_forward`` returns them), so float32 inputs with a large mean and a small
+    spread get gradients as accurate as float64 statistics allow.
     """
 
     num_features: int

@@ -86,8 +86,8 @@ struct BatchNormForwardArgs {
   const void* bias;     // nullptr: 0
   void* running_mean;   // both or neither; read when !training, updated when training
   void* running_var;
-  void* save_mean;      // written: the mean used
-  void* save_invstd;    // written: 1 / sqrt(var + eps)
+  double* save_mean;    // written: the mean used
+  double* save_invstd;  // written: 1 / sqrt(var + eps)
   bool training;
   double momentum;
   double eps;
@@ -98,8 +98,8 @@ struct BatchNormBackwardArgs {
   const void* x;
   void* dx;
   const void* weight;   // nullptr: 1, and grad_weight/grad_bias are not written
-  const void* save_mean;
-  const void* save_invstd;
+  const double* save_mean;
+  const double* save_invstd;
   void* grad_weight;
   void* grad_bias;
   bool training;
@@ -109,6 +109,52 @@ struct BatchNormBackwardArgs {
 void batch_norm_forward(Dtype dtype, const BatchNormShape& shape, const BatchNormForwardArgs& args);
 void batch_norm_backward(Dtype dtype, const BatchNormShape& shape,
                          const BatchNormBackwardArgs& args);
+
+// The split batch norm: the pieces batch_norm_forward and batch_norm_backward are made of,
+// with the same reduction order, so composing them gives bitwise the same results.
+// Statistics are float64 per channel.
+
+// mean[c] and m2[c] = sum((x - mean[c])^2) over the values of channel c (0 and 0 for a
+// channel without values).
+void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,
+                      double* m2);
+// Chan's parallel combine of `pieces` (count, mean[c], m2[c]) triples, folded left in the
+// given order; means and m2s are (pieces, channels) row-major. Pieces with count 0 are
+// skipped; the first counted piece is taken as it is. The total count must be > 0.
+void batch_norm_combine_stats(const double* means, const double* m2s, const double* counts,
+                              std::size_t pieces, std::size_t channels, double* mean,
+                              double* var, double* m2);
+
+struct BatchNormElemtArgs {
+  const void* x;
+  void* y;
+  const void* weight;  // nullptr: 1
+  const void* bias;    // nullptr: 0
+  const double* mean;
+  const double* invstd;
+};
+// y = (x - mean) * invstd * weight + bias.
+void batch_norm_elemt(Dtype dtype, const BatchNormShape& shape, const BatchNormElemtArgs& args);
+
+// sum_dy[c] = sum(dy), sum_dy_xhat[c] = sum(dy * (x - mean) * invstd) over channel c.
+void batch_norm_backward_reduce(Dtype dtype, const BatchNormShape& shape, const void* dy,
+                                const void* x, const double* mean, const double* invstd,
+                                double* sum_dy, double* sum_dy_xhat);
+
+struct BatchNormBackwardElemtArgs {
+  const void* dy;
+  const void* x;
+  void* dx;
+  const void* weight;  // nullptr: 1
+  const double* mean;
+  const double* invstd;
+  const double* sum_dy;
+  const double* sum_dy_xhat;
+  double count;        // values per channel the sums were taken over (> 0)
+};
+// dx = weight * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count).
+void batch_norm_backward_elemt(Dtype dtype, const BatchNormShape& shape,
+                               const BatchNormBackwardElemtArgs& args);
 
 // Runtime: instruction-set choice and threads.
 const char* isa_name(Isa isa);

@@ -114,17 +114,24 @@ struct TypedKernels {
   void (*scale)(T* x, std::size_t n, double factor);
   void (*add_scaled)(T* a, const T* b, std::size_t n, double factor);  // bandwidth probe
 
-  // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab loops walk one contiguous run
-  // of a single channel; row loops walk `rows` rows, `stride` apart, of `cols` values
-  // with one constant (or accumulator) per column. Sums are in double. `stream` writes
-  // the output with non-temporal stores (for outputs much larger than the caches).
+  // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab reductions walk one contiguous
+  // run of a single channel. Run loops walk n values of channel-first data seen as slabs
+  // of slab_len values (channel cycling through `channels`), starting `offset` values into
+  // a slab of channel `channel`, with one constant per channel. Row loops walk `rows`
+  // rows, `stride` apart, of `cols` values with one constant (or accumulator) per column.
+  // Sums are in double. The mean arrives split in two values of T (hi + lo, x - hi exact
+  // near the mean). `stream` writes the output with non-temporal stores.
   void (*bn_slab_stats)(const T* x, std::size_t n, double pivot, double* sums);
   void (*bn_slab_grad_sums)(const T* dy, const T* x, std::size_t n, double mean,
                             double* sums);
-  void (*bn_slab_normalize)(const T* x, T* y, std::size_t n, T mean_hi, T mean_lo, T scale,
-                            T shift, bool stream);
-  void (*bn_slab_dx)(const T* dy, const T* x, T* dx, std::size_t n, T k_dy, T mean, T k_x,
-                     T k_0, bool centered, bool stream);
+  void (*bn_runs_normalize)(const T* x, T* y, std::size_t n, std::size_t slab_len,
+                            std::size_t channels, std::size_t offset, std::size_t channel,
+                            const T* mean_hi, const T* mean_lo, const T* scale,
+                            const T* shift, bool stream);
+  void (*bn_runs_dx)(const T* dy, const T* x, T* dx, std::size_t n, std::size_t slab_len,
+                     std::size_t channels, std::size_t offset, std::size_t channel,
+                     const T* k_dy, const T* mean_hi, const T* mean_lo, const T* k_x,
+                     const T* k_0, bool centered, bool stream);
   void (*bn_rows_stats)(const T* x, std::size_t rows, std::size_t stride, std::size_t cols,
                         const double* pivot, double* sum, double* sum_sq);
   void (*bn_rows_grad_sums)(const T* dy, const T* x, std::size_t rows, std::size_t stride,
@@ -134,8 +141,8 @@ struct TypedKernels {
                             std::size_t cols, const T* mean_hi, const T* mean_lo,
                             const T* scale, const T* shift, bool stream);
   void (*bn_rows_dx)(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
-                     std::size_t cols, const T* k_dy, const T* mean, const T* k_x,
-                     const T* k_0, bool centered, bool stream);
+                     std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                     const T* k_x, const T* k_0, bool centered, bool stream);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
 };
