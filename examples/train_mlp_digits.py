@@ -17,6 +17,14 @@ The data set ships with scikit-learn (1797 8x8 images), nothing is downloaded.
     python examples/train_mlp_digits.py                     # Adam, 40 epochs
     python examples/train_mlp_digits.py --optimizer sgd --lr 0.1 --weight-decay 5e-4
     python examples/train_mlp_digits.py --optimizer adamw --max-grad-norm 1.0 --plot mlp.png
+
+Data parallel over MPI ranks (needs mpi4py: ``pip install ".[dist]"``): each rank trains
+on its slice of every batch, batch norm uses the statistics of the whole batch
+(SyncBatchNorm) and the optimizer averages the grads over the ranks, so the run follows
+the single-process one (up to rounding):
+
+    mpiexec -n 2 python examples/train_mlp_digits.py --distributed
+    mpiexec -n 2 python examples/train_mlp_digits.py --distributed --shard-state   # ZeRO-1
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fusedops as fo
+import fusedops.distributed as fod
 
 DTYPE = np.float32
 
@@ -120,7 +129,7 @@ class MLP:
     """
 
     def __init__(self, sizes, *, batch_norm: bool = True, activation: str = "relu",
-                 init_std=None, capacity: int = 256, seed: int = 0):
+                 init_std=None, capacity: int = 256, seed: int = 0, comm=None):
         rng = np.random.default_rng(seed)
         init_std = init_std or (lambda fan_in: math.sqrt(2.0 / fan_in))
         self.sizes = list(sizes)
@@ -130,8 +139,8 @@ class MLP:
         self.dense = [Dense(fan_in, fan_out, bias=not (batch_norm and i < len(hidden)),
                             std=init_std(fan_in), rng=rng)
                       for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:]))]
-        self.norms = [fo.nn.BatchNorm(width, dtype=DTYPE) if batch_norm else None
-                      for width in hidden]  # one per hidden block
+        self.norms = [fo.nn.BatchNorm(width, dtype=DTYPE, comm=comm) if batch_norm else None
+                      for width in hidden]  # one per hidden block; synchronized with comm
 
         def buffers(with_bn=True):
             return [np.empty((capacity, width), DTYPE) if with_bn else None for width in hidden]
@@ -211,21 +220,23 @@ class MLP:
 # ---------------------------------------------------------------- optimizer
 
 def make_optimizer(model: MLP, name: str, lr: float, weight_decay: float,
-                   max_grad_norm: float | None):
+                   max_grad_norm: float | None, comm=None, shard_state: bool = False):
     """The optimizer over two param groups (decayed, not decayed) and the grads list
-    aligned with its params in group order."""
+    aligned with its params in group order. With ``comm`` it averages the grads over the
+    ranks in each step (and keeps 1/N of its state per rank with ``shard_state``)."""
     entries = model.parameters_and_gradients()
     decayed = [(p, g) for p, g, decay in entries if decay]
     plain = [(p, g) for p, g, decay in entries if not decay]
     groups = [{"params": [p for p, _ in decayed], "weight_decay": weight_decay},
               {"params": [p for p, _ in plain], "weight_decay": 0.0}]
     grads = [g for _, g in decayed + plain]
+    common = dict(max_grad_norm=max_grad_norm, comm=comm, shard_state=shard_state)
     if name == "adam":
-        opt = fo.optim.Adam(groups, lr=lr, max_grad_norm=max_grad_norm)
+        opt = fo.optim.Adam(groups, lr=lr, **common)
     elif name == "adamw":
-        opt = fo.optim.AdamW(groups, lr=lr, max_grad_norm=max_grad_norm)
+        opt = fo.optim.AdamW(groups, lr=lr, **common)
     elif name == "sgd":
-        opt = fo.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, max_grad_norm=max_grad_norm)
+        opt = fo.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **common)
     else:
         raise ValueError(f"unknown optimizer {name!r}")
     return opt, grads
@@ -252,14 +263,21 @@ def train_step(model: MLP, opt, grads, x: np.ndarray, y: np.ndarray,
 
 
 def train(model: MLP, opt, grads, data, *, epochs: int, batch_size: int, seed: int,
-          base_lr: float | None = None, verbose: bool = True, label: str = "") -> History:
+          base_lr: float | None = None, verbose: bool = True, label: str = "",
+          comm: fod.Communicator | None = None) -> History:
     """Minibatch training; one ``opt.step(grads)`` per batch. With ``base_lr`` the learning
-    rate follows a cosine decay from ``base_lr`` to 0 over the run (per step)."""
+    rate follows a cosine decay from ``base_lr`` to 0 over the run (per step). With
+    ``comm``, every rank draws the same batches and trains on its equal slice of each."""
     x_train, y_train, x_test, y_test = data
+    rank, ranks = (0, 1) if comm is None else (comm.rank, comm.size)
+    if batch_size % ranks:
+        raise ValueError(f"the batch size ({batch_size}) must be a multiple of the number of "
+                         f"ranks ({ranks})")
+    local = batch_size // ranks  # this rank's rows of each batch
     rng = np.random.default_rng(seed)
-    x_batch = np.empty((batch_size, x_train.shape[1]), DTYPE)
-    y_batch = np.empty(batch_size, np.int64)
-    dlogits = np.empty((batch_size, model.sizes[-1]), DTYPE)
+    x_batch = np.empty((local, x_train.shape[1]), DTYPE)
+    y_batch = np.empty(local, np.int64)
+    dlogits = np.empty((local, model.sizes[-1]), DTYPE)
     batches_per_epoch = x_train.shape[0] // batch_size  # the last partial batch is dropped
     total_steps = epochs * batches_per_epoch
     history = History()
@@ -269,7 +287,7 @@ def train(model: MLP, opt, grads, data, *, epochs: int, batch_size: int, seed: i
         order = rng.permutation(x_train.shape[0])
         epoch_loss = 0.0
         for b in range(batches_per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * batch_size + rank * local:b * batch_size + (rank + 1) * local]
             np.take(x_train, idx, axis=0, out=x_batch)
             np.take(y_train, idx, out=y_batch)
             if base_lr is not None:
@@ -278,11 +296,14 @@ def train(model: MLP, opt, grads, data, *, epochs: int, batch_size: int, seed: i
                     group["lr"] = lr
             epoch_loss += train_step(model, opt, grads, x_batch, y_batch, dlogits)
             step += 1
-        history.loss.append(epoch_loss / batches_per_epoch)
+        mean_loss = np.array([epoch_loss / batches_per_epoch])
+        if comm is not None:  # each rank's loss is over its slice: average them
+            fod.allreduce_mean_(mean_loss, comm)
+        history.loss.append(float(mean_loss[0]))
         history.train_accuracy.append(float(np.mean(model.predict(x_train) == y_train)))
         history.test_accuracy.append(float(np.mean(model.predict(x_test) == y_test)))
         history.seconds.append(time.perf_counter() - start)
-        if verbose:
+        if verbose and rank == 0:
             print(f"{label}epoch {epoch:3d}  loss {history.loss[-1]:.4f}  "
                   f"train acc {history.train_accuracy[-1]:.4f}  "
                   f"test acc {history.test_accuracy[-1]:.4f}  {history.seconds[-1] * 1e3:6.0f} ms",
@@ -352,7 +373,13 @@ def parse_args(argv=None):
                              "fusedops' default)")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="save loss/accuracy curves as a PNG")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data parallel over the ranks of mpiexec (one rank without it)")
+    parser.add_argument("--shard-state", action="store_true",
+                        help="with --distributed: ZeRO-1, each rank keeps 1/N of the optimizer state")
     args = parser.parse_args(argv)
+    if args.shard_state and not args.distributed:
+        parser.error("--shard-state needs --distributed")
     if args.lr is None:
         args.lr = 0.1 if args.optimizer == "sgd" else 3e-3
     if args.weight_decay is None:
@@ -367,24 +394,34 @@ def main(argv=None) -> History:
 
 
 def run(args) -> History:
+    comm = fod.world() if args.distributed else None
+    lead = comm is None or comm.rank == 0  # the rank that reports
     data = load_digits_split(seed=args.seed)
     x_train = data[0]
     model = MLP([x_train.shape[1], *args.hidden, 10], batch_norm=True, activation="relu",
-                capacity=args.batch_size, seed=args.seed)
-    opt, grads = make_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.max_grad_norm)
-    print(f"fusedops {fo.__version__} ({fo.simd_isa()}, {fo.get_num_threads()} threads); "
-          f"{x_train.shape[0]} train / {data[2].shape[0]} test images; model "
-          f"{'-'.join(map(str, model.sizes))}; {args.optimizer} lr {args.lr} "
-          f"weight decay {args.weight_decay} max grad norm {args.max_grad_norm}")
+                capacity=args.batch_size, seed=args.seed, comm=comm)
+    opt, grads = make_optimizer(model, args.optimizer, args.lr, args.weight_decay,
+                                args.max_grad_norm, comm=comm, shard_state=args.shard_state)
+    if comm is not None:  # the ranks built the same seeded model; make sure they start equal
+        fod.broadcast_([p for p, _, _ in model.parameters_and_gradients()], comm)
+    if lead:
+        ranks = "" if comm is None else (f"; {comm.size} ranks, data parallel"
+                                         + (", ZeRO-1" if args.shard_state else ""))
+        print(f"fusedops {fo.__version__} ({fo.simd_isa()}, {fo.get_num_threads()} threads); "
+              f"{x_train.shape[0]} train / {data[2].shape[0]} test images; model "
+              f"{'-'.join(map(str, model.sizes))}; {args.optimizer} lr {args.lr} "
+              f"weight decay {args.weight_decay} max grad norm {args.max_grad_norm}{ranks}")
     start = time.perf_counter()
     history = train(model, opt, grads, data, epochs=args.epochs, batch_size=args.batch_size,
-                    seed=args.seed, base_lr=None if args.constant_lr else args.lr)
-    print(f"total time: {time.perf_counter() - start:.2f} s")
-    if args.plot:
+                    seed=args.seed, base_lr=None if args.constant_lr else args.lr, comm=comm)
+    if lead:
+        print(f"total time: {time.perf_counter() - start:.2f} s")
+    if args.plot and lead:
         plot_history(history, args.plot, f"MLP {'-'.join(map(str, model.sizes))} on digits, "
                      f"{args.optimizer}")
         print(f"saved {args.plot}")
-    print(f"test accuracy: {history.test_accuracy[-1]:.4f}")
+    if lead:
+        print(f"test accuracy: {history.test_accuracy[-1]:.4f}")
     return history
 
 

@@ -424,3 +424,54 @@ def test_backward_elemt_rejects_bad_inputs(make_changes, error, match):
     kwargs.update(make_changes(kwargs))
     args = [kwargs.pop(k) for k in ELEMT_POSITIONAL]
     assert_rejected(fo.batch_norm_backward_elemt, args, kwargs, error, match)
+
+
+# ---------------------------------------------------------------------------------------
+# The cache-blocked fused passes (channel-first, spatial extent >= 512, inputs beyond the
+# L2) give bitwise what the two-pass pieces give, for any thread count.
+
+
+@pytest.fixture
+def cache_bytes():
+    """Sets the cache sizes the runtime plans with; restores the machine's afterwards."""
+    from fusedops import _core
+    real = fo.build_info()["cache_bytes"]
+    yield lambda l2, last: _core._set_cache_bytes(real["l1d"], l2, last)
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,l2", [((4, 11, 40, 40), 1 << 18), ((9, 13, 23, 37), 1 << 18),
+                                      ((1, 20, 130, 130), 1 << 20)],
+                         ids=["4x11x40x40", "9x13x23x37", "multi-block"])
+def test_blocked_fused_passes_equal_the_pieces(isa, threads, cache_bytes, shape, l2, dtype,
+                                               stream):
+    # A small L2 makes these inputs "beyond the L2": groups of a few channels.
+    cache_bytes(l2, 1 << 16 if stream else 1 << 40)
+    rng = np.random.default_rng(8)
+    x, dy, weight, bias = make(rng, shape, 1, dtype, offset=40.0)
+    count = channel_count(shape, 1)
+    assert x.nbytes > l2 and x.nbytes // shape[1] * 2 <= l2 // 2
+    mean, m2 = fo.batch_norm_stats(x)
+    invstd = 1.0 / np.sqrt(m2 / count + EPS)
+    y = fo.batch_norm_elemt(x, weight, bias, mean, invstd)
+    sum_dy, sum_dy_xhat = fo.batch_norm_backward_reduce(dy, x, mean, invstd)
+    dx = fo.batch_norm_backward_elemt(dy, x, weight, mean, invstd, sum_dy, sum_dy_xhat, count)
+    y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, eps=EPS)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol * np.abs(y_ref).max())
+    for n in (1, 2, 3):
+        fo.set_num_threads(n)
+        rm, rv = np.zeros(shape[1], dtype), np.ones(shape[1], dtype)
+        y_f, save_mean, save_invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, eps=EPS)
+        dx_f, dw_f, db_f = fo.batch_norm_backward(dy, x, weight, save_mean, save_invstd)
+        assert_bitwise_equal(save_mean, mean)
+        assert_bitwise_equal(save_invstd, invstd)
+        assert_bitwise_equal(y_f, y)
+        assert_bitwise_equal(dx_f, dx)
+        assert_bitwise_equal(dw_f, sum_dy_xhat.astype(dtype))
+        assert_bitwise_equal(db_f, sum_dy.astype(dtype))
+        unbiased = m2 / (count - 1)
+        np.testing.assert_allclose(rv, 0.9 + 0.1 * unbiased, rtol=1e-6 if dtype == np.float32 else 1e-14)
+        np.testing.assert_allclose(rm, 0.1 * mean, rtol=1e-6 if dtype == np.float32 else 1e-14)

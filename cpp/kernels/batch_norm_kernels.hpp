@@ -15,25 +15,43 @@
 // Included by isa_table.cpp inside its per-ISA namespace.
 #include "simd_common.hpp"
 
-// Eight double lanes as one GCC/Clang generic vector: it lowers to one AVX-512, two
-// AVX2 or four SSE2 registers, so the slab reductions are plain vertical vector code on
-// every ISA. (Written as arrays of doubles, GCC vectorized one of the two sums and kept
-// the other in 16 scalar registers: 2 cycles per element.)
-typedef double Lanes8 __attribute__((vector_size(64)));
-typedef float Floats8 __attribute__((vector_size(32)));
+// Double lanes as a GCC/Clang generic vector of the ISA's register width (8 with
+// AVX-512, 4 with AVX2, 2 with SSE2), so the slab reductions are plain vertical vector
+// code on every ISA. (Written as arrays of doubles, GCC vectorized one of the two sums and
+// kept the other in 16 scalar registers: 2 cycles per element; a vector wider than the
+// registers is spilled through the stack.)
+#if defined(__AVX512F__)
+constexpr std::size_t kLaneWidth = 8;
+#elif defined(__AVX__)
+constexpr std::size_t kLaneWidth = 4;
+#else
+constexpr std::size_t kLaneWidth = 2;
+#endif
+typedef double Lanes __attribute__((vector_size(kLaneWidth * sizeof(double))));
+typedef float LaneFloats __attribute__((vector_size(kLaneWidth * sizeof(float))));
 
-inline Lanes8 load_lanes(const float* p) {
-  Floats8 f;
+// (The conversion by intrinsic: GCC lowers __builtin_convertvector of 4 floats through
+// the stack.)
+inline Lanes load_lanes(const float* p) {
+#if defined(__AVX512F__)
+  return Lanes(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#elif defined(__AVX__)
+  return Lanes(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+#elif defined(__SSE2__)
+  return Lanes(_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
+#else
+  LaneFloats f;
   __builtin_memcpy(&f, p, sizeof f);
-  return __builtin_convertvector(f, Lanes8);
+  return __builtin_convertvector(f, Lanes);
+#endif
 }
-inline Lanes8 load_lanes(const double* p) {
-  Lanes8 d;
+inline Lanes load_lanes(const double* p) {
+  Lanes d;
   __builtin_memcpy(&d, p, sizeof d);
   return d;
 }
 
-// Values at p as the accumulator type: 8 lanes, or one double.
+// Values at p as the accumulator type: a vector of lanes, or one double.
 template <class Acc, class T>
 inline Acc load_as(const T* p) {
   if constexpr (sizeof(Acc) == sizeof(double)) {
@@ -43,20 +61,21 @@ inline Acc load_as(const T* p) {
   }
 }
 
-// Independent accumulators per slab reduction: 4 vectors of 8 lanes, enough to hide the
-// latency of the adds.
+// Independent accumulators per slab reduction, enough to hide the latency of the adds
+// (4 AVX-512 or 8 AVX2 registers per sum).
 constexpr std::size_t kSlabLanes = 32;
 
 // Two sums over one slab run, kSlabLanes independent accumulators each (element i goes
 // to lane i % kSlabLanes), combined pairwise in a fixed order. add(i, s1, s2) adds the
-// terms of the elements from i to the sums: 8 of them to Lanes8 sums, one to doubles.
+// terms of the elements from i to the sums: kLaneWidth of them to Lanes sums, one to
+// doubles.
 template <class AddTerms>
 void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
-  constexpr std::size_t kVectors = kSlabLanes / 8;
-  Lanes8 v1[kVectors] = {}, v2[kVectors] = {};
+  constexpr std::size_t kVectors = kSlabLanes / kLaneWidth;
+  Lanes v1[kVectors] = {}, v2[kVectors] = {};
   std::size_t i = 0;
   for (; i + kSlabLanes <= n; i += kSlabLanes) {
-    for (std::size_t v = 0; v < kVectors; ++v) add(i + 8 * v, v1[v], v2[v]);
+    for (std::size_t v = 0; v < kVectors; ++v) add(i + kLaneWidth * v, v1[v], v2[v]);
   }
   double s1[kSlabLanes], s2[kSlabLanes];
   __builtin_memcpy(s1, v1, sizeof s1);

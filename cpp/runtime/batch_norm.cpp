@@ -149,6 +149,28 @@ class Plan {
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
 
+  // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
+  // group's inputs fit in half the L2, so its elementwise pass re-reads them from there
+  // right after its reduction read them (reading x, and dy, from memory once instead of
+  // twice). 0 when blocking does not apply: row tiles (channel-last or short spatial
+  // extents), a channel bigger than that, or inputs that fit in the L2 anyway.
+  std::size_t block_channels(std::size_t arrays) const {
+    if (!reduce_slabs_ || !runs_) return 0;
+    const std::size_t l2 = cache_sizes().l2;
+    const std::size_t channel_bytes = arrays * per_channel() * element_bytes_;
+    if (channel_bytes == 0 || channel_bytes > l2 / 2 || arrays * total_ * element_bytes_ <= l2) {
+      return 0;
+    }
+    return l2 / 2 / channel_bytes;
+  }
+  // Work list of the blocked passes: item g is the group of channels [g * group, ...).
+  WorkList block_work(std::size_t group) const {
+    const std::size_t groups = (channels_ + group - 1) / group;
+    return WorkList::units(groups, element_bytes_, [this, group](std::size_t g) {
+      return (std::min(channels_, (g + 1) * group) - g * group) * per_channel();
+    });
+  }
+
   SlabUnit slab_unit(std::size_t u) const {
     const std::size_t slab = u / blocks_per_slab_;
     const std::size_t begin = (u % blocks_per_slab_) * chunk_;
@@ -294,6 +316,79 @@ void split_mean(double mean, T* hi, T* lo) {
   *lo = T(mean - double(*hi));
 }
 
+// Per-channel arithmetic, shared by the two-pass and the cache-blocked schedules so both
+// give bitwise the same results.
+
+// mean and m2 of a channel from its sums around `pivot` (a value of the channel).
+inline void finish_stats(double pivot, double sum, double sum_sq, double count, double* mean,
+                         double* m2) {
+  const double shift = sum / count;
+  const double spread = sum_sq - sum * shift;
+  *mean = pivot + shift;
+  *m2 = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
+}
+
+// Training forward of channel c: invstd from m2, running statistics updated.
+template <class T>
+void finish_forward_channel(std::size_t c, double m2, double count,
+                            const BatchNormForwardArgs& a) {
+  const double var = m2 / count;
+  a.save_invstd[c] = 1.0 / std::sqrt(var + a.eps);
+  T* running_mean = static_cast<T*>(a.running_mean);
+  T* running_var = static_cast<T*>(a.running_var);
+  if (running_mean != nullptr) {
+    const double unbiased = var * (count / (count - 1.0));
+    const double keep = 1.0 - a.momentum;
+    running_mean[c] = T(keep * double(running_mean[c]) + a.momentum * a.save_mean[c]);
+    running_var[c] = T(keep * double(running_var[c]) + a.momentum * unbiased);
+  }
+}
+
+// The constants of y = ((x - hi) - lo) * scale + shift for channel c.
+template <class T>
+struct NormalizeConstants {
+  T* mean_hi;
+  T* mean_lo;
+  T* scale;
+  T* shift;
+
+  NormalizeConstants(Scratch& scratch, std::size_t channels)
+      : mean_hi(scratch.take<T>(channels)), mean_lo(scratch.take<T>(channels)),
+        scale(scratch.take<T>(channels)), shift(scratch.take<T>(channels)) {}
+
+  void set(std::size_t c, double mean, double invstd, const T* weight, const T* bias) {
+    split_mean(mean, &mean_hi[c], &mean_lo[c]);
+    scale[c] = T(invstd * (weight ? double(weight[c]) : 1.0));
+    shift[c] = bias ? bias[c] : T(0);
+  }
+};
+
+// The constants of dx = dy * k_dy + ((x - hi) - lo) * k_x + k_0 for channel c:
+// dx = w * invstd * (dy - sum_dy / M - xhat * sum_dy_xhat / M), xhat = (x - mean) * invstd;
+// centered = false drops the x terms (eval).
+template <class T>
+struct DxConstants {
+  T* k_dy;
+  T* mean_hi;
+  T* mean_lo;
+  T* k_x;
+  T* k_0;
+
+  DxConstants(Scratch& scratch, std::size_t channels)
+      : k_dy(scratch.take<T>(channels)), mean_hi(scratch.take<T>(channels)),
+        mean_lo(scratch.take<T>(channels)), k_x(scratch.take<T>(channels)),
+        k_0(scratch.take<T>(channels)) {}
+
+  void set(std::size_t c, const T* weight, double mean, double invstd, double sum_dy,
+           double sum_dy_xhat, double count, bool centered) {
+    const double scale = (weight ? double(weight[c]) : 1.0) * invstd;
+    k_dy[c] = T(scale);
+    split_mean(mean, &mean_hi[c], &mean_lo[c]);
+    k_x[c] = centered ? T(-scale * invstd * sum_dy_xhat / count) : T(0);
+    k_0[c] = centered ? T(-scale * sum_dy / count) : T(0);
+  }
+};
+
 template <class T>
 void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
   const auto& k = current_kernels().typed<T>();
@@ -323,10 +418,7 @@ void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
       sum, sum_sq);
   const double count = double(plan.per_channel());
   for (std::size_t c = 0; c < channels; ++c) {
-    const double shift = sum[c] / count;
-    const double spread = sum_sq[c] - sum[c] * shift;
-    mean[c] = pivot[c] + shift;
-    m2[c] = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
+    finish_stats(pivot[c], sum[c], sum_sq[c], count, &mean[c], &m2[c]);
   }
 }
 
@@ -336,15 +428,12 @@ void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const d
   const auto& k = current_kernels().typed<T>();
   const std::size_t channels = plan.channels();
   Scratch scratch;
-  T* mean_hi = scratch.take<T>(channels);
-  T* mean_lo = scratch.take<T>(channels);
-  T* scale = scratch.take<T>(channels);
-  T* shift = scratch.take<T>(channels);
-  for (std::size_t c = 0; c < channels; ++c) {
-    split_mean(mean[c], &mean_hi[c], &mean_lo[c]);
-    scale[c] = T(invstd[c] * (weight ? double(weight[c]) : 1.0));
-    shift[c] = bias ? bias[c] : T(0);
-  }
+  NormalizeConstants<T> constants(scratch, channels);
+  for (std::size_t c = 0; c < channels; ++c) constants.set(c, mean[c], invstd[c], weight, bias);
+  const T* mean_hi = constants.mean_hi;
+  const T* mean_lo = constants.mean_lo;
+  const T* scale = constants.scale;
+  const T* shift = constants.shift;
   const bool stream = plan.stream_output(2);
   const auto fence = stream_fence_after_batch(k, stream);
   if (plan.runs()) {
@@ -393,19 +482,15 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
   const auto& k = current_kernels().typed<T>();
   const std::size_t channels = plan.channels();
   Scratch scratch;
-  T* k_dy = scratch.take<T>(channels);
-  T* mean_hi = scratch.take<T>(channels);
-  T* mean_lo = scratch.take<T>(channels);
-  T* k_x = scratch.take<T>(channels);
-  T* k_0 = scratch.take<T>(channels);
+  DxConstants<T> constants(scratch, channels);
   for (std::size_t c = 0; c < channels; ++c) {
-    // dx = w * invstd * (dy - sum_dy / M - xhat * sum_dy_xhat / M), xhat = (x - mean) * invstd
-    const double scale = (weight ? double(weight[c]) : 1.0) * invstd[c];
-    k_dy[c] = T(scale);
-    split_mean(mean[c], &mean_hi[c], &mean_lo[c]);
-    k_x[c] = centered ? T(-scale * invstd[c] * sum_dy_xhat[c] / count) : T(0);
-    k_0[c] = centered ? T(-scale * sum_dy[c] / count) : T(0);
+    constants.set(c, weight, mean[c], invstd[c], sum_dy[c], sum_dy_xhat[c], count, centered);
   }
+  const T* k_dy = constants.k_dy;
+  const T* mean_hi = constants.mean_hi;
+  const T* mean_lo = constants.mean_lo;
+  const T* k_x = constants.k_x;
+  const T* k_0 = constants.k_0;
   const bool stream = plan.stream_output(3);
   const auto fence = stream_fence_after_batch(k, stream);
   if (plan.runs()) {
@@ -429,6 +514,96 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
   }, fence);
 }
 
+// The training forward for a channel-first x beyond the L2 (Plan::block_channels): each
+// thread takes a group of channels, sums their slab units (in the order reduce() adds
+// them), derives their statistics and normalizes them while they are still in the L2.
+template <class T>
+void forward_blocked(const Plan& plan, std::size_t group, const BatchNormForwardArgs& a) {
+  const auto& k = current_kernels().typed<T>();
+  const std::size_t channels = plan.channels(), inner = plan.inner(), outer = plan.outer();
+  const std::size_t blocks = plan.blocks_per_slab();
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  const T* weight = static_cast<const T*>(a.weight);
+  const T* bias = static_cast<const T*>(a.bias);
+  const double count = double(plan.per_channel());
+  const bool stream = plan.stream_output(2);
+  Scratch scratch;
+  NormalizeConstants<T> constants(scratch, channels);
+  plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
+    const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double pivot = double(x[c * inner]);
+      double sum = 0.0, sum_sq = 0.0;
+      for (std::size_t o = 0; o < outer; ++o) {
+        for (std::size_t b = 0; b < blocks; ++b) {
+          const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
+          double partial[2];
+          k.bn_slab_stats(x + u.offset, u.length, pivot, partial);
+          sum += partial[0];
+          sum_sq += partial[1];
+        }
+      }
+      double m2;
+      finish_stats(pivot, sum, sum_sq, count, &a.save_mean[c], &m2);
+      finish_forward_channel<T>(c, m2, count, a);
+      constants.set(c, a.save_mean[c], a.save_invstd[c], weight, bias);
+    }
+    for (std::size_t o = 0; o < outer; ++o) {
+      const std::size_t at = (o * channels + c0) * inner;
+      k.bn_runs_normalize(x + at, y + at, (c1 - c0) * inner, inner, channels, 0, c0,
+                          constants.mean_hi, constants.mean_lo, constants.scale,
+                          constants.shift, stream);
+    }
+  }, stream_fence_after_batch(k, stream));
+}
+
+// The training backward, blocked as forward_blocked.
+template <class T>
+void backward_blocked(const Plan& plan, std::size_t group, const BatchNormBackwardArgs& a) {
+  const auto& k = current_kernels().typed<T>();
+  const std::size_t channels = plan.channels(), inner = plan.inner(), outer = plan.outer();
+  const std::size_t blocks = plan.blocks_per_slab();
+  const T* dy = static_cast<const T*>(a.dy);
+  const T* x = static_cast<const T*>(a.x);
+  T* dx = static_cast<T*>(a.dx);
+  const T* weight = static_cast<const T*>(a.weight);
+  T* grad_weight = static_cast<T*>(a.grad_weight);
+  T* grad_bias = static_cast<T*>(a.grad_bias);
+  const double count = double(plan.per_channel());
+  const bool stream = plan.stream_output(3);
+  Scratch scratch;
+  DxConstants<T> constants(scratch, channels);
+  plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
+    const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
+    for (std::size_t c = c0; c < c1; ++c) {
+      double sum_dy = 0.0, sum_dyx = 0.0;
+      for (std::size_t o = 0; o < outer; ++o) {
+        for (std::size_t b = 0; b < blocks; ++b) {
+          const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
+          double partial[2];
+          k.bn_slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c], partial);
+          sum_dy += partial[0];
+          sum_dyx += partial[1];
+        }
+      }
+      const double sum_dy_xhat = sum_dyx * a.save_invstd[c];
+      if (weight != nullptr) {
+        grad_weight[c] = T(sum_dy_xhat);
+        grad_bias[c] = T(sum_dy);
+      }
+      constants.set(c, weight, a.save_mean[c], a.save_invstd[c], sum_dy, sum_dy_xhat, count,
+                    true);
+    }
+    for (std::size_t o = 0; o < outer; ++o) {
+      const std::size_t at = (o * channels + c0) * inner;
+      k.bn_runs_dx(dy + at, x + at, dx + at, (c1 - c0) * inner, inner, channels, 0, c0,
+                   constants.k_dy, constants.mean_hi, constants.mean_lo, constants.k_x,
+                   constants.k_0, true, stream);
+    }
+  }, stream_fence_after_batch(k, stream));
+}
+
 template <class T>
 void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
   const Plan plan(shape, sizeof(T));
@@ -438,20 +613,15 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
   double* mean = a.save_mean;
   double* invstd = a.save_invstd;
   if (a.training) {
+    if (const std::size_t group = plan.block_channels(1); group > 0) {
+      forward_blocked<T>(plan, group, a);
+      return;
+    }
     Scratch scratch;
     double* m2 = scratch.take<double>(channels);
     stats_typed(plan, static_cast<const T*>(a.x), mean, m2);
     const double count = double(plan.per_channel());
-    for (std::size_t c = 0; c < channels; ++c) {
-      const double var = m2[c] / count;
-      invstd[c] = 1.0 / std::sqrt(var + a.eps);
-      if (running_mean != nullptr) {
-        const double unbiased = var * (count / (count - 1.0));
-        const double keep = 1.0 - a.momentum;
-        running_mean[c] = T(keep * double(running_mean[c]) + a.momentum * mean[c]);
-        running_var[c] = T(keep * double(running_var[c]) + a.momentum * unbiased);
-      }
-    }
+    for (std::size_t c = 0; c < channels; ++c) finish_forward_channel<T>(c, m2[c], count, a);
   } else {
     for (std::size_t c = 0; c < channels; ++c) {
       mean[c] = double(running_mean[c]);
@@ -469,6 +639,12 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
   const T* dy = static_cast<const T*>(a.dy);
   const T* x = static_cast<const T*>(a.x);
   const T* weight = static_cast<const T*>(a.weight);
+  if (a.training) {
+    if (const std::size_t group = plan.block_channels(2); group > 0) {
+      backward_blocked<T>(plan, group, a);
+      return;
+    }
+  }
   Scratch scratch;
   double* sum_dy = scratch.take<double>(channels);
   double* sum_dy_xhat = scratch.take<double>(channels);

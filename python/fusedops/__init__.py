@@ -67,6 +67,7 @@ from ._batch_norm import (  # noqa: E402
     batch_norm_stats,
 )
 
+from . import distributed
 from . import nn
 from . import optim
 
@@ -87,6 +88,7 @@ __all__ = [
     "batch_norm_stats",
     "build_info",
     "clip_grad_norm",
+    "distributed",
     "get_num_threads",
     "grad_norm",
     "lamb_step",

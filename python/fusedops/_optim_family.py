@@ -82,11 +82,13 @@ class Adagrad(_FamilyOptimizer):
     def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, *, maximize: bool = False, l1: float = 0.0,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
                         maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _check_group(self, group: ParamGroup, index: int) -> None:
         where = f"Adagrad: param_groups[{index}]['initial_accumulator_value']"
@@ -122,10 +124,12 @@ class RMSprop(_FamilyOptimizer):
     def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return (("square_avg",) + (("grad_avg",) if group["centered"] else ())
@@ -144,10 +148,12 @@ class Adamax(_FamilyOptimizer):
     def __init__(self, params: Params, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
                  l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_inf")
@@ -167,12 +173,14 @@ class NAdam(_FamilyOptimizer):
     def __init__(self, params: Params, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False, l1: float = 0.0,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                         maximize=maximize, l1=l1)
         self._mu_products: List[float] = []
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def add_param_group(self, group: Dict[str, Any]) -> None:
         super().add_param_group(group)
@@ -226,10 +234,12 @@ class RAdam(_FamilyOptimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
                  *, maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -247,9 +257,11 @@ class Lion(_FamilyOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg",)
@@ -266,11 +278,16 @@ class _TrustRatioOptimizer(Optimizer):
     _flags: Tuple[str, ...] = ()
 
     def __init__(self, params: Params, defaults: Dict[str, Any], *, max_grad_norm: Optional[float],
-                 skip_nonfinite: bool) -> None:
+                 skip_nonfinite: bool,
+                 comm: Any, shard_state: bool) -> None:
+        if shard_state:  # the trust ratios need norms of whole tensors, which shards cut
+            raise ValueError(f"{type(self).__name__}: shard_state=True is not supported (per-tensor "
+                             "trust ratios need whole tensors); use comm= alone")
         self.trust_ratios: Optional[List[float]] = None
         self._mask_key: Tuple[Any, ...] = ()
         self._mask = b""
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _group_args(self, group: ParamGroup, index: int) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
@@ -344,11 +361,13 @@ class LAMB(_TrustRatioOptimizer):
                  eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool = True,
                  trust_clip: Optional[float] = None, exclude: Exclude = None, maximize: bool = False,
                  l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, trust_clip=trust_clip, exclude=exclude,
                         maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -402,11 +421,13 @@ class LARS(_TrustRatioOptimizer):
                  eta: float = 1e-3, *, dampening: float = 0.0, nesterov: bool = False,
                  eps: float = 1e-8, trust_clip: bool = False, exclude: Exclude = None,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                         dampening=dampening, nesterov=nesterov, eps=eps, trust_clip=trust_clip,
                         exclude=exclude, maximize=maximize, l1=l1)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()

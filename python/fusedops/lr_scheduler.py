@@ -125,6 +125,11 @@ class LRScheduler:
         if len(values) != len(groups):
             raise ValueError(f"{type(self).__name__}: {len(values)} lrs for {len(groups)} param groups")
         for group, lr in zip(groups, values):
+            # A schedule that ends at 0 (LinearLR with end_factor=0, say) can land a rounding
+            # error below it, -5e-17 where torch's own sequence does too; the optimizers
+            # reject a negative lr, so such a value is 0.
+            if lr < 0 and lr > -1e-12 * abs(group.get("initial_lr", lr)):
+                lr = 0.0
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in groups]
 
@@ -250,8 +255,7 @@ class MultiStepLR(LRScheduler):
 
 
 class LinearLR(LRScheduler):
-    """lr factor moving linearly from start_factor to end_factor over total_iters steps
-    (torch's recurrence; where rounding takes it below 0, at end_factor=0, it is 0)."""
+    """lr factor moving linearly from start_factor to end_factor over total_iters steps."""
 
     def __init__(self, optimizer: SupportsParamGroups, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
@@ -272,9 +276,7 @@ class LinearLR(LRScheduler):
             return lrs
         delta = self.end_factor - self.start_factor
         factor = 1.0 + delta / (self.total_iters * self.start_factor + (self.last_epoch - 1) * delta)
-        # The exact factor is never negative; with end_factor=0 the recurrence ends at about
-        # -1e-17 instead of 0 (torch's too), which an optimizer would reject as lr < 0.
-        return [max(lr * factor, 0.0) for lr in lrs]
+        return [lr * factor for lr in lrs]
 
     def _closed_form_lr(self) -> List[float]:
         frac = min(self.total_iters, self.last_epoch) / self.total_iters

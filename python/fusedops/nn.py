@@ -8,6 +8,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from . import distributed
 from ._batch_norm import batch_norm_backward, batch_norm_forward
 
 __all__ = ["BatchNorm"]
@@ -24,6 +25,14 @@ class BatchNorm:
       or the batch statistics when they are not tracked (as torch does).
     - ``backward(dy)`` returns ``dx`` for the last ``forward`` and writes the parameter
       gradients into ``grad_weight`` and ``grad_bias``.
+    - ``comm=`` (a ``fusedops.distributed`` communicator or an mpi4py Comm; SyncBatchNorm):
+      in training, the statistics are those of the global batch over the ranks (each
+      rank's per-channel count, mean and M2, combined in rank order, so identically on
+      every rank; a rank may hold 0 or 1 rows), the running variance is the global
+      unbiased one, and ``backward`` sums the per-channel reductions over the ranks. The
+      parameter gradients stay those of the rank's own rows, for a data-parallel optimizer
+      to average like any other. Every rank must call ``forward``/``backward`` together.
+      With one rank, a plain layer.
 
     Buffers: ``weight``, ``bias``, ``running_mean``, ``running_var``, ``grad_weight`` and
     ``grad_bias`` are allocated once and only ever updated in place, so an optimizer can
@@ -54,7 +63,8 @@ class BatchNorm:
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 channel_axis: int = 1, dtype: npt.DTypeLike = np.float32) -> None:
+                 channel_axis: int = 1, dtype: npt.DTypeLike = np.float32,
+                 comm: Any = None) -> None:
         if not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool):
             raise TypeError(f"BatchNorm: num_features must be an int, got "
                             f"{type(num_features).__name__}")
@@ -83,11 +93,20 @@ class BatchNorm:
         self.grad_bias = np.zeros(c, dtype) if affine else None
         self.running_mean = np.zeros(c, dtype) if track_running_stats else None
         self.running_var = np.ones(c, dtype) if track_running_stats else None
-        self._saved = None  # (x, save_mean, save_invstd, batch statistics used)
+        self._saved = None  # (x, save_mean, save_invstd, batch statistics used, global count)
+        # Set when training statistics are synchronized over more than one rank.
+        self.comm: Optional[distributed.Communicator] = None
+        if comm is not None:
+            ranks = distributed.as_communicator(comm, "BatchNorm")
+            self.comm = ranks if ranks.size > 1 else None
 
     def forward(self, x: np.ndarray, training: bool = True, *,
                 out: np.ndarray | None = None) -> np.ndarray:
         """Normalizes ``x``; caches what ``backward`` needs."""
+        if self.comm is not None and training:
+            y, mean, invstd, count = distributed.sync_batch_norm_forward(self, self.comm, x, out)
+            self._saved = (x, mean, invstd, True, count)
+            return y
         self._check_dtype("x", x)
         self._check_channels(x)
         use_batch_stats = training or not self.track_running_stats
@@ -95,18 +114,24 @@ class BatchNorm:
             x, self.weight, self.bias, self.running_mean, self.running_var,
             training=use_batch_stats, momentum=self.momentum, eps=self.eps,
             channel_axis=self.channel_axis, out=out)
-        self._saved = (x, save_mean, save_invstd, use_batch_stats)
+        self._saved = (x, save_mean, save_invstd, use_batch_stats, None)
         return y
 
     def backward(self, dy: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
         """Returns ``dx`` for the last ``forward``; fills ``grad_weight`` and ``grad_bias``."""
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward: call forward first")
-        self._check_dtype("dy", dy)
-        x, save_mean, save_invstd, use_batch_stats = self._saved
-        dx, dweight, dbias = batch_norm_backward(
-            dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
-            channel_axis=self.channel_axis, out=out)
+        x, save_mean, save_invstd, use_batch_stats, global_count = self._saved
+        dweight: Optional[np.ndarray]
+        dbias: Optional[np.ndarray]
+        if global_count is not None and self.comm is not None:
+            dx, dweight, dbias = distributed.sync_batch_norm_backward(
+                self, self.comm, dy, x, save_mean, save_invstd, global_count, out)
+        else:
+            self._check_dtype("dy", dy)
+            dx, dweight, dbias = batch_norm_backward(
+                dy, x, self.weight, save_mean, save_invstd, training=use_batch_stats,
+                channel_axis=self.channel_axis, out=out)
         if self.grad_weight is not None and self.grad_bias is not None:
             self.grad_weight[...] = dweight
             self.grad_bias[...] = dbias

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _core, distributed
 from . import lr_scheduler
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
@@ -54,6 +54,11 @@ _COMMON_OPTIONS_DOC = """
       mixed-precision training).
     - ``grads`` passed to ``step`` are a flat list aligned with the params in param-group
       order: group 0's params first, then group 1's, and so on.
+    - ``comm``: a ``fusedops.distributed`` communicator (or an mpi4py Comm) for data
+      parallelism: ``step`` averages the grads over the ranks in place, then clips with the
+      global norm; ``skip_nonfinite`` decides the same on every rank. ``shard_state=True``
+      (ZeRO-1): each rank keeps and updates 1/N of the state; the grads are only read.
+      With one rank both are no-ops. See ``fusedops.distributed``.
 """
 
 
@@ -95,7 +100,18 @@ class Optimizer:
         raise NotImplementedError
 
     def __init__(self, params: Params, defaults: Dict[str, Any], *,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 comm: Any = None, shard_state: bool = False) -> None:
+        self._dist: Optional[distributed.DataParallel] = None  # steps with comm= (> 1 rank)
+        if comm is None and shard_state is False:
+            self._setup(params, defaults, max_grad_norm, skip_nonfinite)
+        else:
+            self._dist = distributed.attach(
+                self, comm, shard_state,
+                lambda: self._setup(params, defaults, max_grad_norm, skip_nonfinite))
+
+    def _setup(self, params: Params, defaults: Dict[str, Any], max_grad_norm: Optional[float],
+               skip_nonfinite: bool) -> None:
         name = type(self).__name__
         if max_grad_norm is not None:
             max_grad_norm = _real(max_grad_norm, f"{name}: max_grad_norm")
@@ -131,6 +147,8 @@ class Optimizer:
         the group's gradient buffers: one array per param, same shapes, same order.
         """
         name = type(self).__name__
+        if self._dist is not None:
+            self._dist.check_add_param_group()
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{name}: a param group must be a dict with a 'params' key")
         index = len(self.param_groups)
@@ -231,6 +249,9 @@ class Optimizer:
         omit it when every param group binds its ``"grads"``. ``grad_scale``: the grads are
         divided by it first (a loss scale). Returns False, changing nothing, when
         ``skip_nonfinite`` is set and a grad holds NaN/Inf.
+
+        With ``comm=``, the grads are first averaged over the ranks, in place (the arrays
+        receive the average); with ``shard_state=True`` they are only read.
         """
         # The update runs with the GIL released: a second thread's step would race on the
         # same params, state and step count. It is refused rather than queued, so that the
@@ -240,25 +261,33 @@ class Optimizer:
                                "running step() on the same optimizer; step one optimizer from "
                                "one thread at a time (or guard it with a lock)")
         try:
-            if grads is None:
-                grads = self._bound_grads()
-            if self._plan is not None:
-                self._ensure_state()
-            plan = self._current_plan()
-            groups = [self._group_args(g, i) for i, g in enumerate(self.param_groups)]
-            applied = self._native_step(plan, grads, groups, grad_scale)
-            if applied:
-                self._step += 1
-                self._started = [s or bool(g.get("momentum", 0))
-                                 for s, g in zip(self._started, self.param_groups)]
-            return applied
+            if self._dist is not None:  # it checks the input on every rank before any collective
+                return self._dist.step(grads, grad_scale)
+            return self._step_local(self._bound_grads() if grads is None else grads, grad_scale)
         finally:
             self._stepping.release()
+
+    def _step_local(self, grads: Sequence[Array], grad_scale: float) -> bool:
+        if self._plan is not None:
+            self._ensure_state()
+        plan = self._current_plan()
+        groups = [self._group_args(g, i) for i, g in enumerate(self.param_groups)]
+        applied = self._native_step(plan, grads, groups, grad_scale)
+        if applied:
+            self._record_applied()
+        return applied
+
+    def _record_applied(self) -> None:
+        self._step += 1
+        self._started = [s or bool(g.get("momentum", 0)) for s, g in zip(self._started, self.param_groups)]
 
     # ------------------------------------------------------------ state_dict
 
     def state_dict(self) -> Dict[str, Any]:
-        """Plain Python/NumPy objects (picklable): state arrays are copies."""
+        """Plain Python/NumPy objects (picklable): state arrays are copies. With
+        ``shard_state=True``, the rank's shard (see ``consolidated_state_dict``)."""
+        if isinstance(self._dist, distributed.ShardedDataParallel):
+            return self._dist.state_dict()
         groups = []
         offset = 0
         for group in self.param_groups:
@@ -286,8 +315,15 @@ class Optimizer:
         """Restores hyperparameters and state (validated first; copies into owned arrays).
 
         A malformed ``state_dict`` raises TypeError (wrong types) or ValueError (wrong
-        keys, counts or shapes) and changes nothing.
+        keys, counts or shapes) and changes nothing. With ``shard_state=True``: the rank's
+        shard (``state_dict()``) or the whole state (``consolidated_state_dict()``).
         """
+        if isinstance(self._dist, distributed.ShardedDataParallel):
+            self._dist.load_state_dict(state_dict)
+        else:
+            self._load_state_dict_local(state_dict)
+
+    def _load_state_dict_local(self, state_dict: Mapping[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name}: state_dict must be a dict, got {type(state_dict).__name__}")
@@ -367,6 +403,13 @@ class Optimizer:
         self._started = started
         self._step = int(step)
 
+    def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
+        """Collective with ``comm=``: the whole state (the unsharded format) on rank
+        ``root``, None on the other ranks. Without ``comm=``: ``state_dict()``."""
+        if self._dist is not None:
+            return self._dist.consolidated_state_dict(root)
+        return self.state_dict()
+
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, g in enumerate(self.param_groups):
@@ -403,10 +446,11 @@ class SGD(Optimizer):
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         l1=l1, nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -457,12 +501,13 @@ class Adam(Optimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False) -> None:
         if not isinstance(betas, (tuple, list)):
             raise TypeError(f"{type(self).__name__}: betas must be a pair of numbers, got {betas!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
                         amsgrad=amsgrad, maximize=maximize)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                         comm=comm, shard_state=shard_state)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
@@ -498,10 +543,10 @@ class AdamW(Adam):
     def __init__(self, params: Params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False, comm: Any = None, shard_state: bool = False) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                          amsgrad=amsgrad, maximize=maximize, max_grad_norm=max_grad_norm,
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, comm=comm, shard_state=shard_state)
 
 
 for _cls in (SGD, Adam, AdamW):

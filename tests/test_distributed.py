@@ -1,0 +1,297 @@
+"""fusedops.distributed: the collectives and the comm=/shard_state= optimizers.
+
+The multi-rank tests launch the scripts in tests/mpi_scripts/ under ``mpiexec -n 2`` and
+``-n 3`` (uneven shards) and assert on their output; each script checks its results on
+every rank against a single-process reference and prints "rank r: <name> ok" at the end.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fusedops as fo
+import fusedops.distributed as fod
+from checks import assert_bitwise_equal
+
+SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
+TIMEOUT = 180  # seconds per launch; a hang fails the test instead of stalling the suite
+
+
+def find_mpiexec():
+    """mpiexec of this environment: beside the interpreter (a venv with the mpich wheel),
+    beside the interpreter the venv was made from, then PATH."""
+    for directory in (Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent,
+                      Path(sys.base_prefix) / "bin"):
+        candidate = directory / "mpiexec"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("mpiexec")
+
+
+def mpi_environment():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"       # ranks share the cores
+    env["HYDRA_LAUNCHER"] = "fork"     # MPICH: local processes only, never ssh
+    env.pop("PMI_RANK", None)          # not a rank of an outer MPI job
+    env.pop("PMI_SIZE", None)
+    return env
+
+
+def run_script(name, ranks, *args):
+    """Runs tests/mpi_scripts/<name> on ``ranks`` ranks (0: plain python, no mpiexec);
+    returns its stdout after checking that it exited cleanly."""
+    script = [sys.executable, str(SCRIPTS / name), str(max(ranks, 1)), *args]
+    if ranks:
+        pytest.importorskip("mpi4py", reason="fusedops.distributed needs mpi4py (pip install '.[dist]')")
+        mpiexec = find_mpiexec()
+        if mpiexec is None:
+            pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+        command = [mpiexec, "-n", str(ranks), *script]
+    else:
+        command = script
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                              cwd=SCRIPTS, env=mpi_environment())
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(command)} timed out after {TIMEOUT} s\n{e.stdout}\n{e.stderr}")
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def assert_all_ranks_ok(output, name, ranks):
+    # mpiexec forwards each rank's output in chunks: lines of different ranks may run together
+    reported = re.findall(rf"rank (\d+): {re.escape(name)} ok", output)
+    assert sorted(map(int, reported)) == list(range(ranks)), output
+
+
+# ---------------------------------------------------------------- multi-rank
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_collectives(ranks):
+    assert_all_ranks_ok(run_script("collectives.py", ranks), "collectives", ranks)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_optimizers(ranks):
+    """comm= and shard_state=True on SGD/Adam/AdamW: equal to one process on the whole
+    batch, bitwise identical params on every rank, ZeRO-1 state 1/N per rank, global skip
+    and clipping, state dicts, and errors raised on every rank."""
+    assert_all_ranks_ok(run_script("optimizers.py", ranks), "optimizers", ranks)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_sync_batch_norm(ranks):
+    """fo.nn.BatchNorm(..., comm=) over ranks with uneven batches (0 and 1 rows included)
+    equals batch norm over the concatenated batch; errors raise on every rank."""
+    assert_all_ranks_ok(run_script("sync_batch_norm.py", ranks), "sync batch norm", ranks)
+
+
+# ---------------------------------------------------------------- one rank, no MPI
+
+def test_one_rank_without_mpiexec():
+    pytest.importorskip("mpi4py")
+    assert_all_ranks_ok(run_script("one_rank.py", 0), "one rank", 1)
+
+
+def test_one_rank_without_mpi4py():
+    assert_all_ranks_ok(run_script("one_rank.py", 0, "--block-mpi4py"), "one rank", 1)
+
+
+def test_flat_buffer():
+    flat, views = fod.flat_buffer([(2, 3), 4, (), (0, 5)], np.float64)
+    assert flat.shape == (11,) and flat.dtype == np.float64 and not flat.any()
+    assert [v.shape for v in views] == [(2, 3), (4,), (), (0, 5)]
+    for i, v in enumerate(views):
+        v[...] = i + 1
+    np.testing.assert_array_equal(flat, [1] * 6 + [2] * 4 + [3])
+    with pytest.raises(ValueError, match=r"shapes\[1\] has a negative dimension"):
+        fod.flat_buffer([(2,), (3, -1)])
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("bucket_bytes", [4, 40, 1 << 12, 25 << 20])
+def test_bucket_plan_covers_every_element_once(blocks, bucket_bytes):
+    """Buckets take the arrays' elements in order, each once; in-place buckets are slices
+    of one array a multiple of the block count long; the blocks of the ranks partition
+    every bucket."""
+    sizes = [0, 1, 5, 17, 1000, 0, 3, 300_000, 2, 262_144, 262_145, 7]
+    buckets = fod.plan_buckets(sizes, 4, bucket_bytes, blocks)
+    per_bucket = max(blocks, bucket_bytes // 4 // blocks * blocks)
+    covered = [(i, lo, n) for b in buckets for i, lo, n in b.pieces]
+    expected, flat = [], [(i, k) for i, size in enumerate(sizes) for k in range(size)]
+    for i, lo, n in covered:
+        expected.extend((i, k) for k in range(lo, lo + n))
+    assert expected == flat
+    for b in buckets:
+        assert 0 < b.length <= per_bucket and b.block == -(-b.length // blocks)
+        if b.in_place:
+            assert len(b.pieces) == 1 and b.length % blocks == 0
+        parts = sorted((i, lo, n) for r in range(blocks) for i, lo, n, _ in b.block_pieces(r))
+        assert sum(n for _, _, n in parts) == b.length
+        for r in range(blocks):
+            positions = [pos for _, _, _, pos in b.block_pieces(r)]
+            assert positions == sorted(positions) and all(0 <= p < b.block for p in positions)
+    in_place = {b.pieces[0][0] for b in buckets if b.in_place}
+    if bucket_bytes >= 1 << 20:  # only the arrays of 1 MiB or more
+        assert in_place == {7, 9, 10}
+    else:  # any array of a bucket or more
+        assert in_place == {i for i, size in enumerate(sizes) if size >= per_bucket}
+
+
+def test_flat_buffer_views_are_one_span():
+    """Views of a flat_buffer, in order, are recognized as one buffer (collectives run in
+    it without copies); anything else is not."""
+    flat, views = fod.flat_buffer([(2, 2), 3, (1, 2)], np.float32)
+
+    def span(arrays):
+        flats = [a.reshape(-1) for a in arrays]
+        return fod._contiguous_span(flats, sum(f.size for f in flats))
+
+    whole = span(views)
+    assert whole is not None and whole.size == flat.size and np.shares_memory(whole, flat)
+    assert span(views[::-1]) is None                 # not in memory order
+    assert span([views[0], views[2]]) is None        # a gap
+    assert span([np.zeros(3), np.zeros(3)]) is None  # two buffers
+
+
+def test_optimizer_arguments_without_mpi():
+    p = [np.zeros(3, np.float32)]
+    with pytest.raises(ValueError, match="shard_state=True needs comm="):
+        fo.optim.Adam(p, shard_state=True)
+    with pytest.raises(TypeError, match="comm must be"):
+        fo.optim.SGD(p, lr=0.1, comm="world")
+    with pytest.raises(TypeError, match="shard_state must be a bool"):
+        fo.optim.AdamW(p, comm=fod.Communicator(), shard_state=1)
+
+
+@pytest.mark.parametrize("shard_state", [False, True])
+def test_one_rank_communicator_is_a_plain_optimizer(rng, shard_state):
+    """comm= with one rank (no MPI at all here) changes nothing: bitwise the plain run."""
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(4, 3), (3,), ()]]
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params] for _ in range(3)]
+    runs = []
+    for comm in (None, fod.Communicator()):
+        ps = [p.copy() for p in params]
+        kwargs = {} if comm is None else dict(comm=comm, shard_state=shard_state)
+        opt = fo.optim.AdamW(ps, lr=0.01, max_grad_norm=0.5, **kwargs)
+        for g in grads:
+            assert opt.step([x.copy() for x in g])
+        runs.append((ps, opt.state_dict(), opt.consolidated_state_dict()))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert_bitwise_equal(a, b)
+    assert runs[1][1]["step"] == 3 and runs[1][2]["step"] == 3
+    for i, entry in runs[0][1]["state"].items():
+        for key, value in entry.items():
+            assert_bitwise_equal(value, runs[1][1]["state"][i][key])
+
+
+def test_batch_norm_with_one_rank_is_plain(rng):
+    x = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    plain, synced = fo.nn.BatchNorm(3), fo.nn.BatchNorm(3, comm=fod.Communicator())
+    assert synced.comm is None
+    for layer in (plain, synced):
+        layer.forward(x)
+        layer.backward(dy)
+    for a, b in zip([plain.running_mean, plain.running_var, plain.grad_weight],
+                    [synced.running_mean, synced.running_var, synced.grad_weight]):
+        assert_bitwise_equal(a, b)
+    with pytest.raises(TypeError, match="comm must be"):
+        fo.nn.BatchNorm(3, comm=1)
+
+
+# ---------------------------------------------------------------- bench/dist.py, bench/dist_model.py
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_dist_benchmark_runs_and_checks_its_results():
+    """bench/dist.py on a small model of GPT-2's structure, 1 and 2 ranks (it asserts that
+    the ranks' averages and params agree)."""
+    pytest.importorskip("mpi4py")
+    if find_mpiexec() is None:
+        pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+    done = subprocess.run([sys.executable, str(BENCH / "dist.py"), "--ranks", "1", "2", "--tiny",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=TIMEOUT,
+                          env=mpi_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "28 float32 tensors, 2,696 values" in out, out  # 936 + 2 * 872 + 16
+    for ranks in (1, 2):
+        assert re.search(rf"^\s+{ranks}  ZeRO-1 step\s+\d", out, re.M), out
+    assert re.search(r"^2 ranks: averaging / raw Allreduce = \d", out, re.M), out
+
+
+def test_gpt2_small_parameter_list():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import dist
+        import dist_model
+    finally:
+        sys.path.remove(str(BENCH))
+    shapes = dist.gpt2_small_shapes()
+    assert len(shapes) == 148
+    assert sum(int(np.prod(s)) for s in shapes) == dist_model.GPT2_SMALL == 124_439_808
+    # The model's formulas (ZeRO paper, table 1; ring allreduce).
+    assert dist_model.wire_bytes(1000, 4) == 2 * 3 / 4 * 4000
+    assert dist_model.memory_per_param(8, mixed=False, zero=True) == 9.0
+    assert dist_model.memory_per_param(4, mixed=True, zero=True) == 7.0
+    assert dist_model.memory_per_param(4, mixed=True, zero=False) == 16.0
+    seconds = dist_model.step_seconds(0.2, 2 * dist_model.GPT2_SMALL, 8, 100, zero=True)
+    assert seconds == pytest.approx(0.4 / 8 + dist_model.wire_bytes(2 * dist_model.GPT2_SMALL, 8) * 8 / 1e11
+                                    + 14 * dist_model.LATENCY_S)
+
+
+def test_readme_example_runs_on_two_ranks(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Data parallel over MPI", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    script = tmp_path / "readme_dist.py"
+    script.write_text(code + "\nassert np.all(grads[0] == (comm.size - 1) / 2)\n"
+                      "assert all(np.allclose(p, q, rtol=1e-6) for p, q in zip(opt.param_groups[0]['params'],"
+                      " zero.param_groups[0]['params']))\n"
+                      "print(f'rank {comm.rank}: readme ok', flush=True)\n")
+    pytest.importorskip("mpi4py")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=mpi_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_all_ranks_ok(done.stdout, "readme", 2)
+
+
+# ---------------------------------------------------------------- the MLP example
+
+def _example_run(ranks, *args):
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_mlp_digits.py"
+    command = [sys.executable, str(example), "--epochs", "3", "--hidden", "64", "64", *args]
+    if ranks:
+        command = [find_mpiexec(), "-n", str(ranks), *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=mpi_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    losses = [float(x) for x in re.findall(r"^epoch +\d+ +loss (\S+)", done.stdout, re.M)]
+    accuracy = float(re.search(r"^test accuracy: (\S+)", done.stdout, re.M).group(1))
+    return losses, accuracy
+
+
+@pytest.mark.parametrize("shard_state", [False, True], ids=["data-parallel", "zero1"])
+def test_mlp_example_distributed_follows_the_single_process_run(shard_state):
+    """Two ranks, each on half of every batch, with SyncBatchNorm and grads averaged in
+    the step, train the same model as one process on the whole batches (up to rounding)."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("mpi4py")
+    if find_mpiexec() is None:
+        pytest.skip("mpiexec not found (pip install '.[dist]' installs MPICH's)")
+    single_losses, single_accuracy = _example_run(0)
+    losses, accuracy = _example_run(2, "--distributed", *(["--shard-state"] if shard_state else []))
+    assert len(losses) == len(single_losses) == 3
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-3)
+    assert abs(accuracy - single_accuracy) <= 0.01 and accuracy > 0.9
