@@ -32,8 +32,8 @@ def test_available_isas():
     assert "scalar" in available
     assert len(set(available)) == len(available)
     assert set(available) <= set(compiled) <= KNOWN_ISAS
-    # Best first: the default choice is the first entry.
-    order = ["avx512", "avx2", "scalar"]
+    # The default choice first: AVX2 before AVX-512 (see cpu.cpp for the measurement).
+    order = ["avx2", "avx512", "scalar"]
     assert available == sorted(available, key=order.index)
 
 

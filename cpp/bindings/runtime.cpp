@@ -42,7 +42,7 @@ void register_runtime(py::module_& m) {
   m.def("simd_isa", [] { return std::string(isa_name(current_isa())); },
         "The instruction set the kernels run with: 'avx512', 'avx2' or 'scalar'.");
   m.def("available_isas", &available_isa_names,
-        "Instruction sets compiled into this build and supported by this CPU, best first.");
+        "Instruction sets compiled into this build and supported by this CPU, the default first.");
   m.def(
       "_set_isa", [](const std::string& name) { set_isa(isa_or_raise(name, "_set_isa")); },
       py::arg("name"), "Switch the kernel table (for tests and benchmarks).");

@@ -162,7 +162,7 @@ const char* isa_name(Isa isa);
 bool isa_from_name(const std::string& name, Isa* out);
 bool cpu_supports(Isa isa);
 bool isa_compiled(Isa isa);
-std::vector<Isa> available_isas();  // compiled and supported, best first
+std::vector<Isa> available_isas();  // compiled and supported, the default first
 Isa best_isa();
 Isa current_isa();
 void set_isa(Isa isa);  // caller checks availability
