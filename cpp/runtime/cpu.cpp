@@ -110,11 +110,12 @@ bool isa_compiled(Isa isa) { return compiled_table(isa) != nullptr; }
 
 // The order of preference, the default first. AVX2 comes before AVX-512: on an Intel Xeon
 // with AVX-512 (2026-11-30, 2 threads, each kernel's two builds interleaved in one
-// process), the AVX-512 build beat the AVX2 one in no kernel by more than 5% and lost in
-// cache (SGD momentum 1.37x slower at 256K elements, Adam 1.05x, AdamW-AMSGrad 1.11x,
+// process), the AVX-512 build of SGD, Adam/AdamW, the norms and batch norm beat the AVX2
+// one by no more than 5% and lost in cache (SGD momentum 1.37x slower at 256K elements, Adam 1.05x, AdamW-AMSGrad 1.11x,
 // float64 Adam 1.13x) and on batch-norm forward passes beyond the caches (1.14x); beyond
-// the caches the optimizer steps tied. The AVX-512 build stays compiled and tested, and
-// FUSEDOPS_ISA=avx512 selects it.
+// the caches the optimizer steps tied. (Lion at 16M elements was 1.2x faster with
+// AVX-512: a per-kernel choice would take it.) The AVX-512 build stays compiled and
+// tested, and FUSEDOPS_ISA=avx512 selects it.
 std::vector<Isa> available_isas() {
   std::vector<Isa> out;
   for (Isa isa : {Isa::avx2, Isa::avx512, Isa::scalar}) {
