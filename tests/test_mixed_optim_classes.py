@@ -280,17 +280,3 @@ def test_loss_scaler_rejects_bad_settings(kwargs, exc, match):
     with pytest.raises(ValueError, match="missing"):
         s.load_state_dict({"scale": 2.0})
     assert s.scale == 2.0**16
-
-
-@pytest.mark.parametrize("cls", ["Adagrad", "RMSprop", "Lion"])
-def test_optimizer_family_rejects_mixed_rows_and_changes_nothing(cls):
-    """The optimizer family has single-dtype kernels only (for now): a 16-bit row is a
-    TypeError at the step, and nothing changes."""
-    make = getattr(fo.optim, cls)
-    for params, grads in (([np.ones(5, fo.bfloat16)], [np.ones(5, fo.bfloat16)]),
-                          ([np.ones(5, np.float32)], [np.ones(5, np.float16)])):
-        opt = make(params, lr=0.1)
-        before = params[0].copy()
-        with pytest.raises(TypeError, match=r"params\[0\] \(dtype .*\) is a mixed-precision row"):
-            opt.step(grads)
-        assert_bitwise_equal(params[0], before)

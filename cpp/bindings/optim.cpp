@@ -66,20 +66,8 @@ AdamParams checked_adam_params(const char* fn, long long step, double lr,
   return p;
 }
 
-namespace {
-
-// Unpacks and checks params (written), grads (read), the state arguments (written;
-// None where absent) and param_copies (written; None: none) of an optimizer step; returns
-// one MixedTensor per param, its dtypes checked against API.md's table.
-struct StepArrays {
-  ArrayArg params, grads;
-  std::vector<ArrayArg> states;  // same order as the names given
-  ArrayArg copies;
-  std::vector<MixedTensor> tensors;
-};
-
 StepArrays check_step_arrays(const char* function, py::handle params, py::handle grads,
-                             std::initializer_list<std::pair<const char*, py::handle>> states,
+                             const std::vector<std::pair<const char*, py::handle>>& states,
                              py::handle param_copies) {
   StepArrays s{unpack(function, "params", params), {}, {}, {"param_copies", false, {}}, {}};
   s.grads = unpack(function, "grads", grads, &s.params);
@@ -163,11 +151,13 @@ Rounding checked_rounding(const char* fn, py::handle stochastic_rounding, py::ha
   return r;
 }
 
+namespace {
+
 void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffers, py::handle lr,
                  py::handle momentum, py::handle dampening, py::handle weight_decay, py::handle l1,
                  py::handle nesterov, py::handle maximize, py::handle first_step,
-                 py::handle grad_scale, py::handle param_copies, py::handle stochastic_rounding,
-                 py::handle seed) {
+                 py::handle grad_scale, py::handle step, py::handle param_copies,
+                 py::handle stochastic_rounding, py::handle seed) {
   const char* fn = "sgd_step";
   const double momentum_value = real_arg(fn, "momentum", momentum);
   const SgdParams p = checked_sgd_params(
@@ -175,7 +165,13 @@ void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffer
       real_arg(fn, "weight_decay", weight_decay), real_arg(fn, "l1", l1),
       flag_arg(fn, "nesterov", nesterov), flag_arg(fn, "maximize", maximize),
       flag_arg(fn, "first_step", first_step), real_arg(fn, "grad_scale", grad_scale));
-  const Rounding rounding = checked_rounding(fn, stochastic_rounding, seed);
+  const long long step_value = int_arg(fn, "step", step);
+  if (step_value < 1) {
+    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
+                          std::to_string(step_value));
+  }
+  Rounding rounding = checked_rounding(fn, stochastic_rounding, seed);
+  rounding.step = static_cast<std::uint64_t>(step_value);
   if (momentum_value != 0.0 && momentum_buffers.is_none()) {
     throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
   }
@@ -335,12 +331,13 @@ void register_optim(py::module_& m) {
         py::arg("momentum_buffers") = py::none(), py::kw_only(), py::arg("lr"),
         py::arg("momentum") = 0.0, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
         py::arg("l1") = 0.0, py::arg("nesterov") = false, py::arg("maximize") = false,
-        py::arg("first_step") = false, py::arg("grad_scale") = 1.0,
+        py::arg("first_step") = false, py::arg("grad_scale") = 1.0, py::arg("step") = 1,
         py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
         py::arg("seed") = 0,
         "One fused SGD step (torch.optim.SGD semantics plus l1 and grad_scale), in place.\n"
-        "With stochastic_rounding, the random bits come from (seed, tensor, element): pass a\n"
-        "different seed at each step (the optimizer classes use their step count).");
+        "step (an int >= 1, default 1) only keys stochastic rounding: the random bits come\n"
+        "from (seed, step, tensor, element), so pass the step count (1, 2, ...) for new bits\n"
+        "at each step, as the optimizer classes do.");
 
   m.def(
       "adam_step",

@@ -2,6 +2,8 @@
 // adamax_step, nadam_step, radam_step, lion_step) and their hyperparameter checks.
 #include "optim_family.hpp"
 
+#include "optim_params.hpp"
+
 #include <cmath>
 #include <initializer_list>
 #include <optional>
@@ -113,55 +115,50 @@ struct StateArg {
   py::handle obj;  // None: absent
 };
 
-// Checks params (written), grads (read) and the state arguments (written) the
-// hyperparameters use (uses[k] for the k-th), and returns one OptimTensor per param
-// (unused slots nullptr).
-std::vector<OptimTensor> checked_tensors(const char* fn, const bool* uses, py::handle params,
-                                         py::handle grads, std::initializer_list<StateArg> states,
-                                         Dtype* dtype) {
-  const ArrayArg params_arg = unpack(fn, "params", params);
-  const ArrayArg grads_arg = unpack(fn, "grads", grads, &params_arg);
-  std::vector<ArrayArg> state_args;
-  std::vector<int> slot_of;
+// The mixed-precision arguments every step takes.
+struct MixedArgs {
+  py::handle param_copies, stochastic_rounding, seed;
+};
+
+// Checks params (written), grads (read), the state arguments the hyperparameters use
+// (uses[k] for the k-th; written; the others are not read) and param_copies, against
+// API.md's dtype table, per tensor.
+StepArrays checked_arrays(const char* fn, const bool* uses, py::handle params, py::handle grads,
+                          std::initializer_list<StateArg> states, py::handle param_copies) {
+  std::vector<std::pair<const char*, py::handle>> used;
   int slot = 0;
   for (const StateArg& s : states) {
-    if (uses[slot]) {
-      if (s.obj.is_none()) {
-        throw py::value_error(std::string(fn) + ": " + s.name +
-                              " is required with these hyperparameters");
-      }
-      state_args.push_back(unpack(fn, s.name, s.obj, &params_arg));
-      slot_of.push_back(slot);
+    if (uses[slot] && s.obj.is_none()) {
+      throw py::value_error(std::string(fn) + ": " + s.name +
+                            " is required with these hyperparameters");
     }
+    used.emplace_back(s.name, uses[slot] ? s.obj : py::none());
     ++slot;
   }
-  CallChecker checker(fn);
-  std::vector<OptimTensor> tensors(params_arg.items.size());
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    OptimTensor& t = tensors[i];
-    const CheckedArray a = checker.check(params_arg, i, Access::write);
-    t.param = a.data;
-    t.n = a.n;
-    t.grad = checker.check(grads_arg, i, Access::read, &params_arg).data;
-    t.state[0] = t.state[1] = t.state[2] = nullptr;
-    t.group = 0;
-    for (std::size_t k = 0; k < state_args.size(); ++k) {
-      t.state[slot_of[k]] = checker.check(state_args[k], i, Access::write, &params_arg).data;
-    }
-  }
-  checker.check_no_overlap();
-  *dtype = checker.dtype();
-  return tensors;
+  return check_step_arrays(fn, params, grads, used, param_copies);
+}
+
+Rounding checked_rounding_at(const char* fn, const MixedArgs& mixed, long long step) {
+  Rounding r = checked_rounding(fn, mixed.stochastic_rounding, mixed.seed);
+  r.step = static_cast<std::uint64_t>(step);
+  return r;
 }
 
 void run(const char* fn, const FamilyParams& p, py::handle params, py::handle grads,
-         std::initializer_list<StateArg> states) {
+         std::initializer_list<StateArg> states, const MixedArgs& mixed) {
   check_family_params(fn, p);
-  Dtype dtype = Dtype::f32;
+  const Rounding rounding = checked_rounding_at(fn, mixed, p.step);
   const bool uses[3] = {family_uses_state(p, 0), family_uses_state(p, 1), family_uses_state(p, 2)};
-  const std::vector<OptimTensor> tensors = checked_tensors(fn, uses, params, grads, states, &dtype);
+  const StepArrays s = checked_arrays(fn, uses, params, grads, states, mixed.param_copies);
+  Dtype dtype = Dtype::f32;
+  std::vector<OptimTensor> single;
+  const bool is_single = single_dtype(s.tensors, &dtype, &single);
   py::gil_scoped_release release;
-  family_step(dtype, &p, 1, tensors.data(), tensors.size());
+  if (is_single) {
+    family_step(dtype, &p, 1, single.data(), single.size());
+  } else {
+    family_step_mixed(&p, 1, s.tensors.data(), s.tensors.size(), rounding);
+  }
 }
 
 FamilyParams base(FamilyKind kind, long long step, double lr, double weight_decay, double l1,
@@ -183,7 +180,8 @@ std::vector<double> lamb_py(py::handle params, py::handle grads, py::handle exp_
                             py::handle exp_avg_sqs, long long step, double lr, Betas betas,
                             double eps, double weight_decay, bool bias_correction,
                             std::optional<double> trust_clip, py::handle exclude, double l1,
-                            bool maximize, double grad_scale) {
+                            bool maximize, double grad_scale, py::handle param_copies,
+                            py::handle stochastic_rounding, py::handle seed) {
   const char* fn = "lamb_step";
   LambParams p;
   p.step = step;
@@ -201,14 +199,24 @@ std::vector<double> lamb_py(py::handle params, py::handle grads, py::handle exp_
   p.maximize = maximize;
   p.grad_scale = grad_scale;
   check_lamb_params(fn, p);
-  Dtype dtype = Dtype::f32;
+  const Rounding rounding =
+      checked_rounding_at(fn, {param_copies, stochastic_rounding, seed}, p.step);
   const bool uses[2] = {true, true};
-  const std::vector<OptimTensor> tensors = checked_tensors(
-      fn, uses, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, &dtype);
-  const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, tensors.size());
-  std::vector<double> ratios(tensors.size());
+  const StepArrays s = checked_arrays(fn, uses, params, grads,
+                                      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}},
+                                      param_copies);
+  const std::size_t count = s.tensors.size();
+  const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, count);
+  Dtype dtype = Dtype::f32;
+  std::vector<OptimTensor> single;
+  const bool is_single = single_dtype(s.tensors, &dtype, &single);
+  std::vector<double> ratios(count);
   py::gil_scoped_release release;
-  lamb_step(dtype, &p, 1, tensors.data(), excluded.data(), tensors.size(), ratios.data());
+  if (is_single) {
+    lamb_step(dtype, &p, 1, single.data(), excluded.data(), count, ratios.data());
+  } else {
+    lamb_step_mixed(&p, 1, s.tensors.data(), excluded.data(), count, rounding, ratios.data());
+  }
   return ratios;
 }
 
@@ -216,7 +224,8 @@ std::vector<double> lars_py(py::handle params, py::handle grads, py::handle mome
                             double lr, double momentum, double dampening, double weight_decay,
                             double eta, double eps, bool nesterov, bool trust_clip,
                             bool first_step, py::handle exclude, double l1, bool maximize,
-                            double grad_scale) {
+                            double grad_scale, long long step, py::handle param_copies,
+                            py::handle stochastic_rounding, py::handle seed) {
   const char* fn = "lars_step";
   LarsParams p;
   p.lr = lr;
@@ -232,14 +241,26 @@ std::vector<double> lars_py(py::handle params, py::handle grads, py::handle mome
   p.maximize = maximize;
   p.grad_scale = grad_scale;
   check_lars_params(fn, p);
-  Dtype dtype = Dtype::f32;
+  if (step < 1) {
+    throw py::value_error(std::string(fn) + ": step must be an int >= 1, got " +
+                          std::to_string(step));
+  }
+  const Rounding rounding = checked_rounding_at(fn, {param_copies, stochastic_rounding, seed}, step);
   const bool uses[1] = {momentum != 0.0};
-  const std::vector<OptimTensor> tensors = checked_tensors(
-      fn, uses, params, grads, {{"momentum_buffers", momentum_buffers}}, &dtype);
-  const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, tensors.size());
-  std::vector<double> ratios(tensors.size());
+  const StepArrays s = checked_arrays(fn, uses, params, grads,
+                                      {{"momentum_buffers", momentum_buffers}}, param_copies);
+  const std::size_t count = s.tensors.size();
+  const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, count);
+  Dtype dtype = Dtype::f32;
+  std::vector<OptimTensor> single;
+  const bool is_single = single_dtype(s.tensors, &dtype, &single);
+  std::vector<double> ratios(count);
   py::gil_scoped_release release;
-  lars_step(dtype, &p, 1, tensors.data(), excluded.data(), tensors.size(), ratios.data());
+  if (is_single) {
+    lars_step(dtype, &p, 1, single.data(), excluded.data(), count, ratios.data());
+  } else {
+    lars_step_mixed(&p, 1, s.tensors.data(), excluded.data(), count, rounding, ratios.data());
+  }
   return ratios;
 }
 
@@ -342,62 +363,73 @@ void register_optim_family(py::module_& m) {
       "adagrad_step",
       [](py::handle params, py::handle grads, py::handle state_sums, long long step, double lr,
          double lr_decay, double weight_decay, double eps, double l1, bool maximize,
-         double grad_scale) {
+         double grad_scale, py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
         FamilyParams p = base(FamilyKind::adagrad, step, lr, weight_decay, l1, maximize, grad_scale);
         p.lr_decay = lr_decay;
         p.eps = eps;
-        run("adagrad_step", p, params, grads, {{"state_sums", state_sums}});
+        run("adagrad_step", p, params, grads, {{"state_sums", state_sums}},
+            {param_copies, stochastic_rounding, seed});
       },
       py::arg("params"), py::arg("grads"), py::arg("state_sums"), py::kw_only(), py::arg("step"),
       py::arg("lr") = 1e-2, py::arg("lr_decay") = 0.0, py::arg("weight_decay") = 0.0,
       py::arg("eps") = 1e-10, py::arg("l1") = 0.0, py::arg("maximize") = false,
-      py::arg("grad_scale") = 1.0, "One fused Adagrad step (torch.optim.Adagrad), in place.");
+      py::arg("grad_scale") = 1.0, py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+      py::arg("seed") = 0,
+      "One fused Adagrad step (torch.optim.Adagrad), in place.");
 
   m.def(
       "rmsprop_step",
       [](py::handle params, py::handle grads, py::handle square_avgs, py::handle grad_avgs,
          py::handle momentum_buffers, double lr, double alpha, double eps, double weight_decay,
-         double momentum, bool centered, double l1, bool maximize, double grad_scale) {
-        FamilyParams p = base(FamilyKind::rmsprop, 1, lr, weight_decay, l1, maximize, grad_scale);
+         double momentum, bool centered, double l1, bool maximize, double grad_scale,
+         long long step, py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
+        FamilyParams p = base(FamilyKind::rmsprop, step, lr, weight_decay, l1, maximize, grad_scale);
         p.alpha = alpha;
         p.eps = eps;
         p.momentum = momentum;
         p.centered = centered;
         run("rmsprop_step", p, params, grads,
             {{"square_avgs", square_avgs}, {"grad_avgs", grad_avgs},
-             {"momentum_buffers", momentum_buffers}});
+             {"momentum_buffers", momentum_buffers}},
+            {param_copies, stochastic_rounding, seed});
       },
       py::arg("params"), py::arg("grads"), py::arg("square_avgs"),
       py::arg("grad_avgs") = py::none(), py::arg("momentum_buffers") = py::none(), py::kw_only(),
       py::arg("lr") = 1e-2, py::arg("alpha") = 0.99, py::arg("eps") = 1e-8,
       py::arg("weight_decay") = 0.0, py::arg("momentum") = 0.0, py::arg("centered") = false,
       py::arg("l1") = 0.0, py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+      py::arg("step") = 1, py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+      py::arg("seed") = 0,
       "One fused RMSprop step (torch.optim.RMSprop), in place. grad_avgs is required when "
-      "centered=True, momentum_buffers when momentum > 0.");
+      "centered=True, momentum_buffers when momentum > 0. step (>= 1) only keys stochastic "
+      "rounding: pass the step count for new random bits at each step.");
 
   m.def(
       "adamax_step",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_infs,
          long long step, double lr, Betas betas, double eps, double weight_decay, double l1,
-         bool maximize, double grad_scale) {
+         bool maximize, double grad_scale, py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
         FamilyParams p = base(FamilyKind::adamax, step, lr, weight_decay, l1, maximize, grad_scale);
         p.beta1 = betas.first;
         p.beta2 = betas.second;
         p.eps = eps;
-        run("adamax_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_infs", exp_infs}});
+        run("adamax_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_infs", exp_infs}},
+            {param_copies, stochastic_rounding, seed});
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_infs"),
       py::kw_only(), py::arg("step"), py::arg("lr") = 2e-3,
       py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
       py::arg("weight_decay") = 0.0, py::arg("l1") = 0.0, py::arg("maximize") = false,
-      py::arg("grad_scale") = 1.0, "One fused Adamax step (torch.optim.Adamax), in place.");
+      py::arg("grad_scale") = 1.0, py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+      py::arg("seed") = 0,
+      "One fused Adamax step (torch.optim.Adamax), in place.");
 
   m.def(
       "nadam_step",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
          long long step, std::optional<double> mu_product, double lr, Betas betas, double eps,
          double weight_decay, double momentum_decay, bool decoupled_weight_decay, double l1,
-         bool maximize, double grad_scale) {
+         bool maximize, double grad_scale, py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
         FamilyParams p = base(FamilyKind::nadam, step, lr, weight_decay, l1, maximize, grad_scale);
         p.beta1 = betas.first;
         p.beta2 = betas.second;
@@ -412,7 +444,8 @@ void register_optim_family(py::module_& m) {
             p.mu_product *= nadam_mu(p.beta1, p.momentum_decay, t);
           }
         }
-        run("nadam_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+        run("nadam_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}},
+            {param_copies, stochastic_rounding, seed});
         return p.mu_product * nadam_mu(p.beta1, p.momentum_decay, step);
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
@@ -420,7 +453,8 @@ void register_optim_family(py::module_& m) {
       py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
       py::arg("weight_decay") = 0.0, py::arg("momentum_decay") = 4e-3,
       py::arg("decoupled_weight_decay") = false, py::arg("l1") = 0.0,
-      py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+      py::arg("maximize") = false, py::arg("grad_scale") = 1.0, py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+      py::arg("seed") = 0,
       "One fused NAdam step (torch.optim.NAdam), in place. mu_product is the product of "
       "mu_t over the steps before this one (torch's state['mu_product']); None computes it "
       "for constant betas[0] and momentum_decay. Returns the product including this step.");
@@ -429,35 +463,43 @@ void register_optim_family(py::module_& m) {
       "radam_step",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
          long long step, double lr, Betas betas, double eps, double weight_decay,
-         bool decoupled_weight_decay, double l1, bool maximize, double grad_scale) {
+         bool decoupled_weight_decay, double l1, bool maximize, double grad_scale,
+         py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
         FamilyParams p = base(FamilyKind::radam, step, lr, weight_decay, l1, maximize, grad_scale);
         p.beta1 = betas.first;
         p.beta2 = betas.second;
         p.eps = eps;
         p.decoupled_weight_decay = decoupled_weight_decay;
-        run("radam_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}});
+        run("radam_step", p, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}},
+            {param_copies, stochastic_rounding, seed});
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
       py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
       py::arg("betas") = std::make_pair(0.9, 0.999), py::arg("eps") = 1e-8,
       py::arg("weight_decay") = 0.0, py::arg("decoupled_weight_decay") = false,
       py::arg("l1") = 0.0, py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+      py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+      py::arg("seed") = 0,
       "One fused RAdam step (torch.optim.RAdam, rectified when rho_t > 5), in place.");
 
   m.def(
       "lion_step",
       [](py::handle params, py::handle grads, py::handle exp_avgs, double lr, Betas betas,
-         double weight_decay, double l1, bool maximize, double grad_scale) {
-        FamilyParams p = base(FamilyKind::lion, 1, lr, weight_decay, l1, maximize, grad_scale);
+         double weight_decay, double l1, bool maximize, double grad_scale, long long step,
+         py::handle param_copies, py::handle stochastic_rounding, py::handle seed) {
+        FamilyParams p = base(FamilyKind::lion, step, lr, weight_decay, l1, maximize, grad_scale);
         p.beta1 = betas.first;
         p.beta2 = betas.second;
-        run("lion_step", p, params, grads, {{"exp_avgs", exp_avgs}});
+        run("lion_step", p, params, grads, {{"exp_avgs", exp_avgs}},
+            {param_copies, stochastic_rounding, seed});
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::kw_only(),
       py::arg("lr") = 1e-4, py::arg("betas") = std::make_pair(0.9, 0.99),
       py::arg("weight_decay") = 0.0, py::arg("l1") = 0.0, py::arg("maximize") = false,
-      py::arg("grad_scale") = 1.0,
-      "One fused Lion step (Chen et al. 2023; decoupled weight decay), in place.");
+      py::arg("grad_scale") = 1.0, py::arg("step") = 1, py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+      py::arg("seed") = 0,
+      "One fused Lion step (Chen et al. 2023; decoupled weight decay), in place. step (>= 1) "
+      "only keys stochastic rounding: pass the step count for new random bits at each step.");
 
   m.def("lamb_step", &lamb_py, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
         py::arg("exp_avg_sqs"), py::kw_only(), py::arg("step"), py::arg("lr") = 1e-3,
@@ -465,6 +507,8 @@ void register_optim_family(py::module_& m) {
         py::arg("weight_decay") = 0.0, py::arg("bias_correction") = true,
         py::arg("trust_clip") = py::none(), py::arg("exclude") = py::none(), py::arg("l1") = 0.0,
         py::arg("maximize") = false, py::arg("grad_scale") = 1.0,
+        py::arg("param_copies") = py::none(), py::arg("stochastic_rounding") = false,
+        py::arg("seed") = 0,
         "One fused LAMB step (You et al. 2019), in place; returns each tensor's trust ratio.");
   m.def("lars_step", &lars_py, py::arg("params"), py::arg("grads"),
         py::arg("momentum_buffers") = py::none(), py::kw_only(), py::arg("lr"),
@@ -472,8 +516,10 @@ void register_optim_family(py::module_& m) {
         py::arg("eta") = 1e-3, py::arg("eps") = 1e-8, py::arg("nesterov") = false,
         py::arg("trust_clip") = false, py::arg("first_step") = false,
         py::arg("exclude") = py::none(), py::arg("l1") = 0.0, py::arg("maximize") = false,
-        py::arg("grad_scale") = 1.0,
-        "One fused LARS step (You et al. 2017), in place; returns each tensor's trust ratio.");
+        py::arg("grad_scale") = 1.0, py::arg("step") = 1, py::arg("param_copies") = py::none(),
+        py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+        "One fused LARS step (You et al. 2017), in place; returns each tensor's trust ratio. "
+        "step (>= 1) only keys stochastic rounding: pass the step count.");
   m.def(
       "_check_lamb_group",
       [](const std::string& where, const py::dict& group) {

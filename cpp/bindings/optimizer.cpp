@@ -222,19 +222,24 @@ class OptimizerPlan {
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    const std::vector<MixedTensor> mixed = with_grads(grad_items);
-    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
+    std::vector<MixedTensor> tensors = with_grads(grad_items);
     check_still_writeable();
     py::gil_scoped_release release;
     double scale = 1.0;
-    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) return false;
     for (FamilyParams& p : params) p.grad_scale = scale;
-    for (OptimTensor& t : tensors) {
+    for (MixedTensor& t : tensors) {
       for (int k = 0; k < 3; ++k) {
         if (!family_uses_state(params[t.group], k)) t.state[k] = nullptr;
       }
     }
-    family_step(dtype_, params.data(), params.size(), tensors.data(), tensors.size());
+    std::vector<OptimTensor> single;
+    if (single_dtype(tensors, &single)) {
+      family_step(dtype_, params.data(), params.size(), single.data(), single.size());
+    } else {
+      family_step_mixed(params.data(), params.size(), tensors.data(), tensors.size(),
+                        rounding_at(step));
+    }
     return true;
   }
 
@@ -258,19 +263,24 @@ class OptimizerPlan {
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    const std::vector<MixedTensor> mixed = with_grads(grad_items);
-    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
+    const std::vector<MixedTensor> tensors = with_grads(grad_items);
     check_still_writeable();
     std::vector<double> ratios(tensors.size());
+    const auto* flags = reinterpret_cast<const unsigned char*>(excluded.data());
     py::gil_scoped_release release;
     double scale = 1.0;
-    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
       return std::nullopt;
     }
     for (LambParams& p : params) p.grad_scale = scale;
-    lamb_step(dtype_, params.data(), params.size(), tensors.data(),
-              reinterpret_cast<const unsigned char*>(excluded.data()), tensors.size(),
-              ratios.data());
+    std::vector<OptimTensor> single;
+    if (single_dtype(tensors, &single)) {
+      lamb_step(dtype_, params.data(), params.size(), single.data(), flags, single.size(),
+                ratios.data());
+    } else {
+      lamb_step_mixed(params.data(), params.size(), tensors.data(), flags, tensors.size(),
+                      rounding_at(step), ratios.data());
+    }
     return ratios;
   }
 
@@ -279,7 +289,7 @@ class OptimizerPlan {
                                                const std::vector<bool>& first_step,
                                                const std::string& excluded, double grad_scale,
                                                std::optional<double> max_grad_norm,
-                                               bool skip_nonfinite) {
+                                               bool skip_nonfinite, long long step) {
     require_positive(name_.c_str(), "grad_scale", grad_scale);
     if (first_step.size() != groups.size()) {
       throw py::value_error(name_ + ": first_step needs one flag per param group");
@@ -298,22 +308,27 @@ class OptimizerPlan {
       }
     }
     const std::vector<py::object> grad_items = grads_snapshot(grads);  // alive until return
-    const std::vector<MixedTensor> mixed = with_grads(grad_items);
-    std::vector<OptimTensor> tensors = single_dtype_only(mixed);
+    std::vector<MixedTensor> tensors = with_grads(grad_items);
     check_still_writeable();
     std::vector<double> ratios(tensors.size());
+    const auto* flags = reinterpret_cast<const unsigned char*>(excluded.data());
     py::gil_scoped_release release;
     double scale = 1.0;
-    if (!gradient_scale(mixed, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
+    if (!gradient_scale(tensors, grad_scale, max_grad_norm, skip_nonfinite, &scale)) {
       return std::nullopt;
     }
     for (LarsParams& p : params) p.grad_scale = scale;
-    for (OptimTensor& t : tensors) {
+    for (MixedTensor& t : tensors) {
       if (params[t.group].momentum == 0.0) t.state[0] = nullptr;
     }
-    lars_step(dtype_, params.data(), params.size(), tensors.data(),
-              reinterpret_cast<const unsigned char*>(excluded.data()), tensors.size(),
-              ratios.data());
+    std::vector<OptimTensor> single;
+    if (single_dtype(tensors, &single)) {
+      lars_step(dtype_, params.data(), params.size(), single.data(), flags, single.size(),
+                ratios.data());
+    } else {
+      lars_step_mixed(params.data(), params.size(), tensors.data(), flags, tensors.size(),
+                      rounding_at(step), ratios.data());
+    }
     return ratios;
   }
 
@@ -341,6 +356,13 @@ class OptimizerPlan {
                            type_name(grads));
     }
     return sequence_snapshot(grads);
+  }
+
+  // How this step writes 16-bit values: the random bits are keyed by the step count too.
+  Rounding rounding_at(long long step) const {
+    Rounding r = rounding_;
+    r.step = static_cast<std::uint64_t>(step);
+    return r;
   }
 
   std::string group_label(std::size_t i) const {
@@ -486,25 +508,6 @@ class OptimizerPlan {
     return true;
   }
 
-  // The optimizer family has single-dtype kernels only (fusedops/mixed.hpp's block path
-  // is how to extend them): float32 or float64 throughout, or a TypeError.
-  std::vector<OptimTensor> single_dtype_only(const std::vector<MixedTensor>& tensors) const {
-    std::vector<OptimTensor> out;
-    if (tensors.empty() || single_dtype(tensors, &out)) return out;
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-      const MixedTensor& t = tensors[i];
-      if (t.param_dtype != dtype_ || t.grad_dtype != dtype_ || t.state_dtype != dtype_ ||
-          t.copy != nullptr || t.remainder != nullptr || !single_) {
-        throw py::type_error(name_ + ": params[" + std::to_string(i) + "] (dtype " +
-                             dtype_name(t.param_dtype) + ", grads " + dtype_name(t.grad_dtype) +
-                             ", state " + dtype_name(t.state_dtype) +
-                             ") is a mixed-precision row; " + name_ +
-                             " supports float32 or float64 throughout (one dtype per optimizer)");
-      }
-    }
-    return out;
-  }
-
   std::uint16_t* checked_remainder(py::handle obj, py::handle param, const CheckedArray& p,
                                    std::size_t i) const {
     const std::string where = name_ + ": the remainder of params[" + std::to_string(i) + "]";
@@ -579,7 +582,7 @@ void register_optimizer(py::module_& m) {
            py::arg("skip_nonfinite"))
       .def("step_lars", &OptimizerPlan::step_lars, py::arg("grads"), py::arg("groups"),
            py::arg("first_step"), py::arg("excluded"), py::arg("grad_scale"),
-           py::arg("max_grad_norm"), py::arg("skip_nonfinite"))
+           py::arg("max_grad_norm"), py::arg("skip_nonfinite"), py::arg("step") = 1)
       .def("__len__", &OptimizerPlan::size);
 }
 

@@ -14,20 +14,13 @@
 #include <vector>
 
 #include "constants.hpp"
-#include "fusedops/mixed.hpp"
-#include "work.hpp"
+#include "mixed_run.hpp"
 
 namespace fusedops {
 
+namespace mixed_detail {
+
 namespace {
-
-// Small enough that five float blocks (param, grad, three states) fit in a 32 KiB L1.
-constexpr std::size_t kBlock = 512;
-// Chunks are counted in 4-byte elements for every dtype of a mixed call.
-constexpr std::size_t kChunkElementBytes = 4;
-
-// Operands of one tensor, for the random-bit key.
-enum Operand : unsigned { kParamOperand = 0, kStateOperand = 1, kCopyOperand = 4 };
 
 const ConvertKernels& current_convert_kernels() {
   switch (current_isa()) {
@@ -59,6 +52,19 @@ const FusedKernels& current_fused_kernels() {
   }
 }
 
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+Context current_context() {
+  return {current_kernels(), current_convert_kernels(), current_fused_kernels()};
+}
+
 // The fused loop of a tensor's row, or -1 for the block path, where the float32 kernel
 // runs: float32 params with float32 state (only the grads, if any, are 16-bit), and
 // remainders with float32 state, whose masters must equal the float32 masters of
@@ -79,13 +85,6 @@ int fused_row(const MixedTensor& t) {
     default:
       return -1;
   }
-}
-
-std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
 }
 
 // The key of the random bits of (tensor, operand) for the elements whose index has the
@@ -141,105 +140,11 @@ bool all_float32(const MixedTensor& t) {
          t.state_dtype == Dtype::f32 && t.copy == nullptr && t.remainder == nullptr;
 }
 
-template <class T>
-T* at(void* p, std::size_t b) { return p ? static_cast<T*>(p) + b : nullptr; }
+}  // namespace mixed_detail
 
-template <class T>
-T* offset(void* p, std::size_t b, std::size_t size) {
-  return p ? reinterpret_cast<T*>(static_cast<char*>(p) + b * size) : nullptr;
-}
+namespace {
 
-// Runs the fused loop of tensor t's row over [begin, end), then writes the param copy
-// from the updated float32 params while they are still in cache. False: no fused loop.
-template <class Fused>
-bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
-                 std::size_t begin, std::size_t end, const Rounding& r, const Fused& fused) {
-  const int row = fused_row(t);
-  if (row < 0) return false;
-  FusedArgs a{};
-  a.param = offset<void>(t.param, begin, dtype_size(t.param_dtype));
-  a.grad = offset<void>(const_cast<void*>(t.grad), begin, dtype_size(t.grad_dtype));
-  for (int j = 0; j < 3; ++j) a.state[j] = offset<void>(t.state[j], begin, dtype_size(t.state_dtype));
-  a.remainder = t.remainder ? t.remainder + begin : nullptr;
-  a.first = std::uint32_t(begin);
-  a.stochastic = r.stochastic;
-  if (r.stochastic) {
-    for (unsigned k = 0; k < 4; ++k) a.keys[k] = rounding_key(r, tensor, kParamOperand + k, begin);
-  }
-  fused(row, a, end - begin);
-  if (t.copy != nullptr) {
-    store_back(cv, t.copy, t.copy_dtype, nullptr, begin, end - begin,
-               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand);
-  }
-  return true;
-}
-
-// Runs update(param, grad, state0, state1, state2, n) over [begin, end) of tensor t, with
-// T-typed pointers (T: float or double) into memory or into widened blocks.
-template <class Update32, class Update64>
-void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
-                  std::size_t begin, std::size_t end, const Rounding& r,
-                  const Update32& update32, const Update64& update64) {
-  if (t.param_dtype == Dtype::f64) {
-    update64(at<double>(t.param, begin), at<const double>(const_cast<void*>(t.grad), begin),
-             at<double>(t.state[0], begin), at<double>(t.state[1], begin),
-             at<double>(t.state[2], begin), end - begin);
-    return;
-  }
-  if (all_float32(t)) {
-    update32(at<float>(t.param, begin), at<const float>(const_cast<void*>(t.grad), begin),
-             at<float>(t.state[0], begin), at<float>(t.state[1], begin),
-             at<float>(t.state[2], begin), end - begin);
-    return;
-  }
-  alignas(64) float blocks[5][kBlock];
-  for (std::size_t b = begin; b < end; b += kBlock) {
-    const std::size_t n = std::min(kBlock, end - b);
-    float* p = float_view(cv, t.param, t.param_dtype, t.remainder, b, n, blocks[0]);
-    const float* g =
-        float_view(cv, const_cast<void*>(t.grad), t.grad_dtype, nullptr, b, n, blocks[1]);
-    float* s[3];
-    for (int j = 0; j < 3; ++j) {
-      s[j] = t.state[j] ? float_view(cv, t.state[j], t.state_dtype, nullptr, b, n, blocks[2 + j])
-                        : nullptr;
-    }
-    update32(p, g, s[0], s[1], s[2], n);
-    store_back(cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor, kParamOperand);
-    for (unsigned j = 0; j < 3; ++j) {
-      if (t.state[j]) {
-        store_back(cv, t.state[j], t.state_dtype, nullptr, b, n, s[j], r, tensor, kStateOperand + j);
-      }
-    }
-    if (t.copy != nullptr) {
-      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand);
-    }
-  }
-}
-
-template <class Constants, class Step, class FusedStep>
-void run_mixed(const Constants* c, const MixedTensor* tensors, std::size_t count,
-               const Rounding& rounding, const Step& step, const FusedStep& fused_step) {
-  const KernelTable& table = current_kernels();
-  const ConvertKernels& cv = current_convert_kernels();
-  const FusedKernels& fk = current_fused_kernels();
-  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
-  work.run([&](std::size_t, const WorkItem& item) {
-    const MixedTensor& t = tensors[item.tensor];
-    const Constants& k = c[t.group];
-    const auto fused = [&](int row, const FusedArgs& a, std::size_t n) {
-      fused_step(fk, row, k, a, n);
-    };
-    if (fused_range(cv, t, item.tensor, item.begin, item.end, rounding, fused)) return;
-    update_range(
-        cv, t, item.tensor, item.begin, item.end, rounding,
-        [&](float* p, const float* g, float* s0, float* s1, float* s2, std::size_t n) {
-          step(table.f32, k, p, g, s0, s1, s2, n);
-        },
-        [&](double* p, const double* g, double* s0, double* s1, double* s2, std::size_t n) {
-          step(table.f64, k, p, g, s0, s1, s2, n);
-        });
-  });
-}
+using namespace mixed_detail;
 
 // The (widened) values of one buffer range, block by block: f(const T* x, n) with T the
 // buffer's compute type; 16-bit ranges arrive as float blocks.
@@ -266,7 +171,7 @@ void for_blocks(const ConvertKernels& cv, const TypedBuffer& buf, std::size_t be
 template <class Partial>
 std::vector<double> mixed_partials(const TypedBuffer* buffers, std::size_t count, bool is_max,
                                    const Partial& partial) {
-  const ConvertKernels& cv = current_convert_kernels();
+  const ConvertKernels& cv = current_context().cv;
   const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return buffers[t].n; });
   std::vector<double> partials(work.items().size());
   work.run([&](std::size_t i, const WorkItem& item) {
@@ -351,7 +256,7 @@ double global_norm_mixed(const TypedBuffer* buffers, std::size_t count, double n
 
 bool all_finite_mixed(const TypedBuffer* buffers, std::size_t count) {
   const KernelTable& table = current_kernels();
-  const ConvertKernels& cv = current_convert_kernels();
+  const ConvertKernels& cv = current_context().cv;
   const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return buffers[t].n; });
   std::atomic<bool> finite{true};
   work.run([&](std::size_t, const WorkItem& item) {
@@ -368,7 +273,7 @@ bool all_finite_mixed(const TypedBuffer* buffers, std::size_t count) {
 
 void scale_in_place_mixed(const TypedBuffer* buffers, std::size_t count, double factor) {
   const KernelTable& table = current_kernels();
-  const ConvertKernels& cv = current_convert_kernels();
+  const ConvertKernels& cv = current_context().cv;
   const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return buffers[t].n; });
   const Rounding nearest;
   work.run([&](std::size_t, const WorkItem& item) {

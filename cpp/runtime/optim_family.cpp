@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "mixed_run.hpp"
 #include "work.hpp"
 
 namespace fusedops {
@@ -128,6 +129,27 @@ void tensor_sums(const WorkList& work, const std::vector<double>& partials,
   }
 }
 
+// Each tensor's step size lr * ratio, ratio = ||p|| / ||update|| (1 for excluded tensors
+// and zero norms, at most trust_clip when set), from the per-tensor sums of squares.
+template <class Tensor>
+void lamb_step_sizes(const LambParams* groups, const Tensor* tensors,
+                     const unsigned char* excluded, const std::vector<double>& param_sq,
+                     const std::vector<double>& update_sq, std::vector<double>* step_size,
+                     double* trust_ratios) {
+  for (std::size_t t = 0; t < step_size->size(); ++t) {
+    const LambParams& p = groups[tensors[t].group];
+    const double param_norm = std::sqrt(param_sq[t]);
+    const double update_norm = std::sqrt(update_sq[t]);
+    double ratio = 1.0;
+    if (!(excluded != nullptr && excluded[t]) && param_norm > 0.0 && update_norm > 0.0) {
+      ratio = param_norm / update_norm;
+      if (p.trust_clip > 0.0 && ratio > p.trust_clip) ratio = p.trust_clip;
+    }
+    (*step_size)[t] = p.lr * ratio;
+    if (trust_ratios != nullptr) trust_ratios[t] = ratio;
+  }
+}
+
 template <class T>
 void lamb_typed(const LambParams* groups, std::size_t n_groups, const OptimTensor* tensors,
                 const unsigned char* excluded, std::size_t count, double* trust_ratios) {
@@ -155,18 +177,7 @@ void lamb_typed(const LambParams* groups, std::size_t n_groups, const OptimTenso
       },
       [&] {
         tensor_sums(work, partials, &param_sq, &update_sq);
-        for (std::size_t t = 0; t < count; ++t) {
-          const LambParams& p = groups[tensors[t].group];
-          const double param_norm = std::sqrt(param_sq[t]);
-          const double update_norm = std::sqrt(update_sq[t]);
-          double ratio = 1.0;
-          if (!is_excluded(t) && param_norm > 0.0 && update_norm > 0.0) {
-            ratio = param_norm / update_norm;
-            if (p.trust_clip > 0.0 && ratio > p.trust_clip) ratio = p.trust_clip;
-          }
-          step_size[t] = p.lr * ratio;
-          if (trust_ratios != nullptr) trust_ratios[t] = ratio;
-        }
+        lamb_step_sizes(groups, tensors, excluded, param_sq, update_sq, &step_size, trust_ratios);
       },
       [&](std::size_t, const WorkItem& item) {
         const OptimTensor& t = tensors[item.tensor];
@@ -197,11 +208,32 @@ SgdConstants lars_sgd_constants(const LarsParams& p, double ratio, bool excluded
   return c;
 }
 
+// Each tensor's SGD constants with its trust ratio folded in, from the per-tensor sums of
+// squares of the params and the (scaled) grads.
+template <class Tensor>
+void lars_tensor_constants(const LarsParams* groups, const Tensor* tensors,
+                           const unsigned char* excluded, const std::vector<double>& param_sq,
+                           const std::vector<double>& grad_sq, std::vector<SgdConstants>* c,
+                           double* trust_ratios) {
+  for (std::size_t t = 0; t < c->size(); ++t) {
+    const LarsParams& p = groups[tensors[t].group];
+    const bool skip = excluded != nullptr && excluded[t];
+    const double param_norm = std::sqrt(param_sq[t]);
+    const double grad_norm = std::sqrt(grad_sq[t]) / p.grad_scale;
+    double ratio = 1.0;
+    if (!skip && param_norm > 0.0 && grad_norm > 0.0) {
+      ratio = p.eta * param_norm / (grad_norm + p.weight_decay * param_norm + p.eps);
+      if (p.trust_clip && p.lr > 0.0) ratio = std::min(ratio / p.lr, 1.0);
+    }
+    (*c)[t] = lars_sgd_constants(p, ratio, skip);
+    if (trust_ratios != nullptr) trust_ratios[t] = ratio;
+  }
+}
+
 template <class T>
 void lars_typed(const LarsParams* groups, const OptimTensor* tensors, const unsigned char* excluded,
                 std::size_t count, double* trust_ratios) {
   const auto& k = current_kernels().typed<T>();
-  const auto is_excluded = [&](std::size_t t) { return excluded != nullptr && excluded[t]; };
   const WorkList work(count, sizeof(T), [&](std::size_t t) { return tensors[t].n; });
   std::vector<double> partials(2 * work.items().size());
   std::vector<double> param_sq(count), grad_sq(count);
@@ -215,18 +247,7 @@ void lars_typed(const LarsParams* groups, const OptimTensor* tensors, const unsi
       },
       [&] {
         tensor_sums(work, partials, &param_sq, &grad_sq);
-        for (std::size_t t = 0; t < count; ++t) {
-          const LarsParams& p = groups[tensors[t].group];
-          const double param_norm = std::sqrt(param_sq[t]);
-          const double grad_norm = std::sqrt(grad_sq[t]) / p.grad_scale;
-          double ratio = 1.0;
-          if (!is_excluded(t) && param_norm > 0.0 && grad_norm > 0.0) {
-            ratio = p.eta * param_norm / (grad_norm + p.weight_decay * param_norm + p.eps);
-            if (p.trust_clip && p.lr > 0.0) ratio = std::min(ratio / p.lr, 1.0);
-          }
-          c[t] = lars_sgd_constants(p, ratio, is_excluded(t));
-          if (trust_ratios != nullptr) trust_ratios[t] = ratio;
-        }
+        lars_tensor_constants(groups, tensors, excluded, param_sq, grad_sq, &c, trust_ratios);
       },
       [&](std::size_t, const WorkItem& item) {
         const OptimTensor& t = tensors[item.tensor];
@@ -237,7 +258,190 @@ void lars_typed(const LarsParams* groups, const OptimTensor* tensors, const unsi
       });
 }
 
+// ---- Mixed precision: float64 and all-float32 tensors run their kernels on memory (the
+// single-dtype results), the other rows run the float32 kernels over widened blocks.
+
+using mixed_detail::Context;
+using mixed_detail::kBlock;
+using mixed_detail::kChunkElementBytes;
+
+// Sum of squares of one operand over [begin, end): in order over kBlock blocks of the
+// widened values for 16-bit storage (or a remainder's masters).
+double sum_squares_mixed(const Context& ctx, const void* data, Dtype dtype,
+                         const std::uint16_t* remainder, std::size_t begin, std::size_t end) {
+  if (dtype == Dtype::f64) return ctx.table.f64.sum_squares(static_cast<const double*>(data) + begin, end - begin);
+  if (dtype == Dtype::f32 && remainder == nullptr) {
+    return ctx.table.f32.sum_squares(static_cast<const float*>(data) + begin, end - begin);
+  }
+  alignas(64) float block[kBlock];
+  double total = 0.0;
+  for (std::size_t b = begin; b < end; b += kBlock) {
+    const std::size_t n = std::min(kBlock, end - b);
+    total += ctx.table.f32.sum_squares(
+        mixed_detail::float_view(ctx.cv, const_cast<void*>(data), dtype, remainder, b, n, block), n);
+  }
+  return total;
+}
+
+// LAMB's first pass over [begin, end) of t: the moments, stored (rounded), and the sums
+// of squares of the param and of the update (sums[0], sums[1]).
+void lamb_moments_mixed(const Context& ctx, const LambConstants& c, const MixedTensor& t,
+                        std::size_t tensor, std::size_t begin, std::size_t end,
+                        const Rounding& r, double* sums) {
+  using mixed_detail::at;
+  using mixed_detail::float_view;
+  const std::size_t n_all = end - begin;
+  if (t.param_dtype == Dtype::f64) {
+    ctx.table.f64.lamb_moments(c, at<double>(t.param, begin),
+                               at<const double>(const_cast<void*>(t.grad), begin),
+                               at<double>(t.state[0], begin), at<double>(t.state[1], begin), n_all,
+                               sums);
+    return;
+  }
+  if (mixed_detail::all_float32(t)) {
+    ctx.table.f32.lamb_moments(c, at<float>(t.param, begin),
+                               at<const float>(const_cast<void*>(t.grad), begin),
+                               at<float>(t.state[0], begin), at<float>(t.state[1], begin), n_all,
+                               sums);
+    return;
+  }
+  // Re-reading rounded moments: beta 1 and a zero gradient keep m and v as they are.
+  LambConstants reread = c;
+  reread.beta1 = reread.beta2 = 1.0;
+  reread.one_minus_beta1 = reread.one_minus_beta2 = 0.0;
+  reread.use_l1 = reread.scaled = false;
+  alignas(64) static const float zeros[kBlock] = {};
+  alignas(64) float blocks[4][kBlock];
+  const bool rounded_state = t.state_dtype != Dtype::f32;
+  sums[0] = sums[1] = 0.0;
+  for (std::size_t b = begin; b < end; b += kBlock) {
+    const std::size_t n = std::min(kBlock, end - b);
+    const float* p = float_view(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, blocks[0]);
+    const float* g = float_view(ctx.cv, const_cast<void*>(t.grad), t.grad_dtype, nullptr, b, n, blocks[1]);
+    float* m = float_view(ctx.cv, t.state[0], t.state_dtype, nullptr, b, n, blocks[2]);
+    float* v = float_view(ctx.cv, t.state[1], t.state_dtype, nullptr, b, n, blocks[3]);
+    double block_sums[2];
+    ctx.table.f32.lamb_moments(c, p, g, m, v, n, block_sums);
+    if (rounded_state) {
+      for (unsigned j = 0; j < 2; ++j) {
+        mixed_detail::store_back(ctx.cv, t.state[j], t.state_dtype, nullptr, b, n, j == 0 ? m : v,
+                                 r, tensor, mixed_detail::kStateOperand + j);
+      }
+      // The norm of the update the second pass applies: from the stored moments.
+      m = float_view(ctx.cv, t.state[0], t.state_dtype, nullptr, b, n, blocks[2]);
+      v = float_view(ctx.cv, t.state[1], t.state_dtype, nullptr, b, n, blocks[3]);
+      ctx.table.f32.lamb_moments(reread, p, zeros, m, v, n, block_sums);
+    }
+    sums[0] += block_sums[0];
+    sums[1] += block_sums[1];
+  }
+}
+
+// LAMB's second pass over [begin, end) of t: p -= step_size * update, stored (rounded,
+// or split into param and remainder), and the param copy.
+void lamb_apply_mixed(const Context& ctx, const LambConstants& c, const MixedTensor& t,
+                      std::size_t tensor, std::size_t begin, std::size_t end, const Rounding& r,
+                      double step_size) {
+  using mixed_detail::at;
+  using mixed_detail::float_view;
+  if (t.param_dtype == Dtype::f64) {
+    ctx.table.f64.lamb_apply(c, at<double>(t.param, begin), at<const double>(t.state[0], begin),
+                             at<const double>(t.state[1], begin), end - begin, step_size);
+    return;
+  }
+  if (mixed_detail::all_float32(t)) {
+    ctx.table.f32.lamb_apply(c, at<float>(t.param, begin), at<const float>(t.state[0], begin),
+                             at<const float>(t.state[1], begin), end - begin, step_size);
+    return;
+  }
+  alignas(64) float blocks[3][kBlock];
+  for (std::size_t b = begin; b < end; b += kBlock) {
+    const std::size_t n = std::min(kBlock, end - b);
+    float* p = float_view(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, blocks[0]);
+    const float* m = float_view(ctx.cv, t.state[0], t.state_dtype, nullptr, b, n, blocks[1]);
+    const float* v = float_view(ctx.cv, t.state[1], t.state_dtype, nullptr, b, n, blocks[2]);
+    ctx.table.f32.lamb_apply(c, p, m, v, n, step_size);
+    mixed_detail::store_back(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor,
+                             mixed_detail::kParamOperand);
+    if (t.copy != nullptr) {
+      mixed_detail::store_back(ctx.cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor,
+                               mixed_detail::kCopyOperand);
+    }
+  }
+}
+
 }  // namespace
+
+void family_step_mixed(const FamilyParams* groups, std::size_t n_groups,
+                       const MixedTensor* tensors, std::size_t count, const Rounding& rounding) {
+  if (n_groups == 0) return;
+  std::vector<FamilyConstants> c(n_groups);
+  for (std::size_t i = 0; i < n_groups; ++i) c[i] = family_constants(groups[i]);
+  const int kind = static_cast<int>(groups[0].kind);
+  mixed_detail::run_mixed(
+      c.data(), tensors, count, rounding,
+      [kind](const auto& k, const FamilyConstants& fc, auto* p, const auto* g, auto* s0, auto* s1,
+             auto* s2, std::size_t n) { k.family[kind](fc, p, g, s0, s1, s2, n); },
+      mixed_detail::NoFusedLoops{});
+}
+
+void lamb_step_mixed(const LambParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                     const unsigned char* excluded, std::size_t count, const Rounding& rounding,
+                     double* trust_ratios) {
+  const Context ctx = mixed_detail::current_context();
+  std::vector<LambConstants> c(2 * n_groups);
+  for (std::size_t g = 0; g < n_groups; ++g) {
+    c[2 * g] = lamb_constants(groups[g], false);
+    c[2 * g + 1] = lamb_constants(groups[g], true);
+  }
+  const auto constants = [&](std::size_t t) -> const LambConstants& {
+    return c[2 * tensors[t].group + (excluded != nullptr && excluded[t] ? 1 : 0)];
+  };
+  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
+  std::vector<double> partials(2 * work.items().size());
+  std::vector<double> param_sq(count), update_sq(count), step_size(count);
+  work.run_phases(
+      [&](std::size_t i, const WorkItem& item) {
+        lamb_moments_mixed(ctx, constants(item.tensor), tensors[item.tensor], item.tensor,
+                           item.begin, item.end, rounding, &partials[2 * i]);
+      },
+      [&] {
+        tensor_sums(work, partials, &param_sq, &update_sq);
+        lamb_step_sizes(groups, tensors, excluded, param_sq, update_sq, &step_size, trust_ratios);
+      },
+      [&](std::size_t, const WorkItem& item) {
+        lamb_apply_mixed(ctx, constants(item.tensor), tensors[item.tensor], item.tensor,
+                         item.begin, item.end, rounding, step_size[item.tensor]);
+      });
+}
+
+void lars_step_mixed(const LarsParams* groups, std::size_t, const MixedTensor* tensors,
+                     const unsigned char* excluded, std::size_t count, const Rounding& rounding,
+                     double* trust_ratios) {
+  const Context ctx = mixed_detail::current_context();
+  const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
+  std::vector<double> partials(2 * work.items().size());
+  std::vector<double> param_sq(count), grad_sq(count);
+  std::vector<SgdConstants> c(count);
+  work.run_phases(
+      [&](std::size_t i, const WorkItem& item) {
+        const MixedTensor& t = tensors[item.tensor];
+        partials[2 * i] = sum_squares_mixed(ctx, t.param, t.param_dtype, t.remainder, item.begin, item.end);
+        partials[2 * i + 1] = sum_squares_mixed(ctx, t.grad, t.grad_dtype, nullptr, item.begin, item.end);
+      },
+      [&] {
+        tensor_sums(work, partials, &param_sq, &grad_sq);
+        lars_tensor_constants(groups, tensors, excluded, param_sq, grad_sq, &c, trust_ratios);
+      },
+      [&](std::size_t, const WorkItem& item) {
+        mixed_detail::update_item(
+            ctx, tensors[item.tensor], item.tensor, item.begin, item.end, rounding, c[item.tensor],
+            [](const auto& k, const SgdConstants& sc, auto* p, const auto* g, auto* s0, auto*,
+               auto*, std::size_t n) { k.sgd(sc, p, g, s0, n); },
+            [](const FusedKernels& fk, int row, const SgdConstants& sc, const FusedArgs& a,
+               std::size_t n) { fk.sgd[row](sc, a, n); });
+      });
+}
 
 void lamb_step(Dtype dtype, const LambParams* groups, std::size_t n_groups,
                const OptimTensor* tensors, const unsigned char* excluded, std::size_t count,

@@ -6,7 +6,10 @@ implementation switches ``foreach``/``fused``/``capturable``/``differentiable`` 
 counterpart). Lion follows Chen et al. 2023 ("Symbolic Discovery of Optimization
 Algorithms", Algorithm 2). Every class adds the keyword-only extras the other fusedops
 optimizers have: ``l1``, ``max_grad_norm``, ``skip_nonfinite``, and ``step(grads,
-grad_scale=...)``; all tensors of all groups update in one native call.
+grad_scale=...)``; all tensors of all groups update in one native call. The
+mixed-precision options (``state_dtype``, ``master_weights``, ``stochastic_rounding``,
+``seed``; per param, API.md's dtype table) are those of SGD/Adam/AdamW: 16-bit rows run
+the float32 kernels over widened L1 blocks inside the same call.
 
 LAMB (You et al. 2019) and LARS (You et al. 2017) scale each tensor's update by a trust
 ratio computed from norms of that tensor; the norms are reduced inside the same native
@@ -26,7 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
-from .optim import Array, Optimizer, ParamGroup, Params, _flag, _real
+from .optim import _COMMON_OPTIONS_DOC, Array, Optimizer, ParamGroup, Params, _flag, _real
 
 __all__ = ["Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion", "LAMB", "LARS"]
 
@@ -83,12 +86,16 @@ class Adagrad(_FamilyOptimizer):
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, *, maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
                         maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _check_group(self, group: ParamGroup, index: int) -> None:
         where = f"Adagrad: param_groups[{index}]['initial_accumulator_value']"
@@ -104,7 +111,8 @@ class Adagrad(_FamilyOptimizer):
         new = self.param_groups[-1]
         n = len(new["params"])
         for p, st in zip(new["params"], self.state[len(self.state) - n:]):
-            st["sum"] = np.full_like(p, new["initial_accumulator_value"])
+            st["sum"] = np.full(p.shape, new["initial_accumulator_value"],
+                                self._precision.state_dtype_for(p))
         self._allocated[-1] = ("sum",)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
@@ -125,11 +133,15 @@ class RMSprop(_FamilyOptimizer):
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
                  skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return (("square_avg",) + (("grad_avg",) if group["centered"] else ())
@@ -149,11 +161,15 @@ class Adamax(_FamilyOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
                  l1: float = 0.0, max_grad_norm: Optional[float] = None,
                  skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_inf")
@@ -174,13 +190,17 @@ class NAdam(_FamilyOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                         maximize=maximize, l1=l1)
         self._mu_products: List[float] = []
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def add_param_group(self, group: Dict[str, Any]) -> None:
         super().add_param_group(group)
@@ -235,11 +255,15 @@ class RAdam(_FamilyOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
                  *, maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
                  skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -258,10 +282,14 @@ class Lion(_FamilyOptimizer):
     def __init__(self, params: Params, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg",)
@@ -279,7 +307,8 @@ class _TrustRatioOptimizer(Optimizer):
 
     def __init__(self, params: Params, defaults: Dict[str, Any], *, max_grad_norm: Optional[float],
                  skip_nonfinite: bool,
-                 comm: Any, shard_state: bool) -> None:
+                 comm: Any, shard_state: bool, state_dtype: Any, master_weights: Union[bool, str],
+                 stochastic_rounding: bool, seed: int) -> None:
         if shard_state:  # the trust ratios need norms of whole tensors, which shards cut
             raise ValueError(f"{type(self).__name__}: shard_state=True is not supported (per-tensor "
                              "trust ratios need whole tensors); use comm= alone")
@@ -287,7 +316,9 @@ class _TrustRatioOptimizer(Optimizer):
         self._mask_key: Tuple[Any, ...] = ()
         self._mask = b""
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _group_args(self, group: ParamGroup, index: int) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
@@ -362,12 +393,16 @@ class LAMB(_TrustRatioOptimizer):
                  trust_clip: Optional[float] = None, exclude: Exclude = None, maximize: bool = False,
                  l1: float = 0.0, max_grad_norm: Optional[float] = None,
                  skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, trust_clip=trust_clip, exclude=exclude,
                         maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -422,12 +457,16 @@ class LARS(_TrustRatioOptimizer):
                  eps: float = 1e-8, trust_clip: bool = False, exclude: Exclude = None,
                  maximize: bool = False, l1: float = 0.0, max_grad_norm: Optional[float] = None,
                  skip_nonfinite: bool = False,
-                 comm: Any = None, shard_state: bool = False) -> None:
+                 comm: Any = None, shard_state: bool = False, state_dtype: Any = None,
+                 master_weights: Union[bool, str] = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                         dampening=dampening, nesterov=nesterov, eps=eps, trust_clip=trust_clip,
                         exclude=exclude, maximize=maximize, l1=l1)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                         comm=comm, shard_state=shard_state)
+                         comm=comm, shard_state=shard_state, state_dtype=state_dtype,
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     def _needed_state(self, group: ParamGroup) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -440,5 +479,10 @@ class LARS(_TrustRatioOptimizer):
         first = [not s for s in self._started]
         ratios: Optional[List[float]] = plan.step_lars(
             grads, groups, first, self._exclusion_mask(), grad_scale, self.max_grad_norm,
-            self.skip_nonfinite)
+            self.skip_nonfinite, self._step + 1)
         return ratios
+
+
+for _cls in (Adagrad, RMSprop, Adamax, NAdam, RAdam, Lion, LAMB, LARS):
+    _cls.__doc__ = (_cls.__doc__ or "") + _COMMON_OPTIONS_DOC
+del _cls

@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "fusedops/fusedops.hpp"
+#include "fusedops/mixed.hpp"
 
 namespace fusedops {
 
@@ -79,5 +80,20 @@ void lamb_step(Dtype dtype, const LambParams* groups, std::size_t n_groups,
 void lars_step(Dtype dtype, const LarsParams* groups, std::size_t n_groups,
                const OptimTensor* tensors, const unsigned char* excluded, std::size_t count,
                double* trust_ratios);
+
+// The mixed-precision forms (API.md's dtype table, per tensor, in one parallel region):
+// rows without a fused 16-bit loop run the float32 kernels over widened L1 blocks (the
+// block path of fusedops/mixed.hpp), and 16-bit results are rounded as `rounding` says.
+// LAMB/LARS reduce their per-tensor norms over the widened values; with 16-bit state,
+// LAMB's ||update|| is of the update computed from the stored (rounded) moments, the
+// update its second pass applies.
+void family_step_mixed(const FamilyParams* groups, std::size_t n_groups,
+                       const MixedTensor* tensors, std::size_t count, const Rounding& rounding);
+void lamb_step_mixed(const LambParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                     const unsigned char* excluded, std::size_t count, const Rounding& rounding,
+                     double* trust_ratios);
+void lars_step_mixed(const LarsParams* groups, std::size_t n_groups, const MixedTensor* tensors,
+                     const unsigned char* excluded, std::size_t count, const Rounding& rounding,
+                     double* trust_ratios);
 
 }  // namespace fusedops
