@@ -117,15 +117,19 @@ def _norm(x):
 
 def lamb(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
          weight_decay=0.0, bias_correction=True, trust_clip=None, exclude=None, l1=0.0,
-         maximize=False, grad_scale=1.0):
-    """LAMB over a list of tensors: (params, exp_avgs, exp_avg_sqs, trust ratios)."""
+         maximize=False, grad_scale=1.0, store=None):
+    """LAMB over a list of tensors: (params, exp_avgs, exp_avg_sqs, trust ratios).
+    store(i, m, v) -> (m, v), if given, gives the moments as tensor i's state stores them
+    (16-bit state: rounded); the update and its norm are computed from those."""
     b1, b2 = betas
     exclude = exclude or [False] * len(params)
     out = ([], [], [], [])
-    for p, g, m, v, skip in zip(params, grads, exp_avgs, exp_avg_sqs, exclude):
+    for i, (p, g, m, v, skip) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, exclude)):
         p, d = _grad(p, g, l1=l1, maximize=maximize, grad_scale=grad_scale)
         m = b1 * _f64(m) + (1 - b1) * d
         v = b2 * _f64(v) + (1 - b2) * d * d
+        if store is not None:
+            m, v = (_f64(x) for x in store(i, m, v))
         bc1, bc2 = (1 - b1**step, 1 - b2**step) if bias_correction else (1.0, 1.0)
         u = (m / bc1) / (np.sqrt(v / bc2) + eps) + (0.0 if skip else weight_decay) * p
         ratio = 1.0

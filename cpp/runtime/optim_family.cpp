@@ -265,12 +265,16 @@ using mixed_detail::Context;
 using mixed_detail::kBlock;
 using mixed_detail::kChunkElementBytes;
 
-// Sum of squares of one operand over [begin, end): in order over kBlock blocks of the
-// widened values for 16-bit storage (or a remainder's masters).
+// Sum of squares of one operand over [begin, end): the float64 or float32 kernel on
+// memory, or, `blocked`, the sum in order over kBlock blocks of the (widened) values. Every
+// operand of a tensor that is not float32 throughout is blocked, so that a float32 master
+// written to a copy and the same master split into a bfloat16 param and its remainder
+// give the same sums, bit for bit.
 double sum_squares_mixed(const Context& ctx, const void* data, Dtype dtype,
-                         const std::uint16_t* remainder, std::size_t begin, std::size_t end) {
+                         const std::uint16_t* remainder, bool blocked, std::size_t begin,
+                         std::size_t end) {
   if (dtype == Dtype::f64) return ctx.table.f64.sum_squares(static_cast<const double*>(data) + begin, end - begin);
-  if (dtype == Dtype::f32 && remainder == nullptr) {
+  if (!blocked) {
     return ctx.table.f32.sum_squares(static_cast<const float*>(data) + begin, end - begin);
   }
   alignas(64) float block[kBlock];
@@ -426,8 +430,11 @@ void lars_step_mixed(const LarsParams* groups, std::size_t, const MixedTensor* t
   work.run_phases(
       [&](std::size_t i, const WorkItem& item) {
         const MixedTensor& t = tensors[item.tensor];
-        partials[2 * i] = sum_squares_mixed(ctx, t.param, t.param_dtype, t.remainder, item.begin, item.end);
-        partials[2 * i + 1] = sum_squares_mixed(ctx, t.grad, t.grad_dtype, nullptr, item.begin, item.end);
+        const bool blocked = !mixed_detail::all_float32(t);
+        partials[2 * i] = sum_squares_mixed(ctx, t.param, t.param_dtype, t.remainder, blocked,
+                                            item.begin, item.end);
+        partials[2 * i + 1] = sum_squares_mixed(ctx, t.grad, t.grad_dtype, nullptr, blocked,
+                                                item.begin, item.end);
       },
       [&] {
         tensor_sums(work, partials, &param_sq, &grad_sq);
