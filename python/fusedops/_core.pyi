@@ -35,6 +35,7 @@ def sgd_step(
     maximize: bool = False,
     first_step: bool = False,
     grad_scale: float = 1.0,
+    step: int = 1,
     param_copies: Optional[_Arrays] = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
@@ -84,37 +85,44 @@ def adamw_step(
 # ---- the optimizer family (return None unless stated)
 def adagrad_step(params: _Arrays, grads: _Arrays, state_sums: _Arrays, *, step: int, lr: float = 1e-2,
                  lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10, l1: float = 0.0,
-                 maximize: bool = False, grad_scale: float = 1.0) -> None: ...
+                 maximize: bool = False, grad_scale: float = 1.0,
+                 param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0) -> None: ...
 def rmsprop_step(params: _Arrays, grads: _Arrays, square_avgs: _Arrays, grad_avgs: Optional[_Arrays] = None,
                  momentum_buffers: Optional[_Arrays] = None, *, lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 l1: float = 0.0, maximize: bool = False, grad_scale: float = 1.0) -> None: ...
+                 l1: float = 0.0, maximize: bool = False, grad_scale: float = 1.0, step: int = 1,
+                 param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0) -> None: ...
 def adamax_step(params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_infs: _Arrays, *, step: int,
                 lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                 weight_decay: float = 0.0, l1: float = 0.0, maximize: bool = False,
-                grad_scale: float = 1.0) -> None: ...
+                grad_scale: float = 1.0, param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0) -> None: ...
 def nadam_step(params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, *, step: int,
                mu_product: Optional[float] = None, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999),
                eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                decoupled_weight_decay: bool = False, l1: float = 0.0, maximize: bool = False,
-               grad_scale: float = 1.0) -> float: ...  # the mu product including this step
+               grad_scale: float = 1.0, param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0,
+               ) -> float: ...  # the mu product including this step
 def radam_step(params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, *, step: int,
                lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                weight_decay: float = 0.0, decoupled_weight_decay: bool = False, l1: float = 0.0,
-               maximize: bool = False, grad_scale: float = 1.0) -> None: ...
+               maximize: bool = False, grad_scale: float = 1.0, param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0,
+               ) -> None: ...
 def lion_step(params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, *, lr: float = 1e-4,
               betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, l1: float = 0.0,
-              maximize: bool = False, grad_scale: float = 1.0) -> None: ...
+              maximize: bool = False, grad_scale: float = 1.0, step: int = 1,
+              param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0) -> None: ...
 def lamb_step(params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, *, step: int,
               lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
               weight_decay: float = 0.0, bias_correction: bool = True, trust_clip: Optional[float] = None,
               exclude: Optional[Sequence[bool]] = None, l1: float = 0.0, maximize: bool = False,
-              grad_scale: float = 1.0) -> list[float]: ...  # the trust ratios
+              grad_scale: float = 1.0, param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0,
+              ) -> list[float]: ...  # the trust ratios
 def lars_step(params: _Arrays, grads: _Arrays, momentum_buffers: Optional[_Arrays] = None, *, lr: float,
               momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 0.0, eta: float = 1e-3,
               eps: float = 1e-8, nesterov: bool = False, trust_clip: bool = False, first_step: bool = False,
               exclude: Optional[Sequence[bool]] = None, l1: float = 0.0, maximize: bool = False,
-              grad_scale: float = 1.0) -> list[float]: ...  # the trust ratios
+              grad_scale: float = 1.0, step: int = 1, param_copies: Optional[_Arrays] = None, stochastic_rounding: bool = False, seed: int = 0,
+              ) -> list[float]: ...  # the trust ratios
 
 # ---- gradient norms
 def grad_norm(grads: _Arrays, norm_type: float = 2.0) -> float: ...
@@ -140,7 +148,7 @@ class _OptimizerPlan:
                   skip_nonfinite: bool) -> Optional[list[float]]: ...
     def step_lars(self, grads: Sequence[_Array], groups: Sequence[dict[str, Any]], first_step: Sequence[bool],
                   excluded: bytes, grad_scale: float, max_grad_norm: Optional[float],
-                  skip_nonfinite: bool) -> Optional[list[float]]: ...
+                  skip_nonfinite: bool, step: int = 1) -> Optional[list[float]]: ...
     def __len__(self) -> int: ...
 
 def _check_sgd_group(where: str, group: Tuple[Any, ...]) -> None: ...
