@@ -2,14 +2,14 @@
 // adamax_step, nadam_step, radam_step, lion_step) and their hyperparameter checks.
 #include "optim_family.hpp"
 
-#include "optim_params.hpp"
-
 #include <cmath>
 #include <initializer_list>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "optim_params.hpp"
 
 namespace fusedops::bind {
 
