@@ -532,18 +532,28 @@ void forward_blocked(const Plan& plan, std::size_t group, const BatchNormForward
   NormalizeConstants<T> constants(scratch, channels);
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
     const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
-    for (std::size_t c = c0; c < c1; ++c) {
-      const double pivot = double(x[c * inner]);
-      double sum = 0.0, sum_sq = 0.0;
-      for (std::size_t o = 0; o < outer; ++o) {
+    Scratch thread_sums;  // this worker's
+    // Row by row: the group's slabs of one row lie back to back, so the reads stream
+    // through memory instead of jumping a row's length for every slab of one channel.
+    // Each channel still adds its partials in slab-unit order (row, then block).
+    double* sums = thread_sums.take<double>(2 * (c1 - c0));
+    std::fill(sums, sums + 2 * (c1 - c0), 0.0);
+    for (std::size_t o = 0; o < outer; ++o) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        const double pivot = double(x[c * inner]);
+        double* s = sums + 2 * (c - c0);
         for (std::size_t b = 0; b < blocks; ++b) {
           const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
           double partial[2];
           k.bn_slab_stats(x + u.offset, u.length, pivot, partial);
-          sum += partial[0];
-          sum_sq += partial[1];
+          s[0] += partial[0];
+          s[1] += partial[1];
         }
       }
+    }
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double pivot = double(x[c * inner]);
+      const double sum = sums[2 * (c - c0)], sum_sq = sums[2 * (c - c0) + 1];
       double m2;
       finish_stats(pivot, sum, sum_sq, count, &a.save_mean[c], &m2);
       finish_forward_channel<T>(c, m2, count, a);
@@ -576,17 +586,23 @@ void backward_blocked(const Plan& plan, std::size_t group, const BatchNormBackwa
   DxConstants<T> constants(scratch, channels);
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
     const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
-    for (std::size_t c = c0; c < c1; ++c) {
-      double sum_dy = 0.0, sum_dyx = 0.0;
-      for (std::size_t o = 0; o < outer; ++o) {
+    Scratch thread_sums;  // this worker's
+    double* sums = thread_sums.take<double>(2 * (c1 - c0));  // row by row, as forward_blocked
+    std::fill(sums, sums + 2 * (c1 - c0), 0.0);
+    for (std::size_t o = 0; o < outer; ++o) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        double* s = sums + 2 * (c - c0);
         for (std::size_t b = 0; b < blocks; ++b) {
           const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
           double partial[2];
           k.bn_slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c], partial);
-          sum_dy += partial[0];
-          sum_dyx += partial[1];
+          s[0] += partial[0];
+          s[1] += partial[1];
         }
       }
+    }
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double sum_dy = sums[2 * (c - c0)], sum_dyx = sums[2 * (c - c0) + 1];
       const double sum_dy_xhat = sum_dyx * a.save_invstd[c];
       if (weight != nullptr) {
         grad_weight[c] = T(sum_dy_xhat);
