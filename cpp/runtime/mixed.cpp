@@ -282,6 +282,21 @@ std::vector<double> mixed_partials(const TypedBuffer* buffers, std::size_t count
 
 }  // namespace
 
+const BatchNorm16Kernels& current_batch_norm16_kernels() {
+  switch (current_isa()) {
+#ifdef FUSEDOPS_HAVE_AVX512
+    case Isa::avx512:
+      return avx512::batch_norm16_kernels();
+#endif
+#ifdef FUSEDOPS_HAVE_AVX2
+    case Isa::avx2:
+      return avx2::batch_norm16_kernels();
+#endif
+    default:
+      return scalar::batch_norm16_kernels();
+  }
+}
+
 std::size_t dtype_size(Dtype dtype) {
   switch (dtype) {
     case Dtype::f32: return 4;

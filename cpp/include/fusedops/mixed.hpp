@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "fusedops/fusedops.hpp"
+#include "fusedops/kernels.hpp"
 
 namespace fusedops {
 
@@ -69,6 +70,18 @@ struct FusedKernels {
 namespace scalar { const FusedKernels& fused_kernels(); }
 namespace avx2 { const FusedKernels& fused_kernels(); }
 namespace avx512 { const FusedKernels& fused_kernels(); }
+
+// Batch norm on bfloat16 and float16 data (float32 constants and compute, double sums),
+// compiled per ISA beside the conversions (cpp/kernels/convert_table.cpp).
+struct BatchNorm16Kernels {
+  BatchNormKernels<std::uint16_t, float> bf16;
+  BatchNormKernels<std::uint16_t, float> f16;
+};
+namespace scalar { const BatchNorm16Kernels& batch_norm16_kernels(); }
+namespace avx2 { const BatchNorm16Kernels& batch_norm16_kernels(); }
+namespace avx512 { const BatchNorm16Kernels& batch_norm16_kernels(); }
+// The current ISA's (cpp/runtime/mixed.cpp).
+const BatchNorm16Kernels& current_batch_norm16_kernels();
 
 namespace scalar { const ConvertKernels& convert_kernels(); }
 namespace avx2 { const ConvertKernels& convert_kernels(); }
