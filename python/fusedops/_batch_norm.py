@@ -76,7 +76,7 @@ def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], save_mean:
     """Batch norm backward: returns ``(dx, dweight, dbias)``.
 
     ``save_mean`` and ``save_invstd`` are what :func:`batch_norm_forward` returned (float64;
-    arrays of ``x``'s dtype are accepted too). ``dbias = sum(dy)``,
+    arrays of the parameter dtype are accepted too). ``dbias = sum(dy)``,
     ``dweight = sum(dy * xhat)`` with ``xhat = (x - mean) * invstd`` (the parameter dtype, None
     when ``weight`` is None); ``dx = weight * invstd * (dy - dbias / M - xhat * dweight / M)``
     in training (M values per channel), ``dy * weight * invstd`` otherwise.
