@@ -17,7 +17,8 @@ import pytest
 
 import fusedops as fo
 import fusedops.distributed as fod
-from checks import assert_bitwise_equal
+from checks import assert_bitwise_equal, assert_rejected, misaligned, read_only
+from fusedops import _core
 
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
 TIMEOUT = 180  # seconds per launch; a hang fails the test instead of stalling the suite
@@ -204,6 +205,89 @@ def test_batch_norm_with_one_rank_is_plain(rng):
         assert_bitwise_equal(a, b)
     with pytest.raises(TypeError, match="comm must be"):
         fo.nn.BatchNorm(3, comm=1)
+
+
+# ---------------------------------------------------------------- the 16-bit wire kernel
+
+HALF = [fo.bfloat16, np.float16]
+
+
+def mean_of_rows_reference(rows):
+    """The documented average of 16-bit values: summed in float32 in row order, divided by
+    the row count (one correctly rounded float32 division: float64 then float32 is), then
+    rounded to nearest even into the 16-bit dtype (ml_dtypes' and NumPy's casts)."""
+    total = rows[0].astype(np.float32)
+    for row in rows[1:]:
+        total = total + row.astype(np.float32)
+    mean = (total.astype(np.float64) / rows.shape[0]).astype(np.float32)
+    return mean.astype(rows.dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1023, 1025, 100_003])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_mean_of_rows_is_the_float32_mean_rounded_once(isa, rng, dtype, n, ranks):
+    # float16: sums beyond its range (65504); bfloat16: a wide spread of magnitudes.
+    values = rng.standard_normal((ranks, n)) * (3e4 if dtype == np.float16 else 1.0)
+    if dtype != np.float16:
+        values *= 10.0 ** rng.integers(-30, 30, values.shape)
+    rows = np.clip(values, -65000, 65000).astype(dtype) if dtype == np.float16 else values.astype(dtype)
+    # Ties of the final rounding, subnormals and values that cancel.
+    if n >= 17:
+        rows[:, :4] = np.array([1.0, 1.0 + 2.0**-7, 2.0**-130, -3.0], np.float32).astype(dtype)
+        rows[0, 5] = -rows[-1, 5] if ranks > 1 else rows[0, 5]
+    out = np.full(n, 7.0, dtype)
+    _core._mean_of_rows(rows, out)
+    assert_bitwise_equal(out, mean_of_rows_reference(rows))
+
+
+def test_mean_of_rows_float16_overflow_only_in_the_result(isa):
+    """float16: sums beyond 65504 stay finite (float32) when the mean is in range."""
+    rows = np.array([[6e4, -6e4, 6e4, 1.0], [6e4, -6e4, -6e4, 2.0], [6e4, -6e4, 3e4, 3.0]], np.float16)
+    out = np.empty(4, np.float16)
+    _core._mean_of_rows(rows, out)
+    np.testing.assert_array_equal(out, np.array([60000, -60000, 10000, 2.0], np.float16))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_mean_of_rows_nonfinite(isa, dtype):
+    rows = np.array([[np.inf, np.nan, 1.0, np.inf], [1.0, 1.0, -np.inf, -np.inf]], dtype)
+    out = np.empty(4, dtype)
+    _core._mean_of_rows(rows, out)
+    values = out.astype(np.float32)
+    assert values[0] == np.inf and values[2] == -np.inf and np.isnan(values[[1, 3]]).all()
+
+
+def test_mean_of_rows_thread_count_independent(threads, rng):
+    rows = (rng.standard_normal((3, 300_001))).astype(fo.bfloat16)
+    results = []
+    for count in (1, 2):
+        fo.set_num_threads(count)
+        out = np.empty(rows.shape[1], rows.dtype)
+        _core._mean_of_rows(rows, out)
+        results.append(out)
+    assert_bitwise_equal(results[0], results[1])
+
+
+def test_mean_of_rows_rejects_bad_input():
+    bf = fo.bfloat16
+    rows, out = np.ones((2, 5), bf), np.zeros(5, bf)
+    cases = [
+        ((rows.astype(np.float32), np.zeros(5, np.float32)), TypeError, "rows has dtype float32"),
+        ((np.ones((2, 5), np.int16), out), TypeError, "rows has dtype int16"),
+        ((rows, np.zeros(5, np.float16)), TypeError, "out has dtype float16 but rows has dtype bfloat16"),
+        ((rows, np.zeros(4, bf)), ValueError, "out must have shape (5,)"),
+        ((np.ones(5, bf), out), ValueError, "rows must have shape (ranks >= 1, n)"),
+        ((np.ones((0, 5), bf), out), ValueError, "rows must have shape"),
+        ((rows, read_only(out)), ValueError, "out"),
+        ((rows, misaligned(5, bf)), ValueError, "out"),
+        ((rows[:, ::2], np.zeros(3, bf)), ValueError, "rows"),
+        (([rows], out), TypeError, "rows must be a numpy.ndarray"),
+    ]
+    for args, exc, match in cases:
+        assert_rejected(_core._mean_of_rows, args, {}, exc, match)
+    buf = np.ones(15, bf)
+    assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[5:10]), {}, ValueError, "share memory")
 
 
 # ---------------------------------------------------------------- bench/dist.py, bench/dist_model.py
