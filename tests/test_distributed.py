@@ -285,9 +285,9 @@ def test_mean_of_rows_rejects_bad_input():
         (([rows], out), TypeError, "rows must be a numpy.ndarray"),
     ]
     for args, exc, match in cases:
-        assert_rejected(_core._mean_of_rows, args, {}, exc, match)
+        assert_rejected(_core._mean_of_rows, args, {}, exc, re.escape(match))
     buf = np.ones(15, bf)
-    assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[5:10]), {}, ValueError, "share memory")
+    assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[5:10]), {}, ValueError, "out shares memory with rows")
 
 
 # ---------------------------------------------------------------- bench/dist.py, bench/dist_model.py
