@@ -31,6 +31,9 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import numpy.typing as npt
+from ml_dtypes import bfloat16
+
+from . import _core
 
 if TYPE_CHECKING:
     from .nn import BatchNorm
@@ -59,10 +62,19 @@ def _mpi_dtype(dtype: "np.dtype[Any]") -> Any:
     return {np.dtype(np.float32): _MPI.FLOAT, np.dtype(np.float64): _MPI.DOUBLE}[np.dtype(dtype)]
 
 
+def _buffer(a: Array) -> List[Any]:
+    """``a`` as an MPI message: 16-bit floats travel as raw uint16 (NumPy cannot export
+    bfloat16 as a buffer and MPI has no bfloat16 type), the others as their MPI type."""
+    if a.dtype in _HALF:
+        return [a.view(np.uint16), _MPI.UINT16_T]
+    return [a, _mpi_dtype(a.dtype)]
+
+
 __all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
-_REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64))
+_HALF = (np.dtype(bfloat16), np.dtype(np.float16))  # averaged on the wire in 16 bits
+_REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64), *_HALF)
 
 
 class Communicator:
@@ -231,22 +243,59 @@ def _by_dtype(arrays: Sequence[Array]) -> Dict["np.dtype[Any]", List[Array]]:
     return runs
 
 
-def _mean_blocks(comm: Communicator, buf: Array) -> None:
-    """Reduce-scatter (each block summed on one rank), divide, allgather: ``buf.size`` is
-    a multiple of the rank count."""
+def _mean_blocks(comm: Communicator, buf: Array, received: Optional[Array]) -> None:
+    """Reduce-scatter (each block averaged on one rank), then allgather: ``buf.size`` is a
+    multiple of the rank count. 16-bit ``buf``: ``received`` holds ``buf.size`` elements."""
     block = buf.size // comm.size
-    mpi_type = _mpi_dtype(buf.dtype)
-    # In place, the rank's summed block lands at the start of buf: never inside the rank's
-    # own block further on (rank 0's is the same block).
-    comm.mpi.Reduce_scatter_block(_MPI.IN_PLACE, [buf, mpi_type], op=_MPI.SUM)
     lo = comm.rank * block
-    np.divide(buf[:block], comm.size, out=buf[lo:lo + block])
-    comm.mpi.Allgather(_MPI.IN_PLACE, [buf, mpi_type])
+    if buf.dtype in _HALF:
+        assert received is not None
+        _mean_block_16(comm, buf, buf[lo:lo + block], received)
+    else:
+        # In place, the rank's summed block lands at the start of buf: never inside the
+        # rank's own block further on (rank 0's is the same block).
+        comm.mpi.Reduce_scatter_block(_MPI.IN_PLACE, _buffer(buf), op=_MPI.SUM)
+        np.divide(buf[:block], comm.size, out=buf[lo:lo + block])
+    comm.mpi.Allgather(_MPI.IN_PLACE, _buffer(buf))
+
+
+def _mean_block_16(comm: Communicator, send: Array, mine: Array, received: Array) -> None:
+    """The 16-bit reduce-scatter: an Alltoall of raw blocks (this rank receives every
+    rank's copy of its block, in rank order, into ``received``), then one native call that
+    sums them in float32 in rank order, divides by the rank count and rounds once (to
+    nearest even) into ``mine``. The same bits on every rank and in every run."""
+    rows = received[:send.size].reshape(comm.size, mine.size)
+    comm.mpi.Alltoall(_buffer(send), _buffer(rows))
+    _core._mean_of_rows(rows, mine)
+
+
+def _cached(cache: Dict[Any, Array], key: Any, size: int, dtype: "np.dtype[Any]") -> Array:
+    """A scratch array of at least ``size`` elements, kept in ``cache`` from call to call."""
+    scratch = cache.get(key)
+    if scratch is None or scratch.size < size:
+        scratch = cache[key] = np.empty(size, dtype)
+    return scratch
+
+
+def _average(comm: Communicator, arrays: Sequence[Array], bucket_bytes: int,
+             cache: Dict[Any, Array]) -> None:
+    """Replaces the (checked) arrays by their mean over the ranks, dtype by dtype, bucket
+    by bucket. 16-bit arrays are averaged in 16 bits on the wire (:func:`_mean_block_16`)."""
+    for dtype, run in _by_dtype(arrays).items():
+        flats, buckets = _bucketed(run, bucket_bytes, comm.size)
+        scratch = _cached(cache, ("packed", dtype), _scratch_elements(buckets, comm.size), dtype)
+        received = None
+        if dtype in _HALF:
+            largest = max((comm.size * b.block for b in buckets), default=0)
+            received = _cached(cache, ("received", dtype), largest, dtype)
+        _run_buckets(flats, buckets, comm.size,
+                     lambda buf: _mean_blocks(comm, buf, received), scratch=scratch)
 
 
 def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
-    """Replaces each array by its mean over the ranks, in place (float32/float64).
+    """Replaces each array by its mean over the ranks, in place (float32, float64,
+    bfloat16 or float16).
 
     The arrays of each dtype are cut into buckets of at most ``bucket_bytes``
     (:func:`plan_buckets`) and each bucket is averaged with a reduce-scatter and an
@@ -255,6 +304,12 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     (:func:`flat_buffer`), are averaged in their own memory; smaller ones are packed.
     Every rank must pass arrays of the same shapes and dtypes (ValueError on every rank
     otherwise).
+
+    bfloat16 and float16 arrays travel as 16 bits (half the bytes of float32): each rank
+    receives every rank's copy of its block, sums them in float32 in rank order, divides
+    by the rank count in float32 and rounds the mean once, to nearest even, to the
+    16-bit dtype; the 16-bit means are then allgathered. A float16 sum beyond 65504 does
+    not overflow (only a mean beyond it does).
     """
     where = "allreduce_mean_"
     comm = as_communicator(comm, where)
@@ -263,8 +318,8 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
         arrays = _as_array_list(grads, where, "grads")
         for i, a in enumerate(arrays):
             if a.dtype not in _REDUCIBLE:
-                raise TypeError(f"{where}: grads[{i}] has dtype {a.dtype}; float32 and float64 "
-                                "are supported")
+                raise TypeError(f"{where}: grads[{i}] has dtype {a.dtype}; float32, float64, "
+                                "bfloat16 and float16 are supported")
         _check_written(arrays, where, "grads")
         bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
     except (TypeError, ValueError) as exc:
@@ -272,9 +327,7 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     _agree(comm, error, where, 0 if error else _layout_signature(arrays))
     if comm.size == 1:
         return
-    for run in _by_dtype(arrays).values():
-        flats, buckets = _bucketed(run, bucket_bytes, comm.size)
-        _run_buckets(flats, buckets, comm.size, lambda buf: _mean_blocks(comm, buf))
+    _average(comm, arrays, bucket_bytes, {})
 
 
 def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, *,
@@ -524,8 +577,10 @@ def _check_step_input(opt: Optimizer, grads_arg: Any, grad_scale: Any, *,
     if len(grads) != len(params):
         raise ValueError(f"{name}.step: got {len(grads)} grads for {len(params)} params")
     for i, (g, p) in enumerate(zip(grads, params)):
-        if g.dtype != p.dtype:
-            raise TypeError(f"{name}.step: grads[{i}] has dtype {g.dtype}, its param has {p.dtype}")
+        if g.dtype != p.dtype and not (p.dtype == np.float32 and g.dtype in _HALF):
+            raise TypeError(f"{name}.step: grads[{i}] has dtype {g.dtype}, its param has {p.dtype} "
+                            "(a grad has its param's dtype; float32 params also take bfloat16 "
+                            "or float16 grads)")
         if g.shape != p.shape:
             raise ValueError(f"{name}.step: grads[{i}] has shape {g.shape}, its param has {p.shape}")
         if not g.flags.c_contiguous:
@@ -557,25 +612,18 @@ class DataParallel:
         self.opt = opt
         self.comm = comm
         self.bucket_bytes = DEFAULT_BUCKET_BYTES
-        self._scratch: Dict["np.dtype[Any]", Array] = {}
+        self._scratch: Dict[Any, Array] = {}  # buffers of the averaging, kept from step to step
 
     def step(self, grads_arg: Any, grad_scale: float) -> bool:
         error: Optional[Exception] = None
         signature = 0
         try:
             grads, _ = _check_step_input(self.opt, grads_arg, grad_scale, written=True)
-            signature = _layout_signature(_all_params(self.opt))
+            signature = _layout_signature([*_all_params(self.opt), *grads])
         except (TypeError, ValueError) as exc:
             error = exc
         _agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
-        size = self.comm.size
-        for dtype, run in _by_dtype(grads).items():
-            flats, buckets = _bucketed(run, self.bucket_bytes, size)
-            scratch = self._scratch.get(dtype)  # kept from step to step
-            if scratch is None or scratch.size < _scratch_elements(buckets, size):
-                scratch = self._scratch[dtype] = np.empty(_scratch_elements(buckets, size), dtype)
-            _run_buckets(flats, buckets, size, lambda buf: _mean_blocks(self.comm, buf),
-                         scratch=scratch)
+        _average(self.comm, grads, self.bucket_bytes, self._scratch)
         return self.opt._step_local(grads, grad_scale)
 
     def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
@@ -662,7 +710,6 @@ class ShardedDataParallel(DataParallel):
     def _current_plan(self) -> Any:
         self._ensure_state()
         if self._plan is None:
-            from . import _core
             columns = []
             for name in self.opt._state_names:
                 flat = self.state_flat.get(name)
@@ -674,7 +721,6 @@ class ShardedDataParallel(DataParallel):
         return self._plan
 
     def step(self, grads_arg: Any, grad_scale: float) -> bool:
-        from . import _core
         opt, comm = self.opt, self.comm
         error: Optional[Exception] = None
         try:
