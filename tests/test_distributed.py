@@ -87,6 +87,15 @@ def test_optimizers(ranks):
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
+def test_sixteen_bit_grads_on_the_wire(ranks):
+    """bfloat16/float16 grads with comm= and shard_state=True (float32 params with 16-bit
+    grads, all-16-bit params, bfloat16 state, float32 masters and remainders, stochastic
+    rounding): bitwise the single-process step on the wire's average, on every rank;
+    float16 sums past 65504; bad inputs raise on every rank and change nothing."""
+    assert_all_ranks_ok(run_script("mixed_optimizers.py", ranks), "mixed optimizers", ranks)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
 def test_sync_batch_norm(ranks):
     """fo.nn.BatchNorm(..., comm=) over ranks with uneven batches (0 and 1 rows included)
     equals batch norm over the concatenated batch; errors raise on every rank."""
@@ -288,6 +297,45 @@ def test_mean_of_rows_rejects_bad_input():
         assert_rejected(_core._mean_of_rows, args, {}, exc, re.escape(match))
     buf = np.ones(15, bf)
     assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[5:10]), {}, ValueError, "out shares memory with rows")
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_plan_origins_round_pieces_as_the_whole_tensor(isa, rng, kind):
+    """A plan over pieces of tensors, each given its (tensor, offset) origin, writes with
+    stochastic rounding bitwise what the plan over the whole tensors writes (a ZeRO-1
+    shard rounds as the unsharded step); without the origins it does not."""
+    sizes = [40_000, 17, 1]
+    params = [(rng.standard_normal(n)).astype(fo.bfloat16) for n in sizes]
+    grads = [(rng.standard_normal(n)).astype(fo.bfloat16) for n in sizes]
+    cuts = [(0, 0, 15), (0, 15, 30_000), (0, 30_015, 9_985), (1, 0, 17), (2, 0, 1)]
+    names = ("momentum_buffer",) if kind == "sgd" else ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def run(pieces, origins):
+        ps = [p.copy() for p in params]
+        views = [ps[i][lo:lo + n] for i, lo, n in pieces]
+        states = [np.zeros(v.shape, fo.bfloat16) for _ in names[:2] for v in views]
+        columns = [states[k * len(views):(k + 1) * len(views)] for k in range(len(names[:2]))]
+        columns += [[None] * len(views)] * (len(names) - len(columns))
+        plan = _core._OptimizerPlan(kind, views, [0] * len(views), columns, None, None, True, 5, origins)
+        gs = [grads[i][lo:lo + n] for i, lo, n in pieces]
+        for step in (1, 2):
+            if kind == "sgd":
+                plan.step_sgd(gs, [(0.1, 0.9, 0.0, 0.0, 0.0, False, False, step == 1)], 1.0, None, False, step)
+            else:
+                plan.step_adam(gs, [(0.01, 0.9, 0.999, 1e-8, 0.0, 0.0, False, False)], step, True, 1.0, None, False)
+        return ps
+
+    whole = run([(i, 0, n) for i, n in enumerate(sizes)], None)
+    pieces = run(cuts, [(i, lo) for i, lo, _ in cuts])
+    unkeyed = run(cuts, None)
+    for a, b in zip(whole, pieces):
+        assert_bitwise_equal(a, b)
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(whole, unkeyed))
+    view = np.zeros(4, fo.bfloat16)
+    with pytest.raises(ValueError, match=r"origins\[0\] crosses a multiple of 2\*\*32"):
+        _core._OptimizerPlan("sgd", [view], [0], [[None]], None, None, True, 0, [(0, 2**32 - 2)])
+    with pytest.raises(ValueError, match="one \\(tensor, offset\\) pair per param"):
+        _core._OptimizerPlan("sgd", [view], [0], [[None]], None, None, True, 0, [])
 
 
 # ---------------------------------------------------------------- bench/dist.py, bench/dist_model.py
