@@ -12,13 +12,15 @@ between barriers, the slowest rank counting:
 - ``data parallel step``: ``AdamW(..., comm=).step(grads)``, split into communication
   (the averaging) and compute (the same fused step on one rank's arrays);
 - ``ZeRO-1 step``: ``AdamW(..., comm=, shard_state=True).step(grads)``, split into
-  communication (reduce-scatter of the grads, allgather of the params) and the rest.
+  communication (reduce-scatter of the grads, allgather of the params) and the rest;
+- ``allreduce_mean_ bf16 ...``: the same grads as bfloat16, averaged in 16 bits on the
+  wire (an Alltoall of raw blocks, the native float32 mean rounded once, an allgather),
+  against the float32 rows above.
 
 Bytes per rank are what a ring (or reduce-scatter + allgather) algorithm sends and
-receives: 2 (N - 1) / N x the grad bytes, for both modes. On one machine the ranks share
-cores and the memory bus: the "network" is a shared-memory copy, so read the split as
-what it is, not as a cluster's. 16-bit grads on the wire are not measured: they depend
-on the mixed-precision dtypes, not built yet.
+receives: 2 (N - 1) / N x the grad bytes, for both modes (half of it for bfloat16). On
+one machine the ranks share cores and the memory bus: the "network" is a shared-memory
+copy, so read the split as what it is, not as a cluster's.
 
     mpiexec -n 2 python bench/dist.py                 # this world size
     python bench/dist.py --ranks 1 2 --json out.json  # launches mpiexec -n 1 and -n 2
@@ -132,6 +134,23 @@ def measure(repeats: int, tiny: bool = False) -> dict:
     assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(views[5])))) == 1, \
         "the ranks' averages differ"
 
+    # The same grads as bfloat16: half the bytes on the wire.
+    half_grads = [g.astype(fo.bfloat16) for g in grads]
+    half_flat, half_views = fod.flat_buffer(shapes, fo.bfloat16)
+
+    def refill_half_views():
+        for v, g in zip(half_views, half_grads):
+            v[...] = g
+
+    row("allreduce_mean_ bf16 (separate arrays)",
+        timed(comm, lambda: fod.allreduce_mean_(half_grads, comm), repeats)[0], moved=wire / 2)
+    row("allreduce_mean_ bf16 (flat_buffer views)",
+        timed(comm, lambda: fod.allreduce_mean_(half_views, comm), repeats, refill_half_views)[0],
+        moved=wire / 2)
+    assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(half_views[5].view(np.uint16))))) == 1, \
+        "the ranks' bfloat16 averages differ"
+    del half_grads, half_flat, half_views
+
     # Compute alone: the fused AdamW step on one rank's full arrays.
     opt = fo.optim.AdamW(params, lr=1e-4)
     row("AdamW step, one rank's arrays (compute)", timed(comm, lambda: opt.step(grads), repeats)[0],
@@ -192,6 +211,11 @@ def format_report(results: list[dict]) -> str:
                          f"{ops['allreduce_mean_ (flat_buffer views)']['ms'] / raw:.2f} (flat buffer); "
                          f"ZeRO-1 step / data-parallel step = "
                          f"{ops['ZeRO-1 step']['ms'] / ops['data parallel step']['ms']:.2f}")
+            lines.append(f"{result['ranks']} ranks: bf16 grads on the wire: float32 time / bf16 time = "
+                         f"{ops['allreduce_mean_ (separate arrays)']['ms'] / ops['allreduce_mean_ bf16 (separate arrays)']['ms']:.2f}"
+                         f" (separate arrays), "
+                         f"{ops['allreduce_mean_ (flat_buffer views)']['ms'] / ops['allreduce_mean_ bf16 (flat_buffer views)']['ms']:.2f}"
+                         f" (flat buffer)")
     return "\n".join(lines)
 
 

@@ -278,25 +278,46 @@ def test_mean_of_rows_thread_count_independent(threads, rng):
     assert_bitwise_equal(results[0], results[1])
 
 
+def test_mean_of_rows_takes_a_list_of_rows_and_writes_into_one(rng):
+    """Rows as a list of 1-D arrays (any memory), and out being one of them (the rank's
+    own block of the bucket): the same bits as the 2-D form."""
+    rows = rng.standard_normal((3, 1001)).astype(fo.bfloat16)
+    expected = mean_of_rows_reference(rows)
+    listed = [rows[0].copy(), rows[1].copy(), rows[2].copy()]
+    out = np.empty(1001, fo.bfloat16)
+    _core._mean_of_rows(listed, out)
+    assert_bitwise_equal(out, expected)
+    _core._mean_of_rows(listed, listed[1])  # in place into the middle row
+    assert_bitwise_equal(listed[1], expected)
+
+
 def test_mean_of_rows_rejects_bad_input():
     bf = fo.bfloat16
     rows, out = np.ones((2, 5), bf), np.zeros(5, bf)
     cases = [
-        ((rows.astype(np.float32), np.zeros(5, np.float32)), TypeError, "rows has dtype float32"),
+        ((rows.astype(np.float32), np.zeros(5, np.float32)), TypeError, "out has dtype float32; expected bfloat16 or float16"),
         ((np.ones((2, 5), np.int16), out), TypeError, "rows has dtype int16"),
-        ((rows, np.zeros(5, np.float16)), TypeError, "out has dtype float16 but rows has dtype bfloat16"),
-        ((rows, np.zeros(4, bf)), ValueError, "out must have shape (5,)"),
-        ((np.ones(5, bf), out), ValueError, "rows must have shape (ranks >= 1, n)"),
-        ((np.ones((0, 5), bf), out), ValueError, "rows must have shape"),
+        ((rows, np.zeros(5, np.float16)), TypeError, "rows has dtype bfloat16 but out has dtype float16"),
+        (([np.ones(5, bf), np.ones(5, np.float16)], out), TypeError, "rows[1] has dtype float16 but out"),
+        ((rows, np.zeros(4, bf)), ValueError, "rows must have shape (ranks, 4)"),
+        ((np.ones(5, bf), out), ValueError, "rows must have shape (ranks, 5)"),
+        (([np.ones(5, bf), np.ones(4, bf)], out), ValueError, "rows[1] must have shape (5,) as out"),
+        ((np.ones((0, 5), bf), out), ValueError, "at least one row"),
+        (([], out), ValueError, "at least one row"),
+        ((rows, np.zeros((1, 5), bf)), ValueError, "out must be 1-D"),
         ((rows, read_only(out)), ValueError, "out"),
         ((rows, misaligned(5, bf)), ValueError, "out"),
         ((rows[:, ::2], np.zeros(3, bf)), ValueError, "rows"),
-        (([rows], out), TypeError, "rows must be a numpy.ndarray"),
+        ((rows, [out]), TypeError, "out must be a numpy.ndarray"),
+        ((rows.tolist(), out), TypeError, "rows"),
     ]
     for args, exc, match in cases:
         assert_rejected(_core._mean_of_rows, args, {}, exc, re.escape(match))
     buf = np.ones(15, bf)
-    assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[5:10]), {}, ValueError, "out shares memory with rows")
+    assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[3:8]), {}, ValueError,
+                    "out overlaps rows without being it")
+    assert_rejected(_core._mean_of_rows, ([buf[:5], buf[5:10]], buf[7:12]), {}, ValueError,
+                    re.escape("out overlaps rows[1] without being it"))
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
@@ -358,6 +379,8 @@ def test_dist_benchmark_runs_and_checks_its_results():
     for ranks in (1, 2):
         assert re.search(rf"^\s+{ranks}  ZeRO-1 step\s+\d", out, re.M), out
     assert re.search(r"^2 ranks: averaging / raw Allreduce = \d", out, re.M), out
+    assert re.search(r"^2 ranks: bf16 grads on the wire: float32 time / bf16 time = \d", out, re.M), out
+    assert re.search(r"^\s+2  allreduce_mean_ bf16 \(flat_buffer views\)\s+\d", out, re.M), out
 
 
 def test_gpt2_small_parameter_list():

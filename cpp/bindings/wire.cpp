@@ -1,6 +1,7 @@
 // Bindings of the 16-bit wire kernel used by fusedops.distributed: the average of the
 // rows a rank received from every rank, rounded into its block of the output.
 #include <string>
+#include <vector>
 
 #include "common.hpp"
 #include "fusedops/mixed.hpp"
@@ -12,52 +13,73 @@ namespace {
 
 constexpr const char* kName = "_mean_of_rows";
 
-ArrayArg single(const char* name, py::handle obj) {
-  if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string(kName) + ": " + name + " must be a numpy.ndarray, got " +
-                         type_name(obj));
-  }
-  return ArrayArg{name, false, {py::reinterpret_borrow<py::object>(obj)}};
-}
-
 void mean_of_rows(py::handle rows_obj, py::handle out_obj) {
-  const ArrayArg rows_arg = single("rows", rows_obj);
-  const ArrayArg out_arg = single("out", out_obj);
+  if (!py::isinstance<py::array>(out_obj)) {
+    throw py::type_error(std::string(kName) + ": out must be a numpy.ndarray, got " +
+                         type_name(out_obj));
+  }
+  const ArrayArg rows_arg = unpack(kName, "rows", rows_obj);  // a 2-D array or a list of rows
+  const bool listed = rows_arg.is_list;
+  const ArrayArg out_arg{"out", false, {py::reinterpret_borrow<py::object>(out_obj)}};
   CallChecker checker(kName, true);
-  const CheckedArray rows = checker.check(rows_arg, 0, Access::read);
   const CheckedArray out = checker.check(out_arg, 0, Access::write);
-  const auto name_of = [](const CheckedArray& a) { return std::string(dtype_name(a.dtype)); };
-  if (rows.dtype != Dtype::bf16 && rows.dtype != Dtype::f16) {
-    checker.type_error("rows has dtype " + name_of(rows) + "; expected bfloat16 or float16");
-  }
-  if (out.dtype != rows.dtype) {
-    checker.type_error("out has dtype " + name_of(out) + " but rows has dtype " + name_of(rows));
-  }
-  const py::array r = py::reinterpret_borrow<py::array>(rows_obj);
   const py::array o = py::reinterpret_borrow<py::array>(out_obj);
-  if (r.ndim() != 2 || r.shape(0) < 1) {
-    checker.value_error("rows must have shape (ranks >= 1, n), got " + shape_string(r));
+  if (out.dtype != Dtype::bf16 && out.dtype != Dtype::f16) {
+    checker.type_error("out has dtype " + std::string(dtype_name(out.dtype)) +
+                       "; expected bfloat16 or float16");
   }
-  if (o.ndim() != 1 || o.shape(0) != r.shape(1)) {
-    checker.value_error("out must have shape (" + std::to_string(r.shape(1)) + ",) (rows has " +
-                        shape_string(r) + "), got " + shape_string(o));
+  if (o.ndim() != 1) checker.value_error("out must be 1-D, got shape " + shape_string(o));
+  const auto n = static_cast<std::size_t>(o.shape(0));
+  std::vector<const std::uint16_t*> rows;
+  const auto check_row = [&](const CheckedArray& a, const std::string& label) {
+    if (a.dtype != out.dtype) {
+      checker.type_error(label + " has dtype " + dtype_name(a.dtype) + " but out has dtype " +
+                         dtype_name(out.dtype));
+    }
+    // out may be a row itself (read before written, block by block), not partly one.
+    const auto* lo = static_cast<const char*>(a.data);
+    const auto* out_lo = static_cast<const char*>(out.data);
+    if (a.data != out.data && lo < out_lo + out.nbytes && out_lo < lo + a.nbytes) {
+      checker.value_error("out overlaps " + label + " without being it");
+    }
+  };
+  if (listed) {
+    for (std::size_t r = 0; r < rows_arg.items.size(); ++r) {
+      const CheckedArray a = checker.check(rows_arg, r, Access::read);
+      const py::array row = py::reinterpret_borrow<py::array>(rows_arg.items[r]);
+      if (row.ndim() != 1 || static_cast<std::size_t>(row.shape(0)) != n) {
+        checker.value_error(rows_arg.label(r) + " must have shape (" + std::to_string(n) +
+                            ",) as out, got " + shape_string(row));
+      }
+      check_row(a, rows_arg.label(r));
+      rows.push_back(static_cast<const std::uint16_t*>(a.data));
+    }
+  } else {
+    const CheckedArray a = checker.check(rows_arg, 0, Access::read);
+    const py::array r = py::reinterpret_borrow<py::array>(rows_obj);
+    if (r.ndim() != 2 || static_cast<std::size_t>(r.shape(1)) != n) {
+      checker.value_error("rows must have shape (ranks, " + std::to_string(n) + ") (out has " +
+                          shape_string(o) + "), got " + shape_string(r));
+    }
+    check_row(a, "rows");
+    for (py::ssize_t k = 0; k < r.shape(0); ++k) {
+      rows.push_back(static_cast<const std::uint16_t*>(a.data) + static_cast<std::size_t>(k) * n);
+    }
   }
-  checker.check_no_overlap();
-  const auto n_rows = static_cast<std::size_t>(r.shape(0));
-  const auto n = static_cast<std::size_t>(r.shape(1));
-  const auto* src = static_cast<const std::uint16_t*>(rows.data);
+  if (rows.empty()) checker.value_error("rows must hold at least one row");
+  const Dtype dtype = out.dtype;
   auto* dst = static_cast<std::uint16_t*>(out.data);
-  const Dtype dtype = rows.dtype;
   py::gil_scoped_release release;
-  mean_rows_16bit(src, n_rows, n, dst, dtype);
+  mean_rows_16bit(rows.data(), rows.size(), n, dst, dtype);
 }
 
 }  // namespace
 
 void register_wire(py::module_& m) {
   m.def("_mean_of_rows", &mean_of_rows, py::arg("rows"), py::arg("out"),
-        "out[i] = the mean of rows[:, i], bfloat16 or float16: summed in float32 in row "
-        "order, divided by the row count in float32, rounded to nearest even once. Used by "
+        "out[i] = the mean of row[i] over the rows (a 2-D array, or a list of 1-D arrays; "
+        "bfloat16 or float16): summed in float32 in row order, divided by the row count in "
+        "float32, rounded to nearest even once. out may be one of the rows. Used by "
         "fusedops.distributed for 16-bit gradients on the wire.");
 }
 

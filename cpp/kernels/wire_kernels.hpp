@@ -7,23 +7,19 @@
 // Elements per block: the float sums and one widened row fit in L1 on any x86 core.
 constexpr std::size_t kWireBlock = 1024;
 
-// Widen(src, dst, n): n 16-bit values to float; Narrow(src, dst, n): float to 16-bit,
-// round to nearest even.
-template <class Widen, class Narrow>
-void mean_rows(const std::uint16_t* __restrict rows, std::size_t stride, std::size_t n_rows,
-               std::size_t n, std::uint16_t* __restrict out, const Widen& widen,
+// add(src, sum, m): sum[i] += the float value of src[i]; first(src, sum, m): sum[i] = it;
+// narrow(sum, dst, m): round to nearest even into dst.
+template <class First, class Add, class Narrow>
+void mean_rows(const std::uint16_t* const* rows, std::size_t n_rows, std::size_t begin,
+               std::size_t n, std::uint16_t* out, const First& first, const Add& add,
                const Narrow& narrow) {
   alignas(64) float sum[kWireBlock];
-  alignas(64) float row[kWireBlock];
   const float count = float(n_rows);
-  for (std::size_t b = 0; b < n; b += kWireBlock) {
-    const std::size_t m = n - b < kWireBlock ? n - b : kWireBlock;
-    widen(rows + b, sum, m);
-    for (std::size_t r = 1; r < n_rows; ++r) {
-      widen(rows + r * stride + b, row, m);
-      for (std::size_t i = 0; i < m; ++i) sum[i] += row[i];
-    }
+  for (std::size_t b = begin; b < begin + n; b += kWireBlock) {
+    const std::size_t m = begin + n - b < kWireBlock ? begin + n - b : kWireBlock;
+    first(rows[0] + b, sum, m);
+    for (std::size_t r = 1; r < n_rows; ++r) add(rows[r] + b, sum, m);
     for (std::size_t i = 0; i < m; ++i) sum[i] /= count;
-    narrow(sum, out + b, m);
+    narrow(sum, out + b, m);  // out may be a row: this block of every row was read above
   }
 }

@@ -25,7 +25,7 @@ const WireKernels& current_wire_kernels() {
 
 }  // namespace
 
-void mean_rows_16bit(const std::uint16_t* rows, std::size_t n_rows, std::size_t n,
+void mean_rows_16bit(const std::uint16_t* const* rows, std::size_t n_rows, std::size_t n,
                      std::uint16_t* out, Dtype dtype) {
   const WireKernels& k = current_wire_kernels();
   const auto kernel = dtype == Dtype::bf16 ? k.mean_rows_bf16 : k.mean_rows_f16;
@@ -35,7 +35,7 @@ void mean_rows_16bit(const std::uint16_t* rows, std::size_t n_rows, std::size_t 
   while (weight < 2 * n_rows && weight < kChunkBytes / 64) weight *= 2;
   const WorkList work(1, weight, [&](std::size_t) { return n; });
   work.run([&](std::size_t, const WorkItem& item) {
-    kernel(rows + item.begin, n, n_rows, item.end - item.begin, out + item.begin);
+    kernel(rows, n_rows, item.begin, item.end - item.begin, out);
   });
 }
 

@@ -260,13 +260,21 @@ def _mean_blocks(comm: Communicator, buf: Array, received: Optional[Array]) -> N
 
 
 def _mean_block_16(comm: Communicator, send: Array, mine: Array, received: Array) -> None:
-    """The 16-bit reduce-scatter: an Alltoall of raw blocks (this rank receives every
-    rank's copy of its block, in rank order, into ``received``), then one native call that
-    sums them in float32 in rank order, divides by the rank count and rounds once (to
-    nearest even) into ``mine``. The same bits on every rank and in every run."""
-    rows = received[:send.size].reshape(comm.size, mine.size)
-    comm.mpi.Alltoall(_buffer(send), _buffer(rows))
-    _core._mean_of_rows(rows, mine)
+    """The 16-bit reduce-scatter: every rank sends each other rank that rank's block of
+    ``send``, as raw 16 bits (one Alltoallv that skips the rank itself: its own block is
+    read where it is, not copied), then one native call sums the ranks' blocks in float32
+    in rank order, divides by the rank count and rounds once (to nearest even) into
+    ``mine`` (which may be the rank's own block of ``send``). The same bits on every rank
+    and in every run."""
+    size, rank, block = comm.size, comm.rank, mine.size
+    counts = [block] * size
+    counts[rank] = 0
+    displacements = [r * block for r in range(size)]
+    rows = received[:send.size].reshape(size, block)
+    comm.mpi.Alltoallv([send.view(np.uint16), (counts, displacements), _MPI.UINT16_T],
+                       [rows.view(np.uint16), (counts, displacements), _MPI.UINT16_T])
+    own = send[rank * block:(rank + 1) * block]
+    _core._mean_of_rows([own if r == rank else rows[r] for r in range(size)], mine)
 
 
 def _cached(cache: Dict[Any, Array], key: Any, size: int, dtype: "np.dtype[Any]") -> Array:

@@ -10,14 +10,16 @@
 
 namespace fusedops {
 
-// out[i] = round16(sum_r row_r[i] / n_rows), row_r = rows + r * stride: the sum is taken
-// in float32 in row order (r = 0, 1, ...), divided by n_rows in float32 (one correctly
-// rounded division) and rounded to nearest even into the 16-bit format; NaN and Inf
-// propagate. The same bits for any ISA and thread count. out may not overlap rows.
+// out[i] = round16(sum_r rows[r][i] / n_rows) for i in [begin, begin + n): the sum is
+// taken in float32 in row order (r = 0, 1, ...), divided by n_rows in float32 (one
+// correctly rounded division) and rounded to nearest even into the 16-bit format; NaN
+// and Inf propagate. The same bits for any ISA and thread count. out may be one of the
+// rows (each block of elements is read before it is written), and may not otherwise
+// overlap them.
 struct WireKernels {
-  void (*mean_rows_bf16)(const std::uint16_t* rows, std::size_t stride, std::size_t n_rows,
+  void (*mean_rows_bf16)(const std::uint16_t* const* rows, std::size_t n_rows, std::size_t begin,
                          std::size_t n, std::uint16_t* out);
-  void (*mean_rows_f16)(const std::uint16_t* rows, std::size_t stride, std::size_t n_rows,
+  void (*mean_rows_f16)(const std::uint16_t* const* rows, std::size_t n_rows, std::size_t begin,
                         std::size_t n, std::uint16_t* out);
 };
 
@@ -25,9 +27,9 @@ namespace scalar { const WireKernels& wire_kernels(); }
 namespace avx2 { const WireKernels& wire_kernels(); }
 namespace avx512 { const WireKernels& wire_kernels(); }
 
-// The kernel above over rows of n elements (stride n), dtype bf16 or f16, with the
-// current ISA, in one parallel region.
-void mean_rows_16bit(const std::uint16_t* rows, std::size_t n_rows, std::size_t n,
+// The kernel above over rows of n elements, dtype bf16 or f16, with the current ISA, in
+// one parallel region.
+void mean_rows_16bit(const std::uint16_t* const* rows, std::size_t n_rows, std::size_t n,
                      std::uint16_t* out, Dtype dtype);
 
 }  // namespace fusedops
