@@ -14,6 +14,11 @@ fixed order for that message size and rank count), divided by the rank count on 
 rank and allgathered. So every rank receives bitwise the same average, and a run
 replays bitwise.
 
+bfloat16 and float16 arrays travel as 16 bits (raw uint16: MPI has no bfloat16 type):
+each rank receives every other rank's copy of its block and one native call sums them in
+float32 in rank order, divides by the rank count in float32 and rounds the mean once, to
+nearest even (:func:`allreduce_mean_`).
+
 Errors never leave a rank waiting in a collective: the arguments are checked on every
 rank first, the ranks agree on the outcome (one tiny allreduce), and if any rank rejected
 its input every rank raises.
