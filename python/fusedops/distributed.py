@@ -702,7 +702,8 @@ class ShardedDataParallel(DataParallel):
     element's bits from its param's index and its index in that param, so a sharded step
     writes bitwise what the unsharded step writes."""
 
-    _EXTRA_STATE = {"master": np.dtype(np.float32), "remainder": np.dtype(np.uint16)}
+    _EXTRA_STATE: Dict[str, "np.dtype[Any]"] = {"master": np.dtype(np.float32),
+                                                "remainder": np.dtype(np.uint16)}
 
     def __init__(self, opt: Optimizer, comm: Communicator) -> None:
         super().__init__(opt, comm)
@@ -777,18 +778,19 @@ class ShardedDataParallel(DataParallel):
         if self._plan is None:
             pieces = self.plan_pieces
 
-            def views(flat: Optional[Array]) -> Optional[List[Optional[Array]]]:
-                return None if flat is None else [flat[off:off + n] for _, _, n, off in pieces]
+            def views(name: str) -> List[Optional[Array]]:
+                flat = self.state_flat.get(name)
+                return [None if flat is None else flat[off:off + n] for _, _, n, off in pieces]
 
-            columns = [views(self.state_flat.get(name)) or [None] * len(pieces)
-                       for name in self.opt._state_names]
+            columns = [views(name) for name in self.opt._state_names]
             params = [self.params[i][lo:lo + n] for i, lo, n, _ in pieces]
-            masters = views(self.state_flat.get("master"))
+            masters = [m for m in views("master") if m is not None]
+            remainders = views("remainder") if "remainder" in self.state_flat else None
             precision = self.opt._precision
             # With masters, the plan steps them and writes the params as their copies.
             self._plan = _core._OptimizerPlan(
-                type(self.opt).__name__, params if masters is None else masters, self.group_of_piece,
-                columns, None if masters is None else params, views(self.state_flat.get("remainder")),
+                type(self.opt).__name__, masters if masters else params, self.group_of_piece,
+                columns, list(params) if masters else None, remainders,
                 precision.stochastic_rounding, precision.seed, [(i, lo) for i, lo, _, _ in pieces])
         return self._plan
 
