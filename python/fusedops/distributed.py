@@ -829,8 +829,10 @@ class ShardedDataParallel(DataParallel):
                 if not coef >= 1.0:
                     divisor = grad_scale / coef
                     if not math.isfinite(divisor):  # a NaN/Inf norm: as torch, grads * coef
-                        grad_shard[...] = (grad_shard.astype(np.float32 if grad_shard.dtype in _HALF
-                                                              else grad_shard.dtype) * coef)
+                        if grad_shard.dtype in _HALF:  # (in float32, rounded once)
+                            grad_shard[...] = grad_shard.astype(np.float32) * np.float32(coef)
+                        else:
+                            np.multiply(grad_shard, coef, out=grad_shard)
                         divisor = float(grad_scale)
             elif nonfinite:
                 return False

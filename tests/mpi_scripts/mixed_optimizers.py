@@ -139,6 +139,23 @@ for shard_state in (False, True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
     assert identical_on_all_ranks(comm, params)
 
+# ------------------------------------------------------------ a NaN in one rank's 16-bit grads
+# skip_nonfinite: every rank skips that step; without it, the NaN spreads the same way
+for shard_state in (False, True):
+    for skip in (True, False):
+        params = init_params(np.float32)
+        opt = fo.optim.AdamW(params, lr=0.01, skip_nonfinite=skip, max_grad_norm=1.0, comm=comm,
+                             shard_state=shard_state)
+        applied = []
+        for step in range(3):
+            grads = rank_grads(rank, step, BF16)
+            if step == 1 and rank == size - 1:
+                grads[4][3] = np.nan
+            applied.append(opt.step(grads))
+        assert applied == ([True, False, True] if skip else [True] * 3), applied
+        assert all(np.isfinite(p).all() for p in params) == skip
+        assert identical_on_all_ranks(comm, params)
+
 # ------------------------------------------------------------ bad inputs, on every rank
 for shard_state in (False, True):
     params = init_params(np.float32)
