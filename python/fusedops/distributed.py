@@ -557,14 +557,20 @@ def _all_params(opt: Optimizer) -> List[Array]:
 
 
 def _optimizer_signature(opt: Optimizer, shard_state: bool) -> Tuple[Any, ...]:
+    precision = opt._precision  # ranks that round or keep masters differently would diverge
+    options = (None if precision.state_dtype is None else str(precision.state_dtype),
+               precision.master_weights, precision.stochastic_rounding, precision.seed)
     return (type(opt).__name__, shard_state, tuple(len(g["params"]) for g in opt.param_groups),
-            tuple((p.shape, p.dtype.str) for p in _all_params(opt)))
+            tuple((p.shape, p.dtype.str) for p in _all_params(opt)), options)
 
 
 def _signature_difference(first: Tuple[Any, ...], other: Tuple[Any, ...], rank: int) -> str:
     shapes_a, shapes_b = first[3], other[3]
     if len(shapes_a) != len(shapes_b):
         return f"rank 0 has {len(shapes_a)} params, rank {rank} has {len(shapes_b)}"
+    if first[4] != other[4]:
+        return (f"mixed-precision options (state_dtype, master_weights, stochastic_rounding, "
+                f"seed): rank 0 has {first[4]}, rank {rank} has {other[4]}")
     names = ("optimizer class", "shard_state", "param-group sizes")
     for label, a, b in zip(names, first, other):
         if a != b:

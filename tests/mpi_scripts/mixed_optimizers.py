@@ -185,6 +185,13 @@ for shard_state in (False, True):
     raises_everywhere(comm, lambda: opt.step(rank_grads(rank, 0, F16)), TypeError,
                       "grads[0] has dtype float16, its param has bfloat16")
     assert all(same_bits(p, b) for p, b in zip(half, init_params(BF16)))
+# Ranks whose mixed-precision options differ would diverge: rejected at construction.
+for shard_state in (False, True):
+    seed = 1 if rank == size - 1 else 0
+    message = raises_everywhere(comm, lambda: fo.optim.AdamW(init_params(BF16), stochastic_rounding=True, seed=seed,
+                                                             comm=comm, shard_state=shard_state),
+                                ValueError, "the ranks' params disagree: mixed-precision options")
+    assert f"rank {size - 1} has (None, False, True, 1)" in message, message
 raises_everywhere(comm, lambda: fo.optim.SGD([np.zeros(3, np.float32), np.zeros(2, BF16)], lr=0.1, comm=comm,
                                              shard_state=True), TypeError, "params of one dtype")
 done(comm, "mixed optimizers")
