@@ -14,8 +14,9 @@ between barriers, the slowest rank counting:
 - ``ZeRO-1 step``: ``AdamW(..., comm=, shard_state=True).step(grads)``, split into
   communication (reduce-scatter of the grads, allgather of the params) and the rest;
 - ``allreduce_mean_ bf16 ...``: the same grads as bfloat16, averaged in 16 bits on the
-  wire (an Alltoall of raw blocks, the native float32 mean rounded once, an allgather),
-  against the float32 rows above.
+  wire (an Alltoallv of raw blocks, the native float32 mean rounded once, an allgather),
+  against the float32 rows above; ``... step, bf16 grads``: the two steps with those
+  bfloat16 grads of the float32 params.
 
 Bytes per rank are what a ring (or reduce-scatter + allgather) algorithm sends and
 receives: 2 (N - 1) / N x the grad bytes, for both modes (half of it for bfloat16). On
@@ -149,7 +150,7 @@ def measure(repeats: int, tiny: bool = False) -> dict:
         moved=wire / 2)
     assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(half_views[5].view(np.uint16))))) == 1, \
         "the ranks' bfloat16 averages differ"
-    del half_grads, half_flat, half_views
+    del half_flat, half_views
 
     # Compute alone: the fused AdamW step on one rank's full arrays.
     opt = fo.optim.AdamW(params, lr=1e-4)
@@ -182,6 +183,25 @@ def measure(repeats: int, tiny: bool = False) -> dict:
     else:
         zero_state = sum(a.nbytes for a in zero.state_dict()["state"].values())
     assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(params[3])))) == 1
+    del zero
+
+    # The same steps with bfloat16 grads of the float32 params: the grads travel as 16 bits
+    # (ZeRO-1 still gathers float32 params: 3/4 of the float32 bytes).
+    for op, shard_state, moved in (("data parallel step, bf16 grads", False, wire / 2),
+                                   ("ZeRO-1 step, bf16 grads", True, wire * 3 / 4)):
+        opt = fo.optim.AdamW(params, lr=1e-4, comm=comm, shard_state=shard_state)
+        watch = Stopwatch()
+        helper = opt._dist
+        if isinstance(helper, fod.ShardedDataParallel):
+            helper._reduce_scatter_mean = watch.wrap(helper._reduce_scatter_mean)
+            helper._allgather_params = watch.wrap(helper._allgather_params)
+        else:
+            opt._step_local = watch.wrap(opt._step_local)
+        step, part = timed(comm, lambda: opt.step(half_grads), repeats, watch=watch)
+        communication = part if shard_state else step - part
+        row(op, step, communication if size > 1 else 0.0, moved=moved)
+        assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(params[3])))) == 1
+        del opt
     return {"ranks": size, "tensors": len(shapes), "values": n, "threads_per_rank": fo.get_num_threads(),
             "state_bytes_per_rank": {"data parallel": dp_state, "ZeRO-1": zero_state}, "rows": rows}
 
