@@ -119,7 +119,7 @@ float* float_view(const ConvertKernels& cv, void* data, Dtype dtype, const std::
 // place). A param with a remainder keeps the truncated high half and the low half.
 void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t* remainder,
                 std::size_t b, std::size_t n, const float* values, const Rounding& r,
-                std::size_t tensor, unsigned operand) {
+                std::size_t tensor, unsigned operand, std::size_t key_offset) {
   if (dtype == Dtype::f32) return;
   auto* half = static_cast<std::uint16_t*>(data) + b;
   if (remainder != nullptr) {
@@ -127,12 +127,12 @@ void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t
     return;
   }
   RoundingKey key{};
-  if (r.stochastic) key = rounding_key(r, tensor, operand, b);
+  if (r.stochastic) key = rounding_key(r, tensor, operand, key_offset + b);
   const RoundingKey* k = r.stochastic ? &key : nullptr;
   if (dtype == Dtype::bf16) {
-    cv.narrow_bf16(values, half, n, k, std::uint32_t(b));
+    cv.narrow_bf16(values, half, n, k, std::uint32_t(key_offset + b));
   } else {
-    cv.narrow_f16(values, half, n, k, std::uint32_t(b));
+    cv.narrow_f16(values, half, n, k, std::uint32_t(key_offset + b));
   }
 }
 
@@ -161,15 +161,17 @@ bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t ten
   a.grad = offset<void>(const_cast<void*>(t.grad), begin, dtype_size(t.grad_dtype));
   for (int j = 0; j < 3; ++j) a.state[j] = offset<void>(t.state[j], begin, dtype_size(t.state_dtype));
   a.remainder = t.remainder ? t.remainder + begin : nullptr;
-  a.first = std::uint32_t(begin);
+  a.first = std::uint32_t(t.key_offset + begin);
   a.stochastic = r.stochastic;
   if (r.stochastic) {
-    for (unsigned k = 0; k < 4; ++k) a.keys[k] = rounding_key(r, tensor, kParamOperand + k, begin);
+    for (unsigned k = 0; k < 4; ++k) {
+      a.keys[k] = rounding_key(r, tensor, kParamOperand + k, t.key_offset + begin);
+    }
   }
   fused(row, a, end - begin);
   if (t.copy != nullptr) {
     store_back(cv, t.copy, t.copy_dtype, nullptr, begin, end - begin,
-               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand);
+               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand, t.key_offset);
   }
   return true;
 }
@@ -204,14 +206,16 @@ void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t te
                         : nullptr;
     }
     update32(p, g, s[0], s[1], s[2], n);
-    store_back(cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor, kParamOperand);
+    const std::size_t ko = t.key_offset;
+    store_back(cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor, kParamOperand, ko);
     for (unsigned j = 0; j < 3; ++j) {
       if (t.state[j]) {
-        store_back(cv, t.state[j], t.state_dtype, nullptr, b, n, s[j], r, tensor, kStateOperand + j);
+        store_back(cv, t.state[j], t.state_dtype, nullptr, b, n, s[j], r, tensor,
+                   kStateOperand + j, ko);
       }
     }
     if (t.copy != nullptr) {
-      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand);
+      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand, ko);
     }
   }
 }
@@ -229,9 +233,10 @@ void run_mixed(const Constants* c, const MixedTensor* tensors, std::size_t count
     const auto fused = [&](int row, const FusedArgs& a, std::size_t n) {
       fused_step(fk, row, k, a, n);
     };
-    if (fused_range(cv, t, item.tensor, item.begin, item.end, rounding, fused)) return;
+    const std::size_t key_tensor = t.key_tensor == MixedTensor::kOwnKey ? item.tensor : t.key_tensor;
+    if (fused_range(cv, t, key_tensor, item.begin, item.end, rounding, fused)) return;
     update_range(
-        cv, t, item.tensor, item.begin, item.end, rounding,
+        cv, t, key_tensor, item.begin, item.end, rounding,
         [&](float* p, const float* g, float* s0, float* s1, float* s2, std::size_t n) {
           step(table.f32, k, p, g, s0, s1, s2, n);
         },
@@ -398,7 +403,7 @@ void scale_in_place_mixed(const TypedBuffer* buffers, std::size_t count, double 
       const std::size_t n = std::min(kBlock, end - b);
       float* x = float_view(cv, buf.data, buf.dtype, nullptr, b, n, block);
       table.f32.scale(x, n, factor);
-      store_back(cv, buf.data, buf.dtype, nullptr, b, n, x, nearest, item.tensor, 0);
+      store_back(cv, buf.data, buf.dtype, nullptr, b, n, x, nearest, item.tensor, 0, 0);
     }
   });
 }

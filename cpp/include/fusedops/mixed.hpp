@@ -103,6 +103,12 @@ struct MixedTensor {
   std::size_t n;
   std::size_t group;
   Dtype param_dtype, grad_dtype, state_dtype, copy_dtype;
+  // Stochastic rounding draws the bits of element i from (key_tensor, key_offset + i):
+  // a tensor that is a range of a larger one (a ZeRO-1 shard's piece) then rounds
+  // exactly as that tensor does. kOwnKey: the tensor's index in the call, offset 0.
+  static constexpr std::size_t kOwnKey = ~std::size_t(0);
+  std::size_t key_tensor = kOwnKey;
+  std::size_t key_offset = 0;
 };
 
 // How 16-bit values are written. Stochastic: random bits from (seed, step, tensor index,
