@@ -2,8 +2,9 @@
 NHWC, against NumPy and torch's CPU batch_norm with autograd (same memory format).
 
 Bytes/element model (float32; x2 for float64): forward 8 (read x, write y), backward 12
-(read dy and x, write dx), forward+backward 20 (x, y, dy, dx, x again). The statistics
-passes are not counted, so 100% of the probe is out of reach.
+(read dy and x, write dx), forward+backward 20 (x, y, dy, dx, x again); x2 for float64,
+/2 for bfloat16 (x, y, dy, dx in bfloat16 with float32 parameters: 10 B/el fwd+bwd; torch
+runs the same mixed-type batch norm). The statistics passes are not counted.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ MOMENTUM = 0.1
 PHASES = {"forward": 8, "backward": 12, "fwd+bwd": 20}  # float32 bytes/element
 
 
+BF16 = np.dtype(fo.bfloat16)
+
+
+def _param_dtype(dtype):
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
 def _inputs(shape, channel_axis, dtype, seed=0):
     rng = np.random.default_rng(seed)
     channels = shape[channel_axis]
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    weight = rng.uniform(0.5, 2.0, channels).astype(dtype)
-    bias = rng.standard_normal(channels).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, channels).astype(_param_dtype(dtype))
+    bias = rng.standard_normal(channels).astype(_param_dtype(dtype))
     return x, dy, weight, bias
 
 
@@ -96,12 +104,14 @@ def _numpy(x, dy, weight, bias, channel_axis):
 
 def _torch(x, dy, weight, bias, channel_axis):
     def nchw(a):  # channel_axis=-1: an NCHW view in channels_last memory format
-        t = torch.from_numpy(a)
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == BF16 \
+            else torch.from_numpy(a)
         return t if channel_axis == 1 else t.movedim(-1, 1)
 
     def to_numpy(t):
         t = t.detach()
-        return (t if channel_axis == 1 else t.movedim(1, -1)).numpy()
+        t = t if channel_axis == 1 else t.movedim(1, -1)
+        return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
     x_t = nchw(x).requires_grad_()
     dy_t = nchw(dy)
@@ -135,7 +145,9 @@ def batch_norm_case(shape, channel_axis, dtype, phase, sweep=""):
         y, dx, dweight, dbias = _reference(*arrays, channel_axis)
         reference = {"forward": [y], "backward": [dx, dweight, dbias],
                      "fwd+bwd": [y, dx, dweight, dbias]}[phase]
-        makers = [("fusedops", _fusedops), ("numpy", _numpy)]
+        makers = [("fusedops", _fusedops)]
+        if np.dtype(dtype).itemsize >= 4:  # NumPy has no 16-bit arithmetic worth timing
+            makers.append(("numpy", _numpy))
         if torch is not None:
             makers.append(("torch", _torch))
         impls = []
@@ -151,8 +163,9 @@ def batch_norm_case(shape, channel_axis, dtype, phase, sweep=""):
                                   lambda y=y_of, g=grads_of: y() + g()))
         return impls, reference
 
-    # float32 sums over ~1e5 values (NumPy, torch) carry ~1e-2 absolute error in dweight
-    rtol, atol = (1e-4, 2e-2) if dtype == np.float32 else (1e-9, 1e-9)
+    # float32 sums over ~1e5 values (NumPy, torch) carry ~1e-2 absolute error in dweight;
+    # 16-bit outputs are within an ulp of the reference (2^-8 relative for bfloat16)
+    rtol, atol = {4: (1e-4, 2e-2), 8: (1e-9, 1e-9)}.get(itemsize, (1e-2, 5e-2))
     return Case(f"batch_norm {phase}", label, np.dtype(dtype).name, int(np.prod(shape)), 1,
                 bytes_per_element, build, rtol=rtol, atol=atol, baseline="torch", sweep=sweep)
 
@@ -181,6 +194,7 @@ def norm_cases(quick: bool):
     if quick:
         name, sweep = QUICK_SWEEP
         return ([batch_norm_case(shape, axis, f32, "fwd+bwd") for shape, axis in shapes]
+                + [batch_norm_case(shape, axis, BF16, "fwd+bwd") for shape, axis in shapes]
                 + [batch_norm_case(shape, axis, f32, "fwd+bwd", sweep=name)
                    for shape, axis in sweep])
     cases = []
@@ -188,6 +202,6 @@ def norm_cases(quick: bool):
         for phase in PHASES:
             cases += [batch_norm_case(shape, axis, f32, phase, sweep=name)
                       for shape, axis in sweep]
-        cases += [batch_norm_case(shape, axis, f64, "fwd+bwd", sweep=name)
-                  for shape, axis in sweep]
+        cases += [batch_norm_case(shape, axis, dt, "fwd+bwd", sweep=name)
+                  for shape, axis in sweep for dt in (f64, BF16)]
     return cases

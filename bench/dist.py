@@ -12,13 +12,16 @@ between barriers, the slowest rank counting:
 - ``data parallel step``: ``AdamW(..., comm=).step(grads)``, split into communication
   (the averaging) and compute (the same fused step on one rank's arrays);
 - ``ZeRO-1 step``: ``AdamW(..., comm=, shard_state=True).step(grads)``, split into
-  communication (reduce-scatter of the grads, allgather of the params) and the rest.
+  communication (reduce-scatter of the grads, allgather of the params) and the rest;
+- ``allreduce_mean_ bf16 ...``: the same grads as bfloat16, averaged in 16 bits on the
+  wire (an Alltoallv of raw blocks, the native float32 mean rounded once, an allgather),
+  against the float32 rows above; ``... step, bf16 grads``: the two steps with those
+  bfloat16 grads of the float32 params.
 
 Bytes per rank are what a ring (or reduce-scatter + allgather) algorithm sends and
-receives: 2 (N - 1) / N x the grad bytes, for both modes. On one machine the ranks share
-cores and the memory bus: the "network" is a shared-memory copy, so read the split as
-what it is, not as a cluster's. 16-bit grads on the wire are not measured: they depend
-on the mixed-precision dtypes, not built yet.
+receives: 2 (N - 1) / N x the grad bytes, for both modes (half of it for bfloat16). On
+one machine the ranks share cores and the memory bus: the "network" is a shared-memory
+copy, so read the split as what it is, not as a cluster's.
 
     mpiexec -n 2 python bench/dist.py                 # this world size
     python bench/dist.py --ranks 1 2 --json out.json  # launches mpiexec -n 1 and -n 2
@@ -132,6 +135,23 @@ def measure(repeats: int, tiny: bool = False) -> dict:
     assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(views[5])))) == 1, \
         "the ranks' averages differ"
 
+    # The same grads as bfloat16: half the bytes on the wire.
+    half_grads = [g.astype(fo.bfloat16) for g in grads]
+    half_flat, half_views = fod.flat_buffer(shapes, fo.bfloat16)
+
+    def refill_half_views():
+        for v, g in zip(half_views, half_grads):
+            v[...] = g
+
+    row("allreduce_mean_ bf16 (separate arrays)",
+        timed(comm, lambda: fod.allreduce_mean_(half_grads, comm), repeats)[0], moved=wire / 2)
+    row("allreduce_mean_ bf16 (flat_buffer views)",
+        timed(comm, lambda: fod.allreduce_mean_(half_views, comm), repeats, refill_half_views)[0],
+        moved=wire / 2)
+    assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(half_views[5].view(np.uint16))))) == 1, \
+        "the ranks' bfloat16 averages differ"
+    del half_flat, half_views
+
     # Compute alone: the fused AdamW step on one rank's full arrays.
     opt = fo.optim.AdamW(params, lr=1e-4)
     row("AdamW step, one rank's arrays (compute)", timed(comm, lambda: opt.step(grads), repeats)[0],
@@ -163,6 +183,25 @@ def measure(repeats: int, tiny: bool = False) -> dict:
     else:
         zero_state = sum(a.nbytes for a in zero.state_dict()["state"].values())
     assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(params[3])))) == 1
+    del zero
+
+    # The same steps with bfloat16 grads of the float32 params: the grads travel as 16 bits
+    # (ZeRO-1 still gathers float32 params: 3/4 of the float32 bytes).
+    for op, shard_state, moved in (("data parallel step, bf16 grads", False, wire / 2),
+                                   ("ZeRO-1 step, bf16 grads", True, wire * 3 / 4)):
+        opt = fo.optim.AdamW(params, lr=1e-4, comm=comm, shard_state=shard_state)
+        watch = Stopwatch()
+        helper = opt._dist
+        if isinstance(helper, fod.ShardedDataParallel):
+            helper._reduce_scatter_mean = watch.wrap(helper._reduce_scatter_mean)
+            helper._allgather_params = watch.wrap(helper._allgather_params)
+        else:
+            opt._step_local = watch.wrap(opt._step_local)
+        step, part = timed(comm, lambda: opt.step(half_grads), repeats, watch=watch)
+        communication = part if shard_state else step - part
+        row(op, step, communication if size > 1 else 0.0, moved=moved)
+        assert size == 1 or len(set(comm.mpi.allgather(zlib.crc32(params[3])))) == 1
+        del opt
     return {"ranks": size, "tensors": len(shapes), "values": n, "threads_per_rank": fo.get_num_threads(),
             "state_bytes_per_rank": {"data parallel": dp_state, "ZeRO-1": zero_state}, "rows": rows}
 
@@ -192,6 +231,11 @@ def format_report(results: list[dict]) -> str:
                          f"{ops['allreduce_mean_ (flat_buffer views)']['ms'] / raw:.2f} (flat buffer); "
                          f"ZeRO-1 step / data-parallel step = "
                          f"{ops['ZeRO-1 step']['ms'] / ops['data parallel step']['ms']:.2f}")
+            lines.append(f"{result['ranks']} ranks: bf16 grads on the wire: float32 time / bf16 time = "
+                         f"{ops['allreduce_mean_ (separate arrays)']['ms'] / ops['allreduce_mean_ bf16 (separate arrays)']['ms']:.2f}"
+                         f" (separate arrays), "
+                         f"{ops['allreduce_mean_ (flat_buffer views)']['ms'] / ops['allreduce_mean_ bf16 (flat_buffer views)']['ms']:.2f}"
+                         f" (flat buffer)")
     return "\n".join(lines)
 
 

@@ -107,28 +107,45 @@ def check(case: Case, impl: Impl, reference: list[np.ndarray]) -> None:
                               f"differs from the float64 reference (max abs err {err})")
 
 
+# Pause before each sample: longer than an OpenMP pool spins after its last parallel
+# region (libgomp's default spin lasts a few ms). Without it, the worker threads of the
+# implementation timed before (torch's pool, NumPy's, ours) still spin on the cores while
+# the next one runs: with two cores, a 300 us call measured 5-10x slower.
+SETTLE_SECONDS = 0.02
+# Calls shorter than this get one untimed call right before their sample (after the
+# pause): it wakes the implementation's own threads and brings its data back to the
+# caches, as a training loop that calls it every step would find them.
+WARM_CALL_SECONDS = 0.02
+
+
 def measure(case: Case, repeats: int, probe: Optional[Impl] = None, probe_bytes: float = 0.0,
             min_sample_seconds: float = 2e-3) -> list[dict]:
     """Checks every implementation once, then times them interleaved, together with the
     bandwidth probe (so each row's % of bandwidth compares with the machine as it was
-    while that row ran)."""
+    while that row ran). Each sample starts after a pause (SETTLE_SECONDS) and, for short
+    calls, one untimed call (WARM_CALL_SECONDS)."""
     impls, reference = case.build()
     for impl in impls:  # the first run is the checked one
         if impl.prepare is not None:
             impl.prepare()
         impl.run()
         check(case, impl, reference)
-    numbers = {}
+    numbers, warm = {}, {}
     for impl in impls:  # warm-up, and calls per sample so a sample lasts long enough
         t = max(_time_once(impl, 1), 1e-7)
         numbers[impl.name] = 1 if impl.prepare is not None else max(1, min(1000, int(min_sample_seconds / t)))
+        warm[impl.name] = t < WARM_CALL_SECONDS
     timed = impls + ([probe] if probe is not None else [])
     if probe is not None:
         numbers[probe.name] = 1
+        warm[probe.name] = False
     samples = {impl.name: [] for impl in timed}
     for r in range(repeats):
         order = timed[r % len(timed):] + timed[:r % len(timed)]
         for impl in order:
+            time.sleep(SETTLE_SECONDS)
+            if warm[impl.name]:
+                _time_once(impl, 1)
             samples[impl.name].append(_time_once(impl, numbers[impl.name]))
     probe_gbps = probe_bytes / float(np.median(samples[probe.name])) / 1e9 if probe is not None else None
     rows = []

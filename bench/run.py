@@ -3,7 +3,9 @@
     python bench/run.py [--quick] [--only PATTERN] [--threads N] [--json PATH] [--plot PATH]
 
 Each case is run by every implementation in one process, interleaved, after a checked
-first run (a wrong answer is an error, not a row). GB/s counts the bytes/element model
+first run (a wrong answer is an error, not a row); each sample starts after a short pause
+(the previous implementation's threads stop spinning) and, for short calls, one untimed
+call. GB/s counts the bytes/element model
 stated per kernel; "% bw" compares it with the native bandwidth probe (a += s * b over
 arrays beyond the caches, 12 bytes/element of float32), which is timed interleaved with
 the implementations of every case. In-cache sizes may exceed 100%.

@@ -17,7 +17,8 @@ import pytest
 
 import fusedops as fo
 import fusedops.distributed as fod
-from checks import assert_bitwise_equal
+from checks import assert_bitwise_equal, assert_rejected, misaligned, read_only
+from fusedops import _core
 
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
 TIMEOUT = 180  # seconds per launch; a hang fails the test instead of stalling the suite
@@ -83,6 +84,15 @@ def test_optimizers(ranks):
     batch, bitwise identical params on every rank, ZeRO-1 state 1/N per rank, global skip
     and clipping, state dicts, and errors raised on every rank."""
     assert_all_ranks_ok(run_script("optimizers.py", ranks), "optimizers", ranks)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_sixteen_bit_grads_on_the_wire(ranks):
+    """bfloat16/float16 grads with comm= and shard_state=True (float32 params with 16-bit
+    grads, all-16-bit params, bfloat16 state, float32 masters and remainders, stochastic
+    rounding): bitwise the single-process step on the wire's average, on every rank;
+    float16 sums past 65504; bad inputs raise on every rank and change nothing."""
+    assert_all_ranks_ok(run_script("mixed_optimizers.py", ranks), "mixed optimizers", ranks)
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -206,6 +216,149 @@ def test_batch_norm_with_one_rank_is_plain(rng):
         fo.nn.BatchNorm(3, comm=1)
 
 
+# ---------------------------------------------------------------- the 16-bit wire kernel
+
+HALF = [fo.bfloat16, np.float16]
+
+
+def mean_of_rows_reference(rows):
+    """The documented average of 16-bit values: summed in float32 in row order, divided by
+    the row count (one correctly rounded float32 division: float64 then float32 is), then
+    rounded to nearest even into the 16-bit dtype (ml_dtypes' and NumPy's casts)."""
+    total = rows[0].astype(np.float32)
+    for row in rows[1:]:
+        total = total + row.astype(np.float32)
+    mean = (total.astype(np.float64) / rows.shape[0]).astype(np.float32)
+    return mean.astype(rows.dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1023, 1025, 100_003])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_mean_of_rows_is_the_float32_mean_rounded_once(isa, rng, dtype, n, ranks):
+    # float16: sums beyond its range (65504); bfloat16: a wide spread of magnitudes.
+    values = rng.standard_normal((ranks, n)) * (3e4 if dtype == np.float16 else 1.0)
+    if dtype != np.float16:
+        values *= 10.0 ** rng.integers(-30, 30, values.shape)
+    rows = np.clip(values, -65000, 65000).astype(dtype) if dtype == np.float16 else values.astype(dtype)
+    # Ties of the final rounding, subnormals and values that cancel.
+    if n >= 17:
+        rows[:, :4] = np.array([1.0, 1.0 + 2.0**-7, 2.0**-130, -3.0], np.float32).astype(dtype)
+        rows[0, 5] = -rows[-1, 5] if ranks > 1 else rows[0, 5]
+    out = np.full(n, 7.0, dtype)
+    _core._mean_of_rows(rows, out)
+    assert_bitwise_equal(out, mean_of_rows_reference(rows))
+
+
+def test_mean_of_rows_float16_overflow_only_in_the_result(isa):
+    """float16: sums beyond 65504 stay finite (float32) when the mean is in range."""
+    rows = np.array([[6e4, -6e4, 6e4, 1.0], [6e4, -6e4, -6e4, 2.0], [6e4, -6e4, 3e4, 3.0]], np.float16)
+    out = np.empty(4, np.float16)
+    _core._mean_of_rows(rows, out)
+    np.testing.assert_array_equal(out, np.array([60000, -60000, 10000, 2.0], np.float16))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_mean_of_rows_nonfinite(isa, dtype):
+    rows = np.array([[np.inf, np.nan, 1.0, np.inf], [1.0, 1.0, -np.inf, -np.inf]], dtype)
+    out = np.empty(4, dtype)
+    _core._mean_of_rows(rows, out)
+    values = out.astype(np.float32)
+    assert values[0] == np.inf and values[2] == -np.inf and np.isnan(values[[1, 3]]).all()
+
+
+def test_mean_of_rows_thread_count_independent(threads, rng):
+    rows = (rng.standard_normal((3, 300_001))).astype(fo.bfloat16)
+    results = []
+    for count in (1, 2):
+        fo.set_num_threads(count)
+        out = np.empty(rows.shape[1], rows.dtype)
+        _core._mean_of_rows(rows, out)
+        results.append(out)
+    assert_bitwise_equal(results[0], results[1])
+
+
+def test_mean_of_rows_takes_a_list_of_rows_and_writes_into_one(rng):
+    """Rows as a list of 1-D arrays (any memory), and out being one of them (the rank's
+    own block of the bucket): the same bits as the 2-D form."""
+    rows = rng.standard_normal((3, 1001)).astype(fo.bfloat16)
+    expected = mean_of_rows_reference(rows)
+    listed = [rows[0].copy(), rows[1].copy(), rows[2].copy()]
+    out = np.empty(1001, fo.bfloat16)
+    _core._mean_of_rows(listed, out)
+    assert_bitwise_equal(out, expected)
+    _core._mean_of_rows(listed, listed[1])  # in place into the middle row
+    assert_bitwise_equal(listed[1], expected)
+
+
+def test_mean_of_rows_rejects_bad_input():
+    bf = fo.bfloat16
+    rows, out = np.ones((2, 5), bf), np.zeros(5, bf)
+    cases = [
+        ((rows.astype(np.float32), np.zeros(5, np.float32)), TypeError, "out has dtype float32; expected bfloat16 or float16"),
+        ((np.ones((2, 5), np.int16), out), TypeError, "rows has dtype int16"),
+        ((rows, np.zeros(5, np.float16)), TypeError, "rows has dtype bfloat16 but out has dtype float16"),
+        (([np.ones(5, bf), np.ones(5, np.float16)], out), TypeError, "rows[1] has dtype float16 but out"),
+        ((rows, np.zeros(4, bf)), ValueError, "rows must have shape (ranks, 4)"),
+        ((np.ones(5, bf), out), ValueError, "rows must have shape (ranks, 5)"),
+        (([np.ones(5, bf), np.ones(4, bf)], out), ValueError, "rows[1] must have shape (5,) as out"),
+        ((np.ones((0, 5), bf), out), ValueError, "at least one row"),
+        (([], out), ValueError, "at least one row"),
+        ((rows, np.zeros((1, 5), bf)), ValueError, "out must be 1-D"),
+        ((rows, read_only(out)), ValueError, "out"),
+        ((rows, misaligned(5, bf)), ValueError, "out"),
+        ((rows[:, ::2], np.zeros(3, bf)), ValueError, "rows"),
+        ((rows, [out]), TypeError, "out must be a numpy.ndarray"),
+        ((rows.tolist(), out), TypeError, "rows"),
+    ]
+    for args, exc, match in cases:
+        assert_rejected(_core._mean_of_rows, args, {}, exc, re.escape(match))
+    buf = np.ones(15, bf)
+    assert_rejected(_core._mean_of_rows, (buf[:10].reshape(2, 5), buf[3:8]), {}, ValueError,
+                    "out overlaps rows without being it")
+    assert_rejected(_core._mean_of_rows, ([buf[:5], buf[5:10]], buf[7:12]), {}, ValueError,
+                    re.escape("out overlaps rows[1] without being it"))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_plan_origins_round_pieces_as_the_whole_tensor(isa, rng, kind):
+    """A plan over pieces of tensors, each given its (tensor, offset) origin, writes with
+    stochastic rounding bitwise what the plan over the whole tensors writes (a ZeRO-1
+    shard rounds as the unsharded step); without the origins it does not."""
+    sizes = [40_000, 17, 1]
+    params = [(rng.standard_normal(n)).astype(fo.bfloat16) for n in sizes]
+    grads = [(rng.standard_normal(n)).astype(fo.bfloat16) for n in sizes]
+    cuts = [(0, 0, 15), (0, 15, 30_000), (0, 30_015, 9_985), (1, 0, 17), (2, 0, 1)]
+    names = ("momentum_buffer",) if kind == "sgd" else ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def run(pieces, origins):
+        ps = [p.copy() for p in params]
+        views = [ps[i][lo:lo + n] for i, lo, n in pieces]
+        states = [np.zeros(v.shape, fo.bfloat16) for _ in names[:2] for v in views]
+        columns = [states[k * len(views):(k + 1) * len(views)] for k in range(len(names[:2]))]
+        columns += [[None] * len(views)] * (len(names) - len(columns))
+        plan = _core._OptimizerPlan(kind, views, [0] * len(views), columns, None, None, True, 5, origins)
+        gs = [grads[i][lo:lo + n] for i, lo, n in pieces]
+        for step in (1, 2):
+            if kind == "sgd":
+                plan.step_sgd(gs, [(0.1, 0.9, 0.0, 0.0, 0.0, False, False, step == 1)], 1.0, None, False, step)
+            else:
+                plan.step_adam(gs, [(0.01, 0.9, 0.999, 1e-8, 0.0, 0.0, False, False)], step, True, 1.0, None, False)
+        return ps
+
+    whole = run([(i, 0, n) for i, n in enumerate(sizes)], None)
+    pieces = run(cuts, [(i, lo) for i, lo, _ in cuts])
+    unkeyed = run(cuts, None)
+    for a, b in zip(whole, pieces):
+        assert_bitwise_equal(a, b)
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(whole, unkeyed))
+    view = np.zeros(4, fo.bfloat16)
+    with pytest.raises(ValueError, match=r"origins\[0\] crosses a multiple of 2\*\*32"):
+        _core._OptimizerPlan("sgd", [view], [0], [[None]], None, None, True, 0, [(0, 2**32 - 2)])
+    with pytest.raises(ValueError, match="one \\(tensor, offset\\) pair per param"):
+        _core._OptimizerPlan("sgd", [view], [0], [[None]], None, None, True, 0, [])
+
+
 # ---------------------------------------------------------------- bench/dist.py, bench/dist_model.py
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -226,6 +379,8 @@ def test_dist_benchmark_runs_and_checks_its_results():
     for ranks in (1, 2):
         assert re.search(rf"^\s+{ranks}  ZeRO-1 step\s+\d", out, re.M), out
     assert re.search(r"^2 ranks: averaging / raw Allreduce = \d", out, re.M), out
+    assert re.search(r"^2 ranks: bf16 grads on the wire: float32 time / bf16 time = \d", out, re.M), out
+    assert re.search(r"^\s+2  allreduce_mean_ bf16 \(flat_buffer views\)\s+\d", out, re.M), out
 
 
 def test_gpt2_small_parameter_list():

@@ -6,6 +6,7 @@ void register_optim(py::module_& m);
 void register_optimizer(py::module_& m);
 void register_norm(py::module_& m);
 void register_optim_family(py::module_& m);
+void register_wire(py::module_& m);
 }  // namespace fusedops::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
   fusedops::bind::register_optimizer(m);
   fusedops::bind::register_norm(m);
   fusedops::bind::register_optim_family(m);
+  fusedops::bind::register_wire(m);
 }

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "fusedops/mixed.hpp"
 
 namespace fusedops::bind {
 
@@ -57,11 +58,52 @@ std::string channels_expected(const Layout& layout) {
          std::to_string(layout.shape.channels) + ",)";
 }
 
-// Checks an optional per-channel array of x's dtype (None allowed): dtype, layout,
+// Batch norm's dtype rules, over a checker with per-array dtypes: x is float32, float64,
+// bfloat16 or float16; every other x-shaped array (dy, out) has x's dtype; per-channel
+// arrays (weight, bias, running statistics, dweight and dbias) have the parameter dtype:
+// x's, or float32 when x is 16-bit (the math runs in float32 then, as it does for
+// float32 x).
+class BnChecker : public CallChecker {
+ public:
+  explicit BnChecker(const char* fn) : CallChecker(fn, true) {}
+
+  CheckedArray x(const ArrayArg& x_arg) {
+    const CheckedArray checked = check(x_arg, 0, Access::read);
+    x_dtype_ = checked.dtype;
+    return checked;
+  }
+  Dtype x_dtype() const { return x_dtype_; }
+  Dtype param_dtype() const { return x_dtype_ == Dtype::f64 ? Dtype::f64 : Dtype::f32; }
+  bool x_16bit() const { return x_dtype_ == Dtype::bf16 || x_dtype_ == Dtype::f16; }
+
+  // An x-shaped array: x's shape and dtype.
+  CheckedArray x_shaped(const ArrayArg& arg, Access access, const ArrayArg& x_arg) {
+    const CheckedArray checked = check(arg, 0, access, &x_arg);
+    if (checked.dtype != x_dtype_) {
+      type_error(std::string(arg.name) + " has dtype " + dtype_name(checked.dtype) +
+                 " but x has dtype " + dtype_name(x_dtype_) + "; they must be equal");
+    }
+    return checked;
+  }
+
+  void require_param_dtype(const char* name, Dtype dtype) const {
+    if (dtype != param_dtype()) {
+      type_error(std::string(name) + " has dtype " + dtype_name(dtype) + " but x has dtype " +
+                 dtype_name(x_dtype_) + "; expected " + dtype_name(param_dtype()) +
+                 (x_16bit() ? " (per-channel arrays are float32 for 16-bit x)" : ""));
+    }
+  }
+
+ private:
+  Dtype x_dtype_ = Dtype::f32;
+};
+
+// Checks an optional per-channel array (None allowed): the parameter dtype, layout,
 // shape (C,).
-void* per_channel(CallChecker& checker, const ArrayArg* arg, Access access, const Layout& layout) {
+void* per_channel(BnChecker& checker, const ArrayArg* arg, Access access, const Layout& layout) {
   if (arg == nullptr) return nullptr;
   const CheckedArray checked = checker.check(*arg, 0, access);
+  checker.require_param_dtype(arg->name, checked.dtype);
   const py::array a = as_array(*arg);
   if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != layout.shape.channels) {
     checker.value_error(std::string(arg->name) + " has shape " + shape_string(a) + " but " +
@@ -71,7 +113,8 @@ void* per_channel(CallChecker& checker, const ArrayArg* arg, Access access, cons
 }
 
 // A per-channel statistic that is only read (mean, invstd, the gradient sums): a (C,)
-// array of float64 or of x's dtype, read into doubles before anything is written.
+// array of float64 or of the parameter dtype, read into doubles before anything is
+// written.
 struct Statistic {
   const char* name;
   std::vector<double> values;
@@ -79,7 +122,7 @@ struct Statistic {
   std::size_t nbytes;
 };
 
-Statistic statistic(const CallChecker& checker, const char* name, py::handle obj,
+Statistic statistic(const BnChecker& checker, const char* name, py::handle obj,
                     const Layout& layout) {
   const std::string where = std::string(checker.function()) + ": " + name;
   require_plain_ndarray(where, obj);
@@ -88,10 +131,13 @@ Statistic statistic(const CallChecker& checker, const char* name, py::handle obj
   const bool native = is_native_byte_order(a);
   const bool f64 = native && num == py::detail::npy_api::NPY_DOUBLE_;
   const bool f32 = native && num == py::detail::npy_api::NPY_FLOAT_;
-  const bool x_f32 = checker.dtype() == Dtype::f32;
-  if (!f64 && !(f32 && x_f32)) {
+  const bool f32_params = checker.param_dtype() == Dtype::f32;
+  if (!f64 && !(f32 && f32_params)) {
     checker.type_error(std::string(name) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
-                       "; expected float64" + (x_f32 ? " (or float32, the dtype of x)" : ""));
+                       "; expected float64" +
+                       (f32_params ? std::string(" (or float32, the parameter dtype of ") +
+                                         dtype_name(checker.x_dtype()) + " x)"
+                                   : std::string()));
   }
   if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != layout.shape.channels) {
     checker.value_error(std::string(name) + " has shape " + shape_string(a) + " but " +
@@ -122,17 +168,20 @@ void check_no_overlap(const CallChecker& checker, const py::array& out, const ch
 }
 
 // The array written as the x-shaped result: `out` when given (checked), else a new one.
-py::array x_shaped_result(CallChecker& checker, const ArrayArg* out_arg, const ArrayArg& x_arg) {
+py::array x_shaped_result(BnChecker& checker, const ArrayArg* out_arg, const ArrayArg& x_arg) {
   if (out_arg != nullptr) {
-    checker.check(*out_arg, 0, Access::write, &x_arg);
+    checker.x_shaped(*out_arg, Access::write, x_arg);
     return as_array(*out_arg);
   }
   const py::array x = as_array(x_arg);
   return py::array(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
 }
 
-py::array channel_result(const py::array& x, const Layout& layout) {
-  return py::array(x.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(layout.shape.channels)});
+// A per-channel result (dweight, dbias) of the parameter dtype.
+py::array channel_result(const BnChecker& checker, const Layout& layout) {
+  const py::ssize_t c = static_cast<py::ssize_t>(layout.shape.channels);
+  if (checker.param_dtype() == Dtype::f64) return py::array_t<double>(c);
+  return py::array_t<float>(c);
 }
 
 py::array_t<double> float64_result(std::size_t n) {
@@ -164,8 +213,8 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
   const Optional running_var("running_var", running_var_obj);
   const Optional out("out", out_obj);
 
-  CallChecker checker(fn);
-  const CheckedArray x = checker.check(x_arg, 0, Access::read);
+  BnChecker checker(fn);
+  const CheckedArray x = checker.x(x_arg);
   const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormForwardArgs args{};
   args.x = x.data;
@@ -203,7 +252,7 @@ py::tuple batch_norm_forward_py(py::handle x_obj, py::handle weight_obj, py::han
   args.eps = eps;
   {
     py::gil_scoped_release release;
-    batch_norm_forward(checker.dtype(), layout.shape, args);
+    batch_norm_forward(checker.x_dtype(), layout.shape, args);
   }
   return py::make_tuple(y, save_mean, save_invstd);
 }
@@ -219,12 +268,12 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
   const Optional weight("weight", weight_obj);
   const Optional out("out", out_obj);
 
-  CallChecker checker(fn);
-  const CheckedArray x = checker.check(x_arg, 0, Access::read);
+  BnChecker checker(fn);
+  const CheckedArray x = checker.x(x_arg);
   const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormBackwardArgs args{};
   args.x = x.data;
-  args.dy = checker.check(dy_arg, 0, Access::read, &x_arg).data;
+  args.dy = checker.x_shaped(dy_arg, Access::read, x_arg).data;
   args.weight = per_channel(checker, weight.get(), Access::read, layout);
   const Statistic save_mean = statistic(checker, "save_mean", save_mean_obj, layout);
   const Statistic save_invstd = statistic(checker, "save_invstd", save_invstd_obj, layout);
@@ -232,10 +281,9 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
   checker.check_no_overlap();
   check_no_overlap(checker, dx, "out", {&save_mean, &save_invstd});
 
-  const py::array x_array = as_array(x_arg);
   py::object grad_weight = py::none(), grad_bias = py::none();
   if (weight.present) {
-    py::array gw = channel_result(x_array, layout), gb = channel_result(x_array, layout);
+    py::array gw = channel_result(checker, layout), gb = channel_result(checker, layout);
     args.grad_weight = gw.mutable_data();
     args.grad_bias = gb.mutable_data();
     grad_weight = gw;
@@ -247,7 +295,7 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
   args.training = training;
   {
     py::gil_scoped_release release;
-    batch_norm_backward(checker.dtype(), layout.shape, args);
+    batch_norm_backward(checker.x_dtype(), layout.shape, args);
   }
   return py::make_tuple(dx, grad_weight, grad_bias);
 }
@@ -255,8 +303,8 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
 py::tuple batch_norm_stats_py(py::handle x_obj, py::handle channel_axis) {
   const char* fn = "batch_norm_stats";
   const ArrayArg x_arg = single("x", x_obj);
-  CallChecker checker(fn);
-  const CheckedArray x = checker.check(x_arg, 0, Access::read);
+  BnChecker checker(fn);
+  const CheckedArray x = checker.x(x_arg);
   const Layout layout = layout_of(checker, x_arg, channel_axis);
   py::array_t<double> mean = float64_result(layout.shape.channels);
   py::array_t<double> m2 = float64_result(layout.shape.channels);
@@ -264,7 +312,7 @@ py::tuple batch_norm_stats_py(py::handle x_obj, py::handle channel_axis) {
   double* m2_data = m2.mutable_data();
   {
     py::gil_scoped_release release;
-    batch_norm_stats(checker.dtype(), layout.shape, x.data, mean_data, m2_data);
+    batch_norm_stats(checker.x_dtype(), layout.shape, x.data, mean_data, m2_data);
   }
   return py::make_tuple(mean, m2);
 }
@@ -396,8 +444,8 @@ py::array batch_norm_elemt_py(py::handle x_obj, py::handle weight_obj, py::handl
   const ArrayArg x_arg = single("x", x_obj);
   const Optional weight("weight", weight_obj), bias("bias", bias_obj);
   const Optional out("out", out_obj);
-  CallChecker checker(fn);
-  const CheckedArray x = checker.check(x_arg, 0, Access::read);
+  BnChecker checker(fn);
+  const CheckedArray x = checker.x(x_arg);
   const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormElemtArgs args{};
   args.x = x.data;
@@ -413,7 +461,7 @@ py::array batch_norm_elemt_py(py::handle x_obj, py::handle weight_obj, py::handl
   args.invstd = invstd.values.data();
   {
     py::gil_scoped_release release;
-    batch_norm_elemt(checker.dtype(), layout.shape, args);
+    batch_norm_elemt(checker.x_dtype(), layout.shape, args);
   }
   return y;
 }
@@ -423,10 +471,10 @@ py::tuple batch_norm_backward_reduce_py(py::handle dy_obj, py::handle x_obj, py:
   const char* fn = "batch_norm_backward_reduce";
   const ArrayArg dy_arg = single("dy", dy_obj);
   const ArrayArg x_arg = single("x", x_obj);
-  CallChecker checker(fn);
-  const CheckedArray x = checker.check(x_arg, 0, Access::read);
+  BnChecker checker(fn);
+  const CheckedArray x = checker.x(x_arg);
   const Layout layout = layout_of(checker, x_arg, channel_axis);
-  const CheckedArray dy = checker.check(dy_arg, 0, Access::read, &x_arg);
+  const CheckedArray dy = checker.x_shaped(dy_arg, Access::read, x_arg);
   const Statistic mean = statistic(checker, "mean", mean_obj, layout);
   const Statistic invstd = statistic(checker, "invstd", invstd_obj, layout);
   py::array_t<double> sum_dy = float64_result(layout.shape.channels);
@@ -435,7 +483,7 @@ py::tuple batch_norm_backward_reduce_py(py::handle dy_obj, py::handle x_obj, py:
   double* sum_dy_xhat_data = sum_dy_xhat.mutable_data();
   {
     py::gil_scoped_release release;
-    batch_norm_backward_reduce(checker.dtype(), layout.shape, dy.data, x.data,
+    batch_norm_backward_reduce(checker.x_dtype(), layout.shape, dy.data, x.data,
                                mean.values.data(), invstd.values.data(), sum_dy_data,
                                sum_dy_xhat_data);
   }
@@ -457,12 +505,12 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
   const ArrayArg x_arg = single("x", x_obj);
   const Optional weight("weight", weight_obj);
   const Optional out("out", out_obj);
-  CallChecker checker(fn);
-  const CheckedArray x = checker.check(x_arg, 0, Access::read);
+  BnChecker checker(fn);
+  const CheckedArray x = checker.x(x_arg);
   const Layout layout = layout_of(checker, x_arg, channel_axis);
   BatchNormBackwardElemtArgs args{};
   args.x = x.data;
-  args.dy = checker.check(dy_arg, 0, Access::read, &x_arg).data;
+  args.dy = checker.x_shaped(dy_arg, Access::read, x_arg).data;
   args.weight = per_channel(checker, weight.get(), Access::read, layout);
   const Statistic mean = statistic(checker, "mean", mean_obj, layout);
   const Statistic invstd = statistic(checker, "invstd", invstd_obj, layout);
@@ -479,7 +527,7 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
   args.count = count;
   {
     py::gil_scoped_release release;
-    batch_norm_backward_elemt(checker.dtype(), layout.shape, args);
+    batch_norm_backward_elemt(checker.x_dtype(), layout.shape, args);
   }
   return dx;
 }

@@ -31,7 +31,7 @@ class OptimizerPlan {
   // entries: none); 16-bit values are written with stochastic rounding when asked.
   OptimizerPlan(std::string name, py::list params, std::vector<std::size_t> groups,
                 std::vector<py::list> states, py::object copies, py::object remainders,
-                bool stochastic_rounding, std::uint64_t seed)
+                bool stochastic_rounding, std::uint64_t seed, py::object origins)
       : name_(std::move(name)), params_(params), states_(std::move(states)),
         extras_(py::make_tuple(copies, remainders)) {
     rounding_.stochastic = stochastic_rounding;
@@ -110,6 +110,7 @@ class OptimizerPlan {
       }
     }
     checker.check_no_overlap();
+    set_origins(origins);
     single_ = !tensors_.empty();
     if (single_) dtype_ = tensors_[0].param_dtype;
     for (const MixedTensor& t : tensors_) {
@@ -333,6 +334,27 @@ class OptimizerPlan {
   }
 
   std::size_t size() const { return tensors_.size(); }
+
+  // origins (None, or one (tensor, offset) pair per param): param i is the range of
+  // tensor `tensor` starting at element `offset`, and stochastic rounding draws its bits
+  // as for that tensor (a ZeRO-1 shard rounds as the unsharded step). A range may not
+  // cross a multiple of 2**32 elements of its tensor (the keys change there).
+  void set_origins(const py::object& origins) {
+    if (origins.is_none()) return;
+    const std::vector<py::object> items = sequence_snapshot(origins);
+    if (items.size() != tensors_.size()) {
+      throw py::value_error(name_ + ": origins needs one (tensor, offset) pair per param");
+    }
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const auto [tensor, offset] = items[i].cast<std::pair<std::size_t, std::size_t>>();
+      if (tensors_[i].n && offset >> 32 != (offset + tensors_[i].n - 1) >> 32) {
+        throw py::value_error(name_ + ": origins[" + std::to_string(i) +
+                              "] crosses a multiple of 2**32 elements");
+      }
+      tensors_[i].key_tensor = tensor;
+      tensors_[i].key_offset = offset;
+    }
+  }
 
  private:
   using Range = std::pair<const char*, const char*>;
@@ -564,10 +586,11 @@ void register_optimizer(py::module_& m) {
   py::class_<OptimizerPlan>(m, "_OptimizerPlan",
                             "Validated params and state of an optimizer; steps them natively.")
       .def(py::init<std::string, py::list, std::vector<std::size_t>, std::vector<py::list>,
-                    py::object, py::object, bool, std::uint64_t>(),
+                    py::object, py::object, bool, std::uint64_t, py::object>(),
            py::arg("name"), py::arg("params"), py::arg("groups"), py::arg("states"),
            py::arg("copies") = py::none(), py::arg("remainders") = py::none(),
-           py::arg("stochastic_rounding") = false, py::arg("seed") = 0)
+           py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+           py::arg("origins") = py::none())
       .def("step_sgd", &OptimizerPlan::step_sgd, py::arg("grads"), py::arg("groups"),
            py::arg("grad_scale"), py::arg("max_grad_norm"), py::arg("skip_nonfinite"),
            py::arg("step") = 0)

@@ -51,14 +51,33 @@ inline Lanes load_lanes(const double* p) {
   return d;
 }
 
+// How the loops read and write x-shaped data: S::raw is what memory holds, S::value the
+// compute type (the type of the per-channel constants). load(p, i) widens one value,
+// narrow(v) rounds one result to storage, lanes(p) loads kLaneWidth values as doubles.
+// float32 and float64 are stored as they are; bfloat16 and float16 adaptors (widening
+// exactly, rounding to nearest even) are defined where storage.hpp is included.
+template <class T>
+struct BnPlain {
+  using raw = T;
+  using value = T;
+  static T load(const T* p, std::size_t i) { return p[i]; }
+  static T narrow(T v) { return v; }
+  static Lanes lanes(const T* p) { return load_lanes(p); }
+};
+
 // Values at p as the accumulator type: a vector of lanes, or one double.
-template <class Acc, class T>
-inline Acc load_as(const T* p) {
+template <class Acc, class S>
+inline Acc load_as(const typename S::raw* p) {
   if constexpr (sizeof(Acc) == sizeof(double)) {
-    return double(*p);
+    return double(S::load(p, 0));
   } else {
-    return load_lanes(p);
+    return S::lanes(p);
   }
+}
+
+template <class S>
+double bn_value_at(const typename S::raw* x) {
+  return double(S::load(x, 0));
 }
 
 // Independent accumulators per slab reduction, enough to hide the latency of the adds
@@ -92,25 +111,26 @@ void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
 }
 
 // sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
-template <class T>
-void bn_slab_stats(const T* __restrict x, std::size_t n, double pivot, double* sums) {
+template <class S>
+void bn_slab_stats(const typename S::raw* __restrict x, std::size_t n, double pivot,
+                   double* sums) {
   bn_slab_sum_pair(n, [x, pivot](std::size_t i, auto& s1, auto& s2) {
     using Acc = std::remove_reference_t<decltype(s1)>;
-    const Acc d = load_as<Acc>(x + i) - pivot;
+    const Acc d = load_as<Acc, S>(x + i) - pivot;
     s1 += d;
     s2 += d * d;
   }, sums);
 }
 
 // sums[0] = sum(dy), sums[1] = sum(dy * (x - mean)) over one slab run.
-template <class T>
-void bn_slab_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t n,
-                       double mean, double* sums) {
+template <class S>
+void bn_slab_grad_sums(const typename S::raw* __restrict dy, const typename S::raw* __restrict x,
+                       std::size_t n, double mean, double* sums) {
   bn_slab_sum_pair(n, [dy, x, mean](std::size_t i, auto& s1, auto& s2) {
     using Acc = std::remove_reference_t<decltype(s1)>;
-    const Acc g = load_as<Acc>(dy + i);
+    const Acc g = load_as<Acc, S>(dy + i);
     s1 += g;
-    s2 += g * (load_as<Acc>(x + i) - mean);
+    s2 += g * (load_as<Acc, S>(x + i) - mean);
   }, sums);
 }
 
@@ -144,63 +164,68 @@ struct SlabCursor {
 // of T (mean_lo = 0 in double, or when the mean is already a value of T): x - mean_hi is
 // exact near the mean, so float32 output keeps its precision when |mean| >> std.
 // `stream` writes with non-temporal stores (see write_blocks); the caller fences.
-template <class T, bool kStream>
-void bn_runs_normalize_loop(const T* __restrict x, T* __restrict y, std::size_t n,
+template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
+void bn_runs_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t n,
                             SlabCursor cursor, const T* __restrict mean_hi,
                             const T* __restrict mean_lo, const T* __restrict scale,
                             const T* __restrict shift) {
-  write_blocks<kStream>(y, n, [&](T* __restrict out, std::size_t begin, std::size_t count) {
+  write_blocks<kStream>(y, n, [&](R* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const T hi = mean_hi[c], lo = mean_lo[c], sc = scale[c], sh = shift[c];
-      const T* __restrict xs = x + b;
-      T* __restrict o = out + (b - begin);
-      for (std::size_t k = 0; k < m; ++k) o[k] = ((xs[k] - hi) - lo) * sc + sh;
+      const R* __restrict xs = x + b;
+      R* __restrict o = out + (b - begin);
+      for (std::size_t k = 0; k < m; ++k) {
+        o[k] = S::narrow(((S::load(xs, k) - hi) - lo) * sc + sh);
+      }
     });
   });
 }
 
-template <class T>
-void bn_runs_normalize(const T* x, T* y, std::size_t n, std::size_t slab_len,
+template <class S, class R = typename S::raw, class T = typename S::value>
+void bn_runs_normalize(const R* x, R* y, std::size_t n, std::size_t slab_len,
                        std::size_t channels, std::size_t offset, std::size_t channel,
                        const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
                        bool stream) {
   const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
       [&](auto s) {
-        bn_runs_normalize_loop<T, s>(x, y, n, cursor, mean_hi, mean_lo, scale, shift);
+        bn_runs_normalize_loop<S, s>(x, y, n, cursor, mean_hi, mean_lo, scale, shift);
       },
       stream);
 }
 
 // dx = dy * k_dy + ((x - mean_hi) - mean_lo) * k_x + k_0 over a run as above;
 // kCentered = false drops the x terms (eval).
-template <class T, bool kCentered, bool kStream>
-void bn_runs_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
+template <class S, bool kCentered, bool kStream, class R = typename S::raw,
+          class T = typename S::value>
+void bn_runs_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restrict dx,
                      std::size_t n, SlabCursor cursor, const T* __restrict k_dy,
                      const T* __restrict mean_hi, const T* __restrict mean_lo,
                      const T* __restrict k_x, const T* __restrict k_0) {
-  write_blocks<kStream>(dx, n, [&](T* __restrict out, std::size_t begin, std::size_t count) {
+  write_blocks<kStream>(dx, n, [&](R* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const T kd = k_dy[c], hi = mean_hi[c], lo = mean_lo[c], kx = k_x[c], k0 = k_0[c];
-      const T* __restrict gs = dy + b;
-      const T* __restrict xs = x + b;
-      T* __restrict o = out + (b - begin);
+      const R* __restrict gs = dy + b;
+      const R* __restrict xs = x + b;
+      R* __restrict o = out + (b - begin);
       for (std::size_t k = 0; k < m; ++k) {
-        o[k] = kCentered ? gs[k] * kd + (((xs[k] - hi) - lo) * kx + k0) : gs[k] * kd;
+        const T g = S::load(gs, k);
+        o[k] = S::narrow(kCentered ? g * kd + (((S::load(xs, k) - hi) - lo) * kx + k0)
+                                   : g * kd);
       }
     });
   });
 }
 
-template <class T>
-void bn_runs_dx(const T* dy, const T* x, T* dx, std::size_t n, std::size_t slab_len,
+template <class S, class R = typename S::raw, class T = typename S::value>
+void bn_runs_dx(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_len,
                 std::size_t channels, std::size_t offset, std::size_t channel, const T* k_dy,
                 const T* mean_hi, const T* mean_lo, const T* k_x, const T* k_0, bool centered,
                 bool stream) {
   const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
       [&](auto c, auto s) {
-        bn_runs_dx_loop<T, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, mean_lo, k_x, k_0);
+        bn_runs_dx_loop<S, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, mean_lo, k_x, k_0);
       },
       centered, stream);
 }
@@ -210,7 +235,7 @@ void bn_runs_dx(const T* dy, const T* x, T* dx, std::size_t n, std::size_t slab_
 constexpr std::size_t kRowUnroll = 4;
 
 // sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square.
-template <class T>
+template <class S, class T = typename S::raw>
 void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
                    std::size_t cols, const double* __restrict pivot, double* __restrict sum,
                    double* __restrict sum_sq) {
@@ -223,8 +248,8 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
     const T* __restrict x3 = x2 + stride;
     for (std::size_t j = 0; j < cols; ++j) {
       const double p = pivot[j];
-      const double d0 = double(x0[j]) - p, d1 = double(x1[j]) - p;
-      const double d2 = double(x2[j]) - p, d3 = double(x3[j]) - p;
+      const double d0 = double(S::load(x0, j)) - p, d1 = double(S::load(x1, j)) - p;
+      const double d2 = double(S::load(x2, j)) - p, d3 = double(S::load(x3, j)) - p;
       sum[j] += (d0 + d1) + (d2 + d3);
       sum_sq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
     }
@@ -232,7 +257,7 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
   for (; r < rows; ++r) {
     const T* __restrict xr = x + r * stride;
     for (std::size_t j = 0; j < cols; ++j) {
-      const double d = double(xr[j]) - pivot[j];
+      const double d = double(S::load(xr, j)) - pivot[j];
       sum[j] += d;
       sum_sq[j] += d * d;
     }
@@ -240,7 +265,7 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
 }
 
 // sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]).
-template <class T>
+template <class S, class T = typename S::raw>
 void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t rows,
                        std::size_t stride, std::size_t cols, const double* __restrict mean,
                        double* __restrict sum_dy, double* __restrict sum_dyx) {
@@ -252,10 +277,12 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
     const T* __restrict x0 = x + o;
     for (std::size_t j = 0; j < cols; ++j) {
       const double m = mean[j];
-      const double a0 = double(g0[j]), a1 = double(g0[j + stride]);
-      const double a2 = double(g0[j + 2 * stride]), a3 = double(g0[j + 3 * stride]);
-      const double d0 = double(x0[j]) - m, d1 = double(x0[j + stride]) - m;
-      const double d2 = double(x0[j + 2 * stride]) - m, d3 = double(x0[j + 3 * stride]) - m;
+      const double a0 = double(S::load(g0, j)), a1 = double(S::load(g0, j + stride));
+      const double a2 = double(S::load(g0, j + 2 * stride));
+      const double a3 = double(S::load(g0, j + 3 * stride));
+      const double d0 = double(S::load(x0, j)) - m, d1 = double(S::load(x0, j + stride)) - m;
+      const double d2 = double(S::load(x0, j + 2 * stride)) - m;
+      const double d3 = double(S::load(x0, j + 3 * stride)) - m;
       sum_dy[j] += (a0 + a1) + (a2 + a3);
       sum_dyx[j] += (a0 * d0 + a1 * d1) + (a2 * d2 + a3 * d3);
     }
@@ -264,62 +291,81 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
     const T* __restrict gr = dy + r * stride;
     const T* __restrict xr = x + r * stride;
     for (std::size_t j = 0; j < cols; ++j) {
-      const double g = double(gr[j]);
+      const double g = double(S::load(gr, j));
       sum_dy[j] += g;
-      sum_dyx[j] += g * (double(xr[j]) - mean[j]);
+      sum_dyx[j] += g * (double(S::load(xr, j)) - mean[j]);
     }
   }
 }
 
-template <class T, bool kStream>
-void bn_rows_normalize_loop(const T* __restrict x, T* __restrict y, std::size_t rows,
+template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
+void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t rows,
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
                             const T* __restrict mean_lo, const T* __restrict scale,
                             const T* __restrict shift) {
   for (std::size_t r = 0; r < rows; ++r) {
-    const T* __restrict xr = x + r * stride;
+    const R* __restrict xr = x + r * stride;
     write_values<kStream>(y + r * stride, cols, [=](std::size_t j) {
-      return ((xr[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j];
+      return S::narrow(((S::load(xr, j) - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j]);
     });
   }
 }
 
-template <class T>
-void bn_rows_normalize(const T* x, T* y, std::size_t rows, std::size_t stride, std::size_t cols,
+template <class S, class R = typename S::raw, class T = typename S::value>
+void bn_rows_normalize(const R* x, R* y, std::size_t rows, std::size_t stride, std::size_t cols,
                        const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
                        bool stream) {
   with_flags(
       [&](auto s) {
-        bn_rows_normalize_loop<T, s>(x, y, rows, stride, cols, mean_hi, mean_lo, scale, shift);
+        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, mean_lo, scale, shift);
       },
       stream);
 }
 
-template <class T, bool kCentered, bool kStream>
-void bn_rows_dx_loop(const T* __restrict dy, const T* __restrict x, T* __restrict dx,
+template <class S, bool kCentered, bool kStream, class R = typename S::raw,
+          class T = typename S::value>
+void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
                      const T* __restrict k_dy, const T* __restrict mean_hi,
                      const T* __restrict mean_lo, const T* __restrict k_x,
                      const T* __restrict k_0) {
   for (std::size_t r = 0; r < rows; ++r) {
-    const T* __restrict gr = dy + r * stride;
-    const T* __restrict xr = x + r * stride;
+    const R* __restrict gr = dy + r * stride;
+    const R* __restrict xr = x + r * stride;
     write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
-      return kCentered
-                 ? gr[j] * k_dy[j] + (((xr[j] - mean_hi[j]) - mean_lo[j]) * k_x[j] + k_0[j])
-                 : gr[j] * k_dy[j];
+      const T g = S::load(gr, j);
+      return S::narrow(
+          kCentered ? g * k_dy[j] + (((S::load(xr, j) - mean_hi[j]) - mean_lo[j]) * k_x[j] + k_0[j])
+                    : g * k_dy[j]);
     });
   }
 }
 
-template <class T>
-void bn_rows_dx(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
+template <class S, class R = typename S::raw, class T = typename S::value>
+void bn_rows_dx(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
                 std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
                 const T* k_x, const T* k_0, bool centered, bool stream) {
   with_flags(
       [&](auto c, auto s) {
-        bn_rows_dx_loop<T, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo, k_x,
+        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo, k_x,
                                  k_0);
       },
       centered, stream);
+}
+
+// The table entries for storage S.
+template <class S>
+constexpr BatchNormKernels<typename S::raw, typename S::value> batch_norm_kernels() {
+  BatchNormKernels<typename S::raw, typename S::value> k{};
+  k.value_at = &bn_value_at<S>;
+  k.slab_stats = &bn_slab_stats<S>;
+  k.slab_grad_sums = &bn_slab_grad_sums<S>;
+  k.runs_normalize = &bn_runs_normalize<S>;
+  k.runs_dx = &bn_runs_dx<S>;
+  k.rows_stats = &bn_rows_stats<S>;
+  k.rows_grad_sums = &bn_rows_grad_sums<S>;
+  k.rows_normalize = &bn_rows_normalize<S>;
+  k.rows_dx = &bn_rows_dx<S>;
+  k.stream_fence = &stream_fence;
+  return k;
 }

@@ -41,14 +41,7 @@ constexpr TypedKernels<T> typed_kernels() {
   k.all_finite = &all_finite<T>;
   k.scale = &scale<T>;
   k.add_scaled = &add_scaled<T>;
-  k.bn_slab_stats = &bn_slab_stats<T>;
-  k.bn_slab_grad_sums = &bn_slab_grad_sums<T>;
-  k.bn_runs_normalize = &bn_runs_normalize<T>;
-  k.bn_runs_dx = &bn_runs_dx<T>;
-  k.bn_rows_stats = &bn_rows_stats<T>;
-  k.bn_rows_grad_sums = &bn_rows_grad_sums<T>;
-  k.bn_rows_normalize = &bn_rows_normalize<T>;
-  k.bn_rows_dx = &bn_rows_dx<T>;
+  k.bn = batch_norm_kernels<BnPlain<T>>();
   k.stream_fence = &stream_fence;
   return k;
 }

@@ -62,8 +62,10 @@ inline float choose(std::uint32_t mask, float a, float b) {
   return float_of((bits_of(a) & mask) | (bits_of(b) & ~mask));
 }
 
+// kCoupled: weight decay or L1 added to the gradient (the masks then pick which); without
+// either, the loop has no selects for them (they cost a fifth of the instructions).
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kMomentum,
-          bool kScaled>
+          bool kScaled, bool kCoupled>
 void sgd_fused_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   const float lr = float(c.lr), momentum = float(c.momentum), damp = float(c.one_minus_dampening);
   const float wd = float(c.weight_decay), l1 = float(c.l1), divisor = float(c.grad_divisor);
@@ -77,8 +79,10 @@ void sgd_fused_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
     const float pi = load_param<P, kRemainder>(r.p, r.rem, i);
     const float gi = G::load(r.g, i);
     float d = kScaled ? gi / divisor : gi;
-    d = choose(decay, d + wd * pi, d);
-    d = choose(use_l1, d + l1 * sign_of(pi), d);
+    if (kCoupled) {
+      d = choose(decay, d + wd * pi, d);
+      d = choose(use_l1, d + l1 * sign_of(pi), d);
+    }
     if (kMomentum) {
       const float b = choose(first, d, momentum * S::load(r.s0, i) + damp * d);
       store_state<S, kStochastic>(r.s0, i, b, kb, base + i);
@@ -88,15 +92,17 @@ void sgd_fused_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   }
 }
 
+// kCoupled as in sgd_fused_loop (L2 weight decay or L1). Decoupled weight decay multiplies
+// by decay_factor, 1 when off: exact for every value, so it needs no select.
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kAmsgrad,
-          bool kScaled>
+          bool kScaled, bool kCoupled>
 void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
   const float beta1 = float(c.beta1), omb1 = float(c.one_minus_beta1);
   const float beta2 = float(c.beta2), omb2 = float(c.one_minus_beta2);
   const float step_size = float(c.step_size), inv_sqrt_bc2 = float(c.inv_sqrt_bc2);
-  const float eps = float(c.eps), wd = float(c.weight_decay), decay_factor = float(c.decay_factor);
+  const float eps = float(c.eps), wd = float(c.weight_decay);
+  const float decay_factor = c.use_weight_decay && c.decoupled ? float(c.decay_factor) : 1.0f;
   const float l1 = float(c.l1), divisor = float(c.grad_divisor);
-  const std::uint32_t decoupled = mask_of(c.use_weight_decay && c.decoupled);
   const std::uint32_t l2 = mask_of(c.use_weight_decay && !c.decoupled), use_l1 = mask_of(c.use_l1);
   const Ranges<P, G, S> r(a);
   const RoundingKey kp = a.keys[0], km = a.keys[1], kv = a.keys[2], kx = a.keys[3];
@@ -106,9 +112,11 @@ void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
     float pi = load_param<P, kRemainder>(r.p, r.rem, i);
     const float gi = G::load(r.g, i);
     float d = kScaled ? gi / divisor : gi;
-    pi = choose(decoupled, pi * decay_factor, pi);
-    d = choose(l2, d + wd * pi, d);
-    d = choose(use_l1, d + l1 * sign_of(pi), d);
+    pi = pi * decay_factor;
+    if (kCoupled) {
+      d = choose(l2, d + wd * pi, d);
+      d = choose(use_l1, d + l1 * sign_of(pi), d);
+    }
     const float mi = beta1 * S::load(r.s0, i) + omb1 * d;
     // (1 - beta2) * d first, as torch: d * d alone overflows float32 for |d| > 1.8e19.
     const float vi = beta2 * S::load(r.s1, i) + (omb2 * d) * d;
@@ -129,19 +137,20 @@ void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
 template <class P, class G, class S, bool kRemainder>
 void sgd_fused(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   with_flags(
-      [&](auto stochastic, auto momentum, auto scaled) {
-        sgd_fused_loop<P, G, S, kRemainder, stochastic, momentum, scaled>(c, a, n);
+      [&](auto stochastic, auto momentum, auto scaled, auto coupled) {
+        sgd_fused_loop<P, G, S, kRemainder, stochastic, momentum, scaled, coupled>(c, a, n);
       },
-      a.stochastic, c.use_momentum, c.scaled);
+      a.stochastic, c.use_momentum, c.scaled, c.use_weight_decay || c.use_l1);
 }
 
 template <class P, class G, class S, bool kRemainder>
 void adam_fused(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
   with_flags(
-      [&](auto stochastic, auto amsgrad, auto scaled) {
-        adam_fused_loop<P, G, S, kRemainder, stochastic, amsgrad, scaled>(c, a, n);
+      [&](auto stochastic, auto amsgrad, auto scaled, auto coupled) {
+        adam_fused_loop<P, G, S, kRemainder, stochastic, amsgrad, scaled, coupled>(c, a, n);
       },
-      a.stochastic, c.amsgrad, c.scaled);
+      a.stochastic, c.amsgrad, c.scaled,
+      c.use_l1 || (c.use_weight_decay && !c.decoupled));
 }
 
 constexpr FusedKernels fused_table() {

@@ -13,9 +13,12 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
+#include "fusedops/kernels.hpp"
+#include "fusedops/mixed.hpp"
 #include "cache.hpp"
 #include "work.hpp"
 
@@ -300,8 +303,8 @@ const V* per_column(const Plan& plan, const V* per_channel, Scratch& scratch) {
 
 // What a thread runs after each batch of the elementwise pass: a fence when the pass
 // writes with non-temporal stores.
-template <class T>
-auto stream_fence_after_batch(const TypedKernels<T>& k, bool stream) {
+template <class R, class T>
+auto stream_fence_after_batch(const BatchNormKernels<R, T>& k, bool stream) {
   return [&k, stream] {
     if (stream) k.stream_fence();
   };
@@ -389,9 +392,9 @@ struct DxConstants {
   }
 };
 
-template <class T>
-void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
-  const auto& k = current_kernels().typed<T>();
+template <class R, class T>
+void stats_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, double* mean,
+                 double* m2) {
   const std::size_t channels = plan.channels();
   if (plan.per_channel() == 0) {
     std::fill(mean, mean + channels, 0.0);
@@ -402,17 +405,17 @@ void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
   // Sums are taken around a value of each channel (its first), so they see the spread,
   // not the mean; exact enough in double even when that value is far out.
   double* pivot = scratch.take<double>(channels);
-  for (std::size_t c = 0; c < channels; ++c) pivot[c] = double(x[c * plan.inner()]);
+  for (std::size_t c = 0; c < channels; ++c) pivot[c] = k.value_at(x + c * plan.inner());
   const double* pivot_col = plan.reduce_slabs() ? nullptr : per_column(plan, pivot, scratch);
   double* sum = scratch.take<double>(channels);
   double* sum_sq = scratch.take<double>(channels);
   reduce(
       plan,
       [&](const SlabUnit& s, double* out) {
-        k.bn_slab_stats(x + s.offset, s.length, pivot[s.channel], out);
+        k.slab_stats(x + s.offset, s.length, pivot[s.channel], out);
       },
       [&](const RowUnit& r, double* first, double* second) {
-        k.bn_rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first,
+        k.rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first,
                         second);
       },
       sum, sum_sq);
@@ -422,10 +425,10 @@ void stats_typed(const Plan& plan, const T* x, double* mean, double* m2) {
   }
 }
 
-template <class T>
-void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const double* invstd,
+template <class R, class T>
+void elemt_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, R* y,
+                 const double* mean, const double* invstd,
                  const T* weight, const T* bias) {
-  const auto& k = current_kernels().typed<T>();
   const std::size_t channels = plan.channels();
   Scratch scratch;
   NormalizeConstants<T> constants(scratch, channels);
@@ -439,7 +442,7 @@ void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const d
   if (plan.runs()) {
     plan.run_work().run([&](std::size_t u, const WorkItem&) {
       const RunUnit r = plan.run_unit(u);
-      k.bn_runs_normalize(x + r.offset, y + r.offset, r.length, plan.inner(), channels,
+      k.runs_normalize(x + r.offset, y + r.offset, r.length, plan.inner(), channels,
                           r.slab_offset, r.channel, mean_hi, mean_lo, scale, shift, stream);
     }, fence);
     return;
@@ -450,24 +453,24 @@ void elemt_typed(const Plan& plan, const T* x, T* y, const double* mean, const d
   const T* sh = per_column(plan, shift, scratch);
   plan.row_work().run([&](std::size_t u, const WorkItem&) {
     const RowUnit r = plan.row_unit(u);
-    k.bn_rows_normalize(x + r.offset, y + r.offset, r.rows, plan.cols(), r.cols, hi + r.col,
+    k.rows_normalize(x + r.offset, y + r.offset, r.rows, plan.cols(), r.cols, hi + r.col,
                         lo + r.col, sc + r.col, sh + r.col, stream);
   }, fence);
 }
 
-template <class T>
-void backward_reduce_typed(const Plan& plan, const T* dy, const T* x, const double* mean,
+template <class R, class T>
+void backward_reduce_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* dy,
+                           const R* x, const double* mean,
                            const double* invstd, double* sum_dy, double* sum_dy_xhat) {
-  const auto& k = current_kernels().typed<T>();
   Scratch scratch;
   const double* mean_col = plan.reduce_slabs() ? nullptr : per_column(plan, mean, scratch);
   reduce(
       plan,
       [&](const SlabUnit& s, double* out) {
-        k.bn_slab_grad_sums(dy + s.offset, x + s.offset, s.length, mean[s.channel], out);
+        k.slab_grad_sums(dy + s.offset, x + s.offset, s.length, mean[s.channel], out);
       },
       [&](const RowUnit& r, double* first, double* second) {
-        k.bn_rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
+        k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
                             mean_col + r.col, first, second);
       },
       sum_dy, sum_dy_xhat);
@@ -475,11 +478,11 @@ void backward_reduce_typed(const Plan& plan, const T* dy, const T* x, const doub
 }
 
 // centered = false: dx = dy * weight * invstd (eval mode; the sums are not read).
-template <class T>
-void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, const T* weight,
+template <class R, class T>
+void backward_elemt_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* dy,
+                          const R* x, R* dx, const T* weight,
                           const double* mean, const double* invstd, const double* sum_dy,
                           const double* sum_dy_xhat, double count, bool centered) {
-  const auto& k = current_kernels().typed<T>();
   const std::size_t channels = plan.channels();
   Scratch scratch;
   DxConstants<T> constants(scratch, channels);
@@ -496,7 +499,7 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
   if (plan.runs()) {
     plan.run_work().run([&](std::size_t u, const WorkItem&) {
       const RunUnit r = plan.run_unit(u);
-      k.bn_runs_dx(dy + r.offset, x + r.offset, dx + r.offset, r.length, plan.inner(),
+      k.runs_dx(dy + r.offset, x + r.offset, dx + r.offset, r.length, plan.inner(),
                    channels, r.slab_offset, r.channel, k_dy, mean_hi, mean_lo, k_x, k_0,
                    centered, stream);
     }, fence);
@@ -509,7 +512,7 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
   const T* k0 = per_column(plan, k_0, scratch);
   plan.row_work_backwards().run([&](std::size_t u, const WorkItem&) {
     const RowUnit r = plan.row_unit(plan.last_first(u));
-    k.bn_rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
+    k.rows_dx(dy + r.offset, x + r.offset, dx + r.offset, r.rows, plan.cols(), r.cols,
                  kd + r.col, hi + r.col, lo + r.col, kx + r.col, k0 + r.col, centered, stream);
   }, fence);
 }
@@ -517,13 +520,13 @@ void backward_elemt_typed(const Plan& plan, const T* dy, const T* x, T* dx, cons
 // The training forward for a channel-first x beyond the L2 (Plan::block_channels): each
 // thread takes a group of channels, sums their slab units (in the order reduce() adds
 // them), derives their statistics and normalizes them while they are still in the L2.
-template <class T>
-void forward_blocked(const Plan& plan, std::size_t group, const BatchNormForwardArgs& a) {
-  const auto& k = current_kernels().typed<T>();
+template <class R, class T>
+void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::size_t group,
+                     const BatchNormForwardArgs& a) {
   const std::size_t channels = plan.channels(), inner = plan.inner(), outer = plan.outer();
   const std::size_t blocks = plan.blocks_per_slab();
-  const T* x = static_cast<const T*>(a.x);
-  T* y = static_cast<T*>(a.y);
+  const R* x = static_cast<const R*>(a.x);
+  R* y = static_cast<R*>(a.y);
   const T* weight = static_cast<const T*>(a.weight);
   const T* bias = static_cast<const T*>(a.bias);
   const double count = double(plan.per_channel());
@@ -532,18 +535,28 @@ void forward_blocked(const Plan& plan, std::size_t group, const BatchNormForward
   NormalizeConstants<T> constants(scratch, channels);
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
     const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
-    for (std::size_t c = c0; c < c1; ++c) {
-      const double pivot = double(x[c * inner]);
-      double sum = 0.0, sum_sq = 0.0;
-      for (std::size_t o = 0; o < outer; ++o) {
+    Scratch thread_sums;  // this worker's
+    // Row by row: the group's slabs of one row lie back to back, so the reads stream
+    // through memory instead of jumping a row's length for every slab of one channel.
+    // Each channel still adds its partials in slab-unit order (row, then block).
+    double* sums = thread_sums.take<double>(2 * (c1 - c0));
+    std::fill(sums, sums + 2 * (c1 - c0), 0.0);
+    for (std::size_t o = 0; o < outer; ++o) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        const double pivot = k.value_at(x + c * inner);
+        double* s = sums + 2 * (c - c0);
         for (std::size_t b = 0; b < blocks; ++b) {
           const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
           double partial[2];
-          k.bn_slab_stats(x + u.offset, u.length, pivot, partial);
-          sum += partial[0];
-          sum_sq += partial[1];
+          k.slab_stats(x + u.offset, u.length, pivot, partial);
+          s[0] += partial[0];
+          s[1] += partial[1];
         }
       }
+    }
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double pivot = k.value_at(x + c * inner);
+      const double sum = sums[2 * (c - c0)], sum_sq = sums[2 * (c - c0) + 1];
       double m2;
       finish_stats(pivot, sum, sum_sq, count, &a.save_mean[c], &m2);
       finish_forward_channel<T>(c, m2, count, a);
@@ -551,7 +564,7 @@ void forward_blocked(const Plan& plan, std::size_t group, const BatchNormForward
     }
     for (std::size_t o = 0; o < outer; ++o) {
       const std::size_t at = (o * channels + c0) * inner;
-      k.bn_runs_normalize(x + at, y + at, (c1 - c0) * inner, inner, channels, 0, c0,
+      k.runs_normalize(x + at, y + at, (c1 - c0) * inner, inner, channels, 0, c0,
                           constants.mean_hi, constants.mean_lo, constants.scale,
                           constants.shift, stream);
     }
@@ -559,14 +572,14 @@ void forward_blocked(const Plan& plan, std::size_t group, const BatchNormForward
 }
 
 // The training backward, blocked as forward_blocked.
-template <class T>
-void backward_blocked(const Plan& plan, std::size_t group, const BatchNormBackwardArgs& a) {
-  const auto& k = current_kernels().typed<T>();
+template <class R, class T>
+void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::size_t group,
+                      const BatchNormBackwardArgs& a) {
   const std::size_t channels = plan.channels(), inner = plan.inner(), outer = plan.outer();
   const std::size_t blocks = plan.blocks_per_slab();
-  const T* dy = static_cast<const T*>(a.dy);
-  const T* x = static_cast<const T*>(a.x);
-  T* dx = static_cast<T*>(a.dx);
+  const R* dy = static_cast<const R*>(a.dy);
+  const R* x = static_cast<const R*>(a.x);
+  R* dx = static_cast<R*>(a.dx);
   const T* weight = static_cast<const T*>(a.weight);
   T* grad_weight = static_cast<T*>(a.grad_weight);
   T* grad_bias = static_cast<T*>(a.grad_bias);
@@ -576,17 +589,23 @@ void backward_blocked(const Plan& plan, std::size_t group, const BatchNormBackwa
   DxConstants<T> constants(scratch, channels);
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
     const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
-    for (std::size_t c = c0; c < c1; ++c) {
-      double sum_dy = 0.0, sum_dyx = 0.0;
-      for (std::size_t o = 0; o < outer; ++o) {
+    Scratch thread_sums;  // this worker's
+    double* sums = thread_sums.take<double>(2 * (c1 - c0));  // row by row, as forward_blocked
+    std::fill(sums, sums + 2 * (c1 - c0), 0.0);
+    for (std::size_t o = 0; o < outer; ++o) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        double* s = sums + 2 * (c - c0);
         for (std::size_t b = 0; b < blocks; ++b) {
           const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
           double partial[2];
-          k.bn_slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c], partial);
-          sum_dy += partial[0];
-          sum_dyx += partial[1];
+          k.slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c], partial);
+          s[0] += partial[0];
+          s[1] += partial[1];
         }
       }
+    }
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double sum_dy = sums[2 * (c - c0)], sum_dyx = sums[2 * (c - c0) + 1];
       const double sum_dy_xhat = sum_dyx * a.save_invstd[c];
       if (weight != nullptr) {
         grad_weight[c] = T(sum_dy_xhat);
@@ -597,16 +616,17 @@ void backward_blocked(const Plan& plan, std::size_t group, const BatchNormBackwa
     }
     for (std::size_t o = 0; o < outer; ++o) {
       const std::size_t at = (o * channels + c0) * inner;
-      k.bn_runs_dx(dy + at, x + at, dx + at, (c1 - c0) * inner, inner, channels, 0, c0,
+      k.runs_dx(dy + at, x + at, dx + at, (c1 - c0) * inner, inner, channels, 0, c0,
                    constants.k_dy, constants.mean_hi, constants.mean_lo, constants.k_x,
                    constants.k_0, true, stream);
     }
   }, stream_fence_after_batch(k, stream));
 }
 
-template <class T>
-void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
-  const Plan plan(shape, sizeof(T));
+template <class R, class T>
+void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
+                   const BatchNormForwardArgs& a) {
+  const Plan plan(shape, sizeof(R));
   const std::size_t channels = plan.channels();
   T* running_mean = static_cast<T*>(a.running_mean);
   T* running_var = static_cast<T*>(a.running_var);
@@ -614,12 +634,12 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
   double* invstd = a.save_invstd;
   if (a.training) {
     if (const std::size_t group = plan.block_channels(1); group > 0) {
-      forward_blocked<T>(plan, group, a);
+      forward_blocked(k, plan, group, a);
       return;
     }
     Scratch scratch;
     double* m2 = scratch.take<double>(channels);
-    stats_typed(plan, static_cast<const T*>(a.x), mean, m2);
+    stats_typed(k, plan, static_cast<const R*>(a.x), mean, m2);
     const double count = double(plan.per_channel());
     for (std::size_t c = 0; c < channels; ++c) finish_forward_channel<T>(c, m2[c], count, a);
   } else {
@@ -628,20 +648,21 @@ void forward_typed(const BatchNormShape& shape, const BatchNormForwardArgs& a) {
       invstd[c] = 1.0 / std::sqrt(double(running_var[c]) + a.eps);
     }
   }
-  elemt_typed(plan, static_cast<const T*>(a.x), static_cast<T*>(a.y), mean, invstd,
+  elemt_typed(k, plan, static_cast<const R*>(a.x), static_cast<R*>(a.y), mean, invstd,
               static_cast<const T*>(a.weight), static_cast<const T*>(a.bias));
 }
 
-template <class T>
-void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a) {
-  const Plan plan(shape, sizeof(T));
+template <class R, class T>
+void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
+                    const BatchNormBackwardArgs& a) {
+  const Plan plan(shape, sizeof(R));
   const std::size_t channels = plan.channels();
-  const T* dy = static_cast<const T*>(a.dy);
-  const T* x = static_cast<const T*>(a.x);
+  const R* dy = static_cast<const R*>(a.dy);
+  const R* x = static_cast<const R*>(a.x);
   const T* weight = static_cast<const T*>(a.weight);
   if (a.training) {
     if (const std::size_t group = plan.block_channels(2); group > 0) {
-      backward_blocked<T>(plan, group, a);
+      backward_blocked(k, plan, group, a);
       return;
     }
   }
@@ -650,7 +671,7 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
   double* sum_dy_xhat = scratch.take<double>(channels);
   // Eval mode without weight needs neither sum.
   if (a.training || weight != nullptr) {
-    backward_reduce_typed(plan, dy, x, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat);
+    backward_reduce_typed(k, plan, dy, x, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat);
   }
   if (weight != nullptr) {
     T* grad_weight = static_cast<T*>(a.grad_weight);
@@ -661,17 +682,18 @@ void backward_typed(const BatchNormShape& shape, const BatchNormBackwardArgs& a)
     }
   }
   const double count = double(plan.per_channel());
-  backward_elemt_typed(plan, dy, x, static_cast<T*>(a.dx), weight, a.save_mean, a.save_invstd,
+  backward_elemt_typed(k, plan, dy, x, static_cast<R*>(a.dx), weight, a.save_mean, a.save_invstd,
                        sum_dy, sum_dy_xhat, count, a.training && count > 0);
 }
 
-// Calls f(T{}) with T the C++ type of dtype.
+// Calls f(k) with k the current ISA's batch-norm kernels for x-shaped data of dtype.
 template <class F>
-void with_type(Dtype dtype, F&& f) {
-  if (dtype == Dtype::f32) {
-    f(float{});
-  } else {
-    f(double{});
+void with_kernels(Dtype dtype, F&& f) {
+  switch (dtype) {
+    case Dtype::f32: f(current_kernels().f32.bn); break;
+    case Dtype::f64: f(current_kernels().f64.bn); break;
+    case Dtype::bf16: f(current_batch_norm16_kernels().bf16); break;
+    case Dtype::f16: f(current_batch_norm16_kernels().f16); break;
   }
 }
 
@@ -679,19 +701,19 @@ void with_type(Dtype dtype, F&& f) {
 
 void batch_norm_forward(Dtype dtype, const BatchNormShape& shape,
                         const BatchNormForwardArgs& args) {
-  with_type(dtype, [&](auto t) { forward_typed<decltype(t)>(shape, args); });
+  with_kernels(dtype, [&](const auto& k) { forward_typed(k, shape, args); });
 }
 
 void batch_norm_backward(Dtype dtype, const BatchNormShape& shape,
                          const BatchNormBackwardArgs& args) {
-  with_type(dtype, [&](auto t) { backward_typed<decltype(t)>(shape, args); });
+  with_kernels(dtype, [&](const auto& k) { backward_typed(k, shape, args); });
 }
 
 void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,
                       double* m2) {
-  with_type(dtype, [&](auto t) {
-    using T = decltype(t);
-    stats_typed(Plan(shape, sizeof(T)), static_cast<const T*>(x), mean, m2);
+  with_kernels(dtype, [&](const auto& k) {
+    using R = typename std::decay_t<decltype(k)>::raw;
+    stats_typed(k, Plan(shape, sizeof(R)), static_cast<const R*>(x), mean, m2);
   });
 }
 
@@ -723,9 +745,10 @@ void batch_norm_combine_stats(const double* means, const double* m2s, const doub
 }
 
 void batch_norm_elemt(Dtype dtype, const BatchNormShape& shape, const BatchNormElemtArgs& a) {
-  with_type(dtype, [&](auto t) {
-    using T = decltype(t);
-    elemt_typed(Plan(shape, sizeof(T)), static_cast<const T*>(a.x), static_cast<T*>(a.y),
+  with_kernels(dtype, [&](const auto& k) {
+    using R = typename std::decay_t<decltype(k)>::raw;
+    using T = typename std::decay_t<decltype(k)>::value;
+    elemt_typed(k, Plan(shape, sizeof(R)), static_cast<const R*>(a.x), static_cast<R*>(a.y),
                 a.mean, a.invstd, static_cast<const T*>(a.weight),
                 static_cast<const T*>(a.bias));
   });
@@ -734,19 +757,20 @@ void batch_norm_elemt(Dtype dtype, const BatchNormShape& shape, const BatchNormE
 void batch_norm_backward_reduce(Dtype dtype, const BatchNormShape& shape, const void* dy,
                                 const void* x, const double* mean, const double* invstd,
                                 double* sum_dy, double* sum_dy_xhat) {
-  with_type(dtype, [&](auto t) {
-    using T = decltype(t);
-    backward_reduce_typed(Plan(shape, sizeof(T)), static_cast<const T*>(dy),
-                          static_cast<const T*>(x), mean, invstd, sum_dy, sum_dy_xhat);
+  with_kernels(dtype, [&](const auto& k) {
+    using R = typename std::decay_t<decltype(k)>::raw;
+    backward_reduce_typed(k, Plan(shape, sizeof(R)), static_cast<const R*>(dy),
+                          static_cast<const R*>(x), mean, invstd, sum_dy, sum_dy_xhat);
   });
 }
 
 void batch_norm_backward_elemt(Dtype dtype, const BatchNormShape& shape,
                                const BatchNormBackwardElemtArgs& a) {
-  with_type(dtype, [&](auto t) {
-    using T = decltype(t);
-    backward_elemt_typed(Plan(shape, sizeof(T)), static_cast<const T*>(a.dy),
-                         static_cast<const T*>(a.x), static_cast<T*>(a.dx),
+  with_kernels(dtype, [&](const auto& k) {
+    using R = typename std::decay_t<decltype(k)>::raw;
+    using T = typename std::decay_t<decltype(k)>::value;
+    backward_elemt_typed(k, Plan(shape, sizeof(R)), static_cast<const R*>(a.dy),
+                         static_cast<const R*>(a.x), static_cast<R*>(a.dx),
                          static_cast<const T*>(a.weight), a.mean, a.invstd, a.sum_dy,
                          a.sum_dy_xhat, a.count, true);
   });

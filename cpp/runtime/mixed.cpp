@@ -118,7 +118,7 @@ float* float_view(const ConvertKernels& cv, void* data, Dtype dtype, const std::
 // place). A param with a remainder keeps the truncated high half and the low half.
 void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t* remainder,
                 std::size_t b, std::size_t n, const float* values, const Rounding& r,
-                std::size_t tensor, unsigned operand) {
+                std::size_t tensor, unsigned operand, std::size_t key_offset) {
   if (dtype == Dtype::f32) return;
   auto* half = static_cast<std::uint16_t*>(data) + b;
   if (remainder != nullptr) {
@@ -126,12 +126,12 @@ void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t
     return;
   }
   RoundingKey key{};
-  if (r.stochastic) key = rounding_key(r, tensor, operand, b);
+  if (r.stochastic) key = rounding_key(r, tensor, operand, key_offset + b);
   const RoundingKey* k = r.stochastic ? &key : nullptr;
   if (dtype == Dtype::bf16) {
-    cv.narrow_bf16(values, half, n, k, std::uint32_t(b));
+    cv.narrow_bf16(values, half, n, k, std::uint32_t(key_offset + b));
   } else {
-    cv.narrow_f16(values, half, n, k, std::uint32_t(b));
+    cv.narrow_f16(values, half, n, k, std::uint32_t(key_offset + b));
   }
 }
 
@@ -186,6 +186,21 @@ std::vector<double> mixed_partials(const TypedBuffer* buffers, std::size_t count
 }
 
 }  // namespace
+
+const BatchNorm16Kernels& current_batch_norm16_kernels() {
+  switch (current_isa()) {
+#ifdef FUSEDOPS_HAVE_AVX512
+    case Isa::avx512:
+      return avx512::batch_norm16_kernels();
+#endif
+#ifdef FUSEDOPS_HAVE_AVX2
+    case Isa::avx2:
+      return avx2::batch_norm16_kernels();
+#endif
+    default:
+      return scalar::batch_norm16_kernels();
+  }
+}
 
 std::size_t dtype_size(Dtype dtype) {
   switch (dtype) {
@@ -288,7 +303,7 @@ void scale_in_place_mixed(const TypedBuffer* buffers, std::size_t count, double 
       const std::size_t n = std::min(kBlock, end - b);
       float* x = float_view(cv, buf.data, buf.dtype, nullptr, b, n, block);
       table.f32.scale(x, n, factor);
-      store_back(cv, buf.data, buf.dtype, nullptr, b, n, x, nearest, item.tensor, 0);
+      store_back(cv, buf.data, buf.dtype, nullptr, b, n, x, nearest, item.tensor, 0, 0);
     }
   });
 }

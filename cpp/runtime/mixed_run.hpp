@@ -46,9 +46,16 @@ float* float_view(const ConvertKernels& cv, void* data, Dtype dtype, const std::
 
 // Writes the block's updated values of a 16-bit operand (float32 ones were updated in
 // place). A param with a remainder keeps the truncated high half and the low half.
+// Stochastic rounding keys element i on (tensor, key_offset + i) (see key_tensor_of).
 void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t* remainder,
                 std::size_t b, std::size_t n, const float* values, const Rounding& r,
-                std::size_t tensor, unsigned operand);
+                std::size_t tensor, unsigned operand, std::size_t key_offset);
+
+// The tensor index stochastic rounding keys t's bits on: its own index in the call, or
+// the tensor it is a range of (MixedTensor::key_tensor, with key_offset).
+inline std::size_t key_tensor_of(const MixedTensor& t, std::size_t index) {
+  return t.key_tensor == MixedTensor::kOwnKey ? index : t.key_tensor;
+}
 
 // float32 throughout: the tensor runs its float32 kernel on memory, without blocks.
 bool all_float32(const MixedTensor& t);
@@ -73,15 +80,17 @@ bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t ten
   a.grad = offset<void>(const_cast<void*>(t.grad), begin, dtype_size(t.grad_dtype));
   for (int j = 0; j < 3; ++j) a.state[j] = offset<void>(t.state[j], begin, dtype_size(t.state_dtype));
   a.remainder = t.remainder ? t.remainder + begin : nullptr;
-  a.first = std::uint32_t(begin);
+  a.first = std::uint32_t(t.key_offset + begin);
   a.stochastic = r.stochastic;
   if (r.stochastic) {
-    for (unsigned k = 0; k < 4; ++k) a.keys[k] = rounding_key(r, tensor, kParamOperand + k, begin);
+    for (unsigned k = 0; k < 4; ++k) {
+      a.keys[k] = rounding_key(r, tensor, kParamOperand + k, t.key_offset + begin);
+    }
   }
   fused(row, a, end - begin);
   if (t.copy != nullptr) {
     store_back(cv, t.copy, t.copy_dtype, nullptr, begin, end - begin,
-               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand);
+               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand, t.key_offset);
   }
   return true;
 }
@@ -116,14 +125,16 @@ void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t te
                         : nullptr;
     }
     update32(p, g, s[0], s[1], s[2], n);
-    store_back(cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor, kParamOperand);
+    const std::size_t ko = t.key_offset;
+    store_back(cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor, kParamOperand, ko);
     for (unsigned j = 0; j < 3; ++j) {
       if (t.state[j]) {
-        store_back(cv, t.state[j], t.state_dtype, nullptr, b, n, s[j], r, tensor, kStateOperand + j);
+        store_back(cv, t.state[j], t.state_dtype, nullptr, b, n, s[j], r, tensor,
+                   kStateOperand + j, ko);
       }
     }
     if (t.copy != nullptr) {
-      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand);
+      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand, ko);
     }
   }
 }
@@ -132,21 +143,22 @@ void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t te
 // block path.
 struct NoFusedLoops {};
 
-// Updates [begin, end) of tensor t (index `tensor`) with constants k:
+// Updates [begin, end) of tensor t (index `tensor` in the call) with constants k:
 // step(typed_kernels, k, p, g, s0, s1, s2, n) on float/double pointers, or
 // fused_step(fused_kernels, row, k, args, n) for rows with a fused loop.
 template <class Constants, class Step, class FusedStep>
 void update_item(const Context& ctx, const MixedTensor& t, std::size_t tensor, std::size_t begin,
                  std::size_t end, const Rounding& rounding, const Constants& k, const Step& step,
                  const FusedStep& fused_step) {
+  const std::size_t key_tensor = key_tensor_of(t, tensor);
   if constexpr (!std::is_same_v<FusedStep, NoFusedLoops>) {
     const auto fused = [&](int row, const FusedArgs& a, std::size_t n) {
       fused_step(ctx.fk, row, k, a, n);
     };
-    if (fused_range(ctx.cv, t, tensor, begin, end, rounding, fused)) return;
+    if (fused_range(ctx.cv, t, key_tensor, begin, end, rounding, fused)) return;
   }
   update_range(
-      ctx.cv, t, tensor, begin, end, rounding,
+      ctx.cv, t, key_tensor, begin, end, rounding,
       [&](float* p, const float* g, float* s0, float* s1, float* s2, std::size_t n) {
         step(ctx.table.f32, k, p, g, s0, s1, s2, n);
       },

@@ -314,6 +314,7 @@ void lamb_moments_mixed(const Context& ctx, const LambConstants& c, const MixedT
   reread.beta1 = reread.beta2 = 1.0;
   reread.one_minus_beta1 = reread.one_minus_beta2 = 0.0;
   reread.use_l1 = reread.scaled = false;
+  const std::size_t key_tensor = mixed_detail::key_tensor_of(t, tensor);
   alignas(64) static const float zeros[kBlock] = {};
   alignas(64) float blocks[4][kBlock];
   const bool rounded_state = t.state_dtype != Dtype::f32;
@@ -329,7 +330,7 @@ void lamb_moments_mixed(const Context& ctx, const LambConstants& c, const MixedT
     if (rounded_state) {
       for (unsigned j = 0; j < 2; ++j) {
         mixed_detail::store_back(ctx.cv, t.state[j], t.state_dtype, nullptr, b, n, j == 0 ? m : v,
-                                 r, tensor, mixed_detail::kStateOperand + j);
+                                 r, key_tensor, mixed_detail::kStateOperand + j, t.key_offset);
       }
       // The norm of the update the second pass applies: from the stored moments.
       m = float_view(ctx.cv, t.state[0], t.state_dtype, nullptr, b, n, blocks[2]);
@@ -358,6 +359,7 @@ void lamb_apply_mixed(const Context& ctx, const LambConstants& c, const MixedTen
                              at<const float>(t.state[1], begin), end - begin, step_size);
     return;
   }
+  const std::size_t key_tensor = mixed_detail::key_tensor_of(t, tensor);
   alignas(64) float blocks[3][kBlock];
   for (std::size_t b = begin; b < end; b += kBlock) {
     const std::size_t n = std::min(kBlock, end - b);
@@ -365,11 +367,11 @@ void lamb_apply_mixed(const Context& ctx, const LambConstants& c, const MixedTen
     const float* m = float_view(ctx.cv, t.state[0], t.state_dtype, nullptr, b, n, blocks[1]);
     const float* v = float_view(ctx.cv, t.state[1], t.state_dtype, nullptr, b, n, blocks[2]);
     ctx.table.f32.lamb_apply(c, p, m, v, n, step_size);
-    mixed_detail::store_back(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, p, r, tensor,
-                             mixed_detail::kParamOperand);
+    mixed_detail::store_back(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, p, r, key_tensor,
+                             mixed_detail::kParamOperand, t.key_offset);
     if (t.copy != nullptr) {
-      mixed_detail::store_back(ctx.cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor,
-                               mixed_detail::kCopyOperand);
+      mixed_detail::store_back(ctx.cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, key_tensor,
+                               mixed_detail::kCopyOperand, t.key_offset);
     }
   }
 }

@@ -3,7 +3,14 @@
 The statistics (mean, invstd, the gradient sums) are float64 (C,) arrays whatever the
 dtype of ``x``: a float32 mean of 1e4 with a spread of 1e-2 rounded to float32 would be off
 by 5% of the spread, and the backward would carry that into dweight. Calls that read
-statistics also accept arrays of ``x``'s dtype.
+statistics also accept arrays of the parameter dtype.
+
+Dtypes: ``x`` is float32, float64, bfloat16 (``fusedops.bfloat16``) or float16; ``dy``, ``y``,
+``dx`` and ``out`` have ``x``'s dtype. Per-channel arrays (weight, bias, running statistics,
+and the returned dweight and dbias) have the parameter dtype: ``x``'s for float32 and
+float64, float32 for 16-bit ``x``, whose math then runs in float32 (sums in float64) and
+whose results are rounded to nearest even, as torch's mixed-precision batch norm takes
+bfloat16 input with float32 parameters.
 
 These are thin wrappers: each passes its arguments positionally to a native call, which
 validates them all (TypeError/ValueError naming the argument, nothing written on error)
@@ -49,8 +56,9 @@ def batch_norm_forward(x: Array, weight: Optional[Array] = None, bias: Optional[
     """Batch norm forward: returns ``(y, save_mean, save_invstd)``.
 
     ``x`` is ``(N, C, *spatial)`` (``channel_axis=1``) or ``(N, *spatial, C)``
-    (``channel_axis=-1``), float32 or float64; ``weight``, ``bias`` and the running
-    statistics are ``(C,)`` arrays of its dtype. ``y = (x - mean) * invstd * weight + bias``.
+    (``channel_axis=-1``), float32, float64, bfloat16 or float16; ``weight``, ``bias`` and
+    the running statistics are ``(C,)`` arrays of the parameter dtype (``x``'s, float32
+    for 16-bit ``x``). ``y = (x - mean) * invstd * weight + bias``.
     In training, mean and the biased variance are the batch's and the running statistics
     (when given) are updated in place with the unbiased variance; with
     ``training=False`` the running statistics are used. ``save_mean`` and
@@ -68,8 +76,8 @@ def batch_norm_backward(dy: Array, x: Array, weight: Optional[Array], save_mean:
     """Batch norm backward: returns ``(dx, dweight, dbias)``.
 
     ``save_mean`` and ``save_invstd`` are what :func:`batch_norm_forward` returned (float64;
-    arrays of ``x``'s dtype are accepted too). ``dbias = sum(dy)``,
-    ``dweight = sum(dy * xhat)`` with ``xhat = (x - mean) * invstd`` (``x``'s dtype, None
+    arrays of the parameter dtype are accepted too). ``dbias = sum(dy)``,
+    ``dweight = sum(dy * xhat)`` with ``xhat = (x - mean) * invstd`` (the parameter dtype, None
     when ``weight`` is None); ``dx = weight * invstd * (dy - dbias / M - xhat * dweight / M)``
     in training (M values per channel), ``dy * weight * invstd`` otherwise.
     """
@@ -102,7 +110,7 @@ def batch_norm_elemt(x: Array, weight: Optional[Array], bias: Optional[Array], m
                      invstd: Array, *, channel_axis: int = 1,
                      out: Optional[Array] = None) -> Array:
     """``y = (x - mean) * invstd * weight + bias`` per channel (``weight``/``bias`` may be
-    None); ``mean`` and ``invstd`` are float64 ``(C,)`` arrays (or of ``x``'s dtype)."""
+    None); ``mean`` and ``invstd`` are float64 ``(C,)`` arrays (or of the parameter dtype)."""
     return _elemt(x, weight, bias, mean, invstd, channel_axis, out)
 
 

@@ -14,6 +14,11 @@ fixed order for that message size and rank count), divided by the rank count on 
 rank and allgathered. So every rank receives bitwise the same average, and a run
 replays bitwise.
 
+bfloat16 and float16 arrays travel as 16 bits (raw uint16: MPI has no bfloat16 type):
+each rank receives every other rank's copy of its block and one native call sums them in
+float32 in rank order, divides by the rank count in float32 and rounds the mean once, to
+nearest even (:func:`allreduce_mean_`).
+
 Errors never leave a rank waiting in a collective: the arguments are checked on every
 rank first, the ranks agree on the outcome (one tiny allreduce), and if any rank rejected
 its input every rank raises.
@@ -31,6 +36,9 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import numpy.typing as npt
+from ml_dtypes import bfloat16
+
+from . import _core
 
 if TYPE_CHECKING:
     from .nn import BatchNorm
@@ -59,10 +67,19 @@ def _mpi_dtype(dtype: "np.dtype[Any]") -> Any:
     return {np.dtype(np.float32): _MPI.FLOAT, np.dtype(np.float64): _MPI.DOUBLE}[np.dtype(dtype)]
 
 
+def _buffer(a: Array) -> List[Any]:
+    """``a`` as an MPI message: 16-bit floats travel as raw uint16 (NumPy cannot export
+    bfloat16 as a buffer and MPI has no bfloat16 type), the others as their MPI type."""
+    if a.dtype in _HALF:
+        return [a.view(np.uint16), _MPI.UINT16_T]
+    return [a, _mpi_dtype(a.dtype)]
+
+
 __all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
-_REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64))
+_HALF = (np.dtype(bfloat16), np.dtype(np.float16))  # averaged on the wire in 16 bits
+_REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64), *_HALF)
 
 
 class Communicator:
@@ -231,22 +248,67 @@ def _by_dtype(arrays: Sequence[Array]) -> Dict["np.dtype[Any]", List[Array]]:
     return runs
 
 
-def _mean_blocks(comm: Communicator, buf: Array) -> None:
-    """Reduce-scatter (each block summed on one rank), divide, allgather: ``buf.size`` is
-    a multiple of the rank count."""
+def _mean_blocks(comm: Communicator, buf: Array, received: Optional[Array]) -> None:
+    """Reduce-scatter (each block averaged on one rank), then allgather: ``buf.size`` is a
+    multiple of the rank count. 16-bit ``buf``: ``received`` holds ``buf.size`` elements."""
     block = buf.size // comm.size
-    mpi_type = _mpi_dtype(buf.dtype)
-    # In place, the rank's summed block lands at the start of buf: never inside the rank's
-    # own block further on (rank 0's is the same block).
-    comm.mpi.Reduce_scatter_block(_MPI.IN_PLACE, [buf, mpi_type], op=_MPI.SUM)
     lo = comm.rank * block
-    np.divide(buf[:block], comm.size, out=buf[lo:lo + block])
-    comm.mpi.Allgather(_MPI.IN_PLACE, [buf, mpi_type])
+    if buf.dtype in _HALF:
+        assert received is not None
+        _mean_block_16(comm, buf, buf[lo:lo + block], received)
+    else:
+        # In place, the rank's summed block lands at the start of buf: never inside the
+        # rank's own block further on (rank 0's is the same block).
+        comm.mpi.Reduce_scatter_block(_MPI.IN_PLACE, _buffer(buf), op=_MPI.SUM)
+        np.divide(buf[:block], comm.size, out=buf[lo:lo + block])
+    comm.mpi.Allgather(_MPI.IN_PLACE, _buffer(buf))
+
+
+def _mean_block_16(comm: Communicator, send: Array, mine: Array, received: Array) -> None:
+    """The 16-bit reduce-scatter: every rank sends each other rank that rank's block of
+    ``send``, as raw 16 bits (one Alltoallv that skips the rank itself: its own block is
+    read where it is, not copied), then one native call sums the ranks' blocks in float32
+    in rank order, divides by the rank count and rounds once (to nearest even) into
+    ``mine`` (which may be the rank's own block of ``send``). The same bits on every rank
+    and in every run."""
+    size, rank, block = comm.size, comm.rank, mine.size
+    counts = [block] * size
+    counts[rank] = 0
+    displacements = [r * block for r in range(size)]
+    rows = received[:send.size].reshape(size, block)
+    comm.mpi.Alltoallv([send.view(np.uint16), (counts, displacements), _MPI.UINT16_T],
+                       [rows.view(np.uint16), (counts, displacements), _MPI.UINT16_T])
+    own = send[rank * block:(rank + 1) * block]
+    _core._mean_of_rows([own if r == rank else rows[r] for r in range(size)], mine)
+
+
+def _cached(cache: Dict[Any, Array], key: Any, size: int, dtype: "np.dtype[Any]") -> Array:
+    """A scratch array of at least ``size`` elements, kept in ``cache`` from call to call."""
+    scratch = cache.get(key)
+    if scratch is None or scratch.size < size:
+        scratch = cache[key] = np.empty(size, dtype)
+    return scratch
+
+
+def _average(comm: Communicator, arrays: Sequence[Array], bucket_bytes: int,
+             cache: Dict[Any, Array]) -> None:
+    """Replaces the (checked) arrays by their mean over the ranks, dtype by dtype, bucket
+    by bucket. 16-bit arrays are averaged in 16 bits on the wire (:func:`_mean_block_16`)."""
+    for dtype, run in _by_dtype(arrays).items():
+        flats, buckets = _bucketed(run, bucket_bytes, comm.size)
+        scratch = _cached(cache, ("packed", dtype), _scratch_elements(buckets, comm.size), dtype)
+        received = None
+        if dtype in _HALF:
+            largest = max((comm.size * b.block for b in buckets), default=0)
+            received = _cached(cache, ("received", dtype), largest, dtype)
+        _run_buckets(flats, buckets, comm.size,
+                     lambda buf: _mean_blocks(comm, buf, received), scratch=scratch)
 
 
 def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
-    """Replaces each array by its mean over the ranks, in place (float32/float64).
+    """Replaces each array by its mean over the ranks, in place (float32, float64,
+    bfloat16 or float16).
 
     The arrays of each dtype are cut into buckets of at most ``bucket_bytes``
     (:func:`plan_buckets`) and each bucket is averaged with a reduce-scatter and an
@@ -255,6 +317,12 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     (:func:`flat_buffer`), are averaged in their own memory; smaller ones are packed.
     Every rank must pass arrays of the same shapes and dtypes (ValueError on every rank
     otherwise).
+
+    bfloat16 and float16 arrays travel as 16 bits (half the bytes of float32): each rank
+    receives every rank's copy of its block, sums them in float32 in rank order, divides
+    by the rank count in float32 and rounds the mean once, to nearest even, to the
+    16-bit dtype; the 16-bit means are then allgathered. A float16 sum beyond 65504 does
+    not overflow (only a mean beyond it does).
     """
     where = "allreduce_mean_"
     comm = as_communicator(comm, where)
@@ -263,8 +331,8 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
         arrays = _as_array_list(grads, where, "grads")
         for i, a in enumerate(arrays):
             if a.dtype not in _REDUCIBLE:
-                raise TypeError(f"{where}: grads[{i}] has dtype {a.dtype}; float32 and float64 "
-                                "are supported")
+                raise TypeError(f"{where}: grads[{i}] has dtype {a.dtype}; float32, float64, "
+                                "bfloat16 and float16 are supported")
         _check_written(arrays, where, "grads")
         bucket_bytes = _check_bucket_bytes(bucket_bytes, where)
     except (TypeError, ValueError) as exc:
@@ -272,9 +340,7 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     _agree(comm, error, where, 0 if error else _layout_signature(arrays))
     if comm.size == 1:
         return
-    for run in _by_dtype(arrays).values():
-        flats, buckets = _bucketed(run, bucket_bytes, comm.size)
-        _run_buckets(flats, buckets, comm.size, lambda buf: _mean_blocks(comm, buf))
+    _average(comm, arrays, bucket_bytes, {})
 
 
 def broadcast_(arrays: Union[Array, Sequence[Array]], comm: Any, root: int = 0, *,
@@ -491,14 +557,20 @@ def _all_params(opt: Optimizer) -> List[Array]:
 
 
 def _optimizer_signature(opt: Optimizer, shard_state: bool) -> Tuple[Any, ...]:
+    precision = opt._precision  # ranks that round or keep masters differently would diverge
+    options = (None if precision.state_dtype is None else str(precision.state_dtype),
+               precision.master_weights, precision.stochastic_rounding, precision.seed)
     return (type(opt).__name__, shard_state, tuple(len(g["params"]) for g in opt.param_groups),
-            tuple((p.shape, p.dtype.str) for p in _all_params(opt)))
+            tuple((p.shape, p.dtype.str) for p in _all_params(opt)), options)
 
 
 def _signature_difference(first: Tuple[Any, ...], other: Tuple[Any, ...], rank: int) -> str:
     shapes_a, shapes_b = first[3], other[3]
     if len(shapes_a) != len(shapes_b):
         return f"rank 0 has {len(shapes_a)} params, rank {rank} has {len(shapes_b)}"
+    if first[4] != other[4]:
+        return (f"mixed-precision options (state_dtype, master_weights, stochastic_rounding, "
+                f"seed): rank 0 has {first[4]}, rank {rank} has {other[4]}")
     names = ("optimizer class", "shard_state", "param-group sizes")
     for label, a, b in zip(names, first, other):
         if a != b:
@@ -524,8 +596,10 @@ def _check_step_input(opt: Optimizer, grads_arg: Any, grad_scale: Any, *,
     if len(grads) != len(params):
         raise ValueError(f"{name}.step: got {len(grads)} grads for {len(params)} params")
     for i, (g, p) in enumerate(zip(grads, params)):
-        if g.dtype != p.dtype:
-            raise TypeError(f"{name}.step: grads[{i}] has dtype {g.dtype}, its param has {p.dtype}")
+        if g.dtype != p.dtype and not (p.dtype == np.float32 and g.dtype in _HALF):
+            raise TypeError(f"{name}.step: grads[{i}] has dtype {g.dtype}, its param has {p.dtype} "
+                            "(a grad has its param's dtype; float32 params also take bfloat16 "
+                            "or float16 grads)")
         if g.shape != p.shape:
             raise ValueError(f"{name}.step: grads[{i}] has shape {g.shape}, its param has {p.shape}")
         if not g.flags.c_contiguous:
@@ -557,25 +631,18 @@ class DataParallel:
         self.opt = opt
         self.comm = comm
         self.bucket_bytes = DEFAULT_BUCKET_BYTES
-        self._scratch: Dict["np.dtype[Any]", Array] = {}
+        self._scratch: Dict[Any, Array] = {}  # buffers of the averaging, kept from step to step
 
     def step(self, grads_arg: Any, grad_scale: float) -> bool:
         error: Optional[Exception] = None
         signature = 0
         try:
             grads, _ = _check_step_input(self.opt, grads_arg, grad_scale, written=True)
-            signature = _layout_signature(_all_params(self.opt))
+            signature = _layout_signature([*_all_params(self.opt), *grads])
         except (TypeError, ValueError) as exc:
             error = exc
         _agree(self.comm, error, f"{type(self.opt).__name__}.step", signature)
-        size = self.comm.size
-        for dtype, run in _by_dtype(grads).items():
-            flats, buckets = _bucketed(run, self.bucket_bytes, size)
-            scratch = self._scratch.get(dtype)  # kept from step to step
-            if scratch is None or scratch.size < _scratch_elements(buckets, size):
-                scratch = self._scratch[dtype] = np.empty(_scratch_elements(buckets, size), dtype)
-            _run_buckets(flats, buckets, size, lambda buf: _mean_blocks(self.comm, buf),
-                         scratch=scratch)
+        _average(self.comm, grads, self.bucket_bytes, self._scratch)
         return self.opt._step_local(grads, grad_scale)
 
     def consolidated_state_dict(self, root: int = 0) -> Optional[Dict[str, Any]]:
@@ -604,6 +671,22 @@ def _groups_for_state_dict(opt: Optimizer) -> List[Dict[str, Any]]:
     return groups
 
 
+_KEY_BLOCK = 1 << 32  # stochastic rounding keys change every 2**32 elements of a tensor
+
+
+def _split_at_key_blocks(pieces: Sequence[Tuple[int, int, int, int]]) -> List[Tuple[int, int, int, int]]:
+    """The pieces (param, first element, count, shard offset), cut where the element index
+    crosses a multiple of 2**32."""
+    out = []
+    for i, lo, n, off in pieces:
+        end = lo + n
+        while lo < end:
+            m = min(end, (lo // _KEY_BLOCK + 1) * _KEY_BLOCK) - lo
+            out.append((i, lo, m, off))
+            lo, off = lo + m, off + m
+    return out
+
+
 class ShardedDataParallel(DataParallel):
     """The steps of an optimizer built with ``comm=`` and ``shard_state=True``: ZeRO-1.
 
@@ -616,13 +699,27 @@ class ShardedDataParallel(DataParallel):
     where they are and the params gathered in place); only small tensors are packed. The
     user's grads are only read. The global grad norm and the non-finite check are agreed
     with one small allgather (partial sums added in rank order), so every rank decides
-    the same."""
+    the same.
+
+    Mixed precision: the params share one dtype; the grads of a step share one dtype
+    (16-bit grads are averaged in 16 bits on the wire, as :func:`allreduce_mean_` does);
+    the params are gathered in their own dtype. The optimizer's float32 masters
+    (``master_weights``) are sharded like the state, and stochastic rounding draws each
+    element's bits from its param's index and its index in that param, so a sharded step
+    writes bitwise what the unsharded step writes."""
+
+    _EXTRA_STATE: Dict[str, "np.dtype[Any]"] = {"master": np.dtype(np.float32),
+                                                "remainder": np.dtype(np.uint16)}
 
     def __init__(self, opt: Optimizer, comm: Communicator) -> None:
         super().__init__(opt, comm)
         params = _all_params(opt)
+        name = type(opt).__name__
+        dtypes = sorted({str(p.dtype) for p in params})
+        if len(dtypes) > 1:
+            raise TypeError(f"{name}: shard_state=True needs params of one dtype, got {', '.join(dtypes)}")
         self.dtype = params[0].dtype
-        self.mpi_type = _mpi_dtype(self.dtype)
+        self.state_dtype = np.dtype(opt._precision.state_dtype_for(params[0]))
         self.params = [p.reshape(-1) for p in params]
         sizes = [p.size for p in params]
         self.buckets = plan_buckets(sizes, self.dtype.itemsize, self.bucket_bytes, comm.size)
@@ -631,16 +728,39 @@ class ShardedDataParallel(DataParallel):
             self.offsets.append(self.offsets[-1] + bucket.block)
         self.shard = self.offsets[-1]  # elements per shard, padding included
         self.layout_id = zlib.crc32(repr((sizes, self.dtype.str, self.bucket_bytes)).encode())
-        self.scratch = np.zeros(_scratch_elements(self.buckets, comm.size), self.dtype)
-        self.grad_shard = np.zeros(self.shard, self.dtype)
+        self.grad_shards: Dict["np.dtype[Any]", Tuple[Array, List[Array]]] = {}  # by grad dtype
         self.state_flat: Dict[str, Array] = {}  # state name -> the shard's state
         # This rank's elements: (param index, first flat element, count, offset in the shard).
         self.pieces = self._pieces_of(comm.rank)
+        # The plan's pieces: never across a multiple of 2**32 elements of a param (the
+        # stochastic-rounding keys change there).
+        self.plan_pieces = _split_at_key_blocks(self.pieces)
         group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
-        self.group_of_piece = [group_of_param[i] for i, _, _, _ in self.pieces]
+        self.group_of_piece = [group_of_param[i] for i, _, _, _ in self.plan_pieces]
         self.groups_used = max(self.group_of_piece, default=-1) + 1
-        self.grad_views = [self.grad_shard[off:off + n] for _, _, n, off in self.pieces]
+        # The whole masters (or remainders) the optimizer made: this rank keeps its shard.
+        for key, dtype in self._EXTRA_STATE.items():
+            if any(key in st for st in opt.state):
+                flat = np.zeros(self.shard, dtype)
+                for i, lo, n, off in self.pieces:
+                    flat[off:off + n] = opt.state[i][key].reshape(-1)[lo:lo + n]
+                self.state_flat[key] = flat
+        opt.state = [{} for _ in params]
         self._plan: Any = None
+
+    def _dtype_of(self, name: str) -> "np.dtype[Any]":
+        return self._EXTRA_STATE.get(name, self.state_dtype)
+
+    def _state_names(self) -> List[str]:
+        """The names a state dict may hold: the optimizer's, then master/remainder if used."""
+        return [*self.opt._state_names, *(k for k in self._EXTRA_STATE if k in self.state_flat)]
+
+    def _grad_shard(self, dtype: "np.dtype[Any]") -> Tuple[Array, List[Array]]:
+        """This rank's averaged grads of ``dtype`` and the plan's views of them."""
+        if dtype not in self.grad_shards:
+            flat = np.zeros(self.shard, dtype)
+            self.grad_shards[dtype] = (flat, [flat[off:off + n] for _, _, n, off in self.plan_pieces])
+        return self.grad_shards[dtype]
 
     def _pieces_of(self, rank: int) -> List[Tuple[int, int, int, int]]:
         return [(i, lo, n, offset + pos)
@@ -656,38 +776,51 @@ class ShardedDataParallel(DataParallel):
             needed.update(opt._needed_state(group))
         for name in opt._state_names:
             if name in needed and name not in self.state_flat:
-                self.state_flat[name] = np.zeros(self.shard, self.dtype)
+                self.state_flat[name] = np.zeros(self.shard, self.state_dtype)
                 self._plan = None
 
     def _current_plan(self) -> Any:
         self._ensure_state()
         if self._plan is None:
-            from . import _core
-            columns = []
-            for name in self.opt._state_names:
+            pieces = self.plan_pieces
+
+            def views(name: str) -> List[Optional[Array]]:
                 flat = self.state_flat.get(name)
-                columns.append([None if flat is None else flat[off:off + n]
-                                for _, _, n, off in self.pieces])
-            views = [self.params[i][lo:lo + n] for i, lo, n, _ in self.pieces]
-            self._plan = _core._OptimizerPlan(type(self.opt).__name__, views, self.group_of_piece,
-                                              columns)
+                return [None if flat is None else flat[off:off + n] for _, _, n, off in pieces]
+
+            columns = [views(name) for name in self.opt._state_names]
+            params = [self.params[i][lo:lo + n] for i, lo, n, _ in pieces]
+            masters = [m for m in views("master") if m is not None]
+            remainders = views("remainder") if "remainder" in self.state_flat else None
+            precision = self.opt._precision
+            # With masters, the plan steps them and writes the params as their copies.
+            self._plan = _core._OptimizerPlan(
+                type(self.opt).__name__, masters if masters else params, self.group_of_piece,
+                columns, list(params) if masters else None, remainders,
+                precision.stochastic_rounding, precision.seed, [(i, lo) for i, lo, _, _ in pieces])
         return self._plan
 
     def step(self, grads_arg: Any, grad_scale: float) -> bool:
-        from . import _core
         opt, comm = self.opt, self.comm
         error: Optional[Exception] = None
+        signature = 0
         try:
             grads, groups = _check_step_input(opt, grads_arg, grad_scale, written=False)
+            grad_dtypes = sorted({str(g.dtype) for g in grads})
+            if len(grad_dtypes) > 1:
+                raise TypeError(f"{type(opt).__name__}.step: with shard_state=True the grads share "
+                                f"one dtype, got {', '.join(grad_dtypes)}")
+            signature = _layout_signature(grads)
         except (TypeError, ValueError) as exc:
             error = exc
-        _agree(comm, error, f"{type(opt).__name__}.step")
-        self._reduce_scatter_mean(grads)
+        _agree(comm, error, f"{type(opt).__name__}.step", signature)
+        grad_shard, grad_views = self._grad_shard(grads[0].dtype if grads else self.dtype)
+        self._reduce_scatter_mean(grads, grad_shard)
 
         divisor = float(grad_scale)
         if opt.max_grad_norm is not None or opt.skip_nonfinite:
-            local = np.array([_core.grad_norm(self.grad_shard) ** 2 if opt.max_grad_norm is not None else 0.0,
-                              0.0 if not opt.skip_nonfinite or _core.all_finite(self.grad_shard) else 1.0])
+            local = np.array([_core.grad_norm(grad_shard) ** 2 if opt.max_grad_norm is not None else 0.0,
+                              0.0 if not opt.skip_nonfinite or _core.all_finite(grad_shard) else 1.0])
             parts = np.empty((comm.size, 2))
             comm.mpi.Allgather(local, parts)
             sum_squares = 0.0
@@ -702,52 +835,67 @@ class ShardedDataParallel(DataParallel):
                 if not coef >= 1.0:
                     divisor = grad_scale / coef
                     if not math.isfinite(divisor):  # a NaN/Inf norm: as torch, grads * coef
-                        np.multiply(self.grad_shard, coef, out=self.grad_shard)
+                        if grad_shard.dtype in _HALF:  # (in float32, rounded once)
+                            grad_shard[...] = grad_shard.astype(np.float32) * np.float32(coef)
+                        else:
+                            np.multiply(grad_shard, coef, out=grad_shard)
                         divisor = float(grad_scale)
             elif nonfinite:
                 return False
 
-        if self.pieces:
+        if self.plan_pieces:
             plan = self._current_plan()
             # Clipping and the skip decision were made above, over every rank's shard.
             saved = opt.max_grad_norm, opt.skip_nonfinite
             opt.max_grad_norm, opt.skip_nonfinite = None, False
             try:
-                opt._native_step(plan, self.grad_views, groups[:self.groups_used], divisor)
+                opt._native_step(plan, grad_views, groups[:self.groups_used], divisor)
             finally:
                 opt.max_grad_norm, opt.skip_nonfinite = saved
         opt._record_applied()
         self._allgather_params()
         return True
 
-    def _reduce_scatter_mean(self, grads: Sequence[Array]) -> None:
-        """The average of the grads of this rank's shard, into ``grad_shard``."""
-        comm, mpi_type = self.comm, self.mpi_type
+    def _reduce_scatter_mean(self, grads: Sequence[Array], grad_shard: Array) -> None:
+        """The average of the grads of this rank's shard, into ``grad_shard`` (the grads'
+        dtype; 16-bit grads travel and are averaged in 16 bits)."""
+        comm, dtype = self.comm, grad_shard.dtype
         flats = [g.reshape(-1) for g in grads]
+        scratch = _cached(self._scratch, ("packed", dtype), _scratch_elements(self.buckets, comm.size), dtype)
+        received = None
+        if dtype in _HALF:
+            largest = max((comm.size * b.block for b in self.buckets), default=0)
+            received = _cached(self._scratch, ("received", dtype), largest, dtype)
         for bucket, offset in zip(self.buckets, self.offsets):
             if bucket.in_place:
                 i, lo, n = bucket.pieces[0]
                 send = flats[i][lo:lo + n]
             else:
-                send = self.scratch[:comm.size * bucket.block]
+                send = scratch[:comm.size * bucket.block]
                 _pack(flats, bucket, send)
-            mine = self.grad_shard[offset:offset + bucket.block]
-            comm.mpi.Reduce_scatter_block([send, mpi_type], [mine, mpi_type], op=_MPI.SUM)
-            np.divide(mine, comm.size, out=mine)
+            mine = grad_shard[offset:offset + bucket.block]
+            if received is not None:
+                _mean_block_16(comm, send, mine, received)
+            else:
+                comm.mpi.Reduce_scatter_block(_buffer(send), _buffer(mine), op=_MPI.SUM)
+                np.divide(mine, comm.size, out=mine)
 
     def _allgather_params(self) -> None:
-        """Every rank's updated block of every bucket into every rank's params."""
+        """Every rank's updated block of every bucket into every rank's params (in their
+        own dtype: 16-bit params travel as 16 bits)."""
         comm, rank, params = self.comm, self.comm.rank, self.params
+        scratch = _cached(self._scratch, ("packed", self.dtype),
+                          _scratch_elements(self.buckets, comm.size), self.dtype)
         for bucket in self.buckets:
             if bucket.in_place:  # this rank's block was updated where it is
                 i, lo, n = bucket.pieces[0]
-                comm.mpi.Allgather(_MPI.IN_PLACE, [params[i][lo:lo + n], self.mpi_type])
+                comm.mpi.Allgather(_MPI.IN_PLACE, _buffer(params[i][lo:lo + n]))
                 continue
-            buf = self.scratch[:comm.size * bucket.block]
+            buf = scratch[:comm.size * bucket.block]
             mine = buf[rank * bucket.block:]
             for i, lo, n, pos in bucket.block_pieces(rank):
                 mine[pos:pos + n] = params[i][lo:lo + n]
-            comm.mpi.Allgather(_MPI.IN_PLACE, [buf, self.mpi_type])
+            comm.mpi.Allgather(_MPI.IN_PLACE, _buffer(buf))
             _unpack(params, bucket, buf)
 
     def check_add_param_group(self) -> None:
@@ -779,20 +927,22 @@ class ShardedDataParallel(DataParallel):
         except (TypeError, ValueError) as exc:
             error = exc
         self._ensure_state()
-        names = [n for n in opt._state_names if n in self.state_flat]
+        names = [n for n in self._state_names() if n in self.state_flat]
         _agree(comm, error, where, zlib.crc32(",".join(names).encode()))
         shards: Dict[str, Array] = {}  # name -> every rank's shard, on root
         for name in names:
-            recv = np.empty((comm.size, self.shard), self.dtype) if comm.rank == root else None
-            comm.mpi.Gather([self.state_flat[name], self.mpi_type],
-                            None if recv is None else [recv, self.mpi_type], root=root)
+            flat = self.state_flat[name]
+            recv = np.empty((comm.size, self.shard), flat.dtype) if comm.rank == root else None
+            # raw bytes: any dtype (the Gather only moves them)
+            comm.mpi.Gather([flat.view(np.uint8), _MPI.BYTE],
+                            None if recv is None else [recv.view(np.uint8), _MPI.BYTE], root=root)
             if recv is not None:
                 shards[name] = recv
         if comm.rank != root:
             return None
         params = _all_params(opt)
         group_of_param = [gi for gi, g in enumerate(opt.param_groups) for _ in g["params"]]
-        whole = {name: [np.empty(p.shape, self.dtype) for p in params] for name in names}
+        whole = {name: [np.empty(p.shape, self._dtype_of(name)) for p in params] for name in names}
         for r in range(comm.size):
             for i, lo, n, off in self._pieces_of(r):
                 for name in names:
@@ -820,13 +970,16 @@ class ShardedDataParallel(DataParallel):
         # changed nothing; it holds no per-param state, so it gets none.
         opt._load_state_dict_local({**state_dict, "state": {}})
         for key in list(self.state_flat):
-            if key not in flats:
+            if key == "master" and key not in flats:  # as unsharded: the masters are the params
+                for i, lo, n, off in self.pieces:
+                    self.state_flat[key][off:off + n] = self.params[i][lo:lo + n]
+            elif key not in flats:
                 self.state_flat[key][...] = 0
         for key, flat in flats.items():
             if key in self.state_flat:
                 np.copyto(self.state_flat[key], flat)
             else:
-                self.state_flat[key] = np.array(flat, self.dtype, copy=True)
+                self.state_flat[key] = np.array(flat, self._dtype_of(key), copy=True)
                 self._plan = None
         opt._started = started
 
@@ -843,12 +996,12 @@ class ShardedDataParallel(DataParallel):
             raise ValueError(f"{name}: state_dict['started'] must be a list of one bool per param group")
         flats = {}
         for key, value in state_dict["state"].items():
-            if key not in self.opt._state_names:
+            if key not in self._state_names():
                 raise ValueError(f"{name}: unknown state {key!r}")
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{name}: state {key!r} must be a numpy.ndarray")
-            if value.dtype != self.dtype:
-                raise TypeError(f"{name}: state {key!r} has dtype {value.dtype}, the params have {self.dtype}")
+            if value.dtype != self._dtype_of(key):
+                raise TypeError(f"{name}: state {key!r} has dtype {value.dtype}, expected {self._dtype_of(key)}")
             if value.shape != (self.shard,):
                 raise ValueError(f"{name}: state {key!r} has shape {value.shape}, the shard has "
                                  f"({self.shard},)")
@@ -867,13 +1020,13 @@ class ShardedDataParallel(DataParallel):
                 raise ValueError(f"{name}: state_dict['state'] has an entry for param {i!r}, "
                                  f"the optimizer has {len(params)} params")
             for key, value in entry.items():
-                if key not in opt._state_names:
+                if key not in self._state_names():
                     raise ValueError(f"{name}: unknown state {key!r} for param {i}")
                 if not isinstance(value, np.ndarray):
                     raise TypeError(f"{name}: state {key!r} of param {i} must be a numpy.ndarray")
-                if value.dtype != params[i].dtype:
+                if value.dtype != self._dtype_of(key):
                     raise TypeError(f"{name}: state {key!r} of param {i} has dtype {value.dtype}, "
-                                    f"the param has {params[i].dtype}")
+                                    f"expected {self._dtype_of(key)}")
                 if value.shape != params[i].shape:
                     raise ValueError(f"{name}: state {key!r} of param {i} has shape {value.shape}, "
                                      f"the param has {params[i].shape}")
@@ -884,10 +1037,10 @@ class ShardedDataParallel(DataParallel):
             started.append(bool(indices) and all(
                 "momentum_buffer" in saved_state.get(i, {}) for i in indices))
             offset += len(group["params"])
-        keys = [k for k in opt._state_names if any(k in e for e in saved_state.values())]
+        keys = [k for k in self._state_names() if any(k in e for e in saved_state.values())]
         flats = {}
         for key in keys:
-            flat = np.zeros(self.shard, self.dtype)
+            flat = np.zeros(self.shard, self._dtype_of(key))
             for i, lo, n, off in self.pieces:
                 if key in saved_state.get(i, {}):
                     flat[off:off + n] = saved_state[i][key].reshape(-1)[lo:lo + n]

@@ -8,17 +8,23 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from ml_dtypes import bfloat16
+
 from . import distributed
 from ._batch_norm import batch_norm_backward, batch_norm_forward
 
 __all__ = ["BatchNorm"]
+
+_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, bfloat16, np.float16))
 
 
 class BatchNorm:
     """Batch normalization over the channel axis, as ``torch.nn.BatchNorm{1,2,3}d``.
 
     ``x`` is ``(N, C, *spatial)`` with ``channel_axis=1`` or ``(N, *spatial, C)`` with
-    ``channel_axis=-1``, of the layer's ``dtype``.
+    ``channel_axis=-1``, of the layer's ``dtype``: float32, float64, or a 16-bit float
+    (``fusedops.bfloat16``, ``numpy.float16``) with float32 parameters, running statistics
+    and gradients and float32 math (``param_dtype``: float64 for float64, float32 otherwise).
 
     - ``forward(x, training=True)`` normalizes with the batch statistics and updates the
       running statistics (when tracked); ``training=False`` uses the running statistics,
@@ -53,6 +59,7 @@ class BatchNorm:
     track_running_stats: bool
     channel_axis: int
     dtype: "np.dtype[Any]"
+    param_dtype: "np.dtype[Any]"
     weight: Optional[npt.NDArray[Any]]
     bias: Optional[npt.NDArray[Any]]
     grad_weight: Optional[npt.NDArray[Any]]
@@ -73,8 +80,9 @@ class BatchNorm:
         if channel_axis not in (1, -1):
             raise ValueError(f"BatchNorm: channel_axis must be 1 or -1, got {channel_axis!r}")
         dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"BatchNorm: dtype must be float32 or float64, got {dtype}")
+        if dtype not in _DTYPES:
+            raise TypeError(f"BatchNorm: dtype must be float32, float64, bfloat16 or float16, "
+                            f"got {dtype}")
         if not (np.isfinite(eps) and eps >= 0):
             raise ValueError(f"BatchNorm: eps must be finite and >= 0, got {eps!r}")
         if not (np.isfinite(momentum) and 0 <= momentum <= 1):
@@ -86,13 +94,14 @@ class BatchNorm:
         self.track_running_stats = bool(track_running_stats)
         self.channel_axis = channel_axis
         self.dtype = dtype
+        pdt = self.param_dtype = np.dtype(np.float64 if dtype == np.float64 else np.float32)
         c = self.num_features
-        self.weight = np.ones(c, dtype) if affine else None
-        self.bias = np.zeros(c, dtype) if affine else None
-        self.grad_weight = np.zeros(c, dtype) if affine else None
-        self.grad_bias = np.zeros(c, dtype) if affine else None
-        self.running_mean = np.zeros(c, dtype) if track_running_stats else None
-        self.running_var = np.ones(c, dtype) if track_running_stats else None
+        self.weight = np.ones(c, pdt) if affine else None
+        self.bias = np.zeros(c, pdt) if affine else None
+        self.grad_weight = np.zeros(c, pdt) if affine else None
+        self.grad_bias = np.zeros(c, pdt) if affine else None
+        self.running_mean = np.zeros(c, pdt) if track_running_stats else None
+        self.running_var = np.ones(c, pdt) if track_running_stats else None
         self._saved = None  # (x, save_mean, save_invstd, batch statistics used, global count)
         # Set when training statistics are synchronized over more than one rank.
         self.comm: Optional[distributed.Communicator] = None

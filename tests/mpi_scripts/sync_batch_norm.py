@@ -22,7 +22,8 @@ def make_batch(rows, row_shape, dtype, seed):
     return x, dy, slice(starts[rank], starts[rank + 1])
 
 
-for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+# 16-bit x: float32 parameters and math, the results rounded to 16 bits (an ulp apart at most)
+for dtype, rtol in ((np.float64, 1e-10), (np.float32, 1e-4), (fo.bfloat16, 1e-2), (np.float16, 2e-3)):
     for row_shape, axis in SHAPES:
         channels = row_shape[0] if axis == 1 else row_shape[-1]
         for rows in ROWS:

@@ -88,6 +88,46 @@ struct LambConstants {
   bool scaled;
 };
 
+// Batch-norm loops (cpp/kernels/batch_norm_kernels.hpp) over x-shaped arrays stored as R
+// (float, double, or the bits of bfloat16/float16) with per-channel constants of T, the
+// compute type (double for double data, float otherwise). Slab reductions walk one
+// contiguous run of a single channel. Run loops walk n values of channel-first data seen
+// as slabs of slab_len values (channel cycling through `channels`), starting `offset`
+// values into a slab of channel `channel`, with one constant per channel. Row loops walk
+// `rows` rows, `stride` apart, of `cols` values with one constant (or accumulator) per
+// column. Sums are in double. The mean arrives split in two values of T (hi + lo, x - hi
+// exact near the mean). `stream` writes the output with non-temporal stores. 16-bit
+// outputs are rounded to nearest even.
+template <class R, class T>
+struct BatchNormKernels {
+  using raw = R;
+  using value = T;
+  double (*value_at)(const R* x);  // *x as a double (the pivots)
+  void (*slab_stats)(const R* x, std::size_t n, double pivot, double* sums);
+  void (*slab_grad_sums)(const R* dy, const R* x, std::size_t n, double mean, double* sums);
+  void (*runs_normalize)(const R* x, R* y, std::size_t n, std::size_t slab_len,
+                         std::size_t channels, std::size_t offset, std::size_t channel,
+                         const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
+                         bool stream);
+  void (*runs_dx)(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_len,
+                  std::size_t channels, std::size_t offset, std::size_t channel, const T* k_dy,
+                  const T* mean_hi, const T* mean_lo, const T* k_x, const T* k_0,
+                  bool centered, bool stream);
+  void (*rows_stats)(const R* x, std::size_t rows, std::size_t stride, std::size_t cols,
+                     const double* pivot, double* sum, double* sum_sq);
+  void (*rows_grad_sums)(const R* dy, const R* x, std::size_t rows, std::size_t stride,
+                         std::size_t cols, const double* mean, double* sum_dy,
+                         double* sum_dyx);
+  void (*rows_normalize)(const R* x, R* y, std::size_t rows, std::size_t stride,
+                         std::size_t cols, const T* mean_hi, const T* mean_lo, const T* scale,
+                         const T* shift, bool stream);
+  void (*rows_dx)(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
+                  std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                  const T* k_x, const T* k_0, bool centered, bool stream);
+  // Orders this thread's non-temporal stores before what it does next.
+  void (*stream_fence)();
+};
+
 // Reductions return partial results for one range; the runtime combines the ranges'
 // partials in a fixed order so the total never depends on the thread count.
 template <class T>
@@ -114,35 +154,8 @@ struct TypedKernels {
   void (*scale)(T* x, std::size_t n, double factor);
   void (*add_scaled)(T* a, const T* b, std::size_t n, double factor);  // bandwidth probe
 
-  // Batch norm (cpp/kernels/batch_norm_kernels.hpp). Slab reductions walk one contiguous
-  // run of a single channel. Run loops walk n values of channel-first data seen as slabs
-  // of slab_len values (channel cycling through `channels`), starting `offset` values into
-  // a slab of channel `channel`, with one constant per channel. Row loops walk `rows`
-  // rows, `stride` apart, of `cols` values with one constant (or accumulator) per column.
-  // Sums are in double. The mean arrives split in two values of T (hi + lo, x - hi exact
-  // near the mean). `stream` writes the output with non-temporal stores.
-  void (*bn_slab_stats)(const T* x, std::size_t n, double pivot, double* sums);
-  void (*bn_slab_grad_sums)(const T* dy, const T* x, std::size_t n, double mean,
-                            double* sums);
-  void (*bn_runs_normalize)(const T* x, T* y, std::size_t n, std::size_t slab_len,
-                            std::size_t channels, std::size_t offset, std::size_t channel,
-                            const T* mean_hi, const T* mean_lo, const T* scale,
-                            const T* shift, bool stream);
-  void (*bn_runs_dx)(const T* dy, const T* x, T* dx, std::size_t n, std::size_t slab_len,
-                     std::size_t channels, std::size_t offset, std::size_t channel,
-                     const T* k_dy, const T* mean_hi, const T* mean_lo, const T* k_x,
-                     const T* k_0, bool centered, bool stream);
-  void (*bn_rows_stats)(const T* x, std::size_t rows, std::size_t stride, std::size_t cols,
-                        const double* pivot, double* sum, double* sum_sq);
-  void (*bn_rows_grad_sums)(const T* dy, const T* x, std::size_t rows, std::size_t stride,
-                            std::size_t cols, const double* mean, double* sum_dy,
-                            double* sum_dyx);
-  void (*bn_rows_normalize)(const T* x, T* y, std::size_t rows, std::size_t stride,
-                            std::size_t cols, const T* mean_hi, const T* mean_lo,
-                            const T* scale, const T* shift, bool stream);
-  void (*bn_rows_dx)(const T* dy, const T* x, T* dx, std::size_t rows, std::size_t stride,
-                     std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
-                     const T* k_x, const T* k_0, bool centered, bool stream);
+  // Batch norm over x-shaped arrays of T (cpp/kernels/batch_norm_kernels.hpp).
+  BatchNormKernels<T, T> bn;
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
 };

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "fusedops/fusedops.hpp"
+#include "fusedops/kernels.hpp"
 
 namespace fusedops {
 
@@ -70,6 +71,18 @@ namespace scalar { const FusedKernels& fused_kernels(); }
 namespace avx2 { const FusedKernels& fused_kernels(); }
 namespace avx512 { const FusedKernels& fused_kernels(); }
 
+// Batch norm on bfloat16 and float16 data (float32 constants and compute, double sums),
+// compiled per ISA beside the conversions (cpp/kernels/convert_table.cpp).
+struct BatchNorm16Kernels {
+  BatchNormKernels<std::uint16_t, float> bf16;
+  BatchNormKernels<std::uint16_t, float> f16;
+};
+namespace scalar { const BatchNorm16Kernels& batch_norm16_kernels(); }
+namespace avx2 { const BatchNorm16Kernels& batch_norm16_kernels(); }
+namespace avx512 { const BatchNorm16Kernels& batch_norm16_kernels(); }
+// The current ISA's (cpp/runtime/mixed.cpp).
+const BatchNorm16Kernels& current_batch_norm16_kernels();
+
 namespace scalar { const ConvertKernels& convert_kernels(); }
 namespace avx2 { const ConvertKernels& convert_kernels(); }
 namespace avx512 { const ConvertKernels& convert_kernels(); }
@@ -90,6 +103,12 @@ struct MixedTensor {
   std::size_t n;
   std::size_t group;
   Dtype param_dtype, grad_dtype, state_dtype, copy_dtype;
+  // Stochastic rounding draws the bits of element i from (key_tensor, key_offset + i):
+  // a tensor that is a range of a larger one (a ZeRO-1 shard's piece) then rounds
+  // exactly as that tensor does. kOwnKey: the tensor's index in the call, offset 0.
+  static constexpr std::size_t kOwnKey = ~std::size_t(0);
+  std::size_t key_tensor = kOwnKey;
+  std::size_t key_offset = 0;
 };
 
 // How 16-bit values are written. Stochastic: random bits from (seed, step, tensor index,

@@ -1,0 +1,249 @@
+"""Batch norm on bfloat16 and float16 data (API.md "Mixed precision"): x, dy, y and dx in
+the 16-bit dtype, weight, bias, running statistics, dweight and dbias in float32, float64
+statistics, float32 math. Checked against float64 references computed from the same
+16-bit inputs with the final rounding applied, on every ISA and path (slab reductions,
+row tiles, runs, the cache-blocked passes, non-temporal stores), the split API composing
+bitwise to the fused calls, any thread count, the layer, torch where importable, and
+rejected dtype combinations that change nothing."""
+
+import numpy as np
+import pytest
+
+import fusedops as fo
+from checks import assert_rejected
+from fusedops import _core
+from reference import batch_norm_backward_reference, batch_norm_forward_reference
+from test_mixed_precision import BF16, F16, HALF, assert_rounded
+
+F32 = np.dtype(np.float32)
+
+# Every path of the runtime, with extents that leave vector tails: slabs (long spatial),
+# runs, row tiles (channel-last, short spatial, (N, C)), one channel, tiny.
+SHAPES = [((4, 3, 5, 7), 1), ((2, 5, 600), 1), ((8, 5, 40, 41), 1), ((6, 9, 9, 17), -1),
+          ((64, 256), 1), ((33, 17), 1), ((3, 1, 17), 1), ((2, 15), 1), ((7, 16, 1, 1), 1),
+          ((300, 131, 2, 2), 1)]
+IDS = ["tiny", "ncl-long", "nchw", "nhwc", "nc", "nc-odd", "one-channel", "n2", "spatial1",
+       "short-spatial"]
+
+
+def make_inputs(rng, shape, channel_axis, dtype, *, offset=1.5):
+    c = shape[channel_axis]
+    x = (rng.standard_normal(shape) * 2.0 + offset).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    rm = rng.standard_normal(c).astype(np.float32)
+    rv = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    return x, dy, weight, bias, rm, rv
+
+
+def float32_slack(ref):
+    """What float32 math may add to a float64 reference of this size: a few float32 ulps
+    of the largest term (the per-channel constants are rounded to float32)."""
+    return 1e-6 * (np.abs(ref).max() + 1.0)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", SHAPES, ids=IDS)
+def test_forward_and_backward_match_the_reference(isa, rng, shape, channel_axis, dtype,
+                                                  training):
+    x, dy, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, dtype)
+    rm_in, rv_in = rm.copy(), rv.copy()
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, training=training,
+                                            channel_axis=channel_axis)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = batch_norm_forward_reference(
+        x, weight, bias, rm_in, rv_in, training=training, channel_axis=channel_axis)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert mean.dtype == invstd.dtype == np.float64
+    assert rm.dtype == rv.dtype == F32
+    assert_rounded(y, y_ref, dtype, atol=float32_slack(y_ref), err_msg="y")
+    # The sums of exactly widened values are taken in double.
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=1e-10)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-6, atol=1e-7)
+
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, training=training,
+                                        channel_axis=channel_axis)
+    dx_ref, dw_ref, db_ref = batch_norm_backward_reference(
+        dy, x, weight, mean, invstd, training=training, channel_axis=channel_axis)
+    assert dx.dtype == dtype and dw.dtype == db.dtype == F32
+    assert_rounded(dx, dx_ref, dtype, atol=4 * float32_slack(dx_ref), err_msg="dx")
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-6, atol=1e-5)
+
+
+@pytest.fixture
+def small_caches():
+    """A 64 KiB L2 and 256 KiB last-level cache: the arrays below take the cache-blocked
+    passes and non-temporal stores of arrays beyond a real machine's caches."""
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(1 << 14, 1 << 16, 1 << 18)
+    yield
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", [((6, 40, 31, 29), 1), ((7, 23, 25, 33), -1),
+                                                ((300, 131, 2, 2), 1), ((1500, 107), 1)],
+                         ids=["nchw-blocked", "nhwc", "short-spatial", "nc"])
+def test_paths_beyond_the_cache_give_the_cached_bits(isa, small_caches, rng, shape,
+                                                     channel_axis, dtype):
+    x, dy, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, channel_axis=channel_axis)
+    assert_rounded(y, y_ref, dtype, atol=float32_slack(y_ref), err_msg="y")
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis)
+    dx_ref, _, _ = batch_norm_backward_reference(dy, x, weight, mean, invstd,
+                                                 channel_axis=channel_axis)
+    assert_rounded(dx, dx_ref, dtype, atol=4 * float32_slack(dx_ref), err_msg="dx")
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(1 << 15, 1 << 30, 1 << 40)  # everything "in cache"
+    y2, mean2, invstd2 = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    dx2, dw2, db2 = fo.batch_norm_backward(dy, x, weight, mean, invstd,
+                                           channel_axis=channel_axis)
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+    for a, b in [(y, y2), (mean, mean2), (invstd, invstd2), (dx, dx2), (dw, dw2), (db, db2)]:
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1),
+                                                ((24, 1500), 1), ((4096, 40), 1)],
+                         ids=["nchw", "nhwc", "wide-nc", "tall-nc"])
+def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype):
+    rng = np.random.default_rng(3)
+    x, dy, weight, bias, rm0, rv0 = make_inputs(rng, shape, channel_axis, dtype, offset=50.0)
+    results = []
+    for n in (1, 2, 3):
+        fo.set_num_threads(n)
+        rm, rv = rm0.copy(), rv0.copy()
+        y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv,
+                                                channel_axis=channel_axis)
+        dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd,
+                                            channel_axis=channel_axis)
+        results.append([y, mean, invstd, rm, rv, dx, dw, db])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", [((5, 6, 30, 31), 1), ((9, 7, 5, 6), -1),
+                                                ((64, 33), 1)], ids=["nchw", "nhwc", "nc"])
+def test_split_api_composes_to_the_fused_calls(isa, rng, shape, channel_axis, dtype):
+    x, dy, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis)
+    m, m2 = fo.batch_norm_stats(x, channel_axis=channel_axis)
+    count = x.size // x.shape[channel_axis]
+    mean_c, var, _ = fo.batch_norm_combine_stats([m], [m2], [count])
+    assert mean_c.tobytes() == mean.tobytes()
+    invstd_c = 1.0 / np.sqrt(var + 1e-5)
+    y_c = fo.batch_norm_elemt(x, weight, bias, mean_c, invstd_c, channel_axis=channel_axis)
+    assert y_c.dtype == dtype and y_c.tobytes() == y.tobytes()
+    sum_dy, sum_dy_xhat = fo.batch_norm_backward_reduce(dy, x, mean, invstd,
+                                                        channel_axis=channel_axis)
+    np.testing.assert_array_equal(sum_dy.astype(np.float32), db)
+    np.testing.assert_array_equal(sum_dy_xhat.astype(np.float32), dw)
+    dx_c = fo.batch_norm_backward_elemt(dy, x, weight, mean, invstd, sum_dy, sum_dy_xhat,
+                                        count, channel_axis=channel_axis)
+    assert dx_c.dtype == dtype and dx_c.tobytes() == dx.tobytes()
+    # float32 statistics are accepted as for float32 x
+    y32 = fo.batch_norm_elemt(x, weight, bias, mean.astype(np.float32),
+                              invstd.astype(np.float32), channel_axis=channel_axis)
+    assert_rounded(y32, y.astype(np.float64), dtype, stochastic=True, atol=1e-5, err_msg="y")
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+def test_layer_in_16_bits(rng, dtype):
+    layer = fo.nn.BatchNorm(6, dtype=dtype)
+    assert layer.dtype == dtype and layer.param_dtype == F32
+    assert all(p.dtype == F32 for p in layer.parameters() + layer.gradients())
+    assert layer.running_mean.dtype == layer.running_var.dtype == F32
+    x, dy, weight, bias, _, _ = make_inputs(rng, (8, 6, 5, 5), 1, dtype)
+    layer.weight[...] = weight
+    layer.bias[...] = bias
+    y = layer.forward(x)
+    dx = layer.backward(dy)
+    y_f, mean, invstd = fo.batch_norm_forward(x, weight, bias)
+    dx_f, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd)
+    assert y.tobytes() == y_f.tobytes() and dx.tobytes() == dx_f.tobytes()
+    assert layer.grad_weight.tobytes() == dw.tobytes()
+    assert layer.grad_bias.tobytes() == db.tobytes()
+    y_eval = layer.forward(x, training=False)
+    assert y_eval.dtype == dtype
+    # an optimizer keeps the float32 parameters
+    opt = fo.optim.SGD(layer.parameters(), lr=0.1)
+    opt.step(layer.gradients())
+    with pytest.raises(TypeError, match="x has dtype float32 but the layer has dtype"):
+        layer.forward(x.astype(np.float32))
+
+
+def test_layer_rejects_other_dtypes():
+    with pytest.raises(TypeError, match="dtype must be float32, float64, bfloat16 or float16"):
+        fo.nn.BatchNorm(3, dtype=np.int16)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+def test_rejected_dtype_combinations_change_nothing(rng, dtype):
+    other = F16 if dtype == BF16 else BF16
+    x, dy, weight, bias, rm, rv = make_inputs(rng, (4, 3, 5, 5), 1, dtype)
+    mean, invstd = np.zeros(3), np.ones(3)
+    fwd = fo.batch_norm_forward
+    assert_rejected(fwd, (x, weight.astype(dtype), bias, rm, rv), {}, TypeError,
+                    rf"weight has dtype {dtype.name} but x has dtype {dtype.name}; expected "
+                    r"float32 \(per-channel arrays are float32 for 16-bit x\)")
+    assert_rejected(fwd, (x, weight, bias.astype(np.float64), rm, rv), {}, TypeError,
+                    "bias has dtype float64")
+    assert_rejected(fwd, (x, weight, bias, rm, rv.astype(dtype)), {}, TypeError,
+                    "running_var has dtype")
+    assert_rejected(fwd, (x, weight, bias, rm, rv), {"out": np.empty(x.shape, np.float32)},
+                    TypeError, f"out has dtype float32 but x has dtype {dtype.name}")
+    assert_rejected(fwd, (x, weight, bias, rm, rv), {"out": np.empty(x.shape, other)},
+                    TypeError, f"out has dtype {other.name} but x has dtype {dtype.name}")
+    bwd = fo.batch_norm_backward
+    assert_rejected(bwd, (dy.astype(other), x, weight, mean, invstd), {}, TypeError,
+                    f"dy has dtype {other.name} but x has dtype {dtype.name}")
+    assert_rejected(bwd, (dy, x, weight, mean.astype(dtype), invstd), {}, TypeError,
+                    "save_mean has dtype")
+    assert_rejected(bwd, (dy, x, weight.astype(np.float64), mean, invstd), {}, TypeError,
+                    "weight has dtype float64")
+    assert_rejected(fo.batch_norm_elemt, (x, weight, bias, mean, invstd),
+                    {"out": np.empty(x.shape, np.float64)}, TypeError, "out has dtype float64")
+    assert_rejected(fo.batch_norm_backward_reduce, (dy.astype(np.float32), x, mean, invstd), {},
+                    TypeError, "dy has dtype float32")
+    assert_rejected(fo.batch_norm_backward_elemt,
+                    (dy, x, weight, mean, invstd, mean, invstd.astype(other), 10), {},
+                    TypeError, "sum_dy_xhat has dtype")
+
+
+def test_float32_x_still_takes_float32_parameters(rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    assert_rejected(fo.batch_norm_forward, (x, np.ones(3, np.float64)), {}, TypeError,
+                    "weight has dtype float64 but x has dtype float32; expected float32")
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 9, 9), (64, 40)], ids=["nchw", "nc"])
+def test_matches_torch_bfloat16_with_float32_parameters(rng, shape):
+    torch = pytest.importorskip("torch")
+    x, dy, weight, bias, rm, rv = make_inputs(rng, shape, 1, BF16)
+    tx = torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16).requires_grad_()
+    tw = torch.from_numpy(weight.copy()).requires_grad_()
+    tb = torch.from_numpy(bias.copy()).requires_grad_()
+    trm, trv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, training=True, momentum=0.1,
+                                        eps=1e-5)
+    ty.backward(torch.from_numpy(dy.astype(np.float32)).to(torch.bfloat16))
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv)
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd)
+    theirs_y = ty.detach().float().numpy().astype(np.float64)
+    theirs_dx = tx.grad.float().numpy().astype(np.float64)
+    # Both round float32 results of the same formula to bfloat16: at most one ulp apart.
+    assert_rounded(y, theirs_y, BF16, stochastic=True, atol=1e-5, err_msg="y vs torch")
+    assert_rounded(dx, theirs_dx, BF16, stochastic=True, atol=1e-4, err_msg="dx vs torch")
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5, atol=1e-6)
