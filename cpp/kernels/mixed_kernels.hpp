@@ -92,17 +92,20 @@ void sgd_fused_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   }
 }
 
-// kCoupled as in sgd_fused_loop (L2 weight decay or L1). Decoupled weight decay multiplies
-// by decay_factor, 1 when off: exact for every value, so it needs no select.
+// kCoupled as in sgd_fused_loop (L2 weight decay or L1). Decoupled weight decay stays a
+// select: a plain multiply by 1 when off would be exact, but the compiler may then fuse
+// it with the update into one FMA in some copies of the loop and not others, and a
+// vector tail would round differently from the body (a sharded step, whose pieces
+// start elsewhere, then stopped matching the unsharded one bitwise).
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kAmsgrad,
           bool kScaled, bool kCoupled>
 void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
   const float beta1 = float(c.beta1), omb1 = float(c.one_minus_beta1);
   const float beta2 = float(c.beta2), omb2 = float(c.one_minus_beta2);
   const float step_size = float(c.step_size), inv_sqrt_bc2 = float(c.inv_sqrt_bc2);
-  const float eps = float(c.eps), wd = float(c.weight_decay);
-  const float decay_factor = c.use_weight_decay && c.decoupled ? float(c.decay_factor) : 1.0f;
+  const float eps = float(c.eps), wd = float(c.weight_decay), decay_factor = float(c.decay_factor);
   const float l1 = float(c.l1), divisor = float(c.grad_divisor);
+  const std::uint32_t decoupled = mask_of(c.use_weight_decay && c.decoupled);
   const std::uint32_t l2 = mask_of(c.use_weight_decay && !c.decoupled), use_l1 = mask_of(c.use_l1);
   const Ranges<P, G, S> r(a);
   const RoundingKey kp = a.keys[0], km = a.keys[1], kv = a.keys[2], kx = a.keys[3];
@@ -112,7 +115,7 @@ void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
     float pi = load_param<P, kRemainder>(r.p, r.rem, i);
     const float gi = G::load(r.g, i);
     float d = kScaled ? gi / divisor : gi;
-    pi = pi * decay_factor;
+    pi = choose(decoupled, pi * decay_factor, pi);
     if (kCoupled) {
       d = choose(l2, d + wd * pi, d);
       d = choose(use_l1, d + l1 * sign_of(pi), d);
