@@ -21,6 +21,7 @@ namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "simd_common.hpp"
 #include "storage.hpp"
+#include "lanes.hpp"
 #include "mixed_kernels.hpp"
 #include "batch_norm_kernels.hpp"
 

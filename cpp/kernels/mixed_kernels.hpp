@@ -1,7 +1,7 @@
 // Fused mixed-precision SGD and Adam loops: each element is loaded from its storage type,
 // updated in float with the arithmetic of the float32 loops in optim_kernels.hpp, and
 // stored rounded, in one pass. Included by convert_table.cpp inside its per-ISA
-// namespace, after storage.hpp and simd_common.hpp. Template arguments: the storage of
+// namespace, after storage.hpp, lanes.hpp and simd_common.hpp. Template arguments: the storage of
 // params, grads and state, stochastic rounding, a remainder (the param is the high half
 // of a float32 master whose low half is remainder[i]), and the flags that change which
 // arrays are touched (momentum, amsgrad) or cost a division (grad scaling). The other
@@ -58,90 +58,268 @@ inline void store_state(Raw* __restrict s, std::size_t i, float x, RoundingKey k
 // change which arrays a loop touches become such loop-invariant masks: an integer blend
 // the vectorizer handles (a ?: on the flag itself keeps GCC from vectorizing the loop).
 inline std::uint32_t mask_of(bool flag) { return flag ? 0xFFFFFFFFu : 0u; }
-inline float choose(std::uint32_t mask, float a, float b) {
+template <class V>
+inline V choose(std::uint32_t mask, V a, V b) {
   return float_of((bits_of(a) & mask) | (bits_of(b) & ~mask));
 }
 
+// The AMSGrad maximum: NaN on either side propagates.
+inline float max_keeping_nan(float old, float v) { return (old >= v || old != old) ? old : v; }
+inline RegFloats max_keeping_nan(RegFloats old, RegFloats v) {
+  return ((old >= v) | (old != old)) ? old : v;
+}
+
+// The update of one element (V = float) or one register of elements (V = RegFloats):
+// the same source, so the explicit lane loops, their padded tails and the
+// auto-vectorized loops compute the same float math.
+// The constants as V (lanes: broadcast once, so that the loop reads them from memory
+// when registers run out instead of broadcasting them again).
+template <class V>
+struct SgdFloats {
+  V lr, momentum, damp, wd, l1, divisor;
+  std::uint32_t decay, use_l1, nesterov, first;
+  explicit SgdFloats(const SgdConstants& c)
+      : lr(V{} + float(c.lr)), momentum(V{} + float(c.momentum)),
+        damp(V{} + float(c.one_minus_dampening)), wd(V{} + float(c.weight_decay)),
+        l1(V{} + float(c.l1)), divisor(V{} + float(c.grad_divisor)),
+        decay(mask_of(c.use_weight_decay)), use_l1(mask_of(c.use_l1)),
+        nesterov(mask_of(c.nesterov)), first(mask_of(c.first_step)) {}
+};
+
 // kCoupled: weight decay or L1 added to the gradient (the masks then pick which); without
 // either, the loop has no selects for them (they cost a fifth of the instructions).
+template <bool kMomentum, bool kScaled, bool kCoupled, class V>
+inline void sgd_update(const SgdFloats<V>& k, V& p, V g, V& buf) {
+  V d = kScaled ? g / k.divisor : g;
+  if (kCoupled) {
+    d = choose(k.decay, d + k.wd * p, d);
+    d = choose(k.use_l1, d + k.l1 * sign_of(p), d);
+  }
+  if (kMomentum) {
+    buf = choose(k.first, d, k.momentum * buf + k.damp * d);
+    d = choose(k.nesterov, d + k.momentum * buf, buf);
+  }
+  p = p - k.lr * d;
+}
+
+template <class V>
+struct AdamFloats {
+  V beta1, omb1, beta2, omb2, step_size, inv_sqrt_bc2, eps, wd, decay_factor, l1, divisor;
+  std::uint32_t decoupled, l2, use_l1;
+  explicit AdamFloats(const AdamConstants& c)
+      : beta1(V{} + float(c.beta1)), omb1(V{} + float(c.one_minus_beta1)),
+        beta2(V{} + float(c.beta2)), omb2(V{} + float(c.one_minus_beta2)),
+        step_size(V{} + float(c.step_size)), inv_sqrt_bc2(V{} + float(c.inv_sqrt_bc2)),
+        eps(V{} + float(c.eps)), wd(V{} + float(c.weight_decay)),
+        decay_factor(V{} + float(c.decay_factor)), l1(V{} + float(c.l1)),
+        divisor(V{} + float(c.grad_divisor)),
+        decoupled(mask_of(c.use_weight_decay && c.decoupled)),
+        l2(mask_of(c.use_weight_decay && !c.decoupled)), use_l1(mask_of(c.use_l1)) {}
+};
+
+// kCoupled as in sgd_update (L2 weight decay or L1). Decoupled weight decay stays a
+// select: a plain multiply by 1 when off would be exact, but the compiler may then fuse
+// it with the update into one FMA in some copies of the loop and not others, and a
+// vector tail would round differently from the body (a sharded step, whose pieces
+// start elsewhere, then stopped matching the unsharded one bitwise).
+template <bool kAmsgrad, bool kScaled, bool kCoupled, class V>
+inline void adam_update(const AdamFloats<V>& k, V& p, V g, V& m, V& v, V& vmax) {
+  V d = kScaled ? g / k.divisor : g;
+  p = choose(k.decoupled, p * k.decay_factor, p);
+  if (kCoupled) {
+    d = choose(k.l2, d + k.wd * p, d);
+    d = choose(k.use_l1, d + k.l1 * sign_of(p), d);
+  }
+  m = k.beta1 * m + k.omb1 * d;
+  // (1 - beta2) * d first, as torch: d * d alone overflows float32 for |d| > 1.8e19.
+  v = k.beta2 * v + (k.omb2 * d) * d;
+  V second = v;
+  if (kAmsgrad) {
+    second = max_keeping_nan(vmax, v);
+    vmax = second;
+  }
+  const V denom = sqrt_of(second) * k.inv_sqrt_bc2 + k.eps;
+  p = p - k.step_size * (m / denom);
+}
+
+// ---- Element loops, vectorized by the compiler: every row (float16 storage included).
+
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kMomentum,
           bool kScaled, bool kCoupled>
 void sgd_fused_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
-  const float lr = float(c.lr), momentum = float(c.momentum), damp = float(c.one_minus_dampening);
-  const float wd = float(c.weight_decay), l1 = float(c.l1), divisor = float(c.grad_divisor);
-  const std::uint32_t decay = mask_of(c.use_weight_decay), use_l1 = mask_of(c.use_l1);
-  const std::uint32_t nesterov = mask_of(c.nesterov), first = mask_of(c.first_step);
+  const SgdFloats<float> k(c);
   const Ranges<P, G, S> r(a);
   const RoundingKey kp = a.keys[0], kb = a.keys[1];
   const std::uint32_t base = a.first;
   const std::uint32_t count = std::uint32_t(n);  // ranges are at most a chunk long
   for (std::uint32_t i = 0; i < count; ++i) {
-    const float pi = load_param<P, kRemainder>(r.p, r.rem, i);
-    const float gi = G::load(r.g, i);
-    float d = kScaled ? gi / divisor : gi;
-    if (kCoupled) {
-      d = choose(decay, d + wd * pi, d);
-      d = choose(use_l1, d + l1 * sign_of(pi), d);
-    }
-    if (kMomentum) {
-      const float b = choose(first, d, momentum * S::load(r.s0, i) + damp * d);
-      store_state<S, kStochastic>(r.s0, i, b, kb, base + i);
-      d = choose(nesterov, d + momentum * b, b);
-    }
-    store_param<P, kStochastic, kRemainder>(r.p, r.rem, i, pi - lr * d, kp, base + i);
+    float pi = load_param<P, kRemainder>(r.p, r.rem, i);
+    float b = kMomentum ? S::load(r.s0, i) : 0.0f;
+    sgd_update<kMomentum, kScaled, kCoupled>(k, pi, G::load(r.g, i), b);
+    if (kMomentum) store_state<S, kStochastic>(r.s0, i, b, kb, base + i);
+    store_param<P, kStochastic, kRemainder>(r.p, r.rem, i, pi, kp, base + i);
   }
 }
 
-// kCoupled as in sgd_fused_loop (L2 weight decay or L1). Decoupled weight decay stays a
-// select: a plain multiply by 1 when off would be exact, but the compiler may then fuse
-// it with the update into one FMA in some copies of the loop and not others, and a
-// vector tail would round differently from the body (a sharded step, whose pieces
-// start elsewhere, then stopped matching the unsharded one bitwise).
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kAmsgrad,
           bool kScaled, bool kCoupled>
 void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
-  const float beta1 = float(c.beta1), omb1 = float(c.one_minus_beta1);
-  const float beta2 = float(c.beta2), omb2 = float(c.one_minus_beta2);
-  const float step_size = float(c.step_size), inv_sqrt_bc2 = float(c.inv_sqrt_bc2);
-  const float eps = float(c.eps), wd = float(c.weight_decay), decay_factor = float(c.decay_factor);
-  const float l1 = float(c.l1), divisor = float(c.grad_divisor);
-  const std::uint32_t decoupled = mask_of(c.use_weight_decay && c.decoupled);
-  const std::uint32_t l2 = mask_of(c.use_weight_decay && !c.decoupled), use_l1 = mask_of(c.use_l1);
+  const AdamFloats<float> k(c);
   const Ranges<P, G, S> r(a);
   const RoundingKey kp = a.keys[0], km = a.keys[1], kv = a.keys[2], kx = a.keys[3];
   const std::uint32_t base = a.first;
   const std::uint32_t count = std::uint32_t(n);  // ranges are at most a chunk long
   for (std::uint32_t i = 0; i < count; ++i) {
     float pi = load_param<P, kRemainder>(r.p, r.rem, i);
-    const float gi = G::load(r.g, i);
-    float d = kScaled ? gi / divisor : gi;
-    pi = choose(decoupled, pi * decay_factor, pi);
-    if (kCoupled) {
-      d = choose(l2, d + wd * pi, d);
-      d = choose(use_l1, d + l1 * sign_of(pi), d);
-    }
-    const float mi = beta1 * S::load(r.s0, i) + omb1 * d;
-    // (1 - beta2) * d first, as torch: d * d alone overflows float32 for |d| > 1.8e19.
-    const float vi = beta2 * S::load(r.s1, i) + (omb2 * d) * d;
+    float mi = S::load(r.s0, i), vi = S::load(r.s1, i);
+    float xi = kAmsgrad ? S::load(r.s2, i) : 0.0f;
+    adam_update<kAmsgrad, kScaled, kCoupled>(k, pi, G::load(r.g, i), mi, vi, xi);
     store_state<S, kStochastic>(r.s0, i, mi, km, base + i);
     store_state<S, kStochastic>(r.s1, i, vi, kv, base + i);
-    float second = vi;
-    if (kAmsgrad) {
-      const float old = S::load(r.s2, i);
-      second = (old >= vi || old != old) ? old : vi;  // NaN on either side propagates
-      store_state<S, kStochastic>(r.s2, i, second, kx, base + i);
-    }
-    const float denom = sqrt_of(second) * inv_sqrt_bc2 + eps;
-    store_param<P, kStochastic, kRemainder>(r.p, r.rem, i, pi - step_size * (mi / denom), kp,
-                                            base + i);
+    if (kAmsgrad) store_state<S, kStochastic>(r.s2, i, xi, kx, base + i);
+    store_param<P, kStochastic, kRemainder>(r.p, r.rem, i, pi, kp, base + i);
   }
+}
+
+// ---- Lane loops (lanes.hpp): rows whose operands are all float32 or bfloat16. The last
+// partial register runs the same code on a zero-padded copy, so every element gets the
+// same arithmetic wherever a range starts.
+
+template <class S>
+struct LaneIo;
+
+template <>
+struct LaneIo<Float32Storage> {
+  static RegFloats load(const float* p) { return load_floats(p); }
+  template <bool kStochastic>
+  static void store(float* p, RegFloats x, RegBits) { store_floats(p, x); }
+};
+
+template <>
+struct LaneIo<Bfloat16Storage> {
+  static RegFloats load(const std::uint16_t* p) { return float_of(load_halves(p) << 16); }
+  template <bool kStochastic>
+  static void store(std::uint16_t* p, RegFloats x, RegBits random) {
+    store_bf16_lanes<kStochastic>(p, x, random);
+  }
+};
+
+template <class T>
+constexpr bool kHasLanes = std::is_same_v<T, Float32Storage> || std::is_same_v<T, Bfloat16Storage>;
+
+template <class P, class G, class S>
+constexpr bool kLaneRow = kHasLanes<P> && kHasLanes<G> && kHasLanes<S>;
+
+template <class P, bool kRemainder, class Raw>
+inline RegFloats load_param_lanes(const Raw* p, const std::uint16_t* rem) {
+  if constexpr (kRemainder) {
+    return float_of(load_halves(p) << 16 | load_halves(rem));
+  } else {
+    return LaneIo<P>::load(p);
+  }
+}
+
+template <class P, bool kStochastic, bool kRemainder, class Raw>
+inline void store_param_lanes(Raw* p, std::uint16_t* rem, RegFloats x, RoundingKey key,
+                              RegBits index) {
+  if constexpr (kRemainder) {
+    const RegBits u = bits_of(x);
+    store_high_halves(p, u);
+    store_halves(rem, u & 0xFFFFu);
+  } else {
+    const RegBits r = kStochastic && P::kRounds ? random_bits(key.k0, key.k1, index) : RegBits{};
+    LaneIo<P>::template store<kStochastic>(p, x, r);
+  }
+}
+
+template <class S, bool kStochastic, class Raw>
+inline void store_state_lanes(Raw* s, RegFloats x, RoundingKey key, RegBits index) {
+  const RegBits r = kStochastic && S::kRounds ? random_bits(key.k0, key.k1, index) : RegBits{};
+  LaneIo<S>::template store<kStochastic>(s, x, r);
+}
+
+// Runs step(ranges, i, index) on every whole register of the range, the register at
+// element i, then step(padded, 0, index) on zero-padded copies of the rest (null
+// operands stay null; step touches only the operands its flags use).
+template <class P, class G, class S, class Step>
+inline void for_lanes(const Ranges<P, G, S>& r, std::uint32_t first, std::size_t n,
+                      const Step& step) {
+  const RegBits lanes = lane_indices(first);
+  std::size_t i = 0;
+  for (; i + kRegLanes <= n; i += kRegLanes) step(r, i, lanes + std::uint32_t(i));
+  if (i == n) return;
+  const std::size_t rest = n - i;
+  alignas(64) typename P::raw p[kRegLanes] = {};
+  alignas(64) std::uint16_t rem[kRegLanes] = {};
+  alignas(64) typename G::raw g[kRegLanes] = {};
+  alignas(64) typename S::raw s[3][kRegLanes] = {};
+  Ranges<P, G, S> padded = r;
+  const auto in = [rest, i](auto& operand, auto* copy) {
+    if (operand == nullptr) return;
+    __builtin_memcpy(copy, operand + i, rest * sizeof *copy);
+    operand = copy;
+  };
+  in(padded.p, p);
+  in(padded.rem, rem);
+  in(padded.g, g);
+  in(padded.s0, s[0]);
+  in(padded.s1, s[1]);
+  in(padded.s2, s[2]);
+  step(padded, 0, lanes + std::uint32_t(i));
+  const auto out = [rest, i](auto* operand, const auto* copy) {
+    if (operand != nullptr) __builtin_memcpy(operand + i, copy, rest * sizeof *copy);
+  };
+  out(r.p, p);
+  out(r.rem, rem);
+  out(r.s0, s[0]);
+  out(r.s1, s[1]);
+  out(r.s2, s[2]);
+}
+
+template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kMomentum,
+          bool kScaled, bool kCoupled>
+void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
+  const SgdFloats<RegFloats> k(c);
+  const RoundingKey kp = a.keys[0], kb = a.keys[1];
+  for_lanes(Ranges<P, G, S>(a), a.first, n,
+            [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
+    auto* rem = kRemainder ? r.rem + i : nullptr;
+    RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
+    RegFloats b = kMomentum ? LaneIo<S>::load(r.s0 + i) : RegFloats{};
+    sgd_update<kMomentum, kScaled, kCoupled>(k, pi, LaneIo<G>::load(r.g + i), b);
+    if (kMomentum) store_state_lanes<S, kStochastic>(r.s0 + i, b, kb, index);
+    store_param_lanes<P, kStochastic, kRemainder>(r.p + i, rem, pi, kp, index);
+  });
+}
+
+template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kAmsgrad,
+          bool kScaled, bool kCoupled>
+void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
+  const AdamFloats<RegFloats> k(c);
+  const RoundingKey kp = a.keys[0], km = a.keys[1], kv = a.keys[2], kx = a.keys[3];
+  for_lanes(Ranges<P, G, S>(a), a.first, n,
+            [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
+    auto* rem = kRemainder ? r.rem + i : nullptr;
+    RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
+    RegFloats mi = LaneIo<S>::load(r.s0 + i), vi = LaneIo<S>::load(r.s1 + i);
+    RegFloats xi = kAmsgrad ? LaneIo<S>::load(r.s2 + i) : RegFloats{};
+    adam_update<kAmsgrad, kScaled, kCoupled>(k, pi, LaneIo<G>::load(r.g + i), mi, vi, xi);
+    store_state_lanes<S, kStochastic>(r.s0 + i, mi, km, index);
+    store_state_lanes<S, kStochastic>(r.s1 + i, vi, kv, index);
+    if (kAmsgrad) store_state_lanes<S, kStochastic>(r.s2 + i, xi, kx, index);
+    store_param_lanes<P, kStochastic, kRemainder>(r.p + i, rem, pi, kp, index);
+  });
 }
 
 template <class P, class G, class S, bool kRemainder>
 void sgd_fused(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   with_flags(
       [&](auto stochastic, auto momentum, auto scaled, auto coupled) {
-        sgd_fused_loop<P, G, S, kRemainder, stochastic, momentum, scaled, coupled>(c, a, n);
+        if constexpr (kLaneRow<P, G, S>) {
+          sgd_lanes_loop<P, G, S, kRemainder, stochastic, momentum, scaled, coupled>(c, a, n);
+        } else {
+          sgd_fused_loop<P, G, S, kRemainder, stochastic, momentum, scaled, coupled>(c, a, n);
+        }
       },
       a.stochastic, c.use_momentum, c.scaled, c.use_weight_decay || c.use_l1);
 }
@@ -150,7 +328,11 @@ template <class P, class G, class S, bool kRemainder>
 void adam_fused(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
   with_flags(
       [&](auto stochastic, auto amsgrad, auto scaled, auto coupled) {
-        adam_fused_loop<P, G, S, kRemainder, stochastic, amsgrad, scaled, coupled>(c, a, n);
+        if constexpr (kLaneRow<P, G, S>) {
+          adam_lanes_loop<P, G, S, kRemainder, stochastic, amsgrad, scaled, coupled>(c, a, n);
+        } else {
+          adam_fused_loop<P, G, S, kRemainder, stochastic, amsgrad, scaled, coupled>(c, a, n);
+        }
       },
       a.stochastic, c.amsgrad, c.scaled,
       c.use_l1 || (c.use_weight_decay && !c.decoupled));

@@ -21,7 +21,9 @@ inline float float_of(std::uint32_t u) {
 // Random bits of one element: two rounds of a 32-bit integer mixer (Wellons' lowbias32)
 // over the element index, keyed by (seed, step, tensor, operand) hashed once per block.
 // Counter-based: no state, so any chunking or thread count draws the same bits.
-inline std::uint32_t mix32(std::uint32_t x) {
+// Templates so that lanes of 32-bit integers (lanes.hpp) draw the same bits.
+template <class U>
+inline U mix32(U x) {
   x ^= x >> 16;
   x *= 0x7FEB352Du;
   x ^= x >> 15;
@@ -30,7 +32,8 @@ inline std::uint32_t mix32(std::uint32_t x) {
   return x;
 }
 
-inline std::uint32_t random_bits(std::uint32_t k0, std::uint32_t k1, std::uint32_t index) {
+template <class U>
+inline U random_bits(std::uint32_t k0, std::uint32_t k1, U index) {
   return mix32(mix32(index ^ k0) + k1);
 }
 

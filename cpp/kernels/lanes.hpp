@@ -1,0 +1,132 @@
+// Explicit vector lanes for the fused 16-bit loops (mixed_kernels.hpp): one register of
+// floats of this ISA (SSE2: 4, AVX2: 8, AVX-512: 16) as a GCC vector type, so the loop
+// bodies written for `float` compile unchanged for a whole register, plus the loads and
+// stores of the float32 and bfloat16 storage types. Auto-vectorized, the bfloat16 stores
+// cost about twice the instructions of these (GCC narrows the NaN candidate and the
+// rounded value separately, each with masking, packing and a lane permute, then blends
+// them); here the NaN select is done on 32-bit lanes and each store narrows once.
+// With AVX512_BF16 the round-to-nearest-even store is vcvtneps2bf16, which flushes
+// denormal inputs to zero: a register holding a denormal takes the integer path instead,
+// so every build stores the same bits. Included inside the per-ISA namespace after
+// storage.hpp.
+#pragma once
+
+#if defined(__AVX512F__)
+constexpr std::size_t kRegLanes = 16;
+#elif defined(__AVX2__)
+constexpr std::size_t kRegLanes = 8;
+#else
+constexpr std::size_t kRegLanes = 4;  // SSE2, the x86-64 baseline
+#endif
+
+typedef float RegFloats __attribute__((vector_size(4 * kRegLanes)));
+typedef std::uint32_t RegBits __attribute__((vector_size(4 * kRegLanes)));
+
+inline RegBits bits_of(RegFloats x) { return reinterpret_cast<RegBits>(x); }
+inline RegFloats float_of(RegBits u) { return reinterpret_cast<RegFloats>(u); }
+
+inline RegFloats sqrt_of(RegFloats x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<RegFloats>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x)));
+#elif defined(__AVX2__)
+  return reinterpret_cast<RegFloats>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#else
+  return reinterpret_cast<RegFloats>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#endif
+}
+
+// sign_of of simd_common.hpp on lanes: -1, +1, and x itself for +-0 and NaN.
+inline RegFloats sign_of(RegFloats x) {
+  const RegBits u = bits_of(x);
+  const RegFloats one = float_of((u & 0x80000000u) | bits_of(1.0f));
+  return float_of(u & 0x7FFFFFFFu) > RegFloats{} ? one : x;
+}
+
+// Lane k holds `first + k`.
+inline RegBits lane_indices(std::uint32_t first) {
+  RegBits index;
+  for (std::size_t k = 0; k < kRegLanes; ++k) index[k] = first + std::uint32_t(k);
+  return index;
+}
+
+inline RegFloats load_floats(const float* p) {
+  RegFloats x;
+  __builtin_memcpy(&x, p, sizeof x);
+  return x;
+}
+
+inline void store_floats(float* p, RegFloats x) { __builtin_memcpy(p, &x, sizeof x); }
+
+// The kRegLanes 16-bit values at p, zero-extended to 32-bit lanes.
+inline RegBits load_halves(const std::uint16_t* p) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<RegBits>(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__AVX2__)
+  return reinterpret_cast<RegBits>(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return reinterpret_cast<RegBits>(_mm_unpacklo_epi16(
+      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128()));
+#endif
+}
+
+// Stores the low 16 bits of every lane (each lane < 2^16).
+inline void store_halves(std::uint16_t* p, RegBits u) {
+#if defined(__AVX512F__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(u)));
+#elif defined(__AVX2__)
+  const __m256i w = reinterpret_cast<__m256i>(u);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+#else
+  // Shifted up and back arithmetically, the lanes fit the signed saturating pack.
+  const __m128i w = _mm_srai_epi32(_mm_slli_epi32(reinterpret_cast<__m128i>(u), 16), 16);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(w, w));
+#endif
+}
+
+// Stores the high 16 bits of every lane.
+inline void store_high_halves(std::uint16_t* p, RegBits u) {
+#if defined(__AVX512F__)
+  store_halves(p, u >> 16);
+#elif defined(__AVX2__)
+  // The high halves to the low 8 bytes of each 128-bit lane, then both lanes together.
+  const __m256i pick = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i w = _mm256_shuffle_epi8(reinterpret_cast<__m256i>(u), pick);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_castsi256_si128(_mm256_permute4x64_epi64(w, 0x08)));
+#else
+  const __m128i w = _mm_srai_epi32(reinterpret_cast<__m128i>(u), 16);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(w, w));
+#endif
+}
+
+// bfloat16 lanes: bf16_from_bits_plus of storage.hpp, the NaN select on 32-bit lanes; the
+// result is the high half of each lane.
+inline RegBits bf16_lanes_plus(RegFloats x, RegBits addend) {
+  const RegBits u = bits_of(x);
+  const RegBits nan = u | 0x00400000u;  // (u >> 16 | 0x0040) in the high half
+  return reinterpret_cast<RegBits>(x != x ? nan : u + addend);
+}
+
+template <bool kStochastic>
+inline void store_bf16_lanes(std::uint16_t* p, RegFloats x, RegBits random) {
+  if (kStochastic) {
+    store_high_halves(p, bf16_lanes_plus(x, random & 0xFFFFu));
+    return;
+  }
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+  // vcvtneps2bf16 rounds as bf16_round_nearest except for denormal inputs (zero).
+  const __m512 v = reinterpret_cast<__m512>(x);
+  if (__builtin_expect(_mm512_fpclass_ps_mask(v, 0x20) == 0, 1)) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+    return;
+  }
+#endif
+  const RegBits u = bits_of(x);
+  store_high_halves(p, bf16_lanes_plus(x, 0x7FFFu + ((u >> 16) & 1u)));
+}
