@@ -3,6 +3,7 @@
 
 #include "cache.hpp"
 #include "common.hpp"
+#include "fusedops/mixed.hpp"
 
 namespace fusedops::bind {
 
@@ -46,6 +47,10 @@ void register_runtime(py::module_& m) {
   m.def(
       "_set_isa", [](const std::string& name) { set_isa(isa_or_raise(name, "_set_isa")); },
       py::arg("name"), "Switch the kernel table (for tests and benchmarks).");
+  m.def("_fused_build", [] { return std::string(fused_build_name()); },
+        "The build the fused 16-bit SGD/Adam loops run with (for tests and benchmarks).");
+  m.def("_allow_avx512_bf16", &allow_avx512_bf16, py::arg("allowed"),
+        "False keeps a forced AVX-512 on its build without BF16 instructions (for tests).");
   m.def(
       "set_num_threads",
       [](py::handle n_obj) {

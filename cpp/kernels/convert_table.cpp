@@ -21,8 +21,6 @@ namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "simd_common.hpp"
 #include "storage.hpp"
-#include "lanes.hpp"
-#include "mixed_kernels.hpp"
 #include "batch_norm_kernels.hpp"
 
 // Batch norm storage adaptors (batch_norm_kernels.hpp) of the 16-bit dtypes: exact
@@ -165,13 +163,11 @@ void narrow_f16(const float* __restrict src, std::uint16_t* __restrict dst, std:
 
 constexpr ConvertKernels kConvert{&widen_bf16, &widen_f16, &widen_split,
                                   &narrow_bf16, &narrow_f16, &split};
-constexpr FusedKernels kFused = fused_table();
 constexpr BatchNorm16Kernels kBatchNorm16{batch_norm_kernels<BnBf16>(),
                                           batch_norm_kernels<BnF16>()};
 }  // namespace
 
 const ConvertKernels& convert_kernels() { return kConvert; }
-const FusedKernels& fused_kernels() { return kFused; }
 const BatchNorm16Kernels& batch_norm16_kernels() { return kBatchNorm16; }
 
 }  // namespace FUSEDOPS_ISA_NS

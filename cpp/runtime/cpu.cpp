@@ -137,7 +137,14 @@ const KernelTable& current_kernels() {
 
 Isa current_isa() { return current_kernels().isa; }
 
-void set_isa(Isa isa) { g_table.store(compiled_table(isa), std::memory_order_release); }
+std::atomic<bool> g_isa_forced{false};
+
+void set_isa(Isa isa) {
+  g_isa_forced.store(true, std::memory_order_relaxed);
+  g_table.store(compiled_table(isa), std::memory_order_release);
+}
+
+bool isa_forced() { return g_isa_forced.load(std::memory_order_relaxed); }
 
 int get_num_threads() {
   if (g_forked_after_pool.load(std::memory_order_relaxed)) return 1;

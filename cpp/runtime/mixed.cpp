@@ -37,14 +37,56 @@ const ConvertKernels& current_convert_kernels() {
   }
 }
 
-const FusedKernels& current_fused_kernels() {
-  switch (current_isa()) {
-#ifdef FUSEDOPS_HAVE_AVX512
+constexpr bool kFusedPreferAvx512 = false;
+
+std::atomic<bool> g_avx512_bf16_allowed{true};
+
+bool cpu_has_avx512_bf16() {
+#if defined(FUSEDOPS_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__GNUC__) || defined(__clang__))
+  static const bool has = cpu_supports(Isa::avx512) && __builtin_cpu_supports("avx512bf16") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+#else
+  return false;
+#endif
+}
+
+enum class FusedBuild { scalar, avx2, avx512, avx512bf16 };
+
+// The fused 16-bit loops follow a forced ISA (AVX-512 taking its BF16 build where the CPU
+// has it). Unforced, they run FUSEDOPS_FUSED_DEFAULT_AVX512 ... (see the measurements).
+FusedBuild fused_build() {
+  Isa isa = current_isa();
+  if (!isa_forced() && kFusedPreferAvx512 && isa_compiled(Isa::avx512) &&
+      cpu_supports(Isa::avx512) && cpu_has_avx512_bf16()) {
+    isa = Isa::avx512;
+  }
+  switch (isa) {
     case Isa::avx512:
+      return cpu_has_avx512_bf16() && g_avx512_bf16_allowed.load(std::memory_order_relaxed)
+                 ? FusedBuild::avx512bf16
+                 : FusedBuild::avx512;
+    case Isa::avx2:
+      return FusedBuild::avx2;
+    default:
+      return FusedBuild::scalar;
+  }
+}
+
+const FusedKernels& current_fused_kernels() {
+  switch (fused_build()) {
+#ifdef FUSEDOPS_HAVE_AVX512BF16
+    case FusedBuild::avx512bf16:
+      return avx512bf16::fused_kernels();
+#endif
+#ifdef FUSEDOPS_HAVE_AVX512
+    case FusedBuild::avx512:
       return avx512::fused_kernels();
 #endif
 #ifdef FUSEDOPS_HAVE_AVX2
-    case Isa::avx2:
+    case FusedBuild::avx2:
       return avx2::fused_kernels();
 #endif
     default:
@@ -141,6 +183,20 @@ bool all_float32(const MixedTensor& t) {
 }
 
 }  // namespace mixed_detail
+
+const char* fused_build_name() {
+  switch (mixed_detail::fused_build()) {
+    case mixed_detail::FusedBuild::avx512bf16: return "avx512bf16";
+    case mixed_detail::FusedBuild::avx512: return "avx512";
+    case mixed_detail::FusedBuild::avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+void allow_avx512_bf16(bool allowed) {
+  mixed_detail::g_avx512_bf16_allowed.store(allowed, std::memory_order_relaxed);
+}
+
 
 namespace {
 

@@ -166,6 +166,7 @@ std::vector<Isa> available_isas();  // compiled and supported, the default first
 Isa best_isa();
 Isa current_isa();
 void set_isa(Isa isa);  // caller checks availability
+bool isa_forced();      // set_isa was called (FUSEDOPS_ISA, _set_isa)
 const KernelTable& current_kernels();
 
 // Threads of the calling thread's next kernel: OpenMP's count for this thread

@@ -70,6 +70,13 @@ struct FusedKernels {
 namespace scalar { const FusedKernels& fused_kernels(); }
 namespace avx2 { const FusedKernels& fused_kernels(); }
 namespace avx512 { const FusedKernels& fused_kernels(); }
+// The AVX-512 loops built with AVX512_BF16 (+BW, VL, DQ) too: vcvtneps2bf16 stores.
+namespace avx512bf16 { const FusedKernels& fused_kernels(); }
+// The build the fused loops run with (cpp/runtime/mixed.cpp): "avx512bf16", "avx512",
+// "avx2" or "scalar".
+const char* fused_build_name();
+// For tests: false keeps a forced AVX-512 on its build without BF16 instructions.
+void allow_avx512_bf16(bool allowed);
 
 // Batch norm on bfloat16 and float16 data (float32 constants and compute, double sums),
 // compiled per ISA beside the conversions (cpp/kernels/convert_table.cpp).

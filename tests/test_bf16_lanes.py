@@ -1,0 +1,134 @@
+"""The register loops of the fused bfloat16 steps (cpp/kernels/lanes.hpp): every build
+stores the round-to-nearest-even of its float32 result bit for bit (NaN, Inf, overflow to
+Inf, denormals, ties), padded tails compute what the body computes, and the AVX-512 build
+with BF16 instructions (vcvtneps2bf16 flushes denormal inputs, so those registers take
+the integer path) stores what the plain AVX-512 build stores."""
+
+import numpy as np
+import pytest
+
+import fusedops as fo
+from checks import assert_bitwise_equal
+from fusedops import _core
+
+BF16 = np.dtype(fo.bfloat16)
+TAILS = [0, 1, 15, 16, 17, 31, 33, 1001]
+
+
+def rne_bits(x):
+    """bfloat16 bits of float32 `x`, rounded to nearest even from the bits (NaN: quieted,
+    high payload kept), independent of the kernels and of ml_dtypes."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return np.where(np.isnan(x), (u >> 16) | 0x40, rounded).astype(np.uint16)
+
+
+def sgd_expected(p, g):
+    with np.errstate(all="ignore"):
+        return rne_bits(p.astype(np.float32) - np.float32(0.5) * g.astype(np.float32))
+
+
+def assert_bits(actual, expected, err_msg=""):
+    """Equal bits, except that which NaN operand a NaN result carries may differ (FMA
+    and separate operations propagate different ones): there a quiet NaN of any payload."""
+    got = actual.view(np.uint16)
+    nan = (expected & 0x7FFF) > 0x7F80
+    np.testing.assert_array_equal(got[~nan], expected[~nan], err_msg=err_msg)
+    assert ((got[nan] & 0x7FC0) == 0x7FC0).all(), err_msg
+
+
+def special_bf16(rng, n):
+    """bfloat16 values of every kind: random bit patterns (denormals, NaNs, Infs included),
+    the largest finite, the smallest denormals, zeros."""
+    bits = rng.integers(0, 1 << 16, n, dtype=np.uint32).astype(np.uint16)
+    picks = np.array([0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0x7F7F, 0xFF7F, 0x0001, 0x8001,
+                      0x007F, 0x0080, 0x3F80, 0x7F81], np.uint16)
+    where = rng.random(n) < 0.3
+    bits[where] = rng.choice(picks, where.sum())
+    small = rng.random(n) < 0.3  # near and below the smallest normal
+    bits[small] = (rng.integers(0, 0x0100, small.sum()) | (rng.integers(0, 2, small.sum()) << 15)).astype(np.uint16)
+    return bits.view(BF16)
+
+
+@pytest.fixture(params=["default", "no-avx512-bf16"])
+def bf16_instructions(request):
+    _core._allow_avx512_bf16(request.param == "default")
+    yield request.param
+    _core._allow_avx512_bf16(True)
+
+
+def test_sgd_stores_the_rounded_float32_result_bitwise(isa, bf16_instructions, rng):
+    # lr = 0.5: 0.5 * g is exact, so p - lr * g is one float32 rounding with or without FMA
+    for n in TAILS:
+        p, g = special_bf16(rng, n), special_bf16(rng, n)
+        expected = sgd_expected(p, g)
+        fo.sgd_step([p], [g], lr=0.5)
+        assert_bits(p, expected, err_msg=f"n={n}")
+
+
+def test_sgd_momentum_buffer_and_ties(isa, bf16_instructions, rng):
+    n = 4099
+    # p - 0.5 * g lands between bfloat16 neighbours, on midpoints, and in the denormals
+    p = rng.standard_normal(n).astype(BF16)
+    g = (p.astype(np.float32) * rng.choice([2.0**-8, 2.0**-9, 3 * 2.0**-9], n)).astype(BF16)
+    tiny = rng.random(n) < 0.2
+    p[tiny] = (rng.standard_normal(tiny.sum()) * 2.0**-127).astype(BF16)
+    b = np.zeros(n, BF16)
+    expected_p = sgd_expected(p, g)
+    expected_b = g.view(np.uint16).copy()  # the first step stores the gradient
+    fo.sgd_step([p], [g], [b], lr=0.5, momentum=0.9, first_step=True)
+    np.testing.assert_array_equal(p.view(np.uint16), expected_p)
+    np.testing.assert_array_equal(b.view(np.uint16), expected_b)
+
+
+def adam_steps(p, g, m, v, x, offset, **kw):
+    p, m, v, x = (a[offset:].copy() for a in (p, m, v, x))
+    for step in (3, 4, 5):
+        fo.adam_step([p], [g[offset:]], [m], [v], max_exp_avg_sqs=[x], step=step, **kw)
+    return p, m, v, x
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("kw", [dict(lr=1e-2), dict(lr=1e-2, amsgrad=True, weight_decay=0.1,
+                                                     l1=1e-4, grad_scale=2.0)],
+                         ids=["plain", "amsgrad-l2-l1-scaled"])
+def test_adam_tails_and_builds_agree_bitwise(isa, rng, kw, stochastic):
+    """Several steps from nonzero state, with denormal second moments and non-finite
+    gradients: a range starting anywhere (other tails) gives the same bits, and on AVX-512
+    the BF16 build gives the plain build's bits."""
+    n = 1037
+    p = rng.standard_normal(n).astype(BF16)
+    g = (rng.standard_normal(n) * 10.0 ** rng.integers(-25, 3, n)).astype(BF16)
+    g[rng.random(n) < 0.02] = np.inf
+    g[rng.random(n) < 0.02] = np.nan
+    m = (rng.standard_normal(n) * 0.1).astype(BF16)
+    v = np.abs(rng.standard_normal(n) * 10.0 ** rng.integers(-45, -1, n)).astype(BF16)
+    x = v.copy()
+    kw = dict(kw, stochastic_rounding=stochastic, seed=7)
+    if stochastic:  # random bits are keyed on the element index: whole tensors only
+        offsets = [0]
+    else:
+        offsets = [0, 1, 15, 16, 17, 31, 33, n - 15, n - 1]
+    whole = adam_steps(p, g, m, v, x, 0, **kw)
+    for offset in offsets:
+        for got, want in zip(adam_steps(p, g, m, v, x, offset, **kw), whole):
+            assert_bitwise_equal(got, want[offset:])
+    if fo.simd_isa() == "avx512":
+        _core._allow_avx512_bf16(False)
+        try:
+            plain = adam_steps(p, g, m, v, x, 0, **kw)
+        finally:
+            _core._allow_avx512_bf16(True)
+        for got, want in zip(plain, whole):
+            assert_bitwise_equal(got, want)
+
+
+def test_the_fused_build_follows_a_forced_isa(isa):
+    build = _core._fused_build()
+    assert build.startswith(isa)
+    if isa == "avx512":
+        _core._allow_avx512_bf16(False)
+        try:
+            assert _core._fused_build() == "avx512"
+        finally:
+            _core._allow_avx512_bf16(True)
