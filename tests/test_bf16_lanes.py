@@ -4,6 +4,10 @@ Inf, denormals, ties), padded tails compute what the body computes, and the AVX-
 with BF16 instructions (vcvtneps2bf16 flushes denormal inputs, so those registers take
 the integer path) stores what the plain AVX-512 build stores."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -132,3 +136,22 @@ def test_the_fused_build_follows_a_forced_isa(isa):
             assert _core._fused_build() == "avx512"
         finally:
             _core._allow_avx512_bf16(True)
+
+
+def test_the_fused_loops_default_to_avx512_where_present():
+    """Unforced, the fused 16-bit loops run AVX-512 (with BF16 where the CPU has it: the
+    measurement is in cpp/runtime/mixed.cpp) while the float32 kernels keep their default."""
+    code = ("import fusedops as fo; from fusedops import _core; "
+            "print(fo.simd_isa(), _core._fused_build(), fo.build_info()['fused_16bit_build'])")
+    env = dict(os.environ)
+    env.pop("FUSEDOPS_ISA", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    isa, build, reported = result.stdout.split()
+    assert isa == fo.available_isas()[0]
+    assert build == reported
+    if "avx512" in fo.available_isas():
+        assert build in ("avx512", "avx512bf16")
+    else:
+        assert build == isa

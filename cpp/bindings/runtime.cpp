@@ -89,6 +89,7 @@ void register_runtime(py::module_& m) {
     info["compiled_isas"] = compiled;
     info["available_isas"] = available_isa_names();
     info["simd_isa"] = isa_name(current_isa());
+    info["fused_16bit_build"] = fused_build_name();
     info["num_threads"] = get_num_threads();
     info["forked_single_threaded"] = forked_single_threaded();
     py::dict caches;

@@ -115,7 +115,8 @@ bool isa_compiled(Isa isa) { return compiled_table(isa) != nullptr; }
 // float64 Adam 1.13x) and on batch-norm forward passes beyond the caches (1.14x); beyond
 // the caches the optimizer steps tied. (Lion at 16M elements was 1.2x faster with
 // AVX-512: a per-kernel choice would take it.) The AVX-512 build stays compiled and
-// tested, and FUSEDOPS_ISA=avx512 selects it.
+// tested, and FUSEDOPS_ISA=avx512 selects it. The fused 16-bit loops choose their own
+// default (AVX-512 where present, cpp/runtime/mixed.cpp).
 std::vector<Isa> available_isas() {
   std::vector<Isa> out;
   for (Isa isa : {Isa::avx2, Isa::avx512, Isa::scalar}) {
