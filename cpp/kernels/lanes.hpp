@@ -16,7 +16,7 @@ constexpr std::size_t kRegLanes = 16;
 #elif defined(__AVX2__)
 constexpr std::size_t kRegLanes = 8;
 #else
-constexpr std::size_t kRegLanes = 4;  // SSE2, the x86-64 baseline
+constexpr std::size_t kRegLanes = 4;  // SSE2, the x86-64 baseline, or plain lane loops
 #endif
 
 typedef float RegFloats __attribute__((vector_size(4 * kRegLanes)));
@@ -30,8 +30,11 @@ inline RegFloats sqrt_of(RegFloats x) {
   return reinterpret_cast<RegFloats>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x)));
 #elif defined(__AVX2__)
   return reinterpret_cast<RegFloats>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
-#else
+#elif defined(__SSE2__)
   return reinterpret_cast<RegFloats>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#else
+  for (std::size_t k = 0; k < kRegLanes; ++k) x[k] = __builtin_sqrtf(x[k]);
+  return x;
 #endif
 }
 
@@ -65,9 +68,13 @@ inline RegBits load_halves(const std::uint16_t* p) {
 #elif defined(__AVX2__)
   return reinterpret_cast<RegBits>(
       _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#else
+#elif defined(__SSE2__)
   return reinterpret_cast<RegBits>(_mm_unpacklo_epi16(
       _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128()));
+#else
+  RegBits u;
+  for (std::size_t k = 0; k < kRegLanes; ++k) u[k] = p[k];
+  return u;
 #endif
 }
 
@@ -80,10 +87,12 @@ inline void store_halves(std::uint16_t* p, RegBits u) {
   const __m256i w = reinterpret_cast<__m256i>(u);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
-#else
+#elif defined(__SSE2__)
   // Shifted up and back arithmetically, the lanes fit the signed saturating pack.
   const __m128i w = _mm_srai_epi32(_mm_slli_epi32(reinterpret_cast<__m128i>(u), 16), 16);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(w, w));
+#else
+  for (std::size_t k = 0; k < kRegLanes; ++k) p[k] = std::uint16_t(u[k]);
 #endif
 }
 
@@ -98,9 +107,11 @@ inline void store_high_halves(std::uint16_t* p, RegBits u) {
   const __m256i w = _mm256_shuffle_epi8(reinterpret_cast<__m256i>(u), pick);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    _mm256_castsi256_si128(_mm256_permute4x64_epi64(w, 0x08)));
-#else
+#elif defined(__SSE2__)
   const __m128i w = _mm_srai_epi32(reinterpret_cast<__m128i>(u), 16);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(w, w));
+#else
+  store_halves(p, u >> 16);
 #endif
 }
 
