@@ -11,6 +11,11 @@
 // storage.hpp.
 #pragma once
 
+// The loops call these and the update bodies of mixed_kernels.hpp once per element or
+// register: left to GCC's inliner, whose unit-growth limits this translation unit's many
+// instantiations reach, some loops kept the calls and did not vectorize.
+#define FUSEDOPS_ALWAYS_INLINE inline __attribute__((always_inline))
+
 #if defined(__AVX512F__)
 constexpr std::size_t kRegLanes = 16;
 #elif defined(__AVX2__)
@@ -22,10 +27,10 @@ constexpr std::size_t kRegLanes = 4;  // SSE2, the x86-64 baseline, or plain lan
 typedef float RegFloats __attribute__((vector_size(4 * kRegLanes)));
 typedef std::uint32_t RegBits __attribute__((vector_size(4 * kRegLanes)));
 
-inline RegBits bits_of(RegFloats x) { return reinterpret_cast<RegBits>(x); }
-inline RegFloats float_of(RegBits u) { return reinterpret_cast<RegFloats>(u); }
+FUSEDOPS_ALWAYS_INLINE RegBits bits_of(RegFloats x) { return reinterpret_cast<RegBits>(x); }
+FUSEDOPS_ALWAYS_INLINE RegFloats float_of(RegBits u) { return reinterpret_cast<RegFloats>(u); }
 
-inline RegFloats sqrt_of(RegFloats x) {
+FUSEDOPS_ALWAYS_INLINE RegFloats sqrt_of(RegFloats x) {
 #if defined(__AVX512F__)
   return reinterpret_cast<RegFloats>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x)));
 #elif defined(__AVX2__)
@@ -39,29 +44,29 @@ inline RegFloats sqrt_of(RegFloats x) {
 }
 
 // sign_of of simd_common.hpp on lanes: -1, +1, and x itself for +-0 and NaN.
-inline RegFloats sign_of(RegFloats x) {
+FUSEDOPS_ALWAYS_INLINE RegFloats sign_of(RegFloats x) {
   const RegBits u = bits_of(x);
   const RegFloats one = float_of((u & 0x80000000u) | bits_of(1.0f));
   return float_of(u & 0x7FFFFFFFu) > RegFloats{} ? one : x;
 }
 
 // Lane k holds `first + k`.
-inline RegBits lane_indices(std::uint32_t first) {
+FUSEDOPS_ALWAYS_INLINE RegBits lane_indices(std::uint32_t first) {
   RegBits index;
   for (std::size_t k = 0; k < kRegLanes; ++k) index[k] = first + std::uint32_t(k);
   return index;
 }
 
-inline RegFloats load_floats(const float* p) {
+FUSEDOPS_ALWAYS_INLINE RegFloats load_floats(const float* p) {
   RegFloats x;
   __builtin_memcpy(&x, p, sizeof x);
   return x;
 }
 
-inline void store_floats(float* p, RegFloats x) { __builtin_memcpy(p, &x, sizeof x); }
+FUSEDOPS_ALWAYS_INLINE void store_floats(float* p, RegFloats x) { __builtin_memcpy(p, &x, sizeof x); }
 
 // The kRegLanes 16-bit values at p, zero-extended to 32-bit lanes.
-inline RegBits load_halves(const std::uint16_t* p) {
+FUSEDOPS_ALWAYS_INLINE RegBits load_halves(const std::uint16_t* p) {
 #if defined(__AVX512F__)
   return reinterpret_cast<RegBits>(
       _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
@@ -79,7 +84,7 @@ inline RegBits load_halves(const std::uint16_t* p) {
 }
 
 // Stores the low 16 bits of every lane (each lane < 2^16).
-inline void store_halves(std::uint16_t* p, RegBits u) {
+FUSEDOPS_ALWAYS_INLINE void store_halves(std::uint16_t* p, RegBits u) {
 #if defined(__AVX512F__)
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                       _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(u)));
@@ -97,7 +102,7 @@ inline void store_halves(std::uint16_t* p, RegBits u) {
 }
 
 // Stores the high 16 bits of every lane.
-inline void store_high_halves(std::uint16_t* p, RegBits u) {
+FUSEDOPS_ALWAYS_INLINE void store_high_halves(std::uint16_t* p, RegBits u) {
 #if defined(__AVX512F__)
   store_halves(p, u >> 16);
 #elif defined(__AVX2__)
@@ -117,14 +122,14 @@ inline void store_high_halves(std::uint16_t* p, RegBits u) {
 
 // bfloat16 lanes: bf16_from_bits_plus of storage.hpp, the NaN select on 32-bit lanes; the
 // result is the high half of each lane.
-inline RegBits bf16_lanes_plus(RegFloats x, RegBits addend) {
+FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_plus(RegFloats x, RegBits addend) {
   const RegBits u = bits_of(x);
   const RegBits nan = u | 0x00400000u;  // (u >> 16 | 0x0040) in the high half
   return reinterpret_cast<RegBits>(x != x ? nan : u + addend);
 }
 
 template <bool kStochastic>
-inline void store_bf16_lanes(std::uint16_t* p, RegFloats x, RegBits random) {
+FUSEDOPS_ALWAYS_INLINE void store_bf16_lanes(std::uint16_t* p, RegFloats x, RegBits random) {
   if (kStochastic) {
     store_high_halves(p, bf16_lanes_plus(x, random & 0xFFFFu));
     return;

@@ -28,14 +28,14 @@ struct Ranges {
 
 // The param as float: with a remainder, the float32 master whose halves are p and rem.
 template <class P, bool kRemainder, class Raw>
-inline float load_param(const Raw* __restrict p, const std::uint16_t* __restrict rem,
+FUSEDOPS_ALWAYS_INLINE float load_param(const Raw* __restrict p, const std::uint16_t* __restrict rem,
                         std::size_t i) {
   if (kRemainder) return float_of(std::uint32_t(p[i]) << 16 | rem[i]);
   return P::load(p, i);
 }
 
 template <class P, bool kStochastic, bool kRemainder, class Raw>
-inline void store_param(Raw* __restrict p, std::uint16_t* __restrict rem, std::size_t i,
+FUSEDOPS_ALWAYS_INLINE void store_param(Raw* __restrict p, std::uint16_t* __restrict rem, std::size_t i,
                         float x, RoundingKey key, std::uint32_t index) {
   if (kRemainder) {
     const std::uint32_t u = bits_of(x);
@@ -48,7 +48,7 @@ inline void store_param(Raw* __restrict p, std::uint16_t* __restrict rem, std::s
 }
 
 template <class S, bool kStochastic, class Raw>
-inline void store_state(Raw* __restrict s, std::size_t i, float x, RoundingKey key,
+FUSEDOPS_ALWAYS_INLINE void store_state(Raw* __restrict s, std::size_t i, float x, RoundingKey key,
                         std::uint32_t index) {
   const std::uint32_t r = kStochastic && S::kRounds ? random_bits(key.k0, key.k1, index) : 0u;
   S::template store<kStochastic>(s, i, x, r);
@@ -59,13 +59,13 @@ inline void store_state(Raw* __restrict s, std::size_t i, float x, RoundingKey k
 // the vectorizer handles (a ?: on the flag itself keeps GCC from vectorizing the loop).
 inline std::uint32_t mask_of(bool flag) { return flag ? 0xFFFFFFFFu : 0u; }
 template <class V>
-inline V choose(std::uint32_t mask, V a, V b) {
+FUSEDOPS_ALWAYS_INLINE V choose(std::uint32_t mask, V a, V b) {
   return float_of((bits_of(a) & mask) | (bits_of(b) & ~mask));
 }
 
 // The AMSGrad maximum: NaN on either side propagates.
-inline float max_keeping_nan(float old, float v) { return (old >= v || old != old) ? old : v; }
-inline RegFloats max_keeping_nan(RegFloats old, RegFloats v) {
+FUSEDOPS_ALWAYS_INLINE float max_keeping_nan(float old, float v) { return (old >= v || old != old) ? old : v; }
+FUSEDOPS_ALWAYS_INLINE RegFloats max_keeping_nan(RegFloats old, RegFloats v) {
   return ((old >= v) | (old != old)) ? old : v;
 }
 
@@ -89,7 +89,7 @@ struct SgdFloats {
 // kCoupled: weight decay or L1 added to the gradient (the masks then pick which); without
 // either, the loop has no selects for them (they cost a fifth of the instructions).
 template <bool kMomentum, bool kScaled, bool kCoupled, class V>
-inline void sgd_update(const SgdFloats<V>& k, V& p, V g, V& buf) {
+FUSEDOPS_ALWAYS_INLINE void sgd_update(const SgdFloats<V>& k, V& p, V g, V& buf) {
   V d = kScaled ? g / k.divisor : g;
   if (kCoupled) {
     d = choose(k.decay, d + k.wd * p, d);
@@ -123,7 +123,7 @@ struct AdamFloats {
 // vector tail would round differently from the body (a sharded step, whose pieces
 // start elsewhere, then stopped matching the unsharded one bitwise).
 template <bool kAmsgrad, bool kScaled, bool kCoupled, class V>
-inline void adam_update(const AdamFloats<V>& k, V& p, V g, V& m, V& v, V& vmax) {
+FUSEDOPS_ALWAYS_INLINE void adam_update(const AdamFloats<V>& k, V& p, V g, V& m, V& v, V& vmax) {
   V d = kScaled ? g / k.divisor : g;
   p = choose(k.decoupled, p * k.decay_factor, p);
   if (kCoupled) {
@@ -190,16 +190,16 @@ struct LaneIo;
 
 template <>
 struct LaneIo<Float32Storage> {
-  static RegFloats load(const float* p) { return load_floats(p); }
+  FUSEDOPS_ALWAYS_INLINE static RegFloats load(const float* p) { return load_floats(p); }
   template <bool kStochastic>
-  static void store(float* p, RegFloats x, RegBits) { store_floats(p, x); }
+  FUSEDOPS_ALWAYS_INLINE static void store(float* p, RegFloats x, RegBits) { store_floats(p, x); }
 };
 
 template <>
 struct LaneIo<Bfloat16Storage> {
-  static RegFloats load(const std::uint16_t* p) { return float_of(load_halves(p) << 16); }
+  FUSEDOPS_ALWAYS_INLINE static RegFloats load(const std::uint16_t* p) { return float_of(load_halves(p) << 16); }
   template <bool kStochastic>
-  static void store(std::uint16_t* p, RegFloats x, RegBits random) {
+  FUSEDOPS_ALWAYS_INLINE static void store(std::uint16_t* p, RegFloats x, RegBits random) {
     store_bf16_lanes<kStochastic>(p, x, random);
   }
 };
@@ -211,7 +211,7 @@ template <class P, class G, class S>
 constexpr bool kLaneRow = kHasLanes<P> && kHasLanes<G> && kHasLanes<S>;
 
 template <class P, bool kRemainder, class Raw>
-inline RegFloats load_param_lanes(const Raw* p, const std::uint16_t* rem) {
+FUSEDOPS_ALWAYS_INLINE RegFloats load_param_lanes(const Raw* p, const std::uint16_t* rem) {
   if constexpr (kRemainder) {
     return float_of(load_halves(p) << 16 | load_halves(rem));
   } else {
@@ -220,7 +220,7 @@ inline RegFloats load_param_lanes(const Raw* p, const std::uint16_t* rem) {
 }
 
 template <class P, bool kStochastic, bool kRemainder, class Raw>
-inline void store_param_lanes(Raw* p, std::uint16_t* rem, RegFloats x, RoundingKey key,
+FUSEDOPS_ALWAYS_INLINE void store_param_lanes(Raw* p, std::uint16_t* rem, RegFloats x, RoundingKey key,
                               RegBits index) {
   if constexpr (kRemainder) {
     const RegBits u = bits_of(x);
@@ -233,7 +233,7 @@ inline void store_param_lanes(Raw* p, std::uint16_t* rem, RegFloats x, RoundingK
 }
 
 template <class S, bool kStochastic, class Raw>
-inline void store_state_lanes(Raw* s, RegFloats x, RoundingKey key, RegBits index) {
+FUSEDOPS_ALWAYS_INLINE void store_state_lanes(Raw* s, RegFloats x, RoundingKey key, RegBits index) {
   const RegBits r = kStochastic && S::kRounds ? random_bits(key.k0, key.k1, index) : RegBits{};
   LaneIo<S>::template store<kStochastic>(s, x, r);
 }
