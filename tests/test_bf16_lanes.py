@@ -85,6 +85,18 @@ def test_sgd_momentum_buffer_and_ties(isa, bf16_instructions, rng):
     np.testing.assert_array_equal(b.view(np.uint16), expected_b)
 
 
+def test_a_first_momentum_buffer_stores_the_gradient_bits(isa, bf16_instructions, rng):
+    # No arithmetic reaches these stores: signalling NaNs are quieted, denormals kept.
+    for n in TAILS:
+        g = special_bf16(rng, n)
+        g.view(np.uint16)[: n // 2] = rng.choice(np.array([0x7F81, 0xFF81, 0x7FBF, 0x0001, 0x807F],
+                                                          np.uint16), n // 2)
+        widened = (g.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        p, b = np.zeros(n, BF16), np.zeros(n, BF16)
+        fo.sgd_step([p], [g], [b], lr=0.5, momentum=0.9, first_step=True)
+        np.testing.assert_array_equal(b.view(np.uint16), rne_bits(widened), err_msg=f"n={n}")
+
+
 def adam_steps(p, g, m, v, x, offset, **kw):
     p, m, v, x = (a[offset:].copy() for a in (p, m, v, x))
     for step in (3, 4, 5):
