@@ -128,6 +128,11 @@ bool flag_arg(const char* fn, const char* name, py::handle obj) {
 
 long long int_arg(const char* fn, const char* name, py::handle obj) {
   PyObject* o = obj.ptr();
+  if (PyLong_CheckExact(o)) {  // the common case, without the ABC isinstance (~1 us)
+    int overflow = 0;
+    const long long value = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow == 0) return value;
+  }
   static PyObject* integral = imported("numbers", "Integral");
   const int is_int = PyBool_Check(o) ? 0 : PyObject_IsInstance(o, integral);
   if (is_int < 0) throw py::error_already_set();

@@ -75,9 +75,11 @@ inline Acc load_as(const typename S::raw* p) {
   }
 }
 
+// out[i] = x[i * stride] as a double, i < n (the pivots: one value of each channel).
 template <class S>
-double bn_value_at(const typename S::raw* x) {
-  return double(S::load(x, 0));
+void bn_values_at(const typename S::raw* __restrict x, std::size_t stride, std::size_t n,
+                  double* __restrict out) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = double(S::load(x + i * stride, 0));
 }
 
 // Independent accumulators per slab reduction, enough to hide the latency of the adds
@@ -357,7 +359,7 @@ void bn_rows_dx(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t st
 template <class S>
 constexpr BatchNormKernels<typename S::raw, typename S::value> batch_norm_kernels() {
   BatchNormKernels<typename S::raw, typename S::value> k{};
-  k.value_at = &bn_value_at<S>;
+  k.values_at = &bn_values_at<S>;
   k.slab_stats = &bn_slab_stats<S>;
   k.slab_grad_sums = &bn_slab_grad_sums<S>;
   k.runs_normalize = &bn_runs_normalize<S>;
