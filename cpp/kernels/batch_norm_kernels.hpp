@@ -345,46 +345,15 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
       });
 }
 
-// Columns per block of the elementwise row loops (two vectors of the compute type): the
-// block's per-column constants stay in registers down the rows.
-template <class T>
-constexpr std::size_t kElemBlock = 2 * kLaneWidth * sizeof(double) / sizeof(T);
-
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t rows,
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
                             const T* __restrict mean_lo, const T* __restrict scale,
                             const T* __restrict shift) {
-  std::size_t j = 0;
-  if (!kStream) {
-    constexpr std::size_t B = kElemBlock<T>;
-    j = cols / B * B;  // the blocked columns; the rest below
-    for (std::size_t r0 = 0; r0 < rows; r0 += kRowChunk) {
-      const std::size_t n = rows - r0 < kRowChunk ? rows - r0 : kRowChunk;
-      for (std::size_t b = 0; b < j; b += B) {
-        T hi[B], lo[B], sc[B], sh[B];
-        for (std::size_t k = 0; k < B; ++k) {
-          hi[k] = mean_hi[b + k];
-          lo[k] = mean_lo[b + k];
-          sc[k] = scale[b + k];
-          sh[k] = shift[b + k];
-        }
-        const R* __restrict xr = x + r0 * stride + b;
-        R* __restrict yr = y + r0 * stride + b;
-        for (std::size_t r = 0; r < n; ++r, xr += stride, yr += stride) {
-          for (std::size_t k = 0; k < B; ++k) {
-            yr[k] = S::narrow(((S::load(xr, k) - hi[k]) - lo[k]) * sc[k] + sh[k]);
-          }
-        }
-      }
-    }
-  }
-  if (j == cols) return;
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict xr = x + r * stride;
-    write_values<kStream>(y + r * stride + j, cols - j, [=](std::size_t i) {
-      const std::size_t c = j + i;
-      return S::narrow(((S::load(xr, c) - mean_hi[c]) - mean_lo[c]) * scale[c] + shift[c]);
+    write_values<kStream>(y + r * stride, cols, [=](std::size_t j) {
+      return S::narrow(((S::load(xr, j) - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j]);
     });
   }
 }
@@ -407,44 +376,14 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
                      const T* __restrict k_dy, const T* __restrict mean_hi,
                      const T* __restrict mean_lo, const T* __restrict k_x,
                      const T* __restrict k_0) {
-  std::size_t j = 0;
-  if (!kStream) {
-    constexpr std::size_t B = kElemBlock<T>;
-    j = cols / B * B;  // the blocked columns; the rest below
-    for (std::size_t r0 = 0; r0 < rows; r0 += kRowChunk) {
-      const std::size_t n = rows - r0 < kRowChunk ? rows - r0 : kRowChunk;
-      for (std::size_t b = 0; b < j; b += B) {
-        T kd[B], hi[B], lo[B], kx[B], k0[B];
-        for (std::size_t k = 0; k < B; ++k) {
-          kd[k] = k_dy[b + k];
-          hi[k] = mean_hi[b + k];
-          lo[k] = mean_lo[b + k];
-          kx[k] = k_x[b + k];
-          k0[k] = k_0[b + k];
-        }
-        const R* __restrict gr = dy + r0 * stride + b;
-        const R* __restrict xr = x + r0 * stride + b;
-        R* __restrict o = dx + r0 * stride + b;
-        for (std::size_t r = 0; r < n; ++r, gr += stride, xr += stride, o += stride) {
-          for (std::size_t k = 0; k < B; ++k) {
-            const T g = S::load(gr, k);
-            o[k] = S::narrow(kCentered ? g * kd[k] + (((S::load(xr, k) - hi[k]) - lo[k]) * kx[k] + k0[k])
-                                       : g * kd[k]);
-          }
-        }
-      }
-    }
-  }
-  if (j == cols) return;
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict gr = dy + r * stride;
     const R* __restrict xr = x + r * stride;
-    write_values<kStream>(dx + r * stride + j, cols - j, [=](std::size_t i) {
-      const std::size_t c = j + i;
-      const T g = S::load(gr, c);
+    write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
+      const T g = S::load(gr, j);
       return S::narrow(
-          kCentered ? g * k_dy[c] + (((S::load(xr, c) - mean_hi[c]) - mean_lo[c]) * k_x[c] + k_0[c])
-                    : g * k_dy[c]);
+          kCentered ? g * k_dy[j] + (((S::load(xr, j) - mean_hi[j]) - mean_lo[j]) * k_x[j] + k_0[j])
+                    : g * k_dy[j]);
     });
   }
 }
