@@ -91,6 +91,8 @@ void require_plain_ndarray(const std::string& where, py::handle obj);
 
 // Checks shared by every array argument beyond dtype and shape: C-contiguous and aligned
 // (read or written), writeable when written. `flags` are the array's NumPy flags.
+// True when require_layout would pass (no strings built).
+bool layout_ok(int flags, Access access);
 void require_layout(const std::string& where, int flags, Access access);
 
 std::string type_name(py::handle obj);

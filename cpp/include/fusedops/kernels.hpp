@@ -102,7 +102,8 @@ template <class R, class T>
 struct BatchNormKernels {
   using raw = R;
   using value = T;
-  double (*value_at)(const R* x);  // *x as a double (the pivots)
+  // out[i] = x[i * stride] as a double for i < n (the pivots)
+  void (*values_at)(const R* x, std::size_t stride, std::size_t n, double* out);
   void (*slab_stats)(const R* x, std::size_t n, double pivot, double* sums);
   void (*slab_grad_sums)(const R* dy, const R* x, std::size_t n, double mean, double* sums);
   void (*runs_normalize)(const R* x, R* y, std::size_t n, std::size_t slab_len,
