@@ -21,47 +21,6 @@ namespace FUSEDOPS_ISA_NS {
 namespace {
 #include "simd_common.hpp"
 #include "storage.hpp"
-#include "batch_norm_kernels.hpp"
-
-// Batch norm storage adaptors (batch_norm_kernels.hpp) of the 16-bit dtypes: exact
-// widening, rounding to nearest even, lanes of doubles for the slab reductions.
-struct BnBf16 {
-  using raw = std::uint16_t;
-  using value = float;
-  static float load(const raw* p, std::size_t i) { return bf16_to_float(p[i]); }
-  static raw narrow(float v) { return bf16_round_nearest(v); }
-  static Lanes lanes(const raw* p) {
-#if defined(__AVX512F__)
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return Lanes(_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))));
-#elif defined(__AVX2__)
-    const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    return Lanes(_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(w, 16))));
-#else
-    Lanes d;
-    for (std::size_t k = 0; k < kLaneWidth; ++k) d[k] = double(bf16_to_float(p[k]));
-    return d;
-#endif
-  }
-};
-
-struct BnF16 {
-  using raw = std::uint16_t;
-  using value = float;
-  static float load(const raw* p, std::size_t i) { return f16_to_float(p[i]); }
-  static raw narrow(float v) { return f16_round_nearest(v); }
-  static Lanes lanes(const raw* p) {
-#if defined(__AVX512F__)
-    return Lanes(_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
-#elif defined(__F16C__)
-    return Lanes(_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
-#else
-    Lanes d;
-    for (std::size_t k = 0; k < kLaneWidth; ++k) d[k] = double(f16_to_float(p[k]));
-    return d;
-#endif
-  }
-};
 
 void widen_bf16(const std::uint16_t* __restrict src, float* __restrict dst, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
@@ -163,12 +122,9 @@ void narrow_f16(const float* __restrict src, std::uint16_t* __restrict dst, std:
 
 constexpr ConvertKernels kConvert{&widen_bf16, &widen_f16, &widen_split,
                                   &narrow_bf16, &narrow_f16, &split};
-constexpr BatchNorm16Kernels kBatchNorm16{batch_norm_kernels<BnBf16>(),
-                                          batch_norm_kernels<BnF16>()};
 }  // namespace
 
 const ConvertKernels& convert_kernels() { return kConvert; }
-const BatchNorm16Kernels& batch_norm16_kernels() { return kBatchNorm16; }
 
 }  // namespace FUSEDOPS_ISA_NS
 }  // namespace fusedops

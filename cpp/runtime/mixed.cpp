@@ -248,13 +248,17 @@ std::vector<double> mixed_partials(const TypedBuffer* buffers, std::size_t count
 }  // namespace
 
 const BatchNorm16Kernels& current_batch_norm16_kernels() {
-  switch (current_isa()) {
+  switch (fused_build()) {
+#ifdef FUSEDOPS_HAVE_AVX512BF16
+    case FusedBuild::avx512bf16:
+      return avx512bf16::batch_norm16_kernels();
+#endif
 #ifdef FUSEDOPS_HAVE_AVX512
-    case Isa::avx512:
+    case FusedBuild::avx512:
       return avx512::batch_norm16_kernels();
 #endif
 #ifdef FUSEDOPS_HAVE_AVX2
-    case Isa::avx2:
+    case FusedBuild::avx2:
       return avx2::batch_norm16_kernels();
 #endif
     default:

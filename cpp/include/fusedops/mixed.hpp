@@ -79,7 +79,7 @@ const char* fused_build_name();
 void allow_avx512_bf16(bool allowed);
 
 // Batch norm on bfloat16 and float16 data (float32 constants and compute, double sums),
-// compiled per ISA beside the conversions (cpp/kernels/convert_table.cpp).
+// compiled per ISA and as avx512bf16 (cpp/kernels/bn16_table.cpp).
 struct BatchNorm16Kernels {
   BatchNormKernels<std::uint16_t, float> bf16;
   BatchNormKernels<std::uint16_t, float> f16;
@@ -87,7 +87,8 @@ struct BatchNorm16Kernels {
 namespace scalar { const BatchNorm16Kernels& batch_norm16_kernels(); }
 namespace avx2 { const BatchNorm16Kernels& batch_norm16_kernels(); }
 namespace avx512 { const BatchNorm16Kernels& batch_norm16_kernels(); }
-// The current ISA's (cpp/runtime/mixed.cpp).
+namespace avx512bf16 { const BatchNorm16Kernels& batch_norm16_kernels(); }
+// Those of the build the fused 16-bit loops run with (fused_build_name(); cpp/runtime/mixed.cpp).
 const BatchNorm16Kernels& current_batch_norm16_kernels();
 
 namespace scalar { const ConvertKernels& convert_kernels(); }

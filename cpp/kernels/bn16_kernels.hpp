@@ -1,0 +1,470 @@
+// Batch norm on bfloat16 and float16 data as register loops (lanes.hpp): a register of
+// 16-bit values is widened to floats, computed in float32 and rounded back per register
+// (bfloat16: vcvtneps2bf16 in the AVX512_BF16 build; float16: F16C), instead of the
+// element adaptors of batch_norm_kernels.hpp, whose widening and rounding per element
+// made these passes compute-bound at about the speed of float32 data (half the bytes).
+//
+// Reductions: each lane sums up to kFloatRun register loads in float32 before the sum
+// is added to the double accumulators (slabs), or sums a row chunk (kRowChunk rows) in
+// float32 (rows). For 16-bit inputs (8 or 11 significant bits) the terms are close to
+// exact in float32 and a run of at most 32 float additions adds a relative error of
+// about 2e-6 of the run's sum: far below the data's own resolution, at a quarter of the
+// instructions of widening every value to double. The order is fixed by the shape, so
+// results stay bitwise identical for any thread count. Sums around a mean that is not
+// a value of the channel (the gradient sums) are taken around its float32 part `hi` and
+// corrected in double: sum(dy * (x - mean)) = sum(dy * (x - hi)) - (mean - hi) * sum(dy).
+//
+// Included inside the per-ISA namespace after storage.hpp, lanes.hpp and
+// batch_norm_kernels.hpp.
+#pragma once
+
+#ifndef FUSEDOPS_BN_PREFETCH
+#define FUSEDOPS_BN_PREFETCH 0
+#endif
+
+static_assert(kRegLanes == 2 * kLaneWidth, "a register of floats widens to two of doubles");
+
+// Adds the low and high halves of f, widened, to d[0] and d[1].
+FUSEDOPS_ALWAYS_INLINE void widen_add(RegFloats f, Lanes* d) {
+#if defined(__AVX512F__)
+  const __m512 v = reinterpret_cast<__m512>(f);
+  d[0] += Lanes(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+  d[1] += Lanes(_mm512_cvtps_pd(
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+#elif defined(__AVX2__)
+  const __m256 v = reinterpret_cast<__m256>(f);
+  d[0] += Lanes(_mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+  d[1] += Lanes(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+#elif defined(__SSE2__)
+  const __m128 v = reinterpret_cast<__m128>(f);
+  d[0] += Lanes(_mm_cvtps_pd(v));
+  d[1] += Lanes(_mm_cvtps_pd(_mm_movehl_ps(v, v)));
+#else
+  for (std::size_t k = 0; k < kLaneWidth; ++k) {
+    d[0][k] += double(f[k]);
+    d[1][k] += double(f[k + kLaneWidth]);
+  }
+#endif
+}
+
+// Register adaptors of the 16-bit storage types: load(p) widens kRegLanes values,
+// store(p, v) rounds a register to nearest even (the bits of S::narrow per value).
+struct RegBf16 {
+  static FUSEDOPS_ALWAYS_INLINE RegFloats load(const std::uint16_t* p) {
+    return float_of(load_halves(p) << 16);
+  }
+  static FUSEDOPS_ALWAYS_INLINE void store(std::uint16_t* p, RegFloats v) {
+    store_bf16_lanes<false>(p, v, RegBits{});
+  }
+};
+
+struct RegF16 {
+  static FUSEDOPS_ALWAYS_INLINE RegFloats load(const std::uint16_t* p) {
+#if defined(__AVX512F__)
+    return reinterpret_cast<RegFloats>(
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__F16C__)
+    return reinterpret_cast<RegFloats>(
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+    RegFloats v;
+    for (std::size_t k = 0; k < kRegLanes; ++k) v[k] = f16_to_float(p[k]);
+    return v;
+#endif
+  }
+  static FUSEDOPS_ALWAYS_INLINE void store(std::uint16_t* p, RegFloats v) {
+#if defined(__AVX512F__)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(reinterpret_cast<__m512>(v), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(reinterpret_cast<__m256>(v), _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (std::size_t k = 0; k < kRegLanes; ++k) p[k] = f16_round_nearest(v[k]);
+#endif
+  }
+};
+
+// Per-column constants at p: a register of them, or one.
+struct RegAt {
+  std::size_t k;
+  FUSEDOPS_ALWAYS_INLINE RegFloats operator()(const float* p) const { return load_floats(p + k); }
+};
+struct OneAt {
+  std::size_t k;
+  FUSEDOPS_ALWAYS_INLINE float operator()(const float* p) const { return p[k]; }
+};
+
+// o[k] = narrow(f(a[k], at)) for k < m (f2: of a[k] and b[k]), a register at a time,
+// the last values one by one; `at(p)` gives the per-column constants p[k] in the same form.
+template <class S, class Reg, class F>
+FUSEDOPS_ALWAYS_INLINE void map1(const std::uint16_t* __restrict a, std::uint16_t* __restrict o,
+                                 std::size_t m, const F& f) {
+  std::size_t k = 0;
+  for (; k + kRegLanes <= m; k += kRegLanes) Reg::store(o + k, f(Reg::load(a + k), RegAt{k}));
+  for (; k < m; ++k) o[k] = S::narrow(f(S::load(a, k), OneAt{k}));
+}
+
+template <class S, class Reg, class F>
+FUSEDOPS_ALWAYS_INLINE void map2(const std::uint16_t* __restrict a, const std::uint16_t* __restrict b,
+                                 std::uint16_t* __restrict o, std::size_t m, const F& f) {
+  std::size_t k = 0;
+  for (; k + kRegLanes <= m; k += kRegLanes) {
+    Reg::store(o + k, f(Reg::load(a + k), Reg::load(b + k), RegAt{k}));
+  }
+  for (; k < m; ++k) o[k] = S::narrow(f(S::load(a, k), S::load(b, k), OneAt{k}));
+}
+
+// ---- Elementwise passes (the formulas of batch_norm_kernels.hpp).
+
+template <class S, class Reg, bool kStream>
+void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* __restrict y,
+                              std::size_t n, SlabCursor cursor, const float* __restrict mean_hi,
+                              const float* __restrict mean_lo, const float* __restrict scale,
+                              const float* __restrict shift) {
+  write_blocks<kStream>(y, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
+    cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
+      const float hi = mean_hi[c], lo = mean_lo[c], sc = scale[c], sh = shift[c];
+      map1<S, Reg>(x + b, out + (b - begin), m,
+                   [=](auto v, auto) { return ((v - hi) - lo) * sc + sh; });
+    });
+  });
+}
+
+template <class S, class Reg>
+void bn16_runs_normalize(const std::uint16_t* x, std::uint16_t* y, std::size_t n,
+                         std::size_t slab_len, std::size_t channels, std::size_t offset,
+                         std::size_t channel, const float* mean_hi, const float* mean_lo,
+                         const float* scale, const float* shift, bool stream) {
+  const SlabCursor cursor{slab_len, channels, offset, channel};
+  with_flags(
+      [&](auto s) {
+        bn16_runs_normalize_loop<S, Reg, s>(x, y, n, cursor, mean_hi, mean_lo, scale, shift);
+      },
+      stream);
+}
+
+template <class S, class Reg, bool kCentered, bool kStream>
+void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
+                       std::uint16_t* __restrict dx, std::size_t n, SlabCursor cursor,
+                       const float* __restrict k_dy, const float* __restrict mean_hi,
+                       const float* __restrict mean_lo, const float* __restrict k_x,
+                       const float* __restrict k_0) {
+  write_blocks<kStream>(dx, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
+    cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
+      const float kd = k_dy[c], hi = mean_hi[c], lo = mean_lo[c], kx = k_x[c], k0 = k_0[c];
+      std::uint16_t* __restrict o = out + (b - begin);
+      if (kCentered) {
+        map2<S, Reg>(dy + b, x + b, o, m,
+                     [=](auto g, auto v, auto) { return g * kd + (((v - hi) - lo) * kx + k0); });
+      } else {
+        map1<S, Reg>(dy + b, o, m, [=](auto g, auto) { return g * kd; });
+      }
+    });
+  });
+}
+
+template <class S, class Reg>
+void bn16_runs_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t* dx,
+                  std::size_t n, std::size_t slab_len, std::size_t channels, std::size_t offset,
+                  std::size_t channel, const float* k_dy, const float* mean_hi,
+                  const float* mean_lo, const float* k_x, const float* k_0, bool centered,
+                  bool stream) {
+  const SlabCursor cursor{slab_len, channels, offset, channel};
+  with_flags(
+      [&](auto c, auto s) {
+        bn16_runs_dx_loop<S, Reg, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, mean_lo, k_x, k_0);
+      },
+      centered, stream);
+}
+
+template <class S, class Reg, bool kStream>
+void bn16_rows_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* __restrict y,
+                              std::size_t rows, std::size_t stride, std::size_t cols,
+                              const float* __restrict mean_hi, const float* __restrict mean_lo,
+                              const float* __restrict scale, const float* __restrict shift) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::uint16_t* __restrict xr = x + r * stride;
+    write_blocks<kStream>(y + r * stride, cols,
+        [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
+          const float *hi = mean_hi + begin, *lo = mean_lo + begin, *sc = scale + begin,
+                      *sh = shift + begin;
+          map1<S, Reg>(xr + begin, out, count, [=](auto v, auto at) {
+            return ((v - at(hi)) - at(lo)) * at(sc) + at(sh);
+          });
+        });
+  }
+}
+
+template <class S, class Reg>
+void bn16_rows_normalize(const std::uint16_t* x, std::uint16_t* y, std::size_t rows,
+                         std::size_t stride, std::size_t cols, const float* mean_hi,
+                         const float* mean_lo, const float* scale, const float* shift,
+                         bool stream) {
+  with_flags(
+      [&](auto s) {
+        bn16_rows_normalize_loop<S, Reg, s>(x, y, rows, stride, cols, mean_hi, mean_lo, scale,
+                                            shift);
+      },
+      stream);
+}
+
+template <class S, class Reg, bool kCentered, bool kStream>
+void bn16_rows_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
+                       std::uint16_t* __restrict dx, std::size_t rows, std::size_t stride,
+                       std::size_t cols, const float* __restrict k_dy,
+                       const float* __restrict mean_hi, const float* __restrict mean_lo,
+                       const float* __restrict k_x, const float* __restrict k_0) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::uint16_t* __restrict gr = dy + r * stride;
+    const std::uint16_t* __restrict xr = x + r * stride;
+    write_blocks<kStream>(dx + r * stride, cols,
+        [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
+          const float *kd = k_dy + begin, *hi = mean_hi + begin, *lo = mean_lo + begin,
+                      *kx = k_x + begin, *k0 = k_0 + begin;
+          if (kCentered) {
+            map2<S, Reg>(gr + begin, xr + begin, out, count, [=](auto g, auto v, auto at) {
+              return g * at(kd) + (((v - at(hi)) - at(lo)) * at(kx) + at(k0));
+            });
+          } else {
+            map1<S, Reg>(gr + begin, out, count, [=](auto g, auto at) { return g * at(kd); });
+          }
+        });
+  }
+}
+
+template <class S, class Reg>
+void bn16_rows_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t* dx,
+                  std::size_t rows, std::size_t stride, std::size_t cols, const float* k_dy,
+                  const float* mean_hi, const float* mean_lo, const float* k_x, const float* k_0,
+                  bool centered, bool stream) {
+  with_flags(
+      [&](auto c, auto s) {
+        bn16_rows_dx_loop<S, Reg, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo,
+                                        k_x, k_0);
+      },
+      centered, stream);
+}
+
+// ---- Reductions.
+
+// Independent float accumulators per sum (latency of the adds), and register loads per
+// accumulator summed in float before they are added to the double lanes.
+constexpr std::size_t kSumRegs = 4;
+constexpr std::size_t kFloatRun = 8;
+
+// How far ahead of the reads the slab reductions prefetch (software prefetches cross the
+// 4 KiB pages where the hardware streamers stop, and start each slab's run early).
+constexpr std::size_t kPrefetchBytes = FUSEDOPS_BN_PREFETCH;
+
+// Requests the lines `kPrefetchBytes` past the kSumRegs registers of values at p.
+FUSEDOPS_ALWAYS_INLINE void prefetch_ahead(const std::uint16_t* p) {
+  if (kPrefetchBytes == 0) return;
+  const char* at = reinterpret_cast<const char*>(p) + kPrefetchBytes;
+  for (std::size_t b = 0; b < kSumRegs * kRegLanes * sizeof(std::uint16_t); b += 64) {
+    __builtin_prefetch(at + b);
+  }
+}
+
+// Two sums over one slab run: terms(i, f1, f2) adds those of the register of values at i
+// to float registers; one(i, s1, s2) those of value i to doubles (the last values);
+// ahead(i) prefetches for the values from i on (a step of kSumRegs registers: 2 lines).
+template <class Terms, class One, class Ahead>
+void bn16_slab_sum_pair(std::size_t n, const Terms& terms, const One& one, const Ahead& ahead,
+                        double* sums) {
+  constexpr std::size_t kStep = kSumRegs * kRegLanes;
+  Lanes d1[2 * kSumRegs] = {}, d2[2 * kSumRegs] = {};
+  std::size_t i = 0;
+  while (i + kStep <= n) {
+    RegFloats f1[kSumRegs] = {}, f2[kSumRegs] = {};
+    for (std::size_t r = 0; r < kFloatRun && i + kStep <= n; ++r, i += kStep) {
+      ahead(i);
+      for (std::size_t u = 0; u < kSumRegs; ++u) terms(i + u * kRegLanes, f1[u], f2[u]);
+    }
+    for (std::size_t u = 0; u < kSumRegs; ++u) {
+      widen_add(f1[u], d1 + 2 * u);
+      widen_add(f2[u], d2 + 2 * u);
+    }
+  }
+  constexpr std::size_t kDoubles = 2 * kSumRegs * kLaneWidth;
+  double s1[kDoubles], s2[kDoubles];
+  __builtin_memcpy(s1, d1, sizeof s1);
+  __builtin_memcpy(s2, d2, sizeof s2);
+  for (std::size_t width = kDoubles / 2; width > 0; width /= 2) {
+    for (std::size_t j = 0; j < width; ++j) {
+      s1[j] += s1[j + width];
+      s2[j] += s2[j + width];
+    }
+  }
+  double t1 = 0.0, t2 = 0.0;
+  for (; i < n; ++i) one(i, t1, t2);
+  sums[0] = s1[0] + t1;
+  sums[1] = s2[0] + t2;
+}
+
+template <class S, class Reg>
+void bn16_slab_stats(const std::uint16_t* __restrict x, std::size_t n, double pivot,
+                     double* sums) {
+  const float p = float(pivot);  // a value of the channel: exact in float
+  bn16_slab_sum_pair(n,
+      [x, p](std::size_t i, RegFloats& f1, RegFloats& f2) {
+        const RegFloats d = Reg::load(x + i) - p;
+        f1 += d;
+        f2 += d * d;
+      },
+      [x, pivot](std::size_t i, double& s1, double& s2) {
+        const double d = double(S::load(x, i)) - pivot;
+        s1 += d;
+        s2 += d * d;
+      },
+      [x](std::size_t i) {
+        prefetch_ahead(x + i);
+      },
+      sums);
+}
+
+template <class S, class Reg>
+void bn16_slab_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
+                         std::size_t n, double mean, double* sums) {
+  const float hi = float(mean);
+  const double hi_d = double(hi), lo = mean - hi_d;
+  bn16_slab_sum_pair(n,
+      [dy, x, hi](std::size_t i, RegFloats& f1, RegFloats& f2) {
+        const RegFloats g = Reg::load(dy + i);
+        f1 += g;
+        f2 += g * (Reg::load(x + i) - hi);
+      },
+      [dy, x, hi_d](std::size_t i, double& s1, double& s2) {
+        const double g = double(S::load(dy, i));
+        s1 += g;
+        s2 += g * (double(S::load(x, i)) - hi_d);
+      },
+      [dy, x](std::size_t i) {
+        prefetch_ahead(dy + i);
+        prefetch_ahead(x + i);
+      },
+      sums);
+  sums[1] -= lo * sums[0];
+}
+
+// Columns of a row tile per pass of the row reductions (their float centres on the stack).
+constexpr std::size_t kRowSegment = 512;
+
+// Two per-column sums over a row tile: chunks of kRowChunk rows, summed in float in
+// blocks of kSumRegs registers of columns (then one register, then single columns in
+// double) and added to first[] and second[] per chunk. terms(at, c, f1, f2) adds the
+// terms of the register at `at` (offset in the tile) whose columns start at c (in the
+// segment); one(at, c, s1, s2) those of one value.
+template <class Terms, class One>
+void bn16_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
+                    double* __restrict first, double* __restrict second, const Terms& terms,
+                    const One& one) {
+  for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
+  auto block = [&](auto regs, std::size_t offset, std::size_t n, std::size_t j) {
+    constexpr std::size_t kRegs = decltype(regs)::value;
+    RegFloats f1[kRegs] = {}, f2[kRegs] = {};
+    std::size_t at = offset + j;
+    for (std::size_t r = 0; r < n; ++r, at += stride) {
+      for (std::size_t u = 0; u < kRegs; ++u) terms(at + u * kRegLanes, j + u * kRegLanes, f1[u], f2[u]);
+    }
+    for (std::size_t u = 0; u < kRegs; ++u) {
+      Lanes d[2];
+      double* fj = first + j + u * kRegLanes;
+      double* sj = second + j + u * kRegLanes;
+      d[0] = load_lanes(fj);
+      d[1] = load_lanes(fj + kLaneWidth);
+      widen_add(f1[u], d);
+      store_lanes(fj, d[0]);
+      store_lanes(fj + kLaneWidth, d[1]);
+      d[0] = load_lanes(sj);
+      d[1] = load_lanes(sj + kLaneWidth);
+      widen_add(f2[u], d);
+      store_lanes(sj, d[0]);
+      store_lanes(sj + kLaneWidth, d[1]);
+    }
+  };
+  for (std::size_t r0 = 0; r0 < rows; r0 += kRowChunk) {
+    const std::size_t n = rows - r0 < kRowChunk ? rows - r0 : kRowChunk;
+    const std::size_t offset = r0 * stride;
+    std::size_t j = 0;
+    for (; j + kSumRegs * kRegLanes <= cols; j += kSumRegs * kRegLanes) {
+      block(std::integral_constant<std::size_t, kSumRegs>{}, offset, n, j);
+    }
+    for (; j + kRegLanes <= cols; j += kRegLanes) {
+      block(std::integral_constant<std::size_t, 1>{}, offset, n, j);
+    }
+    for (; j < cols; ++j) {
+      double s1 = first[j], s2 = second[j];
+      for (std::size_t r = 0; r < n; ++r) one(offset + r * stride + j, j, s1, s2);
+      first[j] = s1;
+      second[j] = s2;
+    }
+  }
+}
+
+template <class S, class Reg>
+void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::size_t stride,
+                     std::size_t cols, const double* __restrict pivot, double* __restrict sum,
+                     double* __restrict sum_sq) {
+  alignas(64) float p[kRowSegment];
+  for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
+    const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
+    for (std::size_t j = 0; j < m; ++j) p[j] = float(pivot[c0 + j]);  // values: exact
+    const std::uint16_t* xs = x + c0;
+    const double* ps = pivot + c0;
+    bn16_rows_sums(rows, stride, m, sum + c0, sum_sq + c0,
+        [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
+          const RegFloats d = Reg::load(xs + at) - load_floats(p + c);
+          f1 += d;
+          f2 += d * d;
+        },
+        [&](std::size_t at, std::size_t c, double& s1, double& s2) {
+          const double d = double(S::load(xs, at)) - ps[c];
+          s1 += d;
+          s2 += d * d;
+        });
+  }
+}
+
+template <class S, class Reg>
+void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
+                         std::size_t rows, std::size_t stride, std::size_t cols,
+                         const double* __restrict mean, double* __restrict sum_dy,
+                         double* __restrict sum_dyx) {
+  alignas(64) float hi[kRowSegment];
+  for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
+    const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
+    for (std::size_t j = 0; j < m; ++j) hi[j] = float(mean[c0 + j]);
+    const std::uint16_t* gs = dy + c0;
+    const std::uint16_t* xs = x + c0;
+    bn16_rows_sums(rows, stride, m, sum_dy + c0, sum_dyx + c0,
+        [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
+          const RegFloats g = Reg::load(gs + at);
+          f1 += g;
+          f2 += g * (Reg::load(xs + at) - load_floats(hi + c));
+        },
+        [&](std::size_t at, std::size_t c, double& s1, double& s2) {
+          const double g = double(S::load(gs, at));
+          s1 += g;
+          s2 += g * (double(S::load(xs, at)) - double(hi[c]));
+        });
+    for (std::size_t j = 0; j < m; ++j) {
+      sum_dyx[c0 + j] -= (mean[c0 + j] - double(hi[j])) * sum_dy[c0 + j];
+    }
+  }
+}
+
+// The table entries of storage S (batch_norm_kernels.hpp's adaptor) with register type Reg.
+template <class S, class Reg>
+constexpr BatchNormKernels<std::uint16_t, float> bn16_kernels() {
+  BatchNormKernels<std::uint16_t, float> k = batch_norm_kernels<S>();
+  k.slab_stats = &bn16_slab_stats<S, Reg>;
+  k.slab_grad_sums = &bn16_slab_grad_sums<S, Reg>;
+  k.runs_normalize = &bn16_runs_normalize<S, Reg>;
+  k.runs_dx = &bn16_runs_dx<S, Reg>;
+  k.rows_stats = &bn16_rows_stats<S, Reg>;
+  k.rows_grad_sums = &bn16_rows_grad_sums<S, Reg>;
+  k.rows_normalize = &bn16_rows_normalize<S, Reg>;
+  k.rows_dx = &bn16_rows_dx<S, Reg>;
+  return k;
+}
