@@ -90,12 +90,14 @@ constexpr std::size_t kSlabLanes = 32;
 // to lane i % kSlabLanes), combined pairwise in a fixed order. add(i, s1, s2) adds the
 // terms of the elements from i to the sums: kLaneWidth of them to Lanes sums, one to
 // doubles.
-template <class AddTerms>
-void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
+// ahead(i) prefetches for the values from i on.
+template <class AddTerms, class Ahead>
+void bn_slab_sum_pair(std::size_t n, const AddTerms& add, const Ahead& ahead, double* sums) {
   constexpr std::size_t kVectors = kSlabLanes / kLaneWidth;
   Lanes v1[kVectors] = {}, v2[kVectors] = {};
   std::size_t i = 0;
   for (; i + kSlabLanes <= n; i += kSlabLanes) {
+    ahead(i);
     for (std::size_t v = 0; v < kVectors; ++v) add(i + kLaneWidth * v, v1[v], v2[v]);
   }
   double s1[kSlabLanes], s2[kSlabLanes];
@@ -112,6 +114,21 @@ void bn_slab_sum_pair(std::size_t n, const AddTerms& add, double* sums) {
   sums[1] = s2[0];
 }
 
+// How far ahead of their reads the slab reductions prefetch: software prefetches cross
+// the 4 KiB pages where the hardware streamers stop, and start each slab's run early.
+#ifndef FUSEDOPS_BN_PREFETCH
+#define FUSEDOPS_BN_PREFETCH 1024
+#endif
+constexpr std::size_t kPrefetchBytes = FUSEDOPS_BN_PREFETCH;
+
+// Requests the lines `kPrefetchBytes` past the `count` values of T at p.
+template <class T>
+inline void prefetch_ahead(const T* p, std::size_t count) {
+  if (kPrefetchBytes == 0) return;
+  const char* at = reinterpret_cast<const char*>(p) + kPrefetchBytes;
+  for (std::size_t b = 0; b < count * sizeof(T); b += 64) __builtin_prefetch(at + b);
+}
+
 // sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
 template <class S>
 void bn_slab_stats(const typename S::raw* __restrict x, std::size_t n, double pivot,
@@ -121,7 +138,7 @@ void bn_slab_stats(const typename S::raw* __restrict x, std::size_t n, double pi
     const Acc d = load_as<Acc, S>(x + i) - pivot;
     s1 += d;
     s2 += d * d;
-  }, sums);
+  }, [x](std::size_t i) { prefetch_ahead(x + i, kSlabLanes); }, sums);
 }
 
 // sums[0] = sum(dy), sums[1] = sum(dy * (x - mean)) over one slab run.
@@ -133,6 +150,9 @@ void bn_slab_grad_sums(const typename S::raw* __restrict dy, const typename S::r
     const Acc g = load_as<Acc, S>(dy + i);
     s1 += g;
     s2 += g * (load_as<Acc, S>(x + i) - mean);
+  }, [dy, x](std::size_t i) {
+    prefetch_ahead(dy + i, kSlabLanes);
+    prefetch_ahead(x + i, kSlabLanes);
   }, sums);
 }
 

@@ -18,10 +18,6 @@
 // batch_norm_kernels.hpp.
 #pragma once
 
-#ifndef FUSEDOPS_BN_PREFETCH
-#define FUSEDOPS_BN_PREFETCH 0
-#endif
-
 static_assert(kRegLanes == 2 * kLaneWidth, "a register of floats widens to two of doubles");
 
 // Adds the low and high halves of f, widened, to d[0] and d[1].
@@ -253,22 +249,9 @@ void bn16_rows_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t
 constexpr std::size_t kSumRegs = 4;
 constexpr std::size_t kFloatRun = 8;
 
-// How far ahead of the reads the slab reductions prefetch (software prefetches cross the
-// 4 KiB pages where the hardware streamers stop, and start each slab's run early).
-constexpr std::size_t kPrefetchBytes = FUSEDOPS_BN_PREFETCH;
-
-// Requests the lines `kPrefetchBytes` past the kSumRegs registers of values at p.
-FUSEDOPS_ALWAYS_INLINE void prefetch_ahead(const std::uint16_t* p) {
-  if (kPrefetchBytes == 0) return;
-  const char* at = reinterpret_cast<const char*>(p) + kPrefetchBytes;
-  for (std::size_t b = 0; b < kSumRegs * kRegLanes * sizeof(std::uint16_t); b += 64) {
-    __builtin_prefetch(at + b);
-  }
-}
-
 // Two sums over one slab run: terms(i, f1, f2) adds those of the register of values at i
 // to float registers; one(i, s1, s2) those of value i to doubles (the last values);
-// ahead(i) prefetches for the values from i on (a step of kSumRegs registers: 2 lines).
+// ahead(i) prefetches for the values from i on (batch_norm_kernels.hpp's prefetch_ahead).
 template <class Terms, class One, class Ahead>
 void bn16_slab_sum_pair(std::size_t n, const Terms& terms, const One& one, const Ahead& ahead,
                         double* sums) {
@@ -285,6 +268,12 @@ void bn16_slab_sum_pair(std::size_t n, const Terms& terms, const One& one, const
       widen_add(f1[u], d1 + 2 * u);
       widen_add(f2[u], d2 + 2 * u);
     }
+  }
+  if (i + kRegLanes <= n) {  // the last whole registers (fewer than kSumRegs)
+    RegFloats f1 = {}, f2 = {};
+    for (; i + kRegLanes <= n; i += kRegLanes) terms(i, f1, f2);
+    widen_add(f1, d1);
+    widen_add(f2, d2);
   }
   constexpr std::size_t kDoubles = 2 * kSumRegs * kLaneWidth;
   double s1[kDoubles], s2[kDoubles];
@@ -318,7 +307,7 @@ void bn16_slab_stats(const std::uint16_t* __restrict x, std::size_t n, double pi
         s2 += d * d;
       },
       [x](std::size_t i) {
-        prefetch_ahead(x + i);
+        prefetch_ahead(x + i, kSumRegs * kRegLanes);
       },
       sums);
 }
@@ -340,8 +329,8 @@ void bn16_slab_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
         s2 += g * (double(S::load(x, i)) - hi_d);
       },
       [dy, x](std::size_t i) {
-        prefetch_ahead(dy + i);
-        prefetch_ahead(x + i);
+        prefetch_ahead(dy + i, kSumRegs * kRegLanes);
+        prefetch_ahead(x + i, kSumRegs * kRegLanes);
       },
       sums);
   sums[1] -= lo * sums[0];
