@@ -275,7 +275,13 @@ void bn16_slab_sum_pair(std::size_t n, const Terms& terms, const One& one, const
     widen_add(f1, d1);
     widen_add(f2, d2);
   }
-  constexpr std::size_t kDoubles = 2 * kSumRegs * kLaneWidth;
+  // The double lanes folded into one vector, then its lanes pairwise (a slab run may be
+  // a few hundred values: this costs about as much as the loop).
+  for (std::size_t k = 1; k < 2 * kSumRegs; ++k) {
+    d1[0] += d1[k];
+    d2[0] += d2[k];
+  }
+  constexpr std::size_t kDoubles = kLaneWidth;
   double s1[kDoubles], s2[kDoubles];
   __builtin_memcpy(s1, d1, sizeof s1);
   __builtin_memcpy(s2, d2, sizeof s2);
