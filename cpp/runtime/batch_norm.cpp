@@ -177,6 +177,13 @@ class Plan {
     });
   }
 
+  // Block b of the slab of (row o, channel c): slab_unit((o * channels + c) * blocks + b)
+  // without its divisions (a short slab's unit costs little more than them).
+  SlabUnit slab_block(std::size_t o, std::size_t c, std::size_t b) const {
+    const std::size_t begin = b * chunk_;
+    return {(o * channels_ + c) * inner_ + begin, std::min(inner_, begin + chunk_) - begin, c};
+  }
+
   SlabUnit slab_unit(std::size_t u) const {
     const std::size_t slab = u / blocks_per_slab_;
     const std::size_t begin = (u % blocks_per_slab_) * chunk_;
@@ -571,7 +578,7 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
     for (std::size_t o = 0; o < outer; ++o) {
       for (std::size_t c = c0; c < c1; ++c) {
         for (std::size_t b = 0; b < blocks; ++b) {
-          const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
+          const SlabUnit u = plan.slab_block(o, c, b);
           double partial[2];
           k.slab_stats(x + u.offset, u.length, pivot[c - c0], partial);
           sum[c - c0] += partial[0];
@@ -616,7 +623,7 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
       for (std::size_t c = c0; c < c1; ++c) {
         double* s = sums + 2 * (c - c0);
         for (std::size_t b = 0; b < blocks; ++b) {
-          const SlabUnit u = plan.slab_unit((o * channels + c) * blocks + b);
+          const SlabUnit u = plan.slab_block(o, c, b);
           double partial[2];
           k.slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c], partial);
           s[0] += partial[0];
