@@ -2,19 +2,9 @@
 // per ISA like isa_table.cpp and once more as `avx512bf16` (see CMakeLists.txt): the
 // element adaptors of batch_norm_kernels.hpp for the pivots, the register loops of
 // bn16_kernels.hpp for every pass.
-#include <cstddef>
-#include <cstdint>
-#include <type_traits>
-
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
+#include "isa_tu.hpp"
 
 #include "fusedops/mixed.hpp"
-
-#ifndef FUSEDOPS_ISA_NS
-#error "FUSEDOPS_ISA_NS must name the ISA this translation unit is compiled for"
-#endif
 
 namespace fusedops {
 namespace FUSEDOPS_ISA_NS {

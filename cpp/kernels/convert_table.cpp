@@ -2,19 +2,9 @@
 // The loops are plain element loops the compiler vectorizes (integer ops on 32-bit
 // lanes); float16 uses the F16C instructions where the ISA has them (AVX2 and AVX-512
 // builds), the portable conversion of storage.hpp otherwise: both give the same bits.
-#include <cstddef>
-#include <cstdint>
-#include <type_traits>
-
-#if defined(__SSE2__)
-#include <immintrin.h>  // F16C, and the non-temporal stores of simd_common.hpp
-#endif
+#include "isa_tu.hpp"
 
 #include "fusedops/mixed.hpp"
-
-#ifndef FUSEDOPS_ISA_NS
-#error "FUSEDOPS_ISA_NS must name the ISA this translation unit is compiled for"
-#endif
 
 namespace fusedops {
 namespace FUSEDOPS_ISA_NS {

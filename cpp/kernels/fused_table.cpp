@@ -1,19 +1,9 @@
 // The fused 16-bit SGD/Adam loops (mixed_kernels.hpp), compiled once per ISA like
 // convert_table.cpp, and once more as `avx512bf16` (AVX-512 with the BF16, BW, VL and DQ
 // extensions: vcvtneps2bf16 rounds a register of bfloat16 stores in one instruction).
-#include <cstddef>
-#include <cstdint>
-#include <type_traits>
-
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
+#include "isa_tu.hpp"
 
 #include "fusedops/mixed.hpp"
-
-#ifndef FUSEDOPS_ISA_NS
-#error "FUSEDOPS_ISA_NS must name the ISA this translation unit is compiled for"
-#endif
 
 namespace fusedops {
 namespace FUSEDOPS_ISA_NS {

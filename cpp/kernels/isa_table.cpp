@@ -1,18 +1,8 @@
 // Compiled once per ISA (see CMakeLists.txt): FUSEDOPS_ISA_NS names the instruction set
 // and the namespace, so the copies never collide at link time.
-#include <cstddef>
-#include <cstdint>
-#include <type_traits>
-
-#if defined(__SSE2__)
-#include <immintrin.h>  // non-temporal stores (simd_common.hpp)
-#endif
+#include "isa_tu.hpp"
 
 #include "fusedops/kernels.hpp"
-
-#ifndef FUSEDOPS_ISA_NS
-#error "FUSEDOPS_ISA_NS must name the ISA this translation unit is compiled for"
-#endif
 
 namespace fusedops {
 namespace FUSEDOPS_ISA_NS {

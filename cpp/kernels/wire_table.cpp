@@ -2,15 +2,10 @@
 // bfloat16 widens inline (a shift the compiler vectorizes); float16 goes through the
 // same ISA's conversions (F16C where the ISA has it), so both formats round exactly as
 // the optimizer steps do.
-#include <cstddef>
-#include <cstdint>
+#include "isa_tu.hpp"
 
 #include "fusedops/mixed.hpp"
 #include "fusedops/wire.hpp"
-
-#ifndef FUSEDOPS_ISA_NS
-#error "FUSEDOPS_ISA_NS must name the ISA this translation unit is compiled for"
-#endif
 
 namespace fusedops {
 namespace FUSEDOPS_ISA_NS {
