@@ -181,23 +181,22 @@ struct SlabCursor {
   }
 };
 
-// y = ((x - mean_hi) - mean_lo) * scale + shift over a run of n values of channel-first
-// data starting at `cursor`, with per-channel constants. The mean is split in two values
-// of T (mean_lo = 0 in double, or when the mean is already a value of T): x - mean_hi is
-// exact near the mean, so float32 output keeps its precision when |mean| >> std.
+// y = (x - mean_hi) * scale + shift over a run of n values of channel-first data starting
+// at `cursor`, with per-channel constants. mean_hi is the mean as a value of T (x - mean_hi
+// is exact near the mean, so float32 output keeps its precision when |mean| >> std); the
+// runtime folds the rest of the mean into shift.
 // `stream` writes with non-temporal stores (see write_blocks); the caller fences.
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
 void bn_runs_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t n,
                             SlabCursor cursor, const T* __restrict mean_hi,
-                            const T* __restrict mean_lo, const T* __restrict scale,
-                            const T* __restrict shift) {
+                            const T* __restrict scale, const T* __restrict shift) {
   write_blocks<kStream>(y, n, [&](R* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
-      const T hi = mean_hi[c], lo = mean_lo[c], sc = scale[c], sh = shift[c];
+      const T hi = mean_hi[c], sc = scale[c], sh = shift[c];
       const R* __restrict xs = x + b;
       R* __restrict o = out + (b - begin);
       for (std::size_t k = 0; k < m; ++k) {
-        o[k] = S::narrow(((S::load(xs, k) - hi) - lo) * sc + sh);
+        o[k] = S::narrow((S::load(xs, k) - hi) * sc + sh);
       }
     });
   });
@@ -206,33 +205,32 @@ void bn_runs_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_runs_normalize(const R* x, R* y, std::size_t n, std::size_t slab_len,
                        std::size_t channels, std::size_t offset, std::size_t channel,
-                       const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
-                       bool stream) {
+                       const T* mean_hi, const T* scale, const T* shift, bool stream) {
   const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
       [&](auto s) {
-        bn_runs_normalize_loop<S, s>(x, y, n, cursor, mean_hi, mean_lo, scale, shift);
+        bn_runs_normalize_loop<S, s>(x, y, n, cursor, mean_hi, scale, shift);
       },
       stream);
 }
 
-// dx = dy * k_dy + ((x - mean_hi) - mean_lo) * k_x + k_0 over a run as above;
+// dx = dy * k_dy + (x - mean_hi) * k_x + k_0 over a run as above;
 // kCentered = false drops the x terms (eval).
 template <class S, bool kCentered, bool kStream, class R = typename S::raw,
           class T = typename S::value>
 void bn_runs_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restrict dx,
                      std::size_t n, SlabCursor cursor, const T* __restrict k_dy,
-                     const T* __restrict mean_hi, const T* __restrict mean_lo,
-                     const T* __restrict k_x, const T* __restrict k_0) {
+                     const T* __restrict mean_hi, const T* __restrict k_x,
+                     const T* __restrict k_0) {
   write_blocks<kStream>(dx, n, [&](R* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
-      const T kd = k_dy[c], hi = mean_hi[c], lo = mean_lo[c], kx = k_x[c], k0 = k_0[c];
+      const T kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
       const R* __restrict gs = dy + b;
       const R* __restrict xs = x + b;
       R* __restrict o = out + (b - begin);
       for (std::size_t k = 0; k < m; ++k) {
         const T g = S::load(gs, k);
-        o[k] = S::narrow(kCentered ? g * kd + (((S::load(xs, k) - hi) - lo) * kx + k0)
+        o[k] = S::narrow(kCentered ? g * kd + ((S::load(xs, k) - hi) * kx + k0)
                                    : g * kd);
       }
     });
@@ -242,12 +240,11 @@ void bn_runs_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_runs_dx(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_len,
                 std::size_t channels, std::size_t offset, std::size_t channel, const T* k_dy,
-                const T* mean_hi, const T* mean_lo, const T* k_x, const T* k_0, bool centered,
-                bool stream) {
+                const T* mean_hi, const T* k_x, const T* k_0, bool centered, bool stream) {
   const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
       [&](auto c, auto s) {
-        bn_runs_dx_loop<S, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, mean_lo, k_x, k_0);
+        bn_runs_dx_loop<S, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, k_x, k_0);
       },
       centered, stream);
 }
@@ -368,23 +365,21 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t rows,
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
-                            const T* __restrict mean_lo, const T* __restrict scale,
-                            const T* __restrict shift) {
+                            const T* __restrict scale, const T* __restrict shift) {
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict xr = x + r * stride;
     write_values<kStream>(y + r * stride, cols, [=](std::size_t j) {
-      return S::narrow(((S::load(xr, j) - mean_hi[j]) - mean_lo[j]) * scale[j] + shift[j]);
+      return S::narrow((S::load(xr, j) - mean_hi[j]) * scale[j] + shift[j]);
     });
   }
 }
 
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize(const R* x, R* y, std::size_t rows, std::size_t stride, std::size_t cols,
-                       const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
-                       bool stream) {
+                       const T* mean_hi, const T* scale, const T* shift, bool stream) {
   with_flags(
       [&](auto s) {
-        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, mean_lo, scale, shift);
+        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, scale, shift);
       },
       stream);
 }
@@ -394,15 +389,14 @@ template <class S, bool kCentered, bool kStream, class R = typename S::raw,
 void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
                      const T* __restrict k_dy, const T* __restrict mean_hi,
-                     const T* __restrict mean_lo, const T* __restrict k_x,
-                     const T* __restrict k_0) {
+                     const T* __restrict k_x, const T* __restrict k_0) {
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict gr = dy + r * stride;
     const R* __restrict xr = x + r * stride;
     write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
       const T g = S::load(gr, j);
       return S::narrow(
-          kCentered ? g * k_dy[j] + (((S::load(xr, j) - mean_hi[j]) - mean_lo[j]) * k_x[j] + k_0[j])
+          kCentered ? g * k_dy[j] + ((S::load(xr, j) - mean_hi[j]) * k_x[j] + k_0[j])
                     : g * k_dy[j]);
     });
   }
@@ -410,12 +404,11 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
 
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_rows_dx(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
-                std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
-                const T* k_x, const T* k_0, bool centered, bool stream) {
+                std::size_t cols, const T* k_dy, const T* mean_hi, const T* k_x, const T* k_0,
+                bool centered, bool stream) {
   with_flags(
       [&](auto c, auto s) {
-        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo, k_x,
-                                 k_0);
+        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0);
       },
       centered, stream);
 }

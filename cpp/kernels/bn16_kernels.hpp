@@ -116,13 +116,11 @@ FUSEDOPS_ALWAYS_INLINE void map2(const std::uint16_t* __restrict a, const std::u
 template <class S, class Reg, bool kStream>
 void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* __restrict y,
                               std::size_t n, SlabCursor cursor, const float* __restrict mean_hi,
-                              const float* __restrict mean_lo, const float* __restrict scale,
-                              const float* __restrict shift) {
+                              const float* __restrict scale, const float* __restrict shift) {
   write_blocks<kStream>(y, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
-      const float hi = mean_hi[c], lo = mean_lo[c], sc = scale[c], sh = shift[c];
-      map1<S, Reg>(x + b, out + (b - begin), m,
-                   [=](auto v, auto) { return ((v - hi) - lo) * sc + sh; });
+      const float hi = mean_hi[c], sc = scale[c], sh = shift[c];
+      map1<S, Reg>(x + b, out + (b - begin), m, [=](auto v, auto) { return (v - hi) * sc + sh; });
     });
   });
 }
@@ -130,12 +128,12 @@ void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
 template <class S, class Reg>
 void bn16_runs_normalize(const std::uint16_t* x, std::uint16_t* y, std::size_t n,
                          std::size_t slab_len, std::size_t channels, std::size_t offset,
-                         std::size_t channel, const float* mean_hi, const float* mean_lo,
-                         const float* scale, const float* shift, bool stream) {
+                         std::size_t channel, const float* mean_hi, const float* scale,
+                         const float* shift, bool stream) {
   const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
       [&](auto s) {
-        bn16_runs_normalize_loop<S, Reg, s>(x, y, n, cursor, mean_hi, mean_lo, scale, shift);
+        bn16_runs_normalize_loop<S, Reg, s>(x, y, n, cursor, mean_hi, scale, shift);
       },
       stream);
 }
@@ -144,15 +142,14 @@ template <class S, class Reg, bool kCentered, bool kStream>
 void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
                        std::uint16_t* __restrict dx, std::size_t n, SlabCursor cursor,
                        const float* __restrict k_dy, const float* __restrict mean_hi,
-                       const float* __restrict mean_lo, const float* __restrict k_x,
-                       const float* __restrict k_0) {
+                       const float* __restrict k_x, const float* __restrict k_0) {
   write_blocks<kStream>(dx, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
-      const float kd = k_dy[c], hi = mean_hi[c], lo = mean_lo[c], kx = k_x[c], k0 = k_0[c];
+      const float kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
       std::uint16_t* __restrict o = out + (b - begin);
       if (kCentered) {
         map2<S, Reg>(dy + b, x + b, o, m,
-                     [=](auto g, auto v, auto) { return g * kd + (((v - hi) - lo) * kx + k0); });
+                     [=](auto g, auto v, auto) { return g * kd + ((v - hi) * kx + k0); });
       } else {
         map1<S, Reg>(dy + b, o, m, [=](auto g, auto) { return g * kd; });
       }
@@ -164,12 +161,11 @@ template <class S, class Reg>
 void bn16_runs_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t* dx,
                   std::size_t n, std::size_t slab_len, std::size_t channels, std::size_t offset,
                   std::size_t channel, const float* k_dy, const float* mean_hi,
-                  const float* mean_lo, const float* k_x, const float* k_0, bool centered,
-                  bool stream) {
+                  const float* k_x, const float* k_0, bool centered, bool stream) {
   const SlabCursor cursor{slab_len, channels, offset, channel};
   with_flags(
       [&](auto c, auto s) {
-        bn16_runs_dx_loop<S, Reg, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, mean_lo, k_x, k_0);
+        bn16_runs_dx_loop<S, Reg, c, s>(dy, x, dx, n, cursor, k_dy, mean_hi, k_x, k_0);
       },
       centered, stream);
 }
@@ -177,17 +173,15 @@ void bn16_runs_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t
 template <class S, class Reg, bool kStream>
 void bn16_rows_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* __restrict y,
                               std::size_t rows, std::size_t stride, std::size_t cols,
-                              const float* __restrict mean_hi, const float* __restrict mean_lo,
-                              const float* __restrict scale, const float* __restrict shift) {
+                              const float* __restrict mean_hi, const float* __restrict scale,
+                              const float* __restrict shift) {
   for (std::size_t r = 0; r < rows; ++r) {
     const std::uint16_t* __restrict xr = x + r * stride;
     write_blocks<kStream>(y + r * stride, cols,
         [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
-          const float *hi = mean_hi + begin, *lo = mean_lo + begin, *sc = scale + begin,
-                      *sh = shift + begin;
-          map1<S, Reg>(xr + begin, out, count, [=](auto v, auto at) {
-            return ((v - at(hi)) - at(lo)) * at(sc) + at(sh);
-          });
+          const float *hi = mean_hi + begin, *sc = scale + begin, *sh = shift + begin;
+          map1<S, Reg>(xr + begin, out, count,
+                       [=](auto v, auto at) { return (v - at(hi)) * at(sc) + at(sh); });
         });
   }
 }
@@ -195,12 +189,10 @@ void bn16_rows_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
 template <class S, class Reg>
 void bn16_rows_normalize(const std::uint16_t* x, std::uint16_t* y, std::size_t rows,
                          std::size_t stride, std::size_t cols, const float* mean_hi,
-                         const float* mean_lo, const float* scale, const float* shift,
-                         bool stream) {
+                         const float* scale, const float* shift, bool stream) {
   with_flags(
       [&](auto s) {
-        bn16_rows_normalize_loop<S, Reg, s>(x, y, rows, stride, cols, mean_hi, mean_lo, scale,
-                                            shift);
+        bn16_rows_normalize_loop<S, Reg, s>(x, y, rows, stride, cols, mean_hi, scale, shift);
       },
       stream);
 }
@@ -209,18 +201,18 @@ template <class S, class Reg, bool kCentered, bool kStream>
 void bn16_rows_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
                        std::uint16_t* __restrict dx, std::size_t rows, std::size_t stride,
                        std::size_t cols, const float* __restrict k_dy,
-                       const float* __restrict mean_hi, const float* __restrict mean_lo,
-                       const float* __restrict k_x, const float* __restrict k_0) {
+                       const float* __restrict mean_hi, const float* __restrict k_x,
+                       const float* __restrict k_0) {
   for (std::size_t r = 0; r < rows; ++r) {
     const std::uint16_t* __restrict gr = dy + r * stride;
     const std::uint16_t* __restrict xr = x + r * stride;
     write_blocks<kStream>(dx + r * stride, cols,
         [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
-          const float *kd = k_dy + begin, *hi = mean_hi + begin, *lo = mean_lo + begin,
-                      *kx = k_x + begin, *k0 = k_0 + begin;
+          const float *kd = k_dy + begin, *hi = mean_hi + begin, *kx = k_x + begin,
+                      *k0 = k_0 + begin;
           if (kCentered) {
             map2<S, Reg>(gr + begin, xr + begin, out, count, [=](auto g, auto v, auto at) {
-              return g * at(kd) + (((v - at(hi)) - at(lo)) * at(kx) + at(k0));
+              return g * at(kd) + ((v - at(hi)) * at(kx) + at(k0));
             });
           } else {
             map1<S, Reg>(gr + begin, out, count, [=](auto g, auto at) { return g * at(kd); });
@@ -232,12 +224,11 @@ void bn16_rows_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
 template <class S, class Reg>
 void bn16_rows_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t* dx,
                   std::size_t rows, std::size_t stride, std::size_t cols, const float* k_dy,
-                  const float* mean_hi, const float* mean_lo, const float* k_x, const float* k_0,
-                  bool centered, bool stream) {
+                  const float* mean_hi, const float* k_x, const float* k_0, bool centered,
+                  bool stream) {
   with_flags(
       [&](auto c, auto s) {
-        bn16_rows_dx_loop<S, Reg, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, mean_lo,
-                                        k_x, k_0);
+        bn16_rows_dx_loop<S, Reg, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0);
       },
       centered, stream);
 }

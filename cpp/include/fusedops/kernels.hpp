@@ -95,8 +95,9 @@ struct LambConstants {
 // as slabs of slab_len values (channel cycling through `channels`), starting `offset`
 // values into a slab of channel `channel`, with one constant per channel. Row loops walk
 // `rows` rows, `stride` apart, of `cols` values with one constant (or accumulator) per
-// column. Sums are in double. The mean arrives split in two values of T (hi + lo, x - hi
-// exact near the mean). `stream` writes the output with non-temporal stores. 16-bit
+// column. Sums are in double (16-bit data: float32 runs, bn16_kernels.hpp). The
+// elementwise passes get the mean as a value of T, hi (x - hi exact near the mean), and
+// constant terms holding the rest of it. `stream` writes the output with non-temporal stores. 16-bit
 // outputs are rounded to nearest even.
 template <class R, class T>
 struct BatchNormKernels {
@@ -108,11 +109,11 @@ struct BatchNormKernels {
   void (*slab_grad_sums)(const R* dy, const R* x, std::size_t n, double mean, double* sums);
   void (*runs_normalize)(const R* x, R* y, std::size_t n, std::size_t slab_len,
                          std::size_t channels, std::size_t offset, std::size_t channel,
-                         const T* mean_hi, const T* mean_lo, const T* scale, const T* shift,
+                         const T* mean_hi, const T* scale, const T* shift,
                          bool stream);
   void (*runs_dx)(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_len,
                   std::size_t channels, std::size_t offset, std::size_t channel, const T* k_dy,
-                  const T* mean_hi, const T* mean_lo, const T* k_x, const T* k_0,
+                  const T* mean_hi, const T* k_x, const T* k_0,
                   bool centered, bool stream);
   void (*rows_stats)(const R* x, std::size_t rows, std::size_t stride, std::size_t cols,
                      const double* pivot, double* sum, double* sum_sq);
@@ -120,10 +121,10 @@ struct BatchNormKernels {
                          std::size_t cols, const double* mean, double* sum_dy,
                          double* sum_dyx);
   void (*rows_normalize)(const R* x, R* y, std::size_t rows, std::size_t stride,
-                         std::size_t cols, const T* mean_hi, const T* mean_lo, const T* scale,
+                         std::size_t cols, const T* mean_hi, const T* scale,
                          const T* shift, bool stream);
   void (*rows_dx)(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
-                  std::size_t cols, const T* k_dy, const T* mean_hi, const T* mean_lo,
+                  std::size_t cols, const T* k_dy, const T* mean_hi,
                   const T* k_x, const T* k_0, bool centered, bool stream);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
