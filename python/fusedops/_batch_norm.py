@@ -8,9 +8,10 @@ statistics also accept arrays of the parameter dtype.
 Dtypes: ``x`` is float32, float64, bfloat16 (``fusedops.bfloat16``) or float16; ``dy``, ``y``,
 ``dx`` and ``out`` have ``x``'s dtype. Per-channel arrays (weight, bias, running statistics,
 and the returned dweight and dbias) have the parameter dtype: ``x``'s for float32 and
-float64, float32 for 16-bit ``x``, whose math then runs in float32 (sums in float64) and
-whose results are rounded to nearest even, as torch's mixed-precision batch norm takes
-bfloat16 input with float32 parameters.
+float64, float32 for 16-bit ``x``, whose math then runs in float32 (sums: float32 runs of
+at most 32 values per lane, around a value of each channel, then float64; about 1e-7 of
+the spread) and whose results are rounded to nearest even, as torch's mixed-precision
+batch norm takes bfloat16 input with float32 parameters.
 
 These are thin wrappers: each passes its arguments positionally to a native call, which
 validates them all (TypeError/ValueError naming the argument, nothing written on error)
