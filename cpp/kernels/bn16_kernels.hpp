@@ -336,56 +336,44 @@ void bn16_slab_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
 // Columns of a row tile per pass of the row reductions (their float centres on the stack).
 constexpr std::size_t kRowSegment = 512;
 
-// Two per-column sums over a row tile: chunks of kRowChunk rows, summed in float in
-// blocks of kSumRegs registers of columns (then one register, then single columns in
-// double) and added to first[] and second[] per chunk. terms(at, c, f1, f2) adds the
-// terms of the register at `at` (offset in the tile) whose columns start at c (in the
-// segment); one(at, c, s1, s2) those of one value.
+// Adds f, widened, to the kRegLanes doubles at p.
+FUSEDOPS_ALWAYS_INLINE void widen_add_to(double* p, RegFloats f) {
+  Lanes d[2] = {load_lanes(p), load_lanes(p + kLaneWidth)};
+  widen_add(f, d);
+  store_lanes(p, d[0]);
+  store_lanes(p + kLaneWidth, d[1]);
+}
+
+// Two per-column sums over a row tile (bn_rows_sums' chunks and column blocks): each
+// chunk of kRowChunk rows summed in float in blocks of kSumRegs registers of columns
+// (then one register), added to first[] and second[] per chunk; the last columns in
+// double. terms(at, c, f1, f2) adds the terms of the register at `at` (offset in the
+// tile) whose columns start at c; one(at, c, s1, s2) those of one value.
 template <class Terms, class One>
 void bn16_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
                     double* __restrict first, double* __restrict second, const Terms& terms,
                     const One& one) {
-  for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
-  auto block = [&](auto regs, std::size_t offset, std::size_t n, std::size_t j) {
-    constexpr std::size_t kRegs = decltype(regs)::value;
-    RegFloats f1[kRegs] = {}, f2[kRegs] = {};
-    std::size_t at = offset + j;
-    for (std::size_t r = 0; r < n; ++r, at += stride) {
-      for (std::size_t u = 0; u < kRegs; ++u) terms(at + u * kRegLanes, j + u * kRegLanes, f1[u], f2[u]);
-    }
-    for (std::size_t u = 0; u < kRegs; ++u) {
-      Lanes d[2];
-      double* fj = first + j + u * kRegLanes;
-      double* sj = second + j + u * kRegLanes;
-      d[0] = load_lanes(fj);
-      d[1] = load_lanes(fj + kLaneWidth);
-      widen_add(f1[u], d);
-      store_lanes(fj, d[0]);
-      store_lanes(fj + kLaneWidth, d[1]);
-      d[0] = load_lanes(sj);
-      d[1] = load_lanes(sj + kLaneWidth);
-      widen_add(f2[u], d);
-      store_lanes(sj, d[0]);
-      store_lanes(sj + kLaneWidth, d[1]);
-    }
-  };
-  for (std::size_t r0 = 0; r0 < rows; r0 += kRowChunk) {
-    const std::size_t n = rows - r0 < kRowChunk ? rows - r0 : kRowChunk;
-    const std::size_t offset = r0 * stride;
-    std::size_t j = 0;
-    for (; j + kSumRegs * kRegLanes <= cols; j += kSumRegs * kRegLanes) {
-      block(std::integral_constant<std::size_t, kSumRegs>{}, offset, n, j);
-    }
-    for (; j + kRegLanes <= cols; j += kRegLanes) {
-      block(std::integral_constant<std::size_t, 1>{}, offset, n, j);
-    }
-    for (; j < cols; ++j) {
-      double s1 = first[j], s2 = second[j];
-      for (std::size_t r = 0; r < n; ++r) one(offset + r * stride + j, j, s1, s2);
-      first[j] = s1;
-      second[j] = s2;
-    }
-  }
+  bn_rows_sums<kSumRegs, kRegLanes>(rows, stride, cols, first, second,
+      [&](auto regs, std::size_t offset, std::size_t n, std::size_t j) {
+        constexpr std::size_t kRegs = decltype(regs)::value;
+        RegFloats f1[kRegs] = {}, f2[kRegs] = {};
+        std::size_t at = offset + j;
+        for (std::size_t r = 0; r < n; ++r, at += stride) {
+          for (std::size_t u = 0; u < kRegs; ++u) {
+            terms(at + u * kRegLanes, j + u * kRegLanes, f1[u], f2[u]);
+          }
+        }
+        for (std::size_t u = 0; u < kRegs; ++u) {
+          widen_add_to(first + j + u * kRegLanes, f1[u]);
+          widen_add_to(second + j + u * kRegLanes, f2[u]);
+        }
+      },
+      [&](std::size_t offset, std::size_t n, std::size_t j) {
+        double s1 = first[j], s2 = second[j];
+        for (std::size_t r = 0; r < n; ++r) one(offset + r * stride + j, j, s1, s2);
+        first[j] = s1;
+        second[j] = s2;
+      });
 }
 
 template <class S, class Reg>

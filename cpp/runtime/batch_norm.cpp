@@ -333,10 +333,6 @@ auto stream_fence_after_batch(const BatchNormKernels<R, T>& k, bool stream) {
 // (x - hi) * k + (c - lo * k), one operation fewer per value, with the same error bound
 // (the folded constant is rounded once; lo * k is at most half an ulp of the mean, in
 // units of the spread).
-template <class T>
-T mean_head(double mean) {
-  return T(mean);
-}
 
 // Per-channel arithmetic, shared by the two-pass and the cache-blocked schedules so both
 // give bitwise the same results. Each runs over channels [c0, c1) as plain loops over
@@ -386,7 +382,7 @@ struct NormalizeConstants {
 
   void set(std::size_t c0, std::size_t c1, const double* mean, const double* invstd,
            const T* weight, const T* bias) {
-    for (std::size_t c = c0; c < c1; ++c) mean_hi[c] = mean_head<T>(mean[c]);
+    for (std::size_t c = c0; c < c1; ++c) mean_hi[c] = T(mean[c]);
     if (weight != nullptr) {
       for (std::size_t c = c0; c < c1; ++c) scale[c] = T(invstd[c] * double(weight[c]));
     } else {
@@ -421,7 +417,7 @@ struct DxConstants {
     for (std::size_t c = c0; c < c1; ++c) {
       const double scale = (weight ? double(weight[c]) : 1.0) * invstd[c];
       k_dy[c] = T(scale);
-      mean_hi[c] = mean_head<T>(mean[c]);
+      mean_hi[c] = T(mean[c]);
       const double lo = mean[c] - double(mean_hi[c]);
       k_x[c] = centered ? T(-scale * invstd[c] * sum_dy_xhat[c - c0] / count) : T(0);
       k_0[c] = centered ? T(-scale * sum_dy[c - c0] / count - lo * double(k_x[c])) : T(0);
