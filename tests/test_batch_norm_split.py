@@ -233,13 +233,18 @@ def test_combined_pieces_equal_statistics_of_the_concatenation(sizes, channels, 
     count = x.size // channels
     mean_ref, m2_ref = stats_reference(x, axis)
     # The statistics of the concatenation within a few ulps of what their conditioning
-    # allows: the pieces' means are rounded to ulps of |mean|, which the combine sees as
-    # shifts of the values against the spread.
+    # allows. The pieces' means are rounded to ulps of |mean|, which the combine sees as
+    # shifts of the values against the spread. The sums are taken around a value of the
+    # channel (its pivot, at most max|x - mean| from the mean), so the sum of squares they
+    # round is up to m2 + count * max|x - mean|^2, and its rounding errors (of random sign)
+    # grow like sqrt(count) ulps of it: 4 of those.
     spread = np.sqrt(m2_ref / count)
+    columns = np.moveaxis(x.astype(np.float64), axis, -1).reshape(-1, channels)
+    pivot_dev = np.max(np.abs(columns - mean_ref), axis=0)
     ulp = np.finfo(np.float64).eps
-    value_error = ulp * (np.abs(mean_ref) + np.sqrt(count) * spread)
-    mean_tol = 4 * value_error
-    m2_tol = 4 * count * spread * value_error
+    mean_tol = 4 * ulp * (np.abs(mean_ref) + np.sqrt(count) * pivot_dev)
+    m2_tol = (4 * ulp * count * spread * np.abs(mean_ref)
+              + 4 * ulp * np.sqrt(count) * (m2_ref + count * pivot_dev**2))
     for name, got, want, tol in (("mean", mean, mean_all, mean_tol), ("m2", m2, m2_all, m2_tol),
                                  ("var", var, m2_all / count, m2_tol / count),
                                  ("mean vs reference", mean, mean_ref, mean_tol),
