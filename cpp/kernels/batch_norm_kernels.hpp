@@ -86,37 +86,11 @@ void bn_values_at(const typename S::raw* __restrict x, std::size_t stride, std::
 // (4 AVX-512 or 8 AVX2 registers per sum).
 constexpr std::size_t kSlabLanes = 32;
 
-// Two sums over one slab run, kSlabLanes independent accumulators each (element i goes
-// to lane i % kSlabLanes), combined pairwise in a fixed order. add(i, s1, s2) adds the
-// terms of the elements from i to the sums: kLaneWidth of them to Lanes sums, one to
-// doubles.
-// ahead(i) prefetches for the values from i on.
-template <class AddTerms, class Ahead>
-void bn_slab_sum_pair(std::size_t n, const AddTerms& add, const Ahead& ahead, double* sums) {
-  constexpr std::size_t kVectors = kSlabLanes / kLaneWidth;
-  Lanes v1[kVectors] = {}, v2[kVectors] = {};
-  std::size_t i = 0;
-  for (; i + kSlabLanes <= n; i += kSlabLanes) {
-    ahead(i);
-    for (std::size_t v = 0; v < kVectors; ++v) add(i + kLaneWidth * v, v1[v], v2[v]);
-  }
-  double s1[kSlabLanes], s2[kSlabLanes];
-  __builtin_memcpy(s1, v1, sizeof s1);
-  __builtin_memcpy(s2, v2, sizeof s2);
-  for (std::size_t j = 0; i < n; ++i, ++j) add(i, s1[j], s2[j]);
-  for (std::size_t width = kSlabLanes / 2; width > 0; width /= 2) {
-    for (std::size_t j = 0; j < width; ++j) {
-      s1[j] += s1[j + width];
-      s2[j] += s2[j + width];
-    }
-  }
-  sums[0] = s1[0];
-  sums[1] = s2[0];
-}
-
-// How far ahead of their reads the slab reductions prefetch: software prefetches cross
-// the 4 KiB pages where the hardware streamers stop, and start each slab's run early.
-// (1 KiB measured best of 0, 1 and 2 KiB on the Xeon; prefetcht2 no better than t0.)
+// How far ahead of their reads the slab reductions, and the streaming run loops, prefetch:
+// software prefetches cross the 4 KiB pages where the hardware streamers stop, and start
+// each slab's run early. (1 KiB measured best of 0, 1 and 2 KiB on the Xeon; prefetcht2
+// no better than t0. In the run loops that stream their output, 2 threads, the blocked
+// forward's second pass reads x back from the L2 or the L3: the forward 1.2x faster.)
 constexpr std::size_t kPrefetchBytes = 1024;
 
 // Requests the lines `kPrefetchBytes` past the `count` values of T at p.
@@ -126,28 +100,83 @@ inline void prefetch_ahead(const T* p, std::size_t count) {
   for (std::size_t b = 0; b < count * sizeof(T); b += 64) __builtin_prefetch(at + b);
 }
 
-// sums[0] = sum(x - pivot), sums[1] = sum((x - pivot)^2) over one slab run.
+// Calls f(std::integral_constant<std::size_t, K>{}) for K = streams (1 to kSlabStreams):
+// each stream count gets its own loop, with its accumulators in registers.
+template <class F>
+inline void with_streams(std::size_t streams, const F& f) {
+  switch (streams) {
+    case 4: f(std::integral_constant<std::size_t, 4>{}); break;
+    case 3: f(std::integral_constant<std::size_t, 3>{}); break;
+    case 2: f(std::integral_constant<std::size_t, 2>{}); break;
+    default: f(std::integral_constant<std::size_t, 1>{}); break;
+  }
+}
+
+// Two sums over each of K slab runs of n values read side by side, kSlabLanes
+// independent accumulators per sum and run (element i goes to lane i % kSlabLanes),
+// combined pairwise in a fixed order: each run's sums are those it would get alone.
+// add(k, i, s1, s2) adds the terms of run k's elements from i to its sums: kLaneWidth of
+// them to Lanes sums, one to doubles. ahead(k, i) prefetches for run k's values from i on.
+// sums[2 k], sums[2 k + 1] receive run k's.
+template <std::size_t K, class AddTerms, class Ahead>
+void bn_slab_sum_pairs(std::size_t n, const AddTerms& add, const Ahead& ahead, double* sums) {
+  constexpr std::size_t kVectors = kSlabLanes / kLaneWidth;
+  Lanes v1[K][kVectors] = {}, v2[K][kVectors] = {};
+  std::size_t i = 0;
+  for (; i + kSlabLanes <= n; i += kSlabLanes) {
+    for (std::size_t k = 0; k < K; ++k) {
+      ahead(k, i);
+      for (std::size_t v = 0; v < kVectors; ++v) add(k, i + kLaneWidth * v, v1[k][v], v2[k][v]);
+    }
+  }
+  for (std::size_t k = 0; k < K; ++k) {
+    double s1[kSlabLanes], s2[kSlabLanes];
+    __builtin_memcpy(s1, v1[k], sizeof s1);
+    __builtin_memcpy(s2, v2[k], sizeof s2);
+    for (std::size_t t = i, j = 0; t < n; ++t, ++j) add(k, t, s1[j], s2[j]);
+    for (std::size_t width = kSlabLanes / 2; width > 0; width /= 2) {
+      for (std::size_t j = 0; j < width; ++j) {
+        s1[j] += s1[j + width];
+        s2[j] += s2[j + width];
+      }
+    }
+    sums[2 * k] = s1[0];
+    sums[2 * k + 1] = s2[0];
+  }
+}
+
+// For each run k < streams (at most kSlabStreams, n values each at x[k]):
+// sums[2 k] = sum(x - pivot[k]), sums[2 k + 1] = sum((x - pivot[k])^2).
 template <class S>
-void bn_slab_stats(const typename S::raw* __restrict x, std::size_t n, double pivot,
-                   double* sums) {
-  bn_slab_sum_pair(n, [x, pivot](std::size_t i, auto& s1, auto& s2) {
-    using Acc = std::remove_reference_t<decltype(s1)>;
-    const Acc d = load_as<Acc, S>(x + i) - pivot;
-    s1 += d;
-    s2 += d * d;
-  }, [x](std::size_t i) { prefetch_ahead(x + i, kSlabLanes); }, sums);
+void bn_slab_stats(const typename S::raw* const* x, std::size_t streams, std::size_t n,
+                   const double* pivot, double* sums) {
+  with_streams(streams, [&](auto streams_k) {
+    constexpr std::size_t K = decltype(streams_k)::value;
+    const typename S::raw* __restrict xs[K];
+    double p[K];
+    for (std::size_t k = 0; k < K; ++k) {
+      xs[k] = x[k];
+      p[k] = pivot[k];
+    }
+    bn_slab_sum_pairs<K>(n, [&](std::size_t k, std::size_t i, auto& s1, auto& s2) {
+      using Acc = std::remove_reference_t<decltype(s1)>;
+      const Acc d = load_as<Acc, S>(xs[k] + i) - p[k];
+      s1 += d;
+      s2 += d * d;
+    }, [&](std::size_t k, std::size_t i) { prefetch_ahead(xs[k] + i, kSlabLanes); }, sums);
+  });
 }
 
 // sums[0] = sum(dy), sums[1] = sum(dy * (x - mean)) over one slab run.
 template <class S>
 void bn_slab_grad_sums(const typename S::raw* __restrict dy, const typename S::raw* __restrict x,
                        std::size_t n, double mean, double* sums) {
-  bn_slab_sum_pair(n, [dy, x, mean](std::size_t i, auto& s1, auto& s2) {
+  bn_slab_sum_pairs<1>(n, [dy, x, mean](std::size_t, std::size_t i, auto& s1, auto& s2) {
     using Acc = std::remove_reference_t<decltype(s1)>;
     const Acc g = load_as<Acc, S>(dy + i);
     s1 += g;
     s2 += g * (load_as<Acc, S>(x + i) - mean);
-  }, [dy, x](std::size_t i) {
+  }, [dy, x](std::size_t, std::size_t i) {
     prefetch_ahead(dy + i, kSlabLanes);
     prefetch_ahead(x + i, kSlabLanes);
   }, sums);
@@ -192,6 +221,7 @@ void bn_runs_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
       const T hi = mean_hi[c], sc = scale[c], sh = shift[c];
       const R* __restrict xs = x + b;
       R* __restrict o = out + (b - begin);
+      if (kStream) prefetch_ahead(xs, m);
       for (std::size_t k = 0; k < m; ++k) {
         o[k] = S::narrow((S::load(xs, k) - hi) * sc + sh);
       }
@@ -225,6 +255,10 @@ void bn_runs_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
       const R* __restrict gs = dy + b;
       const R* __restrict xs = x + b;
       R* __restrict o = out + (b - begin);
+      if (kStream) {
+        prefetch_ahead(gs, m);
+        if (kCentered) prefetch_ahead(xs, m);
+      }
       for (std::size_t k = 0; k < m; ++k) {
         const T g = S::load(gs, k);
         o[k] = S::narrow(kCentered ? g * kd + ((S::load(xs, k) - hi) * kx + k0)

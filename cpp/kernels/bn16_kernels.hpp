@@ -120,6 +120,7 @@ void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
   write_blocks<kStream>(y, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float hi = mean_hi[c], sc = scale[c], sh = shift[c];
+      if (kStream) prefetch_ahead(x + b, m);
       map1<S, Reg>(x + b, out + (b - begin), m, [=](auto v, auto) { return (v - hi) * sc + sh; });
     });
   });
@@ -147,6 +148,10 @@ void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
       std::uint16_t* __restrict o = out + (b - begin);
+      if (kStream) {
+        prefetch_ahead(dy + b, m);
+        if (kCentered) prefetch_ahead(x + b, m);
+      }
       if (kCentered) {
         map2<S, Reg>(dy + b, x + b, o, m,
                      [=](auto g, auto v, auto) { return g * kd + ((v - hi) * kx + k0); });
@@ -240,73 +245,94 @@ void bn16_rows_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t
 constexpr std::size_t kSumRegs = 4;
 constexpr std::size_t kFloatRun = 8;
 
-// Two sums over one slab run: terms(i, f1, f2) adds those of the register of values at i
-// to float registers; one(i, s1, s2) those of value i to doubles (the last values);
-// ahead(i) prefetches for the values from i on (batch_norm_kernels.hpp's prefetch_ahead).
-template <class Terms, class One, class Ahead>
-void bn16_slab_sum_pair(std::size_t n, const Terms& terms, const One& one, const Ahead& ahead,
-                        double* sums) {
+// Two sums over each of K slab runs of n values read side by side: terms(k, i, f1, f2)
+// adds those of the register of run k's values at i to float registers; one(k, i, s1, s2)
+// those of its value i to doubles (the last values); ahead(k, i) prefetches for run k's
+// values from i on (batch_norm_kernels.hpp's prefetch_ahead). The runs take turns a float
+// run at a time (kFloatRun register steps, 1 KiB of bfloat16 with AVX-512), so one run's
+// float registers are live at a time; each run's sums are those it would get alone, in
+// sums[2 k], sums[2 k + 1].
+template <std::size_t K, class Terms, class One, class Ahead>
+void bn16_slab_sum_pairs(std::size_t n, const Terms& terms, const One& one, const Ahead& ahead,
+                         double* sums) {
   constexpr std::size_t kStep = kSumRegs * kRegLanes;
-  Lanes d1[2 * kSumRegs] = {}, d2[2 * kSumRegs] = {};
+  Lanes d1[K][2 * kSumRegs] = {}, d2[K][2 * kSumRegs] = {};
   std::size_t i = 0;
   while (i + kStep <= n) {
-    RegFloats f1[kSumRegs] = {}, f2[kSumRegs] = {};
-    for (std::size_t r = 0; r < kFloatRun && i + kStep <= n; ++r, i += kStep) {
-      ahead(i);
-      for (std::size_t u = 0; u < kSumRegs; ++u) terms(i + u * kRegLanes, f1[u], f2[u]);
+    std::size_t next = i;
+    for (std::size_t k = 0; k < K; ++k) {
+      RegFloats f1[kSumRegs] = {}, f2[kSumRegs] = {};
+      std::size_t j = i;
+      for (std::size_t r = 0; r < kFloatRun && j + kStep <= n; ++r, j += kStep) {
+        ahead(k, j);
+        for (std::size_t u = 0; u < kSumRegs; ++u) terms(k, j + u * kRegLanes, f1[u], f2[u]);
+      }
+      for (std::size_t u = 0; u < kSumRegs; ++u) {
+        widen_add(f1[u], d1[k] + 2 * u);
+        widen_add(f2[u], d2[k] + 2 * u);
+      }
+      next = j;
     }
-    for (std::size_t u = 0; u < kSumRegs; ++u) {
-      widen_add(f1[u], d1 + 2 * u);
-      widen_add(f2[u], d2 + 2 * u);
+    i = next;
+  }
+  for (std::size_t k = 0; k < K; ++k) {
+    std::size_t j = i;
+    if (j + kRegLanes <= n) {  // the last whole registers (fewer than kSumRegs)
+      RegFloats f1 = {}, f2 = {};
+      for (; j + kRegLanes <= n; j += kRegLanes) terms(k, j, f1, f2);
+      widen_add(f1, d1[k]);
+      widen_add(f2, d2[k]);
     }
-  }
-  if (i + kRegLanes <= n) {  // the last whole registers (fewer than kSumRegs)
-    RegFloats f1 = {}, f2 = {};
-    for (; i + kRegLanes <= n; i += kRegLanes) terms(i, f1, f2);
-    widen_add(f1, d1);
-    widen_add(f2, d2);
-  }
-  // The double lanes folded into one vector, then its lanes pairwise (a slab run may be
-  // a few hundred values: this costs about as much as the loop).
-  for (std::size_t k = 1; k < 2 * kSumRegs; ++k) {
-    d1[0] += d1[k];
-    d2[0] += d2[k];
-  }
-  constexpr std::size_t kDoubles = kLaneWidth;
-  double s1[kDoubles], s2[kDoubles];
-  __builtin_memcpy(s1, d1, sizeof s1);
-  __builtin_memcpy(s2, d2, sizeof s2);
-  for (std::size_t width = kDoubles / 2; width > 0; width /= 2) {
-    for (std::size_t j = 0; j < width; ++j) {
-      s1[j] += s1[j + width];
-      s2[j] += s2[j + width];
+    // The double lanes folded into one vector, then its lanes pairwise (a slab run may
+    // be a few hundred values: this costs about as much as the loop).
+    for (std::size_t u = 1; u < 2 * kSumRegs; ++u) {
+      d1[k][0] += d1[k][u];
+      d2[k][0] += d2[k][u];
     }
+    constexpr std::size_t kDoubles = kLaneWidth;
+    double s1[kDoubles], s2[kDoubles];
+    __builtin_memcpy(s1, &d1[k][0], sizeof s1);
+    __builtin_memcpy(s2, &d2[k][0], sizeof s2);
+    for (std::size_t width = kDoubles / 2; width > 0; width /= 2) {
+      for (std::size_t w = 0; w < width; ++w) {
+        s1[w] += s1[w + width];
+        s2[w] += s2[w + width];
+      }
+    }
+    double t1 = 0.0, t2 = 0.0;
+    for (; j < n; ++j) one(k, j, t1, t2);
+    sums[2 * k] = s1[0] + t1;
+    sums[2 * k + 1] = s2[0] + t2;
   }
-  double t1 = 0.0, t2 = 0.0;
-  for (; i < n; ++i) one(i, t1, t2);
-  sums[0] = s1[0] + t1;
-  sums[1] = s2[0] + t2;
 }
 
 template <class S, class Reg>
-void bn16_slab_stats(const std::uint16_t* __restrict x, std::size_t n, double pivot,
-                     double* sums) {
-  const float p = float(pivot);  // a value of the channel: exact in float
-  bn16_slab_sum_pair(n,
-      [x, p](std::size_t i, RegFloats& f1, RegFloats& f2) {
-        const RegFloats d = Reg::load(x + i) - p;
-        f1 += d;
-        f2 += d * d;
-      },
-      [x, pivot](std::size_t i, double& s1, double& s2) {
-        const double d = double(S::load(x, i)) - pivot;
-        s1 += d;
-        s2 += d * d;
-      },
-      [x](std::size_t i) {
-        prefetch_ahead(x + i, kSumRegs * kRegLanes);
-      },
-      sums);
+void bn16_slab_stats(const std::uint16_t* const* x, std::size_t streams, std::size_t n,
+                     const double* pivot, double* sums) {
+  with_streams(streams, [&](auto streams_k) {
+    constexpr std::size_t K = decltype(streams_k)::value;
+    const std::uint16_t* __restrict xs[K];
+    double pd[K];
+    float pf[K];
+    for (std::size_t k = 0; k < K; ++k) {
+      xs[k] = x[k];
+      pd[k] = pivot[k];
+      pf[k] = float(pivot[k]);  // a value of the channel: exact in float
+    }
+    bn16_slab_sum_pairs<K>(n,
+        [&](std::size_t k, std::size_t i, RegFloats& f1, RegFloats& f2) {
+          const RegFloats d = Reg::load(xs[k] + i) - pf[k];
+          f1 += d;
+          f2 += d * d;
+        },
+        [&](std::size_t k, std::size_t i, double& s1, double& s2) {
+          const double d = double(S::load(xs[k], i)) - pd[k];
+          s1 += d;
+          s2 += d * d;
+        },
+        [&](std::size_t k, std::size_t i) { prefetch_ahead(xs[k] + i, kSumRegs * kRegLanes); },
+        sums);
+  });
 }
 
 template <class S, class Reg>
@@ -314,18 +340,18 @@ void bn16_slab_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
                          std::size_t n, double mean, double* sums) {
   const float hi = float(mean);
   const double hi_d = double(hi), lo = mean - hi_d;
-  bn16_slab_sum_pair(n,
-      [dy, x, hi](std::size_t i, RegFloats& f1, RegFloats& f2) {
+  bn16_slab_sum_pairs<1>(n,
+      [dy, x, hi](std::size_t, std::size_t i, RegFloats& f1, RegFloats& f2) {
         const RegFloats g = Reg::load(dy + i);
         f1 += g;
         f2 += g * (Reg::load(x + i) - hi);
       },
-      [dy, x, hi_d](std::size_t i, double& s1, double& s2) {
+      [dy, x, hi_d](std::size_t, std::size_t i, double& s1, double& s2) {
         const double g = double(S::load(dy, i));
         s1 += g;
         s2 += g * (double(S::load(x, i)) - hi_d);
       },
-      [dy, x](std::size_t i) {
+      [dy, x](std::size_t, std::size_t i) {
         prefetch_ahead(dy + i, kSumRegs * kRegLanes);
         prefetch_ahead(x + i, kSumRegs * kRegLanes);
       },

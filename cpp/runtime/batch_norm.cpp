@@ -242,12 +242,17 @@ class Plan {
 };
 
 // Runs a two-sum reduction over all units and combines the partials per channel in
-// unit order into first[c] and second[c]. slab_sums(unit, sums[2]) and
-// row_sums(unit, first_row, second_row) fill one unit's partials; row partial rows are
-// indexed by column.
-template <class SlabSums, class RowSums>
+// unit order into first[c] and second[c]. slab_sums(units, count, sums[2 count]) fills
+// the partials of `count` (at most kStreams) slab units of one length, read side by
+// side; row_sums(unit, first_row, second_row) one row tile's, its partial rows indexed
+// by column. With kStreams > 1, a batch's slab units are read 1 / kStreams of the batch
+// apart (unit u beside u + q, u + 2 q, ...): runs in different pages, each followed by
+// its own hardware stream. Every unit's partials are those it gets alone, whichever
+// units it is read beside.
+template <std::size_t kStreams, class SlabSums, class RowSums>
 void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* first,
             double* second) {
+  static_assert(kStreams >= 1 && kStreams <= kSlabStreams, "streams");
   Scratch scratch;
   const std::size_t channels = plan.channels(), inner = plan.inner();
   std::fill(first, first + channels, 0.0);
@@ -255,8 +260,31 @@ void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* firs
   if (plan.reduce_slabs()) {
     const WorkList work = plan.slab_work();
     double* partials = scratch.take<double>(2 * work.items().size());
-    work.run([&](std::size_t u, const WorkItem&) {
-      slab_sums(plan.slab_unit(u), partials + 2 * u);
+    work.run_batches([&](std::size_t lo, std::size_t hi) {
+      const std::size_t q = (hi - lo) / kStreams;
+      SlabUnit units[kStreams];
+      double sums[2 * kStreams];
+      const auto alone = [&](std::size_t u) {
+        units[0] = plan.slab_unit(u);
+        slab_sums(units, 1, partials + 2 * u);
+      };
+      for (std::size_t u = lo; u < lo + q; ++u) {
+        bool same_length = true;
+        for (std::size_t s = 0; s < kStreams; ++s) {
+          units[s] = plan.slab_unit(u + s * q);
+          same_length = same_length && units[s].length == units[0].length;
+        }
+        if (!same_length) {
+          for (std::size_t s = 0; s < kStreams; ++s) alone(u + s * q);
+          continue;
+        }
+        slab_sums(units, kStreams, sums);
+        for (std::size_t s = 0; s < kStreams; ++s) {
+          partials[2 * (u + s * q)] = sums[2 * s];
+          partials[2 * (u + s * q) + 1] = sums[2 * s + 1];
+        }
+      }
+      for (std::size_t u = lo + kStreams * q; u < hi; ++u) alone(u);
     });
     const double* p = partials;
     for (std::size_t o = 0; o < plan.outer(); ++o) {
@@ -442,10 +470,16 @@ void stats_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, 
   const double* pivot_col = plan.reduce_slabs() ? nullptr : per_column(plan, pivot, scratch);
   double* sum = scratch.take<double>(channels);
   double* sum_sq = scratch.take<double>(channels);
-  reduce(
+  reduce<kSlabStreams>(
       plan,
-      [&](const SlabUnit& s, double* out) {
-        k.slab_stats(x + s.offset, s.length, pivot[s.channel], out);
+      [&](const SlabUnit* units, std::size_t count, double* out) {
+        const R* xs[kSlabStreams];
+        double pivots[kSlabStreams];
+        for (std::size_t s = 0; s < count; ++s) {
+          xs[s] = x + units[s].offset;
+          pivots[s] = pivot[units[s].channel];
+        }
+        k.slab_stats(xs, count, units[0].length, pivots, out);
       },
       [&](const RowUnit& r, double* first, double* second) {
         k.rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first,
@@ -493,10 +527,11 @@ void backward_reduce_typed(const BatchNormKernels<R, T>& k, const Plan& plan, co
                            const double* invstd, double* sum_dy, double* sum_dy_xhat) {
   Scratch scratch;
   const double* mean_col = plan.reduce_slabs() ? nullptr : per_column(plan, mean, scratch);
-  reduce(
+  reduce<1>(
       plan,
-      [&](const SlabUnit& s, double* out) {
-        k.slab_grad_sums(dy + s.offset, x + s.offset, s.length, mean[s.channel], out);
+      [&](const SlabUnit* units, std::size_t, double* out) {  // one at a time
+        k.slab_grad_sums(dy + units[0].offset, x + units[0].offset, units[0].length,
+                         mean[units[0].channel], out);
       },
       [&](const RowUnit& r, double* first, double* second) {
         k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
@@ -568,17 +603,30 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
     k.values_at(x + c0 * inner, inner, n, pivot);
     std::fill(sum, sum + n, 0.0);
     std::fill(sum_sq, sum_sq + n, 0.0);
-    // Row by row: the group's slabs of one row lie back to back, so the reads stream
-    // through memory instead of jumping a row's length for every slab of one channel.
+    double* partials = thread_sums.take<double>(2 * kSlabStreams * blocks);
+    // kSlabStreams rows at a time, side by side (rows a whole row of data apart: runs the
+    // hardware follows separately), the group's slabs of those rows in memory order.
     // Each channel still adds its partials in slab-unit order (row, then block).
-    for (std::size_t o = 0; o < outer; ++o) {
+    for (std::size_t o = 0; o < outer; o += kSlabStreams) {
+      const std::size_t rows = std::min(kSlabStreams, outer - o);
       for (std::size_t c = c0; c < c1; ++c) {
         for (std::size_t b = 0; b < blocks; ++b) {
-          const SlabUnit u = plan.slab_block(o, c, b);
-          double partial[2];
-          k.slab_stats(x + u.offset, u.length, pivot[c - c0], partial);
-          sum[c - c0] += partial[0];
-          sum_sq[c - c0] += partial[1];
+          const R* xs[kSlabStreams];
+          double pivots[kSlabStreams];
+          std::size_t length = 0;
+          for (std::size_t r = 0; r < rows; ++r) {
+            const SlabUnit u = plan.slab_block(o + r, c, b);
+            xs[r] = x + u.offset;
+            pivots[r] = pivot[c - c0];
+            length = u.length;
+          }
+          k.slab_stats(xs, rows, length, pivots, partials + 2 * rows * b);
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+          for (std::size_t b = 0; b < blocks; ++b) {
+            sum[c - c0] += partials[2 * (rows * b + r)];
+            sum_sq[c - c0] += partials[2 * (rows * b + r) + 1];
+          }
         }
       }
     }
@@ -613,7 +661,7 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
     const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group);
     Scratch thread_sums;  // this worker's
-    double* sums = thread_sums.take<double>(2 * (c1 - c0));  // row by row, as forward_blocked
+    double* sums = thread_sums.take<double>(2 * (c1 - c0));  // row by row
     std::fill(sums, sums + 2 * (c1 - c0), 0.0);
     for (std::size_t o = 0; o < outer; ++o) {
       for (std::size_t c = c0; c < c1; ++c) {

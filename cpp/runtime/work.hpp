@@ -132,14 +132,20 @@ class WorkList {
   // As run(fn); after_batch() then runs on the thread that ran a batch, after the batch.
   template <class Fn, class AfterBatch>
   void run(Fn&& fn, AfterBatch&& after_batch) const {
-    const std::size_t batches = batch_ends_.size();
-    int threads = get_num_threads();
-    if (elements_ < kMinParallelElements || batches < 2) threads = 1;
-    if (threads > static_cast<int>(batches)) threads = static_cast<int>(batches);
-    const auto run_batch = [&](std::size_t batch) {
-      const std::size_t lo = batch == 0 ? 0 : batch_ends_[batch - 1];
-      for (std::size_t i = lo; i < batch_ends_[batch]; ++i) fn(i, items_[i]);
+    run_batches([&](std::size_t lo, std::size_t hi) {
+      for (std::size_t i = lo; i < hi; ++i) fn(i, items_[i]);
       after_batch();
+    });
+  }
+
+  // Runs fn(lo, hi) for the items [lo, hi) of every batch (consecutive items), in
+  // parallel as run(fn): for loops that take a batch's items side by side.
+  template <class Fn>
+  void run_batches(Fn&& fn) const {
+    const std::size_t batches = batch_ends_.size();
+    const int threads = thread_count();
+    const auto run_batch = [&](std::size_t batch) {
+      fn(batch == 0 ? 0 : batch_ends_[batch - 1], batch_ends_[batch]);
     };
     if (threads <= 1) {
       for (std::size_t b = 0; b < batches; ++b) run_batch(b);
