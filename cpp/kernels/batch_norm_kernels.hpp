@@ -100,6 +100,13 @@ inline void prefetch_ahead(const T* p, std::size_t count) {
   for (std::size_t b = 0; b < count * sizeof(T); b += 64) __builtin_prefetch(at + b);
 }
 
+// Requests the lines of the `count` values of T at p.
+template <class T>
+inline void prefetch_span(const T* p, std::size_t count) {
+  const char* at = reinterpret_cast<const char*>(p);
+  for (std::size_t b = 0; b < count * sizeof(T); b += 64) __builtin_prefetch(at + b);
+}
+
 // Calls f(std::integral_constant<std::size_t, K>{}) for K = streams (1 to kSlabStreams):
 // each stream count gets its own loop, with its accumulators in registers.
 template <class F>
@@ -285,7 +292,8 @@ void bn_runs_dx(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_
 // vectors of columns (16 with AVX2, 32 with AVX-512, 8 with SSE2), each block's sums (or
 // per-column constants) in registers down the chunk's rows: per value one widening load,
 // a subtraction, an add and a fused multiply-add. Each column's terms are added in row
-// order, whatever the chunking.
+// order, whatever the chunking. The reductions prefetch each block's values a chunk of
+// rows ahead as they go (the next chunk's, read after this one's other blocks).
 constexpr std::size_t kRowChunk = 32;
 constexpr std::size_t kColVectors = 4;
 constexpr std::size_t kColBlockWidth = kColVectors * kLaneWidth;
@@ -295,9 +303,10 @@ inline void store_lanes(double* p, const Lanes& v) { __builtin_memcpy(p, &v, siz
 // Adds over `rows` rows the two terms of kVectors lane vectors of columns to first[] and
 // second[]: terms(at, v, s1, s2) adds those of the values `at` past the block's start in
 // the tile (row offset plus the vector's).
-template <std::size_t kVectors, class Terms>
+template <std::size_t kVectors, class Terms, class Ahead>
 inline void bn_rows_sum_block(std::size_t rows, std::size_t stride, const Terms& terms,
-                              double* __restrict first, double* __restrict second) {
+                              const Ahead& ahead, double* __restrict first,
+                              double* __restrict second) {
   Lanes s1[kVectors], s2[kVectors];
   for (std::size_t v = 0; v < kVectors; ++v) {
     s1[v] = load_lanes(first + v * kLaneWidth);
@@ -305,6 +314,7 @@ inline void bn_rows_sum_block(std::size_t rows, std::size_t stride, const Terms&
   }
   std::size_t at = 0;
   for (std::size_t r = 0; r < rows; ++r, at += stride) {
+    ahead(at);
     for (std::size_t v = 0; v < kVectors; ++v) terms(at + v * kLaneWidth, v, s1[v], s2[v]);
   }
   for (std::size_t v = 0; v < kVectors; ++v) {
@@ -350,6 +360,8 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
           const Lanes d = S::lanes(xj + at) - p[v];
           s1 += d;
           s2 += d * d;
+        }, [&](std::size_t at) {
+          prefetch_span(xj + at + kRowChunk * stride, kVectors * kLaneWidth);
         }, sum + j, sum_sq + j);
       },
       [&](std::size_t offset, std::size_t n, std::size_t j) {
@@ -380,6 +392,9 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
           const Lanes g = S::lanes(gj + at);
           s1 += g;
           s2 += g * (S::lanes(xj + at) - m[v]);
+        }, [&](std::size_t at) {
+          prefetch_span(gj + at + kRowChunk * stride, kVectors * kLaneWidth);
+          prefetch_span(xj + at + kRowChunk * stride, kVectors * kLaneWidth);
         }, sum_dy + j, sum_dyx + j);
       },
       [&](std::size_t offset, std::size_t n, std::size_t j) {

@@ -374,17 +374,19 @@ FUSEDOPS_ALWAYS_INLINE void widen_add_to(double* p, RegFloats f) {
 // chunk of kRowChunk rows summed in float in blocks of kSumRegs registers of columns
 // (then one register), added to first[] and second[] per chunk; the last columns in
 // double. terms(at, c, f1, f2) adds the terms of the register at `at` (offset in the
-// tile) whose columns start at c; one(at, c, s1, s2) those of one value.
-template <class Terms, class One>
+// tile) whose columns start at c; one(at, c, s1, s2) those of one value; ahead(at, count)
+// prefetches the `count` values at `at` (a chunk of rows ahead).
+template <class Terms, class One, class Ahead>
 void bn16_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
                     double* __restrict first, double* __restrict second, const Terms& terms,
-                    const One& one) {
+                    const One& one, const Ahead& ahead) {
   bn_rows_sums<kSumRegs, kRegLanes>(rows, stride, cols, first, second,
       [&](auto regs, std::size_t offset, std::size_t n, std::size_t j) {
         constexpr std::size_t kRegs = decltype(regs)::value;
         RegFloats f1[kRegs] = {}, f2[kRegs] = {};
         std::size_t at = offset + j;
         for (std::size_t r = 0; r < n; ++r, at += stride) {
+          ahead(at + kRowChunk * stride, kRegs * kRegLanes);
           for (std::size_t u = 0; u < kRegs; ++u) {
             terms(at + u * kRegLanes, j + u * kRegLanes, f1[u], f2[u]);
           }
@@ -422,7 +424,8 @@ void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::s
           const double d = double(S::load(xs, at)) - ps[c];
           s1 += d;
           s2 += d * d;
-        });
+        },
+        [&](std::size_t at, std::size_t count) { prefetch_span(xs + at, count); });
   }
 }
 
@@ -447,6 +450,10 @@ void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
           const double g = double(S::load(gs, at));
           s1 += g;
           s2 += g * (double(S::load(xs, at)) - double(hi[c]));
+        },
+        [&](std::size_t at, std::size_t count) {
+          prefetch_span(gs + at, count);
+          prefetch_span(xs + at, count);
         });
     for (std::size_t j = 0; j < m; ++j) {
       sum_dyx[c0 + j] -= (mean[c0 + j] - double(hi[j])) * sum_dy[c0 + j];
