@@ -19,7 +19,7 @@ EPS = 1e-3
 
 # (shape, channel_axis): every loop shape the runtime has (slab blocks, short-spatial
 # rows, channel-last rows, one channel, multi-block slabs, multi-tile rows, several row
-# groups) at odd sizes.
+# groups, row strides that are multiples of 1-8 KiB) at odd sizes.
 CASES = [
     ((4, 3, 5, 7), 1),
     ((2, 17, 20), 1),
@@ -33,6 +33,8 @@ CASES = [
     ((4, 5, 5, 600), -1),
     ((4, 300, 2, 2), 1),
     ((300, 129), 1),
+    ((45, 1024), 1),  # rows 4 KiB (float32) and 8 KiB apart: shorter gradient-sum chunks
+    ((70, 256), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 

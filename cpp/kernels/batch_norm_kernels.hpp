@@ -329,10 +329,11 @@ template <std::size_t kVectors = kColVectors, std::size_t kWidth = kLaneWidth, c
           class Single>
 inline void bn_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
                          double* __restrict first, double* __restrict second,
-                         const Block& block, const Single& single) {
+                         const Block& block, const Single& single,
+                         std::size_t chunk = kRowChunk) {
   for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
-  for (std::size_t r0 = 0; r0 < rows; r0 += kRowChunk) {
-    const std::size_t n = rows - r0 < kRowChunk ? rows - r0 : kRowChunk;
+  for (std::size_t r0 = 0; r0 < rows; r0 += chunk) {
+    const std::size_t n = rows - r0 < chunk ? rows - r0 : chunk;
     const std::size_t offset = r0 * stride;
     std::size_t j = 0;
     for (; j + kVectors * kWidth <= cols; j += kVectors * kWidth) {
@@ -343,6 +344,21 @@ inline void bn_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
     }
     for (; j < cols; ++j) single(offset, n, j);
   }
+}
+
+// Rows per chunk of the gradient sums (two arrays of T, rows `stride` values apart). A
+// column block walks its chunk's rows, a line of each array per row, and rows a multiple
+// of 4 KiB apart fall in one L1 set: such strides get fewer rows, at most 4 per cycle of
+// the sets (8 lines per set), and no fewer than 8. (Measured on the Xeon, 2 threads, in
+// cache: (64, 256) gradient sums 4.2 -> 3.8 us, (1024, 1024) 345 -> 300 us; the
+// statistics, one array, measured best at 32 rows for every stride.) The sums are the
+// same for any chunk (each column's terms in row order).
+template <class T>
+inline std::size_t grad_row_chunk(std::size_t stride) {
+  const std::size_t bytes = stride * sizeof(T) % 4096;
+  const std::size_t period = bytes == 0 ? 1 : 4096 / (bytes & (~bytes + 1));  // rows per cycle of sets
+  const std::size_t rows = 4 * period;
+  return rows < 8 ? 8 : rows < kRowChunk ? rows : kRowChunk;
 }
 
 // sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square.
@@ -406,7 +422,8 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
         }
         sum_dy[j] = s1;
         sum_dyx[j] = s2;
-      });
+      },
+      grad_row_chunk<T>(stride));
 }
 
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
