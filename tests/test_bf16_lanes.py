@@ -142,6 +142,7 @@ def test_adam_tails_and_builds_agree_bitwise(isa, rng, kw, stochastic):
 def test_the_fused_build_follows_a_forced_isa(isa):
     build = _core._fused_build()
     assert build.startswith(isa)
+    assert fo.build_info()["batch_norm_isa"] == isa
     if isa == "avx512":
         _core._allow_avx512_bf16(False)
         try:
@@ -152,18 +153,22 @@ def test_the_fused_build_follows_a_forced_isa(isa):
 
 def test_the_fused_loops_default_to_avx512_where_present():
     """Unforced, the fused 16-bit loops run AVX-512 (with BF16 where the CPU has it: the
-    measurement is in cpp/runtime/mixed.cpp) while the float32 kernels keep their default."""
+    measurement is in cpp/runtime/mixed.cpp), and so does batch norm, while the float32
+    optimizer kernels keep their default."""
     code = ("import fusedops as fo; from fusedops import _core; "
-            "print(fo.simd_isa(), _core._fused_build(), fo.build_info()['fused_16bit_build'])")
+            "print(fo.simd_isa(), _core._fused_build(), fo.build_info()['fused_16bit_build'], "
+            "fo.build_info()['batch_norm_isa'])")
     env = dict(os.environ)
     env.pop("FUSEDOPS_ISA", None)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    isa, build, reported = result.stdout.split()
+    isa, build, reported, batch_norm = result.stdout.split()
     assert isa == fo.available_isas()[0]
     assert build == reported
     if "avx512" in fo.available_isas():
         assert build in ("avx512", "avx512bf16")
+        assert batch_norm == "avx512"  # float32/float64 batch norm too (cpp/runtime/cpu.cpp)
     else:
         assert build == isa
+        assert batch_norm == isa

@@ -90,6 +90,7 @@ void register_runtime(py::module_& m) {
     info["available_isas"] = available_isa_names();
     info["simd_isa"] = isa_name(current_isa());
     info["fused_16bit_build"] = fused_build_name();
+    info["batch_norm_isa"] = isa_name(batch_norm_kernel_table().isa);
     info["num_threads"] = get_num_threads();
     info["forked_single_threaded"] = forked_single_threaded();
     py::dict caches;

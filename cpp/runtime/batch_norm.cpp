@@ -763,8 +763,8 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
 template <class F>
 void with_kernels(Dtype dtype, F&& f) {
   switch (dtype) {
-    case Dtype::f32: f(current_kernels().f32.bn); break;
-    case Dtype::f64: f(current_kernels().f64.bn); break;
+    case Dtype::f32: f(batch_norm_kernel_table().f32.bn); break;
+    case Dtype::f64: f(batch_norm_kernel_table().f64.bn); break;
     case Dtype::bf16: f(current_batch_norm16_kernels().bf16); break;
     case Dtype::f16: f(current_batch_norm16_kernels().f16); break;
   }

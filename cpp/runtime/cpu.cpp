@@ -112,7 +112,8 @@ bool isa_compiled(Isa isa) { return compiled_table(isa) != nullptr; }
 // with AVX-512 (2026-11-30, 2 threads, each kernel's two builds interleaved in one
 // process), the AVX-512 build of SGD, Adam/AdamW, the norms and batch norm beat the AVX2
 // one by no more than 5% and lost in cache (SGD momentum 1.37x slower at 256K elements, Adam 1.05x, AdamW-AMSGrad 1.11x,
-// float64 Adam 1.13x) and on batch-norm forward passes beyond the caches (1.14x); beyond
+// float64 Adam 1.13x) and on batch-norm forward passes beyond the caches (1.14x, since
+// reversed: batch_norm_kernel_table() below); beyond
 // the caches the optimizer steps tied. (Lion at 16M elements was 1.2x faster with
 // AVX-512: a per-kernel choice would take it.) The AVX-512 build stays compiled and
 // tested, and FUSEDOPS_ISA=avx512 selects it. The fused 16-bit loops choose their own
@@ -137,6 +138,18 @@ const KernelTable& current_kernels() {
 }
 
 Isa current_isa() { return current_kernels().isa; }
+
+// Batch norm (float32, float64) runs AVX-512 wherever the CPU has it unless an ISA is
+// forced, like the fused 16-bit loops (mixed.cpp). On the Xeon (2 threads, 2026-11-30,
+// builds interleaved in one process): (64, 256) forward+backward 13.6 -> 11.4 us, (1024,
+// 1024) 12% faster in cache; beyond the caches the NCHW forward 8% and the NHWC backward
+// 12% faster, the rest tied (an earlier build's forward had been 1.14x slower with
+// AVX-512, before its reads ran side by side and prefetched).
+const KernelTable& batch_norm_kernel_table() {
+  static const bool avx512 = isa_compiled(Isa::avx512) && cpu_supports(Isa::avx512);
+  if (avx512 && !isa_forced()) return *compiled_table(Isa::avx512);
+  return current_kernels();
+}
 
 std::atomic<bool> g_isa_forced{false};
 

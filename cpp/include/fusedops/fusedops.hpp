@@ -168,6 +168,9 @@ Isa current_isa();
 void set_isa(Isa isa);  // caller checks availability
 bool isa_forced();      // set_isa was called (FUSEDOPS_ISA, _set_isa)
 const KernelTable& current_kernels();
+// The table batch norm's float32/float64 loops come from: AVX-512 where the CPU has it,
+// unless an ISA is forced (then that one).
+const KernelTable& batch_norm_kernel_table();
 
 // Threads of the calling thread's next kernel: OpenMP's count for this thread
 // (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl) capped by set_num_threads;
