@@ -93,18 +93,17 @@ constexpr std::size_t kSlabLanes = 32;
 // forward's second pass reads x back from the L2 or the L3: the forward 1.2x faster.)
 constexpr std::size_t kPrefetchBytes = 1024;
 
-// Requests the lines `kPrefetchBytes` past the `count` values of T at p.
-template <class T>
-inline void prefetch_ahead(const T* p, std::size_t count) {
-  const char* at = reinterpret_cast<const char*>(p) + kPrefetchBytes;
-  for (std::size_t b = 0; b < count * sizeof(T); b += 64) __builtin_prefetch(at + b);
-}
-
 // Requests the lines of the `count` values of T at p.
 template <class T>
 inline void prefetch_span(const T* p, std::size_t count) {
   const char* at = reinterpret_cast<const char*>(p);
   for (std::size_t b = 0; b < count * sizeof(T); b += 64) __builtin_prefetch(at + b);
+}
+
+// Requests the lines `kPrefetchBytes` past the `count` values of T at p.
+template <class T>
+inline void prefetch_ahead(const T* p, std::size_t count) {
+  prefetch_span(reinterpret_cast<const char*>(p) + kPrefetchBytes, count * sizeof(T));
 }
 
 // Calls f(std::integral_constant<std::size_t, K>{}) for K = streams (1 to kSlabStreams):
@@ -302,7 +301,8 @@ inline void store_lanes(double* p, const Lanes& v) { __builtin_memcpy(p, &v, siz
 
 // Adds over `rows` rows the two terms of kVectors lane vectors of columns to first[] and
 // second[]: terms(at, v, s1, s2) adds those of the values `at` past the block's start in
-// the tile (row offset plus the vector's).
+// the tile (row offset plus the vector's); ahead(at) requests the block's values `at` past
+// its start, called with the row a chunk (kRowChunk rows) below the one being added.
 template <std::size_t kVectors, class Terms, class Ahead>
 inline void bn_rows_sum_block(std::size_t rows, std::size_t stride, const Terms& terms,
                               const Ahead& ahead, double* __restrict first,
@@ -314,7 +314,7 @@ inline void bn_rows_sum_block(std::size_t rows, std::size_t stride, const Terms&
   }
   std::size_t at = 0;
   for (std::size_t r = 0; r < rows; ++r, at += stride) {
-    ahead(at);
+    ahead(at + kRowChunk * stride);
     for (std::size_t v = 0; v < kVectors; ++v) terms(at + v * kLaneWidth, v, s1[v], s2[v]);
   }
   for (std::size_t v = 0; v < kVectors; ++v) {
@@ -377,7 +377,7 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
           s1 += d;
           s2 += d * d;
         }, [&](std::size_t at) {
-          prefetch_span(xj + at + kRowChunk * stride, kVectors * kLaneWidth);
+          prefetch_span(xj + at, kVectors * kLaneWidth);
         }, sum + j, sum_sq + j);
       },
       [&](std::size_t offset, std::size_t n, std::size_t j) {
@@ -409,8 +409,8 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
           s1 += g;
           s2 += g * (S::lanes(xj + at) - m[v]);
         }, [&](std::size_t at) {
-          prefetch_span(gj + at + kRowChunk * stride, kVectors * kLaneWidth);
-          prefetch_span(xj + at + kRowChunk * stride, kVectors * kLaneWidth);
+          prefetch_span(gj + at, kVectors * kLaneWidth);
+          prefetch_span(xj + at, kVectors * kLaneWidth);
         }, sum_dy + j, sum_dyx + j);
       },
       [&](std::size_t offset, std::size_t n, std::size_t j) {

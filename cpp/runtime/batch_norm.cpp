@@ -610,16 +610,12 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
     for (std::size_t o = 0; o < outer; o += kSlabStreams) {
       const std::size_t rows = std::min(kSlabStreams, outer - o);
       for (std::size_t c = c0; c < c1; ++c) {
+        double pivots[kSlabStreams];
+        std::fill(pivots, pivots + kSlabStreams, pivot[c - c0]);
         for (std::size_t b = 0; b < blocks; ++b) {
           const R* xs[kSlabStreams];
-          double pivots[kSlabStreams];
-          std::size_t length = 0;
-          for (std::size_t r = 0; r < rows; ++r) {
-            const SlabUnit u = plan.slab_block(o + r, c, b);
-            xs[r] = x + u.offset;
-            pivots[r] = pivot[c - c0];
-            length = u.length;
-          }
+          for (std::size_t r = 0; r < rows; ++r) xs[r] = x + plan.slab_block(o + r, c, b).offset;
+          const std::size_t length = plan.slab_block(o, c, b).length;  // the same in every row
           k.slab_stats(xs, rows, length, pivots, partials + 2 * rows * b);
         }
         for (std::size_t r = 0; r < rows; ++r) {

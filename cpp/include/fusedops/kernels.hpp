@@ -88,6 +88,14 @@ struct LambConstants {
   bool scaled;
 };
 
+// Slab runs the statistics read side by side. One core's reads from memory are bound by
+// how many lines it has in flight, and the hardware prefetchers follow each run (each
+// page) on its own: four runs far apart read 1.5x faster than one (the Xeon, 2 threads,
+// data beyond the caches; 1.2x with the data in its L3). The gradient sums read two
+// arrays, two runs already: side by side they measured no faster (and slower in the
+// order the split reduction would read them).
+constexpr std::size_t kSlabStreams = 4;
+
 // Batch-norm loops (cpp/kernels/batch_norm_kernels.hpp) over x-shaped arrays stored as R
 // (float, double, or the bits of bfloat16/float16) with per-channel constants of T, the
 // compute type (double for double data, float otherwise). Slab reductions walk one
@@ -99,14 +107,6 @@ struct LambConstants {
 // elementwise passes get the mean as a value of T, hi (x - hi exact near the mean), and
 // constant terms holding the rest of it. `stream` writes the output with non-temporal stores. 16-bit
 // outputs are rounded to nearest even.
-// Slab runs the statistics read side by side. One core's reads from memory are bound by
-// how many lines it has in flight, and the hardware prefetchers follow each run (each
-// page) on its own: four runs far apart read 1.5x faster than one (the Xeon, 2 threads,
-// data beyond the caches; 1.2x with the data in its L3). The gradient sums read two
-// arrays, two runs already: side by side they measured no faster (and slower in the
-// order the split reduction would read them).
-constexpr std::size_t kSlabStreams = 4;
-
 template <class R, class T>
 struct BatchNormKernels {
   using raw = R;
