@@ -276,6 +276,20 @@ inline void for_lanes(const Ranges<P, G, S>& r, std::uint32_t first, std::size_t
   out(r.s2, s[2]);
 }
 
+// The lane loops request each operand's lines kLanePrefetchBytes ahead of their reads.
+// One core's reads from memory are bound by the lines it has in flight, and the update's
+// arithmetic (Adam's square root and division; the bfloat16 conversions) fills the
+// out-of-order window before the loads of lines far enough ahead issue. Measured on the
+// Xeon, 2 threads, 128M elements: all-bfloat16 Adam 0.343 -> 0.303 ns/el (1 KiB best of
+// 0.5, 1 and 2 KiB), all-bfloat16 SGD with momentum 0.29 -> 0.25; the flows with float32
+// state or masters unchanged.
+constexpr std::size_t kLanePrefetchBytes = 1024;
+
+template <class Raw>
+FUSEDOPS_ALWAYS_INLINE void prefetch_operand(const Raw* p) {
+  __builtin_prefetch(reinterpret_cast<const char*>(p) + kLanePrefetchBytes);
+}
+
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kMomentum,
           bool kScaled, bool kCoupled>
 void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
@@ -284,6 +298,10 @@ void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   for_lanes(Ranges<P, G, S>(a), a.first, n,
             [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
     auto* rem = kRemainder ? r.rem + i : nullptr;
+    prefetch_operand(r.p + i);
+    if (kRemainder) prefetch_operand(rem);
+    prefetch_operand(r.g + i);
+    if (kMomentum) prefetch_operand(r.s0 + i);
     RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
     RegFloats b = kMomentum ? LaneIo<S>::load(r.s0 + i) : RegFloats{};
     sgd_update<kMomentum, kScaled, kCoupled>(k, pi, LaneIo<G>::load(r.g + i), b);
@@ -300,6 +318,12 @@ void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
   for_lanes(Ranges<P, G, S>(a), a.first, n,
             [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
     auto* rem = kRemainder ? r.rem + i : nullptr;
+    prefetch_operand(r.p + i);
+    if (kRemainder) prefetch_operand(rem);
+    prefetch_operand(r.g + i);
+    prefetch_operand(r.s0 + i);
+    prefetch_operand(r.s1 + i);
+    if (kAmsgrad) prefetch_operand(r.s2 + i);
     RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
     RegFloats mi = LaneIo<S>::load(r.s0 + i), vi = LaneIo<S>::load(r.s1 + i);
     RegFloats xi = kAmsgrad ? LaneIo<S>::load(r.s2 + i) : RegFloats{};
