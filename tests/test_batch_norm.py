@@ -20,7 +20,8 @@ TOL = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
 # that take each path: slab reductions (spatial >= 512; multi-block above 16384), row
 # reductions (shorter spatial extents, channel-last; multi-tile above 512 columns per
 # row), runs for the elementwise passes (spatial >= 32, several runs crossing slabs
-# above 16384 values) and rows otherwise.
+# above 16384 values) and rows otherwise (whole rows of several row groups up to 1024
+# columns, column blocks above).
 CASES = [
     ((4, 3, 5, 7), 1),
     ((3, 17, 7, 9), 1),
@@ -42,6 +43,8 @@ CASES = [
     ((40, 13, 37), 1),
     ((2, 3, 600), 1),
     ((9, 3, 100, 21), 1),
+    ((200, 700), 1),
+    ((150, 40, 20), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 
