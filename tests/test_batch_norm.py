@@ -17,7 +17,8 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
 
 # (shape, channel_axis): odd channel counts and spatial sizes, every layout, and shapes
-# that take each path: slab reductions (spatial >= 512; multi-block above 16384), row
+# that take each path: slab reductions (spatial >= 96 values and 384 bytes: 100 and 196
+# here, 512 and up; multi-block above 16384), row
 # reductions (shorter spatial extents, channel-last; multi-tile above 512 columns per
 # row), runs for the elementwise passes (spatial >= 32, several runs crossing slabs
 # above 16384 values) and rows otherwise (whole rows of several row groups up to 1024
@@ -45,6 +46,8 @@ CASES = [
     ((9, 3, 100, 21), 1),
     ((200, 700), 1),
     ((150, 40, 20), 1),
+    ((6, 5, 14, 14), 1),
+    ((5, 7, 100), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 

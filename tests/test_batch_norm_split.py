@@ -35,6 +35,8 @@ CASES = [
     ((300, 129), 1),
     ((45, 1024), 1),  # rows 4 KiB (float32) and 8 KiB apart: shorter gradient-sum chunks
     ((70, 256), 1),
+    ((6, 5, 14, 14), 1),  # short slabs: reduced as slabs (float32, float64)
+    ((5, 7, 100), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 
