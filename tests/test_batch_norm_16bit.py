@@ -21,9 +21,9 @@ F32 = np.dtype(np.float32)
 # runs, row tiles (channel-last, short spatial, (N, C)), one channel, tiny.
 SHAPES = [((4, 3, 5, 7), 1), ((2, 5, 600), 1), ((8, 5, 40, 41), 1), ((6, 9, 9, 17), -1),
           ((64, 256), 1), ((33, 17), 1), ((3, 1, 17), 1), ((2, 15), 1), ((7, 16, 1, 1), 1),
-          ((300, 131, 2, 2), 1), ((6, 5, 14, 14), 1), ((5, 7, 150), 1)]
+          ((300, 131, 2, 2), 1), ((6, 5, 14, 14), 1), ((5, 7, 150), 1), ((100, 700), 1)]
 IDS = ["tiny", "ncl-long", "nchw", "nhwc", "nc", "nc-odd", "one-channel", "n2", "spatial1",
-       "short-spatial", "slab-196", "rows-150"]
+       "short-spatial", "slab-196", "rows-150", "nc-whole-rows"]
 
 
 def make_inputs(rng, shape, channel_axis, dtype, *, offset=1.5):
