@@ -290,6 +290,18 @@ FUSEDOPS_ALWAYS_INLINE void prefetch_operand(const Raw* p) {
   __builtin_prefetch(reinterpret_cast<const char*>(p) + kLanePrefetchBytes);
 }
 
+// Prefetches for element i of the operands a loop reads: the param (and remainder), the
+// grad and the first kStates state arrays.
+template <bool kRemainder, std::size_t kStates, class P, class G, class S>
+FUSEDOPS_ALWAYS_INLINE void prefetch_operands(const Ranges<P, G, S>& r, std::size_t i) {
+  prefetch_operand(r.p + i);
+  if (kRemainder) prefetch_operand(r.rem + i);
+  prefetch_operand(r.g + i);
+  if (kStates > 0) prefetch_operand(r.s0 + i);
+  if (kStates > 1) prefetch_operand(r.s1 + i);
+  if (kStates > 2) prefetch_operand(r.s2 + i);
+}
+
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kMomentum,
           bool kScaled, bool kCoupled>
 void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
@@ -298,10 +310,7 @@ void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   for_lanes(Ranges<P, G, S>(a), a.first, n,
             [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
     auto* rem = kRemainder ? r.rem + i : nullptr;
-    prefetch_operand(r.p + i);
-    if (kRemainder) prefetch_operand(rem);
-    prefetch_operand(r.g + i);
-    if (kMomentum) prefetch_operand(r.s0 + i);
+    prefetch_operands<kRemainder, kMomentum ? 1 : 0>(r, i);
     RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
     RegFloats b = kMomentum ? LaneIo<S>::load(r.s0 + i) : RegFloats{};
     sgd_update<kMomentum, kScaled, kCoupled>(k, pi, LaneIo<G>::load(r.g + i), b);
@@ -318,12 +327,7 @@ void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
   for_lanes(Ranges<P, G, S>(a), a.first, n,
             [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
     auto* rem = kRemainder ? r.rem + i : nullptr;
-    prefetch_operand(r.p + i);
-    if (kRemainder) prefetch_operand(rem);
-    prefetch_operand(r.g + i);
-    prefetch_operand(r.s0 + i);
-    prefetch_operand(r.s1 + i);
-    if (kAmsgrad) prefetch_operand(r.s2 + i);
+    prefetch_operands<kRemainder, kAmsgrad ? 3 : 2>(r, i);
     RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
     RegFloats mi = LaneIo<S>::load(r.s0 + i), vi = LaneIo<S>::load(r.s1 + i);
     RegFloats xi = kAmsgrad ? LaneIo<S>::load(r.s2 + i) : RegFloats{};
