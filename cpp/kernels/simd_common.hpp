@@ -49,6 +49,18 @@ inline void with_flags(F&& f, Flags... flags) { with_flags_impl(f, flags...); }
 // calls stream_fence() after its streaming writes (once per batch of work: a fence costs
 // about as much as a short kernel call).
 constexpr std::size_t kStreamTileBytes = 256;
+// The non-temporal stores: a register of the ISA each, a whole line with AVX-512 (16-byte
+// stores up to the first address aligned for them). (Measured on the Xeon against 16-byte
+// stores: bfloat16 normalize from the L2 to memory, 1 thread, 0.137 -> 0.108 ns/el;
+// the cache-blocked bfloat16 NCHW forward and backward, 2 threads, 0.34-0.38 -> 0.31-0.32
+// ns/el.)
+#if defined(__AVX512F__)
+constexpr std::size_t kStreamStoreBytes = 64;
+#elif defined(__AVX__)
+constexpr std::size_t kStreamStoreBytes = 32;
+#else
+constexpr std::size_t kStreamStoreBytes = 16;
+#endif
 
 template <bool kStream, class T, class Fill>
 inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill) {
@@ -68,7 +80,24 @@ inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill) {
       fill(buffer, i, count);
       char* out = reinterpret_cast<char*>(dst + i);
       const char* in = reinterpret_cast<const char*>(buffer);
-      for (std::size_t b = 0; b < count * sizeof(T); b += 16) {
+      const std::size_t bytes = count * sizeof(T);
+      std::size_t b = 0;
+#if defined(__AVX__)
+      for (; b < bytes && reinterpret_cast<std::uintptr_t>(out + b) % kStreamStoreBytes != 0;
+           b += 16) {
+        _mm_stream_si128(reinterpret_cast<__m128i*>(out + b),
+                         _mm_load_si128(reinterpret_cast<const __m128i*>(in + b)));
+      }
+      for (; b + kStreamStoreBytes <= bytes; b += kStreamStoreBytes) {
+#if defined(__AVX512F__)
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(out + b), _mm512_loadu_si512(in + b));
+#else
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(out + b),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + b)));
+#endif
+      }
+#endif
+      for (; b < bytes; b += 16) {
         _mm_stream_si128(reinterpret_cast<__m128i*>(out + b),
                          _mm_load_si128(reinterpret_cast<const __m128i*>(in + b)));
       }
