@@ -250,13 +250,15 @@ constexpr std::size_t kFloatRun = 8;
 // those of its value i to doubles (the last values); ahead(k, i) prefetches for run k's
 // values from i on (batch_norm_kernels.hpp's prefetch_ahead). The runs take turns a float
 // run at a time (kFloatRun register steps, 1 KiB of bfloat16 with AVX-512), so one run's
-// float registers are live at a time; each run's sums are those it would get alone, in
-// sums[2 k], sums[2 k + 1].
+// float registers are live at a time; a float run's registers are added, widened, in
+// register order to one pair of double lane vectors per sum and run (a pair per register
+// kept 16 vectors per run in memory: in cache, 1 thread, 4 runs of 784 values 0.111 ->
+// 0.106 ns/el); each run's sums are those it would get alone, in sums[2 k], sums[2 k + 1].
 template <std::size_t K, class Terms, class One, class Ahead>
 void bn16_slab_sum_pairs(std::size_t n, const Terms& terms, const One& one, const Ahead& ahead,
                          double* sums) {
   constexpr std::size_t kStep = kSumRegs * kRegLanes;
-  Lanes d1[K][2 * kSumRegs] = {}, d2[K][2 * kSumRegs] = {};
+  Lanes d1[K][2] = {}, d2[K][2] = {};
   std::size_t i = 0;
   while (i + kStep <= n) {
     std::size_t next = i;
@@ -268,8 +270,8 @@ void bn16_slab_sum_pairs(std::size_t n, const Terms& terms, const One& one, cons
         for (std::size_t u = 0; u < kSumRegs; ++u) terms(k, j + u * kRegLanes, f1[u], f2[u]);
       }
       for (std::size_t u = 0; u < kSumRegs; ++u) {
-        widen_add(f1[u], d1[k] + 2 * u);
-        widen_add(f2[u], d2[k] + 2 * u);
+        widen_add(f1[u], d1[k]);
+        widen_add(f2[u], d2[k]);
       }
       next = j;
     }
@@ -285,10 +287,8 @@ void bn16_slab_sum_pairs(std::size_t n, const Terms& terms, const One& one, cons
     }
     // The double lanes folded into one vector, then its lanes pairwise (a slab run may
     // be a few hundred values: this costs about as much as the loop).
-    for (std::size_t u = 1; u < 2 * kSumRegs; ++u) {
-      d1[k][0] += d1[k][u];
-      d2[k][0] += d2[k][u];
-    }
+    d1[k][0] += d1[k][1];
+    d2[k][0] += d2[k][1];
     constexpr std::size_t kDoubles = kLaneWidth;
     double s1[kDoubles], s2[kDoubles];
     __builtin_memcpy(s1, &d1[k][0], sizeof s1);
