@@ -134,8 +134,8 @@ def small_last_level_cache():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape,channel_axis", [((5, 7, 93, 83), 1), ((9, 33, 41, 53), -1),
                                                 ((300, 131, 2, 2), 1), ((100, 31, 11, 13), 1),
-                                                ((1500, 107), 1)],
-                         ids=["nchw", "nhwc", "short-spatial", "runs", "nc"])
+                                                ((1500, 107), 1), ((200, 30, 31, 3), -1)],
+                         ids=["nchw", "nhwc", "short-spatial", "runs", "nc", "nhwc-c3"])
 def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, channel_axis, dtype):
     # Outputs that do not fit in the last-level cache with the inputs are written with
     # non-temporal stores; odd extents put the rows, runs and blocks at every alignment.
