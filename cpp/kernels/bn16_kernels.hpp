@@ -52,6 +52,20 @@ struct RegBf16 {
   static FUSEDOPS_ALWAYS_INLINE void store(std::uint16_t* p, RegFloats v) {
     store_bf16_lanes<false>(p, v, RegBits{});
   }
+  // Two registers, a at p and b after it: with AVX512_BF16 one conversion of both (the
+  // rounding of store(); one test for denormal values, which it would round to zero).
+  static FUSEDOPS_ALWAYS_INLINE void store2(std::uint16_t* p, RegFloats a, RegFloats b) {
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+    const __m512 va = reinterpret_cast<__m512>(a), vb = reinterpret_cast<__m512>(b);
+    if (__builtin_expect(
+            (_mm512_fpclass_ps_mask(va, 0x20) | _mm512_fpclass_ps_mask(vb, 0x20)) == 0, 1)) {
+      _mm512_storeu_si512(p, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(vb, va)));
+      return;
+    }
+#endif
+    store(p, a);
+    store(p + kRegLanes, b);
+  }
 };
 
 struct RegF16 {
@@ -79,6 +93,10 @@ struct RegF16 {
     for (std::size_t k = 0; k < kRegLanes; ++k) p[k] = f16_round_nearest(v[k]);
 #endif
   }
+  static FUSEDOPS_ALWAYS_INLINE void store2(std::uint16_t* p, RegFloats a, RegFloats b) {
+    store(p, a);
+    store(p + kRegLanes, b);
+  }
 };
 
 // Per-column constants at p: a register of them, or one.
@@ -97,6 +115,10 @@ template <class S, class Reg, class F>
 FUSEDOPS_ALWAYS_INLINE void map1(const std::uint16_t* __restrict a, std::uint16_t* __restrict o,
                                  std::size_t m, const F& f) {
   std::size_t k = 0;
+  for (; k + 2 * kRegLanes <= m; k += 2 * kRegLanes) {
+    Reg::store2(o + k, f(Reg::load(a + k), RegAt{k}),
+                f(Reg::load(a + k + kRegLanes), RegAt{k + kRegLanes}));
+  }
   for (; k + kRegLanes <= m; k += kRegLanes) Reg::store(o + k, f(Reg::load(a + k), RegAt{k}));
   for (; k < m; ++k) o[k] = S::narrow(f(S::load(a, k), OneAt{k}));
 }
@@ -105,6 +127,11 @@ template <class S, class Reg, class F>
 FUSEDOPS_ALWAYS_INLINE void map2(const std::uint16_t* __restrict a, const std::uint16_t* __restrict b,
                                  std::uint16_t* __restrict o, std::size_t m, const F& f) {
   std::size_t k = 0;
+  for (; k + 2 * kRegLanes <= m; k += 2 * kRegLanes) {
+    const std::size_t k2 = k + kRegLanes;
+    Reg::store2(o + k, f(Reg::load(a + k), Reg::load(b + k), RegAt{k}),
+                f(Reg::load(a + k2), Reg::load(b + k2), RegAt{k2}));
+  }
   for (; k + kRegLanes <= m; k += kRegLanes) {
     Reg::store(o + k, f(Reg::load(a + k), Reg::load(b + k), RegAt{k}));
   }
