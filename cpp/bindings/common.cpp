@@ -204,7 +204,7 @@ std::string shape_string(const py::array& a) {
 }
 
 ArrayArg unpack(const char* function, const char* name, py::handle obj, const ArrayArg* like) {
-  const std::string where = std::string(function) + ": " + name;
+  const auto where = [&] { return std::string(function) + ": " + name; };  // for errors
   ArrayArg arg{name, false, {}};
   if (is_sequence(obj)) {
     arg.is_list = true;
@@ -212,18 +212,18 @@ ArrayArg unpack(const char* function, const char* name, py::handle obj, const Ar
   } else if (py::isinstance<py::array>(obj)) {
     arg.items.push_back(py::reinterpret_borrow<py::object>(obj));
   } else {
-    throw py::type_error(where +
+    throw py::type_error(where() +
                          " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got " +
                          type_name(obj));
   }
   if (like != nullptr) {
     if (like->is_list != arg.is_list) {
-      throw py::type_error(where + " must be " +
+      throw py::type_error(where() + " must be " +
                            (like->is_list ? "a list/tuple of arrays" : "a single array") +
                            " like " + like->name + ", got " + type_name(obj));
     }
     if (like->items.size() != arg.items.size()) {
-      throw py::value_error(where + " has " + std::to_string(arg.items.size()) +
+      throw py::value_error(where() + " has " + std::to_string(arg.items.size()) +
                             " arrays but " + like->name + " has " +
                             std::to_string(like->items.size()));
     }

@@ -52,11 +52,13 @@ struct CheckedArray {
 // and (at the end) that no written array shares memory with another array.
 class CallChecker {
  public:
-  explicit CallChecker(const char* function) : function_(function) {}
+  explicit CallChecker(const char* function) : function_(function) { arrays_.reserve(8); }
   // per_array_dtypes: each array may be float32, float64, bfloat16 or float16 (the caller
   // checks the combination); otherwise all arrays share float32 or float64.
   CallChecker(const char* function, bool per_array_dtypes)
-      : function_(function), per_array_dtypes_(per_array_dtypes) {}
+      : function_(function), per_array_dtypes_(per_array_dtypes) {
+    arrays_.reserve(8);  // one allocation for a call's arrays, not one per doubling
+  }
 
   // Checks arg.items[i]; `shape_of` (optional) is an array whose shape it must match.
   CheckedArray check(const ArrayArg& arg, std::size_t i, Access access,
