@@ -154,6 +154,71 @@ def test_fork_worker_pool_after_parallel_kernels(tmp_path):
     assert_ran_clean(result, "True True")
 
 
+# ------------------------------------------------------------------ worker placement
+
+THREAD_MASKS = """
+import os
+import sys
+import numpy as np
+import fusedops as fo
+
+fo.set_num_threads(int(sys.argv[1]))
+a = np.ones(1_000_000, np.float32)
+before = os.sched_getaffinity(0)
+total = 0.0
+for _ in range(3):                      # parallel regions of both kinds
+    total += fo.grad_norm([a])
+    fo.clip_grad_norm([a], max_norm=1e9)
+    fo.sgd_step(a, np.zeros_like(a), lr=0.1)
+me = os.getpid()
+others = [os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task") if int(t) != me]
+pinned = [m for m in others if len(m) == 1]
+print(fo.build_info()["worker_pinning"], os.sched_getaffinity(0) == before, len(pinned),
+      all(m <= before for m in pinned), total == 3000.0)
+"""
+
+PLACEMENT_VARIABLES = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY",
+                       "FUSEDOPS_PIN_THREADS")
+
+
+def run_thread_masks(tmp_path, threads, **env_overrides):
+    script = tmp_path / "masks.py"
+    script.write_text(THREAD_MASKS)
+    env = {k: v for k, v in os.environ.items()
+           if k not in PLACEMENT_VARIABLES and k != "FUSEDOPS_ISA"}
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, str(script), str(threads)], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+needs_two_cpus = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not fo.build_info()["openmp"]
+    or len(os.sched_getaffinity(0)) < 2,
+    reason="worker placement: Linux, OpenMP and at least two allowed CPUs")
+
+
+@needs_two_cpus
+def test_parallel_kernels_pin_their_worker_and_never_the_calling_thread(tmp_path):
+    # One worker (2 threads) pinned to one CPU of the process's set; the caller's own
+    # mask, which threads it starts later inherit, unchanged.
+    assert_ran_clean(run_thread_masks(tmp_path, 2), "True True 1 True True")
+
+
+@needs_two_cpus
+@pytest.mark.parametrize("overrides", [{"FUSEDOPS_PIN_THREADS": "0"},
+                                       {"OMP_PROC_BIND": "false"}],
+                         ids=["FUSEDOPS_PIN_THREADS=0", "OMP_PROC_BIND-set"])
+def test_worker_pinning_stays_off_when_asked_or_when_the_user_places_threads(tmp_path,
+                                                                             overrides):
+    assert_ran_clean(run_thread_masks(tmp_path, 2, **overrides), "False True 0 True True")
+
+
+@needs_two_cpus
+def test_teams_larger_than_the_cpus_are_not_pinned(tmp_path):
+    threads = len(os.sched_getaffinity(0)) + 1
+    assert_ran_clean(run_thread_masks(tmp_path, threads), "True True 0 True True")
+
+
 # ------------------------------------------------------------------ one step at a time
 
 def test_one_optimizer_stepped_from_two_threads_raises_instead_of_racing():

@@ -93,6 +93,7 @@ void register_runtime(py::module_& m) {
     info["batch_norm_isa"] = isa_name(batch_norm_kernel_table().isa);
     info["num_threads"] = get_num_threads();
     info["forked_single_threaded"] = forked_single_threaded();
+    info["worker_pinning"] = worker_pinning_enabled();
     py::dict caches;
     caches["l1d"] = cache_sizes().l1d;
     caches["l2"] = cache_sizes().l2;

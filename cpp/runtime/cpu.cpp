@@ -2,9 +2,15 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
+#endif
+#if defined(__linux__)
+#include <sched.h>
 #endif
 
 #include "fusedops/fusedops.hpp"
@@ -58,6 +64,33 @@ void after_fork_in_child() {
 }
 const int g_atfork_registered = pthread_atfork(nullptr, nullptr, &after_fork_in_child);
 #endif
+
+// The CPUs worker placement uses (the process's allowed set when first asked, in
+// ascending order); empty when placement is off.
+const std::vector<int>& placement_cpus() {
+  static const std::vector<int> cpus = [] {
+    std::vector<int> out;
+#if defined(__linux__)
+    const char* flag = std::getenv("FUSEDOPS_PIN_THREADS");
+    if (flag != nullptr && std::strcmp(flag, "0") == 0) return out;
+    for (const char* name : {"OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY"}) {
+      if (std::getenv(name) != nullptr) return out;
+    }
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return out;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) out.push_back(cpu);
+    }
+    if (out.size() < 2) out.clear();
+#endif
+    return out;
+  }();
+  return cpus;
+}
+
+// The CPU this worker thread was last pinned to (-1: never).
+thread_local int t_pinned_cpu = -1;
 
 int openmp_threads() {
 #ifdef _OPENMP
@@ -187,6 +220,39 @@ void note_thread_pool_used() {
   if (!g_pool_used.load(std::memory_order_relaxed)) {
     g_pool_used.store(true, std::memory_order_relaxed);
   }
+}
+
+bool worker_pinning_enabled() { return !placement_cpus().empty(); }
+
+int worker_placement_origin() {
+#if defined(__linux__)
+  if (placement_cpus().empty()) return -1;
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+void pin_worker(int thread_num, int team, int origin) {
+#if defined(__linux__)
+  if (thread_num <= 0 || origin < 0) return;
+  const std::vector<int>& cpus = placement_cpus();
+  const int n = static_cast<int>(cpus.size());
+  if (team > n) return;
+  const auto at = std::find(cpus.begin(), cpus.end(), origin);
+  if (at == cpus.end()) return;
+  const int target = cpus[(static_cast<int>(at - cpus.begin()) + thread_num) % n];
+  if (t_pinned_cpu == target) return;
+  t_pinned_cpu = target;  // once per placement, whether or not the OS accepts it
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(target, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+#else
+  (void)thread_num;
+  (void)team;
+  (void)origin;
+#endif
 }
 
 bool openmp_enabled() {

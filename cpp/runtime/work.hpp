@@ -100,9 +100,12 @@ class WorkList {
       return;
 #ifdef _OPENMP
     }
+    note_thread_pool_used();
+    const int origin = worker_placement_origin();
     std::atomic<std::size_t> next_first{0}, next_second{0};
 #pragma omp parallel num_threads(threads)
     {
+      pin_worker(omp_get_thread_num(), omp_get_num_threads(), origin);
       for (std::size_t b = next_first.fetch_add(1, std::memory_order_relaxed); b < batches;
            b = next_first.fetch_add(1, std::memory_order_relaxed)) {
         run_batch(first, b);
@@ -153,9 +156,11 @@ class WorkList {
     }
 #ifdef _OPENMP
     note_thread_pool_used();
+    const int origin = worker_placement_origin();
     std::atomic<std::size_t> next{0};
 #pragma omp parallel num_threads(threads)
     {
+      pin_worker(omp_get_thread_num(), omp_get_num_threads(), origin);
       for (std::size_t b = next.fetch_add(1, std::memory_order_relaxed); b < batches;
            b = next.fetch_add(1, std::memory_order_relaxed)) {
         run_batch(b);

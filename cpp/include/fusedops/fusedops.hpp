@@ -182,4 +182,18 @@ bool forked_single_threaded();
 void note_thread_pool_used();  // called before each parallel region
 bool openmp_enabled();
 
+// Worker placement. A worker of the OpenMP pool that sleeps between calls (a training
+// step's other work, longer than the pool's spin) is woken by the calling thread, and the
+// OS may put it on the caller's own CPU and leave it there for many milliseconds: the
+// call then runs its two threads on one core. Each parallel region therefore pins its
+// workers, the caller never: worker t to the t-th allowed CPU after the one the caller
+// runs on. Only on Linux, only when the team fits the process's CPUs, and not when the
+// user placed OpenMP's threads (OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY,
+// KMP_AFFINITY) or set FUSEDOPS_PIN_THREADS=0.
+// The CPU the calling thread runs on, to pass to pin_worker; -1 when placement is off.
+int worker_placement_origin();
+// Called by thread `thread_num` of a team of `team` at the start of a parallel region.
+void pin_worker(int thread_num, int team, int origin);
+bool worker_pinning_enabled();
+
 }  // namespace fusedops
