@@ -308,109 +308,151 @@ inline void sum_pair(const double* __restrict f, const double* __restrict s, std
   s_sum = b[0];
 }
 
-// Runs a two-sum reduction over all units and combines the partials per channel in
-// unit order into first[c] and second[c]. slab_sums(units, count, sums[2 count]) fills
-// the partials of `count` (at most kStreams) slab units of one length, read side by
-// side; row_sums(unit, first_row, second_row) one row tile's, its partial rows indexed
-// by column. With kStreams > 1, a batch's slab units are read 1 / kStreams of the batch
-// apart (unit u beside u + q, u + 2 q, ...): runs in different pages, each followed by
-// its own hardware stream. Every unit's partials are those it gets alone, whichever
-// units it is read beside.
-template <std::size_t kStreams, class SlabSums, class RowSums>
-void reduce(const Plan& plan, SlabSums slab_sums, RowSums row_sums, double* first,
-            double* second) {
+// A two-sum reduction over all units, cut so that it can share a parallel region with
+// the pass that follows (WorkList::run_in_sequence): batch(lo, hi) fills the partials of
+// the work items [lo, hi), combine() then adds them per channel, in unit order, into
+// first[c] and second[c]. The source gives the sums: source.slab_sums(units, count,
+// sums[2 count]) those of `count` (at most kStreams) slab units of one length, read side
+// by side; source.row_sums(unit, first_row, second_row) one row tile's, its partial rows
+// indexed by column. With kStreams > 1, a batch's slab units are read 1 / kStreams of the
+// batch apart (unit u beside u + q, u + 2 q, ...): runs in different pages, each followed
+// by its own hardware stream. Every unit's partials are those it gets alone, whichever
+// units it is read beside, so results are bitwise the same for any thread count.
+template <std::size_t kStreams, class Source>
+class SumReduction {
   static_assert(kStreams >= 1 && kStreams <= kSlabStreams, "streams");
-  Scratch scratch;
-  const std::size_t channels = plan.channels(), inner = plan.inner();
-  std::fill(first, first + channels, 0.0);
-  std::fill(second, second + channels, 0.0);
-  if (plan.reduce_slabs()) {
-    const WorkList work = plan.slab_work();
-    double* partials = scratch.take<double>(2 * work.items().size());
-    work.run_batches([&](std::size_t lo, std::size_t hi) {
-      const std::size_t q = (hi - lo) / kStreams;
-      SlabUnit units[kStreams];
-      double sums[2 * kStreams];
-      const auto alone = [&](std::size_t u) {
-        units[0] = plan.slab_unit(u);
-        slab_sums(units, 1, partials + 2 * u);
-      };
-      for (std::size_t u = lo; u < lo + q; ++u) {
-        bool same_length = true;
-        for (std::size_t s = 0; s < kStreams; ++s) {
-          units[s] = plan.slab_unit(u + s * q);
-          same_length = same_length && units[s].length == units[0].length;
-        }
-        if (!same_length) {
-          for (std::size_t s = 0; s < kStreams; ++s) alone(u + s * q);
-          continue;
-        }
-        slab_sums(units, kStreams, sums);
-        for (std::size_t s = 0; s < kStreams; ++s) {
-          partials[2 * (u + s * q)] = sums[2 * s];
-          partials[2 * (u + s * q) + 1] = sums[2 * s + 1];
-        }
-      }
-      for (std::size_t u = lo + kStreams * q; u < hi; ++u) alone(u);
-    });
-    const double* p = partials;
-    for (std::size_t o = 0; o < plan.outer(); ++o) {
-      for (std::size_t c = 0; c < channels; ++c) {
-        for (std::size_t b = 0; b < plan.blocks_per_slab(); ++b, p += 2) {
-          first[c] += p[0];
-          second[c] += p[1];
-        }
-      }
-    }
-    return;
-  }
-  // The accumulator rows are updated for every row of data: each group's rows start on
-  // their own cache lines, or two threads would keep stealing the line they share.
-  const std::size_t groups = plan.groups();
-  constexpr std::size_t kDoublesPerLine = kLineBytes / sizeof(double);
-  const std::size_t stride =
-      (plan.cols() + kDoublesPerLine - 1) / kDoublesPerLine * kDoublesPerLine;
-  double* first_rows = scratch.take<double>(groups * stride);
-  double* second_rows = scratch.take<double>(groups * stride);
-  plan.row_work().run([&](std::size_t u, const WorkItem&) {
-    const RowUnit r = plan.row_unit(u);
-    const std::size_t at = r.group * stride + r.col;
-    row_sums(r, first_rows + at, second_rows + at);
-  });
-  for (std::size_t g = 0; g < groups; ++g) {
-    const double* __restrict f = first_rows + g * stride;
-    const double* __restrict s = second_rows + g * stride;
-    if (inner == 1) {  // a column per channel: the same sums, as a loop that vectorizes
-      for (std::size_t c = 0; c < channels; ++c) {
-        first[c] += f[c];
-        second[c] += s[c];
-      }
-      continue;
-    }
-    for (std::size_t c = 0; c < channels; ++c, f += inner, s += inner) {
-      double f_sum, s_sum;
-      sum_pair(f, s, inner, f_sum, s_sum);
-      first[c] += f_sum;
-      second[c] += s_sum;
+
+ public:
+  SumReduction(const Plan& plan, Scratch& scratch, const Source& source)
+      : plan_(plan), source_(source),
+        work_(plan.reduce_slabs() ? plan.slab_work() : plan.row_work()) {
+    if (plan.reduce_slabs()) {
+      partials_ = scratch.take<double>(2 * work_.items().size());
+    } else {
+      // The accumulator rows are updated for every row of data: each group's rows start
+      // on their own cache lines, or two threads would keep stealing the line they share.
+      constexpr std::size_t kDoublesPerLine = kLineBytes / sizeof(double);
+      stride_ = (plan.cols() + kDoublesPerLine - 1) / kDoublesPerLine * kDoublesPerLine;
+      first_rows_ = scratch.take<double>(plan.groups() * stride_);
+      second_rows_ = scratch.take<double>(plan.groups() * stride_);
     }
   }
+
+  const WorkList& work() const { return work_; }
+
+  void batch(std::size_t lo, std::size_t hi) const {
+    if (!plan_.reduce_slabs()) {
+      for (std::size_t u = lo; u < hi; ++u) {
+        const RowUnit r = plan_.row_unit(u);
+        const std::size_t at = r.group * stride_ + r.col;
+        source_.row_sums(r, first_rows_ + at, second_rows_ + at);
+      }
+      return;
+    }
+    const std::size_t q = (hi - lo) / kStreams;
+    SlabUnit units[kStreams];
+    double sums[2 * kStreams];
+    const auto alone = [&](std::size_t u) {
+      units[0] = plan_.slab_unit(u);
+      source_.slab_sums(units, 1, partials_ + 2 * u);
+    };
+    for (std::size_t u = lo; u < lo + q; ++u) {
+      bool same_length = true;
+      for (std::size_t s = 0; s < kStreams; ++s) {
+        units[s] = plan_.slab_unit(u + s * q);
+        same_length = same_length && units[s].length == units[0].length;
+      }
+      if (!same_length) {
+        for (std::size_t s = 0; s < kStreams; ++s) alone(u + s * q);
+        continue;
+      }
+      source_.slab_sums(units, kStreams, sums);
+      for (std::size_t s = 0; s < kStreams; ++s) {
+        partials_[2 * (u + s * q)] = sums[2 * s];
+        partials_[2 * (u + s * q) + 1] = sums[2 * s + 1];
+      }
+    }
+    for (std::size_t u = lo + kStreams * q; u < hi; ++u) alone(u);
+  }
+
+  void combine(double* first, double* second) const {
+    const std::size_t channels = plan_.channels(), inner = plan_.inner();
+    std::fill(first, first + channels, 0.0);
+    std::fill(second, second + channels, 0.0);
+    if (plan_.reduce_slabs()) {
+      const double* p = partials_;
+      for (std::size_t o = 0; o < plan_.outer(); ++o) {
+        for (std::size_t c = 0; c < channels; ++c) {
+          for (std::size_t b = 0; b < plan_.blocks_per_slab(); ++b, p += 2) {
+            first[c] += p[0];
+            second[c] += p[1];
+          }
+        }
+      }
+      return;
+    }
+    for (std::size_t g = 0; g < plan_.groups(); ++g) {
+      const double* __restrict f = first_rows_ + g * stride_;
+      const double* __restrict s = second_rows_ + g * stride_;
+      if (inner == 1) {  // a column per channel: the same sums, as a loop that vectorizes
+        for (std::size_t c = 0; c < channels; ++c) {
+          first[c] += f[c];
+          second[c] += s[c];
+        }
+        continue;
+      }
+      for (std::size_t c = 0; c < channels; ++c, f += inner, s += inner) {
+        double f_sum, s_sum;
+        sum_pair(f, s, inner, f_sum, s_sum);
+        first[c] += f_sum;
+        second[c] += s_sum;
+      }
+    }
+  }
+
+  // The reduction alone, in its own parallel region.
+  void run(double* first, double* second) const {
+    work_.run_batches([this](std::size_t lo, std::size_t hi) { batch(lo, hi); });
+    combine(first, second);
+  }
+
+ private:
+  const Plan& plan_;
+  Source source_;
+  WorkList work_;
+  double* partials_ = nullptr;                                  // slab units
+  std::size_t stride_ = 0;                                      // row tiles
+  double* first_rows_ = nullptr;
+  double* second_rows_ = nullptr;
+};
+
+// Room for fill_columns(..., rows): null when the per-channel values serve as they are
+// (a column per channel, one row).
+template <class V>
+V* column_room(const Plan& plan, Scratch& scratch, std::size_t rows = 1) {
+  if (plan.inner() == 1 && rows == 1) return nullptr;
+  return scratch.take<V>(rows * plan.cols());
 }
 
 // Per-channel values repeated for each column of a row (column j holds channel
-// j / inner), and the row repeated `rows` times; the values themselves when inner and
-// rows are 1.
+// j / inner), and the row repeated `rows` times, into `room` (from column_room); the
+// values themselves when room is null.
 template <class V>
-const V* per_column(const Plan& plan, const V* per_channel, Scratch& scratch,
-                    std::size_t rows = 1) {
+const V* fill_columns(const Plan& plan, const V* per_channel, V* room, std::size_t rows = 1) {
+  if (room == nullptr) return per_channel;
   const std::size_t inner = plan.inner(), cols = plan.cols();
-  if (inner == 1 && rows == 1) return per_channel;
-  V* out = scratch.take<V>(rows * cols);
-  V* o = out;
+  V* o = room;
   for (std::size_t c = 0; c < plan.channels(); ++c) {
     for (std::size_t i = 0; i < inner; ++i) *o++ = per_channel[c];
   }
-  for (std::size_t r = 1; r < rows; ++r) std::copy(out, out + cols, out + r * cols);
-  return out;
+  for (std::size_t r = 1; r < rows; ++r) std::copy(room, room + cols, room + r * cols);
+  return room;
+}
+
+template <class V>
+const V* per_column(const Plan& plan, const V* per_channel, Scratch& scratch,
+                    std::size_t rows = 1) {
+  return fill_columns(plan, per_channel, column_room<V>(plan, scratch, rows), rows);
 }
 
 // Calls f(offset, rows, stride, cols) for the row loops over the elementwise tile r: the
@@ -546,6 +588,195 @@ struct DxConstants {
   }
 };
 
+// The sums of the statistics: sum(x - pivot) and sum((x - pivot)^2) per channel, around
+// a value of each channel (its first), so they see the spread, not the mean; exact
+// enough in double even when that value is far out.
+template <class R, class T>
+struct StatsSums {
+  const BatchNormKernels<R, T>& k;
+  const Plan& plan;
+  const R* x;
+  double* pivot;            // per channel
+  const double* pivot_col;  // per column (row tiles)
+
+  StatsSums(const BatchNormKernels<R, T>& kernels, const Plan& p, const R* data, Scratch& scratch)
+      : k(kernels), plan(p), x(data), pivot(scratch.take<double>(p.channels())) {
+    k.values_at(x, plan.inner(), plan.channels(), pivot);
+    pivot_col = plan.reduce_slabs() ? nullptr : per_column(plan, pivot, scratch);
+  }
+  void slab_sums(const SlabUnit* units, std::size_t count, double* out) const {
+    const R* xs[kSlabStreams];
+    double pivots[kSlabStreams];
+    for (std::size_t s = 0; s < count; ++s) {
+      xs[s] = x + units[s].offset;
+      pivots[s] = pivot[units[s].channel];
+    }
+    k.slab_stats(xs, count, units[0].length, pivots, out);
+  }
+  void row_sums(const RowUnit& r, double* first, double* second) const {
+    k.rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first, second);
+  }
+};
+
+// The gradient sums: sum(dy) and sum(dy * (x - mean)) per channel (slab units one at a
+// time).
+template <class R, class T>
+struct GradSums {
+  const BatchNormKernels<R, T>& k;
+  const Plan& plan;
+  const R* dy;
+  const R* x;
+  const double* mean;
+  const double* mean_col;
+
+  GradSums(const BatchNormKernels<R, T>& kernels, const Plan& p, const R* grad, const R* data,
+           const double* m, Scratch& scratch)
+      : k(kernels), plan(p), dy(grad), x(data), mean(m),
+        mean_col(p.reduce_slabs() ? nullptr : per_column(p, m, scratch)) {}
+  void slab_sums(const SlabUnit* units, std::size_t, double* out) const {
+    k.slab_grad_sums(dy + units[0].offset, x + units[0].offset, units[0].length,
+                     mean[units[0].channel], out);
+  }
+  void row_sums(const RowUnit& r, double* first, double* second) const {
+    k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
+                     mean_col + r.col, first, second);
+  }
+};
+
+// The elementwise pass y = (x - hi) * scale + shift, cut like SumReduction: the
+// constructor takes its memory, set() its constants (per channel, and per column for
+// row tiles), batch(lo, hi) runs the work items [lo, hi) and fences streaming stores.
+template <class R, class T>
+class NormalizePass {
+ public:
+  NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
+                R* y)
+      : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels()),
+        stream_(plan.stream_output(2)), period_(stream_ ? plan.rows_per_run() : 1),
+        work_(plan.runs() ? plan.run_work() : plan.elementwise_work(false)) {
+    if (!plan.runs()) {
+      for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_);
+    }
+  }
+
+  void set(const double* mean, const double* invstd, const T* weight, const T* bias) {
+    constants_.set(0, plan_.channels(), mean, invstd, weight, bias);
+    if (plan_.runs()) return;
+    hi_ = fill_columns(plan_, constants_.mean_hi, room_[0], period_);
+    sc_ = fill_columns(plan_, constants_.scale, room_[1], period_);
+    sh_ = fill_columns(plan_, constants_.shift, room_[2], period_);
+  }
+
+  const WorkList& work() const { return work_; }
+
+  void batch(std::size_t lo, std::size_t hi) const {
+    for (std::size_t u = lo; u < hi; ++u) {
+      if (plan_.runs()) {
+        const RunUnit r = plan_.run_unit(u);
+        k_.runs_normalize(x_ + r.offset, y_ + r.offset, r.length, plan_.inner(),
+                          plan_.channels(), r.slab_offset, r.channel, constants_.mean_hi,
+                          constants_.scale, constants_.shift, stream_);
+        continue;
+      }
+      const RowUnit r = plan_.elementwise_item(u, false);
+      row_runs(plan_, r, period_, [&](std::size_t at, std::size_t rows, std::size_t stride,
+                                      std::size_t cols) {
+        k_.rows_normalize(x_ + at, y_ + at, rows, stride, cols, hi_ + r.col, sc_ + r.col,
+                          sh_ + r.col, stream_);
+      });
+    }
+    if (stream_) k_.stream_fence();
+  }
+
+  void run() const {
+    work_.run_batches([this](std::size_t lo, std::size_t hi) { batch(lo, hi); });
+  }
+
+ private:
+  const BatchNormKernels<R, T>& k_;
+  const Plan& plan_;
+  const R* x_;
+  R* y_;
+  NormalizeConstants<T> constants_;
+  bool stream_;
+  std::size_t period_;
+  WorkList work_;
+  T* room_[3] = {nullptr, nullptr, nullptr};
+  const T* hi_ = nullptr;
+  const T* sc_ = nullptr;
+  const T* sh_ = nullptr;
+};
+
+// The elementwise pass dx = dy * k_dy + (x - hi) * k_x + k_0, cut as NormalizePass.
+// centered = false: dx = dy * weight * invstd (eval mode; the sums are not read).
+template <class R, class T>
+class DxPass {
+ public:
+  DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
+         const R* x, R* dx, bool centered)
+      : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels()),
+        centered_(centered), stream_(plan.stream_output(3)),
+        period_(stream_ ? plan.rows_per_run() : 1),
+        work_(plan.runs() ? plan.run_work() : plan.elementwise_work(true)) {
+    if (!plan.runs()) {
+      for (std::size_t i = 0; i < 4; ++i) room_[i] = column_room<T>(plan, scratch, period_);
+    }
+  }
+
+  void set(const T* weight, const double* mean, const double* invstd, const double* sum_dy,
+           const double* sum_dy_xhat, double count) {
+    constants_.set(0, plan_.channels(), weight, mean, invstd, sum_dy, sum_dy_xhat, count,
+                   centered_);
+    if (plan_.runs()) return;
+    kd_ = fill_columns(plan_, constants_.k_dy, room_[0], period_);
+    hi_ = fill_columns(plan_, constants_.mean_hi, room_[1], period_);
+    kx_ = fill_columns(plan_, constants_.k_x, room_[2], period_);
+    k0_ = fill_columns(plan_, constants_.k_0, room_[3], period_);
+  }
+
+  const WorkList& work() const { return work_; }
+
+  void batch(std::size_t lo, std::size_t hi) const {
+    for (std::size_t u = lo; u < hi; ++u) {
+      if (plan_.runs()) {
+        const RunUnit r = plan_.run_unit(u);
+        k_.runs_dx(dy_ + r.offset, x_ + r.offset, dx_ + r.offset, r.length, plan_.inner(),
+                   plan_.channels(), r.slab_offset, r.channel, constants_.k_dy,
+                   constants_.mean_hi, constants_.k_x, constants_.k_0, centered_, stream_);
+        continue;
+      }
+      const RowUnit r = plan_.elementwise_item(u, true);
+      row_runs(plan_, r, period_, [&](std::size_t at, std::size_t rows, std::size_t stride,
+                                      std::size_t cols) {
+        k_.rows_dx(dy_ + at, x_ + at, dx_ + at, rows, stride, cols, kd_ + r.col, hi_ + r.col,
+                   kx_ + r.col, k0_ + r.col, centered_, stream_);
+      });
+    }
+    if (stream_) k_.stream_fence();
+  }
+
+  void run() const {
+    work_.run_batches([this](std::size_t lo, std::size_t hi) { batch(lo, hi); });
+  }
+
+ private:
+  const BatchNormKernels<R, T>& k_;
+  const Plan& plan_;
+  const R* dy_;
+  const R* x_;
+  R* dx_;
+  DxConstants<T> constants_;
+  bool centered_;
+  bool stream_;
+  std::size_t period_;
+  WorkList work_;
+  T* room_[4] = {nullptr, nullptr, nullptr, nullptr};
+  const T* kd_ = nullptr;
+  const T* hi_ = nullptr;
+  const T* kx_ = nullptr;
+  const T* k0_ = nullptr;
+};
+
 template <class R, class T>
 void stats_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, double* mean,
                  double* m2) {
@@ -556,66 +787,28 @@ void stats_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, 
     return;
   }
   Scratch scratch;
-  // Sums are taken around a value of each channel (its first), so they see the spread,
-  // not the mean; exact enough in double even when that value is far out.
-  double* pivot = scratch.take<double>(channels);
-  k.values_at(x, plan.inner(), channels, pivot);
-  const double* pivot_col = plan.reduce_slabs() ? nullptr : per_column(plan, pivot, scratch);
+  const StatsSums<R, T> sums(k, plan, x, scratch);
+  const SumReduction<kSlabStreams, StatsSums<R, T>> reduction(plan, scratch, sums);
   double* sum = scratch.take<double>(channels);
   double* sum_sq = scratch.take<double>(channels);
-  reduce<kSlabStreams>(
-      plan,
-      [&](const SlabUnit* units, std::size_t count, double* out) {
-        const R* xs[kSlabStreams];
-        double pivots[kSlabStreams];
-        for (std::size_t s = 0; s < count; ++s) {
-          xs[s] = x + units[s].offset;
-          pivots[s] = pivot[units[s].channel];
-        }
-        k.slab_stats(xs, count, units[0].length, pivots, out);
-      },
-      [&](const RowUnit& r, double* first, double* second) {
-        k.rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first,
-                        second);
-      },
-      sum, sum_sq);
-  const double count = double(plan.per_channel());
-  finish_stats(0, channels, pivot, sum, sum_sq, count, mean, m2);
+  reduction.run(sum, sum_sq);
+  finish_stats(0, channels, sums.pivot, sum, sum_sq, double(plan.per_channel()), mean, m2);
 }
 
 template <class R, class T>
 void elemt_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, R* y,
                  const double* mean, const double* invstd,
                  const T* weight, const T* bias) {
-  const std::size_t channels = plan.channels();
   Scratch scratch;
-  NormalizeConstants<T> constants(scratch, channels);
-  constants.set(0, channels, mean, invstd, weight, bias);
-  const T* mean_hi = constants.mean_hi;
-  const T* scale = constants.scale;
-  const T* shift = constants.shift;
-  const bool stream = plan.stream_output(2);
-  const auto fence = stream_fence_after_batch(k, stream);
-  if (plan.runs()) {
-    plan.run_work().run([&](std::size_t u, const WorkItem&) {
-      const RunUnit r = plan.run_unit(u);
-      k.runs_normalize(x + r.offset, y + r.offset, r.length, plan.inner(), channels,
-                          r.slab_offset, r.channel, mean_hi, scale, shift, stream);
-    }, fence);
-    return;
-  }
-  const std::size_t period = stream ? plan.rows_per_run() : 1;
-  const T* hi = per_column(plan, mean_hi, scratch, period);
-  const T* sc = per_column(plan, scale, scratch, period);
-  const T* sh = per_column(plan, shift, scratch, period);
-  plan.elementwise_work(false).run([&](std::size_t u, const WorkItem&) {
-    const RowUnit r = plan.elementwise_item(u, false);
-    row_runs(plan, r, period, [&](std::size_t at, std::size_t rows, std::size_t stride,
-                                  std::size_t cols) {
-      k.rows_normalize(x + at, y + at, rows, stride, cols, hi + r.col, sc + r.col, sh + r.col,
-                       stream);
-    });
-  }, fence);
+  NormalizePass<R, T> pass(k, plan, scratch, x, y);
+  pass.set(mean, invstd, weight, bias);
+  pass.run();
+}
+
+// sum_dy_xhat arrives as sum(dy * (x - mean)) and leaves times invstd.
+inline void scale_by_invstd(std::size_t channels, const double* __restrict invstd,
+                            double* __restrict sum_dy_xhat) {
+  for (std::size_t c = 0; c < channels; ++c) sum_dy_xhat[c] *= invstd[c];
 }
 
 template <class R, class T>
@@ -623,59 +816,21 @@ void backward_reduce_typed(const BatchNormKernels<R, T>& k, const Plan& plan, co
                            const R* x, const double* mean,
                            const double* invstd, double* sum_dy, double* sum_dy_xhat) {
   Scratch scratch;
-  const double* mean_col = plan.reduce_slabs() ? nullptr : per_column(plan, mean, scratch);
-  reduce<1>(
-      plan,
-      [&](const SlabUnit* units, std::size_t, double* out) {  // one at a time
-        k.slab_grad_sums(dy + units[0].offset, x + units[0].offset, units[0].length,
-                         mean[units[0].channel], out);
-      },
-      [&](const RowUnit& r, double* first, double* second) {
-        k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
-                            mean_col + r.col, first, second);
-      },
-      sum_dy, sum_dy_xhat);
-  for (std::size_t c = 0; c < plan.channels(); ++c) sum_dy_xhat[c] *= invstd[c];
+  const GradSums<R, T> sums(k, plan, dy, x, mean, scratch);
+  const SumReduction<1, GradSums<R, T>> reduction(plan, scratch, sums);
+  reduction.run(sum_dy, sum_dy_xhat);
+  scale_by_invstd(plan.channels(), invstd, sum_dy_xhat);
 }
 
-// centered = false: dx = dy * weight * invstd (eval mode; the sums are not read).
 template <class R, class T>
 void backward_elemt_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* dy,
                           const R* x, R* dx, const T* weight,
                           const double* mean, const double* invstd, const double* sum_dy,
                           const double* sum_dy_xhat, double count, bool centered) {
-  const std::size_t channels = plan.channels();
   Scratch scratch;
-  DxConstants<T> constants(scratch, channels);
-  constants.set(0, channels, weight, mean, invstd, sum_dy, sum_dy_xhat, count, centered);
-  const T* k_dy = constants.k_dy;
-  const T* mean_hi = constants.mean_hi;
-  const T* k_x = constants.k_x;
-  const T* k_0 = constants.k_0;
-  const bool stream = plan.stream_output(3);
-  const auto fence = stream_fence_after_batch(k, stream);
-  if (plan.runs()) {
-    plan.run_work().run([&](std::size_t u, const WorkItem&) {
-      const RunUnit r = plan.run_unit(u);
-      k.runs_dx(dy + r.offset, x + r.offset, dx + r.offset, r.length, plan.inner(),
-                   channels, r.slab_offset, r.channel, k_dy, mean_hi, k_x, k_0,
-                   centered, stream);
-    }, fence);
-    return;
-  }
-  const std::size_t period = stream ? plan.rows_per_run() : 1;
-  const T* kd = per_column(plan, k_dy, scratch, period);
-  const T* hi = per_column(plan, mean_hi, scratch, period);
-  const T* kx = per_column(plan, k_x, scratch, period);
-  const T* k0 = per_column(plan, k_0, scratch, period);
-  plan.elementwise_work(true).run([&](std::size_t u, const WorkItem&) {
-    const RowUnit r = plan.elementwise_item(u, true);
-    row_runs(plan, r, period, [&](std::size_t at, std::size_t rows, std::size_t stride,
-                                  std::size_t cols) {
-      k.rows_dx(dy + at, x + at, dx + at, rows, stride, cols, kd + r.col, hi + r.col,
-                kx + r.col, k0 + r.col, centered, stream);
-    });
-  }, fence);
+  DxPass<R, T> pass(k, plan, scratch, dy, x, dx, centered);
+  pass.set(weight, mean, invstd, sum_dy, sum_dy_xhat, count);
+  pass.run();
 }
 
 // The training forward for a channel-first x beyond the L2 (Plan::block_channels): each
@@ -793,11 +948,17 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
   }, stream_fence_after_batch(k, stream));
 }
 
+// The forward and backward below run their reduction, their per-channel finishing and
+// their elementwise pass in one parallel region (WorkList::run_in_sequence): a call wakes
+// the pool's workers once.
 template <class R, class T>
 void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
                    const BatchNormForwardArgs& a) {
   const Plan plan(shape, sizeof(R));
   const std::size_t channels = plan.channels();
+  const R* x = static_cast<const R*>(a.x);
+  const T* weight = static_cast<const T*>(a.weight);
+  const T* bias = static_cast<const T*>(a.bias);
   T* running_mean = static_cast<T*>(a.running_mean);
   T* running_var = static_cast<T*>(a.running_var);
   double* mean = a.save_mean;
@@ -807,19 +968,40 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
       forward_blocked(k, plan, group, a);
       return;
     }
-    Scratch scratch;
-    double* m2 = scratch.take<double>(channels);
-    stats_typed(k, plan, static_cast<const R*>(a.x), mean, m2);
-    const double count = double(plan.per_channel());
-    finish_forward<T>(0, channels, m2, count, a);
-  } else {
+  }
+  Scratch scratch;
+  NormalizePass<R, T> pass(k, plan, scratch, x, static_cast<R*>(a.y));
+  if (!a.training) {
     for (std::size_t c = 0; c < channels; ++c) {
       mean[c] = double(running_mean[c]);
       invstd[c] = 1.0 / std::sqrt(double(running_var[c]) + a.eps);
     }
+    pass.set(mean, invstd, weight, bias);
+    pass.run();
+    return;
   }
-  elemt_typed(k, plan, static_cast<const R*>(a.x), static_cast<R*>(a.y), mean, invstd,
-              static_cast<const T*>(a.weight), static_cast<const T*>(a.bias));
+  const double count = double(plan.per_channel());
+  double* m2 = scratch.take<double>(channels);
+  if (plan.per_channel() == 0) {  // (rejected before it gets here; kept well defined)
+    stats_typed(k, plan, x, mean, m2);
+    finish_forward<T>(0, channels, m2, count, a);
+    pass.set(mean, invstd, weight, bias);
+    pass.run();
+    return;
+  }
+  const StatsSums<R, T> sums(k, plan, x, scratch);
+  const SumReduction<kSlabStreams, StatsSums<R, T>> reduction(plan, scratch, sums);
+  double* sum = scratch.take<double>(channels);
+  double* sum_sq = scratch.take<double>(channels);
+  WorkList::run_in_sequence(
+      reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
+      [&] {
+        reduction.combine(sum, sum_sq);
+        finish_stats(0, channels, sums.pivot, sum, sum_sq, count, mean, m2);
+        finish_forward<T>(0, channels, m2, count, a);
+        pass.set(mean, invstd, weight, bias);
+      },
+      pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); });
 }
 
 template <class R, class T>
@@ -836,24 +1018,38 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
       return;
     }
   }
+  const double count = double(plan.per_channel());
   Scratch scratch;
+  DxPass<R, T> pass(k, plan, scratch, dy, x, static_cast<R*>(a.dx), a.training && count > 0);
   double* sum_dy = scratch.take<double>(channels);
   double* sum_dy_xhat = scratch.take<double>(channels);
   // Eval mode without weight needs neither sum.
-  if (a.training || weight != nullptr) {
-    backward_reduce_typed(k, plan, dy, x, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat);
+  if (!a.training && weight == nullptr) {
+    pass.set(weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count);
+    pass.run();
+    return;
   }
-  if (weight != nullptr) {
-    T* grad_weight = static_cast<T*>(a.grad_weight);
-    T* grad_bias = static_cast<T*>(a.grad_bias);
-    for (std::size_t c = 0; c < channels; ++c) {
-      grad_weight[c] = T(sum_dy_xhat[c]);
-      grad_bias[c] = T(sum_dy[c]);
+  const auto finish = [&] {
+    scale_by_invstd(channels, a.save_invstd, sum_dy_xhat);
+    if (weight != nullptr) {
+      T* grad_weight = static_cast<T*>(a.grad_weight);
+      T* grad_bias = static_cast<T*>(a.grad_bias);
+      for (std::size_t c = 0; c < channels; ++c) {
+        grad_weight[c] = T(sum_dy_xhat[c]);
+        grad_bias[c] = T(sum_dy[c]);
+      }
     }
-  }
-  const double count = double(plan.per_channel());
-  backward_elemt_typed(k, plan, dy, x, static_cast<R*>(a.dx), weight, a.save_mean, a.save_invstd,
-                       sum_dy, sum_dy_xhat, count, a.training && count > 0);
+    pass.set(weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count);
+  };
+  const GradSums<R, T> sums(k, plan, dy, x, a.save_mean, scratch);
+  const SumReduction<1, GradSums<R, T>> reduction(plan, scratch, sums);
+  WorkList::run_in_sequence(
+      reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
+      [&] {
+        reduction.combine(sum_dy, sum_dy_xhat);
+        finish();
+      },
+      pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); });
 }
 
 // Calls f(k) with k the current ISA's batch-norm kernels for x-shaped data of dtype.

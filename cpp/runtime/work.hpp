@@ -121,6 +121,40 @@ class WorkList {
 #endif
   }
 
+  // Two work lists in one parallel region (one fork/join instead of two; each wake-up of
+  // a sleeping worker costs microseconds): first_batch(lo, hi) for the items of every
+  // batch of `first`, then between() once on the calling thread after every batch of
+  // `first` has returned, then second_batch(lo, hi) for every batch of `second`. The team
+  // is what the larger list would get alone.
+  template <class FirstBatch, class Between, class SecondBatch>
+  static void run_in_sequence(const WorkList& first, FirstBatch&& first_batch, Between&& between,
+                              const WorkList& second, SecondBatch&& second_batch) {
+    const int threads = std::max(first.thread_count(), second.thread_count());
+#ifdef _OPENMP
+    if (threads <= 1) {
+#endif
+      first.run_batches_serially(first_batch);
+      between();
+      second.run_batches_serially(second_batch);
+      return;
+#ifdef _OPENMP
+    }
+    note_thread_pool_used();
+    const int origin = worker_placement_origin();
+    std::atomic<std::size_t> next_first{0}, next_second{0};
+#pragma omp parallel num_threads(threads)
+    {
+      pin_worker(omp_get_thread_num(), omp_get_num_threads(), origin);
+      first.take_batches(next_first, first_batch);
+#pragma omp barrier
+#pragma omp master
+      between();
+#pragma omp barrier
+      second.take_batches(next_second, second_batch);
+    }
+#endif
+  }
+
   const std::vector<WorkItem>& items() const { return items_; }
   std::size_t elements() const { return elements_; }
 
@@ -173,6 +207,24 @@ class WorkList {
 
  private:
   WorkList() = default;
+
+  // fn(lo, hi) for every batch, in order, on the calling thread.
+  template <class Fn>
+  void run_batches_serially(Fn& fn) const {
+    for (std::size_t b = 0; b < batch_ends_.size(); ++b) {
+      fn(b == 0 ? 0 : batch_ends_[b - 1], batch_ends_[b]);
+    }
+  }
+
+  // fn(lo, hi) for the batches this thread takes from the shared counter `next`.
+  template <class Fn>
+  void take_batches(std::atomic<std::size_t>& next, Fn& fn) const {
+    const std::size_t batches = batch_ends_.size();
+    for (std::size_t b = next.fetch_add(1, std::memory_order_relaxed); b < batches;
+         b = next.fetch_add(1, std::memory_order_relaxed)) {
+      fn(b == 0 ? 0 : batch_ends_[b - 1], batch_ends_[b]);
+    }
+  }
 
   int thread_count() const {
     const std::size_t batches = batch_ends_.size();
