@@ -85,40 +85,13 @@ class WorkList {
   // norms): the per-item partials of first() are combined in between(), in item order.
   template <class First, class Between, class Second>
   void run_phases(First&& first, Between&& between, Second&& second) const {
-    const std::size_t batches = batch_ends_.size();
-    const auto run_batch = [&](auto& fn, std::size_t batch) {
-      const std::size_t lo = batch == 0 ? 0 : batch_ends_[batch - 1];
-      for (std::size_t i = lo; i < batch_ends_[batch]; ++i) fn(i, items_[i]);
+    const auto first_batch = [&](std::size_t lo, std::size_t hi) {
+      for (std::size_t i = lo; i < hi; ++i) first(i, items_[i]);
     };
-    const int threads = thread_count();
-#ifdef _OPENMP
-    if (threads <= 1) {
-#endif
-      for (std::size_t b = 0; b < batches; ++b) run_batch(first, b);
-      between();
-      for (std::size_t b = 0; b < batches; ++b) run_batch(second, b);
-      return;
-#ifdef _OPENMP
-    }
-    note_thread_pool_used();
-    const int origin = worker_placement_origin();
-    std::atomic<std::size_t> next_first{0}, next_second{0};
-#pragma omp parallel num_threads(threads)
-    {
-      pin_worker(omp_get_thread_num(), omp_get_num_threads(), origin);
-      for (std::size_t b = next_first.fetch_add(1, std::memory_order_relaxed); b < batches;
-           b = next_first.fetch_add(1, std::memory_order_relaxed)) {
-        run_batch(first, b);
-      }
-#pragma omp barrier
-#pragma omp single
-      between();  // the implicit barrier after `single` publishes its results
-      for (std::size_t b = next_second.fetch_add(1, std::memory_order_relaxed); b < batches;
-           b = next_second.fetch_add(1, std::memory_order_relaxed)) {
-        run_batch(second, b);
-      }
-    }
-#endif
+    const auto second_batch = [&](std::size_t lo, std::size_t hi) {
+      for (std::size_t i = lo; i < hi; ++i) second(i, items_[i]);
+    };
+    run_in_sequence(*this, first_batch, between, *this, second_batch);
   }
 
   // Two work lists in one parallel region (one fork/join instead of two; each wake-up of
