@@ -245,16 +245,12 @@ class Plan {
     const std::size_t row = row_begin(u);
     return {row * cols_, row_begin(u + 1) - row, 0, cols_, u};
   }
-  // Item u of elementwise_work(backwards): tile u, or with `backwards` the tiles from last
-  // to first (the backward's elementwise pass starts on the dy and x the reduction read
-  // last, part of which the cache still holds; channel-last, 2 threads: about 3% faster,
-  // and the same order in the forward measured no difference).
-  RowUnit elementwise_item(std::size_t u, bool backwards) const {
-    return elementwise_unit(backwards ? elementwise_units() - 1 - u : u);
-  }
-  WorkList elementwise_work(bool backwards) const {
-    return WorkList::units(elementwise_units(), element_bytes_, [this, backwards](std::size_t u) {
-      const RowUnit r = elementwise_item(u, backwards);
+  // The elementwise passes' work: tile u is item u. (When a pass follows its reduction in
+  // one parallel region, each thread runs its share from the last tile back: see
+  // WorkList::run_in_sequence.)
+  WorkList elementwise_work() const {
+    return WorkList::units(elementwise_units(), element_bytes_, [this](std::size_t u) {
+      const RowUnit r = elementwise_unit(u);
       return r.rows * r.cols;
     });
   }
@@ -653,7 +649,7 @@ class NormalizePass {
                 R* y)
       : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels()),
         stream_(plan.stream_output(2)), period_(stream_ ? plan.rows_per_run() : 1),
-        work_(plan.runs() ? plan.run_work() : plan.elementwise_work(false)) {
+        work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_);
     }
@@ -678,7 +674,7 @@ class NormalizePass {
                           constants_.scale, constants_.shift, stream_);
         continue;
       }
-      const RowUnit r = plan_.elementwise_item(u, false);
+      const RowUnit r = plan_.elementwise_unit(u);
       row_runs(plan_, r, period_, [&](std::size_t at, std::size_t rows, std::size_t stride,
                                       std::size_t cols) {
         k_.rows_normalize(x_ + at, y_ + at, rows, stride, cols, hi_ + r.col, sc_ + r.col,
@@ -717,7 +713,7 @@ class DxPass {
       : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels()),
         centered_(centered), stream_(plan.stream_output(3)),
         period_(stream_ ? plan.rows_per_run() : 1),
-        work_(plan.runs() ? plan.run_work() : plan.elementwise_work(true)) {
+        work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 4; ++i) room_[i] = column_room<T>(plan, scratch, period_);
     }
@@ -745,7 +741,7 @@ class DxPass {
                    constants_.mean_hi, constants_.k_x, constants_.k_0, centered_, stream_);
         continue;
       }
-      const RowUnit r = plan_.elementwise_item(u, true);
+      const RowUnit r = plan_.elementwise_unit(u);
       row_runs(plan_, r, period_, [&](std::size_t at, std::size_t rows, std::size_t stride,
                                       std::size_t cols) {
         k_.rows_dx(dy_ + at, x_ + at, dx_ + at, rows, stride, cols, kd_ + r.col, hi_ + r.col,

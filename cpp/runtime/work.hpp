@@ -97,8 +97,17 @@ class WorkList {
   // Two work lists in one parallel region (one fork/join instead of two; each wake-up of
   // a sleeping worker costs microseconds): first_batch(lo, hi) for the items of every
   // batch of `first`, then between() once on the calling thread after every batch of
-  // `first` has returned, then second_batch(lo, hi) for every batch of `second`. The team
-  // is what the larger list would get alone.
+  // `first` has returned, then second_batch(lo, hi) for every batch of `second`, last
+  // batch first. The team is what the larger list would get alone.
+  //
+  // For passes over the same data (a reduction, then an elementwise pass over what it
+  // read), thread t owns the t-th share of each list's batches: the second pass finds in
+  // its own cache what its first read, starting with what it read last (the second list's
+  // share runs last batch first). A thread that has finished its share takes the batches
+  // left in the others' shares, so one the OS delays does not hold the rest up. (Measured
+  // on the Xeon, 2 threads, batch norm forward+backward with the batches taken from one
+  // shared counter instead: (512, 256) 68 -> 54 us, (256, 256) 38 -> 31 us, (256, 1024)
+  // 155 -> 140 us.)
   template <class FirstBatch, class Between, class SecondBatch>
   static void run_in_sequence(const WorkList& first, FirstBatch&& first_batch, Between&& between,
                               const WorkList& second, SecondBatch&& second_batch) {
@@ -106,24 +115,26 @@ class WorkList {
 #ifdef _OPENMP
     if (threads <= 1) {
 #endif
-      first.run_batches_serially(first_batch);
+      first.run_batches_serially(first_batch, false);
       between();
-      second.run_batches_serially(second_batch);
+      second.run_batches_serially(second_batch, true);
       return;
 #ifdef _OPENMP
     }
     note_thread_pool_used();
     const int origin = worker_placement_origin();
-    std::atomic<std::size_t> next_first{0}, next_second{0};
+    std::vector<ShareCounter> first_taken(threads), second_taken(threads);
 #pragma omp parallel num_threads(threads)
     {
-      pin_worker(omp_get_thread_num(), omp_get_num_threads(), origin);
-      first.take_batches(next_first, first_batch);
+      const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+      const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
+      pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
+      first.take_shares(first_taken.data(), t, team, false, first_batch);
 #pragma omp barrier
 #pragma omp master
       between();
 #pragma omp barrier
-      second.take_batches(next_second, second_batch);
+      second.take_shares(second_taken.data(), t, team, true, second_batch);
     }
 #endif
   }
@@ -181,21 +192,38 @@ class WorkList {
  private:
   WorkList() = default;
 
-  // fn(lo, hi) for every batch, in order, on the calling thread.
+  // A count of the batches taken from one thread's share, on a cache line of its own.
+  struct alignas(64) ShareCounter {
+    std::atomic<std::size_t> taken{0};
+  };
+
   template <class Fn>
-  void run_batches_serially(Fn& fn) const {
-    for (std::size_t b = 0; b < batch_ends_.size(); ++b) {
-      fn(b == 0 ? 0 : batch_ends_[b - 1], batch_ends_[b]);
-    }
+  void run_batch(std::size_t b, Fn& fn) const {
+    fn(b == 0 ? 0 : batch_ends_[b - 1], batch_ends_[b]);
   }
 
-  // fn(lo, hi) for the batches this thread takes from the shared counter `next`.
+  // fn(lo, hi) for every batch on the calling thread, in order or last batch first.
   template <class Fn>
-  void take_batches(std::atomic<std::size_t>& next, Fn& fn) const {
+  void run_batches_serially(Fn& fn, bool last_first) const {
     const std::size_t batches = batch_ends_.size();
-    for (std::size_t b = next.fetch_add(1, std::memory_order_relaxed); b < batches;
-         b = next.fetch_add(1, std::memory_order_relaxed)) {
-      fn(b == 0 ? 0 : batch_ends_[b - 1], batch_ends_[b]);
+    for (std::size_t i = 0; i < batches; ++i) run_batch(last_first ? batches - 1 - i : i, fn);
+  }
+
+  // Thread t of `team`: the batches of its own share (the t-th of `team` consecutive
+  // ranges), then those left in the other shares, each taken once through its share's
+  // counter; within a share in order, or last batch first.
+  template <class Fn>
+  void take_shares(ShareCounter* counters, std::size_t t, std::size_t team, bool last_first,
+                   Fn& fn) const {
+    const std::size_t batches = batch_ends_.size();
+    for (std::size_t k = 0; k < team; ++k) {
+      const std::size_t owner = (t + k) % team;
+      const std::size_t lo = owner * batches / team, hi = (owner + 1) * batches / team;
+      std::atomic<std::size_t>& taken = counters[owner].taken;
+      for (std::size_t i = taken.fetch_add(1, std::memory_order_relaxed); lo + i < hi;
+           i = taken.fetch_add(1, std::memory_order_relaxed)) {
+        run_batch(last_first ? hi - 1 - i : lo + i, fn);
+      }
     }
   }
 
