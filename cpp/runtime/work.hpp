@@ -143,8 +143,9 @@ class WorkList {
   std::size_t elements() const { return elements_; }
 
   // Runs fn(item_index, item) for every item, in parallel when the call is big enough.
-  // Threads take batches from a shared counter, so a thread that the OS delays on a
-  // busy machine does not hold the others up. fn must not throw.
+  // Thread t runs the t-th share of the batches, then helps with what is left of the
+  // others' (see take_shares), so a thread that the OS delays on a busy machine does not
+  // hold the others up. fn must not throw.
   template <class Fn>
   void run(Fn&& fn) const {
     run(fn, [] {});
@@ -160,32 +161,29 @@ class WorkList {
   }
 
   // Runs fn(lo, hi) for the items [lo, hi) of every batch (consecutive items), in
-  // parallel as run(fn): for loops that take a batch's items side by side.
+  // parallel as run(fn): for loops that take a batch's items side by side. A call's
+  // thread t gets the same share of the same list call after call, so data that fits in
+  // the caches stays in the one a thread last used.
   template <class Fn>
   void run_batches(Fn&& fn) const {
-    const std::size_t batches = batch_ends_.size();
     const int threads = thread_count();
-    const auto run_batch = [&](std::size_t batch) {
-      fn(batch == 0 ? 0 : batch_ends_[batch - 1], batch_ends_[batch]);
-    };
-    if (threads <= 1) {
-      for (std::size_t b = 0; b < batches; ++b) run_batch(b);
-      return;
-    }
 #ifdef _OPENMP
+    if (threads <= 1) {
+#endif
+      run_batches_serially(fn, false);
+      return;
+#ifdef _OPENMP
+    }
     note_thread_pool_used();
     const int origin = worker_placement_origin();
-    std::atomic<std::size_t> next{0};
+    std::vector<ShareCounter> taken(threads);
 #pragma omp parallel num_threads(threads)
     {
-      pin_worker(omp_get_thread_num(), omp_get_num_threads(), origin);
-      for (std::size_t b = next.fetch_add(1, std::memory_order_relaxed); b < batches;
-           b = next.fetch_add(1, std::memory_order_relaxed)) {
-        run_batch(b);
-      }
+      const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+      const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
+      pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
+      take_shares(taken.data(), t, team, false, fn);
     }
-#else
-    for (std::size_t b = 0; b < batches; ++b) run_batch(b);
 #endif
   }
 
