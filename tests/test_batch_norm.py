@@ -495,9 +495,11 @@ def test_first_value_far_from_the_rest_float32(isa, shape, channel_axis):
 @pytest.mark.parametrize("shape,channel_axis",
                          [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1), ((2, 3, 150, 150), 1),
                           ((128, 40, 3, 3), 1), ((24, 1500), 1), ((16, 24, 20, 20), 1),
-                          ((4096, 40), 1)],
+                          ((4096, 40), 1), ((256, 40, 3, 3), 1), ((48, 1500), 1)],
                          ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc",
-                              "runs", "tall-nc"])
+                              "runs", "tall-nc",
+                              # big enough for threads in the two-pass region
+                              "short-spatial-parallel", "wide-nc-parallel"])
 def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype,
                                                 training):
     rng = np.random.default_rng(3)
