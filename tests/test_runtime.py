@@ -5,6 +5,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import numpy as np
 import pytest
 
 import fusedops as fo
@@ -63,6 +64,32 @@ def test_set_get_num_threads():
     assert fo.get_num_threads() == 1
     fo.set_num_threads(3)
     assert fo.get_num_threads() == 3
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("n", [9, 12])
+def test_teams_beyond_the_stack_counters_give_the_one_thread_results(n):
+    # A region's share counters live on the stack for up to 8 threads, on the heap beyond;
+    # more threads than CPUs also make threads finish their shares late, so the others
+    # take what is left of them.
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((96, 24, 11, 11)) * 3 + 40).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.uniform(0.5, 2, 24).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    p0 = rng.standard_normal(300_000).astype(np.float32)
+    g = rng.standard_normal(300_000).astype(np.float32)
+    results = []
+    for threads in (1, n):
+        fo.set_num_threads(threads)
+        y, mean, invstd = fo.batch_norm_forward(x, w, b)
+        dx, dw, db = fo.batch_norm_backward(dy, x, w, mean, invstd)
+        p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        fo.adam_step(p, g, m, v, step=1, lr=1e-3)
+        results.append([y, mean, invstd, dx, dw, db, p, m, v,
+                        np.float64(fo.grad_norm([p0, g]))])
+    for a, c in zip(*results):
+        assert a.tobytes() == c.tobytes()
 
 
 @pytest.mark.usefixtures("threads")

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
@@ -129,18 +130,18 @@ class WorkList {
     }
     note_thread_pool_used();
     const int origin = worker_placement_origin();
-    std::vector<ShareCounter> first_taken(threads), second_taken(threads);
+    ShareCounters first_taken(threads), second_taken(threads);
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
       const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
       pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
-      first.take_shares(first_taken.data(), t, team, false, first_batch);
+      first.take_shares(first_taken.get(), t, team, false, first_batch);
 #pragma omp barrier
 #pragma omp master
       between();
 #pragma omp barrier
-      second.take_shares(second_taken.data(), t, team, true, second_batch);
+      second.take_shares(second_taken.get(), t, team, true, second_batch);
     }
 #endif
   }
@@ -182,13 +183,13 @@ class WorkList {
     }
     note_thread_pool_used();
     const int origin = worker_placement_origin();
-    std::vector<ShareCounter> taken(threads);
+    ShareCounters taken(threads);
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
       const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
       pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
-      take_shares(taken.data(), t, team, false, fn);
+      take_shares(taken.get(), t, team, false, fn);
     }
 #endif
   }
@@ -199,6 +200,20 @@ class WorkList {
   // A count of the batches taken from one thread's share, on a cache line of its own.
   struct alignas(64) ShareCounter {
     std::atomic<std::size_t> taken{0};
+  };
+
+  // A region's counters: on the stack for up to kLocalShares threads (a call allocates
+  // nothing), else on the heap.
+  class ShareCounters {
+   public:
+    explicit ShareCounters(int threads)
+        : heap_(threads > kLocalShares ? new ShareCounter[threads] : nullptr) {}
+    ShareCounter* get() { return heap_ ? heap_.get() : local_; }
+
+   private:
+    static constexpr int kLocalShares = 8;
+    ShareCounter local_[kLocalShares];
+    std::unique_ptr<ShareCounter[]> heap_;
   };
 
   template <class Fn>
