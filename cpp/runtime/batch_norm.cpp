@@ -639,6 +639,23 @@ struct GradSums {
   }
 };
 
+// The elementwise work items [lo, hi): run(unit) for each channel-first run, or
+// row(at, rows, stride, cols, col) for each row loop of a tile (Plan::elementwise_unit,
+// cut by row_runs into runs of `period` rows; col is the tile's first column).
+template <class Run, class Row>
+void for_each_elementwise(const Plan& plan, std::size_t lo, std::size_t hi, std::size_t period,
+                          const Run& run, const Row& row) {
+  for (std::size_t u = lo; u < hi; ++u) {
+    if (plan.runs()) {
+      run(plan.run_unit(u));
+      continue;
+    }
+    const RowUnit r = plan.elementwise_unit(u);
+    row_runs(plan, r, period, [&](std::size_t at, std::size_t rows, std::size_t stride,
+                                  std::size_t cols) { row(at, rows, stride, cols, r.col); });
+  }
+}
+
 // The elementwise pass y = (x - hi) * scale + shift, cut like SumReduction: the
 // constructor takes its memory, set() its constants (per channel, and per column for
 // row tiles), batch(lo, hi) runs the work items [lo, hi) and fences streaming stores.
@@ -666,21 +683,17 @@ class NormalizePass {
   const WorkList& work() const { return work_; }
 
   void batch(std::size_t lo, std::size_t hi) const {
-    for (std::size_t u = lo; u < hi; ++u) {
-      if (plan_.runs()) {
-        const RunUnit r = plan_.run_unit(u);
-        k_.runs_normalize(x_ + r.offset, y_ + r.offset, r.length, plan_.inner(),
-                          plan_.channels(), r.slab_offset, r.channel, constants_.mean_hi,
-                          constants_.scale, constants_.shift, stream_);
-        continue;
-      }
-      const RowUnit r = plan_.elementwise_unit(u);
-      row_runs(plan_, r, period_, [&](std::size_t at, std::size_t rows, std::size_t stride,
-                                      std::size_t cols) {
-        k_.rows_normalize(x_ + at, y_ + at, rows, stride, cols, hi_ + r.col, sc_ + r.col,
-                          sh_ + r.col, stream_);
-      });
-    }
+    for_each_elementwise(plan_, lo, hi, period_,
+        [&](const RunUnit& r) {
+          k_.runs_normalize(x_ + r.offset, y_ + r.offset, r.length, plan_.inner(),
+                            plan_.channels(), r.slab_offset, r.channel, constants_.mean_hi,
+                            constants_.scale, constants_.shift, stream_);
+        },
+        [&](std::size_t at, std::size_t rows, std::size_t stride, std::size_t cols,
+            std::size_t col) {
+          k_.rows_normalize(x_ + at, y_ + at, rows, stride, cols, hi_ + col, sc_ + col,
+                            sh_ + col, stream_);
+        });
     if (stream_) k_.stream_fence();
   }
 
@@ -733,21 +746,17 @@ class DxPass {
   const WorkList& work() const { return work_; }
 
   void batch(std::size_t lo, std::size_t hi) const {
-    for (std::size_t u = lo; u < hi; ++u) {
-      if (plan_.runs()) {
-        const RunUnit r = plan_.run_unit(u);
-        k_.runs_dx(dy_ + r.offset, x_ + r.offset, dx_ + r.offset, r.length, plan_.inner(),
-                   plan_.channels(), r.slab_offset, r.channel, constants_.k_dy,
-                   constants_.mean_hi, constants_.k_x, constants_.k_0, centered_, stream_);
-        continue;
-      }
-      const RowUnit r = plan_.elementwise_unit(u);
-      row_runs(plan_, r, period_, [&](std::size_t at, std::size_t rows, std::size_t stride,
-                                      std::size_t cols) {
-        k_.rows_dx(dy_ + at, x_ + at, dx_ + at, rows, stride, cols, kd_ + r.col, hi_ + r.col,
-                   kx_ + r.col, k0_ + r.col, centered_, stream_);
-      });
-    }
+    for_each_elementwise(plan_, lo, hi, period_,
+        [&](const RunUnit& r) {
+          k_.runs_dx(dy_ + r.offset, x_ + r.offset, dx_ + r.offset, r.length, plan_.inner(),
+                     plan_.channels(), r.slab_offset, r.channel, constants_.k_dy,
+                     constants_.mean_hi, constants_.k_x, constants_.k_0, centered_, stream_);
+        },
+        [&](std::size_t at, std::size_t rows, std::size_t stride, std::size_t cols,
+            std::size_t col) {
+          k_.rows_dx(dy_ + at, x_ + at, dx_ + at, rows, stride, cols, kd_ + col, hi_ + col,
+                     kx_ + col, k0_ + col, centered_, stream_);
+        });
     if (stream_) k_.stream_fence();
   }
 
