@@ -1034,25 +1034,22 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
     pass.run();
     return;
   }
-  const auto finish = [&] {
-    scale_by_invstd(channels, a.save_invstd, sum_dy_xhat);
-    if (weight != nullptr) {
-      T* grad_weight = static_cast<T*>(a.grad_weight);
-      T* grad_bias = static_cast<T*>(a.grad_bias);
-      for (std::size_t c = 0; c < channels; ++c) {
-        grad_weight[c] = T(sum_dy_xhat[c]);
-        grad_bias[c] = T(sum_dy[c]);
-      }
-    }
-    pass.set(weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count);
-  };
   const GradSums<R, T> sums(k, plan, dy, x, a.save_mean, scratch);
   const SumReduction<1, GradSums<R, T>> reduction(plan, scratch, sums);
   WorkList::run_in_sequence(
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&] {
         reduction.combine(sum_dy, sum_dy_xhat);
-        finish();
+        scale_by_invstd(channels, a.save_invstd, sum_dy_xhat);
+        if (weight != nullptr) {
+          T* grad_weight = static_cast<T*>(a.grad_weight);
+          T* grad_bias = static_cast<T*>(a.grad_bias);
+          for (std::size_t c = 0; c < channels; ++c) {
+            grad_weight[c] = T(sum_dy_xhat[c]);
+            grad_bias[c] = T(sum_dy[c]);
+          }
+        }
+        pass.set(weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count);
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); });
 }
