@@ -70,3 +70,14 @@ def read_only(a):
 def randn(rng, shape, dtype, scale=1.0):
     """Standard normal values as an ndarray of `shape` (0-d included) and `dtype`."""
     return np.array(rng.standard_normal(shape) * scale, dtype=dtype)
+
+
+def at_line_offset(a, offset):
+    """A C-contiguous copy of `a` whose data starts `offset` bytes past a 64-byte boundary
+    (a cache line): the kernels' loops see every alignment of their rows."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = (offset - raw.ctypes.data) % 64
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == offset
+    return out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fusedops as fo
-from checks import assert_rejected
+from checks import assert_rejected, at_line_offset
 from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 from test_mixed_precision import BF16, F16, HALF, assert_rounded
@@ -315,3 +315,28 @@ def test_matches_torch_bfloat16_with_float32_parameters(rng, shape):
     np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", [((70, 200), 1), ((6, 5, 7, 80), -1)],
+                         ids=["nc", "nhwc"])
+def test_any_alignment_gives_the_same_bits(isa, rng, shape, channel_axis, dtype):
+    # As the float32 test: the row loops line up with the output's (or the inputs')
+    # cache lines, the same bits for x, dy, y and dx at any offsets within a line.
+    x0, dy0, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+
+    def run(x_at, dy_at, out_at):
+        x, dy = at_line_offset(x0, x_at), at_line_offset(dy0, dy_at)
+        y = at_line_offset(np.zeros_like(x0), out_at)
+        dx = at_line_offset(np.zeros_like(x0), out_at)
+        _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis,
+                                                out=y)
+        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis,
+                               out=dx)
+        return y.view(np.uint16), dx.view(np.uint16)
+
+    y_ref, dx_ref = run(0, 0, 0)
+    for x_at, dy_at, out_at in [(0, 0, 16), (16, 16, 0), (16, 32, 48), (2, 6, 0), (8, 8, 10)]:
+        y, dx = run(x_at, dy_at, out_at)
+        np.testing.assert_array_equal(y, y_ref, err_msg=f"y at {(x_at, dy_at, out_at)}")
+        np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {(x_at, dy_at, out_at)}")

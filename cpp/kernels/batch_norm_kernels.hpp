@@ -457,12 +457,13 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict gr = dy + r * stride;
     const R* __restrict xr = x + r * stride;
-    write_values<kStream>(dx + r * stride, cols, [=](std::size_t j) {
+    R* const o = dx + r * stride;
+    write_values<kStream>(o, cols, [=](std::size_t j) {
       const T g = S::load(gr, j);
       return S::narrow(
           kCentered ? g * k_dy[j] + ((S::load(xr, j) - mean_hi[j]) * k_x[j] + k_0[j])
                     : g * k_dy[j]);
-    });
+    }, line_anchor<R>(gr, kCentered ? xr : nullptr, o));
   }
 }
 

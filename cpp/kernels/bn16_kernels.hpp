@@ -238,7 +238,8 @@ void bn16_rows_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
   for (std::size_t r = 0; r < rows; ++r) {
     const std::uint16_t* __restrict gr = dy + r * stride;
     const std::uint16_t* __restrict xr = x + r * stride;
-    write_blocks<kStream>(dx + r * stride, cols,
+    std::uint16_t* const o = dx + r * stride;
+    write_blocks<kStream>(o, cols,
         [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
           const float *kd = k_dy + begin, *hi = mean_hi + begin, *kx = k_x + begin,
                       *k0 = k_0 + begin;
@@ -249,7 +250,7 @@ void bn16_rows_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
           } else {
             map1<S, Reg>(gr + begin, out, count, [=](auto g, auto at) { return g * at(kd); });
           }
-        });
+        }, line_anchor<std::uint16_t>(gr, kCentered ? xr : nullptr, o));
   }
 }
 

@@ -62,8 +62,12 @@ constexpr std::size_t kStreamStoreBytes = 32;
 constexpr std::size_t kStreamStoreBytes = 16;
 #endif
 
+// Rows shorter than this many values are written from their first value on.
+constexpr std::size_t kAlignedWriteMin = 64;
+
 template <bool kStream, class T, class Fill>
-inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill) {
+inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill,
+                         const T* anchor = nullptr) {
   std::size_t i = 0;
 #if defined(__SSE2__)
   if (kStream) {
@@ -105,15 +109,27 @@ inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill) {
     }
   }
 #endif
+  if (!kStream && n >= kAlignedWriteMin) {
+    // The values up to the first cache-line boundary of `anchor` (an array read or
+    // written beside dst, value for value; dst itself by default) first, so the vector
+    // loop's accesses to it do not straddle lines (an access that does costs two; in L1
+    // and L2 a forward's elementwise pass writing to misaligned rows measured 20-25%
+    // slower).
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(anchor ? anchor : dst) % 64;
+    const std::size_t head = at % sizeof(T) == 0 ? (64 - at) % 64 / sizeof(T) : 0;
+    if (head > 0) fill(dst, 0, head);
+    i = head;
+  }
   if (i < n) fill(dst + i, i, n - i);
 }
 
 // dst[i] = value(i) for i < n, written as write_blocks writes.
 template <bool kStream, class T, class Value>
-inline void write_values(T* __restrict dst, std::size_t n, const Value& value) {
+inline void write_values(T* __restrict dst, std::size_t n, const Value& value,
+                         const T* anchor = nullptr) {
   write_blocks<kStream>(dst, n, [&value](T* __restrict out, std::size_t begin, std::size_t count) {
     for (std::size_t j = 0; j < count; ++j) out[j] = value(begin + j);
-  });
+  }, anchor);
 }
 
 // Orders the non-temporal stores before anything the thread does next.

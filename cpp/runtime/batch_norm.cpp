@@ -63,6 +63,18 @@ constexpr std::size_t kMinRowRun = 512;
 
 constexpr std::size_t kLineBytes = 64;
 
+// Where per-column constants (values of V) start within a cache line so that they line up
+// with the columns of `out` (values of R): the elementwise row loops write each row from
+// its first cache-line boundary on (write_blocks), and a constant of column j then loads
+// from an aligned address whenever out's column j does (a 64-byte load that straddles two
+// lines costs two). 0 when out is not aligned to its own values.
+template <class V, class R>
+std::size_t line_shift(const R* out) {
+  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(out) % kLineBytes;
+  if (at % sizeof(R) != 0) return 0;
+  return at / sizeof(R) % (kLineBytes / sizeof(V));
+}
+
 // Per-thread memory reused from call to call for a call's temporaries (per-channel
 // constants, partial sums): after the first calls of a shape, a call allocates nothing.
 // Frames nest: what a Scratch takes is given back when it goes out of scope.
@@ -73,16 +85,17 @@ class Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
-  // n values of V (unspecified contents) starting on a cache line.
+  // n values of V (unspecified contents) starting `shift` values past a cache line
+  // (shift < kLineBytes / sizeof(V)).
   template <class V>
-  V* take(std::size_t n) {
+  V* take(std::size_t n, std::size_t shift = 0) {
     if (pool_.used == pool_.buffers.size()) pool_.buffers.emplace_back();
     std::vector<unsigned char>& buffer = pool_.buffers[pool_.used++];
-    const std::size_t bytes = n * sizeof(V) + kLineBytes;
+    const std::size_t bytes = n * sizeof(V) + 2 * kLineBytes;
     if (buffer.size() < bytes) buffer.resize(bytes);
     const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(buffer.data()) + kLineBytes - 1) &
                               ~std::uintptr_t(kLineBytes - 1);
-    return reinterpret_cast<V*>(at);
+    return reinterpret_cast<V*>(at) + shift;
   }
 
  private:
@@ -425,9 +438,9 @@ class SumReduction {
 // Room for fill_columns(..., rows): null when the per-channel values serve as they are
 // (a column per channel, one row).
 template <class V>
-V* column_room(const Plan& plan, Scratch& scratch, std::size_t rows = 1) {
+V* column_room(const Plan& plan, Scratch& scratch, std::size_t rows = 1, std::size_t shift = 0) {
   if (plan.inner() == 1 && rows == 1) return nullptr;
-  return scratch.take<V>(rows * plan.cols());
+  return scratch.take<V>(rows * plan.cols(), shift);
 }
 
 // Per-channel values repeated for each column of a row (column j holds channel
@@ -534,9 +547,10 @@ struct NormalizeConstants {
   T* scale;
   T* shift;
 
-  NormalizeConstants(Scratch& scratch, std::size_t channels)
-      : mean_hi(scratch.take<T>(channels)), scale(scratch.take<T>(channels)),
-        shift(scratch.take<T>(channels)) {}
+  // at: where each array starts past a cache line (line_shift).
+  NormalizeConstants(Scratch& scratch, std::size_t channels, std::size_t at = 0)
+      : mean_hi(scratch.take<T>(channels, at)), scale(scratch.take<T>(channels, at)),
+        shift(scratch.take<T>(channels, at)) {}
 
   void set(std::size_t c0, std::size_t c1, const double* mean, const double* invstd,
            const T* weight, const T* bias) {
@@ -564,9 +578,9 @@ struct DxConstants {
   T* k_x;
   T* k_0;
 
-  DxConstants(Scratch& scratch, std::size_t channels)
-      : k_dy(scratch.take<T>(channels)), mean_hi(scratch.take<T>(channels)),
-        k_x(scratch.take<T>(channels)), k_0(scratch.take<T>(channels)) {}
+  DxConstants(Scratch& scratch, std::size_t channels, std::size_t at = 0)
+      : k_dy(scratch.take<T>(channels, at)), mean_hi(scratch.take<T>(channels, at)),
+        k_x(scratch.take<T>(channels, at)), k_0(scratch.take<T>(channels, at)) {}
 
   // sum_dy and sum_dy_xhat are indexed from c0.
   void set(std::size_t c0, std::size_t c1, const T* weight, const double* mean,
@@ -664,11 +678,14 @@ class NormalizePass {
  public:
   NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
                 R* y)
-      : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels()),
+      : k_(k), plan_(plan), x_(x), y_(y),
+        constants_(scratch, plan.channels(), plan.runs() ? 0 : line_shift<T>(y)),
         stream_(plan.stream_output(2)), period_(stream_ ? plan.rows_per_run() : 1),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
-      for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_);
+      for (std::size_t i = 0; i < 3; ++i) {
+        room_[i] = column_room<T>(plan, scratch, period_, line_shift<T>(y));
+      }
     }
   }
 
@@ -723,12 +740,17 @@ class DxPass {
  public:
   DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
          const R* x, R* dx, bool centered)
-      : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels()),
+      : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx),
+        constants_(scratch, plan.channels(),
+                   plan.runs() ? 0 : line_shift<T>(line_anchor<R>(dy, centered ? x : nullptr, dx))),
         centered_(centered), stream_(plan.stream_output(3)),
         period_(stream_ ? plan.rows_per_run() : 1),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
-      for (std::size_t i = 0; i < 4; ++i) room_[i] = column_room<T>(plan, scratch, period_);
+      for (std::size_t i = 0; i < 4; ++i) {
+        room_[i] = column_room<T>(plan, scratch, period_,
+                                  line_shift<T>(line_anchor<R>(dy, centered ? x : nullptr, dx)));
+      }
     }
   }
 
