@@ -486,3 +486,31 @@ def test_blocked_fused_passes_equal_the_pieces(isa, threads, cache_bytes, shape,
         unbiased = m2 / (count - 1)
         np.testing.assert_allclose(rv, 0.9 + 0.1 * unbiased, rtol=1e-6 if dtype == np.float32 else 1e-14)
         np.testing.assert_allclose(rm, 0.1 * mean, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(64, 7), (48, 5), (2, 3), (8, 3, 4, 4), (5, 3, 4, 4),
+                                   (1024, 2)],
+                         ids=["count64", "count48", "count2", "count128", "count80",
+                              "count1024"])
+def test_invstd_is_the_composition_expression_with_running_stats(isa, rng, shape, dtype):
+    # The forward's invstd is 1 / sqrt(m2 / count + eps) as NumPy evaluates it, whether or
+    # not it also updates running statistics and whether or not count is a power of two
+    # (where m2 / count is taken as a multiplication by 1 / count: the same rounding).
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    count = x.size // shape[1]
+    mean, m2 = fo.batch_norm_stats(x)
+    rm0 = rng.standard_normal(shape[1]).astype(dtype)
+    rv0 = rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+    rm, rv = rm0.copy(), rv0.copy()
+    _, save_mean, save_invstd = fo.batch_norm_forward(x, None, None, rm, rv, momentum=0.25,
+                                                      eps=EPS)
+    assert_bitwise_equal(save_mean, mean)
+    assert_bitwise_equal(save_invstd, 1.0 / np.sqrt(m2 / count + EPS))
+    _, _, plain_invstd = fo.batch_norm_forward(x, eps=EPS)
+    assert_bitwise_equal(plain_invstd, save_invstd)
+    var = m2 / count
+    np.testing.assert_allclose(rm, 0.75 * rm0.astype(np.float64) + 0.25 * mean,
+                               rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(rv, 0.75 * rv0.astype(np.float64) + 0.25 * var * count / (count - 1),
+                               rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)

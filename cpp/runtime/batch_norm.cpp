@@ -486,58 +486,43 @@ auto stream_fence_after_batch(const BatchNormKernels<R, T>& k, bool stream) {
   };
 }
 
-// The elementwise passes subtract the mean as a value of T, hi: x - hi is exact near the
-// mean, so float32 keeps its precision when |mean| >> std. The remainder mean - hi (0 in
-// double) is folded, in double, into the constant term: ((x - hi) - lo) * k + c =
-// (x - hi) * k + (c - lo * k), one operation fewer per value, with the same error bound
-// (the folded constant is rounded once; lo * k is at most half an ulp of the mean, in
-// units of the spread).
-
 // Per-channel arithmetic, shared by the two-pass and the cache-blocked schedules so both
-// give bitwise the same results. Each runs over channels [c0, c1) as plain loops over
-// arrays, which vectorize: a division and a square root per channel, one channel at a
-// time, cost as much as the data of a small input.
+// give bitwise the same results: the kernels' loops over channels [c0, c1)
+// (BatchNormKernels::finish_stats and the rest; the elementwise passes subtract the mean
+// as a value of T, hi, with the rest of it folded into their constant terms).
 
-// mean and m2 of each channel from its sums around `pivot` (a value of the channel);
-// pivot, sum and sum_sq are indexed from c0. (Multiplied by 1 / count: a division per
-// channel is the costliest operation of the loop.)
-inline void finish_stats(std::size_t c0, std::size_t c1, const double* __restrict pivot,
-                         const double* __restrict sum, const double* __restrict sum_sq,
-                         double count, double* __restrict mean, double* __restrict m2) {
-  const double inv_count = 1.0 / count;
-  for (std::size_t c = c0; c < c1; ++c) {
-    const std::size_t i = c - c0;
-    const double shift = sum[i] * inv_count;
-    const double spread = sum_sq[i] - sum[i] * shift;
-    mean[c] = pivot[i] + shift;
-    m2[c] = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
-  }
+// mean and m2 of channels [c0, c1) from their sums around `pivot` (a value of each
+// channel); pivot, sum and sum_sq are indexed from c0.
+template <class K>
+void finish_stats(const K& k, std::size_t c0, std::size_t c1, const double* pivot,
+                  const double* sum, const double* sum_sq, double count, double* mean,
+                  double* m2) {
+  k.finish_stats(c1 - c0, pivot, sum, sum_sq, 1.0 / count, mean + c0, m2 + c0);
 }
 
-// Training forward of channels [c0, c1): invstd = 1 / sqrt(m2 / count + eps), exactly
-// that expression (the split API's composition computes it so), and the running
-// statistics updated from the same m2 / count, in one loop: two divisions and a square
-// root per channel.
-template <class T>
-void finish_forward(std::size_t c0, std::size_t c1, const double* __restrict m2, double count,
+// Training forward of channels [c0, c1): invstd and the running statistics.
+template <class K>
+void finish_forward(const K& k, std::size_t c0, std::size_t c1, const double* m2, double count,
                     const BatchNormForwardArgs& a) {
-  double* __restrict invstd = a.save_invstd;
-  const double* __restrict mean = a.save_mean;
-  T* __restrict running_mean = static_cast<T*>(a.running_mean);
-  T* __restrict running_var = static_cast<T*>(a.running_var);
-  const double eps = a.eps;
-  if (running_mean == nullptr) {
-    for (std::size_t c = c0; c < c1; ++c) invstd[c] = 1.0 / std::sqrt(m2[c] / count + eps);
-    return;
-  }
-  const double bessel = count / (count - 1.0);
-  const double keep = 1.0 - a.momentum, momentum = a.momentum;
-  for (std::size_t c = c0; c < c1; ++c) {
-    const double var = m2[c] / count;
-    invstd[c] = 1.0 / std::sqrt(var + eps);
-    running_mean[c] = T(keep * double(running_mean[c]) + momentum * mean[c]);
-    running_var[c] = T(keep * double(running_var[c]) + momentum * (var * bessel));
-  }
+  using T = typename K::value;
+  T* running_mean = static_cast<T*>(a.running_mean);
+  T* running_var = static_cast<T*>(a.running_var);
+  k.finish_forward(c1 - c0, m2 + c0, count, a.eps, a.save_mean + c0, a.save_invstd + c0,
+                   running_mean ? running_mean + c0 : nullptr,
+                   running_var ? running_var + c0 : nullptr, a.momentum);
+}
+
+// The parameter gradients of channels [c0, c1) (weight nullptr: none); sum_dy and
+// sum_dy_xhat are indexed from c0, sum_dy_xhat arrives as sum(dy * (x - mean)) and leaves
+// times invstd.
+template <class K>
+void finish_grads(const K& k, std::size_t c0, std::size_t c1, const BatchNormBackwardArgs& a,
+                  const double* sum_dy, double* sum_dy_xhat) {
+  using T = typename K::value;
+  const bool grads = a.weight != nullptr;
+  k.finish_grads(c1 - c0, a.save_invstd + c0, sum_dy, sum_dy_xhat,
+                 grads ? static_cast<T*>(a.grad_weight) + c0 : nullptr,
+                 grads ? static_cast<T*>(a.grad_bias) + c0 : nullptr);
 }
 
 // The constants of y = (x - hi) * scale + shift for channel c (shift = bias - lo * scale).
@@ -552,18 +537,11 @@ struct NormalizeConstants {
       : mean_hi(scratch.take<T>(channels, at)), scale(scratch.take<T>(channels, at)),
         shift(scratch.take<T>(channels, at)) {}
 
-  void set(std::size_t c0, std::size_t c1, const double* mean, const double* invstd,
+  template <class K>
+  void set(const K& k, std::size_t c0, std::size_t c1, const double* mean, const double* invstd,
            const T* weight, const T* bias) {
-    for (std::size_t c = c0; c < c1; ++c) mean_hi[c] = T(mean[c]);
-    if (weight != nullptr) {
-      for (std::size_t c = c0; c < c1; ++c) scale[c] = T(invstd[c] * double(weight[c]));
-    } else {
-      for (std::size_t c = c0; c < c1; ++c) scale[c] = T(invstd[c]);
-    }
-    for (std::size_t c = c0; c < c1; ++c) {
-      const double lo = mean[c] - double(mean_hi[c]);
-      shift[c] = T((bias ? double(bias[c]) : 0.0) - lo * double(scale[c]));
-    }
+    k.normalize_constants(c1 - c0, mean + c0, invstd + c0, weight ? weight + c0 : nullptr,
+                          bias ? bias + c0 : nullptr, mean_hi + c0, scale + c0, shift + c0);
   }
 };
 
@@ -583,18 +561,13 @@ struct DxConstants {
         k_x(scratch.take<T>(channels, at)), k_0(scratch.take<T>(channels, at)) {}
 
   // sum_dy and sum_dy_xhat are indexed from c0.
-  void set(std::size_t c0, std::size_t c1, const T* weight, const double* mean,
+  template <class K>
+  void set(const K& k, std::size_t c0, std::size_t c1, const T* weight, const double* mean,
            const double* invstd, const double* sum_dy, const double* sum_dy_xhat, double count,
            bool centered) {
-    const double inv_count = 1.0 / count;
-    for (std::size_t c = c0; c < c1; ++c) {
-      const double scale = (weight ? double(weight[c]) : 1.0) * invstd[c];
-      k_dy[c] = T(scale);
-      mean_hi[c] = T(mean[c]);
-      const double lo = mean[c] - double(mean_hi[c]);
-      k_x[c] = centered ? T(-scale * invstd[c] * sum_dy_xhat[c - c0] * inv_count) : T(0);
-      k_0[c] = centered ? T(-scale * sum_dy[c - c0] * inv_count - lo * double(k_x[c])) : T(0);
-    }
+    k.dx_constants(c1 - c0, weight ? weight + c0 : nullptr, mean + c0, invstd + c0, sum_dy,
+                   sum_dy_xhat, 1.0 / count, centered, k_dy + c0, mean_hi + c0, k_x + c0,
+                   k_0 + c0);
   }
 };
 
@@ -690,7 +663,7 @@ class NormalizePass {
   }
 
   void set(const double* mean, const double* invstd, const T* weight, const T* bias) {
-    constants_.set(0, plan_.channels(), mean, invstd, weight, bias);
+    constants_.set(k_, 0, plan_.channels(), mean, invstd, weight, bias);
     if (plan_.runs()) return;
     hi_ = fill_columns(plan_, constants_.mean_hi, room_[0], period_);
     sc_ = fill_columns(plan_, constants_.scale, room_[1], period_);
@@ -756,7 +729,7 @@ class DxPass {
 
   void set(const T* weight, const double* mean, const double* invstd, const double* sum_dy,
            const double* sum_dy_xhat, double count) {
-    constants_.set(0, plan_.channels(), weight, mean, invstd, sum_dy, sum_dy_xhat, count,
+    constants_.set(k_, 0, plan_.channels(), weight, mean, invstd, sum_dy, sum_dy_xhat, count,
                    centered_);
     if (plan_.runs()) return;
     kd_ = fill_columns(plan_, constants_.k_dy, room_[0], period_);
@@ -819,7 +792,7 @@ void stats_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, 
   double* sum = scratch.take<double>(channels);
   double* sum_sq = scratch.take<double>(channels);
   reduction.run(sum, sum_sq);
-  finish_stats(0, channels, sums.pivot, sum, sum_sq, double(plan.per_channel()), mean, m2);
+  finish_stats(k, 0, channels, sums.pivot, sum, sum_sq, double(plan.per_channel()), mean, m2);
 }
 
 template <class R, class T>
@@ -832,12 +805,6 @@ void elemt_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, 
   pass.run();
 }
 
-// sum_dy_xhat arrives as sum(dy * (x - mean)) and leaves times invstd.
-inline void scale_by_invstd(std::size_t channels, const double* __restrict invstd,
-                            double* __restrict sum_dy_xhat) {
-  for (std::size_t c = 0; c < channels; ++c) sum_dy_xhat[c] *= invstd[c];
-}
-
 template <class R, class T>
 void backward_reduce_typed(const BatchNormKernels<R, T>& k, const Plan& plan, const R* dy,
                            const R* x, const double* mean,
@@ -846,7 +813,7 @@ void backward_reduce_typed(const BatchNormKernels<R, T>& k, const Plan& plan, co
   const GradSums<R, T> sums(k, plan, dy, x, mean, scratch);
   const SumReduction<1, GradSums<R, T>> reduction(plan, scratch, sums);
   reduction.run(sum_dy, sum_dy_xhat);
-  scale_by_invstd(plan.channels(), invstd, sum_dy_xhat);
+  k.finish_grads(plan.channels(), invstd, sum_dy, sum_dy_xhat, nullptr, nullptr);
 }
 
 template <class R, class T>
@@ -909,9 +876,9 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
         }
       }
     }
-    finish_stats(c0, c1, pivot, sum, sum_sq, count, a.save_mean, m2);
-    finish_forward<T>(c0, c1, m2, count, a);
-    constants.set(c0, c1, a.save_mean, a.save_invstd, weight, bias);
+    finish_stats(k, c0, c1, pivot, sum, sum_sq, count, a.save_mean, m2);
+    finish_forward(k, c0, c1, m2, count, a);
+    constants.set(k, c0, c1, a.save_mean, a.save_invstd, weight, bias);
     for (std::size_t o = 0; o < outer; ++o) {
       const std::size_t at = (o * channels + c0) * inner;
       k.runs_normalize(x + at, y + at, (c1 - c0) * inner, inner, channels, 0, c0,
@@ -931,8 +898,6 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
   const R* x = static_cast<const R*>(a.x);
   R* dx = static_cast<R*>(a.dx);
   const T* weight = static_cast<const T*>(a.weight);
-  T* grad_weight = static_cast<T*>(a.grad_weight);
-  T* grad_bias = static_cast<T*>(a.grad_bias);
   const double count = double(plan.per_channel());
   const bool stream = plan.stream_output(3);
   Scratch scratch;
@@ -959,13 +924,10 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
     double* sum_dy_xhat = thread_sums.take<double>(c1 - c0);
     for (std::size_t c = c0; c < c1; ++c) {
       sum_dy[c - c0] = sums[2 * (c - c0)];
-      sum_dy_xhat[c - c0] = sums[2 * (c - c0) + 1] * a.save_invstd[c];
-      if (weight != nullptr) {
-        grad_weight[c] = T(sum_dy_xhat[c - c0]);
-        grad_bias[c] = T(sum_dy[c - c0]);
-      }
+      sum_dy_xhat[c - c0] = sums[2 * (c - c0) + 1];
     }
-    constants.set(c0, c1, weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count, true);
+    finish_grads(k, c0, c1, a, sum_dy, sum_dy_xhat);
+    constants.set(k, c0, c1, weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count, true);
     for (std::size_t o = 0; o < outer; ++o) {
       const std::size_t at = (o * channels + c0) * inner;
       k.runs_dx(dy + at, x + at, dx + at, (c1 - c0) * inner, inner, channels, 0, c0,
@@ -1011,7 +973,7 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
   double* m2 = scratch.take<double>(channels);
   if (plan.per_channel() == 0) {  // (rejected before it gets here; kept well defined)
     stats_typed(k, plan, x, mean, m2);
-    finish_forward<T>(0, channels, m2, count, a);
+    finish_forward(k, 0, channels, m2, count, a);
     pass.set(mean, invstd, weight, bias);
     pass.run();
     return;
@@ -1024,8 +986,8 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&] {
         reduction.combine(sum, sum_sq);
-        finish_stats(0, channels, sums.pivot, sum, sum_sq, count, mean, m2);
-        finish_forward<T>(0, channels, m2, count, a);
+        finish_stats(k, 0, channels, sums.pivot, sum, sum_sq, count, mean, m2);
+        finish_forward(k, 0, channels, m2, count, a);
         pass.set(mean, invstd, weight, bias);
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); });
@@ -1062,15 +1024,7 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&] {
         reduction.combine(sum_dy, sum_dy_xhat);
-        scale_by_invstd(channels, a.save_invstd, sum_dy_xhat);
-        if (weight != nullptr) {
-          T* grad_weight = static_cast<T*>(a.grad_weight);
-          T* grad_bias = static_cast<T*>(a.grad_bias);
-          for (std::size_t c = 0; c < channels; ++c) {
-            grad_weight[c] = T(sum_dy_xhat[c]);
-            grad_bias[c] = T(sum_dy[c]);
-          }
-        }
+        finish_grads(k, 0, channels, a, sum_dy, sum_dy_xhat);
         pass.set(weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count);
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); });

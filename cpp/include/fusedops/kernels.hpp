@@ -153,6 +153,32 @@ struct BatchNormKernels {
                   const T* k_x, const T* k_0, bool centered, bool stream);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
+
+  // Per-channel arithmetic between a reduction and the elementwise pass, over n channels
+  // (the caller offsets every pointer to the first), vectorized like the loops above.
+  // mean = pivot + sum / count, m2 = sum_sq - sum * (sum / count), at least 0 (NaN stays).
+  void (*finish_stats)(std::size_t n, const double* pivot, const double* sum,
+                       const double* sum_sq, double inv_count, double* mean, double* m2);
+  // invstd = 1 / sqrt(m2 / count + eps), exactly that expression (a split-API composition
+  // computes it so); with running statistics (both or neither), each moves `momentum` of
+  // the way to the batch's mean and unbiased variance (from the same m2 / count).
+  void (*finish_forward)(std::size_t n, const double* m2, double count, double eps,
+                         const double* mean, double* invstd, T* running_mean,
+                         T* running_var, double momentum);
+  // The constants of y = (x - mean_hi) * scale + shift (weight, bias nullptr: 1, 0).
+  void (*normalize_constants)(std::size_t n, const double* mean, const double* invstd,
+                              const T* weight, const T* bias, T* mean_hi, T* scale,
+                              T* shift);
+  // sum_dy_xhat *= invstd (it arrives as sum(dy * (x - mean))); with grad_weight, the
+  // parameter gradients: grad_weight = sum_dy_xhat, grad_bias = sum_dy.
+  void (*finish_grads)(std::size_t n, const double* invstd, const double* sum_dy,
+                       double* sum_dy_xhat, T* grad_weight, T* grad_bias);
+  // The constants of dx = dy * k_dy + (x - mean_hi) * k_x + k_0; centered = false drops
+  // the x terms (eval: k_x = k_0 = 0, the sums not read).
+  void (*dx_constants)(std::size_t n, const T* weight, const double* mean,
+                       const double* invstd, const double* sum_dy, const double* sum_dy_xhat,
+                       double inv_count, bool centered, T* k_dy, T* mean_hi, T* k_x,
+                       T* k_0);
 };
 
 // Reductions return partial results for one range; the runtime combines the ranges'
