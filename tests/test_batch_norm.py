@@ -799,3 +799,33 @@ def test_any_alignment_gives_the_same_bits(isa, shape, channel_axis, dtype):
         y, dx = run(x_at, dy_at, out_at)
         np.testing.assert_array_equal(y, y_ref, err_msg=f"y at {(x_at, dy_at, out_at)}")
         np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {(x_at, dy_at, out_at)}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", [((14, 20, 37, 29), 1), ((7, 23, 29, 65), -1),
+                                                ((1500, 107), 1)],
+                         ids=["nchw", "nhwc", "nc"])
+def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, small_last_level_cache,
+                                                              shape, channel_axis, dtype):
+    # Outputs beyond the (here 1 MiB) cache are written with non-temporal stores in tiles
+    # that start at a cache-line boundary of the output: outputs at every offset within a
+    # line give the bits of cached (ordinary) stores.
+    rng = np.random.default_rng(9)
+    x0, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+    dy0 = rng.standard_normal(shape).astype(dtype)
+    assert 2 * x0.nbytes > small_last_level_cache
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(1 << 15, 1 << 21, 1 << 40)
+    y_ref, mean, invstd = fo.batch_norm_forward(x0, weight, bias, channel_axis=channel_axis)
+    dx_ref, _, _ = fo.batch_norm_backward(dy0, x0, weight, mean, invstd,
+                                          channel_axis=channel_axis)
+    _core._set_cache_bytes(real["l1d"], real["l2"], small_last_level_cache)
+    item = np.dtype(dtype).itemsize
+    for at in [0, 16, 48, item, 5 * item]:
+        x, dy = at_line_offset(x0, (at + 16) % 64), at_line_offset(dy0, (at + 32) % 64)
+        y = at_line_offset(np.zeros_like(x0), at)
+        dx = at_line_offset(np.zeros_like(x0), at)
+        fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis, out=y)
+        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis, out=dx)
+        np.testing.assert_array_equal(y, y_ref, err_msg=f"y at {at}")
+        np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {at}")

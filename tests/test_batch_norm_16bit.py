@@ -340,3 +340,37 @@ def test_any_alignment_gives_the_same_bits(isa, rng, shape, channel_axis, dtype)
         y, dx = run(x_at, dy_at, out_at)
         np.testing.assert_array_equal(y, y_ref, err_msg=f"y at {(x_at, dy_at, out_at)}")
         np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {(x_at, dy_at, out_at)}")
+
+
+@pytest.fixture
+def tiny_last_level_cache():
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 20)
+    yield 1 << 20
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", [((14, 20, 37, 29), 1), ((7, 23, 29, 65), -1)],
+                         ids=["nchw", "nhwc"])
+def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, rng, tiny_last_level_cache,
+                                                              shape, channel_axis, dtype):
+    # As the float32 test: 16-bit outputs streamed in line-aligned tiles, at every offset.
+    x0, dy0, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+    assert 2 * x0.nbytes > tiny_last_level_cache
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(1 << 15, 1 << 21, 1 << 40)
+    y_ref, mean, invstd = fo.batch_norm_forward(x0, weight, bias, channel_axis=channel_axis)
+    dx_ref, _, _ = fo.batch_norm_backward(dy0, x0, weight, mean, invstd,
+                                          channel_axis=channel_axis)
+    _core._set_cache_bytes(real["l1d"], real["l2"], tiny_last_level_cache)
+    for at in [0, 2, 16, 34, 48, 62]:
+        x, dy = at_line_offset(x0, (at + 16) % 64), at_line_offset(dy0, (at + 6) % 64)
+        y = at_line_offset(np.zeros_like(x0), at)
+        dx = at_line_offset(np.zeros_like(x0), at)
+        fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis, out=y)
+        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis, out=dx)
+        np.testing.assert_array_equal(y.view(np.uint16), y_ref.view(np.uint16),
+                                      err_msg=f"y at {at}")
+        np.testing.assert_array_equal(dx.view(np.uint16), dx_ref.view(np.uint16),
+                                      err_msg=f"dx at {at}")

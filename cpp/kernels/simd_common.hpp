@@ -78,9 +78,18 @@ inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill,
     if (head > 0) fill(dst, 0, head);
     i = head;
     alignas(64) T buffer[tile];
+    // The first tile ends at a cache-line boundary of dst, so every later tile writes
+    // whole lines. (Tiles from dst's start, with dst 16 bytes past a line as NumPy places
+    // large arrays, wrote each line in two pieces from two tiles: four partial-line
+    // stores per tile.)
+    std::size_t first = (64 - reinterpret_cast<std::uintptr_t>(dst + i) % 64) % 64 / sizeof(T);
+    if (first == 0 || first > n - i) first = tile;
     while (i + granule <= n) {
-      // A whole tile, or the last whole 16-byte granules (a partial tile).
-      const std::size_t count = i + tile <= n ? tile : (n - i) / granule * granule;
+      // A whole tile (the first up to a line boundary), or the last whole 16-byte
+      // granules (a partial tile).
+      const std::size_t want = first;
+      first = tile;
+      const std::size_t count = i + want <= n ? want : (n - i) / granule * granule;
       fill(buffer, i, count);
       char* out = reinterpret_cast<char*>(dst + i);
       const char* in = reinterpret_cast<const char*>(buffer);
