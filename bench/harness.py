@@ -112,18 +112,26 @@ def check(case: Case, impl: Impl, reference: list[np.ndarray]) -> None:
 # implementation timed before (torch's pool, NumPy's, ours) still spin on the cores while
 # the next one runs: with two cores, a 300 us call measured 5-10x slower.
 SETTLE_SECONDS = 0.02
-# Calls shorter than this get one untimed call right before their sample (after the
-# pause): it wakes the implementation's own threads and brings its data back to the
-# caches, as a training loop that calls it every step would find them.
+# After the pause, each implementation runs untimed for at least this long (at least one
+# call) right before its sample: it wakes the implementation's own threads, brings its
+# data back to the caches, and lets the machine leave the idle state the pause put it in,
+# as a training loop that keeps the cores busy would find them. (On the Xeon VM, one call
+# of a few milliseconds right after a 20 ms pause ran 15-25% slower than back to back, and
+# the next one 10-15%: batch norm forward+backward at (64, 256, 28, 28) 0.66 and 0.60
+# ns/el against 0.52; every implementation's short and medium calls measured faster with
+# the warm-up, NumPy's and torch's as much as ours.) With warm_seconds=0, calls shorter
+# than WARM_CALL_SECONDS get one untimed call and longer ones none (the method of the
+# runs before 2026-12-01's ninth session).
+WARM_SECONDS = 0.02
 WARM_CALL_SECONDS = 0.02
 
 
 def measure(case: Case, repeats: int, probe: Optional[Impl] = None, probe_bytes: float = 0.0,
-            min_sample_seconds: float = 2e-3) -> list[dict]:
+            min_sample_seconds: float = 2e-3, warm_seconds: float = WARM_SECONDS) -> list[dict]:
     """Checks every implementation once, then times them interleaved, together with the
     bandwidth probe (so each row's % of bandwidth compares with the machine as it was
-    while that row ran). Each sample starts after a pause (SETTLE_SECONDS) and, for short
-    calls, one untimed call (WARM_CALL_SECONDS)."""
+    while that row ran). Each sample starts after a pause (SETTLE_SECONDS) and
+    warm_seconds of untimed calls of the same implementation (WARM_SECONDS)."""
     impls, reference = case.build()
     for impl in impls:  # the first run is the checked one
         if impl.prepare is not None:
@@ -144,7 +152,12 @@ def measure(case: Case, repeats: int, probe: Optional[Impl] = None, probe_bytes:
         order = timed[r % len(timed):] + timed[:r % len(timed)]
         for impl in order:
             time.sleep(SETTLE_SECONDS)
-            if warm[impl.name]:
+            if warm_seconds > 0:
+                until = time.perf_counter() + warm_seconds
+                _time_once(impl, 1)
+                while time.perf_counter() < until:
+                    _time_once(impl, 1)
+            elif warm[impl.name]:
                 _time_once(impl, 1)
             samples[impl.name].append(_time_once(impl, numbers[impl.name]))
     probe_gbps = probe_bytes / float(np.median(samples[probe.name])) / 1e9 if probe is not None else None

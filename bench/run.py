@@ -1,11 +1,13 @@
 """fusedops benchmark: every kernel against NumPy and the peers, with the machine's limit.
 
-    python bench/run.py [--quick] [--only PATTERN] [--threads N] [--json PATH] [--plot PATH]
+    python bench/run.py [--quick] [--only PATTERN] [--threads N] [--warm-ms MS] [--json PATH]
+                        [--plot PATH]
 
 Each case is run by every implementation in one process, interleaved, after a checked
 first run (a wrong answer is an error, not a row); each sample starts after a short pause
-(the previous implementation's threads stop spinning) and, for short calls, one untimed
-call. GB/s counts the bytes/element model
+(the previous implementation's threads stop spinning) and 20 ms of untimed calls of the
+same implementation (--warm-ms: its threads awake, its data in the caches, the machine out
+of the idle state the pause left it in). GB/s counts the bytes/element model
 stated per kernel; "% bw" compares it with the native bandwidth probe (a += s * b over
 arrays beyond the caches, 12 bytes/element of float32), which is timed interleaved with
 the implementations of every case. In-cache sizes may exceed 100%.
@@ -177,6 +179,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a representative subset (about a minute)")
@@ -184,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=positive_int, default=fo.get_num_threads(),
                     help="threads for every implementation (>= 1)")
     ap.add_argument("--repeats", type=positive_int, default=None, help="timed samples per implementation")
+    ap.add_argument("--warm-ms", type=non_negative_float, default=harness.WARM_SECONDS * 1e3,
+                    help="untimed calls before each sample, for at least this many milliseconds "
+                         "(default %(default)g; 0: one untimed call before samples of calls "
+                         "under 20 ms, the method of the runs before 2026-12-01's ninth session)")
     ap.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     ap.add_argument("--plot", metavar="PATH", help="write ns/element against size as a PNG (matplotlib)")
     args = ap.parse_args(argv)
@@ -222,7 +238,8 @@ def main(argv=None) -> int:
     for i, case in enumerate(cases):
         harness.progress(f"[{i + 1}/{len(cases)}] {case.kernel} {case.case} {case.dtype} "
                          f"{case.n_elements:,} elements x {case.n_tensors} tensors")
-        rows = harness.measure(case, repeats, probe=probe, probe_bytes=probe.bytes)
+        rows = harness.measure(case, repeats, probe=probe, probe_bytes=probe.bytes,
+                               warm_seconds=args.warm_ms / 1e3)
         finish_rows(rows, args.threads)
         all_rows.extend(rows)
     probe.check()

@@ -176,3 +176,37 @@ def test_headline_sizes_are_beyond_the_largest_cache():
     for bpe in (8, 12, 28):
         n = harness.beyond_cache_elements(bpe)
         assert n * bpe >= 2 * llc and n & (n - 1) == 0
+
+
+@pytest.mark.parametrize("warm_seconds", [0.0, 0.01])
+def test_each_sample_follows_its_warm_up(warm_seconds):
+    # After the pause before each sample, the implementation runs untimed for warm_seconds
+    # (at least one call); with 0, a short call gets exactly one untimed call.
+    case = cases_optim.sgd_case([100], np.float32, "momentum")
+    build = case.build
+    calls = []
+
+    def counting_build():
+        impls, reference = build()
+        run_fusedops = impls[0].run
+
+        def counted():
+            calls.append(1)
+            run_fusedops()
+        impls[0].run = counted
+        return impls, reference
+    case.build = counting_build
+    rows = harness.measure(case, repeats=2, warm_seconds=warm_seconds, min_sample_seconds=1e-9)
+    assert rows[0]["impl"] == "fusedops"
+    # checked run + sizing run, then per sample: the warm-up and one timed call
+    per_sample = (len(calls) - 2) / 2 - 1
+    if warm_seconds == 0:
+        assert per_sample == 1
+    else:
+        assert per_sample > 10  # a 100-element SGD step takes microseconds
+
+
+def test_warm_ms_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--warm-ms", "-1"])
+    assert "--warm-ms" in capsys.readouterr().err
