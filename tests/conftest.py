@@ -27,3 +27,13 @@ def threads():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def small_last_level_cache():
+    """A 1 MiB last-level cache: arrays of a few MiB take the paths of arrays beyond the
+    machine's real cache (non-temporal stores)."""
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 20)
+    yield 1 << 20
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fusedops as fo
 from fusedops import _core
-from checks import at_line_offset
+from checks import batch_norm_at_offsets
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 
 DTYPES = [np.float32, np.float64]
@@ -120,16 +120,6 @@ def test_backward_matches_reference(isa, rng, shape, channel_axis, dtype, affine
         assert_close(db, db_ref, dtype, "dbias")
     else:
         assert dw is None and db is None
-
-
-@pytest.fixture
-def small_last_level_cache():
-    """A 1 MiB last-level cache: arrays of a few MiB take the paths of arrays beyond the
-    machine's real cache (non-temporal stores)."""
-    real = fo.build_info()["cache_bytes"]
-    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 20)
-    yield 1 << 20
-    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -783,14 +773,7 @@ def test_any_alignment_gives_the_same_bits(isa, shape, channel_axis, dtype):
     dy0 = rng.standard_normal(shape).astype(dtype)
 
     def run(x_at, dy_at, out_at):
-        x, dy = at_line_offset(x0, x_at), at_line_offset(dy0, dy_at)
-        y = at_line_offset(np.zeros_like(x0), out_at)
-        dx = at_line_offset(np.zeros_like(x0), out_at)
-        _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis,
-                                                out=y)
-        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis,
-                               out=dx)
-        return y, dx
+        return batch_norm_at_offsets(x0, dy0, weight, bias, channel_axis, x_at, dy_at, out_at)
 
     y_ref, dx_ref = run(0, 0, 0)
     item = np.dtype(dtype).itemsize
@@ -822,10 +805,7 @@ def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, small_last_le
     _core._set_cache_bytes(real["l1d"], real["l2"], small_last_level_cache)
     item = np.dtype(dtype).itemsize
     for at in [0, 16, 48, item, 5 * item]:
-        x, dy = at_line_offset(x0, (at + 16) % 64), at_line_offset(dy0, (at + 32) % 64)
-        y = at_line_offset(np.zeros_like(x0), at)
-        dx = at_line_offset(np.zeros_like(x0), at)
-        fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis, out=y)
-        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis, out=dx)
+        y, dx = batch_norm_at_offsets(x0, dy0, weight, bias, channel_axis, (at + 16) % 64,
+                                      (at + 32) % 64, at)
         np.testing.assert_array_equal(y, y_ref, err_msg=f"y at {at}")
         np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {at}")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fusedops as fo
-from checks import assert_rejected, at_line_offset
+from checks import assert_rejected, batch_norm_at_offsets
 from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 from test_mixed_precision import BF16, F16, HALF, assert_rounded
@@ -326,13 +326,7 @@ def test_any_alignment_gives_the_same_bits(isa, rng, shape, channel_axis, dtype)
     x0, dy0, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
 
     def run(x_at, dy_at, out_at):
-        x, dy = at_line_offset(x0, x_at), at_line_offset(dy0, dy_at)
-        y = at_line_offset(np.zeros_like(x0), out_at)
-        dx = at_line_offset(np.zeros_like(x0), out_at)
-        _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis,
-                                                out=y)
-        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis,
-                               out=dx)
+        y, dx = batch_norm_at_offsets(x0, dy0, weight, bias, channel_axis, x_at, dy_at, out_at)
         return y.view(np.uint16), dx.view(np.uint16)
 
     y_ref, dx_ref = run(0, 0, 0)
@@ -342,34 +336,23 @@ def test_any_alignment_gives_the_same_bits(isa, rng, shape, channel_axis, dtype)
         np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {(x_at, dy_at, out_at)}")
 
 
-@pytest.fixture
-def tiny_last_level_cache():
-    real = fo.build_info()["cache_bytes"]
-    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 20)
-    yield 1 << 20
-    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
-
-
 @pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
 @pytest.mark.parametrize("shape,channel_axis", [((14, 20, 37, 29), 1), ((7, 23, 29, 65), -1)],
                          ids=["nchw", "nhwc"])
-def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, rng, tiny_last_level_cache,
+def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, rng, small_last_level_cache,
                                                               shape, channel_axis, dtype):
     # As the float32 test: 16-bit outputs streamed in line-aligned tiles, at every offset.
     x0, dy0, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
-    assert 2 * x0.nbytes > tiny_last_level_cache
+    assert 2 * x0.nbytes > small_last_level_cache
     real = fo.build_info()["cache_bytes"]
     _core._set_cache_bytes(1 << 15, 1 << 21, 1 << 40)
     y_ref, mean, invstd = fo.batch_norm_forward(x0, weight, bias, channel_axis=channel_axis)
     dx_ref, _, _ = fo.batch_norm_backward(dy0, x0, weight, mean, invstd,
                                           channel_axis=channel_axis)
-    _core._set_cache_bytes(real["l1d"], real["l2"], tiny_last_level_cache)
+    _core._set_cache_bytes(real["l1d"], real["l2"], small_last_level_cache)
     for at in [0, 2, 16, 34, 48, 62]:
-        x, dy = at_line_offset(x0, (at + 16) % 64), at_line_offset(dy0, (at + 6) % 64)
-        y = at_line_offset(np.zeros_like(x0), at)
-        dx = at_line_offset(np.zeros_like(x0), at)
-        fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis, out=y)
-        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis, out=dx)
+        y, dx = batch_norm_at_offsets(x0, dy0, weight, bias, channel_axis, (at + 16) % 64,
+                                      (at + 6) % 64, at)
         np.testing.assert_array_equal(y.view(np.uint16), y_ref.view(np.uint16),
                                       err_msg=f"y at {at}")
         np.testing.assert_array_equal(dx.view(np.uint16), dx_ref.view(np.uint16),

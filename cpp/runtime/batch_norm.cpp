@@ -651,16 +651,7 @@ class NormalizePass {
  public:
   NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
                 R* y)
-      : k_(k), plan_(plan), x_(x), y_(y),
-        constants_(scratch, plan.channels(), plan.runs() ? 0 : line_shift<T>(y)),
-        stream_(plan.stream_output(2)), period_(stream_ ? plan.rows_per_run() : 1),
-        work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
-    if (!plan.runs()) {
-      for (std::size_t i = 0; i < 3; ++i) {
-        room_[i] = column_room<T>(plan, scratch, period_, line_shift<T>(y));
-      }
-    }
-  }
+      : NormalizePass(k, plan, scratch, x, y, plan.runs() ? 0 : line_shift<T>(y)) {}
 
   void set(const double* mean, const double* invstd, const T* weight, const T* bias) {
     constants_.set(k_, 0, plan_.channels(), mean, invstd, weight, bias);
@@ -692,6 +683,17 @@ class NormalizePass {
   }
 
  private:
+  // shift: where the per-column constants start within a line (line_shift).
+  NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
+                R* y, std::size_t shift)
+      : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels(), shift),
+        stream_(plan.stream_output(2)), period_(stream_ ? plan.rows_per_run() : 1),
+        work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
+    if (!plan.runs()) {
+      for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
+    }
+  }
+
   const BatchNormKernels<R, T>& k_;
   const Plan& plan_;
   const R* x_;
@@ -713,19 +715,8 @@ class DxPass {
  public:
   DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
          const R* x, R* dx, bool centered)
-      : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx),
-        constants_(scratch, plan.channels(),
-                   plan.runs() ? 0 : line_shift<T>(line_anchor<R>(dy, centered ? x : nullptr, dx))),
-        centered_(centered), stream_(plan.stream_output(3)),
-        period_(stream_ ? plan.rows_per_run() : 1),
-        work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
-    if (!plan.runs()) {
-      for (std::size_t i = 0; i < 4; ++i) {
-        room_[i] = column_room<T>(plan, scratch, period_,
-                                  line_shift<T>(line_anchor<R>(dy, centered ? x : nullptr, dx)));
-      }
-    }
-  }
+      : DxPass(k, plan, scratch, dy, x, dx, centered,
+               plan.runs() ? 0 : line_shift<T>(line_anchor<R>(dy, centered ? x : nullptr, dx))) {}
 
   void set(const T* weight, const double* mean, const double* invstd, const double* sum_dy,
            const double* sum_dy_xhat, double count) {
@@ -760,6 +751,18 @@ class DxPass {
   }
 
  private:
+  // shift: as NormalizePass's, for the array the row loops line up with (line_anchor).
+  DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
+         const R* x, R* dx, bool centered, std::size_t shift)
+      : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels(), shift),
+        centered_(centered), stream_(plan.stream_output(3)),
+        period_(stream_ ? plan.rows_per_run() : 1),
+        work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
+    if (!plan.runs()) {
+      for (std::size_t i = 0; i < 4; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
+    }
+  }
+
   const BatchNormKernels<R, T>& k_;
   const Plan& plan_;
   const R* dy_;
