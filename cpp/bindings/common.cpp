@@ -203,14 +203,39 @@ std::string shape_string(const py::array& a) {
   return s + ")";
 }
 
+namespace {
+
+py::array new_array(PyObject* descr, int nd, const Py_intptr_t* dims) {
+  auto& api = py::detail::npy_api::get();
+  // PyArray_NewFromDescr takes the reference to descr, also when it fails.
+  PyObject* a = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, nd, dims, nullptr, nullptr, 0,
+                                          nullptr);
+  if (a == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::array>(a);
+}
+
+}  // namespace
+
+py::array new_vector(int type_num, std::size_t n) {
+  PyObject* descr = py::detail::npy_api::get().PyArray_DescrFromType_(type_num);
+  if (descr == nullptr) throw py::error_already_set();
+  const Py_intptr_t dims[1] = {static_cast<Py_intptr_t>(n)};
+  return new_array(descr, 1, dims);
+}
+
+py::array new_array_like(py::handle like) {
+  const auto* fields = py::detail::array_proxy(like.ptr());
+  Py_INCREF(fields->descr);
+  return new_array(fields->descr, fields->nd, fields->dimensions);
+}
+
 ArrayArg unpack(const char* function, const char* name, py::handle obj, const ArrayArg* like) {
   const auto where = [&] { return std::string(function) + ": " + name; };  // for errors
   ArrayArg arg{name, false, {}};
   if (is_sequence(obj)) {
-    arg.is_list = true;
-    arg.items = sequence_snapshot(obj);
+    arg = ArrayArg::list(name, sequence_snapshot(obj));
   } else if (py::isinstance<py::array>(obj)) {
-    arg.items.push_back(py::reinterpret_borrow<py::object>(obj));
+    arg = ArrayArg::single(name, obj);
   } else {
     throw py::type_error(where() +
                          " must be a numpy.ndarray or a list/tuple of numpy.ndarray, got " +
@@ -298,7 +323,7 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
 void CallChecker::check_no_overlap() const {
   // Sort the memory ranges by start; a range overlaps an earlier one iff it starts
   // before the furthest end seen so far. Only pairs involving a written array count.
-  std::vector<const CheckedArray*> order;
+  SmallVector<const CheckedArray*, kLocalArrays> order;
   order.reserve(arrays_.size());
   for (const CheckedArray& a : arrays_) {
     if (a.nbytes > 0) order.push_back(&a);

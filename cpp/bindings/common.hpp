@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
+#include "fusedops/small_vector.hpp"
 
 namespace fusedops::bind {
 
@@ -26,9 +27,22 @@ enum class Access { read, write };
 struct ArrayArg {
   const char* name;
   bool is_list;
-  std::vector<py::object> items;
+  SmallVector<py::object, 1> items;  // a single array without a heap allocation
 
   std::string label(std::size_t i) const;
+
+  // One array (borrowed into an owning reference), or the items of a snapshot.
+  static ArrayArg single(const char* name, py::handle obj) {
+    ArrayArg arg{name, false, {}};
+    arg.items.push_back(py::reinterpret_borrow<py::object>(obj));
+    return arg;
+  }
+  static ArrayArg list(const char* name, std::vector<py::object> snapshot) {
+    ArrayArg arg{name, true, {}};
+    arg.items.reserve(snapshot.size());
+    for (py::object& item : snapshot) arg.items.push_back(std::move(item));
+    return arg;
+  }
 };
 
 // Unpacks `obj` (an ndarray, or a list/tuple of them) into an ArrayArg. When `like` is
@@ -52,13 +66,11 @@ struct CheckedArray {
 // and (at the end) that no written array shares memory with another array.
 class CallChecker {
  public:
-  explicit CallChecker(const char* function) : function_(function) { arrays_.reserve(8); }
+  explicit CallChecker(const char* function) : function_(function) {}
   // per_array_dtypes: each array may be float32, float64, bfloat16 or float16 (the caller
   // checks the combination); otherwise all arrays share float32 or float64.
   CallChecker(const char* function, bool per_array_dtypes)
-      : function_(function), per_array_dtypes_(per_array_dtypes) {
-    arrays_.reserve(8);  // one allocation for a call's arrays, not one per doubling
-  }
+      : function_(function), per_array_dtypes_(per_array_dtypes) {}
 
   // Checks arg.items[i]; `shape_of` (optional) is an array whose shape it must match.
   CheckedArray check(const ArrayArg& arg, std::size_t i, Access access,
@@ -74,15 +86,25 @@ class CallChecker {
   [[noreturn]] void value_error(const std::string& message) const;
 
  private:
+  // A call's arrays held inside the checker (more go to the heap).
+  static constexpr std::size_t kLocalArrays = 8;
+
   const char* function_;
   bool per_array_dtypes_ = false;
   bool has_dtype_ = false;
   Dtype dtype_ = Dtype::f32;
   std::string dtype_origin_;
-  std::vector<CheckedArray> arrays_;
+  SmallVector<CheckedArray, kLocalArrays> arrays_;
 };
 
 std::string shape_string(const py::array& a);
+
+// New C-contiguous arrays made through NumPy's C API: pybind11's array constructors build
+// a std::vector for the shape and another for the strides, two heap allocations for each
+// result of a call. A 1-D array of n values of NumPy type number `type_num`; an array of
+// `like`'s dtype and shape.
+py::array new_vector(int type_num, std::size_t n);
+py::array new_array_like(py::handle like);
 
 // The snapshot of a list/tuple (any subclass) as owning references to its items.
 std::vector<py::object> sequence_snapshot(py::handle seq);

@@ -15,7 +15,7 @@ ArrayArg single(const char* name, py::handle obj) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(obj));
   }
-  return ArrayArg{name, false, {py::reinterpret_borrow<py::object>(obj)}};
+  return ArrayArg::single(name, obj);
 }
 
 py::array as_array(const ArrayArg& arg) { return py::reinterpret_borrow<py::array>(arg.items[0]); }
@@ -113,13 +113,14 @@ void* per_channel(BnChecker& checker, const ArrayArg* arg, Access access, const 
 }
 
 // A per-channel statistic that is only read (mean, invstd, the gradient sums): a (C,)
-// array of float64 or of the parameter dtype, read into doubles before anything is
-// written.
+// array of float64, read where it is (the call holds a reference to it, and no array the
+// call writes may overlap it), or of the parameter dtype float32, read into doubles.
 struct Statistic {
   const char* name;
-  std::vector<double> values;
+  const double* values;
   const char* begin;
   std::size_t nbytes;
+  std::vector<double> widened;  // float32 values as doubles (values points here)
 };
 
 Statistic statistic(const BnChecker& checker, const char* name, py::handle obj,
@@ -147,11 +148,12 @@ Statistic statistic(const BnChecker& checker, const char* name, py::handle obj,
                         channels_expected(layout));
   }
   if (!layout_ok(a.flags(), Access::read)) require_layout(where(), a.flags(), Access::read);
-  Statistic s{name, std::vector<double>(layout.shape.channels),
-              static_cast<const char*>(a.data()), static_cast<std::size_t>(a.nbytes())};
-  for (std::size_t c = 0; c < s.values.size(); ++c) {
-    s.values[c] = f64 ? static_cast<const double*>(a.data())[c]
-                      : double(static_cast<const float*>(a.data())[c]);
+  Statistic s{name, static_cast<const double*>(a.data()), static_cast<const char*>(a.data()),
+              static_cast<std::size_t>(a.nbytes()), {}};
+  if (!f64) {
+    const float* data = static_cast<const float*>(a.data());
+    s.widened.assign(data, data + layout.shape.channels);
+    s.values = s.widened.data();
   }
   return s;
 }
@@ -176,19 +178,20 @@ py::array x_shaped_result(BnChecker& checker, const ArrayArg* out_arg, const Arr
     checker.x_shaped(*out_arg, Access::write, x_arg);
     return as_array(*out_arg);
   }
-  const py::array x = as_array(x_arg);
-  return py::array(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  return new_array_like(x_arg.items[0]);
 }
 
 // A per-channel result (dweight, dbias) of the parameter dtype.
 py::array channel_result(const BnChecker& checker, const Layout& layout) {
-  const py::ssize_t c = static_cast<py::ssize_t>(layout.shape.channels);
-  if (checker.param_dtype() == Dtype::f64) return py::array_t<double>(c);
-  return py::array_t<float>(c);
+  const std::size_t c = layout.shape.channels;
+  return new_vector(checker.param_dtype() == Dtype::f64 ? py::detail::npy_api::NPY_DOUBLE_
+                                                        : py::detail::npy_api::NPY_FLOAT_,
+                    c);
 }
 
 py::array_t<double> float64_result(std::size_t n) {
-  return py::array_t<double>(static_cast<py::ssize_t>(n));
+  return py::reinterpret_steal<py::array_t<double>>(
+      new_vector(py::detail::npy_api::NPY_DOUBLE_, n).release());
 }
 
 struct Optional {
@@ -292,8 +295,8 @@ py::tuple batch_norm_backward_py(py::handle dy_obj, py::handle x_obj, py::handle
     grad_weight = gw;
     grad_bias = gb;
   }
-  args.save_mean = save_mean.values.data();
-  args.save_invstd = save_invstd.values.data();
+  args.save_mean = save_mean.values;
+  args.save_invstd = save_invstd.values;
   args.dx = dx.mutable_data();
   args.training = training;
   {
@@ -460,8 +463,8 @@ py::array batch_norm_elemt_py(py::handle x_obj, py::handle weight_obj, py::handl
   checker.check_no_overlap();
   check_no_overlap(checker, y, "out", {&mean, &invstd});
   args.y = y.mutable_data();
-  args.mean = mean.values.data();
-  args.invstd = invstd.values.data();
+  args.mean = mean.values;
+  args.invstd = invstd.values;
   {
     py::gil_scoped_release release;
     batch_norm_elemt(checker.x_dtype(), layout.shape, args);
@@ -487,7 +490,7 @@ py::tuple batch_norm_backward_reduce_py(py::handle dy_obj, py::handle x_obj, py:
   {
     py::gil_scoped_release release;
     batch_norm_backward_reduce(checker.x_dtype(), layout.shape, dy.data, x.data,
-                               mean.values.data(), invstd.values.data(), sum_dy_data,
+                               mean.values, invstd.values, sum_dy_data,
                                sum_dy_xhat_data);
   }
   return py::make_tuple(sum_dy, sum_dy_xhat);
@@ -523,10 +526,10 @@ py::array batch_norm_backward_elemt_py(py::handle dy_obj, py::handle x_obj, py::
   checker.check_no_overlap();
   check_no_overlap(checker, dx, "out", {&mean, &invstd, &sum_dy, &sum_dy_xhat});
   args.dx = dx.mutable_data();
-  args.mean = mean.values.data();
-  args.invstd = invstd.values.data();
-  args.sum_dy = sum_dy.values.data();
-  args.sum_dy_xhat = sum_dy_xhat.values.data();
+  args.mean = mean.values;
+  args.invstd = invstd.values;
+  args.sum_dy = sum_dy.values;
+  args.sum_dy_xhat = sum_dy_xhat.values;
   args.count = count;
   {
     py::gil_scoped_release release;

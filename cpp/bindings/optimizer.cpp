@@ -42,14 +42,14 @@ class OptimizerPlan {
     std::vector<ArrayArg> state_args;
     for (std::size_t k = 0; k < states_.size(); ++k) {
       if (states_[k].size() != n) throw py::value_error("each state list needs one entry per param");
-      state_args.push_back(ArrayArg{"state", true, sequence_snapshot(states_[k])});
+      state_args.push_back(ArrayArg::list("state", sequence_snapshot(states_[k])));
     }
-    const ArrayArg copies_arg{"param_copies", true,
-                              copies.is_none() ? std::vector<py::object>(n, py::none())
-                                               : sequence_snapshot(copies)};
-    const ArrayArg remainders_arg{"remainders", true,
-                                  remainders.is_none() ? std::vector<py::object>(n, py::none())
-                                                       : sequence_snapshot(remainders)};
+    const ArrayArg copies_arg = ArrayArg::list(
+        "param_copies",
+        copies.is_none() ? std::vector<py::object>(n, py::none()) : sequence_snapshot(copies));
+    const ArrayArg remainders_arg = ArrayArg::list(
+        "remainders", remainders.is_none() ? std::vector<py::object>(n, py::none())
+                                           : sequence_snapshot(remainders));
     if (copies_arg.items.size() != n || remainders_arg.items.size() != n) {
       throw py::value_error("copies and remainders need one entry per param");
     }

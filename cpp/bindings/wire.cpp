@@ -20,7 +20,7 @@ void mean_of_rows(py::handle rows_obj, py::handle out_obj) {
   }
   const ArrayArg rows_arg = unpack(kName, "rows", rows_obj);  // a 2-D array or a list of rows
   const bool listed = rows_arg.is_list;
-  const ArrayArg out_arg{"out", false, {py::reinterpret_borrow<py::object>(out_obj)}};
+  const ArrayArg out_arg = ArrayArg::single("out", out_obj);
   CallChecker checker(kName, true);
   const CheckedArray out = checker.check(out_arg, 0, Access::write);
   const py::array o = py::reinterpret_borrow<py::array>(out_obj);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
+#include "fusedops/small_vector.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,6 +37,9 @@ struct WorkItem {
 
 class WorkList {
  public:
+  // Items held inside the list: a call over a few tensors or units allocates nothing.
+  static constexpr std::size_t kLocalItems = 16;
+
   // size_of(i) gives the element count of tensor i.
   template <class SizeOf>
   WorkList(std::size_t count, std::size_t element_bytes, SizeOf size_of) {
@@ -146,7 +150,7 @@ class WorkList {
 #endif
   }
 
-  const std::vector<WorkItem>& items() const { return items_; }
+  const SmallVector<WorkItem, kLocalItems>& items() const { return items_; }
   std::size_t elements() const { return elements_; }
 
   // Runs fn(item_index, item) for every item, in parallel when the call is big enough.
@@ -254,8 +258,8 @@ class WorkList {
     return threads;
   }
 
-  std::vector<WorkItem> items_;
-  std::vector<std::size_t> batch_ends_;  // items [batch_ends_[b-1], batch_ends_[b]) form batch b
+  SmallVector<WorkItem, kLocalItems> items_;
+  SmallVector<std::size_t, kLocalItems> batch_ends_;  // items [batch_ends_[b-1], batch_ends_[b]) form batch b
   std::size_t elements_ = 0;
 };
 
