@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 import fusedops as fo
-from harness import Case, Impl, torch
+from harness import Case, Impl, largest_cache_bytes, torch
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -37,20 +37,28 @@ def _inputs(shape, channel_axis, dtype, seed=0):
 
 
 def _reference(x, dy, weight, bias, channel_axis):
-    """(y, dx, dweight, dbias) in float64, from the formulas."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    axes = tuple(d for d in range(x.ndim) if d != channel_axis % x.ndim)
+    """(y, dx, dweight, dbias) in float64, from the formulas; computed for blocks of 64
+    channels at a time, so that the float64 temporaries of a tensor of a few GB (the rows
+    beyond the last-level cache) stay a fraction of it."""
+    axis = channel_axis % x.ndim
+    axes = tuple(d for d in range(x.ndim) if d != axis)
     shape = [1] * x.ndim
-    shape[channel_axis] = -1
+    shape[axis] = -1
     count = x.size // weight.size
-    mean = x.mean(axis=axes, keepdims=True)
-    invstd = 1 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + EPS)
-    xhat = (x - mean) * invstd
-    w = weight.astype(np.float64).reshape(shape)
-    y = xhat * w + bias.astype(np.float64).reshape(shape)
-    dbias = dy.sum(axis=axes)
-    dweight = (dy * xhat).sum(axis=axes)
-    dx = w * invstd * (dy - dbias.reshape(shape) / count - xhat * dweight.reshape(shape) / count)
+    y, dx = np.empty(x.shape), np.empty(x.shape)
+    dweight, dbias = np.empty(weight.size), np.empty(weight.size)
+    for c0 in range(0, weight.size, 64):
+        block = (slice(None),) * axis + (slice(c0, c0 + 64),)
+        xb, dyb = x[block].astype(np.float64), dy[block].astype(np.float64)
+        mean = xb.mean(axis=axes, keepdims=True)
+        invstd = 1 / np.sqrt(((xb - mean) ** 2).mean(axis=axes, keepdims=True) + EPS)
+        xhat = (xb - mean) * invstd
+        w = weight[c0:c0 + 64].astype(np.float64).reshape(shape)
+        y[block] = xhat * w + bias[c0:c0 + 64].astype(np.float64).reshape(shape)
+        db = dyb.sum(axis=axes)
+        dw = (dyb * xhat).sum(axis=axes)
+        dx[block] = w * invstd * (dyb - db.reshape(shape) / count - xhat * dw.reshape(shape) / count)
+        dweight[c0:c0 + 64], dbias[c0:c0 + 64] = dw, db
     return y, dx, dweight, dbias
 
 
@@ -133,7 +141,7 @@ def _torch(x, dy, weight, bias, channel_axis):
             lambda: [to_numpy(x_t.grad), w_t.grad.numpy(), b_t.grad.numpy()])
 
 
-def batch_norm_case(shape, channel_axis, dtype, phase, sweep=""):
+def batch_norm_case(shape, channel_axis, dtype, phase, sweep="", numpy=True):
     itemsize = np.dtype(dtype).itemsize
     bytes_per_element = PHASES[phase] * itemsize / 4
     layout = ("NCHW" if channel_axis == 1 else "NHWC") if len(shape) == 4 else \
@@ -146,7 +154,9 @@ def batch_norm_case(shape, channel_axis, dtype, phase, sweep=""):
         reference = {"forward": [y], "backward": [dx, dweight, dbias],
                      "fwd+bwd": [y, dx, dweight, dbias]}[phase]
         makers = [("fusedops", _fusedops)]
-        if np.dtype(dtype).itemsize >= 4:  # NumPy has no 16-bit arithmetic worth timing
+        # NumPy has no 16-bit arithmetic worth timing; the rows beyond the last-level cache
+        # leave it out too (its temporaries would take several times the tensor, seconds a call)
+        if numpy and np.dtype(dtype).itemsize >= 4:
             makers.append(("numpy", _numpy))
         if torch is not None:
             makers.append(("torch", _torch))
@@ -188,16 +198,31 @@ QUICK_SWEEP = ("NC (BatchNorm1d after Linear)", [((32, 128), 1), ((64, 256), 1),
                                                  ((256, 1024), 1), ((1024, 1024), 1)])
 
 
+def beyond_cache_shapes():
+    """NCHW (N, 256, 28, 28) and NHWC (N, 28, 28, 256) float32 with N the smallest multiple
+    of 64 that makes one array at least 1.25x the largest cache: the fixed shapes above
+    fit in a large server L3 (a 480 MiB one holds x, y, dy and dx of (64, 256, 28, 28)),
+    where forward+backward reads its inputs from the L3, not from memory. A larger batch is
+    how activations grow past the cache in training."""
+    n = 64
+    while n * 256 * 28 * 28 * 4 < 1.25 * largest_cache_bytes():
+        n += 64
+    return [((n, 256, 28, 28), 1), ((n, 28, 28, 256), -1)]
+
+
 def norm_cases(quick: bool):
     f32, f64 = np.float32, np.float64
     shapes = [((64, 256, 28, 28), 1), ((32, 64, 56, 56), 1), ((32, 56, 56, 64), -1)]
+    beyond = [batch_norm_case(shape, axis, f32, "fwd+bwd", numpy=False)
+              for shape, axis in beyond_cache_shapes() if shape not in dict(shapes)]
     if quick:
         name, sweep = QUICK_SWEEP
         return ([batch_norm_case(shape, axis, f32, "fwd+bwd") for shape, axis in shapes]
+                + beyond
                 + [batch_norm_case(shape, axis, BF16, "fwd+bwd") for shape, axis in shapes]
                 + [batch_norm_case(shape, axis, f32, "fwd+bwd", sweep=name)
                    for shape, axis in sweep])
-    cases = []
+    cases = list(beyond)
     for name, sweep in SWEEPS.items():
         for phase in PHASES:
             cases += [batch_norm_case(shape, axis, f32, phase, sweep=name)
