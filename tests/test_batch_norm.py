@@ -152,6 +152,54 @@ def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, chann
     np.testing.assert_array_equal(dx, dx_cached)
 
 
+@pytest.mark.parametrize("dtype", DTYPES + [fo.bfloat16, np.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", [((200, 1500), 1), ((8, 9, 7, 700), -1),
+                                                ((320, 97, 3, 3), 1), ((160, 2053), 1)],
+                         ids=["nc", "nhwc", "short-spatial", "nc-odd"])
+def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_last_level_cache,
+                                                         shape, channel_axis, dtype):
+    # Rows longer than a column block (512 values) of data beyond the last-level cache
+    # (here 1 MiB) are cut into whole-row tiles instead of column blocks, and their sums
+    # walk fewer rows at a time: every output, statistics and running statistics included,
+    # keeps the bits of the column blocks (cached run), for any thread count.
+    rng = np.random.default_rng(21)
+    x16 = np.dtype(dtype).itemsize == 2
+    param = np.float32 if x16 else dtype
+    x = (rng.standard_normal(shape) * 3.0 + 40.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    channels = shape[channel_axis]
+    weight = rng.uniform(0.5, 2.0, channels).astype(param)
+    bias = rng.standard_normal(channels).astype(param)
+    rm0 = rng.standard_normal(channels).astype(param)
+    rv0 = rng.uniform(0.5, 2.0, channels).astype(param)
+    cols = x.size // x.shape[0] if channel_axis == 1 else channels
+    assert cols > 512 and 2 * x.nbytes > small_last_level_cache
+
+    def run():
+        rm, rv = rm0.copy(), rv0.copy()
+        y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv,
+                                                channel_axis=channel_axis)
+        dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd,
+                                            channel_axis=channel_axis)
+        return [y, mean, invstd, rm, rv, dx, dw, db]
+
+    results = []
+    for n in (1, 2):
+        fo.set_num_threads(n)
+        results.append(run())
+    real = fo.build_info()["cache_bytes"]
+    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 40)  # column blocks, cached stores
+    results.append(run())
+    y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, channel_axis=channel_axis)
+    tol = 1e-2 if x16 else 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(results[0][0].astype(np.float64), y_ref, rtol=tol, atol=tol)
+    names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dweight", "dbias"]
+    for other in results[1:]:
+        for name, a, b in zip(names, results[0], other):
+            assert a.tobytes() == b.tobytes(), name
+
+
 def test_cache_sizes_are_the_machines():
     caches = fo.build_info()["cache_bytes"]
     assert 0 < caches["l1d"] <= caches["l2"] <= caches["last_level"]

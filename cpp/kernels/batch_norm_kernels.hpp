@@ -323,6 +323,14 @@ inline void bn_rows_sum_block(std::size_t rows, std::size_t stride, const Terms&
   }
 }
 
+// Tiles wider than kWideTileCols columns (whole rows of data beyond the last-level cache:
+// the runtime's column blocks are 512 columns) walk at most kWideTileChunk rows at a time:
+// a chunk reads its rows side by side, each a stream the hardware follows from memory, and
+// fewer streams at once measured faster. (Xeon, 2 threads, whole-row tiles: NHWC (64, 28,
+// 28, 3328) float32 backward from memory 0.82 -> 0.65 ns/el with 8 rows instead of 16.)
+constexpr std::size_t kWideTileCols = 512;
+constexpr std::size_t kWideTileChunk = 8;
+
 // Two per-column sums over the tile, chunk by chunk: block(vectors, offset, rows, j) with
 // kVectors or 1 vectors of kWidth columns, or single(offset, rows, j) for the last columns.
 template <std::size_t kVectors = kColVectors, std::size_t kWidth = kLaneWidth, class Block,
@@ -331,6 +339,7 @@ inline void bn_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
                          double* __restrict first, double* __restrict second,
                          const Block& block, const Single& single,
                          std::size_t chunk = kRowChunk) {
+  if (cols > kWideTileCols && chunk > kWideTileChunk) chunk = kWideTileChunk;
   for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
   for (std::size_t r0 = 0; r0 < rows; r0 += chunk) {
     const std::size_t n = rows - r0 < chunk ? rows - r0 : chunk;
