@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fusedops as fo
-from checks import assert_rejected, batch_norm_at_offsets
+from checks import assert_rejected, batch_norm_at_offsets, batch_norm_with_cached_stores
 from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 from test_mixed_precision import BF16, F16, HALF, assert_rounded
@@ -344,12 +344,7 @@ def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, rng, small_la
     # As the float32 test: 16-bit outputs streamed in line-aligned tiles, at every offset.
     x0, dy0, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
     assert 2 * x0.nbytes > small_last_level_cache
-    real = fo.build_info()["cache_bytes"]
-    _core._set_cache_bytes(1 << 15, 1 << 21, 1 << 40)
-    y_ref, mean, invstd = fo.batch_norm_forward(x0, weight, bias, channel_axis=channel_axis)
-    dx_ref, _, _ = fo.batch_norm_backward(dy0, x0, weight, mean, invstd,
-                                          channel_axis=channel_axis)
-    _core._set_cache_bytes(real["l1d"], real["l2"], small_last_level_cache)
+    y_ref, dx_ref = batch_norm_with_cached_stores(x0, dy0, weight, bias, channel_axis)
     for at in [0, 2, 16, 34, 48, 62]:
         y, dx = batch_norm_at_offsets(x0, dy0, weight, bias, channel_axis, (at + 16) % 64,
                                       (at + 6) % 64, at)
