@@ -248,6 +248,71 @@ def test_stochastic_rounding_replays_bitwise_for_1_and_2_threads(isa, name, thre
     assert not all(np.array_equal(a, p.params[0]) for a, p in zip(results[0], problems))
 
 
+# --- copies beyond the last-level cache --------------------------------------------------
+
+COPY_ROWS = [r for r in ROWS if r[3] is not None]
+COPY_SIZES = [17, 70001, 1000, 2 * 16384 + 5, 1]  # chunks of 16384 elements: 5 chunks
+COPY_OFFSETS = [3, 0, 31, 9, 1]  # elements from a line boundary at which each copy starts
+
+
+def step_any(name, params, grads, state, step, **kw):
+    """step_all, and Adam (AMSGrad) and SGD (Nesterov momentum) too."""
+    if name == "adam":
+        return fo.adam_step(params, grads, state["exp_avg"], state["exp_avg_sq"], step=step,
+                            lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, amsgrad=True,
+                            max_exp_avg_sqs=state["max_exp_avg_sq"], **kw)
+    if name == "sgd":
+        return fo.sgd_step(params, grads, state["momentum_buffer"], lr=0.05, momentum=0.9,
+                           nesterov=True, first_step=step == 1, **kw)
+    return step_all(name, params, grads, state, step, **kw)
+
+
+def copies_at_offsets(dtype, sizes, offsets):
+    """Zeroed copies, copy i starting offsets[i] elements past a 64-byte line boundary."""
+    out = []
+    for n, k in zip(sizes, offsets):
+        raw = np.zeros(n + 64, dtype)
+        lead = (-raw.ctypes.data % 64) // raw.itemsize
+        out.append(raw[lead + k:lead + k + n])
+    return out
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("row", COPY_ROWS, ids=row_id)
+@pytest.mark.parametrize("name", ["adam", "sgd", *KINDS])
+def test_streamed_copies_have_the_bits_of_cached_ones(isa, name, row, stochastic, threads, rng):
+    """A call that moves more bytes than the last-level cache writes its param copies
+    with non-temporal stores (whole lines from each copy's first line boundary, blocks
+    realigned to them): params, state and copies keep the bits of ordinary stores, for
+    every copy alignment, vector tails and chunk ends, 1 and 2 threads, two steps."""
+    from fusedops import _core
+
+    names = {"adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+             "sgd": ("momentum_buffer",)}.get(name) or state_names(name)
+    t = Problem(rng, row, names, COPY_SIZES)
+    caches = fo.build_info()["cache_bytes"]
+    results = []
+    try:
+        for last, count in [(1 << 40, 1), (1 << 20, 1), (1 << 20, 2)]:
+            # 1 MiB: the call's ~2.5 MB are beyond it
+            _core._set_cache_bytes(caches["l1d"], caches["l2"], last)
+            fo.set_num_threads(count)
+            params, state = t.snapshot()
+            copies = copies_at_offsets(row[3], COPY_SIZES, COPY_OFFSETS)
+            for step in (1, 2):
+                step_any(name, params, t.grads[step], state, step, param_copies=copies,
+                         stochastic_rounding=stochastic, seed=7)
+            results.append(params + copies + [a for k in names for a in state[k]])
+    finally:
+        _core._set_cache_bytes(caches["l1d"], caches["l2"], caches["last_level"])
+    for streamed in results[1:]:
+        for a, b in zip(results[0], streamed):
+            assert_bitwise_equal(b, a)
+    if not stochastic:
+        for p, c in zip(results[0][:len(COPY_SIZES)], results[0][len(COPY_SIZES):]):
+            assert_bitwise_equal(c, p.astype(row[3]))
+
+
 # --- classes -------------------------------------------------------------------------------
 
 CLASS_HP = {

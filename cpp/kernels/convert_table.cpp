@@ -110,8 +110,26 @@ void narrow_f16(const float* __restrict src, std::uint16_t* __restrict dst, std:
   }
 }
 
-constexpr ConvertKernels kConvert{&widen_bf16, &widen_f16, &widen_split,
-                                  &narrow_bf16, &narrow_f16, &split};
+// narrow_bf16 / narrow_f16 written with non-temporal stores (write_blocks): whole lines
+// from the first line boundary of dst on, partial lines at either end with ordinary
+// stores; the bits are those of the plain versions. The caller fences (stream_fence).
+void narrow_bf16_stream(const float* __restrict src, std::uint16_t* __restrict dst,
+                        std::size_t n, const RoundingKey* key, std::uint32_t first) {
+  write_blocks<true>(dst, n, [&](std::uint16_t* __restrict out, std::size_t b, std::size_t count) {
+    narrow_bf16(src + b, out, count, key, first + std::uint32_t(b));
+  });
+}
+
+void narrow_f16_stream(const float* __restrict src, std::uint16_t* __restrict dst,
+                       std::size_t n, const RoundingKey* key, std::uint32_t first) {
+  write_blocks<true>(dst, n, [&](std::uint16_t* __restrict out, std::size_t b, std::size_t count) {
+    narrow_f16(src + b, out, count, key, first + std::uint32_t(b));
+  });
+}
+
+constexpr ConvertKernels kConvert{&widen_bf16,         &widen_f16,         &widen_split,
+                                  &narrow_bf16,        &narrow_f16,        &split,
+                                  &narrow_bf16_stream, &narrow_f16_stream, &stream_fence};
 }  // namespace
 
 const ConvertKernels& convert_kernels() { return kConvert; }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cache.hpp"
 #include "constants.hpp"
 #include "mixed_run.hpp"
 
@@ -107,8 +108,59 @@ std::uint64_t splitmix64(std::uint64_t x) {
 
 }  // namespace
 
-Context current_context() {
-  return {current_kernels(), current_convert_kernels(), current_fused_kernels()};
+Context current_context(const MixedTensor* tensors, std::size_t count) {
+  Context ctx{current_kernels(), current_convert_kernels(), current_fused_kernels()};
+  ctx.stream_copies = streams_copies(tensors, count);
+  return ctx;
+}
+
+// Streamed copies, measured on the Xeon (Sapphire Rapids class, 480 MB L3, 2 threads,
+// one build, streaming toggled by the cache size, alternating calls, medians), 64M
+// elements of fp32 masters + bf16 grads + fp32 state + bf16 copy: Adam 0.681 -> 0.621
+// ns/el (28 B/el: 41 -> 45 GB/s), SGD with momentum 0.525 -> 0.441.
+bool streams_copies(const MixedTensor* tensors, std::size_t count) {
+  std::size_t bytes = 0;
+  bool copies = false;
+  for (std::size_t i = 0; i < count; ++i) {
+    const MixedTensor& t = tensors[i];
+    std::size_t per_element = 2 * dtype_size(t.param_dtype) + dtype_size(t.grad_dtype);
+    for (const void* s : t.state) {
+      if (s != nullptr) per_element += 2 * dtype_size(t.state_dtype);
+    }
+    if (t.remainder != nullptr) per_element += 4;
+    if (t.copy != nullptr) {
+      per_element += dtype_size(t.copy_dtype);
+      copies = true;
+    }
+    bytes += per_element * t.n;
+  }
+  return copies && bytes > cache_sizes().last;
+}
+
+std::size_t copy_lead(const Context& ctx, const MixedTensor& t, std::size_t begin) {
+  if (!ctx.stream_copies || t.copy == nullptr) return 0;
+  const std::size_t size = dtype_size(t.copy_dtype);
+  const auto at = reinterpret_cast<std::uintptr_t>(static_cast<const char*>(t.copy) + begin * size);
+  return (64 - at % 64) % 64 / size;
+}
+
+void store_copy(const Context& ctx, const MixedTensor& t, std::size_t b, std::size_t n,
+                const float* values, const Rounding& r, std::size_t tensor) {
+  if (!ctx.stream_copies || (t.copy_dtype != Dtype::bf16 && t.copy_dtype != Dtype::f16)) {
+    store_back(ctx.cv, t.copy, t.copy_dtype, nullptr, b, n, values, r, tensor, kCopyOperand,
+               t.key_offset);
+    return;
+  }
+  RoundingKey key{};
+  if (r.stochastic) key = rounding_key(r, tensor, kCopyOperand, t.key_offset + b);
+  const RoundingKey* k = r.stochastic ? &key : nullptr;
+  auto* half = static_cast<std::uint16_t*>(t.copy) + b;
+  const auto first = std::uint32_t(t.key_offset + b);
+  if (t.copy_dtype == Dtype::bf16) {
+    ctx.cv.narrow_bf16_stream(values, half, n, k, first);
+  } else {
+    ctx.cv.narrow_f16_stream(values, half, n, k, first);
+  }
 }
 
 // The fused loop of a tensor's row, or -1 for the block path, where the float32 kernel

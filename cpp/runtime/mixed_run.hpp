@@ -22,13 +22,39 @@ constexpr std::size_t kChunkElementBytes = 4;
 // Operands of one tensor, for the random-bit key.
 enum Operand : unsigned { kParamOperand = 0, kStateOperand = 1, kCopyOperand = 4 };
 
-// The kernel tables of the current ISA.
+// The kernel tables of the current ISA, and how the call writes param copies.
 struct Context {
   const KernelTable& table;
   const ConvertKernels& cv;
   const FusedKernels& fk;
+  bool stream_copies = false;
 };
-Context current_context();
+// stream_copies: set when the call moves more bytes than the last-level cache holds
+// (streams_copies).
+Context current_context(const MixedTensor* tensors = nullptr, std::size_t count = 0);
+
+// Whether a call over these tensors writes its param copies with non-temporal stores: when
+// the bytes it reads and writes exceed the last-level cache, a copy has left the cache
+// before the model reads it, and an ordinary store costs its line twice (read for
+// ownership, then write back). Measured: see mixed.cpp.
+bool streams_copies(const MixedTensor* tensors, std::size_t count);
+
+// Elements from `begin` to the first element of t's copy that starts a cache line: the
+// length of a first, shorter block, so that the blocks after it write whole lines of a
+// streamed copy. 0 when the call does not stream copies or t has none.
+std::size_t copy_lead(const Context& ctx, const MixedTensor& t, std::size_t begin);
+
+// Calls f(b, n) for the blocks of [begin, end), in order: a first one `lead` long when
+// 0 < lead < end - begin, then blocks of kBlock (the last one shorter).
+template <class F>
+void for_blocks(std::size_t begin, std::size_t end, std::size_t lead, const F& f) {
+  std::size_t b = begin;
+  if (lead > 0 && lead < end - begin) {
+    f(b, lead);
+    b += lead;
+  }
+  for (; b < end; b += kBlock) f(b, std::min(kBlock, end - b));
+}
 
 // The fused loop of a tensor's row, or -1 for the block path.
 int fused_row(const MixedTensor& t);
@@ -51,6 +77,16 @@ void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t
                 std::size_t b, std::size_t n, const float* values, const Rounding& r,
                 std::size_t tensor, unsigned operand, std::size_t key_offset);
 
+// Writes elements [b, b + n) of t's param copy from the updated float32 params `values`
+// (streamed when ctx.stream_copies; the caller then fences, end_copies).
+void store_copy(const Context& ctx, const MixedTensor& t, std::size_t b, std::size_t n,
+                const float* values, const Rounding& r, std::size_t tensor);
+
+// Orders a range's streamed copy stores before what the thread does next.
+inline void end_copies(const Context& ctx, const MixedTensor& t) {
+  if (ctx.stream_copies && t.copy != nullptr) ctx.cv.stream_fence();
+}
+
 // The tensor index stochastic rounding keys t's bits on: its own index in the call, or
 // the tensor it is a range of (MixedTensor::key_tensor, with key_offset).
 inline std::size_t key_tensor_of(const MixedTensor& t, std::size_t index) {
@@ -71,7 +107,7 @@ T* offset(void* p, std::size_t b, std::size_t size) {
 // Runs the fused loop of tensor t's row over [begin, end), then writes the param copy
 // from the updated float32 params while they are still in cache. False: no fused loop.
 template <class Fused>
-bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
+bool fused_range(const Context& ctx, const MixedTensor& t, std::size_t tensor,
                  std::size_t begin, std::size_t end, const Rounding& r, const Fused& fused) {
   const int row = fused_row(t);
   if (row < 0) return false;
@@ -89,8 +125,8 @@ bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t ten
   }
   fused(row, a, end - begin);
   if (t.copy != nullptr) {
-    store_back(cv, t.copy, t.copy_dtype, nullptr, begin, end - begin,
-               static_cast<const float*>(t.param) + begin, r, tensor, kCopyOperand, t.key_offset);
+    store_copy(ctx, t, begin, end - begin, static_cast<const float*>(t.param) + begin, r, tensor);
+    end_copies(ctx, t);
   }
   return true;
 }
@@ -98,9 +134,10 @@ bool fused_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t ten
 // Runs update(param, grad, state0, state1, state2, n) over [begin, end) of tensor t, with
 // T-typed pointers (T: float or double) into memory or into widened blocks.
 template <class Update32, class Update64>
-void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t tensor,
+void update_range(const Context& ctx, const MixedTensor& t, std::size_t tensor,
                   std::size_t begin, std::size_t end, const Rounding& r,
                   const Update32& update32, const Update64& update64) {
+  const ConvertKernels& cv = ctx.cv;
   if (t.param_dtype == Dtype::f64) {
     update64(at<double>(t.param, begin), at<const double>(const_cast<void*>(t.grad), begin),
              at<double>(t.state[0], begin), at<double>(t.state[1], begin),
@@ -114,8 +151,7 @@ void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t te
     return;
   }
   alignas(64) float blocks[5][kBlock];
-  for (std::size_t b = begin; b < end; b += kBlock) {
-    const std::size_t n = std::min(kBlock, end - b);
+  for_blocks(begin, end, copy_lead(ctx, t, begin), [&](std::size_t b, std::size_t n) {
     float* p = float_view(cv, t.param, t.param_dtype, t.remainder, b, n, blocks[0]);
     const float* g =
         float_view(cv, const_cast<void*>(t.grad), t.grad_dtype, nullptr, b, n, blocks[1]);
@@ -133,10 +169,9 @@ void update_range(const ConvertKernels& cv, const MixedTensor& t, std::size_t te
                    kStateOperand + j, ko);
       }
     }
-    if (t.copy != nullptr) {
-      store_back(cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, tensor, kCopyOperand, ko);
-    }
-  }
+    if (t.copy != nullptr) store_copy(ctx, t, b, n, p, r, tensor);
+  });
+  end_copies(ctx, t);
 }
 
 // The fused_step of an optimizer without fused 16-bit loops: every 16-bit row takes the
@@ -155,10 +190,10 @@ void update_item(const Context& ctx, const MixedTensor& t, std::size_t tensor, s
     const auto fused = [&](int row, const FusedArgs& a, std::size_t n) {
       fused_step(ctx.fk, row, k, a, n);
     };
-    if (fused_range(ctx.cv, t, key_tensor, begin, end, rounding, fused)) return;
+    if (fused_range(ctx, t, key_tensor, begin, end, rounding, fused)) return;
   }
   update_range(
-      ctx.cv, t, key_tensor, begin, end, rounding,
+      ctx, t, key_tensor, begin, end, rounding,
       [&](float* p, const float* g, float* s0, float* s1, float* s2, std::size_t n) {
         step(ctx.table.f32, k, p, g, s0, s1, s2, n);
       },
@@ -171,7 +206,7 @@ void update_item(const Context& ctx, const MixedTensor& t, std::size_t tensor, s
 template <class Constants, class Step, class FusedStep>
 void run_mixed(const Constants* c, const MixedTensor* tensors, std::size_t count,
                const Rounding& rounding, const Step& step, const FusedStep& fused_step) {
-  const Context ctx = current_context();
+  const Context ctx = current_context(tensors, count);
   const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
   work.run([&](std::size_t, const WorkItem& item) {
     const MixedTensor& t = tensors[item.tensor];

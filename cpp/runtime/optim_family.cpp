@@ -361,19 +361,17 @@ void lamb_apply_mixed(const Context& ctx, const LambConstants& c, const MixedTen
   }
   const std::size_t key_tensor = mixed_detail::key_tensor_of(t, tensor);
   alignas(64) float blocks[3][kBlock];
-  for (std::size_t b = begin; b < end; b += kBlock) {
-    const std::size_t n = std::min(kBlock, end - b);
+  const std::size_t lead = mixed_detail::copy_lead(ctx, t, begin);
+  mixed_detail::for_blocks(begin, end, lead, [&](std::size_t b, std::size_t n) {
     float* p = float_view(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, blocks[0]);
     const float* m = float_view(ctx.cv, t.state[0], t.state_dtype, nullptr, b, n, blocks[1]);
     const float* v = float_view(ctx.cv, t.state[1], t.state_dtype, nullptr, b, n, blocks[2]);
     ctx.table.f32.lamb_apply(c, p, m, v, n, step_size);
     mixed_detail::store_back(ctx.cv, t.param, t.param_dtype, t.remainder, b, n, p, r, key_tensor,
                              mixed_detail::kParamOperand, t.key_offset);
-    if (t.copy != nullptr) {
-      mixed_detail::store_back(ctx.cv, t.copy, t.copy_dtype, nullptr, b, n, p, r, key_tensor,
-                               mixed_detail::kCopyOperand, t.key_offset);
-    }
-  }
+    if (t.copy != nullptr) mixed_detail::store_copy(ctx, t, b, n, p, r, key_tensor);
+  });
+  mixed_detail::end_copies(ctx, t);
 }
 
 }  // namespace
@@ -394,7 +392,7 @@ void family_step_mixed(const FamilyParams* groups, std::size_t n_groups,
 void lamb_step_mixed(const LambParams* groups, std::size_t n_groups, const MixedTensor* tensors,
                      const unsigned char* excluded, std::size_t count, const Rounding& rounding,
                      double* trust_ratios) {
-  const Context ctx = mixed_detail::current_context();
+  const Context ctx = mixed_detail::current_context(tensors, count);
   std::vector<LambConstants> c(2 * n_groups);
   for (std::size_t g = 0; g < n_groups; ++g) {
     c[2 * g] = lamb_constants(groups[g], false);
@@ -424,7 +422,7 @@ void lamb_step_mixed(const LambParams* groups, std::size_t n_groups, const Mixed
 void lars_step_mixed(const LarsParams* groups, std::size_t, const MixedTensor* tensors,
                      const unsigned char* excluded, std::size_t count, const Rounding& rounding,
                      double* trust_ratios) {
-  const Context ctx = mixed_detail::current_context();
+  const Context ctx = mixed_detail::current_context(tensors, count);
   const WorkList work(count, kChunkElementBytes, [&](std::size_t t) { return tensors[t].n; });
   std::vector<double> partials(2 * work.items().size());
   std::vector<double> param_sq(count), grad_sq(count);

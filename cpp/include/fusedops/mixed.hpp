@@ -35,6 +35,13 @@ struct ConvertKernels {
                      const RoundingKey* key, std::uint32_t first);
   // hi[i] = high 16 bits of src[i] (the truncated bfloat16), lo[i] = low 16 bits.
   void (*split)(const float* src, std::uint16_t* hi, std::uint16_t* lo, std::size_t n);
+  // narrow_bf16 / narrow_f16 with non-temporal stores for the whole lines of dst (the same
+  // bits); the thread calls stream_fence() after its streaming writes.
+  void (*narrow_bf16_stream)(const float* src, std::uint16_t* dst, std::size_t n,
+                             const RoundingKey* key, std::uint32_t first);
+  void (*narrow_f16_stream)(const float* src, std::uint16_t* dst, std::size_t n,
+                            const RoundingKey* key, std::uint32_t first);
+  void (*stream_fence)();
 };
 
 // The rows of API.md's table that have a fused loop (16-bit params or state; float32
