@@ -108,6 +108,29 @@ std::uint64_t splitmix64(std::uint64_t x) {
 
 }  // namespace
 
+namespace {
+
+// Rounds values[0, n) into elements [b, b + n) of the 16-bit array `data` (nothing for
+// float32, which was updated in place), keyed for stochastic rounding on (tensor,
+// operand, key_offset + i); `stream`: with non-temporal stores for the whole lines.
+void narrow_into(const ConvertKernels& cv, void* data, Dtype dtype, std::size_t b, std::size_t n,
+                 const float* values, const Rounding& r, std::size_t tensor, unsigned operand,
+                 std::size_t key_offset, bool stream) {
+  if (dtype != Dtype::bf16 && dtype != Dtype::f16) return;
+  auto* half = static_cast<std::uint16_t*>(data) + b;
+  RoundingKey key{};
+  if (r.stochastic) key = rounding_key(r, tensor, operand, key_offset + b);
+  const RoundingKey* k = r.stochastic ? &key : nullptr;
+  const auto first = std::uint32_t(key_offset + b);
+  if (dtype == Dtype::bf16) {
+    (stream ? cv.narrow_bf16_stream : cv.narrow_bf16)(values, half, n, k, first);
+  } else {
+    (stream ? cv.narrow_f16_stream : cv.narrow_f16)(values, half, n, k, first);
+  }
+}
+
+}  // namespace
+
 Context current_context(const MixedTensor* tensors, std::size_t count) {
   Context ctx{current_kernels(), current_convert_kernels(), current_fused_kernels()};
   ctx.stream_copies = streams_copies(tensors, count);
@@ -146,21 +169,8 @@ std::size_t copy_lead(const Context& ctx, const MixedTensor& t, std::size_t begi
 
 void store_copy(const Context& ctx, const MixedTensor& t, std::size_t b, std::size_t n,
                 const float* values, const Rounding& r, std::size_t tensor) {
-  if (!ctx.stream_copies || (t.copy_dtype != Dtype::bf16 && t.copy_dtype != Dtype::f16)) {
-    store_back(ctx.cv, t.copy, t.copy_dtype, nullptr, b, n, values, r, tensor, kCopyOperand,
-               t.key_offset);
-    return;
-  }
-  RoundingKey key{};
-  if (r.stochastic) key = rounding_key(r, tensor, kCopyOperand, t.key_offset + b);
-  const RoundingKey* k = r.stochastic ? &key : nullptr;
-  auto* half = static_cast<std::uint16_t*>(t.copy) + b;
-  const auto first = std::uint32_t(t.key_offset + b);
-  if (t.copy_dtype == Dtype::bf16) {
-    ctx.cv.narrow_bf16_stream(values, half, n, k, first);
-  } else {
-    ctx.cv.narrow_f16_stream(values, half, n, k, first);
-  }
+  narrow_into(ctx.cv, t.copy, t.copy_dtype, b, n, values, r, tensor, kCopyOperand, t.key_offset,
+              ctx.stream_copies);
 }
 
 // The fused loop of a tensor's row, or -1 for the block path, where the float32 kernel
@@ -223,14 +233,7 @@ void store_back(const ConvertKernels& cv, void* data, Dtype dtype, std::uint16_t
     cv.split(values, half, remainder + b, n);
     return;
   }
-  RoundingKey key{};
-  if (r.stochastic) key = rounding_key(r, tensor, operand, key_offset + b);
-  const RoundingKey* k = r.stochastic ? &key : nullptr;
-  if (dtype == Dtype::bf16) {
-    cv.narrow_bf16(values, half, n, k, std::uint32_t(key_offset + b));
-  } else {
-    cv.narrow_f16(values, half, n, k, std::uint32_t(key_offset + b));
-  }
+  narrow_into(cv, data, dtype, b, n, values, r, tensor, operand, key_offset, false);
 }
 
 bool all_float32(const MixedTensor& t) {
