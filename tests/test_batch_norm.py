@@ -160,9 +160,10 @@ def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, chann
 def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_last_level_cache,
                                                          shape, channel_axis, dtype):
     # Rows longer than a column block (512 values) of data beyond the last-level cache
-    # (here 1 MiB) are cut into whole-row tiles instead of column blocks, and their sums
-    # walk fewer rows at a time: every output, statistics and running statistics included,
-    # keeps the bits of the column blocks (cached run), for any thread count.
+    # (here 1 MiB; or beyond 16 L2s) are cut into whole-row tiles instead of column blocks,
+    # and their sums walk fewer rows at a time: every output, statistics and running
+    # statistics included, keeps the bits of the column blocks (the run with unbounded
+    # caches), for any thread count.
     rng = np.random.default_rng(21)
     x16 = np.dtype(dtype).itemsize == 2
     param = np.float32 if x16 else dtype
@@ -189,7 +190,7 @@ def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_las
         fo.set_num_threads(n)
         results.append(run())
     real = fo.build_info()["cache_bytes"]
-    _core._set_cache_bytes(real["l1d"], real["l2"], 1 << 40)  # column blocks, cached stores
+    _core._set_cache_bytes(real["l1d"], 1 << 40, 1 << 40)  # column blocks, cached stores
     results.append(run())
     y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, channel_axis=channel_axis)
     tol = 1e-2 if x16 else 1e-5 if dtype == np.float32 else 1e-12

@@ -161,16 +161,22 @@ class Plan {
       const std::size_t work_groups = total_ / (kRowTileElements * std::max<std::size_t>(col_blocks, 1));
       groups_ = std::max<std::size_t>(
           1, std::min({outer_, kMaxRowGroups, budget_groups, work_groups}));
-      // Rows longer than a column block, of data beyond the last-level cache (x and one
-      // more array of its size): whole-row tiles. A column block of such rows reads 2 KiB
-      // of each row, a piece the hardware prefetchers start afresh for; a whole row is
-      // one run. (Measured on the Xeon, 2 threads, float32 forward+backward from memory:
-      // (40960, 4096) 1.36 -> 1.03 ns/el, NHWC (64, 28, 28, 3328) 1.34 -> 1.0; (4096,
-      // 4096), 64 MiB in its L3, 0.91 -> 0.83. In cache the column blocks stay: their
-      // accumulators and per-column constants then fit in the L1.) The groups, and so
-      // every sum, are the same either way: results do not depend on the cache sizes.
+      // Rows longer than a column block, of data far from the core (x and one more array
+      // of its size beyond the last-level cache, or beyond 16 L2s): whole-row tiles. A
+      // column block of such rows reads 2 KiB of each row, a piece the hardware
+      // prefetchers start afresh for; a whole row is one run. (Measured on the Xeon, 2
+      // threads, float32 forward+backward from memory: (40960, 4096) 1.36 -> 1.03 ns/el,
+      // NHWC (64, 28, 28, 3328) 1.34 -> 1.0. In its 480 MB L3, in-process A/B: (4096,
+      // 4096) 1.01 -> 0.85, bfloat16 0.48 -> 0.42; (8192, 2048) 0.98 -> 0.77; (16384,
+      // 1024) 0.82 -> 0.73; (4096, 2048) 0.70 -> 0.66; but (2048, 2048) and (1024, 4096),
+      // 16 MB an array, within 4% either way, and smaller ones faster in column blocks:
+      // (1024, 1024) 0.69 against 0.75, their accumulators and per-column constants in the
+      // L1 and part of the data in the two L2s.) The groups, and so every sum, are the same
+      // either way: results do not depend on the cache sizes.
       tile_cols_ = kColBlock;
-      if (cols_ > kColBlock && 2 * total_ * element_bytes_ > cache_sizes().last) {
+      const CacheSizes& caches = cache_sizes();
+      if (cols_ > kColBlock &&
+          2 * total_ * element_bytes_ > std::min(caches.last, 16 * caches.l2)) {
         tile_cols_ = cols_;
       }
       col_blocks_ = (cols_ + tile_cols_ - 1) / tile_cols_;
