@@ -293,9 +293,10 @@ def test_streamed_copies_have_the_bits_of_cached_ones(isa, name, row, stochastic
     caches = fo.build_info()["cache_bytes"]
     results = []
     try:
-        for last, count in [(1 << 40, 1), (1 << 20, 1), (1 << 20, 2)]:
-            # 1 MiB: the call's ~2.5 MB are beyond it
-            _core._set_cache_bytes(caches["l1d"], caches["l2"], last)
+        # unbounded caches: ordinary stores; a 1 MiB last level: the call's ~2.5 MB beyond it
+        for l2, last, count in [(1 << 40, 1 << 40, 1), (caches["l2"], 1 << 20, 1),
+                                (caches["l2"], 1 << 20, 2)]:
+            _core._set_cache_bytes(caches["l1d"], l2, last)
             fo.set_num_threads(count)
             params, state = t.snapshot()
             copies = copies_at_offsets(row[3], COPY_SIZES, COPY_OFFSETS)
