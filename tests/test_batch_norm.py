@@ -154,9 +154,10 @@ def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, chann
 
 @pytest.mark.parametrize("dtype", DTYPES + [fo.bfloat16, np.float16],
                          ids=["f32", "f64", "bf16", "f16"])
-@pytest.mark.parametrize("shape,channel_axis", [((200, 1500), 1), ((8, 9, 7, 700), -1),
-                                                ((320, 97, 3, 3), 1), ((160, 2053), 1)],
-                         ids=["nc", "nhwc", "short-spatial", "nc-odd"])
+@pytest.mark.parametrize("shape,channel_axis", [((600, 1500), 1), ((64, 8, 8, 700), -1),
+                                                ((1600, 97, 3, 3), 1), ((160, 2053), 1),
+                                                ((128, 9000), 1)],
+                         ids=["nc", "nhwc", "short-spatial", "nc-odd", "nc-split-rows"])
 def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_last_level_cache,
                                                          shape, channel_axis, dtype):
     # Rows longer than a column block (512 values) of data beyond the last-level cache
@@ -176,6 +177,8 @@ def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_las
     rv0 = rng.uniform(0.5, 2.0, channels).astype(param)
     cols = x.size // x.shape[0] if channel_axis == 1 else channels
     assert cols > 512 and 2 * x.nbytes > small_last_level_cache
+    view = plan_view(shape, channel_axis)
+    assert _core._batch_norm_plan(*view, x.itemsize)["tile_cols"] > 512  # wide tiles
 
     def run():
         rm, rv = rm0.copy(), rv0.copy()
@@ -191,6 +194,7 @@ def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_las
         results.append(run())
     real = fo.build_info()["cache_bytes"]
     _core._set_cache_bytes(real["l1d"], 1 << 40, 1 << 40)  # column blocks, cached stores
+    assert _core._batch_norm_plan(*view, x.itemsize)["tile_cols"] == 512
     results.append(run())
     y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, channel_axis=channel_axis)
     tol = 1e-2 if x16 else 1e-5 if dtype == np.float32 else 1e-12
@@ -199,6 +203,47 @@ def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_las
     for other in results[1:]:
         for name, a, b in zip(names, results[0], other):
             assert a.tobytes() == b.tobytes(), name
+
+
+def plan_view(shape, channel_axis):
+    """The (outer, channels, inner) view batch norm plans x of `shape` with."""
+    if channel_axis == 1:
+        return shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
+    return int(np.prod(shape[:-1], dtype=np.int64)), shape[-1], 1
+
+
+def test_row_tiles_follow_the_cache_sizes():
+    # The row tiles' widths as a function of the cache sizes (the bits do not depend on
+    # them: test above): 512-column blocks near the core; data far from it (a pair of
+    # arrays beyond the last-level cache, or one array of at least 32 L2s) takes whole
+    # rows when they form at least 4 row groups, else equal tiles of at most 4096 columns
+    # (in multiples of 64), at least 16 tiles in all.
+    real = fo.build_info()["cache_bytes"]
+    plan = _core._batch_norm_plan
+    mib = 1 << 20
+    try:
+        _core._set_cache_bytes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
+        assert plan(4096, 4096, 1, 4)["tile_cols"] == 4096  # 64 MiB: 32 L2s
+        assert plan(4096, 2048, 1, 4)["tile_cols"] == 512  # 32 MiB
+        assert plan(1024, 1024, 1, 4)["tile_cols"] == 512
+        assert plan(256, 1024, 49, 4)["tile_cols"] == 512  # short spatial, 51 MB
+        info = plan(1024, 16384, 1, 4)  # 4 row groups: whole rows
+        assert (info["row_groups"], info["tile_cols"]) == (4, 16384)
+        info = plan(2048, 256, 49, 4)  # 103 MB, 5 groups of rows of 12544
+        assert (info["row_groups"], info["tile_cols"]) == (5, 12544)
+        info = plan(512, 32768, 1, 4)  # 2 groups: 8 tiles of 4096 each
+        assert (info["row_groups"], info["tile_cols"]) == (2, 4096)
+        info = plan(256, 2048, 49, 4)  # 1 group of rows of 100352: 25 tiles of 4032
+        assert (info["row_groups"], info["tile_cols"]) == (1, 4032)
+        assert plan(1024, 64, 1, 4)["tile_cols"] == 512  # rows no longer than a block
+        assert plan(64, 256, 784, 4)["tile_cols"] == 0  # channel-first slabs: no row tiles
+        _core._set_cache_bytes(32 << 10, 512 << 10, 32 * mib)  # the EPYC
+        assert plan(2048, 2048, 1, 4)["tile_cols"] == 2048  # beyond the last level
+        assert plan(2048, 1024, 1, 4)["tile_cols"] == 512  # 8 MiB: in its L3
+        info = plan(256, 1024, 49, 4)  # cols 50176 beyond the last level, 1 group
+        assert info["row_groups"] == 1 and info["tile_cols"] == 3136  # 16 tiles
+    finally:
+        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
 
 
 def test_cache_sizes_are_the_machines():

@@ -74,6 +74,20 @@ void register_runtime(py::module_& m) {
       },
       py::arg("l1d"), py::arg("l2"), py::arg("last_level"),
       "Replace the cache sizes read at import (for tests of the large-tensor paths).");
+  m.def(
+      "_batch_norm_plan",
+      [](std::size_t outer, std::size_t channels, std::size_t inner, std::size_t element_bytes) {
+        const BatchNormPlanInfo info = batch_norm_plan_info({outer, channels, inner}, element_bytes);
+        py::dict out;
+        out["row_groups"] = info.row_groups;
+        out["tile_cols"] = info.tile_cols;
+        out["forward_block_channels"] = info.forward_block_channels;
+        out["backward_block_channels"] = info.backward_block_channels;
+        return out;
+      },
+      py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("element_bytes"),
+      "How batch norm cuts an (outer, channels, inner) view with the current cache sizes "
+      "(for tests).");
   m.def("get_num_threads", &get_num_threads,
         "Threads the next kernel called from this thread will use (1 in a child forked after "
         "the parent ran a parallel kernel: OpenMP's workers do not survive fork).");

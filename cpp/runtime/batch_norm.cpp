@@ -47,9 +47,22 @@ constexpr std::size_t kRowTileElements = 16 * 1024;
 // ...and fewer when rows are long, so the partials stay within this many doubles.
 constexpr std::size_t kRowPartialBudget = std::size_t(1) << 16;
 // Columns per row tile: the tile's accumulators (2 doubles per column) stay in L1. Rows
-// longer than that whose data lies beyond the last-level cache take whole-row tiles
-// instead (Plan::tile_cols).
+// longer than that of data far from the core take wider tiles (Plan's tile_cols_): whole
+// rows when there are at least kMinFarGroups row groups...
 constexpr std::size_t kColBlock = 512;
+constexpr std::size_t kMinFarGroups = 4;
+// ...else (rows longer than 16384 values, or few rows) equal tiles of at most
+// kFarTileCols columns, in multiples of kFarTileAlign, at least kMinFarUnits of them in
+// all: whole rows of one group are one unit of work, which one thread runs alone.
+// (Measured on the Xeon, 2 threads, fwd+bwd: (256, 2048, 7, 7), 1 group of rows of 100352
+// values, whole rows 1.69-1.74 ns/el, 25 tiles of 4032 columns 0.97-0.99, column blocks
+// 1.00-1.11; (5120, 256, 7, 7) from memory, 5 groups of rows of 12544, whole rows
+// 1.17-1.20, 4 tiles of 3136 columns 1.43-1.48, 2 of 6272 1.43-1.47: the whole rows of a
+// group are one contiguous run; (1024, 16384), 4 groups, whole rows 0.90-0.91, 4 tiles of
+// 4096 0.87-0.88.)
+constexpr std::size_t kFarTileCols = 4096;
+constexpr std::size_t kMinFarUnits = 16;
+constexpr std::size_t kFarTileAlign = 64;
 // The elementwise passes take a group's rows whole (one contiguous run, which the hardware
 // prefetchers follow to its end) when rows are at most this many values: their per-column
 // constants, 3 or 4 arrays of them, then stay within 16 KiB (float32) of the L1. Longer
@@ -162,22 +175,34 @@ class Plan {
       groups_ = std::max<std::size_t>(
           1, std::min({outer_, kMaxRowGroups, budget_groups, work_groups}));
       // Rows longer than a column block, of data far from the core (x and one more array
-      // of its size beyond the last-level cache, or beyond 16 L2s): whole-row tiles. A
-      // column block of such rows reads 2 KiB of each row, a piece the hardware
-      // prefetchers start afresh for; a whole row is one run. (Measured on the Xeon, 2
-      // threads, float32 forward+backward from memory: (40960, 4096) 1.36 -> 1.03 ns/el,
-      // NHWC (64, 28, 28, 3328) 1.34 -> 1.0. In its 480 MB L3, in-process A/B: (4096,
-      // 4096) 1.01 -> 0.85, bfloat16 0.48 -> 0.42; (8192, 2048) 0.98 -> 0.77; (16384,
-      // 1024) 0.82 -> 0.73; (4096, 2048) 0.70 -> 0.66; but (2048, 2048) and (1024, 4096),
-      // 16 MB an array, within 4% either way, and smaller ones faster in column blocks:
-      // (1024, 1024) 0.69 against 0.75, their accumulators and per-column constants in the
-      // L1 and part of the data in the two L2s.) The groups, and so every sum, are the same
-      // either way: results do not depend on the cache sizes.
+      // of its size beyond the last-level cache, or x alone at least 32 L2s): tiles of
+      // whole rows, or of up to kFarTileCols columns when the rows form fewer than
+      // kMinFarGroups groups. A column block of such rows reads 2 KiB of each row, a piece
+      // the hardware prefetchers start afresh for; a wide tile's rows are long runs, whole
+      // rows one run per group. (Measured on the Xeon, 2 threads, float32
+      // forward+backward from memory: (40960, 4096) 1.36 -> 1.03 ns/el, NHWC (64, 28, 28,
+      // 3328) 1.34 -> 1.0. Its 480 MB L3 feeds a core no faster than memory does, and
+      // arrays of 64 MiB and more in it, in-process A/B, gained as much: (4096, 4096)
+      // 0.93-1.02 -> 0.80-0.88; (8192, 2048) 0.95-0.97 -> 0.74-0.75; (1024, 16384) 1.07 ->
+      // 0.91; (512, 32768) 1.17 -> 0.96. Smaller arrays in the L3 gained less or lost:
+      // 25-51 MB from -4% to +12% (short spatial extents, whose rows are longest, lost),
+      // 16 MB within 4%, (1024, 1024) 0.69 against 0.75, its accumulators and per-column
+      // constants in the L1 and part of its data in the two L2s. On the EPYC, 32 L2s are
+      // its L3: the rule there is what it was, beyond the last-level cache.) The groups,
+      // and so every sum, are the same either way: results do not depend on the cache
+      // sizes.
       tile_cols_ = kColBlock;
       const CacheSizes& caches = cache_sizes();
-      if (cols_ > kColBlock &&
-          2 * total_ * element_bytes_ > std::min(caches.last, 16 * caches.l2)) {
+      const std::size_t bytes = total_ * element_bytes_;
+      if (cols_ > kColBlock && (2 * bytes > caches.last || bytes >= 32 * caches.l2)) {
         tile_cols_ = cols_;
+        if (groups_ < kMinFarGroups) {
+          const std::size_t tiles = std::max((cols_ + kFarTileCols - 1) / kFarTileCols,
+                                             (kMinFarUnits + groups_ - 1) / groups_);
+          const std::size_t width = (cols_ + tiles - 1) / tiles;
+          tile_cols_ = std::max(kColBlock,
+                                (width + kFarTileAlign - 1) / kFarTileAlign * kFarTileAlign);
+        }
       }
       col_blocks_ = (cols_ + tile_cols_ - 1) / tile_cols_;
       row_units_ = groups_ * col_blocks_;
@@ -206,6 +231,7 @@ class Plan {
   }
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
+  std::size_t tile_cols() const { return tile_cols_; }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
   // group's inputs fit in half the L2, so its elementwise pass re-reads them from there
@@ -1076,6 +1102,13 @@ void batch_norm_forward(Dtype dtype, const BatchNormShape& shape,
 void batch_norm_backward(Dtype dtype, const BatchNormShape& shape,
                          const BatchNormBackwardArgs& args) {
   with_kernels(dtype, [&](const auto& k) { backward_typed(k, shape, args); });
+}
+
+BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes) {
+  const Plan plan(shape, element_bytes);
+  const bool rows = !plan.reduce_slabs() || !plan.runs();
+  return {rows ? plan.groups() : 0, rows ? plan.tile_cols() : 0, plan.block_channels(1),
+          plan.block_channels(2)};
 }
 
 void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,
