@@ -246,6 +246,27 @@ def test_row_tiles_follow_the_cache_sizes():
         _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
 
 
+def test_cache_blocked_groups_follow_the_cache_sizes():
+    # Channel-first data beyond the L2 is normalized in groups of channels whose inputs
+    # fit in half the L2 (x forward, x and dy backward), at least 8 groups where there are
+    # 8 channels; data that fits in the L2, or channels bigger than half of it, are not
+    # blocked (0).
+    real = fo.build_info()["cache_bytes"]
+    plan = _core._batch_norm_plan
+    try:
+        _core._set_cache_bytes(48 << 10, 2 << 20, 480 << 20)
+        blocks = lambda *view: (plan(*view)["forward_block_channels"],  # noqa: E731
+                                plan(*view)["backward_block_channels"])
+        assert blocks(64, 256, 784, 4) == (5, 2)  # 200 KiB channels: 5 and 2 in 1 MiB
+        assert blocks(64, 16, 784, 4) == (2, 2)  # 8 groups of 2, not 4 of 5
+        assert blocks(128, 6, 784, 4) == (1, 1)
+        assert blocks(8, 16, 784, 4) == (0, 0)  # 400 KiB: in the L2
+        assert blocks(1024, 8, 784, 4) == (0, 0)  # 3 MiB channels
+        assert blocks(64, 256, 784, 2) == (10, 5)  # 16-bit data
+    finally:
+        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
 def test_cache_sizes_are_the_machines():
     caches = fo.build_info()["cache_bytes"]
     assert 0 < caches["l1d"] <= caches["l2"] <= caches["last_level"]
