@@ -228,13 +228,10 @@ class Plan {
   // output with non-temporal stores when they do not fit in the cache together: the
   // stores then skip reading the destination (4 of 12 bytes per value in the forward)
   // and keep the inputs cached. Below that, the output stays in cache for whatever
-  // reads it next. The cache counted is the last level, but at most eight L2s: a big
-  // server L3 is shared by the whole socket, and on a Xeon with a 480 MiB L3 (2 MiB L2)
-  // streaming was 8-20% faster for every tensor from 12 MiB up (the next layer reads a
-  // large activation long after the L3 let it go anyway).
+  // reads it next. The cache counted is streaming_threshold_bytes(): on a Xeon with a
+  // 480 MiB L3 (2 MiB L2) streaming was 8-20% faster for every tensor from 12 MiB up.
   bool stream_output(std::size_t arrays) const {
-    const CacheSizes& caches = cache_sizes();
-    return arrays * total_ * element_bytes_ > std::min(caches.last, 8 * caches.l2);
+    return arrays * total_ * element_bytes_ > streaming_threshold_bytes();
   }
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }

@@ -76,4 +76,9 @@ const CacheSizes& cache_sizes() { return current(); }
 
 void set_cache_sizes(const CacheSizes& sizes) { current() = sizes; }
 
+std::size_t streaming_threshold_bytes() {
+  const CacheSizes& caches = current();
+  return caches.last < 8 * caches.l2 ? caches.last : 8 * caches.l2;
+}
+
 }  // namespace fusedops

@@ -20,4 +20,10 @@ const CacheSizes& cache_sizes();
 // not safe while kernels run.
 void set_cache_sizes(const CacheSizes& sizes);
 
+// Outputs of a call whose arrays together exceed this many bytes are written with
+// non-temporal stores (batch norm's y and dx, the optimizers' param copies): the last-level
+// cache, but at most eight L2s, since a big server L3 is shared by the whole socket and
+// whatever reads a large output next does so after the L3 has let it go.
+std::size_t streaming_threshold_bytes();
+
 }  // namespace fusedops

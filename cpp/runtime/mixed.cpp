@@ -142,9 +142,8 @@ Context current_context(const MixedTensor* tensors, std::size_t count) {
 // elements of fp32 masters + bf16 grads + fp32 state + bf16 copy: Adam 0.681 -> 0.621
 // ns/el (28 B/el: 41 -> 45 GB/s), SGD with momentum 0.525 -> 0.441; within its L3 too
 // (1M, 4M, 16M elements: Adam 0.375 -> 0.355, 0.379 -> 0.348, 0.640 -> 0.586). The
-// threshold is batch norm's for its outputs (Plan::stream_output): the last-level cache,
-// but at most eight L2s (a server L3 is the socket's; the model reads the copies after
-// the optimizer has swept all of its state through the caches anyway).
+// threshold is batch norm's for its outputs, streaming_threshold_bytes() (the model reads
+// the copies after the optimizer has swept all of its state through the caches anyway).
 bool streams_copies(const MixedTensor* tensors, std::size_t count) {
   std::size_t bytes = 0;
   bool copies = false;
@@ -161,8 +160,7 @@ bool streams_copies(const MixedTensor* tensors, std::size_t count) {
     }
     bytes += per_element * t.n;
   }
-  const CacheSizes& caches = cache_sizes();
-  return copies && bytes > std::min(caches.last, 8 * caches.l2);
+  return copies && bytes > streaming_threshold_bytes();
 }
 
 std::size_t copy_lead(const Context& ctx, const MixedTensor& t, std::size_t begin) {

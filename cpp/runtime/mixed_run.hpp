@@ -34,7 +34,7 @@ struct Context {
 Context current_context(const MixedTensor* tensors = nullptr, std::size_t count = 0);
 
 // Whether a call over these tensors writes its param copies with non-temporal stores: when
-// the bytes it reads and writes exceed the last-level cache (at most eight L2s), a copy
+// the bytes it reads and writes exceed streaming_threshold_bytes() (cache.hpp), a copy
 // has left the cache before the model reads it, and an ordinary store costs its line
 // twice (read for ownership, then write back). Measured: see mixed.cpp.
 bool streams_copies(const MixedTensor* tensors, std::size_t count);
