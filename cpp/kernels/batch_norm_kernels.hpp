@@ -292,7 +292,8 @@ void bn_runs_dx(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_
 // per-column constants) in registers down the chunk's rows: per value one widening load,
 // a subtraction, an add and a fused multiply-add. Each column's terms are added in row
 // order, whatever the chunking. The reductions prefetch each block's values a chunk of
-// rows ahead as they go (the next chunk's, read after this one's other blocks).
+// rows ahead as they go (the next chunk's, read after this one's other blocks) when the
+// runtime asks (`ahead`: arrays beyond the caches, Plan::reduce_ahead).
 constexpr std::size_t kRowChunk = 32;
 constexpr std::size_t kColVectors = 4;
 constexpr std::size_t kColBlockWidth = kColVectors * kLaneWidth;
@@ -374,7 +375,8 @@ inline std::size_t grad_row_chunk(std::size_t stride) {
 template <class S, class T = typename S::raw>
 void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
                    std::size_t cols, const double* __restrict pivot, double* __restrict sum,
-                   double* __restrict sum_sq) {
+                   double* __restrict sum_sq, bool ahead) {
+  with_flags([&](auto kAhead) {
   bn_rows_sums(rows, stride, cols, sum, sum_sq,
       [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
         constexpr std::size_t kVectors = decltype(vectors)::value;
@@ -386,7 +388,7 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
           s1 += d;
           s2 += d * d;
         }, [&](std::size_t at) {
-          prefetch_span(xj + at, kVectors * kLaneWidth);
+          if (kAhead) prefetch_span(xj + at, kVectors * kLaneWidth);
         }, sum + j, sum_sq + j);
       },
       [&](std::size_t offset, std::size_t n, std::size_t j) {
@@ -399,13 +401,15 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
         sum[j] = s1;
         sum_sq[j] = s2;
       });
+  }, ahead);
 }
 
 // sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]).
 template <class S, class T = typename S::raw>
 void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t rows,
                        std::size_t stride, std::size_t cols, const double* __restrict mean,
-                       double* __restrict sum_dy, double* __restrict sum_dyx) {
+                       double* __restrict sum_dy, double* __restrict sum_dyx, bool ahead) {
+  with_flags([&](auto kAhead) {
   bn_rows_sums(rows, stride, cols, sum_dy, sum_dyx,
       [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
         constexpr std::size_t kVectors = decltype(vectors)::value;
@@ -418,8 +422,10 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
           s1 += g;
           s2 += g * (S::lanes(xj + at) - m[v]);
         }, [&](std::size_t at) {
-          prefetch_span(gj + at, kVectors * kLaneWidth);
-          prefetch_span(xj + at, kVectors * kLaneWidth);
+          if (kAhead) {
+            prefetch_span(gj + at, kVectors * kLaneWidth);
+            prefetch_span(xj + at, kVectors * kLaneWidth);
+          }
         }, sum_dy + j, sum_dyx + j);
       },
       [&](std::size_t offset, std::size_t n, std::size_t j) {
@@ -433,6 +439,7 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
         sum_dyx[j] = s2;
       },
       grad_row_chunk<T>(stride));
+  }, ahead);
 }
 
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>

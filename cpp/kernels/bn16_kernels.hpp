@@ -435,13 +435,14 @@ void bn16_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
 template <class S, class Reg>
 void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::size_t stride,
                      std::size_t cols, const double* __restrict pivot, double* __restrict sum,
-                     double* __restrict sum_sq) {
+                     double* __restrict sum_sq, bool ahead) {
   alignas(64) float p[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
     for (std::size_t j = 0; j < m; ++j) p[j] = float(pivot[c0 + j]);  // values: exact
     const std::uint16_t* xs = x + c0;
     const double* ps = pivot + c0;
+    with_flags([&](auto kAhead) {
     bn16_rows_sums(rows, stride, m, sum + c0, sum_sq + c0,
         [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
           const RegFloats d = Reg::load(xs + at) - load_floats(p + c);
@@ -453,7 +454,10 @@ void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::s
           s1 += d;
           s2 += d * d;
         },
-        [&](std::size_t at, std::size_t count) { prefetch_span(xs + at, count); });
+        [&](std::size_t at, std::size_t count) {
+          if (kAhead) prefetch_span(xs + at, count);
+        });
+    }, ahead);
   }
 }
 
@@ -461,13 +465,14 @@ template <class S, class Reg>
 void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
                          std::size_t rows, std::size_t stride, std::size_t cols,
                          const double* __restrict mean, double* __restrict sum_dy,
-                         double* __restrict sum_dyx) {
+                         double* __restrict sum_dyx, bool ahead) {
   alignas(64) float hi[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
     for (std::size_t j = 0; j < m; ++j) hi[j] = float(mean[c0 + j]);
     const std::uint16_t* gs = dy + c0;
     const std::uint16_t* xs = x + c0;
+    with_flags([&](auto kAhead) {
     bn16_rows_sums(rows, stride, m, sum_dy + c0, sum_dyx + c0,
         [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
           const RegFloats g = Reg::load(gs + at);
@@ -480,9 +485,12 @@ void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
           s2 += g * (double(S::load(xs, at)) - double(hi[c]));
         },
         [&](std::size_t at, std::size_t count) {
-          prefetch_span(gs + at, count);
-          prefetch_span(xs + at, count);
+          if (kAhead) {
+            prefetch_span(gs + at, count);
+            prefetch_span(xs + at, count);
+          }
         });
+    }, ahead);
     for (std::size_t j = 0; j < m; ++j) {
       sum_dyx[c0 + j] -= (mean[c0 + j] - double(hi[j])) * sum_dy[c0 + j];
     }
