@@ -246,6 +246,37 @@ def test_row_tiles_follow_the_cache_sizes():
         _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
 
 
+def test_elementwise_tiles_and_prefetching_follow_the_shape():
+    # Rows of up to 1024 values are normalized a group's rows at a time, except rows of two
+    # column blocks in fewer than 4 groups that run on two threads (from 96K values in the
+    # two passes): these keep the reduction's tiles. The row reductions prefetch ahead for
+    # arrays beyond the streaming threshold (min(last level, 8 L2s)) only.
+    real = fo.build_info()["cache_bytes"]
+    plan = _core._batch_norm_plan
+    mib = 1 << 20
+    try:
+        _core._set_cache_bytes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
+        assert plan(64, 256, 1, 4)["elementwise_tiles"] == 1  # 1 group, 1 column block
+        assert plan(32, 1024, 1, 4)["elementwise_tiles"] == 1  # 64K values: one thread
+        assert plan(48, 1024, 1, 4)["elementwise_tiles"] == 2  # 1 group: its 2 tiles
+        assert plan(96, 1024, 1, 4)["elementwise_tiles"] == 6  # 3 groups: their 6 tiles
+        assert plan(128, 1024, 1, 4)["elementwise_tiles"] == 4  # 4 groups, whole rows
+        assert plan(64, 200, 4, 4)["elementwise_tiles"] == 2  # short spatial, 800 columns
+        assert plan(40, 200, 4, 4)["elementwise_tiles"] == 1  # 64K values: one thread
+        assert plan(64, 2048, 1, 4)["elementwise_tiles"] == 8  # longer rows: the tiles
+        assert plan(64, 256, 784, 4)["elementwise_tiles"] == 0  # channel-first runs
+        assert not plan(64, 256, 1, 4)["reduce_ahead"]
+        assert not plan(1024, 4096, 1, 4)["reduce_ahead"]  # 16 MiB: 8 L2s
+        assert plan(1025, 4096, 1, 4)["reduce_ahead"]
+        assert plan(32 * 56 * 56, 64, 1, 4)["reduce_ahead"]  # NHWC (32, 56, 56, 64)
+        assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
+        _core._set_cache_bytes(32 << 10, 512 << 10, 32 * mib)  # the EPYC: 4 MiB
+        assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
+        assert plan(2048, 1024, 1, 4)["reduce_ahead"]
+    finally:
+        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
 def test_cache_blocked_groups_follow_the_cache_sizes():
     # Channel-first data beyond the L2 is normalized in groups of channels whose inputs
     # fit in half the L2 (x forward, x and dy backward), at least 8 groups where there are
@@ -601,11 +632,14 @@ def test_first_value_far_from_the_rest_float32(isa, shape, channel_axis):
 @pytest.mark.parametrize("shape,channel_axis",
                          [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1), ((2, 3, 150, 150), 1),
                           ((128, 40, 3, 3), 1), ((24, 1500), 1), ((16, 24, 20, 20), 1),
-                          ((4096, 40), 1), ((256, 40, 3, 3), 1), ((48, 1500), 1)],
+                          ((4096, 40), 1), ((256, 40, 3, 3), 1), ((48, 1500), 1),
+                          ((48, 1024), 1), ((96, 1024), 1), ((64, 200, 2, 2), 1)],
                          ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc",
                               "runs", "tall-nc",
                               # big enough for threads in the two-pass region
-                              "short-spatial-parallel", "wide-nc-parallel"])
+                              "short-spatial-parallel", "wide-nc-parallel",
+                              # rows of two column blocks in 1 and 3 groups: tiles
+                              "nc-1-group", "nc-3-groups", "short-spatial-1-group"])
 def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype,
                                                 training):
     rng = np.random.default_rng(3)

@@ -83,6 +83,8 @@ void register_runtime(py::module_& m) {
         out["tile_cols"] = info.tile_cols;
         out["forward_block_channels"] = info.forward_block_channels;
         out["backward_block_channels"] = info.backward_block_channels;
+        out["elementwise_tiles"] = info.elementwise_tiles;
+        out["reduce_ahead"] = info.reduce_ahead;
         return out;
       },
       py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("element_bytes"),

@@ -309,8 +309,18 @@ class Plan {
   }
 
   // The elementwise passes' tiles: each group's rows whole when they are at most
-  // kWholeRowCols values (the groups' rows one after another), else the row tiles.
-  bool whole_rows() const { return cols_ <= kWholeRowCols; }
+  // kWholeRowCols values (the groups' rows one after another), else the row tiles. Rows
+  // of two column blocks in fewer than kMinFarGroups groups keep the tiles too when the
+  // passes run on two threads (2 * total_ from kMinSequenceElements up): whole rows of
+  // one group are one unit, which one thread runs alone, reading the half of the data
+  // the other thread's reduction brought into its own cache; of three groups, a share of
+  // the reduction's tiles that the elementwise shares do not line up with. (Measured on
+  // the Xeon, 2 threads, fwd+bwd: (48, 1024), 1 group, 49.1 -> 42.6 us; (96, 1024), 3
+  // groups, 72.6 -> 57.9 us; (64, 1024), 2 groups, 54.6 -> 53.7 us.)
+  bool whole_rows() const {
+    return cols_ <= kWholeRowCols &&
+           (col_blocks_ == 1 || groups_ >= kMinFarGroups || 2 * total_ < kMinSequenceElements);
+  }
   // Rows per run of the elementwise row loops (kMinRowRun) that stream their output (in
   // cache, the longer runs measured slower: (512, 128) float32 27 -> 31 us).
   std::size_t rows_per_run() const {
@@ -1127,7 +1137,8 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
   const Plan plan(shape, element_bytes);
   const bool rows = !plan.reduce_slabs() || !plan.runs();
   return {rows ? plan.groups() : 0, rows ? plan.tile_cols() : 0, plan.block_channels(1),
-          plan.block_channels(2)};
+          plan.block_channels(2), plan.runs() ? 0 : plan.elementwise_units(),
+          rows && plan.reduce_ahead()};
 }
 
 void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,
