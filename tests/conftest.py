@@ -30,6 +30,15 @@ def rng():
 
 
 @pytest.fixture
+def cache_sizes():
+    """_core._set_cache_bytes(l1d, l2, last_level): the cache sizes the runtime plans with,
+    for this test; the machine's are put back after it."""
+    real = fo.build_info()["cache_bytes"]
+    yield _core._set_cache_bytes
+    _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+
+
+@pytest.fixture
 def small_last_level_cache():
     """A 1 MiB last-level cache: arrays of a few MiB take the paths of arrays beyond the
     machine's real cache (non-temporal stores)."""

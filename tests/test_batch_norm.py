@@ -212,90 +212,78 @@ def plan_view(shape, channel_axis):
     return int(np.prod(shape[:-1], dtype=np.int64)), shape[-1], 1
 
 
-def test_row_tiles_follow_the_cache_sizes():
+def test_row_tiles_follow_the_cache_sizes(cache_sizes):
     # The row tiles' widths as a function of the cache sizes (the bits do not depend on
     # them: test above): 512-column blocks near the core; data far from it (a pair of
     # arrays beyond the last-level cache, or one array of at least 32 L2s) takes whole
     # rows when they form at least 4 row groups, else equal tiles of at most 4096 columns
     # (in multiples of 64), at least 16 tiles in all.
-    real = fo.build_info()["cache_bytes"]
     plan = _core._batch_norm_plan
     mib = 1 << 20
-    try:
-        _core._set_cache_bytes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
-        assert plan(4096, 4096, 1, 4)["tile_cols"] == 4096  # 64 MiB: 32 L2s
-        assert plan(4096, 2048, 1, 4)["tile_cols"] == 512  # 32 MiB
-        assert plan(1024, 1024, 1, 4)["tile_cols"] == 512
-        assert plan(256, 1024, 49, 4)["tile_cols"] == 512  # short spatial, 51 MB
-        info = plan(1024, 16384, 1, 4)  # 4 row groups: whole rows
-        assert (info["row_groups"], info["tile_cols"]) == (4, 16384)
-        info = plan(2048, 256, 49, 4)  # 103 MB, 5 groups of rows of 12544
-        assert (info["row_groups"], info["tile_cols"]) == (5, 12544)
-        info = plan(512, 32768, 1, 4)  # 2 groups: 8 tiles of 4096 each
-        assert (info["row_groups"], info["tile_cols"]) == (2, 4096)
-        info = plan(256, 2048, 49, 4)  # 1 group of rows of 100352: 25 tiles of 4032
-        assert (info["row_groups"], info["tile_cols"]) == (1, 4032)
-        assert plan(1024, 64, 1, 4)["tile_cols"] == 512  # rows no longer than a block
-        assert plan(64, 256, 784, 4)["tile_cols"] == 0  # channel-first slabs: no row tiles
-        _core._set_cache_bytes(32 << 10, 512 << 10, 32 * mib)  # the EPYC
-        assert plan(2048, 2048, 1, 4)["tile_cols"] == 2048  # beyond the last level
-        assert plan(2048, 1024, 1, 4)["tile_cols"] == 512  # 8 MiB: in its L3
-        info = plan(256, 1024, 49, 4)  # cols 50176 beyond the last level, 1 group
-        assert info["row_groups"] == 1 and info["tile_cols"] == 3136  # 16 tiles
-    finally:
-        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+    cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
+    assert plan(4096, 4096, 1, 4)["tile_cols"] == 4096  # 64 MiB: 32 L2s
+    assert plan(4096, 2048, 1, 4)["tile_cols"] == 512  # 32 MiB
+    assert plan(1024, 1024, 1, 4)["tile_cols"] == 512
+    assert plan(256, 1024, 49, 4)["tile_cols"] == 512  # short spatial, 51 MB
+    info = plan(1024, 16384, 1, 4)  # 4 row groups: whole rows
+    assert (info["row_groups"], info["tile_cols"]) == (4, 16384)
+    info = plan(2048, 256, 49, 4)  # 103 MB, 5 groups of rows of 12544
+    assert (info["row_groups"], info["tile_cols"]) == (5, 12544)
+    info = plan(512, 32768, 1, 4)  # 2 groups: 8 tiles of 4096 each
+    assert (info["row_groups"], info["tile_cols"]) == (2, 4096)
+    info = plan(256, 2048, 49, 4)  # 1 group of rows of 100352: 25 tiles of 4032
+    assert (info["row_groups"], info["tile_cols"]) == (1, 4032)
+    assert plan(1024, 64, 1, 4)["tile_cols"] == 512  # rows no longer than a block
+    assert plan(64, 256, 784, 4)["tile_cols"] == 0  # channel-first slabs: no row tiles
+    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC
+    assert plan(2048, 2048, 1, 4)["tile_cols"] == 2048  # beyond the last level
+    assert plan(2048, 1024, 1, 4)["tile_cols"] == 512  # 8 MiB: in its L3
+    info = plan(256, 1024, 49, 4)  # cols 50176 beyond the last level, 1 group
+    assert info["row_groups"] == 1 and info["tile_cols"] == 3136  # 16 tiles
 
 
-def test_elementwise_tiles_and_prefetching_follow_the_shape():
+def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # Rows of up to 1024 values are normalized a group's rows at a time, except rows of two
     # column blocks in fewer than 4 groups that run on two threads (from 96K values in the
     # two passes): these keep the reduction's tiles. The row reductions prefetch ahead for
     # arrays beyond the streaming threshold (min(last level, 8 L2s)) only.
-    real = fo.build_info()["cache_bytes"]
     plan = _core._batch_norm_plan
     mib = 1 << 20
-    try:
-        _core._set_cache_bytes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
-        assert plan(64, 256, 1, 4)["elementwise_tiles"] == 1  # 1 group, 1 column block
-        assert plan(32, 1024, 1, 4)["elementwise_tiles"] == 1  # 64K values: one thread
-        assert plan(48, 1024, 1, 4)["elementwise_tiles"] == 2  # 1 group: its 2 tiles
-        assert plan(96, 1024, 1, 4)["elementwise_tiles"] == 6  # 3 groups: their 6 tiles
-        assert plan(128, 1024, 1, 4)["elementwise_tiles"] == 4  # 4 groups, whole rows
-        assert plan(64, 200, 4, 4)["elementwise_tiles"] == 2  # short spatial, 800 columns
-        assert plan(40, 200, 4, 4)["elementwise_tiles"] == 1  # 64K values: one thread
-        assert plan(64, 2048, 1, 4)["elementwise_tiles"] == 8  # longer rows: the tiles
-        assert plan(64, 256, 784, 4)["elementwise_tiles"] == 0  # channel-first runs
-        assert not plan(64, 256, 1, 4)["reduce_ahead"]
-        assert not plan(1024, 4096, 1, 4)["reduce_ahead"]  # 16 MiB: 8 L2s
-        assert plan(1025, 4096, 1, 4)["reduce_ahead"]
-        assert plan(32 * 56 * 56, 64, 1, 4)["reduce_ahead"]  # NHWC (32, 56, 56, 64)
-        assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
-        _core._set_cache_bytes(32 << 10, 512 << 10, 32 * mib)  # the EPYC: 4 MiB
-        assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
-        assert plan(2048, 1024, 1, 4)["reduce_ahead"]
-    finally:
-        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+    cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
+    assert plan(64, 256, 1, 4)["elementwise_tiles"] == 1  # 1 group, 1 column block
+    assert plan(32, 1024, 1, 4)["elementwise_tiles"] == 1  # 64K values: one thread
+    assert plan(48, 1024, 1, 4)["elementwise_tiles"] == 2  # 1 group: its 2 tiles
+    assert plan(96, 1024, 1, 4)["elementwise_tiles"] == 6  # 3 groups: their 6 tiles
+    assert plan(128, 1024, 1, 4)["elementwise_tiles"] == 4  # 4 groups, whole rows
+    assert plan(64, 200, 4, 4)["elementwise_tiles"] == 2  # short spatial, 800 columns
+    assert plan(40, 200, 4, 4)["elementwise_tiles"] == 1  # 64K values: one thread
+    assert plan(64, 2048, 1, 4)["elementwise_tiles"] == 8  # longer rows: the tiles
+    assert plan(64, 256, 784, 4)["elementwise_tiles"] == 0  # channel-first runs
+    assert not plan(64, 256, 1, 4)["reduce_ahead"]
+    assert not plan(1024, 4096, 1, 4)["reduce_ahead"]  # 16 MiB: 8 L2s
+    assert plan(1025, 4096, 1, 4)["reduce_ahead"]
+    assert plan(32 * 56 * 56, 64, 1, 4)["reduce_ahead"]  # NHWC (32, 56, 56, 64)
+    assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
+    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC: 4 MiB
+    assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
+    assert plan(2048, 1024, 1, 4)["reduce_ahead"]
 
 
-def test_cache_blocked_groups_follow_the_cache_sizes():
+def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):
     # Channel-first data beyond the L2 is normalized in groups of channels whose inputs
     # fit in half the L2 (x forward, x and dy backward), at least 8 groups where there are
     # 8 channels; data that fits in the L2, or channels bigger than half of it, are not
     # blocked (0).
-    real = fo.build_info()["cache_bytes"]
     plan = _core._batch_norm_plan
-    try:
-        _core._set_cache_bytes(48 << 10, 2 << 20, 480 << 20)
-        blocks = lambda *view: (plan(*view)["forward_block_channels"],  # noqa: E731
-                                plan(*view)["backward_block_channels"])
-        assert blocks(64, 256, 784, 4) == (5, 2)  # 200 KiB channels: 5 and 2 in 1 MiB
-        assert blocks(64, 16, 784, 4) == (2, 2)  # 8 groups of 2, not 4 of 5
-        assert blocks(128, 6, 784, 4) == (1, 1)
-        assert blocks(8, 16, 784, 4) == (0, 0)  # 400 KiB: in the L2
-        assert blocks(1024, 8, 784, 4) == (0, 0)  # 3 MiB channels
-        assert blocks(64, 256, 784, 2) == (10, 5)  # 16-bit data
-    finally:
-        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+    cache_sizes(48 << 10, 2 << 20, 480 << 20)
+    blocks = lambda *view: (plan(*view)["forward_block_channels"],  # noqa: E731
+                            plan(*view)["backward_block_channels"])
+    assert blocks(64, 256, 784, 4) == (5, 2)  # 200 KiB channels: 5 and 2 in 1 MiB
+    assert blocks(64, 16, 784, 4) == (2, 2)  # 8 groups of 2, not 4 of 5
+    assert blocks(128, 6, 784, 4) == (1, 1)
+    assert blocks(8, 16, 784, 4) == (0, 0)  # 400 KiB: in the L2
+    assert blocks(1024, 8, 784, 4) == (0, 0)  # 3 MiB channels
+    assert blocks(64, 256, 784, 2) == (10, 5)  # 16-bit data
 
 
 def test_cache_sizes_are_the_machines():

@@ -377,30 +377,30 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
                    std::size_t cols, const double* __restrict pivot, double* __restrict sum,
                    double* __restrict sum_sq, bool ahead) {
   with_flags([&](auto kAhead) {
-  bn_rows_sums(rows, stride, cols, sum, sum_sq,
-      [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
-        constexpr std::size_t kVectors = decltype(vectors)::value;
-        Lanes p[kVectors];
-        for (std::size_t v = 0; v < kVectors; ++v) p[v] = load_lanes(pivot + j + v * kLaneWidth);
-        const T* __restrict xj = x + offset + j;
-        bn_rows_sum_block<kVectors>(n, stride, [&](std::size_t at, std::size_t v, Lanes& s1, Lanes& s2) {
-          const Lanes d = S::lanes(xj + at) - p[v];
-          s1 += d;
-          s2 += d * d;
-        }, [&](std::size_t at) {
-          if (kAhead) prefetch_span(xj + at, kVectors * kLaneWidth);
-        }, sum + j, sum_sq + j);
-      },
-      [&](std::size_t offset, std::size_t n, std::size_t j) {
-        double s1 = sum[j], s2 = sum_sq[j];
-        for (std::size_t r = 0; r < n; ++r) {
-          const double d = double(S::load(x + offset + r * stride, j)) - pivot[j];
-          s1 += d;
-          s2 += d * d;
-        }
-        sum[j] = s1;
-        sum_sq[j] = s2;
-      });
+    bn_rows_sums(rows, stride, cols, sum, sum_sq,
+        [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
+          constexpr std::size_t kVectors = decltype(vectors)::value;
+          Lanes p[kVectors];
+          for (std::size_t v = 0; v < kVectors; ++v) p[v] = load_lanes(pivot + j + v * kLaneWidth);
+          const T* __restrict xj = x + offset + j;
+          bn_rows_sum_block<kVectors>(n, stride, [&](std::size_t at, std::size_t v, Lanes& s1, Lanes& s2) {
+            const Lanes d = S::lanes(xj + at) - p[v];
+            s1 += d;
+            s2 += d * d;
+          }, [&](std::size_t at) {
+            if (kAhead) prefetch_span(xj + at, kVectors * kLaneWidth);
+          }, sum + j, sum_sq + j);
+        },
+        [&](std::size_t offset, std::size_t n, std::size_t j) {
+          double s1 = sum[j], s2 = sum_sq[j];
+          for (std::size_t r = 0; r < n; ++r) {
+            const double d = double(S::load(x + offset + r * stride, j)) - pivot[j];
+            s1 += d;
+            s2 += d * d;
+          }
+          sum[j] = s1;
+          sum_sq[j] = s2;
+        });
   }, ahead);
 }
 
@@ -410,35 +410,35 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
                        std::size_t stride, std::size_t cols, const double* __restrict mean,
                        double* __restrict sum_dy, double* __restrict sum_dyx, bool ahead) {
   with_flags([&](auto kAhead) {
-  bn_rows_sums(rows, stride, cols, sum_dy, sum_dyx,
-      [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
-        constexpr std::size_t kVectors = decltype(vectors)::value;
-        Lanes m[kVectors];
-        for (std::size_t v = 0; v < kVectors; ++v) m[v] = load_lanes(mean + j + v * kLaneWidth);
-        const T* __restrict gj = dy + offset + j;
-        const T* __restrict xj = x + offset + j;
-        bn_rows_sum_block<kVectors>(n, stride, [&](std::size_t at, std::size_t v, Lanes& s1, Lanes& s2) {
-          const Lanes g = S::lanes(gj + at);
-          s1 += g;
-          s2 += g * (S::lanes(xj + at) - m[v]);
-        }, [&](std::size_t at) {
-          if (kAhead) {
-            prefetch_span(gj + at, kVectors * kLaneWidth);
-            prefetch_span(xj + at, kVectors * kLaneWidth);
+    bn_rows_sums(rows, stride, cols, sum_dy, sum_dyx,
+        [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
+          constexpr std::size_t kVectors = decltype(vectors)::value;
+          Lanes m[kVectors];
+          for (std::size_t v = 0; v < kVectors; ++v) m[v] = load_lanes(mean + j + v * kLaneWidth);
+          const T* __restrict gj = dy + offset + j;
+          const T* __restrict xj = x + offset + j;
+          bn_rows_sum_block<kVectors>(n, stride, [&](std::size_t at, std::size_t v, Lanes& s1, Lanes& s2) {
+            const Lanes g = S::lanes(gj + at);
+            s1 += g;
+            s2 += g * (S::lanes(xj + at) - m[v]);
+          }, [&](std::size_t at) {
+            if (kAhead) {
+              prefetch_span(gj + at, kVectors * kLaneWidth);
+              prefetch_span(xj + at, kVectors * kLaneWidth);
+            }
+          }, sum_dy + j, sum_dyx + j);
+        },
+        [&](std::size_t offset, std::size_t n, std::size_t j) {
+          double s1 = sum_dy[j], s2 = sum_dyx[j];
+          for (std::size_t r = 0; r < n; ++r) {
+            const double g = double(S::load(dy + offset + r * stride, j));
+            s1 += g;
+            s2 += g * (double(S::load(x + offset + r * stride, j)) - mean[j]);
           }
-        }, sum_dy + j, sum_dyx + j);
-      },
-      [&](std::size_t offset, std::size_t n, std::size_t j) {
-        double s1 = sum_dy[j], s2 = sum_dyx[j];
-        for (std::size_t r = 0; r < n; ++r) {
-          const double g = double(S::load(dy + offset + r * stride, j));
-          s1 += g;
-          s2 += g * (double(S::load(x + offset + r * stride, j)) - mean[j]);
-        }
-        sum_dy[j] = s1;
-        sum_dyx[j] = s2;
-      },
-      grad_row_chunk<T>(stride));
+          sum_dy[j] = s1;
+          sum_dyx[j] = s2;
+        },
+        grad_row_chunk<T>(stride));
   }, ahead);
 }
 

@@ -443,20 +443,20 @@ void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::s
     const std::uint16_t* xs = x + c0;
     const double* ps = pivot + c0;
     with_flags([&](auto kAhead) {
-    bn16_rows_sums(rows, stride, m, sum + c0, sum_sq + c0,
-        [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
-          const RegFloats d = Reg::load(xs + at) - load_floats(p + c);
-          f1 += d;
-          f2 += d * d;
-        },
-        [&](std::size_t at, std::size_t c, double& s1, double& s2) {
-          const double d = double(S::load(xs, at)) - ps[c];
-          s1 += d;
-          s2 += d * d;
-        },
-        [&](std::size_t at, std::size_t count) {
-          if (kAhead) prefetch_span(xs + at, count);
-        });
+      bn16_rows_sums(rows, stride, m, sum + c0, sum_sq + c0,
+          [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
+            const RegFloats d = Reg::load(xs + at) - load_floats(p + c);
+            f1 += d;
+            f2 += d * d;
+          },
+          [&](std::size_t at, std::size_t c, double& s1, double& s2) {
+            const double d = double(S::load(xs, at)) - ps[c];
+            s1 += d;
+            s2 += d * d;
+          },
+          [&](std::size_t at, std::size_t count) {
+            if (kAhead) prefetch_span(xs + at, count);
+          });
     }, ahead);
   }
 }
@@ -473,23 +473,23 @@ void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
     const std::uint16_t* gs = dy + c0;
     const std::uint16_t* xs = x + c0;
     with_flags([&](auto kAhead) {
-    bn16_rows_sums(rows, stride, m, sum_dy + c0, sum_dyx + c0,
-        [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
-          const RegFloats g = Reg::load(gs + at);
-          f1 += g;
-          f2 += g * (Reg::load(xs + at) - load_floats(hi + c));
-        },
-        [&](std::size_t at, std::size_t c, double& s1, double& s2) {
-          const double g = double(S::load(gs, at));
-          s1 += g;
-          s2 += g * (double(S::load(xs, at)) - double(hi[c]));
-        },
-        [&](std::size_t at, std::size_t count) {
-          if (kAhead) {
-            prefetch_span(gs + at, count);
-            prefetch_span(xs + at, count);
-          }
-        });
+      bn16_rows_sums(rows, stride, m, sum_dy + c0, sum_dyx + c0,
+          [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
+            const RegFloats g = Reg::load(gs + at);
+            f1 += g;
+            f2 += g * (Reg::load(xs + at) - load_floats(hi + c));
+          },
+          [&](std::size_t at, std::size_t c, double& s1, double& s2) {
+            const double g = double(S::load(gs, at));
+            s1 += g;
+            s2 += g * (double(S::load(xs, at)) - double(hi[c]));
+          },
+          [&](std::size_t at, std::size_t count) {
+            if (kAhead) {
+              prefetch_span(gs + at, count);
+              prefetch_span(xs + at, count);
+            }
+          });
     }, ahead);
     for (std::size_t j = 0; j < m; ++j) {
       sum_dyx[c0 + j] -= (mean[c0 + j] - double(hi[j])) * sum_dy[c0 + j];

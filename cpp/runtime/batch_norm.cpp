@@ -201,7 +201,6 @@ class Plan {
       tile_cols_ = kColBlock;
       const CacheSizes& caches = cache_sizes();
       const std::size_t bytes = total_ * element_bytes_;
-      ahead_ = bytes > streaming_threshold_bytes();
       if (cols_ > kColBlock && (2 * bytes > caches.last || bytes >= 32 * caches.l2)) {
         tile_cols_ = cols_;
         if (groups_ < kMinFarGroups) {
@@ -245,7 +244,7 @@ class Plan {
   // 256) 3.0 -> 2.4 without them, fwd+bwd of (1024, 4096) (16 MiB) 2.59 -> 2.35 ms; with
   // them, NHWC (64, 28, 28, 256) (51 MB) fwd+bwd 10.4 -> 9.3 ms, (32, 56, 56, 64) 3.65
   // -> 3.52 ms, and beyond the L3 the gradient sums of (65536, 1024) 21.6 -> 17.1 ms.)
-  bool reduce_ahead() const { return ahead_; }
+  bool reduce_ahead() const { return stream_output(1); }
   std::size_t tile_cols() const { return tile_cols_; }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
@@ -359,7 +358,6 @@ class Plan {
   std::size_t blocks_per_slab_ = 0, slab_units_ = 0;              // slab units
   std::size_t cols_ = 0, groups_ = 0, col_blocks_ = 0, row_units_ = 0;  // row tiles
   std::size_t tile_cols_ = kColBlock;                                 // columns per tile
-  bool ahead_ = false;                                                // row reductions prefetch
   std::size_t run_units_ = 0;                                      // runs
 };
 

@@ -140,8 +140,8 @@ struct BatchNormKernels {
                   std::size_t channels, std::size_t offset, std::size_t channel, const T* k_dy,
                   const T* mean_hi, const T* k_x, const T* k_0,
                   bool centered, bool stream);
-  // The row reductions prefetch their values a chunk of rows ahead when `ahead` (data far
-  // from the core: Plan::far()).
+  // The row reductions prefetch their values a chunk of rows ahead when `ahead` (arrays
+  // beyond the caches: Plan::reduce_ahead()).
   void (*rows_stats)(const R* x, std::size_t rows, std::size_t stride, std::size_t cols,
                      const double* pivot, double* sum, double* sum_sq, bool ahead);
   void (*rows_grad_sums)(const R* dy, const R* x, std::size_t rows, std::size_t stride,
