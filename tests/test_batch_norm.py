@@ -49,6 +49,11 @@ CASES = [
     ((150, 40, 20), 1),
     ((6, 5, 14, 14), 1),
     ((5, 7, 100), 1),
+    # rows of two column blocks in 1 and 3 row groups, sized for two threads: the
+    # elementwise passes run over the reduction's tiles
+    ((48, 1024), 1),
+    ((96, 1024), 1),
+    ((64, 200, 2, 2), 1),
 ]
 CASE_IDS = [f"{'x'.join(map(str, s))}-axis{a}" for s, a in CASES]
 
