@@ -626,13 +626,17 @@ def test_first_value_far_from_the_rest_float32(isa, shape, channel_axis):
                          [((8, 16, 32, 32), 1), ((8, 32, 32, 16), -1), ((2, 3, 150, 150), 1),
                           ((128, 40, 3, 3), 1), ((24, 1500), 1), ((16, 24, 20, 20), 1),
                           ((4096, 40), 1), ((256, 40, 3, 3), 1), ((48, 1500), 1),
-                          ((48, 1024), 1), ((96, 1024), 1), ((64, 200, 2, 2), 1)],
+                          ((48, 1024), 1), ((96, 1024), 1), ((64, 200, 2, 2), 1),
+                          ((16, 300, 4, 4), 1), ((4, 260, 12, 12), 1), ((32, 6, 6, 300), -1)],
                          ids=["nchw", "nhwc", "long-spatial", "short-spatial", "wide-nc",
                               "runs", "tall-nc",
                               # big enough for threads in the two-pass region
                               "short-spatial-parallel", "wide-nc-parallel",
                               # rows of two column blocks in 1 and 3 groups: tiles
-                              "nc-1-group", "nc-3-groups", "short-spatial-1-group"])
+                              "nc-1-group", "nc-3-groups", "short-spatial-1-group",
+                              # 256 channels or more, threads: the per-channel finishing
+                              # cut by channels (columns repeated, slabs, rows)
+                              "split-short-spatial", "split-slabs", "split-nhwc"])
 def test_bitwise_identical_for_any_thread_count(isa, threads, shape, channel_axis, dtype,
                                                 training):
     rng = np.random.default_rng(3)
