@@ -183,9 +183,9 @@ def batch_norm_case(shape, channel_axis, dtype, phase, sweep="", numpy=True):
 # Size sweeps per layout, from MLP activations to beyond the L2 (the plot draws each as
 # ns/element against size): (shape, channel_axis).
 SWEEPS = {
-    "NC (BatchNorm1d after Linear)": [((32, 128), 1), ((64, 256), 1), ((256, 1024), 1),
-                                      ((1024, 1024), 1), ((8192, 256), 1), ((1024, 4096), 1),
-                                      ((4096, 4096), 1)],
+    "NC (BatchNorm1d after Linear)": [((32, 128), 1), ((64, 256), 1), ((32, 4096), 1),
+                                      ((256, 1024), 1), ((1024, 1024), 1), ((8192, 256), 1),
+                                      ((1024, 4096), 1), ((4096, 4096), 1)],
     "NCL (BatchNorm1d on sequences)": [((16, 32, 32), 1), ((128, 64, 32), 1),
                                        ((64, 128, 128), 1), ((256, 256, 64), 1)],
     "NCHW": [((8, 32, 14, 14), 1), ((16, 512, 14, 14), 1), ((32, 64, 56, 56), 1),

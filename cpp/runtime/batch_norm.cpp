@@ -458,6 +458,14 @@ class SumReduction {
     for (std::size_t u = lo + kStreams * q; u < hi; ++u) alone(u);
   }
 
+  // Whether the sums of the one row group are the channels' sums as they are (a column
+  // per channel): combine() would add them to zeros, which changes no value (a sum that
+  // starts at +0.0 is never -0.0), so the caller may read them in place (first_sums(),
+  // second_sums()) and skip it.
+  bool in_place() const { return !plan_.reduce_slabs() && plan_.groups() == 1 && plan_.inner() == 1; }
+  double* first_sums() const { return first_rows_; }
+  double* second_sums() const { return second_rows_; }
+
   // The sums of channels [c0, c1) (all by default) into first[c] and second[c].
   void combine(double* first, double* second, std::size_t c0 = 0,
                std::size_t c1 = std::size_t(-1)) const {
@@ -1107,13 +1115,14 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
   }
   const StatsSums<R, T> sums(k, plan, x, scratch);
   const SumReduction<kSlabStreams, StatsSums<R, T>> reduction(plan, scratch, sums);
-  double* sum = scratch.take<double>(channels);
-  double* sum_sq = scratch.take<double>(channels);
+  const bool in_place = reduction.in_place();
+  double* const sum = in_place ? reduction.first_sums() : scratch.take<double>(channels);
+  double* const sum_sq = in_place ? reduction.second_sums() : scratch.take<double>(channels);
   WorkList::run_in_sequence_split(
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&](std::size_t part, std::size_t parts) {
         const ChannelRange r = channel_part(channels, part, parts);
-        reduction.combine(sum, sum_sq, r.begin, r.end);
+        if (!reduction.in_place()) reduction.combine(sum, sum_sq, r.begin, r.end);
         finish_stats(k, r.begin, r.end, sums.pivot + r.begin, sum + r.begin,
                      sum_sq + r.begin, count, mean, m2);
         finish_forward(k, r.begin, r.end, m2, count, a);
@@ -1154,10 +1163,17 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&](std::size_t part, std::size_t parts) {
         const ChannelRange r = channel_part(channels, part, parts);
-        reduction.combine(sum_dy, sum_dy_xhat, r.begin, r.end);
-        finish_grads(k, r.begin, r.end, a, sum_dy + r.begin, sum_dy_xhat + r.begin);
-        pass.set(weight, a.save_mean, a.save_invstd, sum_dy + r.begin, sum_dy_xhat + r.begin,
-                 count, r.begin, r.end);
+        double* s1 = sum_dy;
+        double* s2 = sum_dy_xhat;
+        if (reduction.in_place()) {
+          s1 = reduction.first_sums();
+          s2 = reduction.second_sums();
+        } else {
+          reduction.combine(s1, s2, r.begin, r.end);
+        }
+        finish_grads(k, r.begin, r.end, a, s1 + r.begin, s2 + r.begin);
+        pass.set(weight, a.save_mean, a.save_invstd, s1 + r.begin, s2 + r.begin, count, r.begin,
+                 r.end);
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); },
       channels >= kMinSplitChannels);
