@@ -498,15 +498,25 @@ void bn_rows_dx(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t st
 // arrays, vectorized for the ISA (compiled for the baseline, the (N, 256) forward and
 // backward spent 1.5 us of 12 in them, converting two values per instruction). The
 // divisions and square roots are those the expressions name, correctly rounded on every
-// ISA.
+// ISA. Each loop's body is one of the channel functions below, which the fused loops
+// (finish_normalize, finish_dx) chain for one channel at a time: the same expressions,
+// so the fused and the separate steps give the same bits (the split API's composition
+// tests hold them to it).
+
+// mean and m2 of one channel from its sums around `pivot`.
+inline void channel_stats(double pivot, double sum, double sum_sq, double inv_count,
+                          double& mean, double& m2) {
+  const double shift = sum * inv_count;
+  const double spread = sum_sq - sum * shift;
+  mean = pivot + shift;
+  m2 = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
+}
+
 inline void bn_finish_stats(std::size_t n, const double* __restrict pivot,
                             const double* __restrict sum, const double* __restrict sum_sq,
                             double inv_count, double* __restrict mean, double* __restrict m2) {
   for (std::size_t c = 0; c < n; ++c) {
-    const double shift = sum[c] * inv_count;
-    const double spread = sum_sq[c] - sum[c] * shift;
-    mean[c] = pivot[c] + shift;
-    m2[c] = spread < 0.0 ? 0.0 : spread;  // rounding may dip below 0; NaN stays
+    channel_stats(pivot[c], sum[c], sum_sq[c], inv_count, mean[c], m2[c]);
   }
 }
 
@@ -518,40 +528,47 @@ inline double per_count(double m2, double count, double inv_count) {
   return kPowerOfTwo ? m2 * inv_count : m2 / count;
 }
 
-template <class T, bool kPowerOfTwo>
-void bn_finish_forward_loop(std::size_t n, const double* __restrict m2, double count,
-                            double eps, const double* __restrict mean,
-                            double* __restrict invstd, T* __restrict running_mean,
-                            T* __restrict running_var, double momentum) {
-  const double inv_count = 1.0 / count;
-  if (running_mean == nullptr) {
-    for (std::size_t c = 0; c < n; ++c) {
-      invstd[c] = 1.0 / sqrt_of(per_count<kPowerOfTwo>(m2[c], count, inv_count) + eps);
-    }
-    return;
-  }
-  const double bessel = count / (count - 1.0);
-  const double keep = 1.0 - momentum;
-  for (std::size_t c = 0; c < n; ++c) {
-    const double var = per_count<kPowerOfTwo>(m2[c], count, inv_count);
-    invstd[c] = 1.0 / sqrt_of(var + eps);
-    running_mean[c] = T(keep * double(running_mean[c]) + momentum * mean[c]);
-    running_var[c] = T(keep * double(running_var[c]) + momentum * (var * bessel));
-  }
+// The training forward's constants of the batch (count values per channel).
+struct ForwardTerms {
+  double count, inv_count, eps, bessel, keep, momentum;
+
+  ForwardTerms(double n, double epsilon, double m)
+      : count(n), inv_count(1.0 / n), eps(epsilon), bessel(n / (n - 1.0)), keep(1.0 - m),
+        momentum(m) {}
+};
+
+// invstd of one channel; with running statistics (kRunning), channel c's move towards
+// the batch's mean and unbiased variance.
+template <class T, bool kPowerOfTwo, bool kRunning>
+inline double channel_forward(double m2, double mean, const ForwardTerms& f,
+                              T* __restrict running_mean, T* __restrict running_var,
+                              std::size_t c) {
+  if (!kRunning) return 1.0 / sqrt_of(per_count<kPowerOfTwo>(m2, f.count, f.inv_count) + f.eps);
+  const double var = per_count<kPowerOfTwo>(m2, f.count, f.inv_count);
+  const double invstd = 1.0 / sqrt_of(var + f.eps);
+  running_mean[c] = T(f.keep * double(running_mean[c]) + f.momentum * mean);
+  running_var[c] = T(f.keep * double(running_var[c]) + f.momentum * (var * f.bessel));
+  return invstd;
+}
+
+// Calls body(power_of_two, running) with the two flags as compile-time constants.
+template <class Body>
+inline void with_forward_flags(double count, bool running, const Body& body) {
+  int exponent = 0;
+  const bool power_of_two = __builtin_frexp(count, &exponent) == 0.5;
+  with_flags(body, power_of_two, running);
 }
 
 template <class T>
 void bn_finish_forward(std::size_t n, const double* m2, double count, double eps,
                        const double* mean, double* invstd, T* running_mean, T* running_var,
                        double momentum) {
-  int exponent = 0;
-  const bool power_of_two = __builtin_frexp(count, &exponent) == 0.5;
-  with_flags(
-      [&](auto p) {
-        bn_finish_forward_loop<T, p>(n, m2, count, eps, mean, invstd, running_mean,
-                                     running_var, momentum);
-      },
-      power_of_two);
+  const ForwardTerms f(count, eps, momentum);
+  with_forward_flags(count, running_mean != nullptr, [&](auto p, auto r) {
+    for (std::size_t c = 0; c < n; ++c) {
+      invstd[c] = channel_forward<T, p, r>(m2[c], mean[c], f, running_mean, running_var, c);
+    }
+  });
 }
 
 // The elementwise passes subtract the mean as a value of T, hi: x - hi is exact near the
@@ -560,19 +577,55 @@ void bn_finish_forward(std::size_t n, const double* m2, double count, double eps
 // (x - hi) * k + (c - lo * k), one operation fewer per value, with the same error bound
 // (the folded constant is rounded once; lo * k is at most half an ulp of the mean, in
 // units of the spread).
+// (kWeight, kBias: whether weight and bias are given; compile-time, so that loops that
+// chain several channel functions still vectorize.)
+template <class T, bool kWeight, bool kBias>
+inline void channel_normalize(double mean, double invstd, const T* __restrict weight,
+                              const T* __restrict bias, std::size_t c, T* __restrict mean_hi,
+                              T* __restrict scale, T* __restrict shift) {
+  const T hi = T(mean);
+  const T sc = T(kWeight ? invstd * double(weight[c]) : invstd);
+  const double lo = mean - double(hi);
+  mean_hi[c] = hi;
+  scale[c] = sc;
+  shift[c] = T((kBias ? double(bias[c]) : 0.0) - lo * double(sc));
+}
+
 template <class T>
 void bn_normalize_constants(std::size_t n, const double* __restrict mean,
                             const double* __restrict invstd, const T* __restrict weight,
                             const T* __restrict bias, T* __restrict mean_hi,
                             T* __restrict scale, T* __restrict shift) {
-  for (std::size_t c = 0; c < n; ++c) {
-    const T hi = T(mean[c]);
-    const T sc = T(weight ? invstd[c] * double(weight[c]) : invstd[c]);
-    const double lo = mean[c] - double(hi);
-    mean_hi[c] = hi;
-    scale[c] = sc;
-    shift[c] = T((bias ? double(bias[c]) : 0.0) - lo * double(sc));
-  }
+  with_flags([&](auto w, auto b) {
+    for (std::size_t c = 0; c < n; ++c) {
+      channel_normalize<T, w, b>(mean[c], invstd[c], weight, bias, c, mean_hi, scale, shift);
+    }
+  }, weight != nullptr, bias != nullptr);
+}
+
+// finish_stats, finish_forward and normalize_constants, channel by channel (m2 is not
+// kept).
+template <class T>
+void bn_finish_normalize(std::size_t n, const double* __restrict pivot,
+                         const double* __restrict sum, const double* __restrict sum_sq,
+                         double count, double eps, double momentum, double* __restrict mean,
+                         double* __restrict invstd, T* __restrict running_mean,
+                         T* __restrict running_var, const T* __restrict weight,
+                         const T* __restrict bias, T* __restrict mean_hi,
+                         T* __restrict scale, T* __restrict shift) {
+  const ForwardTerms f(count, eps, momentum);
+  with_forward_flags(count, running_mean != nullptr, [&](auto p, auto r) {
+    with_flags([&](auto w, auto b) {
+      for (std::size_t c = 0; c < n; ++c) {
+        double mu, m2;
+        channel_stats(pivot[c], sum[c], sum_sq[c], f.inv_count, mu, m2);
+        const double is = channel_forward<T, p, r>(m2, mu, f, running_mean, running_var, c);
+        mean[c] = mu;
+        invstd[c] = is;
+        channel_normalize<T, w, b>(mu, is, weight, bias, c, mean_hi, scale, shift);
+      }
+    }, weight != nullptr, bias != nullptr);
+  });
 }
 
 template <class T>
@@ -588,7 +641,22 @@ void bn_finish_grads(std::size_t n, const double* __restrict invstd,
 }
 
 // dx = w * invstd * (dy - sum_dy / M - xhat * sum_dy_xhat / M), xhat = (x - mean) * invstd,
-// as dy * k_dy + (x - hi) * k_x + k_0, k_0 holding the -lo * k_x of the mean's remainder.
+// as dy * k_dy + (x - hi) * k_x + k_0, k_0 holding the -lo * k_x of the mean's remainder
+// (sum_dy_xhat here already times invstd).
+template <class T, bool kWeight>
+inline void channel_dx(const T* __restrict weight, double mean, double invstd, double sum_dy,
+                       double sum_dy_xhat, double inv_count, std::size_t c, T* __restrict k_dy,
+                       T* __restrict mean_hi, T* __restrict k_x, T* __restrict k_0) {
+  const double scale = kWeight ? double(weight[c]) * invstd : invstd;
+  const T hi = T(mean);
+  const double lo = mean - double(hi);
+  const T kx = T(-scale * invstd * sum_dy_xhat * inv_count);
+  k_dy[c] = T(scale);
+  mean_hi[c] = hi;
+  k_x[c] = kx;
+  k_0[c] = T(-scale * sum_dy * inv_count - lo * double(kx));
+}
+
 template <class T>
 void bn_dx_constants(std::size_t n, const T* __restrict weight, const double* __restrict mean,
                      const double* __restrict invstd, const double* __restrict sum_dy,
@@ -604,16 +672,34 @@ void bn_dx_constants(std::size_t n, const T* __restrict weight, const double* __
     }
     return;
   }
-  for (std::size_t c = 0; c < n; ++c) {
-    const double scale = weight ? double(weight[c]) * invstd[c] : invstd[c];
-    const T hi = T(mean[c]);
-    const double lo = mean[c] - double(hi);
-    const T kx = T(-scale * invstd[c] * sum_dy_xhat[c] * inv_count);
-    k_dy[c] = T(scale);
-    mean_hi[c] = hi;
-    k_x[c] = kx;
-    k_0[c] = T(-scale * sum_dy[c] * inv_count - lo * double(kx));
-  }
+  with_flags([&](auto w) {
+    for (std::size_t c = 0; c < n; ++c) {
+      channel_dx<T, w>(weight, mean[c], invstd[c], sum_dy[c], sum_dy_xhat[c], inv_count, c,
+                       k_dy, mean_hi, k_x, k_0);
+    }
+  }, weight != nullptr);
+}
+
+// finish_grads and dx_constants (centered), channel by channel: sum_dy_xhat is read as
+// sum(dy * (x - mean)) and left so; the parameter gradients are written when weight is
+// given (grad_weight and grad_bias with it).
+template <class T>
+void bn_finish_dx(std::size_t n, const T* __restrict weight, const double* __restrict mean,
+                  const double* __restrict invstd, const double* __restrict sum_dy,
+                  const double* __restrict sum_dy_xhat, double inv_count,
+                  T* __restrict grad_weight, T* __restrict grad_bias, T* __restrict k_dy,
+                  T* __restrict mean_hi, T* __restrict k_x, T* __restrict k_0) {
+  with_flags([&](auto w) {
+    for (std::size_t c = 0; c < n; ++c) {
+      const double sdx = sum_dy_xhat[c] * invstd[c];
+      if (w) {
+        grad_weight[c] = T(sdx);
+        grad_bias[c] = T(sum_dy[c]);
+      }
+      channel_dx<T, w>(weight, mean[c], invstd[c], sum_dy[c], sdx, inv_count, c, k_dy, mean_hi,
+                       k_x, k_0);
+    }
+  }, weight != nullptr);
 }
 
 // The table entries for storage S.
@@ -634,7 +720,9 @@ constexpr BatchNormKernels<typename S::raw, typename S::value> batch_norm_kernel
   k.finish_stats = &bn_finish_stats;
   k.finish_forward = &bn_finish_forward<T>;
   k.normalize_constants = &bn_normalize_constants<T>;
+  k.finish_normalize = &bn_finish_normalize<T>;
   k.finish_grads = &bn_finish_grads<T>;
   k.dx_constants = &bn_dx_constants<T>;
+  k.finish_dx = &bn_finish_dx<T>;
   return k;
 }

@@ -640,6 +640,23 @@ struct NormalizeConstants {
     k.normalize_constants(c1 - c0, mean + c0, invstd + c0, weight ? weight + c0 : nullptr,
                           bias ? bias + c0 : nullptr, mean_hi + c0, scale + c0, shift + c0);
   }
+
+  // The training forward's finishing of channels [c0, c1) from their sums (pivot, sum and
+  // sum_sq indexed from c0): a's save_mean, save_invstd and running statistics, and the
+  // constants, as finish_stats, finish_forward and set() give them.
+  template <class K>
+  void finish(const K& k, std::size_t c0, std::size_t c1, const double* pivot,
+              const double* sum, const double* sum_sq, double count,
+              const BatchNormForwardArgs& a) {
+    T* running_mean = static_cast<T*>(a.running_mean);
+    T* running_var = static_cast<T*>(a.running_var);
+    const T* weight = static_cast<const T*>(a.weight);
+    const T* bias = static_cast<const T*>(a.bias);
+    k.finish_normalize(c1 - c0, pivot, sum, sum_sq, count, a.eps, a.momentum, a.save_mean + c0,
+                       a.save_invstd + c0, running_mean ? running_mean + c0 : nullptr,
+                       running_var ? running_var + c0 : nullptr, weight ? weight + c0 : nullptr,
+                       bias ? bias + c0 : nullptr, mean_hi + c0, scale + c0, shift + c0);
+  }
 };
 
 // The constants of dx = dy * k_dy + (x - hi) * k_x + k_0 for channel c:
@@ -665,6 +682,20 @@ struct DxConstants {
     k.dx_constants(c1 - c0, weight ? weight + c0 : nullptr, mean + c0, invstd + c0, sum_dy,
                    sum_dy_xhat, 1.0 / count, centered, k_dy + c0, mean_hi + c0, k_x + c0,
                    k_0 + c0);
+  }
+
+  // The training backward's finishing of channels [c0, c1) from their sums (indexed from
+  // c0; sum_dy_xhat as sum(dy * (x - mean)), left so): a's parameter gradients and the
+  // constants, as finish_grads and set(..., centered) give them.
+  template <class K>
+  void finish(const K& k, std::size_t c0, std::size_t c1, const BatchNormBackwardArgs& a,
+              const double* sum_dy, const double* sum_dy_xhat, double count) {
+    const T* weight = static_cast<const T*>(a.weight);
+    T* grad_weight = weight ? static_cast<T*>(a.grad_weight) + c0 : nullptr;
+    T* grad_bias = weight ? static_cast<T*>(a.grad_bias) + c0 : nullptr;
+    k.finish_dx(c1 - c0, weight ? weight + c0 : nullptr, a.save_mean + c0, a.save_invstd + c0,
+                sum_dy, sum_dy_xhat, 1.0 / count, grad_weight, grad_bias, k_dy + c0,
+                mean_hi + c0, k_x + c0, k_0 + c0);
   }
 };
 
@@ -756,10 +787,15 @@ class NormalizePass {
            std::size_t c0 = 0, std::size_t c1 = std::size_t(-1)) {
     if (c1 > plan_.channels()) c1 = plan_.channels();
     constants_.set(k_, c0, c1, mean, invstd, weight, bias);
-    if (plan_.runs()) return;
-    fill_range(plan_, constants_.mean_hi, room_[0], period_, c0, c1);
-    fill_range(plan_, constants_.scale, room_[1], period_, c0, c1);
-    fill_range(plan_, constants_.shift, room_[2], period_, c0, c1);
+    fill(c0, c1);
+  }
+
+  // The training forward's finishing of channels [c0, c1) (NormalizeConstants::finish)
+  // with the constants placed as set() places them.
+  void finish(std::size_t c0, std::size_t c1, const double* pivot, const double* sum,
+              const double* sum_sq, double count, const BatchNormForwardArgs& a) {
+    constants_.finish(k_, c0, c1, pivot, sum, sum_sq, count, a);
+    fill(c0, c1);
   }
 
   const WorkList& work() const { return work_; }
@@ -784,6 +820,14 @@ class NormalizePass {
   }
 
  private:
+  // The per-column constants of channels [c0, c1) from the per-channel ones.
+  void fill(std::size_t c0, std::size_t c1) {
+    if (plan_.runs()) return;
+    fill_range(plan_, constants_.mean_hi, room_[0], period_, c0, c1);
+    fill_range(plan_, constants_.scale, room_[1], period_, c0, c1);
+    fill_range(plan_, constants_.shift, room_[2], period_, c0, c1);
+  }
+
   // shift: where the per-column constants start within a line (line_shift).
   NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
                 R* y, std::size_t shift)
@@ -829,11 +873,15 @@ class DxPass {
            std::size_t c1 = std::size_t(-1)) {
     if (c1 > plan_.channels()) c1 = plan_.channels();
     constants_.set(k_, c0, c1, weight, mean, invstd, sum_dy, sum_dy_xhat, count, centered_);
-    if (plan_.runs()) return;
-    fill_range(plan_, constants_.k_dy, room_[0], period_, c0, c1);
-    fill_range(plan_, constants_.mean_hi, room_[1], period_, c0, c1);
-    fill_range(plan_, constants_.k_x, room_[2], period_, c0, c1);
-    fill_range(plan_, constants_.k_0, room_[3], period_, c0, c1);
+    fill(c0, c1);
+  }
+
+  // The training backward's finishing of channels [c0, c1) (DxConstants::finish; sums
+  // indexed from c0) with the constants placed as set() places them.
+  void finish(std::size_t c0, std::size_t c1, const BatchNormBackwardArgs& a,
+              const double* sum_dy, const double* sum_dy_xhat, double count) {
+    constants_.finish(k_, c0, c1, a, sum_dy, sum_dy_xhat, count);
+    fill(c0, c1);
   }
 
   const WorkList& work() const { return work_; }
@@ -858,6 +906,14 @@ class DxPass {
   }
 
  private:
+  void fill(std::size_t c0, std::size_t c1) {
+    if (plan_.runs()) return;
+    fill_range(plan_, constants_.k_dy, room_[0], period_, c0, c1);
+    fill_range(plan_, constants_.mean_hi, room_[1], period_, c0, c1);
+    fill_range(plan_, constants_.k_x, room_[2], period_, c0, c1);
+    fill_range(plan_, constants_.k_0, room_[3], period_, c0, c1);
+  }
+
   // shift: as NormalizePass's, for the array the row loops line up with (line_anchor).
   DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
          const R* x, R* dx, bool centered, std::size_t shift)
@@ -1123,10 +1179,8 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
       [&](std::size_t part, std::size_t parts) {
         const ChannelRange r = channel_part(channels, part, parts);
         if (!reduction.in_place()) reduction.combine(sum, sum_sq, r.begin, r.end);
-        finish_stats(k, r.begin, r.end, sums.pivot + r.begin, sum + r.begin,
-                     sum_sq + r.begin, count, mean, m2);
-        finish_forward(k, r.begin, r.end, m2, count, a);
-        pass.set(mean, invstd, weight, bias, r.begin, r.end);
+        pass.finish(r.begin, r.end, sums.pivot + r.begin, sum + r.begin, sum_sq + r.begin, count,
+                    a);
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); },
       channels >= kMinSplitChannels);
@@ -1171,9 +1225,13 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
         } else {
           reduction.combine(s1, s2, r.begin, r.end);
         }
-        finish_grads(k, r.begin, r.end, a, s1 + r.begin, s2 + r.begin);
-        pass.set(weight, a.save_mean, a.save_invstd, s1 + r.begin, s2 + r.begin, count, r.begin,
-                 r.end);
+        if (a.training && count > 0) {  // the constants centered (DxPass)
+          pass.finish(r.begin, r.end, a, s1 + r.begin, s2 + r.begin, count);
+        } else {
+          finish_grads(k, r.begin, r.end, a, s1 + r.begin, s2 + r.begin);
+          pass.set(weight, a.save_mean, a.save_invstd, s1 + r.begin, s2 + r.begin, count,
+                   r.begin, r.end);
+        }
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); },
       channels >= kMinSplitChannels);

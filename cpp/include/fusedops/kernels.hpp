@@ -171,6 +171,12 @@ struct BatchNormKernels {
   void (*normalize_constants)(std::size_t n, const double* mean, const double* invstd,
                               const T* weight, const T* bias, T* mean_hi, T* scale,
                               T* shift);
+  // finish_stats, finish_forward and normalize_constants in one loop, channel by
+  // channel (the same values; m2 not kept).
+  void (*finish_normalize)(std::size_t n, const double* pivot, const double* sum,
+                           const double* sum_sq, double count, double eps, double momentum,
+                           double* mean, double* invstd, T* running_mean, T* running_var,
+                           const T* weight, const T* bias, T* mean_hi, T* scale, T* shift);
   // sum_dy_xhat *= invstd (it arrives as sum(dy * (x - mean))); with grad_weight, the
   // parameter gradients: grad_weight = sum_dy_xhat, grad_bias = sum_dy.
   void (*finish_grads)(std::size_t n, const double* invstd, const double* sum_dy,
@@ -181,6 +187,11 @@ struct BatchNormKernels {
                        const double* invstd, const double* sum_dy, const double* sum_dy_xhat,
                        double inv_count, bool centered, T* k_dy, T* mean_hi, T* k_x,
                        T* k_0);
+  // finish_grads and dx_constants (centered) in one loop, channel by channel (the same
+  // values; sum_dy_xhat is only read).
+  void (*finish_dx)(std::size_t n, const T* weight, const double* mean, const double* invstd,
+                    const double* sum_dy, const double* sum_dy_xhat, double inv_count,
+                    T* grad_weight, T* grad_bias, T* k_dy, T* mean_hi, T* k_x, T* k_0);
 };
 
 // Reductions return partial results for one range; the runtime combines the ranges'
