@@ -1007,13 +1007,10 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
   const std::size_t blocks = plan.blocks_per_slab();
   const R* x = static_cast<const R*>(a.x);
   R* y = static_cast<R*>(a.y);
-  const T* weight = static_cast<const T*>(a.weight);
-  const T* bias = static_cast<const T*>(a.bias);
   const double count = double(plan.per_channel());
   const bool stream = plan.stream_output(2);
   Scratch scratch;
   NormalizeConstants<T> constants(scratch, channels);
-  double* m2 = scratch.take<double>(channels);
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
     const std::size_t c0 = g * group, c1 = std::min(channels, c0 + group), n = c1 - c0;
     Scratch thread_sums;  // this worker's
@@ -1046,9 +1043,7 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
         }
       }
     }
-    finish_stats(k, c0, c1, pivot, sum, sum_sq, count, a.save_mean, m2);
-    finish_forward(k, c0, c1, m2, count, a);
-    constants.set(k, c0, c1, a.save_mean, a.save_invstd, weight, bias);
+    constants.finish(k, c0, c1, pivot, sum, sum_sq, count, a);
     for (std::size_t o = 0; o < outer; ++o) {
       const std::size_t at = (o * channels + c0) * inner;
       k.runs_normalize(x + at, y + at, (c1 - c0) * inner, inner, channels, 0, c0,
@@ -1067,7 +1062,6 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
   const R* dy = static_cast<const R*>(a.dy);
   const R* x = static_cast<const R*>(a.x);
   R* dx = static_cast<R*>(a.dx);
-  const T* weight = static_cast<const T*>(a.weight);
   const double count = double(plan.per_channel());
   const bool stream = plan.stream_output(3);
   Scratch scratch;
@@ -1096,8 +1090,7 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
       sum_dy[c - c0] = sums[2 * (c - c0)];
       sum_dy_xhat[c - c0] = sums[2 * (c - c0) + 1];
     }
-    finish_grads(k, c0, c1, a, sum_dy, sum_dy_xhat);
-    constants.set(k, c0, c1, weight, a.save_mean, a.save_invstd, sum_dy, sum_dy_xhat, count, true);
+    constants.finish(k, c0, c1, a, sum_dy, sum_dy_xhat, count);
     for (std::size_t o = 0; o < outer; ++o) {
       const std::size_t at = (o * channels + c0) * inner;
       k.runs_dx(dy + at, x + at, dx + at, (c1 - c0) * inner, inner, channels, 0, c0,
