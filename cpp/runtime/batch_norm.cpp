@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fusedops/fusedops.hpp"
@@ -460,11 +461,18 @@ class SumReduction {
 
   // Whether the sums of the one row group are the channels' sums as they are (a column
   // per channel): combine() would add them to zeros, which changes no value (a sum that
-  // starts at +0.0 is never -0.0), so the caller may read them in place (first_sums(),
-  // second_sums()) and skip it.
+  // starts at +0.0 is never -0.0), so channel_sums() reads them in place.
   bool in_place() const { return !plan_.reduce_slabs() && plan_.groups() == 1 && plan_.inner() == 1; }
-  double* first_sums() const { return first_rows_; }
-  double* second_sums() const { return second_rows_; }
+
+  // The sums of channels [c0, c1), where the caller reads them: combined into first[c]
+  // and second[c], returned as {first, second}, or, in_place(), the row group's own
+  // (first and second untouched). Pointers to channel 0 either way.
+  std::pair<double*, double*> channel_sums(double* first, double* second, std::size_t c0,
+                                           std::size_t c1) const {
+    if (in_place()) return {first_rows_, second_rows_};
+    combine(first, second, c0, c1);
+    return {first, second};
+  }
 
   // The sums of channels [c0, c1) (all by default) into first[c] and second[c].
   void combine(double* first, double* second, std::size_t c0 = 0,
@@ -1154,8 +1162,8 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
     return;
   }
   const double count = double(plan.per_channel());
-  double* m2 = scratch.take<double>(channels);
   if (plan.per_channel() == 0) {  // (rejected before it gets here; kept well defined)
+    double* m2 = scratch.take<double>(channels);
     stats_typed(k, plan, x, mean, m2);
     finish_forward(k, 0, channels, m2, count, a);
     pass.set(mean, invstd, weight, bias);
@@ -1164,16 +1172,14 @@ void forward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape,
   }
   const StatsSums<R, T> sums(k, plan, x, scratch);
   const SumReduction<kSlabStreams, StatsSums<R, T>> reduction(plan, scratch, sums);
-  const bool in_place = reduction.in_place();
-  double* const sum = in_place ? reduction.first_sums() : scratch.take<double>(channels);
-  double* const sum_sq = in_place ? reduction.second_sums() : scratch.take<double>(channels);
+  double* const sum = scratch.take<double>(channels);
+  double* const sum_sq = scratch.take<double>(channels);
   WorkList::run_in_sequence_split(
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&](std::size_t part, std::size_t parts) {
         const ChannelRange r = channel_part(channels, part, parts);
-        if (!reduction.in_place()) reduction.combine(sum, sum_sq, r.begin, r.end);
-        pass.finish(r.begin, r.end, sums.pivot + r.begin, sum + r.begin, sum_sq + r.begin, count,
-                    a);
+        const auto [s1, s2] = reduction.channel_sums(sum, sum_sq, r.begin, r.end);
+        pass.finish(r.begin, r.end, sums.pivot + r.begin, s1 + r.begin, s2 + r.begin, count, a);
       },
       pass.work(), [&](std::size_t lo, std::size_t hi) { pass.batch(lo, hi); },
       channels >= kMinSplitChannels);
@@ -1210,14 +1216,7 @@ void backward_typed(const BatchNormKernels<R, T>& k, const BatchNormShape& shape
       reduction.work(), [&](std::size_t lo, std::size_t hi) { reduction.batch(lo, hi); },
       [&](std::size_t part, std::size_t parts) {
         const ChannelRange r = channel_part(channels, part, parts);
-        double* s1 = sum_dy;
-        double* s2 = sum_dy_xhat;
-        if (reduction.in_place()) {
-          s1 = reduction.first_sums();
-          s2 = reduction.second_sums();
-        } else {
-          reduction.combine(s1, s2, r.begin, r.end);
-        }
+        const auto [s1, s2] = reduction.channel_sums(sum_dy, sum_dy_xhat, r.begin, r.end);
         if (a.training && count > 0) {  // the constants centered (DxPass)
           pass.finish(r.begin, r.end, a, s1 + r.begin, s2 + r.begin, count);
         } else {
