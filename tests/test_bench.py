@@ -41,6 +41,14 @@ SMALL_CASES = [
 ]
 
 
+def assert_peer_is_measured(case, rows):
+    """A case that builds a torch implementation compares with one of them: its baseline
+    names an implementation it measured (else the speedup column is blank)."""
+    impls = {r["impl"] for r in rows}
+    if any(i.startswith("torch") for i in impls):
+        assert case.baseline in impls, (case.case, case.baseline, impls)
+
+
 @pytest.fixture(scope="module")
 def probe():
     return harness.BandwidthProbe(n=1 << 16)
@@ -53,6 +61,7 @@ def test_small_case_runs_checked_and_reports_rows(make, probe):
     run.finish_rows(rows, threads=1)
     impls = [r["impl"] for r in rows]
     assert impls[0] == "fusedops" and "numpy" in impls
+    assert_peer_is_measured(case, rows)
     for r in rows:
         assert JSON_KEYS <= r.keys()
         assert r["seconds_median"] > 0 and r["gbps"] > 0 and r["pct_bandwidth"] > 0
@@ -89,6 +98,7 @@ def test_mixed_precision_cases_check_their_results(flow, probe):
     for case in (cases_optim.mixed_adam_case([1000, 37], flow), cases_optim.mixed_sgd_case([1000])):
         rows = harness.measure(case, repeats=1, probe=probe, probe_bytes=probe.bytes)
         assert rows and all(r["seconds_median"] > 0 for r in rows)
+        assert_peer_is_measured(case, rows)
         assert case.bytes_per_element == int(case.case.split("(")[1].split()[0])
 
 
