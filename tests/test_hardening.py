@@ -553,3 +553,62 @@ def test_stubs_match_the_runtime():
                              allowlist], capture_output=True, text=True, timeout=600,
                             cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- overlap check, many arrays
+
+def _pieces_of_one_buffer(rng, tensors, n, spread):
+    """params, grads, exp_avgs, exp_avg_sqs: 4 * `tensors` float32 views of n values each at
+    random offsets of one buffer, and their value ranges. With `spread` 2 a call has no
+    overlapping pair about half the time (the birthday bound), with 0.2 rarely."""
+    buffer = np.zeros(int((4 * tensors) ** 2 * n * spread) + n, np.float32)
+    starts = rng.choice(len(buffer) - n, size=4 * tensors, replace=False)
+    views = [buffer[s:s + n] for s in starts]
+    lists = [views[k * tensors:(k + 1) * tensors] for k in range(4)]
+    return buffer, lists, [(int(s), int(s) + n) for s in starts]
+
+
+def _expect_overlap(ranges, tensors):
+    """Brute force: some written array (params, exp_avgs, exp_avg_sqs) shares a value with
+    any other array of the call (grads, the read ones, may share among themselves)."""
+    written = [i // tensors != 1 for i in range(len(ranges))]
+    for i, (a0, a1) in enumerate(ranges):
+        for j in range(i + 1, len(ranges)):
+            b0, b1 = ranges[j]
+            if (written[i] or written[j]) and a0 < b1 and b0 < a1:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("tensors", [3, 9, 40])
+def test_overlap_check_matches_brute_force(seed, tensors):
+    # 12, 36 and 160 arrays: the first sorted by insertion, the others by their starts'
+    # bytes; a call is rejected exactly when some written array overlaps another one.
+    rng = np.random.default_rng(1000 * tensors + seed)
+    buffer, (p, g, m, v), ranges = _pieces_of_one_buffer(
+        rng, tensors, n=int(rng.integers(1, 40)), spread=2 if seed % 2 else 0.2)
+    buffer[:] = rng.standard_normal(len(buffer)).astype(np.float32)
+    if _expect_overlap(ranges, tensors):
+        assert_rejected(fo.adam_step, (p, g, m, v), dict(step=1), ValueError,
+                        r"shares memory with")
+    else:
+        before = buffer.copy()
+        fo.adam_step(p, g, m, v, step=1)
+        assert not np.array_equal(buffer, before)
+
+
+def test_overlap_in_a_long_list_names_both_arrays():
+    # 50 tensors (200 arrays, the byte-wise sort): exp_avg_sqs[37] overlaps params[3].
+    rng = np.random.default_rng(5)
+    p = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
+    g = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
+    m = [np.zeros(64, np.float32) for _ in range(50)]
+    v = [np.zeros(64, np.float32) for _ in range(50)]
+    v[37] = p[3]
+    assert_rejected(fo.adam_step, (p, g, m, v), dict(step=1), ValueError,
+                    r"(exp_avg_sqs\[37\] shares memory with params\[3\]|"
+                    r"params\[3\] shares memory with exp_avg_sqs\[37\])")
+    v[37] = np.zeros(64, np.float32)
+    g[20] = g[10]  # grads are read: they may share memory with each other
+    fo.adam_step(p, g, m, v, step=1)

@@ -320,25 +320,60 @@ CheckedArray CallChecker::check(const ArrayArg& arg, std::size_t i, Access acces
   return checked;
 }
 
+namespace {
+
+// Sorts by start, stably (equal starts keep the order the arrays were checked in). A few
+// ranges by insertion; more by their starts' bytes, least significant first, skipping the
+// bytes all starts share. (A comparison sort of a 1000-tensor call's 4000 ranges took an
+// eighth of the call, most of it in mispredicted branches.)
+template <class Ranges>
+void sort_by_start(Ranges& order) {
+  const std::size_t n = order.size();
+  if (n <= 32) {
+    std::stable_sort(order.begin(), order.end(),
+                     [](const ArrayRange& x, const ArrayRange& y) { return x.start < y.start; });
+    return;
+  }
+  std::uintptr_t any = 0, all = ~std::uintptr_t(0);
+  for (const ArrayRange& r : order) {
+    any |= r.start;
+    all &= r.start;
+  }
+  std::vector<ArrayRange> from(order.begin(), order.end()), to(n);
+  for (unsigned shift = 0; shift < 8 * sizeof(std::uintptr_t); shift += 8) {
+    if ((((any ^ all) >> shift) & 0xFF) == 0) continue;  // the same byte in every start
+    std::size_t offset[257] = {};
+    for (const ArrayRange& r : from) ++offset[((r.start >> shift) & 0xFF) + 1];
+    for (std::size_t b = 0; b < 256; ++b) offset[b + 1] += offset[b];
+    for (const ArrayRange& r : from) to[offset[(r.start >> shift) & 0xFF]++] = r;
+    from.swap(to);
+  }
+  std::copy(from.begin(), from.end(), order.begin());
+}
+
+}  // namespace
+
 void CallChecker::check_no_overlap() const {
   // Sort the memory ranges by start; a range overlaps an earlier one iff it starts
   // before the furthest end seen so far. Only pairs involving a written array count.
-  SmallVector<const CheckedArray*, kLocalArrays> order;
+  SmallVector<ArrayRange, kLocalArrays> order;
   order.reserve(arrays_.size());
   for (const CheckedArray& a : arrays_) {
-    if (a.nbytes > 0) order.push_back(&a);
+    if (a.nbytes > 0) {
+      const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(a.data);
+      order.push_back({start, start + a.nbytes, &a, a.access == Access::write});
+    }
   }
-  std::sort(order.begin(), order.end(), [](const CheckedArray* x, const CheckedArray* y) {
-    return static_cast<const char*>(x->data) < static_cast<const char*>(y->data);
-  });
-  const char* max_end = nullptr;
-  const char* max_written_end = nullptr;
+  sort_by_start(order);
+  std::uintptr_t max_end = 0;
+  std::uintptr_t max_written_end = 0;
   const CheckedArray* max_end_owner = nullptr;
   const CheckedArray* max_written_owner = nullptr;
-  for (const CheckedArray* a : order) {
-    const char* start = static_cast<const char*>(a->data);
+  for (const ArrayRange& range : order) {
+    const CheckedArray* a = range.array;
+    const std::uintptr_t start = range.start;
     const CheckedArray* clash = nullptr;
-    if (a->access == Access::write && max_end_owner != nullptr && start < max_end) {
+    if (range.written && max_end_owner != nullptr && start < max_end) {
       clash = max_end_owner;
     } else if (max_written_owner != nullptr && start < max_written_end) {
       clash = max_written_owner;
@@ -348,12 +383,12 @@ void CallChecker::check_no_overlap() const {
                   clash->arg->label(clash->index) +
                   "; an array written by a call may not overlap any other array of the call");
     }
-    const char* end = start + a->nbytes;
+    const std::uintptr_t end = range.end;
     if (max_end_owner == nullptr || end > max_end) {
       max_end = end;
       max_end_owner = a;
     }
-    if (a->access == Access::write && (max_written_owner == nullptr || end > max_written_end)) {
+    if (range.written && (max_written_owner == nullptr || end > max_written_end)) {
       max_written_end = end;
       max_written_owner = a;
     }

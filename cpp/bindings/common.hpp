@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -61,6 +62,14 @@ struct CheckedArray {
   Dtype dtype = Dtype::f32;
 };
 
+// A checked array's memory [start, end), for the overlap check.
+struct ArrayRange {
+  std::uintptr_t start;
+  std::uintptr_t end;
+  const CheckedArray* array;
+  bool written;
+};
+
 // Collects the arrays of one call and checks the rules every call shares: ndarray type,
 // one float dtype for all, C-contiguity, alignment and writeability of written arrays,
 // and (at the end) that no written array shares memory with another array.
@@ -76,6 +85,8 @@ class CallChecker {
   CheckedArray check(const ArrayArg& arg, std::size_t i, Access access,
                      const ArrayArg* shape_arg = nullptr);
   void check_no_overlap() const;
+  // Room for n arrays (a call that knows how many it checks grows its list once).
+  void reserve(std::size_t n) { arrays_.reserve(n); }
 
   const char* function() const { return function_; }
   bool has_dtype() const { return has_dtype_; }

@@ -8,10 +8,10 @@ namespace {
 
 bool is_16bit(Dtype d) { return d == Dtype::bf16 || d == Dtype::f16; }
 
-[[noreturn]] void mismatch(const std::string& fn, const LabelledDtype& a, const LabelledDtype& b,
+[[noreturn]] void mismatch(const char* fn, const LabelledDtype& a, const LabelledDtype& b,
                            const std::string& rule) {
-  throw py::type_error(fn + ": " + a.label + " has dtype " + dtype_name(a.dtype) + " but " +
-                       b.label + " has dtype " + dtype_name(b.dtype) + "; " + rule);
+  throw py::type_error(std::string(fn) + ": " + a.label() + " has dtype " + dtype_name(a.dtype) +
+                       " but " + b.label() + " has dtype " + dtype_name(b.dtype) + "; " + rule);
 }
 
 bool state_dtype_allowed(Dtype param, Dtype state) {
@@ -38,14 +38,14 @@ bool grad_dtype_allowed(Dtype param, Dtype grad) {
   return grad == param || (param == Dtype::f32 && is_16bit(grad));
 }
 
-void check_tensor_dtypes(const std::string& fn, const LabelledDtype& param,
-                         const LabelledDtype& grad, const std::vector<LabelledDtype>& states,
+void check_tensor_dtypes(const char* fn, const LabelledDtype& param, const LabelledDtype& grad,
+                         const LabelledDtype* states, std::size_t count,
                          const LabelledDtype* copy) {
   if (!grad_dtype_allowed(param.dtype, grad.dtype)) {
     mismatch(fn, grad, param,
              "grads have the param dtype, or are bfloat16/float16 when the params are float32");
   }
-  for (std::size_t k = 0; k < states.size(); ++k) {
+  for (std::size_t k = 0; k < count; ++k) {
     if (!state_dtype_allowed(param.dtype, states[k].dtype)) {
       mismatch(fn, states[k], param, state_rule(param.dtype));
     }

@@ -66,6 +66,9 @@ AdamParams checked_adam_params(const char* fn, long long step, double lr,
   return p;
 }
 
+// The state arrays a tensor of a step may have (MixedTensor::state).
+constexpr std::size_t kMaxStepStates = sizeof(MixedTensor::state) / sizeof(void*);
+
 StepArrays check_step_arrays(const char* function, py::handle params, py::handle grads,
                              const std::vector<std::pair<const char*, py::handle>>& states,
                              py::handle param_copies) {
@@ -84,6 +87,7 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
   if (has_copies) s.copies = unpack(function, "param_copies", param_copies, &s.params);
   CallChecker checker(function, true);
   const std::size_t count = s.params.items.size();
+  checker.reserve(count * (2 + s.states.size() + (has_copies ? 1 : 0)));
   s.tensors.resize(count);
   for (std::size_t i = 0; i < count; ++i) {
     MixedTensor& t = s.tensors[i];
@@ -100,22 +104,22 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
     t.copy_dtype = Dtype::f32;
     t.remainder = nullptr;
     t.group = 0;
-    std::vector<LabelledDtype> state_dtypes;
+    LabelledDtype state_dtypes[kMaxStepStates];
     for (std::size_t k = 0; k < s.states.size(); ++k) {
       const CheckedArray a = checker.check(s.states[k], i, Access::write, &s.params);
       t.state[slot_of_state[k]] = a.data;
       t.state_dtype = a.dtype;
-      state_dtypes.push_back({s.states[k].label(i), a.dtype});
+      state_dtypes[k] = {s.states[k], i, a.dtype};
     }
     LabelledDtype copy{};
     if (has_copies) {
       const CheckedArray c = checker.check(s.copies, i, Access::write, &s.params);
       t.copy = c.data;
       t.copy_dtype = c.dtype;
-      copy = {s.copies.label(i), c.dtype};
+      copy = {s.copies, i, c.dtype};
     }
-    check_tensor_dtypes(function, {s.params.label(i), p.dtype}, {s.grads.label(i), g.dtype},
-                        state_dtypes, has_copies ? &copy : nullptr);
+    check_tensor_dtypes(function, {s.params, i, p.dtype}, {s.grads, i, g.dtype}, state_dtypes,
+                        s.states.size(), has_copies ? &copy : nullptr);
   }
   checker.check_no_overlap();
   return s;

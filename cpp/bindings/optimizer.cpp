@@ -87,12 +87,13 @@ class OptimizerPlan {
         const CheckedArray c = checker.check(copies_arg, i, Access::write, &params_arg);
         t.copy = c.data;
         t.copy_dtype = c.dtype;
-        copy_dtype = {copies_arg.label(i), c.dtype};
+        copy_dtype = {copies_arg, i, c.dtype};
         record_written(c);
         written_arrays_.emplace_back(copies_arg.items[i], copies_arg.label(i));
       }
-      check_tensor_dtypes(name_, {params_arg.label(i), p.dtype}, {params_arg.label(i), p.dtype},
-                          state_dtypes, t.copy ? &copy_dtype : nullptr);
+      check_tensor_dtypes(name_.c_str(), {params_arg, i, p.dtype}, {params_arg, i, p.dtype},
+                          state_dtypes.data(), state_dtypes.size(),
+                          t.copy ? &copy_dtype : nullptr);
       if (!remainders_arg.items[i].is_none()) {
         t.remainder = checked_remainder(remainders_arg.items[i], params_arg.items[i], p, i);
         record_written({t.remainder, t.n, 2 * t.n, Access::write, nullptr, 0, Dtype::bf16});
