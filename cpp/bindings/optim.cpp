@@ -1,6 +1,8 @@
 // Bindings of the optimizer steps and gradient norms.
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "common.hpp"
@@ -85,6 +87,9 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
   }
   const bool has_copies = !param_copies.is_none();
   if (has_copies) s.copies = unpack(function, "param_copies", param_copies, &s.params);
+  if (s.states.size() > kMaxStepStates) {  // (callers pass at most three)
+    throw std::logic_error(std::string(function) + ": more state lists than a tensor holds");
+  }
   CallChecker checker(function, true);
   const std::size_t count = s.params.items.size();
   checker.reserve(count * (2 + s.states.size() + (has_copies ? 1 : 0)));
