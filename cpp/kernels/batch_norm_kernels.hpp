@@ -543,12 +543,12 @@ template <class T, bool kPowerOfTwo, bool kRunning>
 inline double channel_forward(double m2, double mean, const ForwardTerms& f,
                               T* __restrict running_mean, T* __restrict running_var,
                               std::size_t c) {
-  if (!kRunning) return 1.0 / sqrt_of(per_count<kPowerOfTwo>(m2, f.count, f.inv_count) + f.eps);
   const double var = per_count<kPowerOfTwo>(m2, f.count, f.inv_count);
-  const double invstd = 1.0 / sqrt_of(var + f.eps);
-  running_mean[c] = T(f.keep * double(running_mean[c]) + f.momentum * mean);
-  running_var[c] = T(f.keep * double(running_var[c]) + f.momentum * (var * f.bessel));
-  return invstd;
+  if (kRunning) {
+    running_mean[c] = T(f.keep * double(running_mean[c]) + f.momentum * mean);
+    running_var[c] = T(f.keep * double(running_var[c]) + f.momentum * (var * f.bessel));
+  }
+  return 1.0 / sqrt_of(var + f.eps);
 }
 
 // Calls body(power_of_two, running) with the two flags as compile-time constants.
@@ -628,16 +628,29 @@ void bn_finish_normalize(std::size_t n, const double* __restrict pivot,
   });
 }
 
+// sum(dy * xhat) of one channel from sum(dy * (x - mean)); with kGrads, the parameter
+// gradients of channel c.
+template <class T, bool kGrads>
+inline double channel_grads(double invstd, double sum_dy, double sum_dy_xc, std::size_t c,
+                            T* __restrict grad_weight, T* __restrict grad_bias) {
+  const double sum_dy_xhat = sum_dy_xc * invstd;
+  if (kGrads) {
+    grad_weight[c] = T(sum_dy_xhat);
+    grad_bias[c] = T(sum_dy);
+  }
+  return sum_dy_xhat;
+}
+
 template <class T>
 void bn_finish_grads(std::size_t n, const double* __restrict invstd,
                      const double* __restrict sum_dy, double* __restrict sum_dy_xhat,
                      T* __restrict grad_weight, T* __restrict grad_bias) {
-  for (std::size_t c = 0; c < n; ++c) sum_dy_xhat[c] *= invstd[c];
-  if (grad_weight == nullptr) return;
-  for (std::size_t c = 0; c < n; ++c) {
-    grad_weight[c] = T(sum_dy_xhat[c]);
-    grad_bias[c] = T(sum_dy[c]);
-  }
+  with_flags([&](auto g) {
+    for (std::size_t c = 0; c < n; ++c) {
+      sum_dy_xhat[c] =
+          channel_grads<T, g>(invstd[c], sum_dy[c], sum_dy_xhat[c], c, grad_weight, grad_bias);
+    }
+  }, grad_weight != nullptr);
 }
 
 // dx = w * invstd * (dy - sum_dy / M - xhat * sum_dy_xhat / M), xhat = (x - mean) * invstd,
@@ -691,11 +704,8 @@ void bn_finish_dx(std::size_t n, const T* __restrict weight, const double* __res
                   T* __restrict mean_hi, T* __restrict k_x, T* __restrict k_0) {
   with_flags([&](auto w) {
     for (std::size_t c = 0; c < n; ++c) {
-      const double sdx = sum_dy_xhat[c] * invstd[c];
-      if (w) {
-        grad_weight[c] = T(sdx);
-        grad_bias[c] = T(sum_dy[c]);
-      }
+      const double sdx =
+          channel_grads<T, w>(invstd[c], sum_dy[c], sum_dy_xhat[c], c, grad_weight, grad_bias);
       channel_dx<T, w>(weight, mean[c], invstd[c], sum_dy[c], sdx, inv_count, c, k_dy, mean_hi,
                        k_x, k_0);
     }
