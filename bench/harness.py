@@ -224,6 +224,20 @@ class BandwidthProbe:
         if not np.all(self.a[:: 1 << 12] == np.float32(1 + self.calls * self.STEP)):
             raise WrongResult("bandwidth probe computed a wrong result")
 
+    def measure_read(self, repeats: int) -> float:
+        """GB/s of the read-only probe: a native sum over b (4 B/element, four runs side by
+        side per unit of work, prefetched, threaded like the kernels). A pass that only
+        reads (a norm, batch-norm statistics or gradient sums) moves at most about this."""
+        total = _core._read_probe(self.b)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            total = _core._read_probe(self.b)
+            times.append(time.perf_counter() - start)
+        if total != self.b.size:  # b holds ones: every partial sum is exact
+            raise WrongResult(f"read probe summed {total}, expected {self.b.size}")
+        return 4.0 * self.b.size / float(np.median(times)) / 1e9
+
     def measure(self, repeats: int) -> float:
         self.run()
         times = []

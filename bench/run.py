@@ -228,6 +228,11 @@ def main(argv=None) -> int:
           f"{probe.a.nbytes >> 20} MiB float32 arrays, 12 B/element; the largest cache here is "
           f"{harness.largest_cache_bytes() >> 20} MiB); it also runs interleaved with every case, and "
           "each row's '% bw' compares with the probe measured during that case")
+    read_start = probe.measure_read(repeats)
+    print(f"read-only probe: {read_start:.1f} GB/s at the start ({100 * read_start / probe_start:.0f}% "
+          "of the probe; a native sum over the probe's second array, 4 B/element, four runs side "
+          "by side per core, prefetched): what a pass that only reads can move, as the reductions "
+          "(norms, batch-norm statistics, gradient sums) do")
     print("bytes/element: sgd plain 3, momentum 5, adam 7, adamw-amsgrad 9, clip_grad_norm 3 (x itemsize); "
           "optim.Adam.step 7 x itemsize; batch_norm see case names")
     print(family_bytes_note())
@@ -241,6 +246,8 @@ def main(argv=None) -> int:
         rows = harness.measure(case, repeats, probe=probe, probe_bytes=probe.bytes,
                                warm_seconds=args.warm_ms / 1e3)
         finish_rows(rows, args.threads)
+        for r in rows:
+            r["read_probe_gbps"] = read_start
         all_rows.extend(rows)
     probe.check()
     harness.progress("")

@@ -3,11 +3,15 @@ against the float64 reference, rows carry the documented keys, a wrong answer is
 error, and the report renders. (Speed itself is measured by bench/run.py, not here.)"""
 
 import json
+import math
 import os
 import sys
 
 import numpy as np
 import pytest
+
+import fusedops as fo
+from fusedops import _core
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 sys.path.insert(0, BENCH)
@@ -220,3 +224,52 @@ def test_warm_ms_must_not_be_negative(capsys):
     with pytest.raises(SystemExit):
         run.main(["--warm-ms", "-1"])
     assert "--warm-ms" in capsys.readouterr().err
+
+
+READ_UNIT = 1 << 18  # the read probe's unit of work (values)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 63, 64, 65, 1000, READ_UNIT - 1, READ_UNIT,
+                               READ_UNIT + 1, 4 * READ_UNIT + 37])
+def test_read_probe_sums_every_value_once(n):
+    # small integers: every float partial is exact, so any value skipped, read twice or
+    # read from past the end shows as a different total
+    rng = np.random.default_rng(n)
+    a = rng.integers(0, 4, size=n).astype(np.float32)
+    assert _core._read_probe(a) == float(a.astype(np.int64).sum())
+    a[n // 2:] = 0
+    assert _core._read_probe(a) == float(a.astype(np.int64).sum())
+
+
+def test_read_probe_is_the_same_for_any_thread_count():
+    a = np.random.default_rng(1).random(3 * READ_UNIT + 101, dtype=np.float32)
+    before = fo.get_num_threads()
+    try:
+        fo.set_num_threads(1)
+        one = _core._read_probe(a)
+        fo.set_num_threads(2)
+        two = _core._read_probe(a)
+    finally:
+        fo.set_num_threads(before)
+    assert one == two
+    assert one == pytest.approx(math.fsum(a.astype(np.float64)), rel=1e-5)
+
+
+def test_read_probe_rejects_what_it_cannot_read():
+    with pytest.raises(TypeError, match="_read_probe: a must be float32"):
+        _core._read_probe(np.ones(10))
+    with pytest.raises(TypeError, match="_read_probe: a must be a single array"):
+        _core._read_probe([np.ones(10, np.float32)])
+    with pytest.raises((TypeError, ValueError), match="_read_probe"):
+        _core._read_probe(np.ones(20, np.float32)[::2])
+
+
+def test_bench_measures_the_read_probe(probe):
+    assert probe.measure_read(2) > 0
+    saved = probe.b[3]
+    probe.b[3] = 2
+    try:
+        with pytest.raises(harness.WrongResult, match="read probe"):
+            probe.measure_read(1)
+    finally:
+        probe.b[3] = saved

@@ -333,6 +333,18 @@ void bandwidth_probe_py(py::handle a, py::handle b, double factor) {
   add_scaled(checker.dtype(), {ca.data, ca.n}, {cb.data, cb.n}, factor);
 }
 
+double read_probe_py(py::handle a) {
+  const ArrayArg a_arg = unpack("_read_probe", "a", a);
+  if (a_arg.is_list) throw py::type_error("_read_probe: a must be a single array");
+  CallChecker checker("_read_probe");
+  const CheckedArray ca = checker.check(a_arg, 0, Access::read);
+  if (checker.dtype() != Dtype::f32) {
+    throw py::type_error("_read_probe: a must be float32");
+  }
+  py::gil_scoped_release release;
+  return read_sum({ca.data, ca.n});
+}
+
 }  // namespace
 
 void register_optim(py::module_& m) {
@@ -399,6 +411,9 @@ void register_optim(py::module_& m) {
         "min(1, max_norm / (total_norm + 1e-6)); returns total_norm.");
   m.def("all_finite", &all_finite_py, py::arg("grads"),
         "True when no array holds NaN or Inf.");
+  m.def("_read_probe", &read_probe_py, py::arg("a"),
+        "The sum of float32 a, read as four runs side by side per unit of work, with the "
+        "kernels' threading: the read-only bandwidth probe (4 bytes/element).");
   m.def("_bandwidth_probe", &bandwidth_probe_py, py::arg("a"), py::arg("b"), py::arg("factor"),
         "a += factor * b with the kernels' threading: 12 bytes/element of float32 traffic.");
 }

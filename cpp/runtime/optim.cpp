@@ -1,8 +1,10 @@
 // Multi-tensor optimizer steps and gradient norms: derive the per-step constants once
 // in double, then run every tensor's chunks in one parallel region.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "constants.hpp"
 #include "fusedops/fusedops.hpp"
@@ -158,7 +160,55 @@ void add_scaled_typed(const Buffer& a, const Buffer& b, double factor) {
   });
 }
 
+// The read probe's unit of work (1 MiB of float32), its runs side by side, and how far
+// ahead of its reads it prefetches (the slab reductions' distance).
+constexpr std::size_t kReadProbeUnit = std::size_t(1) << 18;
+constexpr std::size_t kReadProbeRuns = 4;
+constexpr std::size_t kReadProbeAhead = 1024;
+
+// The sum of p[0, n): kReadProbeRuns runs of q values read side by side (16 float lanes
+// each, in two vectors), the values after them one by one.
+double read_unit_sum(const float* p, std::size_t n) {
+  typedef float Floats __attribute__((vector_size(32)));  // 8 floats: two SSE registers
+  constexpr std::size_t kStep = 2 * sizeof(Floats) / sizeof(float);
+  const std::size_t q = n / kReadProbeRuns / kStep * kStep;
+  Floats acc[kReadProbeRuns][2] = {};
+  for (std::size_t i = 0; i < q; i += kStep) {
+    for (std::size_t r = 0; r < kReadProbeRuns; ++r) {
+      const float* at = p + r * q + i;
+      __builtin_prefetch(reinterpret_cast<const char*>(at) + kReadProbeAhead);
+      Floats lo, hi;
+      __builtin_memcpy(&lo, at, sizeof lo);
+      __builtin_memcpy(&hi, at + kStep / 2, sizeof hi);
+      acc[r][0] += lo;
+      acc[r][1] += hi;
+    }
+  }
+  double total = 0.0;
+  for (std::size_t r = 0; r < kReadProbeRuns; ++r) {
+    const Floats both = acc[r][0] + acc[r][1];
+    for (std::size_t l = 0; l < kStep / 2; ++l) total += double(both[l]);
+  }
+  for (std::size_t i = kReadProbeRuns * q; i < n; ++i) total += double(p[i]);
+  return total;
+}
+
 }  // namespace
+
+double read_sum(const Buffer& a) {
+  const float* p = static_cast<const float*>(static_cast<const void*>(a.data));
+  const std::size_t units = (a.n + kReadProbeUnit - 1) / kReadProbeUnit;
+  std::vector<double> partial(units);
+  const WorkList work = WorkList::units(units, sizeof(float), [&](std::size_t u) {
+    return std::min(a.n, (u + 1) * kReadProbeUnit) - u * kReadProbeUnit;
+  });
+  work.run([&](std::size_t u, const WorkItem& item) {
+    partial[u] = read_unit_sum(p + u * kReadProbeUnit, item.end);
+  });
+  double total = 0.0;
+  for (const double s : partial) total += s;
+  return total;
+}
 
 void add_scaled(Dtype dtype, const Buffer& a, const Buffer& b, double factor) {
   if (dtype == Dtype::f32) {
