@@ -49,6 +49,16 @@ struct RegBf16 {
   static FUSEDOPS_ALWAYS_INLINE RegFloats load(const std::uint16_t* p) {
     return float_of(load_halves(p) << 16);
   }
+  // The 2 kRegLanes values at p as two registers, in an order of their own: a gets the
+  // values at even offsets, b those at odd ones (each 32-bit lane holds one of each:
+  // a shift and a mask, where load() widens half a register per value). For sums, whose
+  // order is fixed by this choice, not by the values.
+  static FUSEDOPS_ALWAYS_INLINE void load2(const std::uint16_t* p, RegFloats& a, RegFloats& b) {
+    RegBits u;
+    __builtin_memcpy(&u, p, sizeof u);
+    a = float_of(u << 16);
+    b = float_of(u & 0xFFFF0000u);
+  }
   static FUSEDOPS_ALWAYS_INLINE void store(std::uint16_t* p, RegFloats v) {
     store_bf16_lanes<false>(p, v, RegBits{});
   }
@@ -69,6 +79,11 @@ struct RegBf16 {
 };
 
 struct RegF16 {
+  // The 2 kRegLanes values at p as two registers (RegBf16::load2): here in order.
+  static FUSEDOPS_ALWAYS_INLINE void load2(const std::uint16_t* p, RegFloats& a, RegFloats& b) {
+    a = load(p);
+    b = load(p + kRegLanes);
+  }
   static FUSEDOPS_ALWAYS_INLINE RegFloats load(const std::uint16_t* p) {
 #if defined(__AVX512F__)
     return reinterpret_cast<RegFloats>(
@@ -279,8 +294,9 @@ void bn16_rows_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t
 constexpr std::size_t kSumRegs = 4;
 constexpr std::size_t kFloatRun = 32;
 
-// Two sums over each of K slab runs of n values read side by side: terms(k, i, f1, f2)
-// adds those of the register of run k's values at i to float registers; one(k, i, s1, s2)
+// Two sums over each of K slab runs of n values read side by side: terms2(k, i, f1a, f2a,
+// f1b, f2b) adds those of the two registers of run k's values at i (Reg::load2) to float
+// registers, terms(k, i, f1, f2) those of one register (the last ones); one(k, i, s1, s2)
 // those of its value i to doubles (the last values); ahead(k, i) prefetches for run k's
 // values from i on (batch_norm_kernels.hpp's prefetch_ahead). The runs take turns a float
 // run at a time (kFloatRun register steps, 4 KiB of bfloat16 with AVX-512), so one run's
@@ -288,9 +304,10 @@ constexpr std::size_t kFloatRun = 32;
 // register order to one pair of double lane vectors per sum and run (a pair per register
 // kept 16 vectors per run in memory: in cache, 1 thread, 4 runs of 784 values 0.111 ->
 // 0.106 ns/el); each run's sums are those it would get alone, in sums[2 k], sums[2 k + 1].
-template <std::size_t K, class Terms, class One, class Ahead>
-void bn16_slab_sum_pairs(std::size_t n, const Terms& terms, const One& one, const Ahead& ahead,
-                         double* sums) {
+template <std::size_t K, class Terms2, class Terms, class One, class Ahead>
+void bn16_slab_sum_pairs(std::size_t n, const Terms2& terms2, const Terms& terms, const One& one,
+                         const Ahead& ahead, double* sums) {
+  static_assert(kSumRegs % 2 == 0, "registers are loaded in pairs");
   constexpr std::size_t kStep = kSumRegs * kRegLanes;
   Lanes d1[K][2] = {}, d2[K][2] = {};
   std::size_t i = 0;
@@ -301,7 +318,9 @@ void bn16_slab_sum_pairs(std::size_t n, const Terms& terms, const One& one, cons
       std::size_t j = i;
       for (std::size_t r = 0; r < kFloatRun && j + kStep <= n; ++r, j += kStep) {
         ahead(k, j);
-        for (std::size_t u = 0; u < kSumRegs; ++u) terms(k, j + u * kRegLanes, f1[u], f2[u]);
+        for (std::size_t u = 0; u < kSumRegs; u += 2) {
+          terms2(k, j + u * kRegLanes, f1[u], f2[u], f1[u + 1], f2[u + 1]);
+        }
       }
       for (std::size_t u = 0; u < kSumRegs; ++u) {
         widen_add(f1[u], d1[k]);
@@ -354,6 +373,17 @@ void bn16_slab_stats(const std::uint16_t* const* x, std::size_t streams, std::si
       pf[k] = float(pivot[k]);  // a value of the channel: exact in float
     }
     bn16_slab_sum_pairs<K>(n,
+        [&](std::size_t k, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
+            RegFloats& f2b) {
+          RegFloats a, b;
+          Reg::load2(xs[k] + i, a, b);
+          a -= pf[k];
+          b -= pf[k];
+          f1a += a;
+          f2a += a * a;
+          f1b += b;
+          f2b += b * b;
+        },
         [&](std::size_t k, std::size_t i, RegFloats& f1, RegFloats& f2) {
           const RegFloats d = Reg::load(xs[k] + i) - pf[k];
           f1 += d;
@@ -375,6 +405,16 @@ void bn16_slab_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
   const float hi = float(mean);
   const double hi_d = double(hi), lo = mean - hi_d;
   bn16_slab_sum_pairs<1>(n,
+      [dy, x, hi](std::size_t, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
+                  RegFloats& f2b) {
+        RegFloats ga, gb, va, vb;
+        Reg::load2(dy + i, ga, gb);
+        Reg::load2(x + i, va, vb);
+        f1a += ga;
+        f2a += ga * (va - hi);
+        f1b += gb;
+        f2b += gb * (vb - hi);
+      },
       [dy, x, hi](std::size_t, std::size_t i, RegFloats& f1, RegFloats& f2) {
         const RegFloats g = Reg::load(dy + i);
         f1 += g;
