@@ -69,9 +69,9 @@ bool all_finite(Dtype dtype, const Buffer* buffers, std::size_t count);
 void scale_in_place(Dtype dtype, const Buffer* buffers, std::size_t count, double factor);
 // a += factor * b over one buffer pair, threaded like every kernel: the bandwidth probe.
 void add_scaled(Dtype dtype, const Buffer& a, const Buffer& b, double factor);
-// The sum of the float32 buffer a, read as the fastest read-only pass this library has
-// can: each work unit of kReadProbeUnit values as four runs side by side, prefetched,
-// threaded like every kernel. The read-only bandwidth probe: reductions (norms,
+// The sum of the float32 buffer a, read the way reads go fastest here: each work unit
+// (kReadProbeUnit values) as four runs side by side, prefetched, threaded like every
+// kernel. The read-only bandwidth probe: reductions (norms,
 // batch-norm statistics and gradient sums) read and write nothing else, and on some
 // machines a core's reads alone move much less than the a += factor * b probe.
 double read_sum(const Buffer& a);
