@@ -200,6 +200,16 @@ def beyond_cache_elements(bytes_per_element: float, minimum: int = 1 << 24) -> i
     return n
 
 
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """The median of `repeats` timed calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 class BandwidthProbe:
     """Native multi-threaded a += s * b over float32 arrays beyond the caches (12 B/element):
     the two arrays together hold at least twice the largest cache of this machine."""
@@ -229,24 +239,15 @@ class BandwidthProbe:
         side per unit of work, prefetched, threaded like the kernels). A pass that only
         reads (a norm, batch-norm statistics or gradient sums) moves at most about this."""
         total = _core._read_probe(self.b)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            total = _core._read_probe(self.b)
-            times.append(time.perf_counter() - start)
         if total != self.b.size:  # b holds ones: every partial sum is exact
             raise WrongResult(f"read probe summed {total}, expected {self.b.size}")
-        return 4.0 * self.b.size / float(np.median(times)) / 1e9
+        return 4.0 * self.b.size / _median_seconds(lambda: _core._read_probe(self.b), repeats) / 1e9
 
     def measure(self, repeats: int) -> float:
         self.run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.run()
-            times.append(time.perf_counter() - start)
+        seconds = _median_seconds(self.run, repeats)
         self.check()
-        return self.bytes / float(np.median(times)) / 1e9
+        return self.bytes / seconds / 1e9
 
 
 def progress(message: str) -> None:

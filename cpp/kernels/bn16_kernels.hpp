@@ -372,22 +372,22 @@ void bn16_slab_stats(const std::uint16_t* const* x, std::size_t streams, std::si
       pd[k] = pivot[k];
       pf[k] = float(pivot[k]);  // a value of the channel: exact in float
     }
+    // the terms of one register of run k's values
+    const auto add = [&](std::size_t k, RegFloats v, RegFloats& f1, RegFloats& f2) {
+      const RegFloats d = v - pf[k];
+      f1 += d;
+      f2 += d * d;
+    };
     bn16_slab_sum_pairs<K>(n,
         [&](std::size_t k, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
             RegFloats& f2b) {
           RegFloats a, b;
           Reg::load2(xs[k] + i, a, b);
-          a -= pf[k];
-          b -= pf[k];
-          f1a += a;
-          f2a += a * a;
-          f1b += b;
-          f2b += b * b;
+          add(k, a, f1a, f2a);
+          add(k, b, f1b, f2b);
         },
         [&](std::size_t k, std::size_t i, RegFloats& f1, RegFloats& f2) {
-          const RegFloats d = Reg::load(xs[k] + i) - pf[k];
-          f1 += d;
-          f2 += d * d;
+          add(k, Reg::load(xs[k] + i), f1, f2);
         },
         [&](std::size_t k, std::size_t i, double& s1, double& s2) {
           const double d = double(S::load(xs[k], i)) - pd[k];
@@ -404,21 +404,22 @@ void bn16_slab_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
                          std::size_t n, double mean, double* sums) {
   const float hi = float(mean);
   const double hi_d = double(hi), lo = mean - hi_d;
+  // the terms of one register of dy (g) and of x (v)
+  const auto add = [hi](RegFloats g, RegFloats v, RegFloats& f1, RegFloats& f2) {
+    f1 += g;
+    f2 += g * (v - hi);
+  };
   bn16_slab_sum_pairs<1>(n,
-      [dy, x, hi](std::size_t, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
-                  RegFloats& f2b) {
+      [dy, x, &add](std::size_t, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
+                    RegFloats& f2b) {
         RegFloats ga, gb, va, vb;
         Reg::load2(dy + i, ga, gb);
         Reg::load2(x + i, va, vb);
-        f1a += ga;
-        f2a += ga * (va - hi);
-        f1b += gb;
-        f2b += gb * (vb - hi);
+        add(ga, va, f1a, f2a);
+        add(gb, vb, f1b, f2b);
       },
-      [dy, x, hi](std::size_t, std::size_t i, RegFloats& f1, RegFloats& f2) {
-        const RegFloats g = Reg::load(dy + i);
-        f1 += g;
-        f2 += g * (Reg::load(x + i) - hi);
+      [dy, x, &add](std::size_t, std::size_t i, RegFloats& f1, RegFloats& f2) {
+        add(Reg::load(dy + i), Reg::load(x + i), f1, f2);
       },
       [dy, x, hi_d](std::size_t, std::size_t i, double& s1, double& s2) {
         const double g = double(S::load(dy, i));
