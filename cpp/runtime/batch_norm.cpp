@@ -83,6 +83,15 @@ constexpr std::size_t kWholeRowCols = 1024;
 // (Measured on the Xeon, 2 threads, NHWC (32, 56, 56, 64) beyond the cache, fwd+bwd:
 // bfloat16 0.35-0.37 -> 0.33-0.34 ns/el, float32 0.64-0.66 -> 0.60-0.62.)
 constexpr std::size_t kMinRowRun = 512;
+// Rows this short take runs of kMinRowRun values in cache as well: a row of 64 values is
+// one or two registers, and the row loop's own costs then outweigh its work. (Measured on
+// the Xeon, 2 threads, fwd+bwd in the L2: float32 (8, 28, 28, 64) NHWC 0.56 -> 0.43 ns/el,
+// (256, 64) 0.80 -> 0.69, (1024, 32) 0.80 -> 0.62; bfloat16 (512, 64) 0.60 -> 0.50, and
+// (16, 56, 56, 64) in the L3, the forward not streamed, 0.149 -> 0.130.)
+constexpr std::size_t kShortRowCols = 64;
+// Row reductions over rows of at most this many values prefetch ahead once the array is
+// bigger than the L2 (Plan::reduce_ahead).
+constexpr std::size_t kAheadRowCols = 256;
 
 constexpr std::size_t kLineBytes = 64;
 
@@ -238,14 +247,22 @@ class Plan {
   std::size_t groups() const { return groups_; }
   // Whether the row reductions prefetch a chunk of rows ahead: for arrays bigger than
   // streaming_threshold_bytes() (those whose outputs stream to memory), whose rows come
-  // from the L3 or from memory through pages the hardware prefetchers stop at. Smaller
-  // ones are better off without: a prefetch costs an issue slot and a load port, and
-  // those past the array's last rows touch lines (and pages) nobody reads. (Measured on
-  // the Xeon, 2 threads, float32: gradient sums of (64, 1024) 15.8 -> 10.4 us and of (64,
-  // 256) 3.0 -> 2.4 without them, fwd+bwd of (1024, 4096) (16 MiB) 2.59 -> 2.35 ms; with
-  // them, NHWC (64, 28, 28, 256) (51 MB) fwd+bwd 10.4 -> 9.3 ms, (32, 56, 56, 64) 3.65
-  // -> 3.52 ms, and beyond the L3 the gradient sums of (65536, 1024) 21.6 -> 17.1 ms.)
-  bool reduce_ahead() const { return stream_output(1); }
+  // from the L3 or from memory through pages the hardware prefetchers stop at, and for
+  // arrays of short rows (kAheadRowCols) bigger than the L2, whose tiles are contiguous
+  // runs of whole rows. Smaller ones are better off without: a prefetch costs an issue
+  // slot and a load port, and those past the array's last rows touch lines (and pages)
+  // nobody reads. (Measured on the Xeon, 2 threads, float32: gradient sums of (64, 1024)
+  // 15.8 -> 10.4 us and of (64, 256) 3.0 -> 2.4 without them, fwd+bwd of (1024, 4096)
+  // (16 MiB) 2.59 -> 2.35 ms, (2048, 512) 0.65 -> 0.69 ns/el and (256, 256) 0.54 -> 0.65
+  // with them; with them, NHWC (64, 28, 28, 256) (51 MB) fwd+bwd 10.4 -> 9.3 ms, (32, 56,
+  // 56, 64) 3.65 -> 3.52 ms, and beyond the L3 the gradient sums of (65536, 1024) 21.6 ->
+  // 17.1 ms; rows of 64 and 256 values from 4 to 13 MB, fwd+bwd: float32 NHWC (8, 56, 56, 64)
+  // 0.59 -> 0.54 ns/el and (16, 56, 56, 64) 0.61 -> 0.57, bfloat16 (32, 56, 56, 64) 0.33
+  // -> 0.32, (8192, 256) bfloat16 0.39 -> 0.37.)
+  bool reduce_ahead() const {
+    return stream_output(1) ||
+           (cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
+  }
   std::size_t tile_cols() const { return tile_cols_; }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
@@ -321,10 +338,15 @@ class Plan {
     return cols_ <= kWholeRowCols &&
            (col_blocks_ == 1 || groups_ >= kMinFarGroups || 2 * total_ < kMinSequenceElements);
   }
-  // Rows per run of the elementwise row loops (kMinRowRun) that stream their output (in
-  // cache, the longer runs measured slower: (512, 128) float32 27 -> 31 us).
+  // Rows per run of the elementwise row loops (kMinRowRun)...
   std::size_t rows_per_run() const {
     return whole_rows() && cols_ > 0 && cols_ < kMinRowRun ? kMinRowRun / cols_ : 1;
+  }
+  // ...taken by those that stream their output, and by those over rows of at most
+  // kShortRowCols values (in cache, runs of longer rows measured slower: (512, 128)
+  // float32 27 -> 31 us).
+  std::size_t elementwise_period(bool stream) const {
+    return stream || cols_ <= kShortRowCols ? rows_per_run() : 1;
   }
   std::size_t elementwise_units() const { return whole_rows() ? groups_ : row_units_; }
   RowUnit elementwise_unit(std::size_t u) const {
@@ -840,7 +862,7 @@ class NormalizePass {
   NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
                 R* y, std::size_t shift)
       : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels(), shift),
-        stream_(plan.stream_output(2)), period_(stream_ ? plan.rows_per_run() : 1),
+        stream_(plan.stream_output(2)), period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
@@ -927,7 +949,7 @@ class DxPass {
          const R* x, R* dx, bool centered, std::size_t shift)
       : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels(), shift),
         centered_(centered), stream_(plan.stream_output(3)),
-        period_(stream_ ? plan.rows_per_run() : 1),
+        period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 4; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
