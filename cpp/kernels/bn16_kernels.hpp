@@ -20,12 +20,13 @@
 
 static_assert(kRegLanes == 2 * kLaneWidth, "a register of floats widens to two of doubles");
 
-// The elementwise loops' last values (fewer than a register) as one register with masked
-// loads and stores (AVX-512 with 16-bit masked moves), instead of a value at a time: the
-// rows of NHWC data are short (64 channels: 128 bytes), and their per-value tails cost
-// more than their registers. (Measured on the Xeon, 2 threads, bfloat16 NHWC forward, rows
-// taken one at a time: (16, 56, 56, 64) 0.209 -> 0.149 ns/el, (4, 56, 56, 64) 0.243 ->
-// 0.180.)
+// map1's last values (fewer than a register) as one register with masked loads and
+// stores (AVX-512 with 16-bit masked moves), instead of a value at a time: the rows of
+// NHWC data are short (64 channels: 128 bytes), and their per-value tails cost more than
+// their registers. (Measured on the Xeon, 2 threads, bfloat16 NHWC forward, rows taken one
+// at a time: (16, 56, 56, 64) 0.209 -> 0.149 ns/el, (4, 56, 56, 64) 0.243 -> 0.180.)
+// map2's tails stay per value: masked, the NCHW backward's runs measured slower ((64,
+// 256, 28, 28) 1.08x).
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define FUSEDOPS_MASKED_TAILS 1
 #else
@@ -206,17 +207,7 @@ FUSEDOPS_ALWAYS_INLINE void map2(const std::uint16_t* __restrict a, const std::u
   for (; k + kRegLanes <= m; k += kRegLanes) {
     Reg::store(o + k, f(Reg::load(a + k), Reg::load(b + k), RegAt{k}));
   }
-#if FUSEDOPS_MASKED_TAILS
-  if (k < m) {
-    const __mmask16 mask = __mmask16((1u << (m - k)) - 1);
-    Reg::store_masked(o + k,
-                      f(Reg::load_masked(a + k, mask), Reg::load_masked(b + k, mask),
-                        MaskedAt{k, mask}),
-                      mask);
-  }
-#else
   for (; k < m; ++k) o[k] = S::narrow(f(S::load(a, k), S::load(b, k), OneAt{k}));
-#endif
 }
 
 // ---- Elementwise passes (the formulas of batch_norm_kernels.hpp).
