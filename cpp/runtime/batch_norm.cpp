@@ -338,15 +338,19 @@ class Plan {
     return cols_ <= kWholeRowCols &&
            (col_blocks_ == 1 || groups_ >= kMinFarGroups || 2 * total_ < kMinSequenceElements);
   }
-  // Rows per run of the elementwise row loops (kMinRowRun)...
+  // Rows per run of the elementwise row loops (kMinRowRun), at most a group's (the
+  // per-column constants are repeated that many times per call, runs or no runs)...
   std::size_t rows_per_run() const {
-    return whole_rows() && cols_ > 0 && cols_ < kMinRowRun ? kMinRowRun / cols_ : 1;
+    if (!whole_rows() || cols_ == 0 || cols_ >= kMinRowRun || groups_ == 0) return 1;
+    const std::size_t group_rows = (outer_ + groups_ - 1) / groups_;
+    return std::max<std::size_t>(1, std::min(kMinRowRun / cols_, group_rows));
   }
   // ...taken by those that stream their output, and by those over rows of at most
-  // kShortRowCols values (in cache, runs of longer rows measured slower: (512, 128)
-  // float32 27 -> 31 us).
+  // kShortRowCols values in arrays of at least kRowTileElements (in cache, runs of longer
+  // rows measured slower, (512, 128) float32 27 -> 31 us; and below that size the
+  // constants' copies cost more than the runs save, (64, 64) forward 1.72 -> 1.88 us).
   std::size_t elementwise_period(bool stream) const {
-    return stream || cols_ <= kShortRowCols ? rows_per_run() : 1;
+    return stream || (cols_ <= kShortRowCols && total_ >= kRowTileElements) ? rows_per_run() : 1;
   }
   std::size_t elementwise_units() const { return whole_rows() ? groups_ : row_units_; }
   RowUnit elementwise_unit(std::size_t u) const {
@@ -573,6 +577,13 @@ void fill_range(const Plan& plan, const V* per_channel, V* room, std::size_t row
   V* o = room + c0 * inner;
   for (std::size_t c = c0; c < c1; ++c) {
     for (std::size_t i = 0; i < inner; ++i) *o++ = per_channel[c];
+  }
+  if (c0 == 0 && c1 == plan.channels()) {  // whole rows: doubling copies
+    for (std::size_t done = 1; done < rows; done *= 2) {
+      const std::size_t n = std::min(done, rows - done);
+      std::copy(room, room + n * cols, room + done * cols);
+    }
+    return;
   }
   for (std::size_t r = 1; r < rows; ++r) {
     std::copy(room + c0 * inner, room + c1 * inner, room + r * cols + c0 * inner);
