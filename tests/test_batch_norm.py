@@ -250,8 +250,11 @@ def test_row_tiles_follow_the_cache_sizes(cache_sizes):
 def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # Rows of up to 1024 values are normalized a group's rows at a time, except rows of two
     # column blocks in fewer than 4 groups that run on two threads (from 96K values in the
-    # two passes): these keep the reduction's tiles. The row reductions prefetch ahead for
-    # arrays beyond the streaming threshold (min(last level, 8 L2s)) only.
+    # two passes): these keep the reduction's tiles. Rows shorter than 512 values are taken
+    # several at a time (runs of 512 values) by the passes that stream their output, and
+    # in cache by those over rows of at most 64 values in arrays of 16K values or more.
+    # The row reductions prefetch ahead for arrays beyond the streaming threshold (min(last
+    # level, 8 L2s)), and for arrays of rows of at most 256 values beyond the L2.
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -264,14 +267,30 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(40, 200, 4, 4)["elementwise_tiles"] == 1  # 64K values: one thread
     assert plan(64, 2048, 1, 4)["elementwise_tiles"] == 8  # longer rows: the tiles
     assert plan(64, 256, 784, 4)["elementwise_tiles"] == 0  # channel-first runs
+    runs = lambda *view: (plan(*view)["forward_row_run"],  # noqa: E731
+                          plan(*view)["backward_row_run"])
+    assert runs(64, 256, 1, 4) == (1, 1)  # in cache, rows of 256 values
+    assert runs(256, 64, 1, 4) == (8, 8)  # in cache, 16K values in rows of 64
+    assert runs(255, 64, 1, 4) == (1, 1)  # fewer values
+    assert runs(2, 8, 1, 4) == (1, 1)
+    assert runs(4096, 16, 1, 2) == (32, 32)
+    assert runs(32 * 56 * 56, 128, 1, 2) == (4, 4)  # streamed (25.7 MB of x)
+    assert runs(4 * 56 * 56, 128, 1, 4) == (1, 4)  # the backward's three arrays streamed
+    assert runs(64, 256, 784, 4) == (0, 0)  # channel-first runs
     assert not plan(64, 256, 1, 4)["reduce_ahead"]
     assert not plan(1024, 4096, 1, 4)["reduce_ahead"]  # 16 MiB: 8 L2s
     assert plan(1025, 4096, 1, 4)["reduce_ahead"]
     assert plan(32 * 56 * 56, 64, 1, 4)["reduce_ahead"]  # NHWC (32, 56, 56, 64)
+    assert plan(8 * 56 * 56, 64, 1, 4)["reduce_ahead"]  # 6.4 MB of rows of 64 values
+    assert not plan(4 * 56 * 56, 64, 1, 2)["reduce_ahead"]  # 1.6 MB: within the L2
+    assert plan(8192, 256, 1, 4)["reduce_ahead"]  # 8 MiB of rows of 256 values
+    assert not plan(2048, 512, 1, 4)["reduce_ahead"]  # rows of 512 values
     assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
     cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC: 4 MiB
     assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
     assert plan(2048, 1024, 1, 4)["reduce_ahead"]
+    assert plan(4096, 64, 1, 4)["reduce_ahead"]  # 1 MiB of rows of 64 values
+    assert not plan(2048, 64, 1, 4)["reduce_ahead"]  # 512 KiB: the L2
 
 
 def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):

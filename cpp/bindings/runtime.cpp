@@ -84,6 +84,8 @@ void register_runtime(py::module_& m) {
         out["forward_block_channels"] = info.forward_block_channels;
         out["backward_block_channels"] = info.backward_block_channels;
         out["elementwise_tiles"] = info.elementwise_tiles;
+        out["forward_row_run"] = info.forward_row_run;
+        out["backward_row_run"] = info.backward_row_run;
         out["reduce_ahead"] = info.reduce_ahead;
         return out;
       },

@@ -261,7 +261,7 @@ class Plan {
   // -> 0.32, (8192, 256) bfloat16 0.39 -> 0.37.)
   bool reduce_ahead() const {
     return stream_output(1) ||
-           (cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
+           (cols_ > 0 && cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
   }
   std::size_t tile_cols() const { return tile_cols_; }
 
@@ -1288,8 +1288,13 @@ void batch_norm_backward(Dtype dtype, const BatchNormShape& shape,
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes) {
   const Plan plan(shape, element_bytes);
   const bool rows = !plan.reduce_slabs() || !plan.runs();
-  return {rows ? plan.groups() : 0, rows ? plan.tile_cols() : 0, plan.block_channels(1),
-          plan.block_channels(2), plan.runs() ? 0 : plan.elementwise_units(),
+  return {rows ? plan.groups() : 0,
+          rows ? plan.tile_cols() : 0,
+          plan.block_channels(1),
+          plan.block_channels(2),
+          plan.runs() ? 0 : plan.elementwise_units(),
+          plan.runs() ? 0 : plan.elementwise_period(plan.stream_output(2)),
+          plan.runs() ? 0 : plan.elementwise_period(plan.stream_output(3)),
           rows && plan.reduce_ahead()};
 }
 

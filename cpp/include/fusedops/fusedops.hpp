@@ -166,14 +166,17 @@ void batch_norm_backward_elemt(Dtype dtype, const BatchNormShape& shape,
 // How the batch-norm runtime cuts a shape with the current cache sizes (for tests that
 // must reach a path): row groups and the columns of a row tile (0 for both when the
 // reductions run over slabs), and channels per cache-blocked group of the training
-// forward and backward (0: not blocked); the elementwise passes' row tiles (0: runs) and
-// whether the row reductions prefetch ahead.
+// forward and backward (0: not blocked); the elementwise passes' row tiles (0: runs),
+// the rows their row loops take per run in the training forward's and backward's
+// elementwise passes (0: runs), and whether the row reductions prefetch ahead.
 struct BatchNormPlanInfo {
   std::size_t row_groups;
   std::size_t tile_cols;
   std::size_t forward_block_channels;
   std::size_t backward_block_channels;
   std::size_t elementwise_tiles;
+  std::size_t forward_row_run;
+  std::size_t backward_row_run;
   bool reduce_ahead;
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);
