@@ -92,7 +92,8 @@ struct RegBf16 {
 #if FUSEDOPS_MASKED_TAILS
   // The values of lanes in `mask` (the first ones): load() and store() of fewer values.
   static FUSEDOPS_ALWAYS_INLINE RegFloats load_masked(const std::uint16_t* p, __mmask16 mask) {
-    return float_of(reinterpret_cast<RegBits>(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p))) << 16);
+    const __m512i halves = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+    return float_of(reinterpret_cast<RegBits>(halves) << 16);
   }
   static FUSEDOPS_ALWAYS_INLINE void store_masked(std::uint16_t* p, RegFloats v, __mmask16 mask) {
 #if defined(__AVX512BF16__)
@@ -175,7 +176,8 @@ struct MaskedAt {
 #endif
 
 // o[k] = narrow(f(a[k], at)) for k < m (f2: of a[k] and b[k]), a register at a time,
-// the last values one by one; `at(p)` gives the per-column constants p[k] in the same form.
+// the last values one by one (map1's as one masked register where FUSEDOPS_MASKED_TAILS);
+// `at(p)` gives the per-column constants p[k] in the same form.
 template <class S, class Reg, class F>
 FUSEDOPS_ALWAYS_INLINE void map1(const std::uint16_t* __restrict a, std::uint16_t* __restrict o,
                                  std::size_t m, const F& f) {
