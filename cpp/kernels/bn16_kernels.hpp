@@ -33,6 +33,32 @@ static_assert(kRegLanes == 2 * kLaneWidth, "a register of floats widens to two o
 #define FUSEDOPS_MASKED_TAILS 0
 #endif
 
+// a * b + c rounded once where the ISA has FMA, written out rather than left to the
+// compiler's contraction: the normalize's register body and its masked tail are different
+// expressions to GCC, and a build that fuses one and not the other (the sanitizer build
+// did) would round the last values of a piece differently from the rest.
+FUSEDOPS_ALWAYS_INLINE RegFloats fmadd(RegFloats a, RegFloats b, RegFloats c) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<RegFloats>(_mm512_fmadd_ps(
+      reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(c)));
+#elif defined(__FMA__)
+  return reinterpret_cast<RegFloats>(_mm256_fmadd_ps(
+      reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(c)));
+#else
+  return a * b + c;
+#endif
+}
+FUSEDOPS_ALWAYS_INLINE RegFloats fmadd(RegFloats a, float b, float c) {
+  return fmadd(a, RegFloats{} + b, RegFloats{} + c);
+}
+FUSEDOPS_ALWAYS_INLINE float fmadd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__AVX512F__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Adds the low and high halves of f, widened, to d[0] and d[1].
 FUSEDOPS_ALWAYS_INLINE void widen_add(RegFloats f, Lanes* d) {
 #if defined(__AVX512F__)
@@ -222,7 +248,7 @@ void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float hi = mean_hi[c], sc = scale[c], sh = shift[c];
       if (kStream) prefetch_ahead(x + b, m);
-      map1<S, Reg>(x + b, out + (b - begin), m, [=](auto v, auto) { return (v - hi) * sc + sh; });
+      map1<S, Reg>(x + b, out + (b - begin), m, [=](auto v, auto) { return fmadd(v - hi, sc, sh); });
     });
   });
 }
@@ -287,7 +313,7 @@ void bn16_rows_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
         [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
           const float *hi = mean_hi + begin, *sc = scale + begin, *sh = shift + begin;
           map1<S, Reg>(xr + begin, out, count,
-                       [=](auto v, auto at) { return (v - at(hi)) * at(sc) + at(sh); });
+                       [=](auto v, auto at) { return fmadd(v - at(hi), at(sc), at(sh)); });
         });
   }
 }
