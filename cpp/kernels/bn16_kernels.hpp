@@ -129,8 +129,7 @@ struct RegBf16 {
       return;
     }
 #endif
-    const RegBits u = bits_of(v);
-    const RegBits rounded = bf16_lanes_plus(v, 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const RegBits rounded = bf16_lanes_nearest(v) >> 16;
     _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(rounded)));
   }
 #endif

@@ -128,6 +128,11 @@ FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_plus(RegFloats x, RegBits addend) {
   return reinterpret_cast<RegBits>(x != x ? nan : u + addend);
 }
 
+// bf16_round_nearest of every lane (to nearest even, NaN kept quiet), in its high half.
+FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_nearest(RegFloats x) {
+  return bf16_lanes_plus(x, 0x7FFFu + ((bits_of(x) >> 16) & 1u));
+}
+
 template <bool kStochastic>
 FUSEDOPS_ALWAYS_INLINE void store_bf16_lanes(std::uint16_t* p, RegFloats x, RegBits random) {
   if (kStochastic) {
@@ -143,6 +148,5 @@ FUSEDOPS_ALWAYS_INLINE void store_bf16_lanes(std::uint16_t* p, RegFloats x, RegB
     return;
   }
 #endif
-  const RegBits u = bits_of(x);
-  store_high_halves(p, bf16_lanes_plus(x, 0x7FFFu + ((u >> 16) & 1u)));
+  store_high_halves(p, bf16_lanes_nearest(x));
 }
