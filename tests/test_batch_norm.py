@@ -295,19 +295,22 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
 
 def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):
     # Channel-first data beyond the L2 is normalized in groups of channels whose inputs
-    # fit in half the L2 (x forward, x and dy backward), at least 8 groups where there are
-    # 8 channels; data that fits in the L2, or channels bigger than half of it, are not
-    # blocked (0).
+    # fit in a quarter of the L2 (x forward, x and dy backward; a single channel up to
+    # half of it), at least 8 groups where there are 8 channels; data that fits in the L2,
+    # or channels bigger than half of it, are not blocked (0).
     plan = _core._batch_norm_plan
     cache_sizes(48 << 10, 2 << 20, 480 << 20)
     blocks = lambda *view: (plan(*view)["forward_block_channels"],  # noqa: E731
                             plan(*view)["backward_block_channels"])
-    assert blocks(64, 256, 784, 4) == (5, 2)  # 200 KiB channels: 5 and 2 in 1 MiB
-    assert blocks(64, 16, 784, 4) == (2, 2)  # 8 groups of 2, not 4 of 5
-    assert blocks(128, 6, 784, 4) == (1, 1)
+    assert blocks(64, 256, 784, 4) == (2, 1)  # 200 KiB channels: 2 and 1 in 512 KiB
+    assert blocks(64, 32, 784, 2) == (4, 2)  # 8 groups of 4, not 7 of 5
+    assert blocks(128, 6, 784, 4) == (1, 1)  # 800 KiB in the backward: one channel
+    assert blocks(168, 6, 784, 4) == (1, 0)  # over 1 MiB in the backward: not blocked
     assert blocks(8, 16, 784, 4) == (0, 0)  # 400 KiB: in the L2
     assert blocks(1024, 8, 784, 4) == (0, 0)  # 3 MiB channels
-    assert blocks(64, 256, 784, 2) == (10, 5)  # 16-bit data
+    assert blocks(64, 256, 784, 2) == (5, 2)  # 16-bit data
+    cache_sizes(48 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 5
+    assert blocks(64, 256, 784, 2) == (2, 1)
 
 
 def test_cache_sizes_are_the_machines():
