@@ -274,7 +274,8 @@ class Plan {
   // that fit in the L2 anyway. (A quarter, not a half: on the AMD EPYC Zen 5, 1 MiB L2, 2
   // threads, bfloat16 NCHW (64, 256, 28, 28) fwd+bwd 0.83-0.87x, its backward's groups
   // 400 -> 200 KiB; the other NCHW shapes measured within 3%, and on the Xeon, 2 MiB L2,
-  // groups of a quarter to a sixteenth had measured 3-5% faster beyond the L3.)
+  // groups of a quarter to a sixteenth had measured 3-5% faster beyond the L3 and within
+  // noise on its bench shapes.)
   std::size_t block_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_) return 0;
     const std::size_t l2 = cache_sizes().l2;
@@ -282,7 +283,7 @@ class Plan {
     if (channel_bytes == 0 || channel_bytes > l2 / 2 || arrays * total_ * element_bytes_ <= l2) {
       return 0;
     }
-    const std::size_t fit = std::max<std::size_t>(1, l2 / 4 / channel_bytes);
+    const std::size_t fit = l2 / 4 / channel_bytes;  // 0: one channel (below)
     return std::max<std::size_t>(1, std::min(fit, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
   }
   // Work list of the blocked passes: item g is the group of channels [g * group, ...).
