@@ -220,9 +220,10 @@ def plan_view(shape, channel_axis):
 def test_row_tiles_follow_the_cache_sizes(cache_sizes):
     # The row tiles' widths as a function of the cache sizes (the bits do not depend on
     # them: test above): 512-column blocks near the core; data far from it (a pair of
-    # arrays beyond the last-level cache, or one array of at least 32 L2s) takes whole
-    # rows when they form at least 4 row groups, else equal tiles of at most 4096 columns
-    # (in multiples of 64), at least 16 tiles in all.
+    # arrays beyond the last-level cache, or one array of at least 32 L2s, or float32 and
+    # float64 rows of at most 4096 values whose four arrays of a training step fill the
+    # last-level cache) takes whole rows when they form at least 4 row groups, else equal
+    # tiles of at most 4096 columns (in multiples of 64), at least 16 tiles in all.
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -242,9 +243,16 @@ def test_row_tiles_follow_the_cache_sizes(cache_sizes):
     assert plan(64, 256, 784, 4)["tile_cols"] == 0  # channel-first slabs: no row tiles
     cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC
     assert plan(2048, 2048, 1, 4)["tile_cols"] == 2048  # beyond the last level
-    assert plan(2048, 1024, 1, 4)["tile_cols"] == 512  # 8 MiB: in its L3
+    assert plan(1024, 1024, 1, 4)["tile_cols"] == 512  # 4 MiB: 16 MiB in four arrays
+    assert plan(2048, 1024, 1, 4)["tile_cols"] == 1024  # 8 MiB: four arrays fill its L3
+    assert plan(1024, 1024, 1, 8)["tile_cols"] == 1024  # float64, 8 MiB
+    assert plan(2048, 1024, 1, 2)["tile_cols"] == 512  # 16-bit data: blocks
     info = plan(256, 1024, 49, 4)  # cols 50176 beyond the last level, 1 group
     assert info["row_groups"] == 1 and info["tile_cols"] == 3136  # 16 tiles
+    cache_sizes(48 << 10, mib, 32 * mib)  # the EPYC Zen 5
+    assert plan(1024, 4096, 1, 4)["tile_cols"] == 4096  # 16 MiB: four arrays fill its L3
+    assert plan(256, 4096, 1, 4)["tile_cols"] == 512  # 4 MiB
+    assert plan(256, 256, 64, 4)["tile_cols"] == 512  # rows of 16384 values, 16 MiB
 
 
 def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):

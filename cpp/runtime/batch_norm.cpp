@@ -205,13 +205,24 @@ class Plan {
       // 25-51 MB from -4% to +12% (short spatial extents, whose rows are longest, lost),
       // 16 MB within 4%, (1024, 1024) 0.69 against 0.75, its accumulators and per-column
       // constants in the L1 and part of its data in the two L2s. On the EPYC, 32 L2s are
-      // its L3: the rule there is what it was, beyond the last-level cache.) The groups,
+      // its L3: the rule there is what it was, beyond the last-level cache.) float32 and
+      // float64 rows of at most kFarTileCols values count as far once four arrays of x's
+      // size (a training step's x, y, dy and dx) reach the last-level cache. (AMD EPYC Zen
+      // 5, 32 MiB L3, 2 threads, in-process A/B, forward then backward, float32: (1024,
+      // 4096) 0.85x, (2048, 2048) 0.79-0.83x, (512, 4096) 0.83x, (1024, 2048) and (3072,
+      // 1024) 0.93x, forward and backward alone faster too; NCL (2048, 64, 16) and (1024,
+      // 128, 32) 0.98-1.04x; float64 (1024, 1024) 0.94x, (1024, 2048) and (512, 4096)
+      // 1.00x. Not taken: bfloat16 (1024, 4096) and (2048, 4096) 1.02-1.18x slower;
+      // longer rows, (256, 256, 64) with rows of 16384 values, 0.66 -> 0.77 ns/el; (256,
+      // 4096), 16 MiB in all, tied.) The groups,
       // and so every sum, are the same either way: results do not depend on the cache
       // sizes.
       tile_cols_ = kColBlock;
       const CacheSizes& caches = cache_sizes();
       const std::size_t bytes = total_ * element_bytes_;
-      if (cols_ > kColBlock && (2 * bytes > caches.last || bytes >= 32 * caches.l2)) {
+      if (cols_ > kColBlock && (2 * bytes > caches.last || bytes >= 32 * caches.l2 ||
+                                (4 * bytes >= caches.last && cols_ <= kFarTileCols &&
+                                 element_bytes_ >= 4))) {
         tile_cols_ = cols_;
         if (groups_ < kMinFarGroups) {
           const std::size_t tiles = std::max((cols_ + kFarTileCols - 1) / kFarTileCols,
