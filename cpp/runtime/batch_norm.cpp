@@ -214,9 +214,8 @@ class Plan {
       // 128, 32) 0.98-1.04x; float64 (1024, 1024) 0.94x, (1024, 2048) and (512, 4096)
       // 1.00x. Not taken: bfloat16 (1024, 4096) and (2048, 4096) 1.02-1.18x slower;
       // longer rows, (256, 256, 64) with rows of 16384 values, 0.66 -> 0.77 ns/el; (256,
-      // 4096), 16 MiB in all, tied.) The groups,
-      // and so every sum, are the same either way: results do not depend on the cache
-      // sizes.
+      // 4096), 16 MiB in all, tied.) The groups, and so every sum, are the same either
+      // way: results do not depend on the cache sizes.
       tile_cols_ = kColBlock;
       const CacheSizes& caches = cache_sizes();
       const std::size_t bytes = total_ * element_bytes_;
