@@ -219,9 +219,10 @@ class Plan {
       tile_cols_ = kColBlock;
       const CacheSizes& caches = cache_sizes();
       const std::size_t bytes = total_ * element_bytes_;
-      if (cols_ > kColBlock && (2 * bytes > caches.last || bytes >= 32 * caches.l2 ||
-                                (4 * bytes >= caches.last && cols_ <= kFarTileCols &&
-                                 element_bytes_ >= 4))) {
+      const bool step_fills_last = 4 * bytes >= caches.last && cols_ <= kFarTileCols &&
+                                   element_bytes_ >= 4;
+      const bool far = 2 * bytes > caches.last || bytes >= 32 * caches.l2 || step_fills_last;
+      if (cols_ > kColBlock && far) {
         tile_cols_ = cols_;
         if (groups_ < kMinFarGroups) {
           const std::size_t tiles = std::max((cols_ + kFarTileCols - 1) / kFarTileCols,
