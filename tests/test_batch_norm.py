@@ -321,6 +321,49 @@ def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):
     assert blocks(64, 256, 784, 2) == (2, 1)
 
 
+def test_statistics_streams_follow_the_cache_sizes(cache_sizes):
+    # The slab statistics read four runs side by side, or one at a time when the
+    # last-level cache is near the cores (at most 32 L2s) and holds x and y.
+    mib = 1 << 20
+    streams = lambda *view: _core._batch_norm_plan(*view)["forward_slab_streams"]  # noqa: E731
+    cache_sizes(48 << 10, mib, 32 * mib)  # the EPYC Zen 5
+    assert streams(64, 128, 128, 4) == 1  # 4 MiB arrays: x and y in the L3
+    assert streams(16, 512, 196, 4) == 1
+    assert streams(32, 64, 3136, 4) == 4  # 24.5 MiB arrays: from memory
+    assert streams(64, 256, 784, 2) == 4
+    assert streams(64, 64, 32, 4) == 0  # short slabs: rows
+    cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon: its L3 is 240 L2s
+    assert streams(64, 128, 128, 4) == 4
+    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC (AVX2): 64 L2s
+    assert streams(64, 128, 128, 4) == 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [fo.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("shape", [(9, 24, 211), (33, 40, 213)], ids=["in-l2", "blocked"])
+def test_statistics_streams_give_the_same_bits(isa, cache_sizes, shape, dtype):
+    # One slab run at a time (a near L3) and four side by side (a far one) add the same
+    # terms in the same order: outputs and statistics are bitwise the same, in the plain
+    # reduction and in the cache-blocked forward (256 KiB L2s: the second shape's x is
+    # beyond them). Odd row counts leave runs that are read alone.
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + 40).astype(dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    weight = rng.uniform(0.5, 2, shape[1]).astype(pdt)
+    bias = rng.standard_normal(shape[1]).astype(pdt)
+    results = []
+    for last in (8 << 20, 480 << 20):  # 32 and 1920 L2s
+        cache_sizes(48 << 10, 256 << 10, last)
+        view = (shape[0], shape[1], shape[2], np.dtype(dtype).itemsize)
+        near = last <= 32 * (256 << 10)
+        assert _core._batch_norm_plan(*view)["forward_slab_streams"] == (1 if near else 4)
+        y, mean, invstd = fo.batch_norm_forward(x, weight, bias)
+        results.append([y, mean, invstd, *fo.batch_norm_stats(x)])
+    blocked = _core._batch_norm_plan(*view)["forward_block_channels"]
+    assert (blocked > 0) == (x.nbytes > 256 << 10)
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_cache_sizes_are_the_machines():
     caches = fo.build_info()["cache_bytes"]
     assert 0 < caches["l1d"] <= caches["l2"] <= caches["last_level"]
