@@ -48,15 +48,17 @@ inline Lanes minus(Lanes x, Lanes p) {
   return x - p;
 #endif
 }
-inline Lanes minus(Lanes x, double p) {
+// p in every lane (not Lanes{} + p: an add, which turns -0.0 into +0.0).
+inline Lanes splat(double p) {
 #if defined(__AVX512F__)
-  return Lanes(_mm512_fmsub_pd(__m512d(x), _mm512_set1_pd(1.0), _mm512_set1_pd(p)));
-#elif defined(__AVX__) && defined(__FMA__)
-  return Lanes(_mm256_fmsub_pd(__m256d(x), _mm256_set1_pd(1.0), _mm256_set1_pd(p)));
+  return Lanes(_mm512_set1_pd(p));
+#elif defined(__AVX__)
+  return Lanes(_mm256_set1_pd(p));
 #else
-  return x - p;
+  return Lanes{p, p};
 #endif
 }
+inline Lanes minus(Lanes x, double p) { return minus(x, splat(p)); }
 inline double minus(double x, double p) { return x - p; }
 
 // (The conversion by intrinsic: GCC lowers __builtin_convertvector of 4 floats through
