@@ -72,7 +72,7 @@ constexpr std::size_t kFarTileAlign = 64;
 // many, unchanged.)
 constexpr std::size_t kMinBlockGroups = 8;
 // A last-level cache of at most this many L2s is near the cores (Plan::slab_streams).
-constexpr std::size_t kNearLastLevelL2s = 32;
+constexpr std::size_t kNearLastLevelL2s = 64;
 // The elementwise passes take a group's rows whole (one contiguous run, which the hardware
 // prefetchers follow to its end) when rows are at most this many values: their per-column
 // constants, 3 or 4 arrays of them, then stay within 16 KiB (float32) of the L1. Longer
@@ -303,15 +303,18 @@ class Plan {
   // when the last-level cache is near the cores (at most kNearLastLevelL2s L2s: AMD's
   // L3 of a core complex, not a large server's L3 shared over a mesh) and holds the
   // `arrays` x-shaped arrays of the pass (x, and the forward's y), so that x comes from
-  // it rather than from memory. There a run alone reads fast enough, and the four runs'
-  // 32 accumulators per sum leave no register free (AVX-512 spills three): (AMD EPYC Zen
-  // 5, 1 MiB L2, 32 MiB L3, 2 threads, in-process A/B) float32 forward NCL (32, 128, 128)
-  // 0.82x, (64, 128, 128) 0.84-0.87x, NCHW (8, 512, 14, 14) 0.88x, (16, 512, 14, 14)
-  // 0.91x, (64, 256, 14, 14) 0.85-0.91x, bfloat16 0.91-0.95x; slabs of 3136 values
-  // unchanged; from memory four runs stay faster (float32 (32, 64, 56, 56) 0.110 ns/el
-  // with four, 0.139 with one). On the Xeon (480 MiB L3 over 2 MiB L2s) four runs read
-  // 1.2x faster than one with the data in its L3 (kernels.hpp): it keeps four. The sums
-  // are the same either way (each run's are those it gets alone).
+  // it rather than from memory. There a run alone reads fast enough, and four runs'
+  // accumulators (32 lanes per sum each) overflow the registers: AVX-512 spills three,
+  // AVX2 most of its 64. (AMD EPYC Zen 5, 1 MiB L2, 32 MiB L3, 2 threads, in-process A/B,
+  // float32 forward: with AVX-512 NCL (32, 128, 128) 0.82x, (64, 128, 128) 0.84-0.87x,
+  // NCHW (8, 512, 14, 14) 0.88x, (16, 512, 14, 14) 0.91x, (64, 256, 14, 14) 0.85-0.91x,
+  // bfloat16 0.91-0.95x; with AVX2 0.70-0.84x on the same float32 shapes; slabs of 3136
+  // values unchanged. From memory four runs stay faster: (32, 64, 56, 56) 0.110 ns/el
+  // with four, 0.139 with one; with AVX2 0.211 and 0.240.) On the Xeon (480 MiB L3 over
+  // 2 MiB L2s) four runs read 1.2x faster than one with the data in its L3 (kernels.hpp):
+  // it keeps four. The AVX2 EPYC (32 MiB L3 over 512 KiB L2s: 64) takes one, by the
+  // AVX2 figures above (not measured on it). The sums are the same either way (each
+  // run's are those it gets alone).
   std::size_t slab_streams(std::size_t arrays) const {
     const CacheSizes& caches = cache_sizes();
     const bool near = caches.last <= kNearLastLevelL2s * caches.l2;
