@@ -1104,9 +1104,10 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
     std::fill(sum, sum + n, 0.0);
     std::fill(sum_sq, sum_sq + n, 0.0);
     double* partials = thread_sums.take<double>(2 * kSlabStreams * blocks);
-    // kSlabStreams rows at a time, side by side (rows a whole row of data apart: runs the
-    // hardware follows separately), the group's slabs of those rows in memory order.
-    // Each channel still adds its partials in slab-unit order (row, then block).
+    // `streams` rows at a time (Plan::slab_streams), side by side (rows a whole row of
+    // data apart: runs the hardware follows separately), the group's slabs of those rows
+    // in memory order. Each channel still adds its partials in slab-unit order (row, then
+    // block).
     for (std::size_t o = 0; o < outer; o += streams) {
       const std::size_t rows = std::min(streams, outer - o);
       for (std::size_t c = c0; c < c1; ++c) {
