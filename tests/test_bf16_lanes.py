@@ -172,3 +172,71 @@ def test_the_fused_loops_default_to_avx512_where_present():
     else:
         assert build == isa
         assert batch_norm == isa
+
+
+M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def mix32(x):
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def stochastic_bits(x, seed, step, tensor, operand):
+    """bfloat16 bits of finite float32 `x` rounded stochastically, as the library draws
+    them, written from its documented construction: a key from splitmix64 over (seed,
+    step, tensor and operand, high half of the index), then per element two rounds of
+    the lowbias32 mixer over the element index; 16 random bits added below the kept ones,
+    truncated."""
+    k = splitmix64(seed)
+    k = splitmix64(k ^ step)
+    k = splitmix64(k ^ (tensor << 3 | operand))
+    k = splitmix64(k ^ 0)
+    k0, k1 = np.uint32(k & 0xFFFFFFFF), np.uint32(k >> 32)
+    index = np.arange(x.size, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        random = mix32(mix32(index ^ k0) + k1)
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + (random & np.uint32(0xFFFF))) >> 16).astype(np.uint16)
+
+
+# (params, momentum buffer) dtypes of the fused lane loops' rows: the all-bfloat16 row
+# (AVX2 moves it in the in-lane order of lanes.hpp) and rows with a float32 operand.
+SGD_ROWS = [(BF16, BF16), (BF16, np.float32), (np.float32, BF16)]
+
+
+@pytest.mark.parametrize("row", SGD_ROWS, ids=lambda r: "p={}-b={}".format(*map(np.dtype, r)))
+def test_stochastic_rounding_draws_each_elements_bits(isa, row, rng):
+    """Every element's random bits are those of its own index, on every ISA and at every
+    tail: the param and the momentum buffer against an independent reference. With lr
+    and momentum powers of two, each stored value is one float32 rounding with or
+    without FMA, so the float math is the same everywhere."""
+    pdt, bdt = row
+    for n in TAILS + [4099]:
+        p = rng.standard_normal(n).astype(pdt)
+        g = rng.standard_normal(n).astype(pdt)
+        b = (rng.standard_normal(n) * 0.5).astype(bdt)
+        f32 = [a.astype(np.float32) for a in (p, g, b)]
+        new_b = f32[2] * np.float32(0.5) + f32[1]
+        new_p = f32[0] - np.float32(0.25) * new_b
+        p0, b0 = p.copy(), b.copy()
+        fo.sgd_step([p], [g], [b], lr=0.25, momentum=0.5, step=3, stochastic_rounding=True, seed=9)
+        for what, got, before, want, operand in (("param", p, p0, new_p, 0),
+                                                 ("buffer", b, b0, new_b, 1)):
+            if got.dtype == BF16:
+                np.testing.assert_array_equal(got.view(np.uint16),
+                                              stochastic_bits(want, 9, 3, 0, operand),
+                                              err_msg=f"{what} n={n}")
+                assert n == 0 or not np.array_equal(got, before)
+            else:
+                assert_bitwise_equal(got, want)

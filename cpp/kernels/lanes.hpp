@@ -120,6 +120,59 @@ FUSEDOPS_ALWAYS_INLINE void store_high_halves(std::uint16_t* p, RegBits u) {
 #endif
 }
 
+// ---- Pairs of registers (AVX2). The fused 16-bit loops take two registers per step
+// there, so that a 16-bit operand moves as one 256-bit load or store: with the in-lane
+// order (pair_order), each 128-bit half of the load unpacks into the two registers
+// (one instruction per register, where load_halves widens and shifts) and one pack stores
+// them back (where store_high_halves shuffles and permutes each register). Elementwise
+// loops whose operands are all 16-bit take that order as it comes; float32 operands
+// would need a permute each way, so rows with one keep the order of memory (a pack and
+// one permute per store). AMD EPYC (Zen 3, AVX2, 2.45 GHz), one thread, in L1: an
+// all-bfloat16 Adam loop 1.03-1.16 -> 0.77-0.81 ns per element.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define FUSEDOPS_LANE_PAIRS 1
+constexpr std::size_t kStepRegs = 2;
+
+// Element offsets of the lanes of a pair: in memory order a holds 0-7 and b 8-15; in the
+// in-lane order a holds 0-3 and 8-11, b 4-7 and 12-15.
+template <bool kInLane>
+FUSEDOPS_ALWAYS_INLINE void pair_order(std::uint32_t first, RegBits& a, RegBits& b) {
+  for (std::uint32_t k = 0; k < kRegLanes; ++k) {
+    const std::uint32_t half = k / 4, within = k % 4;
+    a[k] = first + (kInLane ? half * 8 + within : k);
+    b[k] = first + (kInLane ? half * 8 + 4 + within : kRegLanes + k);
+  }
+}
+
+// The 16 values at high (and at low) as two registers in the in-lane order: each value
+// at high in the high half of its lane, the one at low (or zero) in the low half.
+FUSEDOPS_ALWAYS_INLINE void load_halves2_inlane(const std::uint16_t* high, RegBits& a, RegBits& b) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high));
+  const __m256i zero = _mm256_setzero_si256();
+  a = reinterpret_cast<RegBits>(_mm256_unpacklo_epi16(zero, h));
+  b = reinterpret_cast<RegBits>(_mm256_unpackhi_epi16(zero, h));
+}
+FUSEDOPS_ALWAYS_INLINE void load_halves2_inlane(const std::uint16_t* high, const std::uint16_t* low,
+                                                RegBits& a, RegBits& b) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high));
+  const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low));
+  a = reinterpret_cast<RegBits>(_mm256_unpacklo_epi16(l, h));
+  b = reinterpret_cast<RegBits>(_mm256_unpackhi_epi16(l, h));
+}
+
+// Stores the low 16 bits of the lanes of a and b (each < 2^16) as 16 values, the lanes in
+// the order pair_order<kInLane> gives them.
+template <bool kInLane>
+FUSEDOPS_ALWAYS_INLINE void store_halves2(std::uint16_t* p, RegBits a, RegBits b) {
+  __m256i packed = _mm256_packus_epi32(reinterpret_cast<__m256i>(a), reinterpret_cast<__m256i>(b));
+  if (!kInLane) packed = _mm256_permute4x64_epi64(packed, 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);
+}
+#else
+#define FUSEDOPS_LANE_PAIRS 0
+constexpr std::size_t kStepRegs = 1;
+#endif
+
 // bfloat16 lanes: bf16_from_bits_plus of storage.hpp, the NaN select on 32-bit lanes; the
 // result is the high half of each lane.
 FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_plus(RegFloats x, RegBits addend) {

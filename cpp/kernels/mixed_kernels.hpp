@@ -181,26 +181,85 @@ void adam_fused_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
   }
 }
 
-// ---- Lane loops (lanes.hpp): rows whose operands are all float32 or bfloat16. The last
-// partial register runs the same code on a zero-padded copy, so every element gets the
-// same arithmetic wherever a range starts.
+// ---- Lane loops (lanes.hpp): rows whose operands are all float32 or bfloat16. A step
+// takes kStepRegs registers (AVX2: two, lanes.hpp), as a Block. The last partial step
+// runs the same code on a zero-padded copy, so every element gets the same arithmetic
+// wherever a range starts.
+
+constexpr std::size_t kStepLanes = kStepRegs * kRegLanes;
+
+struct Block {
+  RegFloats r[kStepRegs];
+};
+struct BlockBits {
+  RegBits r[kStepRegs];
+};
+
+// The lanes of a step in the in-lane order of lanes.hpp (pairs whose operands are all
+// 16-bit) or in the order of memory.
+template <class P, class G, class S>
+constexpr bool kInLane = FUSEDOPS_LANE_PAIRS && !std::is_same_v<P, Float32Storage> &&
+                         !std::is_same_v<G, Float32Storage> && !std::is_same_v<S, Float32Storage>;
+
+// Element offsets (from `first`) of the lanes of a step.
+template <bool kOrder>
+FUSEDOPS_ALWAYS_INLINE BlockBits step_indices(std::uint32_t first) {
+  BlockBits index;
+#if FUSEDOPS_LANE_PAIRS
+  pair_order<kOrder>(first, index.r[0], index.r[1]);
+#else
+  index.r[0] = lane_indices(first);
+#endif
+  return index;
+}
 
 template <class S>
 struct LaneIo;
 
 template <>
 struct LaneIo<Float32Storage> {
-  FUSEDOPS_ALWAYS_INLINE static RegFloats load(const float* p) { return load_floats(p); }
-  template <bool kStochastic>
-  FUSEDOPS_ALWAYS_INLINE static void store(float* p, RegFloats x, RegBits) { store_floats(p, x); }
+  template <bool kOrder>
+  FUSEDOPS_ALWAYS_INLINE static Block load(const float* p) {
+    static_assert(!kOrder, "float32 operands keep the order of memory");
+    Block x;
+    for (std::size_t j = 0; j < kStepRegs; ++j) x.r[j] = load_floats(p + j * kRegLanes);
+    return x;
+  }
+  template <bool kOrder, bool kStochastic>
+  FUSEDOPS_ALWAYS_INLINE static void store(float* p, const Block& x, const BlockBits&) {
+    for (std::size_t j = 0; j < kStepRegs; ++j) store_floats(p + j * kRegLanes, x.r[j]);
+  }
 };
 
 template <>
 struct LaneIo<Bfloat16Storage> {
-  FUSEDOPS_ALWAYS_INLINE static RegFloats load(const std::uint16_t* p) { return float_of(load_halves(p) << 16); }
-  template <bool kStochastic>
-  FUSEDOPS_ALWAYS_INLINE static void store(std::uint16_t* p, RegFloats x, RegBits random) {
-    store_bf16_lanes<kStochastic>(p, x, random);
+  template <bool kOrder>
+  FUSEDOPS_ALWAYS_INLINE static Block load(const std::uint16_t* p) {
+    Block x;
+#if FUSEDOPS_LANE_PAIRS
+    if constexpr (kOrder) {
+      RegBits a, b;
+      load_halves2_inlane(p, a, b);
+      x.r[0] = float_of(a);
+      x.r[1] = float_of(b);
+      return x;
+    }
+#endif
+    for (std::size_t j = 0; j < kStepRegs; ++j) x.r[j] = float_of(load_halves(p + j * kRegLanes) << 16);
+    return x;
+  }
+  template <bool kOrder, bool kStochastic>
+  FUSEDOPS_ALWAYS_INLINE static void store(std::uint16_t* p, const Block& x, const BlockBits& random) {
+#if FUSEDOPS_LANE_PAIRS
+    RegBits high[kStepRegs];
+    for (std::size_t j = 0; j < kStepRegs; ++j) {
+      high[j] = (kStochastic ? bf16_lanes_plus(x.r[j], random.r[j] & 0xFFFFu)
+                             : bf16_lanes_nearest(x.r[j])) >> 16;
+    }
+    store_halves2<kOrder>(p, high[0], high[1]);
+#else
+    store_bf16_lanes<kStochastic>(p, x.r[0], random.r[0]);
+#endif
   }
 };
 
@@ -210,49 +269,83 @@ constexpr bool kHasLanes = std::is_same_v<T, Float32Storage> || std::is_same_v<T
 template <class P, class G, class S>
 constexpr bool kLaneRow = kHasLanes<P> && kHasLanes<G> && kHasLanes<S>;
 
-template <class P, bool kRemainder, class Raw>
-FUSEDOPS_ALWAYS_INLINE RegFloats load_param_lanes(const Raw* p, const std::uint16_t* rem) {
+template <class P, bool kRemainder, bool kOrder, class Raw>
+FUSEDOPS_ALWAYS_INLINE Block load_param_lanes(const Raw* p, const std::uint16_t* rem) {
   if constexpr (kRemainder) {
-    return float_of(load_halves(p) << 16 | load_halves(rem));
+    Block x;
+#if FUSEDOPS_LANE_PAIRS
+    if constexpr (kOrder) {
+      RegBits a, b;
+      load_halves2_inlane(p, rem, a, b);
+      x.r[0] = float_of(a);
+      x.r[1] = float_of(b);
+      return x;
+    }
+#endif
+    for (std::size_t j = 0; j < kStepRegs; ++j) {
+      const std::size_t o = j * kRegLanes;
+      x.r[j] = float_of(load_halves(p + o) << 16 | load_halves(rem + o));
+    }
+    return x;
   } else {
-    return LaneIo<P>::load(p);
+    return LaneIo<P>::template load<kOrder>(p);
   }
 }
 
-template <class P, bool kStochastic, bool kRemainder, class Raw>
-FUSEDOPS_ALWAYS_INLINE void store_param_lanes(Raw* p, std::uint16_t* rem, RegFloats x, RoundingKey key,
-                              RegBits index) {
+template <class S, bool kStochastic>
+FUSEDOPS_ALWAYS_INLINE BlockBits block_random(RoundingKey key, const BlockBits& index) {
+  BlockBits r{};
+  if (kStochastic && S::kRounds) {
+    for (std::size_t j = 0; j < kStepRegs; ++j) r.r[j] = random_bits(key.k0, key.k1, index.r[j]);
+  }
+  return r;
+}
+
+template <class P, bool kStochastic, bool kRemainder, bool kOrder, class Raw>
+FUSEDOPS_ALWAYS_INLINE void store_param_lanes(Raw* p, std::uint16_t* rem, const Block& x, RoundingKey key,
+                                              const BlockBits& index) {
   if constexpr (kRemainder) {
-    const RegBits u = bits_of(x);
+#if FUSEDOPS_LANE_PAIRS
+    const RegBits u0 = bits_of(x.r[0]), u1 = bits_of(x.r[1]);
+    store_halves2<kOrder>(p, u0 >> 16, u1 >> 16);
+    store_halves2<kOrder>(rem, u0 & 0xFFFFu, u1 & 0xFFFFu);
+#else
+    const RegBits u = bits_of(x.r[0]);
     store_high_halves(p, u);
     store_halves(rem, u & 0xFFFFu);
+#endif
   } else {
-    const RegBits r = kStochastic && P::kRounds ? random_bits(key.k0, key.k1, index) : RegBits{};
-    LaneIo<P>::template store<kStochastic>(p, x, r);
+    LaneIo<P>::template store<kOrder, kStochastic>(p, x, block_random<P, kStochastic>(key, index));
   }
 }
 
-template <class S, bool kStochastic, class Raw>
-FUSEDOPS_ALWAYS_INLINE void store_state_lanes(Raw* s, RegFloats x, RoundingKey key, RegBits index) {
-  const RegBits r = kStochastic && S::kRounds ? random_bits(key.k0, key.k1, index) : RegBits{};
-  LaneIo<S>::template store<kStochastic>(s, x, r);
+template <class S, bool kStochastic, bool kOrder, class Raw>
+FUSEDOPS_ALWAYS_INLINE void store_state_lanes(Raw* s, const Block& x, RoundingKey key,
+                                              const BlockBits& index) {
+  LaneIo<S>::template store<kOrder, kStochastic>(s, x, block_random<S, kStochastic>(key, index));
 }
 
-// Runs step(ranges, i, index) on every whole register of the range, the register at
-// element i, then step(padded, 0, index) on zero-padded copies of the rest (null
-// operands stay null; step touches only the operands its flags use).
-template <class P, class G, class S, class Step>
+// Runs step(ranges, i, index) on every whole step of the range (kStepLanes elements from
+// element i; index: the element offsets of its lanes), then step(padded, 0, index) on
+// zero-padded copies of the rest (null operands stay null; step touches only the
+// operands its flags use).
+template <bool kOrder, class P, class G, class S, class Step>
 inline void for_lanes(const Ranges<P, G, S>& r, std::uint32_t first, std::size_t n,
                       const Step& step) {
-  const RegBits lanes = lane_indices(first);
+  const BlockBits lanes = step_indices<kOrder>(first);
+  const auto at = [&lanes](std::size_t i) {
+    BlockBits index;
+    for (std::size_t j = 0; j < kStepRegs; ++j) index.r[j] = lanes.r[j] + std::uint32_t(i);
+    return index;
+  };
   std::size_t i = 0;
-  for (; i + kRegLanes <= n; i += kRegLanes) step(r, i, lanes + std::uint32_t(i));
+  for (; i + kStepLanes <= n; i += kStepLanes) step(r, i, at(i));
   if (i == n) return;
   const std::size_t rest = n - i;
-  alignas(64) typename P::raw p[kRegLanes] = {};
-  alignas(64) std::uint16_t rem[kRegLanes] = {};
-  alignas(64) typename G::raw g[kRegLanes] = {};
-  alignas(64) typename S::raw s[3][kRegLanes] = {};
+  alignas(64) typename P::raw p[kStepLanes] = {};
+  alignas(64) std::uint16_t rem[kStepLanes] = {};
+  alignas(64) typename G::raw g[kStepLanes] = {};
+  alignas(64) typename S::raw s[3][kStepLanes] = {};
   Ranges<P, G, S> padded = r;
   const auto in = [rest, i](auto& operand, auto* copy) {
     if (operand == nullptr) return;
@@ -265,7 +358,7 @@ inline void for_lanes(const Ranges<P, G, S>& r, std::uint32_t first, std::size_t
   in(padded.s0, s[0]);
   in(padded.s1, s[1]);
   in(padded.s2, s[2]);
-  step(padded, 0, lanes + std::uint32_t(i));
+  step(padded, 0, at(i));
   const auto out = [rest, i](auto* operand, const auto* copy) {
     if (operand != nullptr) __builtin_memcpy(operand + i, copy, rest * sizeof *copy);
   };
@@ -305,37 +398,48 @@ FUSEDOPS_ALWAYS_INLINE void prefetch_operands(const Ranges<P, G, S>& r, std::siz
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kMomentum,
           bool kScaled, bool kCoupled>
 void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
+  constexpr bool kOrder = kInLane<P, G, S>;
   const SgdFloats<RegFloats> k(c);
   const RoundingKey kp = a.keys[0], kb = a.keys[1];
-  for_lanes(Ranges<P, G, S>(a), a.first, n,
-            [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
+  for_lanes<kOrder>(Ranges<P, G, S>(a), a.first, n,
+                    [&](const Ranges<P, G, S>& r, std::size_t i, const BlockBits& index) {
     auto* rem = kRemainder ? r.rem + i : nullptr;
     prefetch_operands<kRemainder, kMomentum ? 1 : 0>(r, i);
-    RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
-    RegFloats b = kMomentum ? LaneIo<S>::load(r.s0 + i) : RegFloats{};
-    sgd_update<kMomentum, kScaled, kCoupled>(k, pi, LaneIo<G>::load(r.g + i), b);
-    if (kMomentum) store_state_lanes<S, kStochastic>(r.s0 + i, b, kb, index);
-    store_param_lanes<P, kStochastic, kRemainder>(r.p + i, rem, pi, kp, index);
+    Block p = load_param_lanes<P, kRemainder, kOrder>(r.p + i, rem);
+    Block b{};
+    if (kMomentum) b = LaneIo<S>::template load<kOrder>(r.s0 + i);
+    const Block g = LaneIo<G>::template load<kOrder>(r.g + i);
+    for (std::size_t j = 0; j < kStepRegs; ++j) {
+      sgd_update<kMomentum, kScaled, kCoupled>(k, p.r[j], g.r[j], b.r[j]);
+    }
+    if (kMomentum) store_state_lanes<S, kStochastic, kOrder>(r.s0 + i, b, kb, index);
+    store_param_lanes<P, kStochastic, kRemainder, kOrder>(r.p + i, rem, p, kp, index);
   });
 }
 
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kAmsgrad,
           bool kScaled, bool kCoupled>
 void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) {
+  constexpr bool kOrder = kInLane<P, G, S>;
   const AdamFloats<RegFloats> k(c);
   const RoundingKey kp = a.keys[0], km = a.keys[1], kv = a.keys[2], kx = a.keys[3];
-  for_lanes(Ranges<P, G, S>(a), a.first, n,
-            [&](const Ranges<P, G, S>& r, std::size_t i, RegBits index) {
+  for_lanes<kOrder>(Ranges<P, G, S>(a), a.first, n,
+                    [&](const Ranges<P, G, S>& r, std::size_t i, const BlockBits& index) {
     auto* rem = kRemainder ? r.rem + i : nullptr;
     prefetch_operands<kRemainder, kAmsgrad ? 3 : 2>(r, i);
-    RegFloats pi = load_param_lanes<P, kRemainder>(r.p + i, rem);
-    RegFloats mi = LaneIo<S>::load(r.s0 + i), vi = LaneIo<S>::load(r.s1 + i);
-    RegFloats xi = kAmsgrad ? LaneIo<S>::load(r.s2 + i) : RegFloats{};
-    adam_update<kAmsgrad, kScaled, kCoupled>(k, pi, LaneIo<G>::load(r.g + i), mi, vi, xi);
-    store_state_lanes<S, kStochastic>(r.s0 + i, mi, km, index);
-    store_state_lanes<S, kStochastic>(r.s1 + i, vi, kv, index);
-    if (kAmsgrad) store_state_lanes<S, kStochastic>(r.s2 + i, xi, kx, index);
-    store_param_lanes<P, kStochastic, kRemainder>(r.p + i, rem, pi, kp, index);
+    Block p = load_param_lanes<P, kRemainder, kOrder>(r.p + i, rem);
+    Block m = LaneIo<S>::template load<kOrder>(r.s0 + i);
+    Block v = LaneIo<S>::template load<kOrder>(r.s1 + i);
+    Block x{};
+    if (kAmsgrad) x = LaneIo<S>::template load<kOrder>(r.s2 + i);
+    const Block g = LaneIo<G>::template load<kOrder>(r.g + i);
+    for (std::size_t j = 0; j < kStepRegs; ++j) {
+      adam_update<kAmsgrad, kScaled, kCoupled>(k, p.r[j], g.r[j], m.r[j], v.r[j], x.r[j]);
+    }
+    store_state_lanes<S, kStochastic, kOrder>(r.s0 + i, m, km, index);
+    store_state_lanes<S, kStochastic, kOrder>(r.s1 + i, v, kv, index);
+    if (kAmsgrad) store_state_lanes<S, kStochastic, kOrder>(r.s2 + i, x, kx, index);
+    store_param_lanes<P, kStochastic, kRemainder, kOrder>(r.p + i, rem, p, kp, index);
   });
 }
 
