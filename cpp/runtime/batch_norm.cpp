@@ -312,9 +312,11 @@ class Plan {
   // values unchanged. From memory four runs stay faster: (32, 64, 56, 56) 0.110 ns/el
   // with four, 0.139 with one; with AVX2 0.211 and 0.240.) On the Xeon (480 MiB L3 over
   // 2 MiB L2s) four runs read 1.2x faster than one with the data in its L3 (kernels.hpp):
-  // it keeps four. The AVX2 EPYC (32 MiB L3 over 512 KiB L2s: 64) takes one, by the
-  // AVX2 figures above (not measured on it). The sums are the same either way (each
-  // run's are those it gets alone).
+  // it keeps four. The AVX2 EPYC (Zen 3: 32 MiB L3 over 512 KiB L2s, 64) takes one:
+  // measured there (2 threads, float32, same bits), forward in its L3 NCL (32, 128, 128)
+  // 0.74x, (64, 128, 128) 0.86x, NCHW (16, 512, 14, 14) 0.79x, (64, 256, 14, 14) 0.92x
+  // (fwd+bwd 0.88-0.89x); beyond it one and four within noise (0.96-1.05x), so four stay
+  // there too. The sums are the same either way (each run's are those it gets alone).
   std::size_t slab_streams(std::size_t arrays) const {
     const CacheSizes& caches = cache_sizes();
     const bool near = caches.last <= kNearLastLevelL2s * caches.l2;
