@@ -113,7 +113,7 @@ struct RegBf16 {
       return;
     }
 #elif FUSEDOPS_LANE_PAIRS
-    store_halves2<false>(p, bf16_lanes_nearest(a) >> 16, bf16_lanes_nearest(b) >> 16);
+    store_bf16_pair<false, false>(p, a, b);
     return;
 #endif
     store(p, a);

@@ -43,18 +43,16 @@ void narrow_bf16(const float* __restrict src, std::uint16_t* __restrict dst, std
   constexpr std::size_t kStep = 2 * kRegLanes;
   if (key == nullptr) {
     for (; i + kStep <= n; i += kStep) {
-      store_halves2<false>(dst + i, bf16_lanes_nearest(load_floats(src + i)) >> 16,
-                           bf16_lanes_nearest(load_floats(src + i + kRegLanes)) >> 16);
+      store_bf16_pair<false, false>(dst + i, load_floats(src + i), load_floats(src + i + kRegLanes));
     }
   } else {
     RegBits a, b;
     pair_order<false>(first, a, b);
     for (; i + kStep <= n; i += kStep) {
       const std::uint32_t at = std::uint32_t(i);
-      const RegBits ra = random_bits(key->k0, key->k1, a + at) & 0xFFFFu;
-      const RegBits rb = random_bits(key->k0, key->k1, b + at) & 0xFFFFu;
-      store_halves2<false>(dst + i, bf16_lanes_plus(load_floats(src + i), ra) >> 16,
-                           bf16_lanes_plus(load_floats(src + i + kRegLanes), rb) >> 16);
+      store_bf16_pair<false, true>(dst + i, load_floats(src + i), load_floats(src + i + kRegLanes),
+                                   random_bits(key->k0, key->k1, a + at),
+                                   random_bits(key->k0, key->k1, b + at));
     }
   }
 #endif

@@ -187,6 +187,19 @@ FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_nearest(RegFloats x) {
   return bf16_lanes_plus(x, 0x7FFFu + ((bits_of(x) >> 16) & 1u));
 }
 
+#if FUSEDOPS_LANE_PAIRS
+// Two registers rounded to bfloat16 (to nearest even, or adding the low 16 bits of ra,
+// rb: stochastic) and stored as 16 values in the order pair_order<kInLane> gives them.
+template <bool kInLane, bool kStochastic>
+FUSEDOPS_ALWAYS_INLINE void store_bf16_pair(std::uint16_t* p, RegFloats a, RegFloats b,
+                                            RegBits ra = RegBits{}, RegBits rb = RegBits{}) {
+  const auto high = [](RegFloats x, RegBits r) {
+    return (kStochastic ? bf16_lanes_plus(x, r & 0xFFFFu) : bf16_lanes_nearest(x)) >> 16;
+  };
+  store_halves2<kInLane>(p, high(a, ra), high(b, rb));
+}
+#endif
+
 template <bool kStochastic>
 FUSEDOPS_ALWAYS_INLINE void store_bf16_lanes(std::uint16_t* p, RegFloats x, RegBits random) {
   if (kStochastic) {

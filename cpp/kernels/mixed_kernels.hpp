@@ -195,6 +195,17 @@ struct BlockBits {
   RegBits r[kStepRegs];
 };
 
+#if FUSEDOPS_LANE_PAIRS
+// The 16 values at high (with those at low in the low halves, if given) as a Block in
+// the in-lane order.
+template <class... Low>
+FUSEDOPS_ALWAYS_INLINE Block load_block_inlane(const std::uint16_t* high, const Low*... low) {
+  RegBits a, b;
+  load_halves2_inlane(high, low..., a, b);
+  return Block{{float_of(a), float_of(b)}};
+}
+#endif
+
 // The lanes of a step in the in-lane order of lanes.hpp (pairs whose operands are all
 // 16-bit) or in the order of memory.
 template <class P, class G, class S>
@@ -235,28 +246,17 @@ template <>
 struct LaneIo<Bfloat16Storage> {
   template <bool kOrder>
   FUSEDOPS_ALWAYS_INLINE static Block load(const std::uint16_t* p) {
-    Block x;
 #if FUSEDOPS_LANE_PAIRS
-    if constexpr (kOrder) {
-      RegBits a, b;
-      load_halves2_inlane(p, a, b);
-      x.r[0] = float_of(a);
-      x.r[1] = float_of(b);
-      return x;
-    }
+    if constexpr (kOrder) return load_block_inlane(p);
 #endif
+    Block x;
     for (std::size_t j = 0; j < kStepRegs; ++j) x.r[j] = float_of(load_halves(p + j * kRegLanes) << 16);
     return x;
   }
   template <bool kOrder, bool kStochastic>
   FUSEDOPS_ALWAYS_INLINE static void store(std::uint16_t* p, const Block& x, const BlockBits& random) {
 #if FUSEDOPS_LANE_PAIRS
-    RegBits high[kStepRegs];
-    for (std::size_t j = 0; j < kStepRegs; ++j) {
-      high[j] = (kStochastic ? bf16_lanes_plus(x.r[j], random.r[j] & 0xFFFFu)
-                             : bf16_lanes_nearest(x.r[j])) >> 16;
-    }
-    store_halves2<kOrder>(p, high[0], high[1]);
+    store_bf16_pair<kOrder, kStochastic>(p, x.r[0], x.r[1], random.r[0], random.r[1]);
 #else
     store_bf16_lanes<kStochastic>(p, x.r[0], random.r[0]);
 #endif
@@ -272,16 +272,10 @@ constexpr bool kLaneRow = kHasLanes<P> && kHasLanes<G> && kHasLanes<S>;
 template <class P, bool kRemainder, bool kOrder, class Raw>
 FUSEDOPS_ALWAYS_INLINE Block load_param_lanes(const Raw* p, const std::uint16_t* rem) {
   if constexpr (kRemainder) {
-    Block x;
 #if FUSEDOPS_LANE_PAIRS
-    if constexpr (kOrder) {
-      RegBits a, b;
-      load_halves2_inlane(p, rem, a, b);
-      x.r[0] = float_of(a);
-      x.r[1] = float_of(b);
-      return x;
-    }
+    if constexpr (kOrder) return load_block_inlane(p, rem);
 #endif
+    Block x;
     for (std::size_t j = 0; j < kStepRegs; ++j) {
       const std::size_t o = j * kRegLanes;
       x.r[j] = float_of(load_halves(p + o) << 16 | load_halves(rem + o));
