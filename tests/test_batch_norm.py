@@ -262,7 +262,9 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # several at a time (runs of 512 values) by the passes that stream their output, and
     # in cache by those over rows of at most 64 values in arrays of 16K values or more.
     # The row reductions prefetch ahead for arrays beyond the streaming threshold (min(last
-    # level, 8 L2s)), and for arrays of rows of at most 256 values beyond the L2.
+    # level, 8 L2s)), and for arrays of rows of at most 256 values beyond the L2; with an
+    # L2 of at most 512 KiB, float32 and float64 rows longer than a column block (512
+    # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -294,11 +296,23 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(8192, 256, 1, 4)["reduce_ahead"]  # 8 MiB of rows of 256 values
     assert not plan(2048, 512, 1, 4)["reduce_ahead"]  # rows of 512 values
     assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
-    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC: 4 MiB
+    for view in ((2048, 1024, 1, 4), (1024, 4096, 1, 8), (64, 256, 64, 4), (16, 64, 1, 4)):
+        assert plan(*view)["row_prefetch"]
+    cache_sizes(48 << 10, mib, 32 * mib)  # the EPYC Zen 5
+    assert plan(4096, 1024, 1, 4)["reduce_ahead"] and plan(4096, 1024, 1, 4)["row_prefetch"]
+    assert plan(4096, 4096, 1, 4)["row_prefetch"]
+    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: 4 MiB
     assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
-    assert plan(2048, 1024, 1, 4)["reduce_ahead"]
     assert plan(4096, 64, 1, 4)["reduce_ahead"]  # 1 MiB of rows of 64 values
     assert not plan(2048, 64, 1, 4)["reduce_ahead"]  # 512 KiB: the L2
+    assert plan(8192, 512, 1, 4)["reduce_ahead"]  # rows of a column block
+    assert plan(8192, 512, 1, 4)["row_prefetch"]
+    for view in ((2048, 1024, 1, 4), (4096, 4096, 1, 4), (1024, 1536, 1, 4),
+                 (256, 256, 64, 4), (4096, 4096, 1, 8)):  # longer rows, 4 and 8 bytes
+        assert not plan(*view)["reduce_ahead"] and not plan(*view)["row_prefetch"]
+    assert plan(4096, 1024, 1, 2)["reduce_ahead"]  # 16-bit rows keep them
+    assert plan(2048, 1024, 1, 2)["row_prefetch"]
+    assert not plan(64, 256, 784, 4)["row_prefetch"]  # channel-first runs: no row loops
 
 
 def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):

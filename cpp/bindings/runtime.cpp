@@ -87,6 +87,7 @@ void register_runtime(py::module_& m) {
         out["forward_row_run"] = info.forward_row_run;
         out["backward_row_run"] = info.backward_row_run;
         out["reduce_ahead"] = info.reduce_ahead;
+        out["row_prefetch"] = info.row_prefetch;
         out["forward_slab_streams"] = info.forward_slab_streams;
         return out;
       },

@@ -474,8 +474,8 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
 }
 
 // The row loops that stream their output (data beyond the caches) prefetch each row's
-// inputs kPrefetchBytes ahead, as the streaming run loops do: the hardware streamers stop
-// at 4 KiB pages. (AMD EPYC Zen 5, 2 threads, in-process A/B, fwd+bwd float32: NHWC (64,
+// inputs kPrefetchBytes ahead, as the streaming run loops do, when the runtime asks
+// (`ahead`, Plan::row_prefetch): the hardware streamers stop at 4 KiB pages. (AMD EPYC Zen 5, 2 threads, in-process A/B, fwd+bwd float32: NHWC (64,
 // 28, 28, 256) 0.78-0.90x, (32, 56, 56, 64) 0.87-0.94x, (4096, 4096) 0.89x; the dx loop's
 // prefetches are float32's only: float64's NHWC backward measured 1.03-1.08x slower with
 // them, and the 16-bit loops (bn16_kernels.hpp) keep none: bfloat16 NHWC backward 1.10-1.18x
@@ -483,10 +483,11 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t rows,
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
-                            const T* __restrict scale, const T* __restrict shift) {
+                            const T* __restrict scale, const T* __restrict shift,
+                            bool ahead) {
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict xr = x + r * stride;
-    if (kStream) prefetch_ahead(xr, cols);
+    if (kStream && ahead) prefetch_ahead(xr, cols);
     write_values<kStream>(y + r * stride, cols, [=](std::size_t j) {
       return S::narrow((S::load(xr, j) - mean_hi[j]) * scale[j] + shift[j]);
     });
@@ -495,10 +496,11 @@ void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
 
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize(const R* x, R* y, std::size_t rows, std::size_t stride, std::size_t cols,
-                       const T* mean_hi, const T* scale, const T* shift, bool stream) {
+                       const T* mean_hi, const T* scale, const T* shift, bool stream,
+                       bool ahead) {
   with_flags(
       [&](auto s) {
-        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, scale, shift);
+        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, scale, shift, ahead);
       },
       stream);
 }
@@ -508,12 +510,12 @@ template <class S, bool kCentered, bool kStream, class R = typename S::raw,
 void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
                      const T* __restrict k_dy, const T* __restrict mean_hi,
-                     const T* __restrict k_x, const T* __restrict k_0) {
+                     const T* __restrict k_x, const T* __restrict k_0, bool ahead) {
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict gr = dy + r * stride;
     const R* __restrict xr = x + r * stride;
     R* const o = dx + r * stride;
-    if (kStream && sizeof(R) == 4) {
+    if (kStream && sizeof(R) == 4 && ahead) {
       prefetch_ahead(gr, cols);
       if (kCentered) prefetch_ahead(xr, cols);
     }
@@ -529,10 +531,10 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_rows_dx(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
                 std::size_t cols, const T* k_dy, const T* mean_hi, const T* k_x, const T* k_0,
-                bool centered, bool stream) {
+                bool centered, bool stream, bool ahead) {
   with_flags(
       [&](auto c, auto s) {
-        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0);
+        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0, ahead);
       },
       centered, stream);
 }

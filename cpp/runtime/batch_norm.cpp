@@ -94,6 +94,23 @@ constexpr std::size_t kShortRowCols = 64;
 // Row reductions over rows of at most this many values prefetch ahead once the array is
 // bigger than the L2 (Plan::reduce_ahead).
 constexpr std::size_t kAheadRowCols = 256;
+// On cores with an L2 of at most this many bytes, float32 and float64 rows longer than a
+// column block (kColBlock) take no software prefetches, in their reductions or in their
+// streaming elementwise loops (Plan::row_prefetch): there each of a chunk's rows is a run
+// the hardware streamers follow, and the prefetches (a chunk of rows ahead, or a row's
+// worth at its start) only cost. (AMD EPYC Zen 3, 512 KiB L2, 32 MiB L3, 2 threads,
+// in-process A/B, same bits: float32 forward 0.83-0.91x and backward 0.71-0.82x from
+// (512, 4096) and (4096, 1024) in its L3 to (4096, 4096) and (16384, 1024) from memory,
+// NCL (256, 256, 64) 0.83x / 0.78x, NHWC (64, 7, 7, 2048) 0.90x / 0.75x; float64 (1024,
+// 4096) 0.74x / 0.82x; gradient sums alone 0.59-0.86x, the statistics 0.73-0.85x, and
+// a prefetch one chunk ahead instead of four still slower than none. Rows of at most a
+// column block keep them: each chunk of such rows is one contiguous run that the blocks
+// walk down, not along, and there they gain, (16384, 256) fwd+bwd 1.19x and (32768, 128)
+// 1.10x slower without. bfloat16 rows keep them: faster without in the L3, slower from
+// memory, (4096, 4096) gradient sums 1.26x. The Zen 5 (1 MiB L2) measured the streaming
+// row loops' prefetches faster, (4096, 4096) 0.89x, and the Xeon (2 MiB) the reductions'
+// (kernels.hpp, Plan::reduce_ahead): they keep both.)
+constexpr std::size_t kSmallL2Bytes = 512 * 1024;
 
 constexpr std::size_t kLineBytes = 64;
 
@@ -271,12 +288,19 @@ class Plan {
   // 56, 64) 3.65 -> 3.52 ms, and beyond the L3 the gradient sums of (65536, 1024) 21.6 ->
   // 17.1 ms; rows of 64 and 256 values from 4 to 13 MB, fwd+bwd: float32 NHWC (8, 56, 56, 64)
   // 0.59 -> 0.54 ns/el and (16, 56, 56, 64) 0.61 -> 0.57, bfloat16 (32, 56, 56, 64) 0.33
-  // -> 0.32, (8192, 256) bfloat16 0.39 -> 0.37.)
+  // -> 0.32, (8192, 256) bfloat16 0.39 -> 0.37.) Never where row_prefetch() says none.
   bool reduce_ahead() const {
+    if (!row_prefetch()) return false;
     return stream_output(1) ||
            (cols_ > 0 && cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
   }
   std::size_t tile_cols() const { return tile_cols_; }
+  // Whether the row loops prefetch at all (the reductions as reduce_ahead() says, the
+  // elementwise loops when they stream their output): not rows longer than a column block
+  // of float32 or float64 on a core with a small L2 (kSmallL2Bytes).
+  bool row_prefetch() const {
+    return cols_ <= kColBlock || element_bytes_ < 4 || cache_sizes().l2 > kSmallL2Bytes;
+  }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
   // group's inputs fit in a quarter of the L2 (one channel: half of it), so its
@@ -894,7 +918,7 @@ class NormalizePass {
         [&](std::size_t at, std::size_t rows, std::size_t stride, std::size_t cols,
             std::size_t col) {
           k_.rows_normalize(x_ + at, y_ + at, rows, stride, cols, hi_ + col, sc_ + col,
-                            sh_ + col, stream_);
+                            sh_ + col, stream_, ahead_);
         });
     if (stream_) k_.stream_fence();
   }
@@ -916,7 +940,8 @@ class NormalizePass {
   NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
                 R* y, std::size_t shift)
       : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels(), shift),
-        stream_(plan.stream_output(2)), period_(plan.elementwise_period(stream_)),
+        stream_(plan.stream_output(2)), ahead_(plan.row_prefetch()),
+        period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
@@ -932,6 +957,7 @@ class NormalizePass {
   R* y_;
   NormalizeConstants<T> constants_;
   bool stream_;
+  bool ahead_;  // the row loops' prefetches (Plan::row_prefetch)
   std::size_t period_;
   WorkList work_;
   T* room_[3] = {nullptr, nullptr, nullptr};
@@ -980,7 +1006,7 @@ class DxPass {
         [&](std::size_t at, std::size_t rows, std::size_t stride, std::size_t cols,
             std::size_t col) {
           k_.rows_dx(dy_ + at, x_ + at, dx_ + at, rows, stride, cols, kd_ + col, hi_ + col,
-                     kx_ + col, k0_ + col, centered_, stream_);
+                     kx_ + col, k0_ + col, centered_, stream_, ahead_);
         });
     if (stream_) k_.stream_fence();
   }
@@ -1002,7 +1028,7 @@ class DxPass {
   DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
          const R* x, R* dx, bool centered, std::size_t shift)
       : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels(), shift),
-        centered_(centered), stream_(plan.stream_output(3)),
+        centered_(centered), stream_(plan.stream_output(3)), ahead_(plan.row_prefetch()),
         period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
@@ -1022,6 +1048,7 @@ class DxPass {
   DxConstants<T> constants_;
   bool centered_;
   bool stream_;
+  bool ahead_;  // as NormalizePass's
   std::size_t period_;
   WorkList work_;
   T* room_[4] = {nullptr, nullptr, nullptr, nullptr};
@@ -1341,6 +1368,7 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           plan.runs() ? 0 : plan.elementwise_period(plan.stream_output(2)),
           plan.runs() ? 0 : plan.elementwise_period(plan.stream_output(3)),
           rows && plan.reduce_ahead(),
+          rows && plan.row_prefetch(),
           plan.reduce_slabs() ? plan.slab_streams(2) : 0};
 }
 

@@ -178,6 +178,7 @@ struct BatchNormPlanInfo {
   std::size_t forward_row_run;
   std::size_t backward_row_run;
   bool reduce_ahead;
+  bool row_prefetch;  // whether the row loops prefetch at all (Plan::row_prefetch)
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);

@@ -150,10 +150,10 @@ struct BatchNormKernels {
                          double* sum_dyx, bool ahead);
   void (*rows_normalize)(const R* x, R* y, std::size_t rows, std::size_t stride,
                          std::size_t cols, const T* mean_hi, const T* scale,
-                         const T* shift, bool stream);
+                         const T* shift, bool stream, bool ahead);
   void (*rows_dx)(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
                   std::size_t cols, const T* k_dy, const T* mean_hi,
-                  const T* k_x, const T* k_0, bool centered, bool stream);
+                  const T* k_x, const T* k_0, bool centered, bool stream, bool ahead);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
 
