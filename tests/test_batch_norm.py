@@ -139,6 +139,8 @@ def test_outputs_beyond_the_cache_size(isa, small_last_level_cache, shape, chann
     x, weight, bias, rm, rv = make_inputs(rng, shape, channel_axis, dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     assert 2 * x.nbytes > small_last_level_cache
+    if channel_axis == -1:  # the gradient sums of rows from memory: chunks of L1 / 16
+        assert _core._batch_norm_plan(*plan_view(shape, -1), x.itemsize)["grad_chunk_bytes"] > 0
     y_ref, mean, invstd, _, _ = batch_norm_forward_reference(x, weight, bias,
                                                              channel_axis=channel_axis)
     y, save_mean, save_invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
@@ -265,6 +267,8 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # level, 8 L2s)), and for arrays of rows of at most 256 values beyond the L2; with an
     # L2 of at most 512 KiB, float32 and float64 rows longer than a column block (512
     # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
+    # The gradient sums of arrays whose x and dy do not fit in the last level together
+    # read chunks of a sixteenth of the L1 (grad_chunk_bytes; 0: their own chunks).
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -298,9 +302,12 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
     for view in ((2048, 1024, 1, 4), (1024, 4096, 1, 8), (64, 256, 64, 4), (16, 64, 1, 4)):
         assert plan(*view)["row_prefetch"]
+    assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 0  # 51 MB: in this L3
+    assert plan(1 << 20, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # 512 MiB
     cache_sizes(48 << 10, mib, 32 * mib)  # the EPYC Zen 5
     assert plan(4096, 1024, 1, 4)["reduce_ahead"] and plan(4096, 1024, 1, 4)["row_prefetch"]
     assert plan(4096, 4096, 1, 4)["row_prefetch"]
+    assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # NHWC (32, 56, 56, 64)
     cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: 4 MiB
     assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
     assert plan(4096, 64, 1, 4)["reduce_ahead"]  # 1 MiB of rows of 64 values
@@ -313,6 +320,11 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(4096, 1024, 1, 2)["reduce_ahead"]  # 16-bit rows keep them
     assert plan(2048, 1024, 1, 2)["row_prefetch"]
     assert not plan(64, 256, 784, 4)["row_prefetch"]  # channel-first runs: no row loops
+    assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 2 << 10  # NHWC (32, 56, 56, 64)
+    assert plan(100352, 64, 1, 8)["grad_chunk_bytes"] == 2 << 10
+    assert plan(16384, 64, 1, 4)["grad_chunk_bytes"] == 0  # x and dy in the L3
+    assert plan(4096, 4096, 1, 4)["grad_chunk_bytes"] == 0  # no prefetching (row_prefetch)
+    assert plan(64, 256, 784, 4)["grad_chunk_bytes"] == 0  # slabs
 
 
 def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):

@@ -644,7 +644,8 @@ template <class S, class Reg>
 void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t* __restrict x,
                          std::size_t rows, std::size_t stride, std::size_t cols,
                          const double* __restrict mean, double* __restrict sum_dy,
-                         double* __restrict sum_dyx, bool ahead) {
+                         double* __restrict sum_dyx, bool ahead,
+                         std::size_t /*chunk_bytes: the 16-bit loops keep their chunks*/) {
   alignas(64) float hi[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;

@@ -111,6 +111,9 @@ constexpr std::size_t kAheadRowCols = 256;
 // row loops' prefetches faster, (4096, 4096) 0.89x, and the Xeon (2 MiB) the reductions'
 // (kernels.hpp, Plan::reduce_ahead): they keep both.)
 constexpr std::size_t kSmallL2Bytes = 512 * 1024;
+// The gradient sums over whole rows from memory read chunks of this fraction of the L1 per
+// array (Plan::grad_chunk_bytes).
+constexpr std::size_t kGradChunkL1Parts = 16;
 
 constexpr std::size_t kLineBytes = 64;
 
@@ -293,6 +296,15 @@ class Plan {
     if (!row_prefetch()) return false;
     return stream_output(1) ||
            (cols_ > 0 && cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
+  }
+  // The chunks of the gradient sums over tiles of whole rows (kernels.hpp,
+  // grad_chunk_rows) when they prefetch and their two arrays come from memory (do not fit
+  // in the last-level cache together): about this many bytes of each array, a sixteenth
+  // of the L1, so that the chunk being read and the one requested ahead, of both arrays,
+  // take a quarter of it. 0 otherwise: the kernels' own chunks.
+  std::size_t grad_chunk_bytes() const {
+    if (!reduce_ahead() || 2 * total_ * element_bytes_ <= cache_sizes().last) return 0;
+    return std::max<std::size_t>(kLineBytes, cache_sizes().l1d / kGradChunkL1Parts);
   }
   std::size_t tile_cols() const { return tile_cols_; }
   // Whether the row loops prefetch at all (the reductions as reduce_ahead() says, the
@@ -859,7 +871,8 @@ struct GradSums {
   }
   void row_sums(const RowUnit& r, double* first, double* second) const {
     k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
-                     mean_col + r.col, first, second, plan.reduce_ahead());
+                     mean_col + r.col, first, second, plan.reduce_ahead(),
+                     plan.grad_chunk_bytes());
   }
 };
 
@@ -1369,6 +1382,7 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           plan.runs() ? 0 : plan.elementwise_period(plan.stream_output(3)),
           rows && plan.reduce_ahead(),
           rows && plan.row_prefetch(),
+          rows ? plan.grad_chunk_bytes() : 0,
           plan.reduce_slabs() ? plan.slab_streams(2) : 0};
 }
 

@@ -179,6 +179,7 @@ struct BatchNormPlanInfo {
   std::size_t backward_row_run;
   bool reduce_ahead;
   bool row_prefetch;  // whether the row loops prefetch at all (Plan::row_prefetch)
+  std::size_t grad_chunk_bytes;  // the gradient sums' chunks of whole rows (0: their own)
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);

@@ -142,12 +142,14 @@ struct BatchNormKernels {
                   const T* mean_hi, const T* k_x, const T* k_0,
                   bool centered, bool stream);
   // The row reductions prefetch their values a chunk of rows ahead when `ahead` (arrays
-  // beyond the caches: Plan::reduce_ahead()).
+  // beyond the caches: Plan::reduce_ahead()); the gradient sums with chunk_bytes > 0 take
+  // tiles of whole rows in chunks of about chunk_bytes of each array, each prefetched as
+  // the one before is read (Plan::grad_chunk_bytes()).
   void (*rows_stats)(const R* x, std::size_t rows, std::size_t stride, std::size_t cols,
                      const double* pivot, double* sum, double* sum_sq, bool ahead);
   void (*rows_grad_sums)(const R* dy, const R* x, std::size_t rows, std::size_t stride,
                          std::size_t cols, const double* mean, double* sum_dy,
-                         double* sum_dyx, bool ahead);
+                         double* sum_dyx, bool ahead, std::size_t chunk_bytes);
   void (*rows_normalize)(const R* x, R* y, std::size_t rows, std::size_t stride,
                          std::size_t cols, const T* mean_hi, const T* scale,
                          const T* shift, bool stream, bool ahead);
