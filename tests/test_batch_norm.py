@@ -212,6 +212,42 @@ def test_long_rows_beyond_the_cache_give_the_cached_bits(isa, threads, small_las
             assert a.tobytes() == b.tobytes(), name
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,channel_axis", [((300, 1500), 1), ((37, 8, 8, 700), -1),
+                                                ((3001, 64), 1), ((4001, 24), 1)],
+                         ids=["nc-wide", "nhwc-wide", "nc-64", "nc-24"])
+def test_gradient_sum_chunks_give_the_same_bits(isa, threads, cache_sizes, shape, channel_axis,
+                                                dtype):
+    # With a 512 KiB L2 and a 256 KiB last level, the gradient sums over whole rows take
+    # chunks of a sixteenth of the L1 (rows that take no prefetches: 4 rows; rows from
+    # memory: 2 KiB, prefetched a chunk ahead): the same bits as the column blocks and
+    # cached chunks of unbounded caches, for any thread count.
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 2.0 - 7.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    channels = shape[channel_axis]
+    weight = rng.uniform(0.5, 2.0, channels).astype(dtype)
+    _, mean, invstd = fo.batch_norm_forward(x, weight, None, channel_axis=channel_axis)
+    view = plan_view(shape, channel_axis)
+
+    def run():
+        return fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis)
+
+    cache_sizes(32 << 10, 512 << 10, 256 << 10)
+    info = _core._batch_norm_plan(*view, x.itemsize)
+    assert info["grad_chunk_bytes"] == 2 << 10 and info["tile_cols"] >= view[1] * view[2]
+    chunked = [run() for n in (1, 2) if fo.set_num_threads(n) is None]
+    cache_sizes(32 << 10, 1 << 40, 1 << 40)
+    assert _core._batch_norm_plan(*view, x.itemsize)["grad_chunk_bytes"] == 0
+    cached = run()
+    dx_ref, dw_ref, db_ref = batch_norm_backward_reference(dy, x, weight, mean, invstd,
+                                                           channel_axis=channel_axis)
+    assert_close(cached[0], dx_ref, dtype, "dx")
+    for result in chunked:
+        for a, b in zip(result, cached):
+            assert a.tobytes() == b.tobytes()
+
+
 def plan_view(shape, channel_axis):
     """The (outer, channels, inner) view batch norm plans x of `shape` with."""
     if channel_axis == 1:
@@ -267,8 +303,9 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # level, 8 L2s)), and for arrays of rows of at most 256 values beyond the L2; with an
     # L2 of at most 512 KiB, float32 and float64 rows longer than a column block (512
     # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
-    # The gradient sums of arrays whose x and dy do not fit in the last level together
-    # read chunks of a sixteenth of the L1 (grad_chunk_bytes; 0: their own chunks).
+    # The gradient sums of arrays whose x and dy do not fit in the last level together,
+    # and of rows that take no prefetches, read chunks of a sixteenth of the L1 (at least
+    # 4 rows; grad_chunk_bytes; 0: their own chunks).
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -323,7 +360,9 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 2 << 10  # NHWC (32, 56, 56, 64)
     assert plan(100352, 64, 1, 8)["grad_chunk_bytes"] == 2 << 10
     assert plan(16384, 64, 1, 4)["grad_chunk_bytes"] == 0  # x and dy in the L3
-    assert plan(4096, 4096, 1, 4)["grad_chunk_bytes"] == 0  # no prefetching (row_prefetch)
+    assert plan(4096, 4096, 1, 4)["grad_chunk_bytes"] == 2 << 10  # no prefetching: 4 rows
+    assert plan(1024, 1024, 1, 4)["grad_chunk_bytes"] == 2 << 10  # (tiles of 512 columns:
+    assert plan(1024, 1024, 1, 4)["tile_cols"] == 512  # not whole rows, their own chunks)
     assert plan(64, 256, 784, 4)["grad_chunk_bytes"] == 0  # slabs
 
 

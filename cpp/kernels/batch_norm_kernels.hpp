@@ -447,8 +447,14 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
 // 0.69x, of 256 (25088, 256) 0.73x and (50176, 256) 0.87x, of 32 (200704, 32) 0.83x, of
 // 512 (65536, 512) 0.84x; rows of 16 values keep their 32 rows (2 KiB); 3 KiB chunks
 // measured between the two. With the two arrays in the L3, 4-8 MiB, 1.03-1.07x slower:
-// the runtime leaves those chunks as they were.) Otherwise the chunks are grad_row_chunk's
-// (kWideTileChunk rows for rows longer than kWideTileCols), prefetched kRowChunk rows ahead.
+// the runtime leaves those chunks as they were.) Rows longer than kWideTileCols that take
+// no prefetches (Plan::row_prefetch) get chunk_bytes too: kMinChunkRows rows at a time,
+// 8 streams of the two arrays instead of 16. (Zen 3, same A/B: float32 backward (1024,
+// 4096) 0.77x, (2048, 2048) 0.90x, (4096, 4096) 0.83x, (4096, 1024) 0.83x, NCL (256, 256,
+// 64) 0.75x, NHWC (64, 7, 7, 2048) 0.79x; float64 0.80-0.85x. The statistics, one array,
+// measured 1.3x slower in chunks of 4 rows than of 8.) Otherwise the chunks are
+// grad_row_chunk's (kWideTileChunk rows for rows longer than kWideTileCols), prefetched
+// kRowChunk rows ahead.
 constexpr std::size_t kMinChunkRows = 4;
 template <class T>
 inline std::size_t grad_chunk_rows(std::size_t cols, std::size_t chunk_bytes, std::size_t chunk) {
@@ -464,7 +470,7 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
                        std::size_t chunk_bytes) {
   std::size_t chunk = grad_row_chunk<T>(stride);
   std::size_t ahead_rows = kRowChunk;
-  if (chunk_bytes > 0 && cols == stride && cols > 0 && cols <= kWideTileCols) {
+  if (chunk_bytes > 0 && cols == stride && cols > 0) {
     chunk = ahead_rows = grad_chunk_rows<T>(cols, chunk_bytes, chunk);
   }
   with_flags([&](auto kAhead) {

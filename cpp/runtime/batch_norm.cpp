@@ -301,9 +301,12 @@ class Plan {
   // grad_chunk_rows) when they prefetch and their two arrays come from memory (do not fit
   // in the last-level cache together): about this many bytes of each array, a sixteenth
   // of the L1, so that the chunk being read and the one requested ahead, of both arrays,
-  // take a quarter of it. 0 otherwise: the kernels' own chunks.
+  // take a quarter of it; and for rows that take no prefetches (row_prefetch(), rows too
+  // long for the sixteenth: the kernels' fewest rows). 0 otherwise: the kernels' own
+  // chunks.
   std::size_t grad_chunk_bytes() const {
-    if (!reduce_ahead() || 2 * total_ * element_bytes_ <= cache_sizes().last) return 0;
+    const bool from_memory = reduce_ahead() && 2 * total_ * element_bytes_ > cache_sizes().last;
+    if (!from_memory && row_prefetch()) return 0;
     return std::max<std::size_t>(kLineBytes, cache_sizes().l1d / kGradChunkL1Parts);
   }
   std::size_t tile_cols() const { return tile_cols_; }
