@@ -441,7 +441,8 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
 // (grad_row_chunk), prefetched (`ahead`) a chunk ahead. A chunk of such rows is one
 // contiguous run that the column blocks walk down, a line of each row at a time; for
 // arrays from memory, fewer rows at a time, the next chunk requested as the current one is
-// read, kept the two arrays' lines in the L1 until read. (AMD EPYC Zen 3, 32 KiB L1d, 2
+// read, measured faster (the runtime sizes them so that the chunk being read and the one
+// requested, of both arrays, take a quarter of the L1). (AMD EPYC Zen 3, 32 KiB L1d, 2
 // threads, in-process A/B, same bits, 2 KiB chunks against 32 rows prefetched 32 rows
 // ahead: the gradient sums of rows of 64 values (100352, 64) 0.62x, of 128 (100352, 128)
 // 0.69x, of 256 (25088, 256) 0.73x and (50176, 256) 0.87x, of 32 (200704, 32) 0.83x, of
@@ -508,11 +509,11 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
 
 // The row loops that stream their output (data beyond the caches) prefetch each row's
 // inputs kPrefetchBytes ahead, as the streaming run loops do, when the runtime asks
-// (`ahead`, Plan::row_prefetch): the hardware streamers stop at 4 KiB pages. (AMD EPYC Zen 5, 2 threads, in-process A/B, fwd+bwd float32: NHWC (64,
-// 28, 28, 256) 0.78-0.90x, (32, 56, 56, 64) 0.87-0.94x, (4096, 4096) 0.89x; the dx loop's
-// prefetches are float32's only: float64's NHWC backward measured 1.03-1.08x slower with
-// them, and the 16-bit loops (bn16_kernels.hpp) keep none: bfloat16 NHWC backward 1.10-1.18x
-// slower with them.)
+// (`ahead`, Plan::row_prefetch): the hardware streamers stop at 4 KiB pages. (AMD EPYC
+// Zen 5, 2 threads, in-process A/B, fwd+bwd float32: NHWC (64, 28, 28, 256) 0.78-0.90x,
+// (32, 56, 56, 64) 0.87-0.94x, (4096, 4096) 0.89x; the dx loop's prefetches are float32's
+// only: float64's NHWC backward measured 1.03-1.08x slower with them, and the 16-bit loops
+// (bn16_kernels.hpp) keep none: bfloat16 NHWC backward 1.10-1.18x slower with them.)
 template <class S, bool kStream, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t rows,
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,

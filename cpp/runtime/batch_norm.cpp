@@ -102,7 +102,7 @@ constexpr std::size_t kAheadRowCols = 256;
 // in-process A/B, same bits: float32 forward 0.83-0.91x and backward 0.71-0.82x from
 // (512, 4096) and (4096, 1024) in its L3 to (4096, 4096) and (16384, 1024) from memory,
 // NCL (256, 256, 64) 0.83x / 0.78x, NHWC (64, 7, 7, 2048) 0.90x / 0.75x; float64 (1024,
-// 4096) 0.74x / 0.82x; gradient sums alone 0.59-0.86x, the statistics 0.73-0.85x, and
+// 4096) 0.74x / 0.82x; gradient sums alone 0.59-0.86x, the statistics 0.73-0.89x, and
 // a prefetch one chunk ahead instead of four still slower than none. Rows of at most a
 // column block keep them: each chunk of such rows is one contiguous run that the blocks
 // walk down, not along, and there they gain, (16384, 256) fwd+bwd 1.19x and (32768, 128)
