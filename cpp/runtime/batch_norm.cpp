@@ -298,15 +298,16 @@ class Plan {
            (cols_ > 0 && cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
   }
   // The chunks of the gradient sums over tiles of whole rows (kernels.hpp,
-  // grad_chunk_rows) when they prefetch and their two arrays come from memory (do not fit
-  // in the last-level cache together): about this many bytes of each array, a sixteenth
-  // of the L1, so that the chunk being read and the one requested ahead, of both arrays,
-  // take a quarter of it; and for rows that take no prefetches (row_prefetch(), rows too
-  // long for the sixteenth: the kernels' fewest rows). 0 otherwise: the kernels' own
-  // chunks.
+  // grad_chunk_rows): about this many bytes of each array, a sixteenth of the L1 (the
+  // chunk being read and the one requested ahead, of both arrays, then take a quarter of
+  // it), in two cases: rows that prefetch and whose x and dy do not fit in the last-level
+  // cache together, and rows that take no prefetches at all (row_prefetch(); rows that
+  // long get the kernels' fewest rows). 0 otherwise: the kernels' own chunks.
   std::size_t grad_chunk_bytes() const {
-    const bool from_memory = reduce_ahead() && 2 * total_ * element_bytes_ > cache_sizes().last;
-    if (!from_memory && row_prefetch()) return 0;
+    const bool from_memory =
+        reduce_ahead() && 2 * total_ * element_bytes_ > cache_sizes().last;
+    const bool unprefetched = !row_prefetch();
+    if (!from_memory && !unprefetched) return 0;
     return std::max<std::size_t>(kLineBytes, cache_sizes().l1d / kGradChunkL1Parts);
   }
   std::size_t tile_cols() const { return tile_cols_; }
@@ -863,19 +864,21 @@ struct GradSums {
   const R* x;
   const double* mean;
   const double* mean_col;
+  bool ahead;               // the plan's, for every row tile
+  std::size_t chunk_bytes;
 
   GradSums(const BatchNormKernels<R, T>& kernels, const Plan& p, const R* grad, const R* data,
            const double* m, Scratch& scratch)
       : k(kernels), plan(p), dy(grad), x(data), mean(m),
-        mean_col(p.reduce_slabs() ? nullptr : per_column(p, m, scratch)) {}
+        mean_col(p.reduce_slabs() ? nullptr : per_column(p, m, scratch)),
+        ahead(p.reduce_ahead()), chunk_bytes(p.grad_chunk_bytes()) {}
   void slab_sums(const SlabUnit* units, std::size_t, double* out) const {
     k.slab_grad_sums(dy + units[0].offset, x + units[0].offset, units[0].length,
                      mean[units[0].channel], out);
   }
   void row_sums(const RowUnit& r, double* first, double* second) const {
     k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
-                     mean_col + r.col, first, second, plan.reduce_ahead(),
-                     plan.grad_chunk_bytes());
+                     mean_col + r.col, first, second, ahead, chunk_bytes);
   }
 };
 
