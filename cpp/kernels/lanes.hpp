@@ -15,6 +15,9 @@
 // register: left to GCC's inliner, whose unit-growth limits this translation unit's many
 // instantiations reach, some loops kept the calls and did not vectorize.
 #define FUSEDOPS_ALWAYS_INLINE inline __attribute__((always_inline))
+// The same for the lambdas of the lane loops (their step runs in the loop and on the
+// padded tail: two call sites, which the inliner otherwise weighs against its size).
+#define FUSEDOPS_LAMBDA_INLINE __attribute__((always_inline))
 
 #if defined(__AVX512F__)
 constexpr std::size_t kRegLanes = 16;
@@ -175,28 +178,47 @@ constexpr std::size_t kStepRegs = 1;
 #endif
 
 // bfloat16 lanes: bf16_from_bits_plus of storage.hpp, the NaN select on 32-bit lanes; the
-// result is the high half of each lane.
+// result is the high half of each lane. kMayBeNan false: the caller has checked that no
+// lane is NaN (nan_lanes), and the select, whose other side is then never taken, is left
+// out (the same bits, three instructions fewer per register).
+template <bool kMayBeNan = true>
 FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_plus(RegFloats x, RegBits addend) {
   const RegBits u = bits_of(x);
+  if (!kMayBeNan) return u + addend;
   const RegBits nan = u | 0x00400000u;  // (u >> 16 | 0x0040) in the high half
   return reinterpret_cast<RegBits>(x != x ? nan : u + addend);
 }
 
 // bf16_round_nearest of every lane (to nearest even, NaN kept quiet), in its high half.
+template <bool kMayBeNan = true>
 FUSEDOPS_ALWAYS_INLINE RegBits bf16_lanes_nearest(RegFloats x) {
-  return bf16_lanes_plus(x, 0x7FFFu + ((bits_of(x) >> 16) & 1u));
+  return bf16_lanes_plus<kMayBeNan>(x, 0x7FFFu + ((bits_of(x) >> 16) & 1u));
 }
 
 #if FUSEDOPS_LANE_PAIRS
 // Two registers rounded to bfloat16 (to nearest even, or adding the low 16 bits of ra,
 // rb: stochastic) and stored as 16 values in the order pair_order<kInLane> gives them.
-template <bool kInLane, bool kStochastic>
+template <bool kInLane, bool kStochastic, bool kMayBeNan = true>
 FUSEDOPS_ALWAYS_INLINE void store_bf16_pair(std::uint16_t* p, RegFloats a, RegFloats b,
                                             RegBits ra = RegBits{}, RegBits rb = RegBits{}) {
   const auto high = [](RegFloats x, RegBits r) {
-    return (kStochastic ? bf16_lanes_plus(x, r & 0xFFFFu) : bf16_lanes_nearest(x)) >> 16;
+    return (kStochastic ? bf16_lanes_plus<kMayBeNan>(x, r & 0xFFFFu)
+                        : bf16_lanes_nearest<kMayBeNan>(x)) >> 16;
   };
   store_halves2<kInLane>(p, high(a, ra), high(b, rb));
+}
+
+// All ones in the lanes where a or b is NaN: one compare for two registers. The 16-bit
+// loops test the registers they round once per step (any_lane) and, in the common case
+// of no NaN, store them without the NaN selects.
+FUSEDOPS_ALWAYS_INLINE RegBits nan_lanes(RegFloats a, RegFloats b) {
+  return reinterpret_cast<RegBits>(
+      _mm256_cmp_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b), _CMP_UNORD_Q));
+}
+
+FUSEDOPS_ALWAYS_INLINE bool any_lane(RegBits mask) {
+  const __m256i m = reinterpret_cast<__m256i>(mask);
+  return !_mm256_testz_si256(m, m);
 }
 #endif
 
