@@ -240,3 +240,125 @@ def test_stochastic_rounding_draws_each_elements_bits(isa, row, rng):
                 assert n == 0 or not np.array_equal(got, before)
             else:
                 assert_bitwise_equal(got, want)
+
+
+# ---- The lane loops' float32 arithmetic is the float32 kernels' (cpp/kernels/optim_kernels.hpp),
+# bit for bit: float32 params fed by bfloat16 grads (the master-weights flow) and remainders
+# with float32 state run lane loops, and their masters must be those that float32 grads give
+# (and those of master_weights=True). The flags that change the arithmetic: decoupled decay
+# (torch's rounded p * (1 - lr * wd)), L2, L1, AMSGrad, maximize, grad scaling, momentum,
+# dampening, Nesterov, the first momentum step.
+ADAM_FLAGS = [dict(), dict(weight_decay=0.1, decoupled_weight_decay=True),
+              dict(weight_decay=0.1, decoupled_weight_decay=True, l1=1e-3),
+              dict(weight_decay=0.1, amsgrad=True, maximize=True, grad_scale=3.0),
+              dict(l1=1e-3, grad_scale=2.0)]
+SGD_FLAGS = [dict(), dict(momentum=0.9, dampening=0.3, weight_decay=0.1),
+             dict(momentum=0.9, nesterov=True), dict(momentum=0.9, maximize=True, grad_scale=3.0, l1=1e-3)]
+LANE_CASES = [("adam", kw) for kw in ADAM_FLAGS] + [("sgd", kw) for kw in SGD_FLAGS]
+
+
+def lane_case_id(case):
+    kind, kw = case
+    return kind + "".join(f"-{k}" for k in kw) if kw else kind + "-plain"
+
+
+def run_steps(kind, kw, params, grads, state, copies=None):
+    """Three steps (the first SGD one a first momentum step), in place."""
+    for step in (1, 2, 3):
+        if kind == "adam":
+            fo.adam_step(params, grads, state[0], state[1], step=step, lr=1e-2, param_copies=copies,
+                         max_exp_avg_sqs=state[2] if kw.get("amsgrad") else None, **kw)
+        else:
+            first = step == 1 and kw.get("momentum", 0) != 0
+            fo.sgd_step(params, grads, state[0] if kw.get("momentum") else None, lr=1e-2,
+                        first_step=first, param_copies=copies, **kw)
+
+
+@pytest.mark.parametrize("case", LANE_CASES, ids=lane_case_id)
+def test_lane_loops_compute_the_float32_kernels_bits(isa, case, rng):
+    """float32 params with bfloat16 grads and float32 state (with bfloat16 copies) give the
+    float32 kernel's params and state for the widened grads, bitwise; with bfloat16 state,
+    its params bitwise and its state rounded to nearest even."""
+    kind, kw = case
+    for n in TAILS:
+        p = rng.standard_normal(n).astype(np.float32)
+        g = (rng.standard_normal(n) * 0.1).astype(BF16)
+        s = [(rng.standard_normal(n) * 0.01).astype(np.float32),
+             (rng.random(n) * 1e-3).astype(np.float32)]
+        s.append(s[1] * np.float32(1.5))
+        s = [a.astype(BF16).astype(np.float32) for a in s]  # the bfloat16 rows start equal
+        want_p, want_s = [p.copy()], [[a.copy()] for a in s]
+        run_steps(kind, kw, want_p, [g.astype(np.float32)], want_s)
+
+        got_p, got_s, copies = [p.copy()], [[a.copy()] for a in s], [np.zeros(n, BF16)]
+        run_steps(kind, kw, got_p, [g], got_s, copies)
+        assert_bitwise_equal(got_p[0], want_p[0])
+        for got, want in zip(got_s, want_s):
+            assert_bitwise_equal(got[0], want[0])
+        np.testing.assert_array_equal(copies[0].view(np.uint16), rne_bits(want_p[0]), err_msg=f"n={n}")
+
+        # float32 params and grads, bfloat16 state: each step rounds the state, so the
+        # float32 reference runs step by step from the rounded state
+        got_p, got_s = [p.copy()], [[a.astype(BF16)] for a in s]
+        ref_p, ref_s = [p.copy()], [[a.copy()] for a in s]
+        for step in (1, 2, 3):
+            one = dict(kw)
+            if kind == "adam":
+                fo.adam_step(got_p, [g.astype(np.float32)], got_s[0], got_s[1], step=step, lr=1e-2,
+                             max_exp_avg_sqs=got_s[2] if kw.get("amsgrad") else None, **one)
+                fo.adam_step(ref_p, [g.astype(np.float32)], ref_s[0], ref_s[1], step=step, lr=1e-2,
+                             max_exp_avg_sqs=ref_s[2] if kw.get("amsgrad") else None, **one)
+            else:
+                first = step == 1 and kw.get("momentum", 0) != 0
+                buf = got_s[0] if kw.get("momentum") else None
+                fo.sgd_step(got_p, [g.astype(np.float32)], buf, lr=1e-2, first_step=first, **one)
+                fo.sgd_step(ref_p, [g.astype(np.float32)], ref_s[0] if buf else None, lr=1e-2,
+                            first_step=first, **one)
+            assert_bitwise_equal(got_p[0], ref_p[0])
+            for got, ref in zip(got_s, ref_s):
+                np.testing.assert_array_equal(got[0].view(np.uint16), rne_bits(ref[0]),
+                                              err_msg=f"{kind} n={n} step={step}")
+                ref[0][...] = got[0].astype(np.float32)
+
+
+@pytest.mark.parametrize("state_dtype", [None, fo.bfloat16], ids=["f32-state", "bf16-state"])
+@pytest.mark.parametrize("case", LANE_CASES, ids=lane_case_id)
+def test_remainder_masters_are_the_float32_masters(isa, case, state_dtype, rng):
+    """master_weights="remainder" (bfloat16 params and grads) and master_weights=True keep
+    the masters that float32 params stepped with the widened grads get, bitwise (with
+    float32 state; with bfloat16 state, the two master flows agree bitwise)."""
+    kind, kw = case
+    kw = dict(kw)
+    scale = kw.pop("grad_scale", 1.0)
+    if kind == "adam":
+        decoupled = kw.pop("decoupled_weight_decay", False)
+        cls = fo.optim.AdamW if decoupled else fo.optim.Adam
+        if decoupled:
+            kw.setdefault("weight_decay", 0.0)
+    else:
+        cls = fo.optim.SGD
+    shapes = [(n,) for n in TAILS if n] + [(3, 5)]
+    params = [np.asarray(rng.standard_normal(s)).astype(BF16) for s in shapes]
+    full = [p.copy() for p in params]
+    floats = [p.astype(np.float32) for p in params]
+    a = cls(params, lr=1e-2, master_weights="remainder", state_dtype=state_dtype, **kw)
+    b = cls(full, lr=1e-2, master_weights=True, state_dtype=state_dtype, **kw)
+    c = cls(floats, lr=1e-2, **kw) if state_dtype is None else None
+    for _ in range(3):
+        grads = [np.asarray(rng.standard_normal(p.shape) * 0.1).astype(BF16) for p in params]
+        a.step(grads, grad_scale=scale)
+        b.step(grads, grad_scale=scale)
+        if c is not None:
+            c.step([g.astype(np.float32) for g in grads], grad_scale=scale)
+    for i, p in enumerate(params):
+        master = master_of(p, a.state[i]["remainder"])
+        assert_bitwise_equal(master, b.state[i]["master"])
+        if c is not None:
+            assert_bitwise_equal(master, floats[i])
+            for key, value in c.state[i].items():
+                assert_bitwise_equal(a.state[i][key], value)
+
+
+def master_of(param_bf16, remainder):
+    bits = param_bf16.view(np.uint16).astype(np.uint32) << 16 | remainder.astype(np.uint32)
+    return bits.view(np.float32)

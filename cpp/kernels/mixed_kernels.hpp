@@ -561,5 +561,7 @@ constexpr FusedKernels fused_table() {
   set(FusedRow::bf16_bf16_bf16, &sgd_fused<B16, B16, B16, false>, &adam_fused<B16, B16, B16, false>);
   set(FusedRow::f16_f16_f32, &sgd_fused<H16, H16, F32, false>, &adam_fused<H16, H16, F32, false>);
   set(FusedRow::split_bf16_bf16, &sgd_fused<B16, B16, B16, true>, &adam_fused<B16, B16, B16, true>);
+  set(FusedRow::f32_bf16_f32, &sgd_fused<F32, B16, F32, false>, &adam_fused<F32, B16, F32, false>);
+  set(FusedRow::split_bf16_f32, &sgd_fused<B16, B16, F32, true>, &adam_fused<B16, B16, F32, true>);
   return k;
 }

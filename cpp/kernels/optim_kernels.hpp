@@ -45,10 +45,18 @@ void adam_loop(const AdamConstants& c, T* __restrict p, const T* __restrict g,
   const T step_size = T(c.step_size), inv_sqrt_bc2 = T(c.inv_sqrt_bc2), eps = T(c.eps);
   const T wd = T(c.weight_decay), decay_factor = T(c.decay_factor), l1 = T(c.l1);
   const T divisor = T(c.grad_divisor);
+  // Decoupled decay rounds p * decay_factor before the update subtracts from it, as
+  // torch's p.mul_(1 - lr * wd) and the fused 16-bit lane loops (mixed_kernels.hpp) do:
+  // without L1 (whose sign_of reads the decayed param), the product is formed after the
+  // update term, so that GCC's contraction, which takes the multiplications in
+  // statement order, fuses step_size * (m / denom) into the subtraction and leaves the
+  // product rounded (formed first, it was fused instead: 1 ulp apart in a quarter of the
+  // params). tests/test_bf16_lanes.py holds the two kinds of loops to the same bits.
+  constexpr bool kDecayLate = kDecay && kDecoupled && !kL1;
   for (std::size_t i = 0; i < n; ++i) {
     T pi = p[i];
     T d = kScaled ? g[i] / divisor : g[i];
-    if (kDecay) {
+    if (kDecay && !kDecayLate) {
       if (kDecoupled) {
         pi = pi * decay_factor;
       } else {
@@ -68,7 +76,9 @@ void adam_loop(const AdamConstants& c, T* __restrict p, const T* __restrict g,
       vmax[i] = second;
     }
     const T denom = sqrt_of(second) * inv_sqrt_bc2 + eps;
-    p[i] = pi - step_size * (mi / denom);
+    const T update = step_size * (mi / denom);
+    if (kDecayLate) pi = pi * decay_factor;
+    p[i] = pi - update;
   }
 }
 

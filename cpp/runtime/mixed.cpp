@@ -177,19 +177,23 @@ void store_copy(const Context& ctx, const MixedTensor& t, std::size_t b, std::si
 }
 
 // The fused loop of a tensor's row, or -1 for the block path, where the float32 kernel
-// runs: float32 params with float32 state (only the grads, if any, are 16-bit), and
-// remainders with float32 state, whose masters must equal the float32 masters of
-// master_weights=True bit for bit (the same kernel then computes both).
+// runs: float32 params with float32 state and float32 or float16 grads (with copies; the
+// float16 grads widened). Remainders with float32 state and float32 params with bfloat16
+// grads and float32 state run lane loops whose float32 arithmetic is the float32
+// kernel's (the tests compare them bitwise), so their masters equal those of float32
+// grads. AMD EPYC (Zen 3, AVX2), in-process A/B: see README.
 int fused_row(const MixedTensor& t) {
   const bool bf16_state = t.state_dtype == Dtype::bf16;
-  if (t.remainder != nullptr) return bf16_state ? int(FusedRow::split_bf16_bf16) : -1;
+  if (t.remainder != nullptr) {
+    return int(bf16_state ? FusedRow::split_bf16_bf16 : FusedRow::split_bf16_f32);
+  }
   switch (t.param_dtype) {
     case Dtype::bf16:
       return int(bf16_state ? FusedRow::bf16_bf16_bf16 : FusedRow::bf16_bf16_f32);
     case Dtype::f16:
       return int(FusedRow::f16_f16_f32);
     case Dtype::f32:
-      if (!bf16_state) return -1;
+      if (!bf16_state) return t.grad_dtype == Dtype::bf16 ? int(FusedRow::f32_bf16_f32) : -1;
       if (t.grad_dtype == Dtype::bf16) return int(FusedRow::f32_bf16_bf16);
       if (t.grad_dtype == Dtype::f16) return int(FusedRow::f32_f16_bf16);
       return int(FusedRow::f32_f32_bf16);

@@ -44,15 +44,18 @@ struct ConvertKernels {
   void (*stream_fence)();
 };
 
-// The rows of API.md's table that have a fused loop (16-bit params or state; float32
-// params with float32 state and 16-bit grads go through the block path, which then only
-// widens the grads). "split": bfloat16 params with a remainder (exact float32 masters);
-// with float32 state it takes the block path, so that its masters are bitwise those of
-// float32 params (master_weights=True).
+// The rows of API.md's table that have a fused loop: 16-bit params or state, and float32
+// params with float32 state and bfloat16 grads (the master-weights flow; with float16
+// grads it goes through the block path, which then only widens the grads). "split":
+// bfloat16 params with a remainder (exact float32 masters). The float32 arithmetic of the
+// lane loops is that of the float32 kernels bit for bit (tests hold them to it), so a
+// remainder's masters are those of master_weights=True, and those the masters that
+// float32 grads would give.
 enum class FusedRow : int {
   f32_f32_bf16, f32_bf16_bf16, f32_f16_bf16,   // params, grads, state
   bf16_bf16_f32, bf16_bf16_bf16, f16_f16_f32,
   split_bf16_bf16,
+  f32_bf16_f32, split_bf16_f32,
   count
 };
 
