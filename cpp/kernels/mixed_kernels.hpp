@@ -276,7 +276,8 @@ struct LaneIo<Bfloat16Storage> {
   template <bool kOrder, bool kStochastic, bool kMayBeNan = true>
   FUSEDOPS_ALWAYS_INLINE static void store(std::uint16_t* p, const Block& x, const BlockBits& random) {
 #if FUSEDOPS_LANE_PAIRS
-    store_bf16_pair<kOrder, kStochastic, kMayBeNan>(p, x.r[0], x.r[1], random.r[0], random.r[1]);
+    store_bf16_pair<kOrder, kStochastic, kMayBeNan>(p, x.r[0], x.r[1], random.r[0],
+                                                    random.r[1]);
 #else
     store_bf16_lanes<kStochastic>(p, x.r[0], random.r[0]);
 #endif
@@ -460,8 +461,8 @@ void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
   constexpr bool kOrder = kInLane<P, G, S>;
   const SgdFloats<RegFloats> k(c);
   const RoundingKey kp = a.keys[0], kb = a.keys[1];
-  for_lanes<kOrder>(Ranges<P, G, S>(a), a.first, n,
-                    [&](const Ranges<P, G, S>& r, std::size_t i, const BlockBits& index) FUSEDOPS_LAMBDA_INLINE {
+  const auto step = [&](const Ranges<P, G, S>& r, std::size_t i,
+                        const BlockBits& index) FUSEDOPS_LAMBDA_INLINE {
     auto* rem = kRemainder ? r.rem + i : nullptr;
     prefetch_operands<kRemainder, kMomentum ? 1 : 0>(r, i);
     Block p = load_param_lanes<P, kRemainder, kOrder>(r.p + i, rem);
@@ -474,13 +475,16 @@ void sgd_lanes_loop(const SgdConstants& c, const FusedArgs& a, std::size_t n) {
     using PS = std::conditional_t<kRemainder, Float32Storage, P>;  // how p is rounded
     using BS = std::conditional_t<kMomentum, S, Float32Storage>;
     constexpr bool kRounds = PS::kRounds || BS::kRounds;
-    const auto nan = [&]() FUSEDOPS_LAMBDA_INLINE { return nan_lanes_of<PS>(p) | nan_lanes_of<BS>(b); };
+    const auto nan = [&]() FUSEDOPS_LAMBDA_INLINE {
+      return nan_lanes_of<PS>(p) | nan_lanes_of<BS>(b);
+    };
     store_step<kRounds>(nan, [&](auto may_be_nan) FUSEDOPS_LAMBDA_INLINE {
       constexpr bool kNan = decltype(may_be_nan)::value;
       if (kMomentum) store_state_lanes<S, kStochastic, kOrder, kNan>(r.s0 + i, b, kb, index);
       store_param_lanes<P, kStochastic, kRemainder, kOrder, kNan>(r.p + i, rem, p, kp, index);
     });
-  });
+  };
+  for_lanes<kOrder>(Ranges<P, G, S>(a), a.first, n, step);
 }
 
 template <class P, class G, class S, bool kRemainder, bool kStochastic, bool kAmsgrad,
@@ -489,8 +493,8 @@ void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
   constexpr bool kOrder = kInLane<P, G, S>;
   const AdamFloats<RegFloats> k(c);
   const RoundingKey kp = a.keys[0], km = a.keys[1], kv = a.keys[2], kx = a.keys[3];
-  for_lanes<kOrder>(Ranges<P, G, S>(a), a.first, n,
-                    [&](const Ranges<P, G, S>& r, std::size_t i, const BlockBits& index) FUSEDOPS_LAMBDA_INLINE {
+  const auto step = [&](const Ranges<P, G, S>& r, std::size_t i,
+                        const BlockBits& index) FUSEDOPS_LAMBDA_INLINE {
     auto* rem = kRemainder ? r.rem + i : nullptr;
     prefetch_operands<kRemainder, kAmsgrad ? 3 : 2>(r, i);
     Block p = load_param_lanes<P, kRemainder, kOrder>(r.p + i, rem);
@@ -506,7 +510,8 @@ void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
     using XS = std::conditional_t<kAmsgrad, S, Float32Storage>;
     constexpr bool kRounds = PS::kRounds || S::kRounds;
     const auto nan = [&]() FUSEDOPS_LAMBDA_INLINE {
-      return nan_lanes_of<PS>(p) | nan_lanes_of<S>(m) | nan_lanes_of<S>(v) | nan_lanes_of<XS>(x);
+      return nan_lanes_of<PS>(p) | nan_lanes_of<S>(m) | nan_lanes_of<S>(v) |
+             nan_lanes_of<XS>(x);
     };
     store_step<kRounds>(nan, [&](auto may_be_nan) FUSEDOPS_LAMBDA_INLINE {
       constexpr bool kNan = decltype(may_be_nan)::value;
@@ -515,7 +520,8 @@ void adam_lanes_loop(const AdamConstants& c, const FusedArgs& a, std::size_t n) 
       if (kAmsgrad) store_state_lanes<S, kStochastic, kOrder, kNan>(r.s2 + i, x, kx, index);
       store_param_lanes<P, kStochastic, kRemainder, kOrder, kNan>(r.p + i, rem, p, kp, index);
     });
-  });
+  };
+  for_lanes<kOrder>(Ranges<P, G, S>(a), a.first, n, step);
 }
 
 template <class P, class G, class S, bool kRemainder>

@@ -2,8 +2,10 @@
 // into chunks of one work list run in one parallel region. float64 and all-float32
 // tensors go straight to their TypedKernels entry; rows with 16-bit params or state run
 // their fused loop (cpp/kernels/mixed_kernels.hpp) over the chunk, then write the param
-// copy from the chunk still in cache. The other rows (float32 params and state with
-// 16-bit grads, copies, or a remainder) are walked in blocks of kBlock elements: their
+// copy from the chunk still in cache; so do float32 params with bfloat16 grads and float32
+// state, and remainders with float32 state (SGD and Adam; the optimizer family takes the
+// block path for every 16-bit row). The other rows (float32 params and state with float16
+// grads or copies) are walked in blocks of kBlock elements: their
 // 16-bit operands are widened into block buffers (float32 operands are used in place),
 // the float32 kernel updates the block, and the results are rounded back while the block
 // is in L1. The block path works for any TypedKernels<float> entry, so a new optimizer
@@ -181,7 +183,9 @@ void store_copy(const Context& ctx, const MixedTensor& t, std::size_t b, std::si
 // float16 grads widened). Remainders with float32 state and float32 params with bfloat16
 // grads and float32 state run lane loops whose float32 arithmetic is the float32
 // kernel's (the tests compare them bitwise), so their masters equal those of float32
-// grads. AMD EPYC (Zen 3, AVX2), in-process A/B: see README.
+// grads. AMD EPYC (Zen 3, AVX2), 16M elements, 2 threads, in-process A/B on the same
+// arrays, two runs: master weights with bfloat16 grads and copies 0.75x and 0.89x the
+// time of the block path, the remainder flow 0.67x and 0.90x.
 int fused_row(const MixedTensor& t) {
   const bool bf16_state = t.state_dtype == Dtype::bf16;
   if (t.remainder != nullptr) {

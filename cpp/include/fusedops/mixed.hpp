@@ -1,9 +1,9 @@
 // Mixed precision: bfloat16 and float16 storage beside float32/float64, per tensor.
-// The math runs in float (double for float64 tensors). Rows with 16-bit params or state
-// have fused loops (load, update, round, store in one pass); the other rows run the
-// TypedKernels<float> entry over L1 blocks into which their 16-bit operands (grads,
-// remainders) are widened, and the results are rounded back (to nearest even, or
-// stochastically). No pybind11 here.
+// The math runs in float (double for float64 tensors). Rows with 16-bit params or state,
+// and float32 params fed bfloat16 grads, have fused loops for SGD and Adam (load, update,
+// round, store in one pass); the other rows run the TypedKernels<float> entry over L1
+// blocks into which their 16-bit operands are widened, and the results are rounded back
+// (to nearest even, or stochastically). No pybind11 here.
 #pragma once
 
 #include <cstddef>
@@ -49,8 +49,8 @@ struct ConvertKernels {
 // grads it goes through the block path, which then only widens the grads). "split":
 // bfloat16 params with a remainder (exact float32 masters). The float32 arithmetic of the
 // lane loops is that of the float32 kernels bit for bit (tests hold them to it), so a
-// remainder's masters are those of master_weights=True, and those the masters that
-// float32 grads would give.
+// remainder's masters are those of master_weights=True, which are those that float32
+// grads would give.
 enum class FusedRow : int {
   f32_f32_bf16, f32_bf16_bf16, f32_f16_bf16,   // params, grads, state
   bf16_bf16_f32, bf16_bf16_bf16, f16_f16_f32,
