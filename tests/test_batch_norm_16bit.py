@@ -352,3 +352,48 @@ def test_streamed_outputs_at_any_alignment_give_the_same_bits(isa, rng, small_la
                                       err_msg=f"y at {at}")
         np.testing.assert_array_equal(dx.view(np.uint16), dx_ref.view(np.uint16),
                                       err_msg=f"dx at {at}")
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis", SHAPES, ids=IDS)
+def test_non_finite_channels_stay_in_their_channels(isa, rng, shape, channel_axis, dtype):
+    """A NaN or Inf in x (forward) or dy (backward), or a NaN weight, makes its channel's
+    outputs NaN and leaves every other channel's outputs bitwise those of the same data
+    without it (the channels are independent): the rounding stores take a NaN-free fast
+    path only for registers without NaN, and registers that mix the channels take the
+    other one (which keeps NaNs whose low bits would carry into the exponent NaN)."""
+    c = shape[channel_axis]
+    if c < 2:
+        return
+    x, dy, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+    bad = np.zeros(c, bool)
+    bad[rng.choice(c, max(1, c // 4), replace=False)] = True
+    moved = np.moveaxis(np.arange(x.size).reshape(shape), channel_axis, -1)
+    flat = [moved[..., k].ravel() for k in range(c)]
+    xb, dyb = x.copy(), dy.copy()
+    for k in np.flatnonzero(bad):
+        pick = rng.choice(flat[k], max(1, flat[k].size // 8), replace=False)
+        xb.reshape(-1)[pick[0::2]] = np.nan
+        xb.reshape(-1)[pick[1::2]] = np.inf
+    # float32 NaNs whose low 16 bits carry when rounded (the result must stay NaN, not
+    # turn into -0 or Inf) in the weights of half the bad channels
+    wb = weight.copy()
+    payloads = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FFF8001], np.uint32).view(np.float32)
+    wb[np.flatnonzero(bad)[::2]] = payloads[rng.integers(0, 3, len(np.flatnonzero(bad)[::2]))]
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    yb, meanb, invstdb = fo.batch_norm_forward(xb, wb, bias, channel_axis=channel_axis)
+    per_channel = lambda a: np.moveaxis(a, channel_axis, -1)  # noqa: E731
+    assert np.isnan(per_channel(yb.astype(np.float32))[..., bad]).all()
+    assert_bitwise = np.testing.assert_array_equal
+    assert_bitwise(per_channel(yb)[..., ~bad].view(np.uint16), per_channel(y)[..., ~bad].view(np.uint16))
+    assert_bitwise(meanb[~bad], mean[~bad])
+    # backward: NaN in dy of the bad channels only, x finite
+    dyb2 = dy.copy()
+    for k in np.flatnonzero(bad):
+        dyb2.reshape(-1)[flat[k][:: max(1, flat[k].size // 5)]] = np.nan
+    dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis)
+    dxb, dwb, dbb = fo.batch_norm_backward(dyb2, x, wb, mean, invstd, channel_axis=channel_axis)
+    assert np.isnan(per_channel(dxb.astype(np.float32))[..., bad]).all()
+    assert_bitwise(per_channel(dxb)[..., ~bad].view(np.uint16), per_channel(dx)[..., ~bad].view(np.uint16))
+    assert_bitwise(dwb[~bad], dw[~bad])
+    assert np.isnan(dwb[bad]).all() and np.isnan(dbb[bad]).all()

@@ -103,7 +103,11 @@ struct RegBf16 {
   }
   // Two registers, a at p and b after it: with AVX512_BF16 one conversion of both (the
   // rounding of store(); one test for denormal values, which it would round to zero);
-  // with AVX2 one pack and one permute for both.
+  // with AVX2 one pack and one permute for both, and, when neither holds a NaN (one
+  // compare and one test), without the NaN selects (as the optimizer loops,
+  // mixed_kernels.hpp store_step; store2_in_load_order too). AMD EPYC Zen 3, 2 threads,
+  // in-process A/B, same bits: bfloat16 forward 0.93-0.99x the time, backward 0.93-0.99x,
+  // NCHW (8, 64, 28, 28) to (64, 256, 28, 28), NHWC (2, 56, 56, 64) to (64, 28, 28, 256).
   static FUSEDOPS_ALWAYS_INLINE void store2(std::uint16_t* p, RegFloats a, RegFloats b) {
 #if defined(__AVX512BF16__) && defined(__AVX512DQ__)
     const __m512 va = reinterpret_cast<__m512>(a), vb = reinterpret_cast<__m512>(b);
@@ -113,7 +117,11 @@ struct RegBf16 {
       return;
     }
 #elif FUSEDOPS_LANE_PAIRS
-    store_bf16_pair<false, false>(p, a, b);
+    if (__builtin_expect(!any_lane(nan_lanes(a, b)), 1)) {
+      store_bf16_pair<false, false, false>(p, a, b);  // no NaN: without the NaN selects
+    } else {
+      store_bf16_pair<false, false>(p, a, b);
+    }
     return;
 #endif
     store(p, a);
@@ -130,7 +138,18 @@ struct RegBf16 {
   // tests hold every build to the same bits.
   static constexpr bool kStoresInLoadOrder = true;
   static FUSEDOPS_ALWAYS_INLINE void store2_in_load_order(std::uint16_t* p, RegFloats a, RegFloats b) {
-    const RegBits even = bf16_lanes_nearest(a) >> 16, odd = bf16_lanes_nearest(b);
+#if FUSEDOPS_LANE_PAIRS
+    if (__builtin_expect(!any_lane(nan_lanes(a, b)), 1)) {  // no NaN: without the selects
+      store2_in_load_order<false>(p, a, b);
+      return;
+    }
+#endif
+    store2_in_load_order<true>(p, a, b);
+  }
+  template <bool kMayBeNan>
+  static FUSEDOPS_ALWAYS_INLINE void store2_in_load_order(std::uint16_t* p, RegFloats a, RegFloats b) {
+    const RegBits even = bf16_lanes_nearest<kMayBeNan>(a) >> 16;
+    const RegBits odd = bf16_lanes_nearest<kMayBeNan>(b);
 #if defined(__AVX2__) && !defined(__AVX512F__)
     const RegBits both = reinterpret_cast<RegBits>(
         _mm256_blend_epi16(reinterpret_cast<__m256i>(even), reinterpret_cast<__m256i>(odd), 0xAA));

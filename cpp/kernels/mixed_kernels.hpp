@@ -359,7 +359,9 @@ FUSEDOPS_ALWAYS_INLINE RegBits nan_lanes_of(const Block& x) {
 // operand to bfloat16 (kRounds) and nan() (nan_lanes_of its rounded blocks) has no lane
 // set, with kMayBeNan false, the NaN selects left out (one compare per two registers and
 // one test per step, where the select of each rounded register takes three
-// instructions). Measured with the lane loops below.
+// instructions). Measured with the lane loops below. The select matters for NaNs whose
+// low 16 bits carry into the exponent (payloads from float32 operands: stored without
+// it, they would come out as -0 or Inf); tests/test_bf16_lanes.py feeds such NaNs.
 template <bool kRounds, class Nan, class Store>
 FUSEDOPS_ALWAYS_INLINE void store_step(const Nan& nan, const Store& store) {
 #if FUSEDOPS_LANE_PAIRS
