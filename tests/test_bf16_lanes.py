@@ -295,7 +295,8 @@ def test_lane_loops_compute_the_float32_kernels_bits(isa, case, rng):
         assert_bitwise_equal(got_p[0], want_p[0])
         for got, want in zip(got_s, want_s):
             assert_bitwise_equal(got[0], want[0])
-        np.testing.assert_array_equal(copies[0].view(np.uint16), rne_bits(want_p[0]), err_msg=f"n={n}")
+        np.testing.assert_array_equal(copies[0].view(np.uint16), rne_bits(want_p[0]),
+                                      err_msg=f"n={n}")
 
         # float32 params and grads, bfloat16 state: each step rounds the state, so the
         # float32 reference runs step by step from the rounded state
