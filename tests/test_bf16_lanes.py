@@ -14,6 +14,7 @@ import pytest
 import fusedops as fo
 from checks import assert_bitwise_equal
 from fusedops import _core
+from test_mixed_optim_classes import master_of
 
 BF16 = np.dtype(fo.bfloat16)
 TAILS = [0, 1, 15, 16, 17, 31, 33, 1001]
@@ -359,10 +360,6 @@ def test_remainder_masters_are_the_float32_masters(isa, case, state_dtype, rng):
             for key, value in c.state[i].items():
                 assert_bitwise_equal(a.state[i][key], value)
 
-
-def master_of(param_bf16, remainder):
-    bits = param_bf16.view(np.uint16).astype(np.uint32) << 16 | remainder.astype(np.uint32)
-    return bits.view(np.float32)
 
 
 # float32 NaNs whose low 16 bits carry into the exponent when rounded: without the NaN
