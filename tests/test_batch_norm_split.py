@@ -451,19 +451,12 @@ def cache_bytes():
     _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("shape,l2", [((4, 11, 40, 40), 1 << 18), ((9, 13, 23, 37), 1 << 18),
-                                      ((7, 12, 24, 40), 1 << 18), ((1, 20, 130, 130), 1 << 20)],
-                         ids=["4x11x40x40", "9x13x23x37", "7x12x24x40", "multi-block"])
-def test_blocked_fused_passes_equal_the_pieces(isa, threads, cache_bytes, shape, l2, dtype,
-                                               stream):
-    # A small L2 makes these inputs "beyond the L2": groups of a few channels.
-    cache_bytes(l2, 1 << 16 if stream else 1 << 40)
-    rng = np.random.default_rng(8)
+def assert_fused_passes_equal_the_pieces(shape, dtype, seed):
+    """batch_norm_forward and batch_norm_backward, on 1 to 3 threads, give bitwise what the
+    split pieces give (and y within tolerance of the float64 reference)."""
+    rng = np.random.default_rng(seed)
     x, dy, weight, bias = make(rng, shape, 1, dtype, offset=40.0)
     count = channel_count(shape, 1)
-    assert x.nbytes > l2 and x.nbytes // shape[1] * 2 <= l2 // 2
     mean, m2 = fo.batch_norm_stats(x)
     invstd = 1.0 / np.sqrt(m2 / count + EPS)
     y = fo.batch_norm_elemt(x, weight, bias, mean, invstd)
@@ -486,6 +479,20 @@ def test_blocked_fused_passes_equal_the_pieces(isa, threads, cache_bytes, shape,
         unbiased = m2 / (count - 1)
         np.testing.assert_allclose(rv, 0.9 + 0.1 * unbiased, rtol=1e-6 if dtype == np.float32 else 1e-14)
         np.testing.assert_allclose(rm, 0.1 * mean, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,l2", [((4, 11, 40, 40), 1 << 18), ((9, 13, 23, 37), 1 << 18),
+                                      ((7, 12, 24, 40), 1 << 18), ((1, 20, 130, 130), 1 << 20)],
+                         ids=["4x11x40x40", "9x13x23x37", "7x12x24x40", "multi-block"])
+def test_blocked_fused_passes_equal_the_pieces(isa, threads, cache_bytes, shape, l2, dtype,
+                                               stream):
+    # A small L2 makes these inputs "beyond the L2": groups of a few channels.
+    cache_bytes(l2, 1 << 16 if stream else 1 << 40)
+    x_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    assert x_bytes > l2 and x_bytes // shape[1] * 2 <= l2 // 2
+    assert_fused_passes_equal_the_pieces(shape, dtype, seed=8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -514,3 +521,24 @@ def test_invstd_is_the_composition_expression_with_running_stats(isa, rng, shape
                                rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
     np.testing.assert_allclose(rv, 0.75 * rv0.astype(np.float64) + 0.25 * var * count / (count - 1),
                                rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,l2,last,group", [((9, 13, 23, 37), 1 << 16, 1 << 19, 1),
+                                                 ((4, 41, 24, 40), 1 << 15, 1 << 19, 2)],
+                         ids=["9x13x23x37", "4x41x24x40"])
+def test_channels_blocked_in_a_near_last_level_cache_equal_the_pieces(isa, threads, cache_bytes,
+                                                                       shape, l2, last, group,
+                                                                       dtype):
+    # The backward's channels (x and dy) bigger than half the L2, x and dy together beyond
+    # 1.5 times a last-level cache of a few L2s: groups blocked in that cache (the last one
+    # shorter where 41 channels do not divide), the same bits as the two-pass pieces.
+    from fusedops import _core
+    itemsize = np.dtype(dtype).itemsize
+    scale = itemsize // 4
+    cache_bytes(l2 * scale, last * scale)
+    assert _core._batch_norm_plan(shape[0], shape[1], shape[2] * shape[3],
+                                  itemsize)["backward_block_channels"] == group
+    x_bytes = int(np.prod(shape)) * itemsize
+    assert 2 * x_bytes // shape[1] > l2 * scale // 2 and 4 * x_bytes > 3 * last * scale
+    assert_fused_passes_equal_the_pieces(shape, dtype, seed=9)

@@ -73,6 +73,9 @@ constexpr std::size_t kFarTileAlign = 64;
 constexpr std::size_t kMinBlockGroups = 8;
 // A last-level cache of at most this many L2s is near the cores (Plan::slab_streams).
 constexpr std::size_t kNearLastLevelL2s = 64;
+// Channel groups blocked in a near last-level cache take at most this fraction of it
+// (Plan::block_channels).
+constexpr std::size_t kL3BlockParts = 8;
 // The elementwise passes take a group's rows whole (one contiguous run, which the hardware
 // prefetchers follow to its end) when rows are at most this many values: their per-column
 // constants, 3 or 4 arrays of them, then stay within 16 KiB (float32) of the L1. Longer
@@ -323,18 +326,42 @@ class Plan {
   // elementwise pass re-reads them from there right after its reduction read them (reading
   // x, and dy, from memory once instead of twice), and there are at least kMinBlockGroups
   // groups (where there are as many channels). 0 when blocking does not apply: row tiles
-  // (channel-last or short spatial extents), a channel bigger than half the L2, or inputs
-  // that fit in the L2 anyway. (A quarter, not a half: on the AMD EPYC Zen 5, 1 MiB L2, 2
+  // (channel-last or short spatial extents), inputs that fit in the L2 anyway, or a
+  // channel bigger than half the L2 outside the last-level case below. (A quarter, not a half: on the AMD EPYC Zen 5, 1 MiB L2, 2
   // threads, bfloat16 NCHW (64, 256, 28, 28) fwd+bwd 0.83-0.87x, its backward's groups
   // 400 -> 200 KiB; the other NCHW shapes measured within 3%, and on the Xeon, 2 MiB L2,
   // groups of a quarter to a sixteenth had measured 3-5% faster beyond the L3 and within
-  // noise on its bench shapes.)
+  // noise on its bench shapes.) Channels bigger than half the L2 are blocked in the
+  // last-level cache instead where it is near the cores (at most kNearLastLevelL2s L2s:
+  // AMD's L3 of a core complex, which takes the lines the L2 evicts), for float32 and
+  // float64 data whose two x-sized arrays (the forward's x and y, the backward's x and dy)
+  // exceed 1.5 times it: groups of up to a kL3BlockParts-th of it, so that the
+  // elementwise pass re-reads x (and dy) from the L3 rather than from memory. (AMD EPYC
+  // Zen 3, 512 KiB L2, 32 MiB L3, 2 threads, in-process A/B, same bits, two runs each:
+  // backward float32 (64, 256, 28, 28) 0.83x / 0.88x, (128, 256, 28, 28) 0.84x / 0.85x,
+  // (32, 64, 56, 56) 0.91x / 0.94x, (40, 64, 56, 56) 0.93x / 0.94x, (256, 64, 28, 28)
+  // 0.92x / 0.97x, float64 (64, 256, 28, 28) 0.80x, (32, 64, 56, 56) 0.85x; forward
+  // float32 (128, 256, 28, 28) 0.86x / 0.91x, (32, 64, 56, 56) 0.94x / 0.95x. Not taken:
+  // x and dy of 38.5 MB, (24, 64, 56, 56) and (48, 128, 28, 28), backward 1.03-1.14x
+  // slower (the two-pass second read then partly hits the L3); groups of a quarter of the
+  // L3 instead of an eighth, float64 0.86x / 0.94x; bfloat16, backward 1.03-1.13x slower.
+  // On the Xeon, whose L3 feeds a core no faster than memory, channels blocked one at a
+  // time in it had measured slower than the two passes: it keeps them.)
   std::size_t block_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_) return 0;
-    const std::size_t l2 = cache_sizes().l2;
+    const CacheSizes& caches = cache_sizes();
+    const std::size_t l2 = caches.l2;
     const std::size_t channel_bytes = arrays * per_channel() * element_bytes_;
-    if (channel_bytes == 0 || channel_bytes > l2 / 2 || arrays * total_ * element_bytes_ <= l2) {
-      return 0;
+    if (channel_bytes == 0 || arrays * total_ * element_bytes_ <= l2) return 0;
+    if (channel_bytes > l2 / 2) {  // blocked in a near last-level cache, or not at all
+      const std::size_t room = caches.last / kL3BlockParts;
+      const bool near = caches.last <= kNearLastLevelL2s * l2;
+      if (!near || element_bytes_ < 4 || channel_bytes > room ||
+          4 * total_ * element_bytes_ <= 3 * caches.last) {
+        return 0;
+      }
+      return std::max<std::size_t>(
+          1, std::min(room / channel_bytes, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
     }
     const std::size_t fit = l2 / 4 / channel_bytes;  // 0: one channel (below)
     return std::max<std::size_t>(1, std::min(fit, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
