@@ -612,3 +612,47 @@ def test_overlap_in_a_long_list_names_both_arrays():
     v[37] = np.zeros(64, np.float32)
     g[20] = g[10]  # grads are read: they may share memory with each other
     fo.adam_step(p, g, m, v, step=1)
+
+
+# ------------------------------------------------------------------ reused call buffers
+
+def test_calls_of_many_tensors_reusing_their_buffers_from_two_threads():
+    # A call's lists of more than a few hundred tensors (checked arrays, sorted memory
+    # ranges, the tensor list) take blocks that each thread keeps and hands out again to
+    # its next calls: calls of growing and shrinking lists, on two threads at once, each
+    # give the float64 reference's result, and a written array shared by two tensors is
+    # still found in the longest list (its ranges sorted in reused blocks), the call
+    # changing nothing.
+    counts = [1500, 40, 3000, 700, 3000, 1]
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for step, count in enumerate(counts, start=1):
+                sizes = rng.integers(1, 9, count)
+                p = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+                g = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+                m = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+                v = [rng.uniform(0, 1, n).astype(np.float32) for n in sizes]
+                expected = [adam_reference(*a, None, step=step, lr=0.01)[0]
+                            for a in zip(p, g, m, v)]
+                fo.adam_step(p, g, m, v, step=step, lr=0.01)
+                for got, want in zip(p, expected):
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+                if count == 3000:
+                    before = [a.copy() for a in p + m + v]
+                    j = int(np.flatnonzero(sizes[:-1] == sizes[-1])[0])  # same shape
+                    with pytest.raises(ValueError, match="shares memory"):
+                        fo.adam_step(p, g, m, v[:-1] + [m[j]], step=step)
+                    for a, b in zip(p + m + v, before):
+                        np.testing.assert_array_equal(a, b)
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

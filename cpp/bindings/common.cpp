@@ -339,7 +339,7 @@ void sort_by_start(Ranges& order) {
     any |= r.start;
     all &= r.start;
   }
-  std::vector<ArrayRange> from(order.begin(), order.end()), to(n);
+  CallVector<ArrayRange> from(order.begin(), order.end()), to(n);
   for (unsigned shift = 0; shift < 8 * sizeof(std::uintptr_t); shift += 8) {
     if ((((any ^ all) >> shift) & 0xFF) == 0) continue;  // the same byte in every start
     std::size_t offset[257] = {};

@@ -131,8 +131,8 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
 }
 
 // The single-dtype form of a call (float32 or float64 throughout, no copies), if it has one.
-bool single_dtype(const std::vector<MixedTensor>& tensors, Dtype* dtype,
-                  std::vector<OptimTensor>* out) {
+bool single_dtype(const CallVector<MixedTensor>& tensors, Dtype* dtype,
+                  CallVector<OptimTensor>* out) {
   if (tensors.empty()) return false;
   *dtype = tensors[0].param_dtype;
   if (*dtype != Dtype::f32 && *dtype != Dtype::f64) return false;
@@ -190,7 +190,7 @@ void sgd_step_py(py::handle params, py::handle grads, py::handle momentum_buffer
     for (MixedTensor& t : s.tensors) t.state[0] = nullptr;
   }
   Dtype dtype;
-  std::vector<OptimTensor> single;
+  CallVector<OptimTensor> single;
   const bool is_single = single_dtype(s.tensors, &dtype, &single);
   py::gil_scoped_release release;
   if (is_single) {
@@ -232,7 +232,7 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
     for (MixedTensor& t : s.tensors) t.state[2] = nullptr;
   }
   Dtype dtype;
-  std::vector<OptimTensor> single;
+  CallVector<OptimTensor> single;
   const bool is_single = single_dtype(s.tensors, &dtype, &single);
   py::gil_scoped_release release;
   if (is_single) {
@@ -247,8 +247,8 @@ void adam_step_impl(const char* fn, py::handle params, py::handle grads, py::han
 // float32 or float64 (the single-dtype kernels then run).
 struct ReadArrays {
   ArrayArg arg;
-  std::vector<Buffer> buffers;
-  std::vector<TypedBuffer> typed;
+  CallVector<Buffer> buffers;
+  CallVector<TypedBuffer> typed;
   Dtype dtype = Dtype::f32;
   bool single = true;
 

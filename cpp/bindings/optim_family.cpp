@@ -151,7 +151,7 @@ void run(const char* fn, const FamilyParams& p, py::handle params, py::handle gr
   const bool uses[3] = {family_uses_state(p, 0), family_uses_state(p, 1), family_uses_state(p, 2)};
   const StepArrays s = checked_arrays(fn, uses, params, grads, states, mixed.param_copies);
   Dtype dtype = Dtype::f32;
-  std::vector<OptimTensor> single;
+  CallVector<OptimTensor> single;
   const bool is_single = single_dtype(s.tensors, &dtype, &single);
   py::gil_scoped_release release;
   if (is_single) {
@@ -208,7 +208,7 @@ std::vector<double> lamb_py(py::handle params, py::handle grads, py::handle exp_
   const std::size_t count = s.tensors.size();
   const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, count);
   Dtype dtype = Dtype::f32;
-  std::vector<OptimTensor> single;
+  CallVector<OptimTensor> single;
   const bool is_single = single_dtype(s.tensors, &dtype, &single);
   std::vector<double> ratios(count);
   py::gil_scoped_release release;
@@ -252,7 +252,7 @@ std::vector<double> lars_py(py::handle params, py::handle grads, py::handle mome
   const std::size_t count = s.tensors.size();
   const std::vector<unsigned char> excluded = exclusion_flags(fn, exclude, count);
   Dtype dtype = Dtype::f32;
-  std::vector<OptimTensor> single;
+  CallVector<OptimTensor> single;
   const bool is_single = single_dtype(s.tensors, &dtype, &single);
   std::vector<double> ratios(count);
   py::gil_scoped_release release;

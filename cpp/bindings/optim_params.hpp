@@ -25,7 +25,7 @@ struct StepArrays {
   ArrayArg params, grads;
   std::vector<ArrayArg> states;  // same order as the names given
   ArrayArg copies;
-  std::vector<MixedTensor> tensors;
+  CallVector<MixedTensor> tensors;
 };
 
 StepArrays check_step_arrays(const char* function, py::handle params, py::handle grads,
@@ -33,8 +33,8 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
                              py::handle param_copies);
 
 // The single-dtype form of a call (float32 or float64 throughout, no copies), if it has one.
-bool single_dtype(const std::vector<MixedTensor>& tensors, Dtype* dtype,
-                  std::vector<OptimTensor>* out);
+bool single_dtype(const CallVector<MixedTensor>& tensors, Dtype* dtype,
+                  CallVector<OptimTensor>* out);
 
 // stochastic_rounding (a bool) and seed (an int >= 0); the caller sets the step.
 Rounding checked_rounding(const char* fn, py::handle stochastic_rounding, py::handle seed);

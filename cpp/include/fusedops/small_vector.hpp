@@ -10,6 +10,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "fusedops/block_cache.hpp"
+
 namespace fusedops {
 
 template <class T, std::size_t N>
@@ -17,6 +19,8 @@ class SmallVector {
   static_assert(N > 0, "SmallVector needs inline room for at least one element");
   static_assert(std::is_nothrow_move_constructible_v<T>,
                 "SmallVector moves its elements when it grows");
+  static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__,
+                "BlockCache's small blocks have new's default alignment");
 
  public:
   SmallVector() = default;
@@ -79,21 +83,23 @@ class SmallVector {
   T* local() { return std::launder(reinterpret_cast<T*>(local_)); }
   bool on_heap() const { return data_ != reinterpret_cast<const T*>(local_); }
 
+  // Heap storage comes from (and goes back to) the thread's BlockCache.
   void grow_to(std::size_t capacity) {
-    T* heap = static_cast<T*>(::operator new(capacity * sizeof(T), std::align_val_t(alignof(T))));
+    std::size_t got = 0;
+    T* heap = static_cast<T*>(BlockCache::take(capacity * sizeof(T), &got));
     for (std::size_t i = 0; i < size_; ++i) {
       new (heap + i) T(std::move(data_[i]));
       data_[i].~T();
     }
-    if (on_heap()) ::operator delete(data_, std::align_val_t(alignof(T)));
+    if (on_heap()) BlockCache::give(data_, capacity_ * sizeof(T));
     data_ = heap;
-    capacity_ = capacity;
+    capacity_ = got / sizeof(T);
   }
 
   // Destroys the elements and frees heap storage; back to the empty inline state.
   void release() {
     clear();
-    if (on_heap()) ::operator delete(data_, std::align_val_t(alignof(T)));
+    if (on_heap()) BlockCache::give(data_, capacity_ * sizeof(T));
     data_ = local();
     capacity_ = N;
   }
