@@ -299,8 +299,9 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # two passes): these keep the reduction's tiles. Rows shorter than 512 values are taken
     # several at a time (runs of 512 values) by the passes that stream their output, and
     # in cache by those over rows of at most 64 values in arrays of 16K values or more.
-    # The row reductions prefetch ahead for arrays beyond the streaming threshold (min(last
-    # level, 8 L2s)), and for arrays of rows of at most 256 values beyond the L2; with an
+    # The row reductions prefetch ahead for arrays beyond min(last level, 8 L2s) (the
+    # streaming threshold, except on a last level of at most 64 L2s: there outputs stream
+    # once the pass's arrays reach half of it), and for arrays of rows of at most 256 values beyond the L2; with an
     # L2 of at most 512 KiB, float32 and float64 rows longer than a column block (512
     # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
     # The gradient sums of arrays whose x and dy do not fit in the last level together,
@@ -345,7 +346,10 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(4096, 1024, 1, 4)["reduce_ahead"] and plan(4096, 1024, 1, 4)["row_prefetch"]
     assert plan(4096, 4096, 1, 4)["row_prefetch"]
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # NHWC (32, 56, 56, 64)
-    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: 4 MiB
+    cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: arrays reaching 16 MiB
+    assert runs(8192, 128, 1, 4) == (1, 1)  # 4 MiB of x: x, y and dy, dx, x in cache
+    assert runs(16384, 128, 1, 4) == (4, 4)  # 8 MiB: x and y reach half the L3, streamed
+    assert runs(12288, 128, 1, 4) == (1, 4)  # 6 MiB: the backward's three arrays streamed
     assert not plan(1024, 1024, 1, 4)["reduce_ahead"]
     assert plan(4096, 64, 1, 4)["reduce_ahead"]  # 1 MiB of rows of 64 values
     assert not plan(2048, 64, 1, 4)["reduce_ahead"]  # 512 KiB: the L2

@@ -282,7 +282,7 @@ class Plan {
   std::size_t cols() const { return cols_; }
   std::size_t groups() const { return groups_; }
   // Whether the row reductions prefetch a chunk of rows ahead: for arrays bigger than
-  // streaming_threshold_bytes() (those whose outputs stream to memory), whose rows come
+  // core_share_bytes() (the streaming threshold before a near L3 got its own), whose rows come
   // from the L3 or from memory through pages the hardware prefetchers stop at, and for
   // arrays of short rows (kAheadRowCols) bigger than the L2, whose tiles are contiguous
   // runs of whole rows. Smaller ones are better off without: a prefetch costs an issue
@@ -297,7 +297,7 @@ class Plan {
   // -> 0.32, (8192, 256) bfloat16 0.39 -> 0.37.) Never where row_prefetch() says none.
   bool reduce_ahead() const {
     if (!row_prefetch()) return false;
-    return stream_output(1) ||
+    return total_ * element_bytes_ > core_share_bytes() ||
            (cols_ > 0 && cols_ <= kAheadRowCols && total_ * element_bytes_ > cache_sizes().l2);
   }
   // The chunks of the gradient sums over tiles of whole rows (kernels.hpp,
