@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace fusedops {
@@ -25,72 +26,80 @@ class BlockCache {
   // `bytes` is at least kMinBytes, else a plain allocation (aligned for any type of at most
   // __STDCPP_DEFAULT_NEW_ALIGNMENT__, as std::allocator's).
   static void* take(std::size_t bytes, std::size_t* got) {
-    if (bytes >= kMinBytes) {
-      BlockCache& cache = local();
-      std::size_t best = kBlocks;
-      for (std::size_t i = 0; i < cache.count_; ++i) {
-        if (cache.bytes_[i] >= bytes && (best == kBlocks || cache.bytes_[i] < cache.bytes_[best])) {
-          best = i;
-        }
-      }
-      if (best != kBlocks) {
-        void* block = cache.blocks_[best];
-        *got = cache.bytes_[best];
-        cache.remove(best);
-        return block;
+    *got = bytes;
+    if (bytes < kMinBytes) return ::operator new(bytes);
+    Kept& kept = local();
+    std::size_t best = kBlocks;
+    for (std::size_t i = 0; i < kept.count; ++i) {
+      if (kept.bytes[i] >= bytes && (best == kBlocks || kept.bytes[i] < kept.bytes[best])) {
+        best = i;
       }
     }
-    *got = bytes;
-    return bytes >= kMinBytes ? ::operator new(bytes, std::align_val_t(kAlign)) : ::operator new(bytes);
+    if (best == kBlocks) return ::operator new(bytes, std::align_val_t(kAlign));
+    void* block = kept.blocks[best];
+    *got = kept.bytes[best];
+    --kept.count;
+    kept.blocks[best] = kept.blocks[kept.count];
+    kept.bytes[best] = kept.bytes[kept.count];
+    return block;
   }
 
   // Gives back a block from take(): `bytes` is its `*got`, or at least what was asked for
   // (a block is kept as at least that big; small and large blocks must not be mixed up).
   static void give(void* block, std::size_t bytes) noexcept {
-    if (bytes >= kMinBytes) {
-      BlockCache& cache = local();
-      if (cache.count_ < kBlocks) {
-        cache.blocks_[cache.count_] = block;
-        cache.bytes_[cache.count_++] = bytes;
-        return;
-      }
-      std::size_t smallest = 0;
-      for (std::size_t i = 1; i < kBlocks; ++i) {
-        if (cache.bytes_[i] < cache.bytes_[smallest]) smallest = i;
-      }
-      if (cache.bytes_[smallest] < bytes) {
-        free(cache.blocks_[smallest]);
-        cache.blocks_[smallest] = block;
-        cache.bytes_[smallest] = bytes;
-        return;
-      }
-    }
-    if (bytes >= kMinBytes) {
-      free(block);
-    } else {
+    if (bytes < kMinBytes) {
       ::operator delete(block);
+      return;
     }
-  }
-
-  ~BlockCache() {
-    for (std::size_t i = 0; i < count_; ++i) free(blocks_[i]);
+    Kept& kept = local();
+    if (kept.closed) {  // the thread is exiting: its cache is gone
+      release(block);
+      return;
+    }
+    if (kept.count < kBlocks) {
+      if (kept.count == 0) close_at_thread_exit();
+      kept.blocks[kept.count] = block;
+      kept.bytes[kept.count++] = bytes;
+      return;
+    }
+    std::size_t smallest = 0;
+    for (std::size_t i = 1; i < kBlocks; ++i) {
+      if (kept.bytes[i] < kept.bytes[smallest]) smallest = i;
+    }
+    if (kept.bytes[smallest] < bytes) {  // keep the bigger block
+      std::swap(block, kept.blocks[smallest]);
+      kept.bytes[smallest] = bytes;
+    }
+    release(block);
   }
 
  private:
-  static BlockCache& local() {
-    static thread_local BlockCache cache;
-    return cache;
+  // A thread's kept blocks: plain data (no destructor), so that a list freed during the
+  // thread's exit, after the cache closed, still finds it and frees its block directly.
+  struct Kept {
+    void* blocks[kBlocks];
+    std::size_t bytes[kBlocks];
+    std::size_t count;
+    bool closed;
+  };
+  static Kept& local() {
+    static thread_local Kept kept{};
+    return kept;
   }
-  static void free(void* block) noexcept { ::operator delete(block, std::align_val_t(kAlign)); }
-  void remove(std::size_t i) {
-    blocks_[i] = blocks_[count_ - 1];
-    bytes_[i] = bytes_[count_ - 1];
-    --count_;
+  // Frees the kept blocks when the thread exits (registered with its first kept block).
+  static void close_at_thread_exit() {
+    struct Closer {
+      ~Closer() {
+        Kept& kept = local();
+        for (std::size_t i = 0; i < kept.count; ++i) release(kept.blocks[i]);
+        kept.count = 0;
+        kept.closed = true;
+      }
+    };
+    static thread_local Closer closer;
+    (void)closer;
   }
-
-  void* blocks_[kBlocks] = {};
-  std::size_t bytes_[kBlocks] = {};
-  std::size_t count_ = 0;
+  static void release(void* block) noexcept { ::operator delete(block, std::align_val_t(kAlign)); }
 };
 
 // A std::vector allocator over BlockCache, for a call's temporary lists.
