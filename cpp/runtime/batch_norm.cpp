@@ -71,8 +71,6 @@ constexpr std::size_t kFarTileAlign = 64;
 // of up to 5, 0.49 in 8; (64, 256, 28, 28) and (32, 64, 56, 56), whose groups are already
 // many, unchanged.)
 constexpr std::size_t kMinBlockGroups = 8;
-// A last-level cache of at most this many L2s is near the cores (Plan::slab_streams).
-constexpr std::size_t kNearLastLevelL2s = 64;
 // Channel groups blocked in a near last-level cache take at most this fraction of it
 // (Plan::block_channels).
 constexpr std::size_t kL3BlockParts = 8;
@@ -327,13 +325,14 @@ class Plan {
   // x, and dy, from memory once instead of twice), and there are at least kMinBlockGroups
   // groups (where there are as many channels). 0 when blocking does not apply: row tiles
   // (channel-last or short spatial extents), inputs that fit in the L2 anyway, or a
-  // channel bigger than half the L2 outside the last-level case below. (A quarter, not a half: on the AMD EPYC Zen 5, 1 MiB L2, 2
-  // threads, bfloat16 NCHW (64, 256, 28, 28) fwd+bwd 0.83-0.87x, its backward's groups
-  // 400 -> 200 KiB; the other NCHW shapes measured within 3%, and on the Xeon, 2 MiB L2,
+  // channel bigger than half the L2 outside the last-level case below. (A quarter, not a
+  // half: on the AMD EPYC Zen 5, 1 MiB L2, 2 threads, bfloat16 NCHW (64, 256, 28, 28)
+  // fwd+bwd 0.83-0.87x, its backward's groups 400 -> 200 KiB; the other NCHW shapes
+  // measured within 3%, and on the Xeon, 2 MiB L2,
   // groups of a quarter to a sixteenth had measured 3-5% faster beyond the L3 and within
   // noise on its bench shapes.) Channels bigger than half the L2 are blocked in the
-  // last-level cache instead where it is near the cores (at most kNearLastLevelL2s L2s:
-  // AMD's L3 of a core complex, which takes the lines the L2 evicts), for float32 and
+  // last-level cache instead where it is near the cores (last_level_near(): AMD's L3 of
+  // a core complex, which takes the lines the L2 evicts), for float32 and
   // float64 data whose two x-sized arrays (the forward's x and y, the backward's x and dy)
   // exceed 1.5 times it: groups of up to a kL3BlockParts-th of it, so that the
   // elementwise pass re-reads x (and dy) from the L3 rather than from memory. (AMD EPYC
@@ -353,21 +352,19 @@ class Plan {
     const std::size_t l2 = caches.l2;
     const std::size_t channel_bytes = arrays * per_channel() * element_bytes_;
     if (channel_bytes == 0 || arrays * total_ * element_bytes_ <= l2) return 0;
+    std::size_t room = l2 / 4;
     if (channel_bytes > l2 / 2) {  // blocked in a near last-level cache, or not at all
-      const std::size_t room = caches.last / kL3BlockParts;
-      const bool near = caches.last <= kNearLastLevelL2s * l2;
-      if (!near || element_bytes_ < 4 || channel_bytes > room ||
+      room = caches.last / kL3BlockParts;
+      if (!last_level_near() || element_bytes_ < 4 || channel_bytes > room ||
           4 * total_ * element_bytes_ <= 3 * caches.last) {
         return 0;
       }
-      return std::max<std::size_t>(
-          1, std::min(room / channel_bytes, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
     }
-    const std::size_t fit = l2 / 4 / channel_bytes;  // 0: one channel (below)
+    const std::size_t fit = room / channel_bytes;  // 0: one channel (below)
     return std::max<std::size_t>(1, std::min(fit, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
   }
   // Slab runs the statistics read side by side (kSlabStreams), or one at a time: one
-  // when the last-level cache is near the cores (at most kNearLastLevelL2s L2s: AMD's
+  // when the last-level cache is near the cores (last_level_near(), at most 64 L2s: AMD's
   // L3 of a core complex, not a large server's L3 shared over a mesh) and holds the
   // `arrays` x-shaped arrays of the pass (x, and the forward's y), so that x comes from
   // it rather than from memory. There a run alone reads fast enough, and four runs'
@@ -385,9 +382,8 @@ class Plan {
   // (fwd+bwd 0.88-0.89x); beyond it one and four within noise (0.96-1.05x), so four stay
   // there too. The sums are the same either way (each run's are those it gets alone).
   std::size_t slab_streams(std::size_t arrays) const {
-    const CacheSizes& caches = cache_sizes();
-    const bool near = caches.last <= kNearLastLevelL2s * caches.l2;
-    return near && arrays * total_ * element_bytes_ <= caches.last ? 1 : kSlabStreams;
+    const bool fits = arrays * total_ * element_bytes_ <= cache_sizes().last;
+    return last_level_near() && fits ? 1 : kSlabStreams;
   }
   // Work list of the blocked passes: item g is the group of channels [g * group, ...).
   WorkList block_work(std::size_t group) const {

@@ -76,9 +76,14 @@ const CacheSizes& cache_sizes() { return current(); }
 
 void set_cache_sizes(const CacheSizes& sizes) { current() = sizes; }
 
-// A last-level cache of at most this many L2s is near the cores (AMD's L3 of a core
-// complex; batch_norm.cpp's Plan tells the two kinds apart the same way).
+namespace {
 constexpr std::size_t kNearLastLevelL2s = 64;
+}  // namespace
+
+bool last_level_near() {
+  const CacheSizes& caches = current();
+  return caches.last <= kNearLastLevelL2s * caches.l2;
+}
 
 std::size_t core_share_bytes() {
   const CacheSizes& caches = current();
@@ -87,7 +92,7 @@ std::size_t core_share_bytes() {
 
 std::size_t streaming_threshold_bytes() {
   const CacheSizes& caches = current();
-  if (caches.last > caches.l2 && caches.last <= kNearLastLevelL2s * caches.l2) {
+  if (caches.last > caches.l2 && last_level_near()) {
     return caches.last / 2 - 1;  // arrays that reach half of it stream
   }
   return core_share_bytes();

@@ -20,6 +20,10 @@ const CacheSizes& cache_sizes();
 // not safe while kernels run.
 void set_cache_sizes(const CacheSizes& sizes);
 
+// Whether the last-level cache is near the cores: at most 64 L2s (AMD's L3 of a core
+// complex, which takes the lines the L2 evicts), not a large server's L3 shared over a mesh.
+bool last_level_near();
+
 // The part of the last-level cache a call counts on keeping its arrays in: all of it, but
 // at most eight L2s, since a big server L3 is shared by the whole socket and whatever
 // reads a large output next does so after the L3 has let it go. (Batch norm's row
