@@ -198,3 +198,76 @@ def test_import_leaves_the_environment_as_it_was():
     env["OMP_WAIT_POLICY"] = "active"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "active"]
+
+
+# ------------------------------------------------------------ ml_dtypes imported on demand
+
+def _assert_printed(result, expected):
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.stdout.split() == expected.split()
+
+
+def test_import_and_float_work_leave_ml_dtypes_unimported():
+    # Importing ml_dtypes takes about a second (its casts and ufunc loops registered with
+    # NumPy); a user of float32/float64 never pays it. Every module, a functional step,
+    # the optimizer classes, the layer and the split batch norm run without it.
+    code = """
+import sys
+import numpy as np
+import fusedops as fo
+import fusedops.distributed, fusedops.nn, fusedops.optim, fusedops.lr_scheduler
+print("ml_dtypes" in sys.modules)
+p, g = np.ones(33, np.float32), np.full(33, 0.5, np.float32)
+m, v = np.zeros_like(p), np.zeros_like(p)
+fo.adam_step([p], [g], [m], [v], lr=0.1, step=1)
+opt = fo.optim.AdamW([np.ones(5, np.float64)], state_dtype=np.float32)
+opt.step([np.ones(5, np.float64)])
+sgd = fo.optim.SGD([np.ones(5, np.float16)], lr=0.1, master_weights=True)
+sgd.step([np.ones(5, np.float16)])
+layer = fo.nn.BatchNorm(3, dtype="float32")
+y = layer.forward(np.arange(12, dtype=np.float32).reshape(4, 3))
+layer.backward(np.ones_like(y))
+fo.batch_norm_stats(np.ones((2, 3), np.float64))
+fo.grad_norm([np.ones(3, np.float16)])
+print("ml_dtypes" in sys.modules, round(float(p[0]), 5))
+"""
+    _assert_printed(run_python(code), "False False 0.9")
+
+
+def test_bfloat16_is_ml_dtypes_bfloat16_imported_on_first_use():
+    code = """
+import sys
+import numpy as np
+import fusedops as fo
+print("bfloat16" in dir(fo), "ml_dtypes" in sys.modules)
+import ml_dtypes
+from fusedops import bfloat16
+print(fo.bfloat16 is ml_dtypes.bfloat16, bfloat16 is ml_dtypes.bfloat16)
+p = np.ones(17, fo.bfloat16)
+fo.sgd_step([p], [np.ones(17, fo.bfloat16)], lr=0.5)
+print(p.astype(np.float32).tolist() == [0.5] * 17)
+try:
+    fo.definitely_not_a_name
+except AttributeError as exc:
+    print(type(exc).__name__)
+"""
+    _assert_printed(run_python(code), "True False True True True AttributeError")
+
+
+def test_bfloat16_given_by_name_before_ml_dtypes_is_imported():
+    # NumPy knows the name "bfloat16" only once ml_dtypes has registered it: a dtype given
+    # by name imports it. An unknown name is still rejected, naming the argument.
+    code = """
+import numpy as np
+import fusedops as fo
+opt = fo.optim.Adam([np.ones(4, np.float32)], state_dtype="bfloat16")
+opt.step([np.ones(4, np.float32)])
+print(opt.state[0]["exp_avg"].dtype, opt.state[0]["exp_avg_sq"].dtype)
+layer = fo.nn.BatchNorm(2, dtype="bfloat16")
+print(layer.dtype.name, layer.param_dtype.name)
+try:
+    fo.optim.Adam([np.ones(4, np.float32)], state_dtype="bfloat17")
+except TypeError as exc:
+    print("state_dtype" in str(exc))
+"""
+    _assert_printed(run_python(code), "bfloat16 bfloat16 bfloat16 float32 True")

@@ -57,7 +57,10 @@ from ._core import (  # noqa: E402
     simd_isa,
 )
 
-from ml_dtypes import bfloat16  # noqa: E402  (the NumPy bfloat16 of JAX and TensorFlow)
+from typing import TYPE_CHECKING as _TYPE_CHECKING  # noqa: E402
+
+if _TYPE_CHECKING:
+    from ml_dtypes import bfloat16 as bfloat16  # the NumPy bfloat16 of JAX and TensorFlow
 
 from ._batch_norm import (  # noqa: E402
     batch_norm_backward,
@@ -106,3 +109,21 @@ __all__ = [
     "sgd_step",
     "simd_isa",
 ]
+
+
+
+if not _TYPE_CHECKING:  # type checkers see the import above, and no module __getattr__
+    # (one would type every misspelt attribute of fusedops as object instead of an error)
+    def __getattr__(name: str) -> object:
+        """``fusedops.bfloat16`` is ``ml_dtypes.bfloat16``, imported on first use: importing
+        ml_dtypes takes about a second (see ``_bfloat16``), which users of float32 and float64
+        need not pay."""
+        if name == "bfloat16":
+            from ._bfloat16 import scalar_type
+
+            value = globals()["bfloat16"] = scalar_type()
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> "list[str]":
+        return sorted(set(globals()) | {"bfloat16"})

@@ -36,7 +36,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import numpy.typing as npt
-from ml_dtypes import bfloat16
+from ._bfloat16 import is_half
 
 from . import _core
 
@@ -70,7 +70,7 @@ def _mpi_dtype(dtype: "np.dtype[Any]") -> Any:
 def _buffer(a: Array) -> List[Any]:
     """``a`` as an MPI message: 16-bit floats travel as raw uint16 (NumPy cannot export
     bfloat16 as a buffer and MPI has no bfloat16 type), the others as their MPI type."""
-    if a.dtype in _HALF:
+    if is_half(a.dtype):
         return [a.view(np.uint16), _MPI.UINT16_T]
     return [a, _mpi_dtype(a.dtype)]
 
@@ -78,8 +78,8 @@ def _buffer(a: Array) -> List[Any]:
 __all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
-_HALF = (np.dtype(bfloat16), np.dtype(np.float16))  # averaged on the wire in 16 bits
-_REDUCIBLE = (np.dtype(np.float32), np.dtype(np.float64), *_HALF)
+_FULL = (np.dtype(np.float32), np.dtype(np.float64))  # and the 16-bit ones (is_half),
+# averaged on the wire in 16 bits
 
 
 class Communicator:
@@ -253,7 +253,7 @@ def _mean_blocks(comm: Communicator, buf: Array, received: Optional[Array]) -> N
     multiple of the rank count. 16-bit ``buf``: ``received`` holds ``buf.size`` elements."""
     block = buf.size // comm.size
     lo = comm.rank * block
-    if buf.dtype in _HALF:
+    if is_half(buf.dtype):
         assert received is not None
         _mean_block_16(comm, buf, buf[lo:lo + block], received)
     else:
@@ -298,7 +298,7 @@ def _average(comm: Communicator, arrays: Sequence[Array], bucket_bytes: int,
         flats, buckets = _bucketed(run, bucket_bytes, comm.size)
         scratch = _cached(cache, ("packed", dtype), _scratch_elements(buckets, comm.size), dtype)
         received = None
-        if dtype in _HALF:
+        if is_half(dtype):
             largest = max((comm.size * b.block for b in buckets), default=0)
             received = _cached(cache, ("received", dtype), largest, dtype)
         _run_buckets(flats, buckets, comm.size,
@@ -330,7 +330,7 @@ def allreduce_mean_(grads: Union[Array, Sequence[Array]], comm: Any, *,
     try:
         arrays = _as_array_list(grads, where, "grads")
         for i, a in enumerate(arrays):
-            if a.dtype not in _REDUCIBLE:
+            if a.dtype not in _FULL and not is_half(a.dtype):
                 raise TypeError(f"{where}: grads[{i}] has dtype {a.dtype}; float32, float64, "
                                 "bfloat16 and float16 are supported")
         _check_written(arrays, where, "grads")
@@ -596,7 +596,7 @@ def _check_step_input(opt: Optimizer, grads_arg: Any, grad_scale: Any, *,
     if len(grads) != len(params):
         raise ValueError(f"{name}.step: got {len(grads)} grads for {len(params)} params")
     for i, (g, p) in enumerate(zip(grads, params)):
-        if g.dtype != p.dtype and not (p.dtype == np.float32 and g.dtype in _HALF):
+        if g.dtype != p.dtype and not (p.dtype == np.float32 and is_half(g.dtype)):
             raise TypeError(f"{name}.step: grads[{i}] has dtype {g.dtype}, its param has {p.dtype} "
                             "(a grad has its param's dtype; float32 params also take bfloat16 "
                             "or float16 grads)")
@@ -835,7 +835,7 @@ class ShardedDataParallel(DataParallel):
                 if not coef >= 1.0:
                     divisor = grad_scale / coef
                     if not math.isfinite(divisor):  # a NaN/Inf norm: as torch, grads * coef
-                        if grad_shard.dtype in _HALF:  # (in float32, rounded once)
+                        if is_half(grad_shard.dtype):  # (in float32, rounded once)
                             grad_shard[...] = grad_shard.astype(np.float32) * np.float32(coef)
                         else:
                             np.multiply(grad_shard, coef, out=grad_shard)
@@ -863,7 +863,7 @@ class ShardedDataParallel(DataParallel):
         flats = [g.reshape(-1) for g in grads]
         scratch = _cached(self._scratch, ("packed", dtype), _scratch_elements(self.buckets, comm.size), dtype)
         received = None
-        if dtype in _HALF:
+        if is_half(dtype):
             largest = max((comm.size * b.block for b in self.buckets), default=0)
             received = _cached(self._scratch, ("received", dtype), largest, dtype)
         for bucket, offset in zip(self.buckets, self.offsets):

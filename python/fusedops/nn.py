@@ -8,14 +8,14 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from ml_dtypes import bfloat16
+from ._bfloat16 import as_dtype, is_bfloat16
 
 from . import distributed
 from ._batch_norm import batch_norm_backward, batch_norm_forward
 
 __all__ = ["BatchNorm"]
 
-_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, bfloat16, np.float16))
+_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.float16))  # and bfloat16
 
 
 class BatchNorm:
@@ -79,8 +79,8 @@ class BatchNorm:
             raise ValueError(f"BatchNorm: num_features must be >= 1, got {num_features}")
         if channel_axis not in (1, -1):
             raise ValueError(f"BatchNorm: channel_axis must be 1 or -1, got {channel_axis!r}")
-        dtype = np.dtype(dtype)
-        if dtype not in _DTYPES:
+        dtype = as_dtype(dtype)
+        if dtype not in _DTYPES and not is_bfloat16(dtype):
             raise TypeError(f"BatchNorm: dtype must be float32, float64, bfloat16 or float16, "
                             f"got {dtype}")
         if not (np.isfinite(eps) and eps >= 0):

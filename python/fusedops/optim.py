@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from ml_dtypes import bfloat16
+from ._bfloat16 import as_dtype, is_bfloat16, is_half
 
 from . import _core, distributed
 from . import lr_scheduler
@@ -103,9 +103,6 @@ def _array_list(value: Any, where: str) -> Tuple[Array, ...]:
     return items
 
 
-_BF16 = np.dtype(bfloat16)
-
-
 class _Precision:
     """The mixed-precision options of an optimizer, checked once."""
 
@@ -114,11 +111,11 @@ class _Precision:
         self.name = name
         if state_dtype is not None:
             try:
-                state_dtype = np.dtype(state_dtype)
+                state_dtype = as_dtype(state_dtype)
             except TypeError:
                 raise TypeError(f"{name}: state_dtype must be None, np.float32 or fo.bfloat16, "
                                 f"got {state_dtype!r}") from None
-            if state_dtype not in (np.float32, _BF16):
+            if state_dtype != np.float32 and not is_bfloat16(state_dtype):
                 raise TypeError(f"{name}: state_dtype must be None, np.float32 or fo.bfloat16, "
                                 f"got {state_dtype}")
         if master_weights not in (False, True, "remainder") or isinstance(master_weights, np.bool_):
@@ -138,8 +135,9 @@ class _Precision:
 
     def initial_state(self, p: Array, where: str) -> Dict[str, Array]:
         """The master (or remainder) a new param needs."""
-        half = p.dtype in (_BF16, np.float16)
-        if self.state_dtype == _BF16 and p.dtype == np.float16 and not self.master_weights:
+        half = is_half(p.dtype)
+        bf16_state = self.state_dtype is not None and is_bfloat16(self.state_dtype)
+        if bf16_state and p.dtype == np.float16 and not self.master_weights:
             raise TypeError(f"{where} has dtype float16, whose state is float32; "
                             "state_dtype=fo.bfloat16 needs float32 or bfloat16 params "
                             "(or master_weights=True)")
@@ -148,7 +146,7 @@ class _Precision:
                             "bfloat16 params (use master_weights=True)")
         if self.master_weights is True and half:
             return {"master": p.astype(np.float32)}
-        if self.master_weights == "remainder" and p.dtype == _BF16:
+        if self.master_weights == "remainder" and is_bfloat16(p.dtype):
             return {"remainder": np.zeros(p.shape, np.uint16)}
         return {}
 
@@ -234,7 +232,7 @@ class Optimizer:
                     raise ValueError(f"{name}: param_groups[{index}]['grads'][{i}] has shape "
                                      f"{g.shape} but its param has shape {p.shape}")
                 if g.dtype != p.dtype and not (
-                        p.dtype == np.float32 and g.dtype in (_BF16, np.float16)):
+                        p.dtype == np.float32 and is_half(g.dtype)):
                     raise TypeError(f"{name}: param_groups[{index}]['grads'][{i}] has dtype "
                                     f"{g.dtype} but its param has dtype {p.dtype}")
             new["grads"] = grads
