@@ -796,6 +796,12 @@ def family_cases(quick: bool):
 SWEEP = [1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24, 1 << 26]
 
 
+# The model of examples/train_mlp_digits.py (64 -> 256 -> 256 -> 10, batch norm after
+# the hidden layers): eight tensors, 85K values, in the L2: a step's cost there is
+# mostly per-call and per-tensor work, not bytes.
+DIGITS_MLP = [64 * 256, 256, 256, 256 * 256, 256, 256, 256 * 10, 10]
+
+
 def optim_cases(quick: bool):
     f32, f64 = np.float32, np.float64
     # Headline sizes run from DRAM: their traffic is at least twice the largest cache (16M
@@ -807,6 +813,7 @@ def optim_cases(quick: bool):
                  clip_case([65536] * 10 + [1 << 22], f32)]
         if hasattr(fo, "optim"):
             cases.append(adam_class_case([256] * 1000, f32, "1000x256"))
+            cases.append(adam_class_case(DIGITS_MLP, f32, "digits-mlp"))
         return cases + mixed_cases() + family_cases(quick)
     cases = [sgd_case([n], f32, "momentum") for n in SWEEP]
     cases += [sgd_case([big(8)], f32, "plain"), sgd_case([big(12)], f32, "nesterov"),
@@ -818,6 +825,7 @@ def optim_cases(quick: bool):
     if hasattr(fo, "optim"):
         cases += [adam_class_case([256] * 1000, f32, "1000x256"),
                   adam_class_case([256000], f32, "1x256000"),
+                  adam_class_case(DIGITS_MLP, f32, "digits-mlp"),
                   adam_class_case([256] * 1000, f64, "1000x256"),
                   adam_class_case(transformer_sizes(), f32, "transformer-12x768")]
     return cases + mixed_cases() + family_cases(quick)

@@ -40,7 +40,7 @@ def _betas(group: Dict[str, Any], where: str) -> Tuple[float, float]:
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"{where}['betas'] must be a pair of numbers, got {betas!r}")
-    return _real(betas[0], f"{where}['betas'][0]"), _real(betas[1], f"{where}['betas'][1]")
+    return _real(betas[0], (where, "['betas'][0]")), _real(betas[1], (where, "['betas'][1]"))
 
 
 class _FamilyOptimizer(Optimizer):
@@ -57,9 +57,9 @@ class _FamilyOptimizer(Optimizer):
 
     def _group_args(self, group: ParamGroup, index: int) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
-        args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
+        args: Dict[str, Any] = {key: _real(group[key], (where, "['", key, "']")) for key in self._reals}
         for key in self._flags:
-            args[key] = _flag(group[key], f"{where}['{key}']")
+            args[key] = _flag(group[key], (where, "['", key, "']"))
         if self._has_betas:
             args["beta1"], args["beta2"] = _betas(group, where)
         return args
@@ -322,9 +322,9 @@ class _TrustRatioOptimizer(Optimizer):
 
     def _group_args(self, group: ParamGroup, index: int) -> Any:
         where = f"{type(self).__name__}: param_groups[{index}]"
-        args: Dict[str, Any] = {key: _real(group[key], f"{where}['{key}']") for key in self._reals}
+        args: Dict[str, Any] = {key: _real(group[key], (where, "['", key, "']")) for key in self._reals}
         for key in self._flags:
-            args[key] = _flag(group[key], f"{where}['{key}']")
+            args[key] = _flag(group[key], (where, "['", key, "']"))
         exclude = group.get("exclude")
         if exclude is not None and not isinstance(exclude, bool) and not callable(exclude):
             raise TypeError(f"{where}['exclude'] must be None, a bool or a callable, got "
@@ -413,7 +413,7 @@ class LAMB(_TrustRatioOptimizer):
         args["beta1"], args["beta2"] = _betas(group, where)
         clip = group["trust_clip"]
         if clip is not None:
-            clip = _real(clip, f"{where}['trust_clip']")
+            clip = _real(clip, (where, "['trust_clip']"))
             if not clip > 0:
                 raise ValueError(f"{where}['trust_clip'] must be None or > 0, got {clip}")
             args["trust_clip"] = clip

@@ -78,15 +78,30 @@ _COMMON_OPTIONS_DOC = """
 """
 
 
-def _real(value: Any, where: str) -> float:
+# The checks of a step's hyperparameters run at every step: exact floats, ints and bools
+# take a fast path (an isinstance check against the numbers.Real ABC costs about half a
+# microsecond), and the argument's label is joined from its parts (`where`: a string or a
+# tuple of strings) only for an error message.
+Label = Union[str, Tuple[str, ...]]
+
+
+def _label(where: Label) -> str:
+    return where if isinstance(where, str) else "".join(where)
+
+
+def _real(value: Any, where: Label) -> float:
+    if isinstance(value, (float, int)) and not isinstance(value, bool):  # numpy.float64 too
+        return float(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where} must be a real number, got {type(value).__name__}")
+        raise TypeError(f"{_label(where)} must be a real number, got {type(value).__name__}")
     return float(value)
 
 
-def _flag(value: Any, where: str) -> bool:
+def _flag(value: Any, where: Label) -> bool:
+    if value is True or value is False:
+        return bool(value)
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{where} must be a bool, got {type(value).__name__}")
+        raise TypeError(f"{_label(where)} must be a bool, got {type(value).__name__}")
     return bool(value)
 
 
@@ -257,7 +272,7 @@ class Optimizer:
         for gi, group in enumerate(self.param_groups):
             needed = self._needed_state(group)
             n = len(group["params"])
-            if not set(needed) <= set(self._allocated[gi]):
+            if needed != self._allocated[gi] and not set(needed) <= set(self._allocated[gi]):
                 for p, st in zip(group["params"], self.state[offset:offset + n]):
                     for key in needed:
                         if key not in st:
@@ -281,10 +296,13 @@ class Optimizer:
                                     pr.stochastic_rounding, pr.seed)
 
     def _current_plan(self) -> Any:
+        if self._plan is not None and len(self.param_groups) == len(self._plan_key):
+            for group, params in zip(self.param_groups, self._plan_key):
+                if group["params"] is not params:
+                    break
+            else:
+                return self._plan
         key = tuple(g["params"] for g in self.param_groups)
-        if self._plan is not None and len(key) == len(self._plan_key) and all(
-                a is b for a, b in zip(key, self._plan_key)):
-            return self._plan
         for gi, (params, old) in enumerate(zip(key, self._plan_key)):
             if params is not old and tuple(params) != tuple(old):
                 raise ValueError(f"{type(self).__name__}: param_groups[{gi}]['params'] was replaced; "
@@ -543,10 +561,10 @@ class SGD(Optimizer):
 
     def _group_args(self, group: ParamGroup, index: int) -> Tuple[Any, ...]:
         where = f"SGD: param_groups[{index}]"
-        return (_real(group["lr"], f"{where}['lr']"), _real(group["momentum"], f"{where}['momentum']"),
-                _real(group["dampening"], f"{where}['dampening']"),
-                _real(group["weight_decay"], f"{where}['weight_decay']"), _real(group["l1"], f"{where}['l1']"),
-                _flag(group["nesterov"], f"{where}['nesterov']"), _flag(group["maximize"], f"{where}['maximize']"),
+        return (_real(group["lr"], (where, "['lr']")), _real(group["momentum"], (where, "['momentum']")),
+                _real(group["dampening"], (where, "['dampening']")),
+                _real(group["weight_decay"], (where, "['weight_decay']")), _real(group["l1"], (where, "['l1']")),
+                _flag(group["nesterov"], (where, "['nesterov']")), _flag(group["maximize"], (where, "['maximize']")),
                 not self._started[index] if index < len(self._started) else True)
 
     def _check_native(self, where: str, args: Tuple[Any, ...]) -> None:
@@ -608,10 +626,10 @@ class Adam(Optimizer):
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{where}['betas'] must be a pair of numbers, got {betas!r}")
-        return (_real(group["lr"], f"{where}['lr']"), _real(betas[0], f"{where}['betas'][0]"),
-                _real(betas[1], f"{where}['betas'][1]"), _real(group["eps"], f"{where}['eps']"),
-                _real(group["weight_decay"], f"{where}['weight_decay']"), _real(group["l1"], f"{where}['l1']"),
-                _flag(group["amsgrad"], f"{where}['amsgrad']"), _flag(group["maximize"], f"{where}['maximize']"))
+        return (_real(group["lr"], (where, "['lr']")), _real(betas[0], (where, "['betas'][0]")),
+                _real(betas[1], (where, "['betas'][1]")), _real(group["eps"], (where, "['eps']")),
+                _real(group["weight_decay"], (where, "['weight_decay']")), _real(group["l1"], (where, "['l1']")),
+                _flag(group["amsgrad"], (where, "['amsgrad']")), _flag(group["maximize"], (where, "['maximize']")))
 
     def _check_native(self, where: str, args: Tuple[Any, ...]) -> None:
         _core._check_adam_group(where, args)
