@@ -111,7 +111,6 @@ __all__ = [
 ]
 
 
-
 if not _TYPE_CHECKING:  # type checkers see the import above, and no module __getattr__
     # (one would type every misspelt attribute of fusedops as object instead of an error)
     def __getattr__(name: str) -> object:

@@ -78,8 +78,9 @@ def _buffer(a: Array) -> List[Any]:
 __all__ = ["Communicator", "world", "broadcast_", "allreduce_mean_", "flat_buffer"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # also what an optimizer built with comm= uses (read then)
-_FULL = (np.dtype(np.float32), np.dtype(np.float64))  # and the 16-bit ones (is_half),
-# averaged on the wire in 16 bits
+# Reducible dtypes: these, and the 16-bit ones (is_half), which are averaged on the wire in
+# 16 bits.
+_FULL = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Communicator:
