@@ -373,8 +373,10 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
 def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):
     # Channel-first data beyond the L2 is normalized in groups of channels whose inputs
     # fit in a quarter of the L2 (x forward, x and dy backward; a single channel up to
-    # half of it), at least 8 groups where there are 8 channels; data that fits in the L2,
-    # or channels bigger than half of it, are not blocked (0).
+    # half of it; 16-bit data on a core with an L2 of at most 512 KiB and a near last
+    # level: twice the L2), at least 8 groups where there are 8 channels; data that fits
+    # in the L2, or channels bigger than half of it, are not blocked (0), but float32 and
+    # float64 ones blocked in a near last level.
     plan = _core._batch_norm_plan
     cache_sizes(48 << 10, 2 << 20, 480 << 20)
     blocks = lambda *view: (plan(*view)["forward_block_channels"],  # noqa: E731
@@ -388,6 +390,10 @@ def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):
     assert blocks(64, 256, 784, 2) == (5, 2)  # 16-bit data
     cache_sizes(48 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 5
     assert blocks(64, 256, 784, 2) == (2, 1)
+    cache_sizes(32 << 10, 512 << 10, 32 << 20)  # the EPYC Zen 3: 16-bit groups of 2 L2s
+    assert blocks(64, 256, 784, 2) == (10, 5)  # 100 and 200 KiB channels in 1 MiB
+    assert blocks(32, 64, 3136, 2) == (5, 0)  # 200 KiB; 400 KiB channels: not blocked
+    assert blocks(64, 256, 784, 4) == (1, 10)  # float32: a quarter of the L2, or the L3
 
 
 def test_statistics_streams_follow_the_cache_sizes(cache_sizes):

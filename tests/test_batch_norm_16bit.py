@@ -400,3 +400,47 @@ def test_non_finite_channels_stay_in_their_channels(isa, rng, shape, channel_axi
     assert_bitwise_equal(channels(dxb, ~bad), channels(dx, ~bad))
     assert_bitwise_equal(dwb[~bad], dw[~bad])
     assert np.isnan(dwb[bad]).all() and np.isnan(dbb[bad]).all()
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 40, 41), (2, 5, 600), (3, 4, 33)],
+                         ids=["nchw", "ncl-long", "ncl-odd"])
+def test_non_finite_values_under_finite_constants_keep_their_bits(isa, rng, shape):
+    """Evaluation mode keeps each channel's constants finite whatever x and dy hold, so the
+    channel-first loops round NaN and Inf lanes without their NaN test: a NaN of x or dy
+    comes out as itself made quiet, Inf times a zero weight as the default NaN, Inf times
+    any other weight as an Inf, and every finite value as it does without them."""
+    x, dy, weight, bias, rm, rv = make_inputs(rng, shape, 1, fo.bfloat16)
+    weight[::3] = 0.0
+    bits = np.array([0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FFF, 0x7FA5, 0x7F80, 0xFF80],
+                    np.uint16)
+    at = rng.choice(x.size, x.size // 6, replace=False)
+    put = bits[rng.integers(0, bits.size, at.size)]
+    xb, dyb = x.copy(), dy.copy()
+    xb.reshape(-1).view(np.uint16)[at] = put
+    dyb.reshape(-1).view(np.uint16)[at] = put
+    zero_weight = (np.arange(shape[1]) % 3 == 0)[np.newaxis, :, np.newaxis]
+    zero_weight = np.broadcast_to(zero_weight, (shape[0], shape[1], x[0, 0].size)).reshape(-1)[at]
+    inf = (put & 0x7FFF) == 0x7F80
+    expected = np.where(inf & zero_weight, 0xFFC0, np.where(inf, 0, put | 0x0040))
+    sign = np.where(put & 0x8000, -1.0, 1.0) * np.sign(weight[np.broadcast_to(
+        np.arange(shape[1])[np.newaxis, :, np.newaxis],
+        (shape[0], shape[1], x[0, 0].size)).reshape(-1)[at]])
+
+    def check(out, clean, what):
+        got = out.reshape(-1).view(np.uint16)
+        keep = np.ones(out.size, bool)
+        keep[at] = False
+        np.testing.assert_array_equal(got[keep], clean.reshape(-1).view(np.uint16)[keep],
+                                      err_msg=f"{what}: finite values")
+        np.testing.assert_array_equal(got[at][~inf | zero_weight],
+                                      expected[~inf | zero_weight], err_msg=f"{what}: NaNs")
+        signed_inf = np.where(sign[inf & ~zero_weight] > 0, 0x7F80, 0xFF80)
+        np.testing.assert_array_equal(got[at][inf & ~zero_weight], signed_inf,
+                                      err_msg=f"{what}: Infs")
+
+    y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv, training=False)
+    yb, _, _ = fo.batch_norm_forward(xb, weight, bias, rm.copy(), rv.copy(), training=False)
+    check(yb, y, "y")
+    dx, _, _ = fo.batch_norm_backward(dy, x, weight, mean, invstd, training=False)
+    dxb, _, _ = fo.batch_norm_backward(dyb, x, weight, mean, invstd, training=False)
+    check(dxb, dx, "dx")

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cmath>
 #include <type_traits>
 
 #if defined(__SSE2__)

@@ -345,7 +345,16 @@ class Plan {
   // slower (the two-pass second read then partly hits the L3); groups of a quarter of the
   // L3 instead of an eighth, float64 0.86x / 0.94x; bfloat16, backward 1.03-1.13x slower.
   // On the Xeon, whose L3 feeds a core no faster than memory, channels blocked one at a
-  // time in it had measured slower than the two passes: it keeps them.)
+  // time in it had measured slower than the two passes: it keeps them.) 16-bit data on a
+  // core with a small L2 (kSmallL2Bytes) and a near last level takes groups of up to twice
+  // the L2 instead, re-read from the L3: there a group of a quarter of the L2 (one channel
+  // of (64, 256, 28, 28), its 64 rows 1.5 KiB runs) measured the slowest of the sizes tried.
+  // (AMD EPYC Zen 3, 2 threads, interleaved runs, same bits, fwd+bwd: bfloat16 (64, 256,
+  // 28, 28) 0.80-0.85x the time, (32, 128, 28, 28) 0.75-0.86x, (16, 256, 28, 28) in the L3
+  // 0.86-0.87x, (8, 512, 14, 14) 0.92-0.96x, float16 (64, 256, 28, 28) 0.82x; groups of
+  // 1 to 4 MiB measured alike, of half the L2 0.95x, of the whole L2 0.90x. float32 there
+  // measured within noise of its quarter; the Zen 5's 1 MiB L2 had measured a quarter
+  // faster than half for bfloat16, above.)
   std::size_t block_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_) return 0;
     const CacheSizes& caches = cache_sizes();
@@ -353,6 +362,7 @@ class Plan {
     const std::size_t channel_bytes = arrays * per_channel() * element_bytes_;
     if (channel_bytes == 0 || arrays * total_ * element_bytes_ <= l2) return 0;
     std::size_t room = l2 / 4;
+    if (element_bytes_ < 4 && l2 <= kSmallL2Bytes && last_level_near()) room = 2 * l2;
     if (channel_bytes > l2 / 2) {  // blocked in a near last-level cache, or not at all
       room = caches.last / kL3BlockParts;
       if (!last_level_near() || element_bytes_ < 4 || channel_bytes > room ||
