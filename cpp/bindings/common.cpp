@@ -329,9 +329,13 @@ namespace {
 template <class Ranges>
 void sort_by_start(Ranges& order) {
   const std::size_t n = order.size();
-  if (n <= 32) {
-    std::stable_sort(order.begin(), order.end(),
-                     [](const ArrayRange& x, const ArrayRange& y) { return x.start < y.start; });
+  if (n <= 32) {  // insertion sort: stable, and no buffer to allocate (std::stable_sort's)
+    for (std::size_t i = 1; i < n; ++i) {
+      const ArrayRange r = order[i];
+      std::size_t j = i;
+      for (; j > 0 && r.start < order[j - 1].start; --j) order[j] = order[j - 1];
+      order[j] = r;
+    }
     return;
   }
   std::uintptr_t any = 0, all = ~std::uintptr_t(0);
