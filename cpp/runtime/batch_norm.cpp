@@ -351,10 +351,10 @@ class Plan {
   // of (64, 256, 28, 28), its 64 rows 1.5 KiB runs) measured the slowest of the sizes tried.
   // (AMD EPYC Zen 3, 2 threads, interleaved runs, same bits, fwd+bwd: bfloat16 (64, 256,
   // 28, 28) 0.80-0.85x the time, (32, 128, 28, 28) 0.75-0.86x, (16, 256, 28, 28) in the L3
-  // 0.86-0.87x, (8, 512, 14, 14) 0.92-0.96x, float16 (64, 256, 28, 28) 0.82x; groups of
-  // 1 to 4 MiB measured alike, of half the L2 0.95x, of the whole L2 0.90x. float32 there
-  // measured within noise of its quarter; the Zen 5's 1 MiB L2 had measured a quarter
-  // faster than half for bfloat16, above.)
+  // 0.86-0.88x, (8, 512, 14, 14) 0.92-0.96x, float16 (64, 256, 28, 28) 0.82x; groups of
+  // 1 to 4 MiB measured alike, of half the L2 0.96-1.03x, of the whole L2 0.86-0.91x.
+  // float32 there measured within noise of its quarter; the Zen 5's 1 MiB L2 had measured
+  // a quarter faster than half for bfloat16, above.)
   std::size_t block_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_) return 0;
     const CacheSizes& caches = cache_sizes();
