@@ -329,12 +329,10 @@ void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float hi = mean_hi[c], sc = scale[c], sh = shift[c];
       if (kStream) prefetch_ahead(x + b, m);
-      const auto normalize = [=](auto v, auto) { return fmadd(v - hi, sc, sh); };
-      if (!std::isnan(hi) && !std::isnan(sc) && !std::isnan(sh)) {
-        map1<S, Reg, true, true>(x + b, out + (b - begin), m, normalize);
-      } else {
-        map1<S, Reg, true>(x + b, out + (b - begin), m, normalize);
-      }
+      with_flags([&](auto nan_free) {
+        map1<S, Reg, true, nan_free>(x + b, out + (b - begin), m,
+                                     [=](auto v, auto) { return fmadd(v - hi, sc, sh); });
+      }, !std::isnan(hi) && !std::isnan(sc) && !std::isnan(sh));
     });
   });
 }
@@ -365,22 +363,14 @@ void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
         prefetch_ahead(dy + b, m);
         if (kCentered) prefetch_ahead(x + b, m);
       }
-      const bool clean = !std::isnan(kd) && !std::isnan(hi) && !std::isnan(kx) && !std::isnan(k0);
-      if (kCentered) {
-        const auto f = [=](auto g, auto v, auto) { return g * kd + ((v - hi) * kx + k0); };
-        if (clean) {
-          map2<S, Reg, true, true>(dy + b, x + b, o, m, f);
+      with_flags([&](auto nan_free) {
+        if (kCentered) {
+          map2<S, Reg, true, nan_free>(dy + b, x + b, o, m,
+                       [=](auto g, auto v, auto) { return g * kd + ((v - hi) * kx + k0); });
         } else {
-          map2<S, Reg, true>(dy + b, x + b, o, m, f);
+          map1<S, Reg, true, nan_free>(dy + b, o, m, [=](auto g, auto) { return g * kd; });
         }
-      } else {
-        const auto f = [=](auto g, auto) { return g * kd; };
-        if (clean) {
-          map1<S, Reg, true, true>(dy + b, o, m, f);
-        } else {
-          map1<S, Reg, true>(dy + b, o, m, f);
-        }
-      }
+      }, !std::isnan(kd) && !std::isnan(hi) && !std::isnan(kx) && !std::isnan(k0));
     });
   });
 }
