@@ -325,7 +325,8 @@ template <class S, class Reg, bool kStream>
 void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* __restrict y,
                               std::size_t n, SlabCursor cursor, const float* __restrict mean_hi,
                               const float* __restrict scale, const float* __restrict shift) {
-  write_blocks<kStream>(y, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
+  write_blocks<kStream, kRunStreamTileBytes>(
+      y, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float hi = mean_hi[c], sc = scale[c], sh = shift[c];
       if (kStream) prefetch_ahead(x + b, m);
@@ -355,7 +356,8 @@ void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
                        std::uint16_t* __restrict dx, std::size_t n, SlabCursor cursor,
                        const float* __restrict k_dy, const float* __restrict mean_hi,
                        const float* __restrict k_x, const float* __restrict k_0) {
-  write_blocks<kStream>(dx, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
+  write_blocks<kStream, kRunStreamTileBytes>(
+      dx, n, [&](std::uint16_t* __restrict out, std::size_t begin, std::size_t count) {
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
       std::uint16_t* __restrict o = out + (b - begin);

@@ -43,9 +43,10 @@ inline void with_flags(F&& f, Flags... flags) { with_flags_impl(f, flags...); }
 
 // Writes n values to dst: fill(out, begin, count) computes values [begin, begin + count)
 // into out[0, count), and is called for consecutive ranges in increasing order. With
-// kStream, whole 16-byte-aligned tiles are computed into an L1 buffer and written with
-// non-temporal stores: a large output then costs its bytes once (no read-for-ownership
-// of the destination lines) and does not evict the inputs from the cache. Each thread
+// kStream, whole 16-byte-aligned tiles (of kTileBytes: kStreamTileBytes unless the caller
+// picks its own) are computed into an L1 buffer and written with non-temporal stores: a
+// large output then costs its bytes once (no read-for-ownership of the destination
+// lines) and does not evict the inputs from the cache. Each thread
 // calls stream_fence() after its streaming writes (once per batch of work: a fence costs
 // about as much as a short kernel call).
 constexpr std::size_t kStreamTileBytes = 256;
@@ -65,13 +66,14 @@ constexpr std::size_t kStreamStoreBytes = 16;
 // Rows shorter than this many values are written from their first value on.
 constexpr std::size_t kAlignedWriteMin = 64;
 
-template <bool kStream, class T, class Fill>
+template <bool kStream, std::size_t kTileBytes = kStreamTileBytes, class T, class Fill>
 inline void write_blocks(T* __restrict dst, std::size_t n, const Fill& fill,
                          const T* anchor = nullptr) {
+  static_assert(kTileBytes % 64 == 0, "tiles of whole cache lines");
   std::size_t i = 0;
 #if defined(__SSE2__)
   if (kStream) {
-    constexpr std::size_t tile = kStreamTileBytes / sizeof(T);
+    constexpr std::size_t tile = kTileBytes / sizeof(T);
     constexpr std::size_t granule = 16 / sizeof(T);
     std::size_t head = (16 - reinterpret_cast<std::uintptr_t>(dst) % 16) % 16 / sizeof(T);
     if (head > n) head = n;
