@@ -137,8 +137,11 @@ constexpr std::size_t kPrefetchBytes = 1024;
 // the time, (32, 64, 56, 56) 0.91x, float16 (64, 256, 28, 28) 0.90x, float32 0.96-0.98x,
 // float64 1.00x; 2 KiB tiles no faster than 1 KiB. The row loops (NHWC, (N, C)) keep
 // 256 bytes: with 1 KiB bfloat16 NHWC measured 1.03-1.05x slower, float32 (4096, 1024)
-// 1.03x.) The AVX-512 builds keep 256 bytes too: the Xeon had measured 1 KiB tiles slower
-// (bfloat16 normalize streamed from the L2, one thread, 0.108 -> 0.118 ns/el).
+// 1.03x.) The AVX2 build on an Intel Xeon (Emerald Rapids, 2 threads, the two builds
+// interleaved in one process, two runs): bfloat16 0.87-0.96x, float16 0.92-0.93x, float32
+// NCHW 0.97x. The AVX-512 builds keep 256 bytes: on that Xeon 1 KiB measured 0.94-1.03x
+// (bfloat16 (64, 256, 28, 28) 0.95x in one run, 1.03x in the other), and an earlier Xeon
+// slower (bfloat16 normalize streamed from the L2, one thread, 0.108 -> 0.118 ns/el).
 #if defined(__AVX512F__)
 constexpr std::size_t kRunStreamTileBytes = 256;
 #else
