@@ -304,6 +304,8 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # once the pass's arrays reach half of it), and for arrays of rows of at most 256 values beyond the L2; with an
     # L2 of at most 512 KiB, float32 and float64 rows longer than a column block (512
     # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
+    # The elementwise row loops that stream prefetch as row_prefetch says on a last level
+    # of at most 64 L2s only (stream_prefetch).
     # The gradient sums of arrays whose x and dy do not fit in the last level together,
     # and of rows that take no prefetches, read chunks of a sixteenth of the L1 (at least
     # 4 rows; grad_chunk_bytes; 0: their own chunks).
@@ -340,11 +342,14 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert not plan(64, 256, 784, 4)["reduce_ahead"]  # slabs: no row reductions
     for view in ((2048, 1024, 1, 4), (1024, 4096, 1, 8), (64, 256, 64, 4), (16, 64, 1, 4)):
         assert plan(*view)["row_prefetch"]
+        assert not plan(*view)["stream_prefetch"]  # a far L3: 240 L2s
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 0  # 51 MB: in this L3
     assert plan(1 << 20, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # 512 MiB
     cache_sizes(48 << 10, mib, 32 * mib)  # the EPYC Zen 5
     assert plan(4096, 1024, 1, 4)["reduce_ahead"] and plan(4096, 1024, 1, 4)["row_prefetch"]
     assert plan(4096, 4096, 1, 4)["row_prefetch"]
+    for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
+        assert plan(*view)["stream_prefetch"]  # a near L3: 32 L2s
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # NHWC (32, 56, 56, 64)
     cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: arrays reaching 16 MiB
     assert runs(8192, 128, 1, 4) == (1, 1)  # 4 MiB of x: x, y and dy, dx, x in cache
@@ -358,6 +363,8 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     for view in ((2048, 1024, 1, 4), (4096, 4096, 1, 4), (1024, 1536, 1, 4),
                  (256, 256, 64, 4), (4096, 4096, 1, 8)):  # longer rows, 4 and 8 bytes
         assert not plan(*view)["reduce_ahead"] and not plan(*view)["row_prefetch"]
+        assert not plan(*view)["stream_prefetch"]
+    assert plan(100352, 64, 1, 4)["stream_prefetch"]  # NHWC (32, 56, 56, 64)
     assert plan(4096, 1024, 1, 2)["reduce_ahead"]  # 16-bit rows keep them
     assert plan(2048, 1024, 1, 2)["row_prefetch"]
     assert not plan(64, 256, 784, 4)["row_prefetch"]  # channel-first runs: no row loops

@@ -88,6 +88,7 @@ void register_runtime(py::module_& m) {
         out["backward_row_run"] = info.backward_row_run;
         out["reduce_ahead"] = info.reduce_ahead;
         out["row_prefetch"] = info.row_prefetch;
+        out["stream_prefetch"] = info.stream_prefetch;
         out["grad_chunk_bytes"] = info.grad_chunk_bytes;
         out["forward_slab_streams"] = info.forward_slab_streams;
         return out;

@@ -318,6 +318,15 @@ class Plan {
   bool row_prefetch() const {
     return cols_ <= kColBlock || element_bytes_ < 4 || cache_sizes().l2 > kSmallL2Bytes;
   }
+  // Whether the elementwise row loops that stream their output prefetch each row's inputs
+  // (kernels.hpp, bn_rows_normalize_loop): as row_prefetch() says, and only where the
+  // last-level cache is near the cores (last_level_near(): AMD's L3 of a core complex),
+  // where they were measured to gain (Zen 5, NHWC float32 fwd+bwd 0.78-0.94x). On an
+  // Intel Xeon (Emerald Rapids, 2 MiB L2, 260 MiB L3; 2 threads, builds with and without
+  // them interleaved in one process, two runs each, same bits) they cost: float32 NHWC (32,
+  // 56, 56, 64) fwd+bwd 1.12x the time, (8192, 256) 1.04-1.07x; this rule against the
+  // build that had them there 0.90-0.93x and 0.95-0.96x.
+  bool stream_prefetch() const { return row_prefetch() && last_level_near(); }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
   // group's inputs fit in a quarter of the L2 (one channel: half of it), so its
@@ -992,7 +1001,7 @@ class NormalizePass {
   NormalizePass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* x,
                 R* y, std::size_t shift)
       : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels(), shift),
-        stream_(plan.stream_output(2)), ahead_(plan.row_prefetch()),
+        stream_(plan.stream_output(2)), ahead_(plan.stream_prefetch()),
         period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
@@ -1009,7 +1018,7 @@ class NormalizePass {
   R* y_;
   NormalizeConstants<T> constants_;
   bool stream_;
-  bool ahead_;  // the row loops' prefetches (Plan::row_prefetch)
+  bool ahead_;  // the row loops' prefetches (Plan::stream_prefetch)
   std::size_t period_;
   WorkList work_;
   T* room_[3] = {nullptr, nullptr, nullptr};
@@ -1080,7 +1089,7 @@ class DxPass {
   DxPass(const BatchNormKernels<R, T>& k, const Plan& plan, Scratch& scratch, const R* dy,
          const R* x, R* dx, bool centered, std::size_t shift)
       : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels(), shift),
-        centered_(centered), stream_(plan.stream_output(3)), ahead_(plan.row_prefetch()),
+        centered_(centered), stream_(plan.stream_output(3)), ahead_(plan.stream_prefetch()),
         period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
@@ -1421,6 +1430,7 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           plan.runs() ? 0 : plan.elementwise_period(plan.stream_output(3)),
           rows && plan.reduce_ahead(),
           rows && plan.row_prefetch(),
+          rows && plan.stream_prefetch(),
           rows ? plan.grad_chunk_bytes() : 0,
           plan.reduce_slabs() ? plan.slab_streams(2) : 0};
 }

@@ -179,6 +179,7 @@ struct BatchNormPlanInfo {
   std::size_t backward_row_run;
   bool reduce_ahead;
   bool row_prefetch;  // whether the row loops prefetch at all (Plan::row_prefetch)
+  bool stream_prefetch;  // whether the streaming row loops prefetch (Plan::stream_prefetch)
   std::size_t grad_chunk_bytes;  // the gradient sums' chunks of whole rows (0: their own)
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side
 };
