@@ -320,7 +320,8 @@ FUSEDOPS_ALWAYS_INLINE void map2(const std::uint16_t* __restrict a, const std::u
 // channel holding a NaN), keep the test. (AMD EPYC Zen 3, bfloat16 NCHW, interleaved runs,
 // same bits: one thread in cache, (2, 64, 28, 28) and (8, 256, 28, 28), forward 0.91-0.93x
 // the time, backward 0.89-0.91x; 2 threads, (8, 256, 28, 28) to (64, 256, 28, 28),
-// forward 0.91-0.94x, backward 0.95-1.01x.)
+// forward 0.91-0.94x, backward 0.95-1.01x.) Only the builds whose stores take that test
+// (Reg::kStoresInLoadOrder) get the second copy of the loop (with_flag_if).
 template <class S, class Reg, bool kStream>
 void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* __restrict y,
                               std::size_t n, SlabCursor cursor, const float* __restrict mean_hi,
@@ -330,7 +331,7 @@ void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
     cursor.walk(begin, count, [&](std::size_t b, std::size_t m, std::size_t c) {
       const float hi = mean_hi[c], sc = scale[c], sh = shift[c];
       if (kStream) prefetch_ahead(x + b, m);
-      with_flags([&](auto nan_free) {
+      with_flag_if<Reg::kStoresInLoadOrder>([&](auto nan_free) {
         map1<S, Reg, true, nan_free>(x + b, out + (b - begin), m,
                                      [=](auto v, auto) { return fmadd(v - hi, sc, sh); });
       }, !std::isnan(hi) && !std::isnan(sc) && !std::isnan(sh));
@@ -365,7 +366,7 @@ void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
         prefetch_ahead(dy + b, m);
         if (kCentered) prefetch_ahead(x + b, m);
       }
-      with_flags([&](auto nan_free) {
+      with_flag_if<Reg::kStoresInLoadOrder>([&](auto nan_free) {
         if (kCentered) {
           map2<S, Reg, true, nan_free>(dy + b, x + b, o, m,
                        [=](auto g, auto v, auto) { return g * kd + ((v - hi) * kx + k0); });
