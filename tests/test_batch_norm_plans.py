@@ -78,6 +78,7 @@ def test_every_plan_gives_the_bits_of_the_baseline(case):
     rm = (rng.standard_normal(c) + case["offset"]).astype(pdtype)
     rv = rng.uniform(0.5, 2.0, c).astype(pdtype)
     real = fo.build_info()["cache_bytes"]
+    real = (real["l1d"], real["l2"], real["last_level"])
     previous_isa, previous_threads = fo.simd_isa(), fo.get_num_threads()
     _core._set_isa(case["isa"])
     try:
@@ -111,17 +112,15 @@ def test_every_plan_gives_the_bits_of_the_baseline(case):
         for caches, threads, x_at, dy_at, out_at in case["variants"]:
             x_at -= x_at % dtype.itemsize
             dy_at -= dy_at % dtype.itemsize
-            if caches is not None:
-                _core._set_cache_bytes(*caches)
+            _core._set_cache_bytes(*(caches or real))
             fo.set_num_threads(threads)
             got = run(case, at_line_offset(x, x_at), at_line_offset(dy, dy_at), weight, bias,
                       rm, rv, out_at)
-            _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
             for k, (a, b) in enumerate(zip(base, got)):
                 assert a.tobytes() == b.tobytes(), (
                     f"output {k} differs with caches {caches}, {threads} threads, x at "
                     f"{x_at}, dy at {dy_at}, outputs at {out_at}")
     finally:
-        _core._set_cache_bytes(real["l1d"], real["l2"], real["last_level"])
+        _core._set_cache_bytes(*real)
         _core._set_isa(previous_isa)
         fo.set_num_threads(previous_threads)
