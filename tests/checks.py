@@ -1,8 +1,13 @@
 """Assertions shared by the test modules: per-dtype tolerances, bitwise equality, and the
-"a rejected call changed nothing" check."""
+"a rejected call changed nothing" check, and forcing an ISA for a test."""
+
+import contextlib
 
 import numpy as np
 import pytest
+
+import fusedops as fo
+from fusedops import _core
 
 DTYPES = [np.float32, np.float64]
 
@@ -113,3 +118,30 @@ def batch_norm_with_cached_stores(x, dy, weight, bias, channel_axis):
     finally:
         _core._set_cache_bytes(caches["l1d"], caches["l2"], caches["last_level"])
     return y, dx
+
+
+
+def force_isa(name):
+    """Forces the ISA `name` (as FUSEDOPS_ISA would) and returns what puts back the state
+    before: the same forced ISA, or the defaults with nothing forced (batch norm and the
+    fused 16-bit loops have their own, which a forced ISA overrides)."""
+    previous, was_forced = fo.simd_isa(), _core._isa_forced()
+    _core._set_isa(name)
+
+    def restore():
+        if was_forced:
+            _core._set_isa(previous)
+        else:
+            _core._reset_isa()
+
+    return restore
+
+
+@contextlib.contextmanager
+def forced_isa(name):
+    """force_isa(name) for the block."""
+    restore = force_isa(name)
+    try:
+        yield name
+    finally:
+        restore()

@@ -4,16 +4,16 @@ import pytest
 import fusedops as fo
 from fusedops import _core
 
+from checks import forced_isa
+
 ISAS = fo.available_isas()
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Runs the test once per instruction set this build and CPU can run."""
-    previous = fo.simd_isa()
-    _core._set_isa(request.param)
-    yield request.param
-    _core._set_isa(previous)
+    with forced_isa(request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import array_shapes
 
 import fusedops as fo
 from checks import (DTYPES, assert_bitwise_equal, assert_close, assert_rejected, misaligned,
-                    randn, read_only)
+                    force_isa, randn, read_only)
 from fusedops import _core
 from reference import adam_reference
 
@@ -324,8 +324,7 @@ def test_hypothesis_parity(case):
     rng = np.random.default_rng(case["seed"])
     dtype, cfg = case["dtype"], case["cfg"]
     states = [AdamState(rng, s, dtype, case["steps"]) for s in case["shapes"]]
-    previous = fo.simd_isa()
-    _core._set_isa(case["isa"])
+    restore_isa = force_isa(case["isa"])
     try:
         for k in range(case["steps"]):
             step = case["first_step"] + k
@@ -343,7 +342,7 @@ def test_hypothesis_parity(case):
                         scale += float(np.max(np.abs(b - p0), initial=0.0))
                     assert_close(a, b, dtype, factor=scale, err_msg=name)
     finally:
-        _core._set_isa(previous)
+        restore_isa()
 
 
 # --- torch cross-check ----------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 import fusedops as fo
 from checks import (assert_bitwise_equal, assert_rejected, batch_norm_at_offsets,
-                    batch_norm_with_cached_stores)
+                    batch_norm_with_cached_stores, force_isa)
 from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 from test_mixed_precision import BF16, F16, HALF, assert_rounded
@@ -177,9 +177,8 @@ def test_bf16_build_stores_the_bits_of_the_portable_rounding(rng, shape, channel
     weight = np.full(c, 1e-38, np.float32)
     bias = (rng.uniform(-2e-38, 2e-38, c)).astype(np.float32)
     results = []
-    previous = fo.simd_isa()
+    restore_isa = force_isa("avx512")
     try:
-        _core._set_isa("avx512")
         if fo.build_info()["fused_16bit_build"] != "avx512bf16":
             pytest.skip("needs a CPU with AVX512_BF16 and the build for it")
         for allowed in (True, False):
@@ -191,7 +190,7 @@ def test_bf16_build_stores_the_bits_of_the_portable_rounding(rng, shape, channel
             results.append([y, dx, dw, db, y2])
     finally:
         _core._allow_avx512_bf16(True)
-        _core._set_isa(previous)
+        restore_isa()
     y = results[0][0].astype(np.float32)
     assert np.any((y != 0) & (np.abs(y) < 1.1754944e-38)), "no denormal output was tested"
     for a, b in zip(*results):

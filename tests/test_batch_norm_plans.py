@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedops as fo
-from checks import at_line_offset
+from checks import at_line_offset, force_isa
 from fusedops import _core
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 from test_mixed_precision import BF16, F16, F32, F64, assert_rounded
@@ -79,8 +79,8 @@ def test_every_plan_gives_the_bits_of_the_baseline(case):
     rv = rng.uniform(0.5, 2.0, c).astype(pdtype)
     real = fo.build_info()["cache_bytes"]
     real = (real["l1d"], real["l2"], real["last_level"])
-    previous_isa, previous_threads = fo.simd_isa(), fo.get_num_threads()
-    _core._set_isa(case["isa"])
+    previous_threads = fo.get_num_threads()
+    restore_isa = force_isa(case["isa"])
     try:
         fo.set_num_threads(1)
         base = run(case, x, dy, weight, bias, rm, rv)
@@ -122,5 +122,5 @@ def test_every_plan_gives_the_bits_of_the_baseline(case):
                     f"{x_at}, dy at {dy_at}, outputs at {out_at}")
     finally:
         _core._set_cache_bytes(*real)
-        _core._set_isa(previous_isa)
+        restore_isa()
         fo.set_num_threads(previous_threads)

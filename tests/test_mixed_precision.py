@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fusedops as fo
-from checks import assert_bitwise_equal, assert_rejected
+from checks import assert_bitwise_equal, assert_rejected, forced_isa
 from fusedops import _core
 from reference import adam_reference, norm_reference, sgd_reference
 
@@ -166,9 +166,8 @@ def test_stochastic_rounding_draws_the_same_bits_on_every_isa(rng):
     x = (rng.standard_normal(100003) * 3).astype(np.float32)
     out = []
     for isa in fo.available_isas():
-        _core._set_isa(isa)
-        out.append([copies_of(x, dt, stochastic_rounding=True, seed=2) for dt in HALF])
-    _core._set_isa(fo.available_isas()[0])
+        with forced_isa(isa):
+            out.append([copies_of(x, dt, stochastic_rounding=True, seed=2) for dt in HALF])
     for other in out[1:]:
         for a, b in zip(out[0], other):
             assert_bitwise_equal(a, b)

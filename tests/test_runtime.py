@@ -1,5 +1,6 @@
 """Runtime controls: ISA dispatch (incl. FUSEDOPS_ISA), threads, build information."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 
 import fusedops as fo
 from fusedops import _core
+
+from checks import forced_isa
 
 KNOWN_ISAS = {"scalar", "avx2", "avx512"}
 
@@ -121,6 +124,65 @@ def test_num_threads_default_follows_omp_num_threads():
 
 def test_isa_fixture_switches_kernels(isa):
     assert fo.simd_isa() == isa
+
+
+ISA_STATE = """
+import json
+import fusedops as fo
+from fusedops import _core
+def state():
+    info = fo.build_info()
+    return [fo.simd_isa(), _core._isa_forced(), info["batch_norm_isa"], info["fused_16bit_build"]]
+print(json.dumps(state()))
+"""
+
+
+def isa_state():
+    info = fo.build_info()
+    return [fo.simd_isa(), _core._isa_forced(), info["batch_norm_isa"],
+            info["fused_16bit_build"]]
+
+
+def fresh_isa_state(**env):
+    result = run_python(ISA_STATE, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_reset_isa_gives_back_every_default():
+    # a forced ISA also takes batch norm and the fused 16-bit loops off their own defaults
+    defaults = fresh_isa_state()
+    assert defaults[1] is False
+    before = isa_state()
+    with forced_isa("scalar"):
+        assert isa_state()[:3] == ["scalar", True, "scalar"]
+        _core._reset_isa()
+        assert isa_state() == defaults
+    assert isa_state() == before
+
+
+@pytest.mark.parametrize("name", fo.available_isas())
+def test_forced_isa_puts_back_what_was_before(name):
+    before = isa_state()
+    with forced_isa(name):
+        assert fo.simd_isa() == name and _core._isa_forced()
+        assert fo.build_info()["batch_norm_isa"] == name
+    assert isa_state() == before
+    # a process that FUSEDOPS_ISA forced stays forced, on the same ISA
+    code = ISA_STATE.replace("print(json.dumps(state()))", f"""
+import sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from checks import forced_isa
+before = state()
+with forced_isa({name!r}):
+    pass
+assert state() == before, (state(), before)
+print(json.dumps(state()))
+""")
+    forced = fo.available_isas()[-1]
+    result = run_python(code, FUSEDOPS_ISA=forced)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(f'["{forced}", true, "{forced}"')
 
 
 def test_set_isa_rejects_unknown_name():

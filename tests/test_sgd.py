@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import array_shapes
 
 import fusedops as fo
 from checks import (DTYPES, assert_bitwise_equal, assert_close, assert_rejected, misaligned,
-                    randn, read_only)
+                    force_isa, randn, read_only)
 from fusedops import _core
 from reference import sgd_reference
 
@@ -263,8 +263,7 @@ def test_hypothesis_parity(case):
     uses_momentum = cfg["momentum"] != 0.0
     params = [randn(rng, s, dtype) for s in case["shapes"]]
     bufs = [np.zeros(s, dtype) for s in case["shapes"]]
-    previous = fo.simd_isa()
-    _core._set_isa(case["isa"])
+    restore_isa = force_isa(case["isa"])
     try:
         for k in range(case["steps"]):
             grads = [randn(rng, s, dtype) for s in case["shapes"]]
@@ -281,7 +280,7 @@ def test_hypothesis_parity(case):
                 if uses_momentum:
                     assert_close(b, eb, dtype, factor=scale)
     finally:
-        _core._set_isa(previous)
+        restore_isa()
 
 
 # --- torch cross-check ----------------------------------------------------------------

@@ -47,6 +47,12 @@ void register_runtime(py::module_& m) {
   m.def(
       "_set_isa", [](const std::string& name) { set_isa(isa_or_raise(name, "_set_isa")); },
       py::arg("name"), "Switch the kernel table (for tests and benchmarks).");
+  m.def("_isa_forced", &isa_forced,
+        "Whether an ISA is forced (FUSEDOPS_ISA or _set_isa): batch norm and the fused 16-bit "
+        "loops then follow it instead of their own defaults.");
+  m.def("_reset_isa", &reset_isa,
+        "Undo _set_isa and FUSEDOPS_ISA: every kernel back to its default ISA, nothing forced "
+        "(for tests).");
   m.def("_fused_build", [] { return std::string(fused_build_name()); },
         "The build the fused 16-bit SGD/Adam loops run with (for tests and benchmarks).");
   m.def("_allow_avx512_bf16", &allow_avx512_bf16, py::arg("allowed"),

@@ -193,6 +193,11 @@ void set_isa(Isa isa) {
 
 bool isa_forced() { return g_isa_forced.load(std::memory_order_relaxed); }
 
+void reset_isa() {
+  g_table.store(compiled_table(best_isa()), std::memory_order_release);
+  g_isa_forced.store(false, std::memory_order_relaxed);
+}
+
 int get_num_threads() {
   if (g_forked_after_pool.load(std::memory_order_relaxed)) return 1;
   return std::max(1, std::min(openmp_threads(), g_thread_cap.load(std::memory_order_relaxed)));

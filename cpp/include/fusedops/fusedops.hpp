@@ -195,6 +195,7 @@ Isa best_isa();
 Isa current_isa();
 void set_isa(Isa isa);  // caller checks availability
 bool isa_forced();      // set_isa was called (FUSEDOPS_ISA, _set_isa)
+void reset_isa();       // back to the defaults, nothing forced (_reset_isa)
 const KernelTable& current_kernels();
 // The table batch norm's float32/float64 loops come from: AVX-512 where the CPU has it,
 // unless an ISA is forced (then that one).
