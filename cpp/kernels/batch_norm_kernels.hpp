@@ -195,10 +195,24 @@ void bn_slab_sum_pairs(std::size_t n, const AddTerms& add, const Ahead& ahead, d
     __builtin_memcpy(s1, v1[k], sizeof s1);
     __builtin_memcpy(s2, v2[k], sizeof s2);
     for (std::size_t t = i, j = 0; t < n; ++t, ++j) add(k, t, s1[j], s2[j]);
+    // s[j] += s[j + width] for j < width, width = 16, 8, ..., 1: lane vectors while the
+    // halves are whole vectors, then single lanes (the same additions, so the same sums).
+    // (callgrind, AVX2, one thread, float32 fwd+bwd: (256, 256, 14, 14), runs of 196
+    // values, 5% fewer instructions than adding one lane at a time; runs of 784 values
+    // unchanged; times on the Xeon within its noise.)
     for (std::size_t width = kSlabLanes / 2; width > 0; width /= 2) {
-      for (std::size_t j = 0; j < width; ++j) {
-        s1[j] += s1[j + width];
-        s2[j] += s2[j + width];
+      if (width >= kLaneWidth) {
+        for (std::size_t j = 0; j < width; j += kLaneWidth) {
+          const Lanes a1 = load_lanes(s1 + j) + load_lanes(s1 + j + width);
+          const Lanes a2 = load_lanes(s2 + j) + load_lanes(s2 + j + width);
+          __builtin_memcpy(s1 + j, &a1, sizeof a1);
+          __builtin_memcpy(s2 + j, &a2, sizeof a2);
+        }
+      } else {
+        for (std::size_t j = 0; j < width; ++j) {
+          s1[j] += s1[j + width];
+          s2[j] += s2[j + width];
+        }
       }
     }
     sums[2 * k] = s1[0];
