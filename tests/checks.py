@@ -91,8 +91,6 @@ def at_line_offset(a, offset):
 def batch_norm_at_offsets(x, dy, weight, bias, channel_axis, x_at, dy_at, out_at):
     """(y, dx) of a training forward and backward with x, dy and the outputs y, dx each
     placed `*_at` bytes past a cache line (at_line_offset)."""
-    import fusedops as fo
-
     x, dy = at_line_offset(x, x_at), at_line_offset(dy, dy_at)
     y = at_line_offset(np.zeros_like(x), out_at)
     dx = at_line_offset(np.zeros_like(x), out_at)
@@ -106,9 +104,6 @@ def batch_norm_with_cached_stores(x, dy, weight, bias, channel_axis):
     cache were unbounded (ordinary stores, column-block tiles, no cache blocking), the
     cache sizes then put back as they were: the bits the paths for arrays beyond the
     caches must reproduce."""
-    import fusedops as fo
-    from fusedops import _core
-
     caches = fo.build_info()["cache_bytes"]
     _core._set_cache_bytes(caches["l1d"], 1 << 40, 1 << 40)
     try:
@@ -118,7 +113,6 @@ def batch_norm_with_cached_stores(x, dy, weight, bias, channel_axis):
     finally:
         _core._set_cache_bytes(caches["l1d"], caches["l2"], caches["last_level"])
     return y, dx
-
 
 
 def force_isa(name):
