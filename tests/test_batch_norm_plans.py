@@ -90,16 +90,20 @@ def test_every_plan_gives_the_bits_of_the_baseline(case):
         dx_ref, dw_ref, db_ref = batch_norm_backward_reference(
             dy, x, weight, base[1], base[2], training=case["training"], channel_axis=axis)
         y, dx = base[0], base[3]
+        # dx is a difference of terms of about |dy| * invstd * |weight|; where they cancel
+        # (2 values per channel, a spread far above sqrt(eps)) its error is theirs
+        terms = float(np.abs(dy.astype(F64)).max(initial=0.0) * np.max(base[2], initial=0.0)
+                      * (np.abs(weight).max(initial=0.0) if weight is not None else 1.0))
         if dtype.itemsize == 2:
             slack = 1e-6 * (np.abs(y_ref).max() + 1.0)
             assert_rounded(y, y_ref, dtype, atol=slack, err_msg="y")
-            slack = 4e-6 * (np.abs(dx_ref).max() + 1.0)
+            slack = 4e-6 * (np.abs(dx_ref).max() + terms + 1.0)
             assert_rounded(dx, dx_ref, dtype, atol=slack, err_msg="dx")
         else:
             rtol = 2e-5 if dtype == F32 else 1e-12
             np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol * np.abs(y_ref).max())
             np.testing.assert_allclose(dx, dx_ref, rtol=rtol,
-                                       atol=rtol * (np.abs(dx_ref).max() + 1e-300))
+                                       atol=rtol * (np.abs(dx_ref).max() + terms + 1e-300))
         if case["affine"]:
             count = x.size // c
             rtol = 1e-12 if dtype == F64 else 1e-6
