@@ -126,21 +126,20 @@ def test_isa_fixture_switches_kernels(isa):
     assert fo.simd_isa() == isa
 
 
-ISA_STATE = """
+# What decides which kernels run: the ISA, whether it is forced, and the choices of batch
+# norm and the fused 16-bit loops. Defined once, run here and in fresh interpreters.
+ISA_STATE_SOURCE = """
 import json
 import fusedops as fo
 from fusedops import _core
 def state():
     info = fo.build_info()
     return [fo.simd_isa(), _core._isa_forced(), info["batch_norm_isa"], info["fused_16bit_build"]]
-print(json.dumps(state()))
 """
-
-
-def isa_state():
-    info = fo.build_info()
-    return [fo.simd_isa(), _core._isa_forced(), info["batch_norm_isa"],
-            info["fused_16bit_build"]]
+ISA_STATE = ISA_STATE_SOURCE + "print(json.dumps(state()))\n"
+_isa_state_namespace = {}
+exec(ISA_STATE_SOURCE, _isa_state_namespace)
+isa_state = _isa_state_namespace["state"]
 
 
 def fresh_isa_state(**env):
@@ -169,7 +168,7 @@ def test_forced_isa_puts_back_what_was_before(name):
         assert fo.build_info()["batch_norm_isa"] == name
     assert isa_state() == before
     # a process that FUSEDOPS_ISA forced stays forced, on the same ISA
-    code = ISA_STATE.replace("print(json.dumps(state()))", f"""
+    code = ISA_STATE_SOURCE + f"""
 import sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 from checks import forced_isa
@@ -178,7 +177,7 @@ with forced_isa({name!r}):
     pass
 assert state() == before, (state(), before)
 print(json.dumps(state()))
-""")
+"""
     forced = fo.available_isas()[-1]
     result = run_python(code, FUSEDOPS_ISA=forced)
     assert result.returncode == 0, result.stderr

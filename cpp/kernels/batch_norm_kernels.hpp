@@ -82,6 +82,8 @@ inline Lanes load_lanes(const double* p) {
   return d;
 }
 
+inline void store_lanes(double* p, const Lanes& v) { __builtin_memcpy(p, &v, sizeof v); }
+
 // How the loops read and write x-shaped data: S::raw is what memory holds, S::value the
 // compute type (the type of the per-channel constants). load(p, i) widens one value,
 // narrow(v) rounds one result to storage, lanes(p) loads kLaneWidth values as doubles.
@@ -203,10 +205,8 @@ void bn_slab_sum_pairs(std::size_t n, const AddTerms& add, const Ahead& ahead, d
     for (std::size_t width = kSlabLanes / 2; width > 0; width /= 2) {
       if (width >= kLaneWidth) {
         for (std::size_t j = 0; j < width; j += kLaneWidth) {
-          const Lanes a1 = load_lanes(s1 + j) + load_lanes(s1 + j + width);
-          const Lanes a2 = load_lanes(s2 + j) + load_lanes(s2 + j + width);
-          __builtin_memcpy(s1 + j, &a1, sizeof a1);
-          __builtin_memcpy(s2 + j, &a2, sizeof a2);
+          store_lanes(s1 + j, load_lanes(s1 + j) + load_lanes(s1 + j + width));
+          store_lanes(s2 + j, load_lanes(s2 + j) + load_lanes(s2 + j + width));
         }
       } else {
         for (std::size_t j = 0; j < width; ++j) {
@@ -368,8 +368,6 @@ void bn_runs_dx(const R* dy, const R* x, R* dx, std::size_t n, std::size_t slab_
 constexpr std::size_t kRowChunk = 32;
 constexpr std::size_t kColVectors = 4;
 constexpr std::size_t kColBlockWidth = kColVectors * kLaneWidth;
-
-inline void store_lanes(double* p, const Lanes& v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // Adds over `rows` rows the two terms of kVectors lane vectors of columns to first[] and
 // second[]: terms(at, v, s1, s2) adds those of the values `at` past the block's start in
