@@ -9,6 +9,18 @@ from checks import forced_isa
 ISAS = fo.available_isas()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def parallel_from_the_fixed_floor():
+    """Calls from 32K elements run in parallel in every test, whatever this machine's
+    workers take to wake up: the measured start-up that raises that size for users
+    (_core._min_parallel_elements) is held at 0, so the tests reach the parallel paths.
+    test_runtime's tests of the measurement release it for themselves."""
+    _core._set_worker_start_ns(0)
+    _core._hold_worker_start_ns(True)
+    yield
+    _core._hold_worker_start_ns(False)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Runs the test once per instruction set this build and CPU can run."""

@@ -332,3 +332,87 @@ except TypeError as exc:
     print("state_dtype" in str(exc))
 """
     _assert_printed(run_python(code), "bfloat16 bfloat16 bfloat16 float32 True")
+
+
+# ------------------------------------------------------------------ worker start-up
+
+def test_parallel_floor_follows_the_measured_worker_start():
+    assert _core._worker_start_ns() == (0, 0)  # held there for the suite (conftest)
+    try:
+        _core._set_worker_start_ns(0)
+        assert _core._min_parallel_elements() == 32 * 1024
+        _core._set_worker_start_ns(5_000)  # 5 us: below the fixed floor's worth
+        assert _core._min_parallel_elements() == 32 * 1024
+        _core._set_worker_start_ns(100_000)  # 100 us: four elements per ns
+        assert _core._min_parallel_elements() == 400_000
+        _core._set_worker_start_ns(1_000_000)
+        assert _core._min_parallel_elements() == 4_000_000
+    finally:
+        _core._set_worker_start_ns(0)
+
+
+@pytest.mark.parametrize("start_ns", [0, 150_000, 10**9])
+def test_results_do_not_depend_on_the_worker_start(threads, start_ns):
+    """The measured start-up only moves calls between one thread and several: the same
+    bits either way (one in 64 held-back calls runs in parallel anyway; 200 calls here)."""
+    fo.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(300_001).astype(np.float32)
+    g = rng.standard_normal(p0.size).astype(np.float32)
+    x = rng.standard_normal((256, 1024)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = np.ones(1024, np.float32), np.zeros(1024, np.float32)
+
+    def run():
+        p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+        norms, ys = [], []
+        for step in range(1, 101):
+            fo.adam_step(p, g, m, v, step=step, lr=1e-3)
+            norms.append(fo.grad_norm([p]))
+            y, mean, invstd = fo.batch_norm_forward(x, w, b)
+            ys.append(fo.batch_norm_backward(dy, x, w, mean, invstd)[0])
+        return p, m, v, norms, y, ys[-1]
+
+    try:
+        _core._set_worker_start_ns(0)
+        expected = run()
+        _core._set_worker_start_ns(start_ns)
+        got = run()
+    finally:
+        _core._set_worker_start_ns(0)  # where the suite holds it (conftest)
+    for e, o in zip(expected, got):
+        assert np.array_equal(np.asarray(e), np.asarray(o))
+
+
+WORKER_START = """
+import time
+import numpy as np
+import fusedops as fo
+from fusedops import _core
+
+fo.set_num_threads(2)
+a = np.ones(1 << 20, np.float32)
+for _ in range(12):
+    fo.grad_norm([a])                      # the first region starts the pool: not counted
+    time.sleep(0.001)                      # the worker asleep: a cold start each time
+measured = _core._worker_start_ns()[1]     # (hot, cold)
+_core._set_worker_start_ns(10**9)          # 1 s: every call held back...
+b = np.ones(100_000, np.float32)
+for _ in range(16 * 64):
+    fo.grad_norm([b])                      # ...but one in 64, which may lower it
+lowered = _core._worker_start_ns()[1]      # regions after a long sleep: cold
+_core._set_worker_start_ns(10**9)
+_core._hold_worker_start_ns(True)
+for _ in range(16 * 64):
+    fo.grad_norm([b])
+held = _core._worker_start_ns()
+print(measured > 0, 0 < lowered < 10**9, held == (10**9, 10**9))
+"""
+
+
+def test_worker_start_is_measured_and_held_back_calls_remeasure_it():
+    if not fo.build_info()["openmp"] or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs OpenMP and two CPUs")
+    result = run_python(WORKER_START)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True"]

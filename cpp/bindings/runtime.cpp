@@ -2,6 +2,7 @@
 #include <cstdlib>
 
 #include "cache.hpp"
+#include "work.hpp"
 #include "common.hpp"
 #include "fusedops/mixed.hpp"
 
@@ -53,6 +54,22 @@ void register_runtime(py::module_& m) {
   m.def("_reset_isa", &reset_isa,
         "Undo _set_isa and FUSEDOPS_ISA: every kernel back to its default ISA, nothing forced "
         "(for tests).");
+  m.def("_worker_start_ns",
+        [] { return std::make_pair(worker_start_ns(true), worker_start_ns(false)); },
+        "The measured start-up of the OpenMP workers, (hot, cold): moving averages over the "
+        "parallel regions that found them still spinning, and asleep, in ns (0 before any). "
+        "Calls smaller than _min_parallel_elements() run on the calling thread.");
+  m.def(
+      "_set_worker_start_ns", [](std::uint64_t ns) { set_worker_start_ns(ns); }, py::arg("ns"),
+      "Replace both measured worker start-ups (for tests; 0 forgets them).");
+  m.def(
+      "_hold_worker_start_ns", [](bool held) { hold_worker_start_ns(held); }, py::arg("held"),
+      "True: parallel regions stop updating the measured worker start-up, so that calls "
+      "keep the thread count its current value gives them (the test suite, which must "
+      "reach the parallel paths whatever the machine's wake-ups cost).");
+  m.def("_min_parallel_elements", [] { return min_parallel_elements(); },
+        "Elements from which a call made now runs in parallel, given the measured worker "
+        "start-up of workers as they are now (hot or cold).");
   m.def("_fused_build", [] { return std::string(fused_build_name()); },
         "The build the fused 16-bit SGD/Adam loops run with (for tests and benchmarks).");
   m.def("_allow_avx512_bf16", &allow_avx512_bf16, py::arg("allowed"),

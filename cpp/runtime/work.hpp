@@ -26,8 +26,73 @@
 namespace fusedops {
 
 constexpr std::size_t kChunkBytes = 64 * 1024;
-// Below this many elements in a call, a fork/join costs more than it saves.
+// Below this many elements in a call, a fork/join costs more than it saves...
 constexpr std::size_t kMinParallelElements = 32 * 1024;
+// ...and below this many per nanosecond of the workers' measured start-up (worker_start_ns,
+// hot or cold as they are now): a region ends when its last worker has joined it, so a
+// call gains only when its time on one thread is twice that wait, counted at 0.5 ns per
+// element (the in-cache float32 Adam step measured 0.7 on the Xeon, a plain SGD step 0.2).
+// On the Xeon (2 vCPUs, twenty-seventh session) a worker asleep for 15 us or more took
+// 28-67 us to start, and with the workers pinned (cpu.cpp) longer: float32 Adam steps with
+// 200 us of other work between them took, with the fixed floor alone and with this one,
+// 49-198 and 23 us on 32768 values, 69-223 and 37-41 us on the digits example's 85K
+// parameters in 8 tensors, 88-299 and 80-91 us on 128K; on 1M values (parallel either way)
+// 425-982 and 418-762; in loops without a pause alike (one run of 128K 71 against 44 us).
+constexpr std::size_t kParallelElementsPerStartNs = 4;
+// A call kept on one thread by the start-up estimate runs in parallel anyway once in this
+// many, so that the estimate follows the machine: only parallel regions measure it, and a
+// loop whose workers now start fast would otherwise never find out.
+constexpr std::size_t kStartRemeasureCalls = 64;
+
+// Elements from which a call runs in parallel: kMinParallelElements, raised by the workers'
+// measured start-up; `remeasure` set when this call should run in parallel regardless.
+inline std::size_t min_parallel_elements(bool* remeasure = nullptr) {
+  const std::uint64_t start_ns = worker_start_ns(workers_hot());
+  const std::size_t by_start = static_cast<std::size_t>(start_ns) * kParallelElementsPerStartNs;
+  if (remeasure != nullptr) *remeasure = false;
+  if (by_start <= kMinParallelElements) return kMinParallelElements;
+  if (remeasure != nullptr) {
+    static std::atomic<std::size_t> held_back{0};
+    *remeasure = held_back.fetch_add(1, std::memory_order_relaxed) % kStartRemeasureCalls ==
+                 kStartRemeasureCalls - 1;
+  }
+  return by_start;
+}
+
+// Measures a parallel region's worker start-up (hot or cold, as the workers were when it
+// began): constructed as the caller enters it, arrive() by each thread as it starts,
+// finish() after it. The process's first region (which starts the pool's threads) is not
+// counted, and a region run only to remeasure (min_parallel_elements) counts only when it
+// is below the estimate: its workers have slept longer than those of regular regions, and
+// counting their wake-ups would keep the calls on one thread for ever longer.
+class StartClock {
+ public:
+  explicit StartClock(bool remeasure = false)
+      : start_(steady_ns()), hot_(workers_hot()), remeasure_(remeasure) {}
+  void arrive(std::size_t thread) {
+    if (thread == 0) return;
+    const std::uint64_t now = steady_ns();
+    std::uint64_t last = last_.load(std::memory_order_relaxed);
+    while (now > last && !last_.compare_exchange_weak(last, now, std::memory_order_relaxed)) {
+    }
+  }
+  void finish() const {
+    static std::atomic<bool> pool_started{false};
+    const bool counted = pool_started.exchange(true, std::memory_order_relaxed);
+    const std::uint64_t last = last_.load(std::memory_order_relaxed);
+    if (counted && last > start_) {
+      const std::uint64_t ns = last - start_;
+      if (!remeasure_ || ns < worker_start_ns(hot_)) note_worker_start_ns(ns, hot_);
+    }
+    note_region_end();
+  }
+
+ private:
+  std::uint64_t start_;
+  bool hot_;  // the workers were still spinning after the last region
+  bool remeasure_;
+  std::atomic<std::uint64_t> last_{0};
+};
 // Two passes in one region (run_in_sequence) also wait at a barrier in the middle: below
 // this many elements in the two lists together they run on one thread. (Measured on the
 // Xeon, batch norm forward+backward: (128, 256), 32K values a pass, 21 us on one thread
@@ -170,7 +235,8 @@ class WorkList {
   // the caches stays in the one a thread last used.
   template <class Fn>
   void run_batches(Fn&& fn) const {
-    const int threads = thread_count();
+    bool remeasure = false;
+    const int threads = thread_count(&remeasure);
 #ifdef _OPENMP
     if (threads <= 1) {
 #endif
@@ -181,13 +247,16 @@ class WorkList {
     note_thread_pool_used();
     const int origin = worker_placement_origin();
     ShareCounters taken(threads);
+    StartClock clock(remeasure);
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+      clock.arrive(t);
       const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
       pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
       take_shares(taken.get(), t, team, false, fn);
     }
+    clock.finish();
 #endif
   }
 
@@ -199,7 +268,11 @@ class WorkList {
   template <class FirstBatch, class Between, class SecondBatch>
   static void sequence(const WorkList& first, FirstBatch& first_batch, Between& between,
                        bool split, const WorkList& second, SecondBatch& second_batch) {
-    int threads = std::max(first.thread_count(), second.thread_count());
+    bool remeasure = false;
+    const std::size_t least = std::max(kMinSequenceElements, min_parallel_elements(&remeasure));
+    int threads = std::max(first.thread_count(remeasure), second.thread_count(remeasure));
+    if (first.elements_ + second.elements_ >= least) remeasure = false;  // a regular region
+    if (first.elements_ + second.elements_ < least && !remeasure) threads = 1;
     if (first.elements_ + second.elements_ < kMinSequenceElements) threads = 1;
 #ifdef _OPENMP
     if (threads <= 1) {
@@ -214,9 +287,11 @@ class WorkList {
     const int origin = worker_placement_origin();
     ShareCounters first_taken(threads), second_taken(threads);
     SpinBarrier barrier;
+    StartClock clock(remeasure);
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+      clock.arrive(t);
       const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
       pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
       first.take_shares(first_taken.get(), t, team, false, first_batch);
@@ -225,6 +300,7 @@ class WorkList {
       barrier.arrive_and_wait(team);
       second.take_shares(second_taken.get(), t, team, true, second_batch);
     }
+    clock.finish();
 #endif
   }
 
@@ -310,10 +386,19 @@ class WorkList {
     }
   }
 
-  int thread_count() const {
+  // remeasure: a call min_parallel_elements() picked to run in parallel regardless (from
+  // kMinParallelElements up), which sequence() asks for itself.
+  int thread_count(bool* remeasure) const {
+    const std::size_t least = min_parallel_elements(remeasure);
+    if (elements_ >= least) *remeasure = false;  // a regular region
+    return thread_count(least, *remeasure);
+  }
+  int thread_count(bool remeasure) const { return thread_count(kMinParallelElements, remeasure); }
+  int thread_count(std::size_t least, bool remeasure) const {
     const std::size_t batches = batch_ends_.size();
     int threads = get_num_threads();
-    if (elements_ < kMinParallelElements || batches < 2) threads = 1;
+    if (remeasure) least = kMinParallelElements;
+    if (elements_ < least || batches < 2) threads = 1;
     if (threads > static_cast<int>(batches)) threads = static_cast<int>(batches);
     return threads;
   }

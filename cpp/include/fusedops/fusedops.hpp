@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -224,5 +225,21 @@ int worker_placement_origin();
 // Called by thread `thread_num` of a team of `team` at the start of a parallel region.
 void pin_worker(int thread_num, int team, int origin);
 bool worker_pinning_enabled();
+
+// Worker start-up. Each parallel region measures how long its workers took to join it
+// (from the caller entering the region to the last worker's arrival): about a microsecond
+// while they still spin after the previous region, but tens to hundreds of microseconds
+// once they sleep on a virtual machine whose idle vCPUs the hypervisor must wake first
+// (the pool's spin is short: see fusedops/__init__.py). Moving averages of it, one for
+// workers still spinning (hot) and one for sleeping ones (cold), raise the size from which
+// a call runs in parallel (min_parallel_elements, work.hpp): a region waits for its last
+// worker, so it only pays off for calls whose single-thread time is twice that wait.
+bool workers_hot();                                    // the last region ended moments ago
+std::uint64_t worker_start_ns(bool hot);               // the estimate (0 before any region)
+void set_worker_start_ns(std::uint64_t ns);            // both estimates (tests; 0 forgets)
+void note_worker_start_ns(std::uint64_t ns, bool hot);  // a region's measurement
+void note_region_end();                                // a region has ended
+void hold_worker_start_ns(bool held);  // true: measurements leave the estimates (tests)
+std::uint64_t steady_ns();                    // a monotonic clock, in nanoseconds
 
 }  // namespace fusedops
