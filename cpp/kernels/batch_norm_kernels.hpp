@@ -290,9 +290,9 @@ struct SlabCursor {
 // one store per register instead of a store, a load and a store, and sets up its
 // constants once a slab piece instead of once a piece of a tile. (Intel Xeon, Emerald
 // Rapids, 2 threads, the two builds loaded in one process and run alternately, same bits,
-// fwd+bwd: float32 NCHW (32, 64, 56, 56) 0.86-0.96x the time, (64, 256, 28, 28)
-// 0.97-0.99x, (16, 512, 14, 14) 0.95x, (448, 256, 28, 28) from memory 0.98x; float64
-// (64, 256, 28, 28) 0.93x; the AVX2 build 0.93-0.99x.)
+// fwd+bwd: float32 NCHW (64, 256, 28, 28) 0.92-0.95x the time, (32, 64, 56, 56)
+// 0.91-0.97x, (16, 512, 14, 14) 0.93-0.96x, (448, 256, 28, 28) from memory 0.96x; float64
+// (64, 256, 28, 28) 0.88x; the AVX2 build 0.89-0.95x.)
 #if defined(__AVX__)
 constexpr bool kDirectStream = true;
 typedef float StreamFloats __attribute__((vector_size(kStreamStoreBytes)));
@@ -335,14 +335,37 @@ inline StreamDoubles splat_reg(double v) {
 #endif
 }
 
+// Copies the m values at `values` (aligned) to dst with 16-byte non-temporal stores
+// where dst is aligned for them, plain stores before and after: the edges of a streamed
+// run, so that the lines it shares with its neighbours are not also written by ordinary
+// stores, which read a line before they write it. (Against plain stores at the edges,
+// 0.94-1.05x the time on the Xeon: within its noise, but the bytes of those reads saved.)
+template <class T>
+inline void stream_granules(T* __restrict dst, const T* __restrict values, std::size_t m) {
+  char* out = reinterpret_cast<char*>(dst);
+  const char* in = reinterpret_cast<const char*>(values);
+  const std::size_t bytes = m * sizeof(T);
+  std::size_t b = (16 - reinterpret_cast<std::uintptr_t>(out) % 16) % 16;
+  if (b > bytes) b = bytes;
+  __builtin_memcpy(out, in, b);
+  if (b % sizeof(T) == 0 && reinterpret_cast<std::uintptr_t>(in + b) % 16 == 0) {
+    for (; b + 16 <= bytes; b += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + b),
+                       _mm_load_si128(reinterpret_cast<const __m128i*>(in + b)));
+    }
+  }
+  __builtin_memcpy(out + b, in + b, bytes - b);
+}
+
 // Writes the n values of a run of channel-first data from `cursor` on to out: regs(c) a
 // function (its constants set up once) giving reg(i), the register of values [i, i + W)
 // of channel c (i counted from the run's start); one(i, c) value i alone, the same
 // expression, so either gives the same bits. Registers
 // that lie in one channel and start on an address aligned for them are computed whole and
 // stored non-temporally (prefetch(i) first, once a register); a register across a channel
-// boundary is computed value by value into the L1 and stored the same way; the values
-// before the first aligned address and after the last whole register get plain stores.
+// boundary is computed value by value into the L1 and stored the same way, and so are the
+// values before the first aligned address and after the last whole register
+// (stream_granules).
 template <class T, class Regs, class One, class Prefetch>
 inline void stream_run(T* __restrict out, std::size_t n, SlabCursor cursor, const Regs& regs,
                        const One& one, const Prefetch& prefetch) {
@@ -351,10 +374,22 @@ inline void stream_run(T* __restrict out, std::size_t n, SlabCursor cursor, cons
   const std::size_t to_line = (kStreamStoreBytes - at % kStreamStoreBytes) % kStreamStoreBytes;
   std::size_t head = at % sizeof(T) != 0 ? n : to_line / sizeof(T);
   if (head > n) head = n;
-  const auto plain = [&](std::size_t b, std::size_t m, std::size_t c) {
-    for (std::size_t k = 0; k < m; ++k) out[b + k] = one(b + k, c);
+  alignas(kStreamStoreBytes) T values[W];
+  // values [b, b + m) (fewer than W) through `values`: the edges of the run
+  const auto edge = [&](std::size_t b, std::size_t m) {
+    if (m == 0) return;
+    cursor.walk(b, m, [&](std::size_t e, std::size_t k, std::size_t c) {
+      for (std::size_t v = 0; v < k; ++v) values[e - b + v] = one(e + v, c);
+    });
+    stream_granules(out + b, values, m);
   };
-  cursor.walk(0, head, plain);
+  if (head == n) {  // not aligned to its own values, or shorter than the first line
+    cursor.walk(0, n, [&](std::size_t b, std::size_t m, std::size_t c) {
+      for (std::size_t k = 0; k < m; ++k) out[b + k] = one(b + k, c);
+    });
+    return;
+  }
+  edge(0, head);
   std::size_t i = head;
   while (i + W <= n) {
     const std::size_t left = cursor.slab_len - cursor.offset;
@@ -369,14 +404,13 @@ inline void stream_run(T* __restrict out, std::size_t n, SlabCursor cursor, cons
       i += count;
       continue;
     }
-    alignas(kStreamStoreBytes) T values[W];
     cursor.walk(i, W, [&](std::size_t b, std::size_t m, std::size_t c) {
       for (std::size_t k = 0; k < m; ++k) values[b - i + k] = one(b + k, c);
     });
     stream_reg(out + i, load_reg(values));
     i += W;
   }
-  cursor.walk(i, n - i, plain);
+  edge(i, n - i);
 }
 #else
 constexpr bool kDirectStream = false;

@@ -359,14 +359,17 @@ inline auto dx_uncentered_of(float kd) {
 // boundary of out are computed as two registers, pair(c)(k, a, b), the values [k, k + 32)
 // of channel c, packed and stored non-temporally (prefetch(k) first); a piece across a
 // channel boundary is written by piece(b, m, c, o) (values [b, b + m) of channel c to
-// o[0, m)) into the L1 and stored the same way, and the values before the first line
-// boundary and after the last whole piece by piece() in place. Both compute each value
+// o[0, m)) into the L1 and stored the same way, and so are the values before the first
+// line boundary and after the last whole piece (stream_granules). Both compute each value
 // with the same expression, so the bits are those of the tiles they replace. (Intel Xeon,
 // Emerald Rapids, 2 threads, the two builds loaded in one process and run alternately,
-// same bits, fwd+bwd: bfloat16 NCHW (64, 256, 28, 28) 0.83-0.90x the time, (32, 64, 56,
-// 56) 0.76-0.84x; float16 0.85x and 0.86x; bfloat16 (448, 256, 28, 28) from memory 1.00x.
+// same bits, fwd+bwd: bfloat16 NCHW (64, 256, 28, 28) 0.82-0.84x the time, (32, 64, 56,
+// 56) 0.79-0.80x, (16, 512, 14, 14) 0.97x, (8, 64, 56, 56) 1.00x, (448, 256, 28, 28) from
+// memory 0.98x; float16 (64, 256, 28, 28) 0.89x.
 // The AVX2 and plain AVX-512 bfloat16 builds, whose stores narrow a register at a time or
-// in load2's order, keep the tiles.)
+// in load2's order, keep the tiles, as do the row loops (NHWC, (N, C)): streamed from
+// registers, with the edges of every row in plain stores, the row loops measured slower,
+// float32 NHWC (32, 56, 56, 64) 1.05-1.06x the time, bfloat16 1.09-1.17x.)
 template <class Reg, class Pair, class Piece, class Prefetch>
 inline void stream_run16(std::uint16_t* __restrict out, std::size_t n, SlabCursor cursor,
                          const Pair& pair, const Piece& piece, const Prefetch& prefetch) {
@@ -374,12 +377,23 @@ inline void stream_run16(std::uint16_t* __restrict out, std::size_t n, SlabCurso
   const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(out);
   std::size_t head = at % 2 != 0 ? n : (64 - at % 64) % 64 / 2;
   if (head > n) head = n;
-  const auto in_place = [&](std::size_t b, std::size_t m, std::size_t c) {
-    piece(b, m, c, out + b);
-  };
-  cursor.walk(0, head, in_place);
-  std::size_t i = head;
+  if (head == n) {  // not aligned to its own values, or shorter than the first line
+    cursor.walk(0, n, [&](std::size_t b, std::size_t m, std::size_t c) {
+      piece(b, m, c, out + b);
+    });
+    return;
+  }
   alignas(64) std::uint16_t values[W];
+  // values [b, b + m) (fewer than W) through `values`, as stream_run's edges
+  const auto edge = [&](std::size_t b, std::size_t m) {
+    if (m == 0) return;
+    cursor.walk(b, m, [&](std::size_t e, std::size_t k, std::size_t c) {
+      piece(e, k, c, values + (e - b));
+    });
+    stream_granules(out + b, values, m);
+  };
+  edge(0, head);
+  std::size_t i = head;
   while (i + W <= n) {
     const std::size_t left = cursor.slab_len - cursor.offset;
     if (left >= W) {
@@ -406,7 +420,7 @@ inline void stream_run16(std::uint16_t* __restrict out, std::size_t n, SlabCurso
     _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i), _mm512_load_si512(values));
     i += W;
   }
-  cursor.walk(i, n - i, in_place);
+  edge(i, n - i);
 }
 #endif
 
