@@ -300,18 +300,23 @@ typedef double StreamDoubles __attribute__((vector_size(kStreamStoreBytes)));
 template <class T>
 using StreamReg = std::conditional_t<std::is_same_v<T, float>, StreamFloats, StreamDoubles>;
 
-inline void stream_reg(float* p, StreamReg<float> v) {
+// The register v, or the aligned register's worth at src, stored non-temporally at p
+// (aligned for it).
+template <class T>
+inline void stream_reg(T* p, StreamReg<T> v) {
 #if defined(__AVX512F__)
-  _mm512_stream_ps(p, __m512(v));
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), __m512i(v));
 #else
-  _mm256_stream_ps(p, __m256(v));
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), __m256i(v));
 #endif
 }
-inline void stream_reg(double* p, StreamReg<double> v) {
+template <class T>
+inline void stream_line(T* p, const T* src) {
 #if defined(__AVX512F__)
-  _mm512_stream_pd(p, __m512d(v));
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_load_si512(src));
 #else
-  _mm256_stream_pd(p, __m256d(v));
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p),
+                      _mm256_load_si256(reinterpret_cast<const __m256i*>(src)));
 #endif
 }
 template <class T>
@@ -319,20 +324,6 @@ inline StreamReg<T> load_reg(const T* p) {
   StreamReg<T> v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
-}
-inline StreamFloats splat_reg(float v) {
-#if defined(__AVX512F__)
-  return StreamFloats(_mm512_set1_ps(v));
-#else
-  return StreamFloats(_mm256_set1_ps(v));
-#endif
-}
-inline StreamDoubles splat_reg(double v) {
-#if defined(__AVX512F__)
-  return StreamDoubles(_mm512_set1_pd(v));
-#else
-  return StreamDoubles(_mm256_set1_pd(v));
-#endif
 }
 
 // Copies the m values at `values` (aligned) to dst with 16-byte non-temporal stores
@@ -357,60 +348,56 @@ inline void stream_granules(T* __restrict dst, const T* __restrict values, std::
   __builtin_memcpy(out + b, in + b, bytes - b);
 }
 
-// Writes the n values of a run of channel-first data from `cursor` on to out: regs(c) a
-// function (its constants set up once) giving reg(i), the register of values [i, i + W)
-// of channel c (i counted from the run's start); one(i, c) value i alone, the same
-// expression, so either gives the same bits. Registers
-// that lie in one channel and start on an address aligned for them are computed whole and
-// stored non-temporally (prefetch(i) first, once a register); a register across a channel
-// boundary is computed value by value into the L1 and stored the same way, and so are the
-// values before the first aligned address and after the last whole register
-// (stream_granules).
-template <class T, class Regs, class One, class Prefetch>
+// Writes the n values of a run of channel-first data (of any storage type T) from
+// `cursor` on to out: regs(c) a function (its constants set up once) put(k, dst) that
+// computes the values [k, k + W) of channel c (k counted from the run's start; W values
+// take kStreamStoreBytes) and stores them non-temporally at dst; fill(b, m, c, o) values
+// [b, b + m) of channel c to o[0, m), each value with put's expression, so either gives
+// the same bits. Registers that lie in one channel and start on an address aligned for
+// them are put whole (prefetch(k) first, once a register); a register across a channel
+// boundary is filled into the L1 and stored the same way, and so are the values before
+// the first aligned address and after the last whole register (stream_granules).
+template <class T, class Regs, class Fill, class Prefetch>
 inline void stream_run(T* __restrict out, std::size_t n, SlabCursor cursor, const Regs& regs,
-                       const One& one, const Prefetch& prefetch) {
+                       const Fill& fill, const Prefetch& prefetch) {
   constexpr std::size_t W = kStreamStoreBytes / sizeof(T);
   const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(out);
   const std::size_t to_line = (kStreamStoreBytes - at % kStreamStoreBytes) % kStreamStoreBytes;
   std::size_t head = at % sizeof(T) != 0 ? n : to_line / sizeof(T);
   if (head > n) head = n;
-  alignas(kStreamStoreBytes) T values[W];
-  // values [b, b + m) (fewer than W) through `values`: the edges of the run
-  const auto edge = [&](std::size_t b, std::size_t m) {
-    if (m == 0) return;
-    cursor.walk(b, m, [&](std::size_t e, std::size_t k, std::size_t c) {
-      for (std::size_t v = 0; v < k; ++v) values[e - b + v] = one(e + v, c);
-    });
-    stream_granules(out + b, values, m);
-  };
   if (head == n) {  // not aligned to its own values, or shorter than the first line
-    cursor.walk(0, n, [&](std::size_t b, std::size_t m, std::size_t c) {
-      for (std::size_t k = 0; k < m; ++k) out[b + k] = one(b + k, c);
-    });
+    cursor.walk(0, n, [&](std::size_t b, std::size_t m, std::size_t c) { fill(b, m, c, out + b); });
     return;
   }
-  edge(0, head);
+  alignas(kStreamStoreBytes) T values[W];
+  // values [b, b + m) (at most W) into `values`
+  const auto in_l1 = [&](std::size_t b, std::size_t m) {
+    cursor.walk(b, m, [&](std::size_t e, std::size_t k, std::size_t c) {
+      fill(e, k, c, values + (e - b));
+    });
+  };
+  in_l1(0, head);
+  stream_granules(out, values, head);
   std::size_t i = head;
   while (i + W <= n) {
     const std::size_t left = cursor.slab_len - cursor.offset;
     if (left >= W) {
       const std::size_t count = (left < n - i ? left : n - i) / W * W;
-      const auto reg = regs(cursor.channel);
+      const auto put = regs(cursor.channel);
       for (std::size_t k = i; k < i + count; k += W) {
         prefetch(k);
-        stream_reg(out + k, reg(k));
+        put(k, out + k);
       }
       cursor.walk(i, count, [](std::size_t, std::size_t, std::size_t) {});
       i += count;
       continue;
     }
-    cursor.walk(i, W, [&](std::size_t b, std::size_t m, std::size_t c) {
-      for (std::size_t k = 0; k < m; ++k) values[b - i + k] = one(b + k, c);
-    });
-    stream_reg(out + i, load_reg(values));
+    in_l1(i, W);
+    stream_line(out + i, values);
     i += W;
   }
-  edge(i, n - i);
+  in_l1(i, n - i);
+  stream_granules(out + i, values, n - i);
 }
 #else
 constexpr bool kDirectStream = false;
@@ -429,11 +416,15 @@ void bn_runs_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
   if constexpr (kStream && kDirectStream && std::is_same_v<R, T>) {
     stream_run(y, n, cursor,
         [=](std::size_t c) {
-          const StreamReg<T> hi = splat_reg(mean_hi[c]), sc = splat_reg(scale[c]),
-                             sh = splat_reg(shift[c]);
-          return [=](std::size_t i) { return (load_reg(x + i) - hi) * sc + sh; };
+          const T hi = mean_hi[c], sc = scale[c], sh = shift[c];
+          return [=](std::size_t i, T* dst) {
+            stream_reg(dst, (load_reg(x + i) - hi) * sc + sh);
+          };
         },
-        [=](std::size_t i, std::size_t c) { return (x[i] - mean_hi[c]) * scale[c] + shift[c]; },
+        [=](std::size_t b, std::size_t m, std::size_t c, T* __restrict o) {
+          const T hi = mean_hi[c], sc = scale[c], sh = shift[c];
+          for (std::size_t k = 0; k < m; ++k) o[k] = (x[b + k] - hi) * sc + sh;
+        },
         [=](std::size_t i) { prefetch_ahead(x + i, 1); });
     return;
   }
@@ -476,20 +467,22 @@ void bn_runs_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
   if constexpr (kStream && kDirectStream && std::is_same_v<R, T>) {
     stream_run(dx, n, cursor,
         [=](std::size_t c) {
-          const StreamReg<T> kd = splat_reg(k_dy[c]), hi = splat_reg(mean_hi[c]),
-                             kx = splat_reg(k_x[c]), k0 = splat_reg(k_0[c]);
-          return [=](std::size_t i) {
+          const T kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
+          return [=](std::size_t i, T* dst) {
             const StreamReg<T> g = load_reg(dy + i);
             if constexpr (kCentered) {
-              return g * kd + ((load_reg(x + i) - hi) * kx + k0);
+              stream_reg(dst, g * kd + ((load_reg(x + i) - hi) * kx + k0));
             } else {
-              return g * kd;
+              stream_reg(dst, g * kd);
             }
           };
         },
-        [=](std::size_t i, std::size_t c) {
-          const T g = dy[i];
-          return kCentered ? g * k_dy[c] + ((x[i] - mean_hi[c]) * k_x[c] + k_0[c]) : g * k_dy[c];
+        [=](std::size_t b, std::size_t m, std::size_t c, T* __restrict o) {
+          const T kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
+          for (std::size_t k = 0; k < m; ++k) {
+            const T g = dy[b + k];
+            o[k] = kCentered ? g * kd + ((x[b + k] - hi) * kx + k0) : g * kd;
+          }
         },
         [=](std::size_t i) {
           prefetch_ahead(dy + i, 1);

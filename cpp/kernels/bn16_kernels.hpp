@@ -162,7 +162,7 @@ struct RegBf16 {
   static constexpr bool kStoresInLoadOrder = false;
 #endif
 #if defined(__AVX512BF16__) && defined(__AVX512DQ__)
-  // store2's 64 bytes as one register (stream_run16): false, and `out` unset, where
+  // store2's 64 bytes as one register (stream_pair): false, and `out` unset, where
   // store2 takes its per-register path (a denormal value).
   static constexpr bool kPacks = true;
   static FUSEDOPS_ALWAYS_INLINE bool pack2(RegFloats a, RegFloats b, __m512i& out) {
@@ -355,72 +355,27 @@ inline auto dx_uncentered_of(float kd) {
 #if defined(__AVX512F__)
 // stream_run (batch_norm_kernels.hpp) for 16-bit data where Reg packs two registers of
 // floats into one of 16-bit values (Reg::kPacks: the AVX-512 builds, bfloat16 in the one
-// with AVX512_BF16): the run's 64-byte pieces that lie in one channel and start on a line
-// boundary of out are computed as two registers, pair(c)(k, a, b), the values [k, k + 32)
-// of channel c, packed and stored non-temporally (prefetch(k) first); a piece across a
-// channel boundary is written by piece(b, m, c, o) (values [b, b + m) of channel c to
-// o[0, m)) into the L1 and stored the same way, and so are the values before the first
-// line boundary and after the last whole piece (stream_granules). Both compute each value
-// with the same expression, so the bits are those of the tiles they replace. (Intel Xeon,
-// Emerald Rapids, 2 threads, the two builds loaded in one process and run alternately,
-// same bits, fwd+bwd: bfloat16 NCHW (64, 256, 28, 28) 0.82-0.84x the time, (32, 64, 56,
-// 56) 0.79-0.80x, (16, 512, 14, 14) 0.97x, (8, 64, 56, 56) 1.00x, (448, 256, 28, 28) from
-// memory 0.98x; float16 (64, 256, 28, 28) 0.89x.
-// The AVX2 and plain AVX-512 bfloat16 builds, whose stores narrow a register at a time or
-// in load2's order, keep the tiles, as do the row loops (NHWC, (N, C)): streamed from
-// registers, with the edges of every row in plain stores, the row loops measured slower,
-// float32 NHWC (32, 56, 56, 64) 1.05-1.06x the time, bfloat16 1.09-1.17x.)
-template <class Reg, class Pair, class Piece, class Prefetch>
-inline void stream_run16(std::uint16_t* __restrict out, std::size_t n, SlabCursor cursor,
-                         const Pair& pair, const Piece& piece, const Prefetch& prefetch) {
-  constexpr std::size_t W = 2 * kRegLanes;  // 64 bytes
-  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(out);
-  std::size_t head = at % 2 != 0 ? n : (64 - at % 64) % 64 / 2;
-  if (head > n) head = n;
-  if (head == n) {  // not aligned to its own values, or shorter than the first line
-    cursor.walk(0, n, [&](std::size_t b, std::size_t m, std::size_t c) {
-      piece(b, m, c, out + b);
-    });
+// with AVX512_BF16): a and b, the 32 values at p (aligned), rounded as Reg::store2 rounds
+// them and stored non-temporally. Each value is computed with the expression of the tiles
+// it replaces (map1, map2), so the bits are theirs. (Intel Xeon, Emerald Rapids,
+// 2 threads, the two builds loaded in one process and run alternately, same bits,
+// fwd+bwd: bfloat16 NCHW (64, 256, 28, 28) 0.82-0.84x the time, (32, 64, 56, 56)
+// 0.79-0.80x, (16, 512, 14, 14) 0.97x, (8, 64, 56, 56) 1.00x, (448, 256, 28, 28) from
+// memory 0.98x; float16 (64, 256, 28, 28) 0.89x. The AVX2 and plain AVX-512 bfloat16
+// builds, whose stores narrow a register at a time or in load2's order, keep the tiles,
+// as do the row loops (NHWC, (N, C)): streamed from registers, with the edges of every
+// row in plain stores, the row loops measured slower, float32 NHWC (32, 56, 56, 64)
+// 1.05-1.06x the time, bfloat16 1.09-1.17x.)
+template <class Reg>
+FUSEDOPS_ALWAYS_INLINE void stream_pair(std::uint16_t* p, RegFloats a, RegFloats b) {
+  __m512i packed;
+  if (Reg::pack2(a, b, packed)) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), packed);
     return;
   }
-  alignas(64) std::uint16_t values[W];
-  // values [b, b + m) (fewer than W) through `values`, as stream_run's edges
-  const auto edge = [&](std::size_t b, std::size_t m) {
-    if (m == 0) return;
-    cursor.walk(b, m, [&](std::size_t e, std::size_t k, std::size_t c) {
-      piece(e, k, c, values + (e - b));
-    });
-    stream_granules(out + b, values, m);
-  };
-  edge(0, head);
-  std::size_t i = head;
-  while (i + W <= n) {
-    const std::size_t left = cursor.slab_len - cursor.offset;
-    if (left >= W) {
-      const std::size_t count = (left < n - i ? left : n - i) / W * W;
-      const auto two = pair(cursor.channel);
-      for (std::size_t k = i; k < i + count; k += W) {
-        prefetch(k);
-        RegFloats a, b;
-        two(k, a, b);
-        __m512i packed;
-        if (!Reg::pack2(a, b, packed)) {
-          Reg::store2(values, a, b);
-          packed = _mm512_load_si512(values);
-        }
-        _mm512_stream_si512(reinterpret_cast<__m512i*>(out + k), packed);
-      }
-      cursor.walk(i, count, [](std::size_t, std::size_t, std::size_t) {});
-      i += count;
-      continue;
-    }
-    cursor.walk(i, W, [&](std::size_t b, std::size_t m, std::size_t c) {
-      piece(b, m, c, values + (b - i));
-    });
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i), _mm512_load_si512(values));
-    i += W;
-  }
-  edge(i, n - i);
+  alignas(64) std::uint16_t values[2 * kRegLanes];
+  Reg::store2(values, a, b);
+  stream_line(p, values);
 }
 #endif
 
@@ -440,12 +395,12 @@ void bn16_runs_normalize_loop(const std::uint16_t* __restrict x, std::uint16_t* 
                               const float* __restrict scale, const float* __restrict shift) {
 #if defined(__AVX512F__)
   if constexpr (kStream && Reg::kPacks && !Reg::kStoresInLoadOrder) {
-    stream_run16<Reg>(y, n, cursor,
+    stream_run(y, n, cursor,
         [=](std::size_t c) {
           const auto f = normalize_of(mean_hi[c], scale[c], shift[c]);
-          return [=](std::size_t k, RegFloats& a, RegFloats& b) {
-            a = f(Reg::load(x + k), RegAt{k});
-            b = f(Reg::load(x + k + kRegLanes), RegAt{k + kRegLanes});
+          return [=](std::size_t k, std::uint16_t* dst) {
+            stream_pair<Reg>(dst, f(Reg::load(x + k), RegAt{k}),
+                             f(Reg::load(x + k + kRegLanes), RegAt{k + kRegLanes}));
           };
         },
         [=](std::size_t b, std::size_t m, std::size_t c, std::uint16_t* __restrict o) {
@@ -487,18 +442,18 @@ void bn16_runs_dx_loop(const std::uint16_t* __restrict dy, const std::uint16_t* 
                        const float* __restrict k_x, const float* __restrict k_0) {
 #if defined(__AVX512F__)
   if constexpr (kStream && Reg::kPacks && !Reg::kStoresInLoadOrder) {
-    stream_run16<Reg>(dx, n, cursor,
+    stream_run(dx, n, cursor,
         [=](std::size_t c) {
           const auto f = dx_of(k_dy[c], mean_hi[c], k_x[c], k_0[c]);
           const auto f0 = dx_uncentered_of(k_dy[c]);
-          return [=](std::size_t k, RegFloats& a, RegFloats& b) {
+          return [=](std::size_t k, std::uint16_t* dst) {
             const std::size_t k2 = k + kRegLanes;
             if (kCentered) {
-              a = f(Reg::load(dy + k), Reg::load(x + k), RegAt{k});
-              b = f(Reg::load(dy + k2), Reg::load(x + k2), RegAt{k2});
+              stream_pair<Reg>(dst, f(Reg::load(dy + k), Reg::load(x + k), RegAt{k}),
+                               f(Reg::load(dy + k2), Reg::load(x + k2), RegAt{k2}));
             } else {
-              a = f0(Reg::load(dy + k), RegAt{k});
-              b = f0(Reg::load(dy + k2), RegAt{k2});
+              stream_pair<Reg>(dst, f0(Reg::load(dy + k), RegAt{k}),
+                               f0(Reg::load(dy + k2), RegAt{k2}));
             }
           };
         },
