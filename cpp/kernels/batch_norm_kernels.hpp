@@ -294,7 +294,6 @@ struct SlabCursor {
 // 0.91-0.97x, (16, 512, 14, 14) 0.93-0.96x, (448, 256, 28, 28) from memory 0.96x; float64
 // (64, 256, 28, 28) 0.88x; the AVX2 build 0.89-0.95x.)
 #if defined(__AVX__)
-constexpr bool kDirectStream = true;
 typedef float StreamFloats __attribute__((vector_size(kStreamStoreBytes)));
 typedef double StreamDoubles __attribute__((vector_size(kStreamStoreBytes)));
 template <class T>
@@ -399,8 +398,6 @@ inline void stream_run(T* __restrict out, std::size_t n, SlabCursor cursor, cons
   in_l1(i, n - i);
   stream_granules(out + i, values, n - i);
 }
-#else
-constexpr bool kDirectStream = false;
 #endif
 
 // y = (x - mean_hi) * scale + shift over a run of n values of channel-first data starting
@@ -413,7 +410,7 @@ void bn_runs_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
                             SlabCursor cursor, const T* __restrict mean_hi,
                             const T* __restrict scale, const T* __restrict shift) {
 #if defined(__AVX__)
-  if constexpr (kStream && kDirectStream && std::is_same_v<R, T>) {
+  if constexpr (kStream && std::is_same_v<R, T>) {
     stream_run(y, n, cursor,
         [=](std::size_t c) {
           const T hi = mean_hi[c], sc = scale[c], sh = shift[c];
@@ -464,7 +461,7 @@ void bn_runs_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
                      const T* __restrict mean_hi, const T* __restrict k_x,
                      const T* __restrict k_0) {
 #if defined(__AVX__)
-  if constexpr (kStream && kDirectStream && std::is_same_v<R, T>) {
+  if constexpr (kStream && std::is_same_v<R, T>) {
     stream_run(dx, n, cursor,
         [=](std::size_t c) {
           const T kd = k_dy[c], hi = mean_hi[c], kx = k_x[c], k0 = k_0[c];
