@@ -614,6 +614,67 @@ def test_overlap_in_a_long_list_names_both_arrays():
     fo.adam_step(p, g, m, v, step=1)
 
 
+@pytest.mark.parametrize("cls", [fo.optim.SGD, fo.optim.Adam, fo.optim.AdamW])
+def test_class_step_takes_grads_that_only_touch_a_param(cls):
+    # One arena of [p0 g0 p1 g1 p2 g2] (the per-layer packing of some frameworks): each
+    # grad ends where the next param starts, and the last param starts where a grad ends.
+    # Touching is not sharing; a grad one value longer than its slot is.
+    sizes = [5, 16, 7]
+    arena = np.zeros(2 * sum(sizes), np.float32)
+    params, grads, at = [], [], 0
+    for n in sizes:
+        params.append(arena[at:at + n])
+        grads.append(arena[at + n:at + 2 * n])
+        at += 2 * n
+    rng = np.random.default_rng(3)
+    arena[:] = rng.standard_normal(arena.size).astype(np.float32)
+    ref_params = [p.copy() for p in params]
+    kw = {"momentum": 0.9} if cls is fo.optim.SGD else {}
+    opt, ref = cls(params, lr=0.01, **kw), cls(ref_params, lr=0.01, **kw)
+    for _ in range(3):
+        opt.step(grads)
+        ref.step([g.copy() for g in grads])
+        assert all(np.array_equal(a, b) for a, b in zip(params, ref_params))
+    before = arena.copy()
+    g1 = 2 * sizes[0] + sizes[1]  # where grads[1] starts; params[2] starts where it ends
+    shifted = arena[g1 + 1:g1 + 1 + sizes[1]]  # its last value is params[2]'s first
+    with pytest.raises(ValueError, match=r"grads\[1\] shares memory with a param"):
+        opt.step([grads[0], shifted, grads[2]])
+    assert np.array_equal(arena, before)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_class_grad_check_matches_brute_force(seed):
+    # params at random disjoint places of one buffer, grads anywhere in it, some of them
+    # placed to end exactly where a param starts or start where one ends: a step is
+    # rejected exactly when a grad shares a value with a param (the state is the
+    # optimizer's own), and then changes nothing.
+    rng = np.random.default_rng(seed)
+    n, tensors = int(rng.integers(1, 24)), 6
+    buffer = np.zeros(tensors * n * 12, np.float32)
+    slots = rng.choice(len(buffer) // n - 1, size=tensors, replace=False) * n
+    params = [buffer[s:s + n] for s in slots]
+    buffer[:] = rng.standard_normal(len(buffer)).astype(np.float32)
+    opt = fo.optim.Adam(params, lr=0.01)
+    for trial in range(20):
+        starts = []
+        for i in range(tensors):
+            kind = rng.integers(4)
+            s = int(rng.choice(slots))
+            start = {0: s - n, 1: s + n, 2: s - n + 1}.get(int(kind), int(rng.integers(0, len(buffer) - n)))
+            starts.append(min(max(start, 0), len(buffer) - n))
+        grads = [buffer[a:a + n] for a in starts]
+        clash = any(a < s + n and s < a + n for a in starts for s in slots)
+        before = buffer.copy()
+        if clash:
+            with pytest.raises(ValueError, match="shares memory with a param"):
+                opt.step(grads)
+            assert np.array_equal(buffer, before)
+        else:
+            opt.step(grads)
+            assert not np.array_equal(buffer, before)
+
+
 # ------------------------------------------------------------------ reused call buffers
 
 def test_calls_of_many_tensors_reusing_their_buffers_from_two_threads():

@@ -471,8 +471,9 @@ class OptimizerPlan {
   }
 
   bool overlaps_written(const char* start, const char* end) const {
-    // written_ is sorted and disjoint: only the last range starting before `end` can overlap.
-    auto it = std::upper_bound(written_.begin(), written_.end(), Range{end, nullptr},
+    // written_ is sorted and disjoint: only the last range starting before `end` can overlap
+    // (one starting at `end` itself only touches it: lower_bound, not upper_bound).
+    auto it = std::lower_bound(written_.begin(), written_.end(), Range{end, nullptr},
                                [](const Range& x, const Range& y) { return x.first < y.first; });
     if (it == written_.begin()) return false;
     --it;
