@@ -618,7 +618,7 @@ def test_overlap_in_a_long_list_names_both_arrays():
 def test_class_step_takes_grads_that_only_touch_a_param(cls):
     # One arena of [p0 g0 p1 g1 p2 g2] (the per-layer packing of some frameworks): each
     # grad ends where the next param starts, and the last param starts where a grad ends.
-    # Touching is not sharing; a grad one value longer than its slot is.
+    # Touching is not sharing; a grad shifted one value into the next param is.
     sizes = [5, 16, 7]
     arena = np.zeros(2 * sum(sizes), np.float32)
     params, grads, at = [], [], 0
