@@ -248,6 +248,53 @@ def test_gradient_sum_chunks_give_the_same_bits(isa, threads, cache_sizes, shape
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("channels", [64, 96, 100, 128, 256, 512, 520, 32])
+def test_row_sums_walked_in_memory_order_give_the_same_bits(isa, threads, cache_sizes,
+                                                            channels, dtype):
+    # Where the last-level cache is near the cores, the row reductions over whole rows of
+    # 256 bytes to 512 values whose arrays do not fit in it walk the rows in memory order (the
+    # statistics when x does not fit, the gradient sums when x and dy do not): the same
+    # bits as the chunks of rows the caches otherwise get, for any thread count; rows of a
+    # lane vector's tail (100 values under AVX-512) keep the chunks.
+    dtype = np.dtype(fo.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(channels)
+    rows = 420_000 // channels
+    shape = (rows // 12, 3, 4, channels)
+    x = (rng.standard_normal(shape) * 2.0 - 7.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    param = np.float64 if dtype == np.float64 else np.float32
+    weight = rng.uniform(0.5, 2.0, channels).astype(param)
+    bias = rng.standard_normal(channels).astype(param)
+    view = plan_view(shape, -1)
+    near = (32 << 10, 256 << 10, 1 << 20)  # a near last level of 1 MiB
+
+    def run():
+        y, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=-1)
+        dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=-1)
+        stats = fo.batch_norm_stats(x, channel_axis=-1)
+        sums = fo.batch_norm_backward_reduce(dy, x, mean, invstd, channel_axis=-1)
+        return [y, mean, invstd, dx, dw, db, *stats, *sums]
+
+    cache_sizes(*near)
+    info = _core._batch_norm_plan(*view, x.itemsize)
+    walks = 256 <= channels * dtype.itemsize and channels <= 512
+    assert info["stats_walk"] == (walks and x.nbytes > near[2])
+    assert info["grads_walk"] == (walks and 2 * x.nbytes > near[2])
+    assert info["grads_walk"] or not walks
+    walked = [run() for n in (1, 2) if fo.set_num_threads(n) is None]
+    cache_sizes(near[0], 1 << 40, 1 << 40)
+    info = _core._batch_norm_plan(*view, x.itemsize)
+    assert not info["stats_walk"] and not info["grads_walk"]
+    chunked = run()
+    y_ref, _, _, _, _ = batch_norm_forward_reference(x, weight, bias, channel_axis=-1)
+    tol = 2e-2 if dtype.itemsize == 2 else 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(chunked[0].astype(np.float64), y_ref, rtol=tol, atol=tol)
+    for result in walked:
+        for k, (a, b) in enumerate(zip(result, chunked)):
+            assert a.tobytes() == b.tobytes(), k
+
+
 def plan_view(shape, channel_axis):
     """The (outer, channels, inner) view batch norm plans x of `shape` with."""
     if channel_axis == 1:

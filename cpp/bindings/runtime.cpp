@@ -114,6 +114,8 @@ void register_runtime(py::module_& m) {
         out["stream_prefetch"] = info.stream_prefetch;
         out["grad_chunk_bytes"] = info.grad_chunk_bytes;
         out["forward_slab_streams"] = info.forward_slab_streams;
+        out["stats_walk"] = info.stats_walk;
+        out["grads_walk"] = info.grads_walk;
         return out;
       },
       py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("element_bytes"),

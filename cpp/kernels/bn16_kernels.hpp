@@ -767,28 +767,65 @@ void bn16_rows_sums(std::size_t rows, std::size_t stride, std::size_t cols,
       });
 }
 
+// bn16_rows_sums' sums walked in memory order, a row at a time (bn_rows_walk, for rows
+// read from memory): each chunk of kRowChunk rows summed in float in f1[] and f2[] (in the
+// L1), loaded and stored once a row per register of columns, then added to first[] and
+// second[]. The same chunks, each column's terms in row order: the same sums. Rows of
+// whole registers only (cols a multiple of kRegLanes), as bn_rows_walk. (AMD EPYC Zen 4,
+// 2 threads, in-process A/B, same bits, bfloat16 from memory: gradient sums over rows of
+// 512 values 0.56x the time, of 256 0.63x, of 128 0.69x; forward+backward 0.86-0.94x.
+// Rows of 64 values, 128 bytes, statistics 1.4x slower: they keep their chunks.)
+template <class Terms>
+void bn16_rows_walk(std::size_t rows, std::size_t stride, std::size_t cols,
+                    double* __restrict first, double* __restrict second, const Terms& terms) {
+  alignas(64) float f1[kRowSegment], f2[kRowSegment];
+  for (std::size_t j = 0; j < cols; ++j) first[j] = second[j] = 0.0;
+  for (std::size_t r0 = 0; r0 < rows; r0 += kRowChunk) {
+    const std::size_t n = rows - r0 < kRowChunk ? rows - r0 : kRowChunk;
+    for (std::size_t j = 0; j < cols; ++j) f1[j] = f2[j] = 0.0f;
+    std::size_t at = r0 * stride;
+    for (std::size_t r = 0; r < n; ++r, at += stride) {
+      for (std::size_t j = 0; j < cols; j += kRegLanes) {
+        RegFloats a = load_floats(f1 + j), b = load_floats(f2 + j);
+        terms(at + j, j, a, b);
+        store_floats(f1 + j, a);
+        store_floats(f2 + j, b);
+      }
+      __asm__ volatile("" ::: "memory");  // one row after the other (bn_rows_walk)
+    }
+    for (std::size_t j = 0; j < cols; j += kRegLanes) {
+      widen_add_to(first + j, load_floats(f1 + j));
+      widen_add_to(second + j, load_floats(f2 + j));
+    }
+  }
+}
+
 template <class S, class Reg>
 void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::size_t stride,
                      std::size_t cols, const double* __restrict pivot, double* __restrict sum,
-                     double* __restrict sum_sq, bool ahead) {
+                     double* __restrict sum_sq, bool ahead, bool walk) {
   alignas(64) float p[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
     for (std::size_t j = 0; j < m; ++j) p[j] = float(pivot[c0 + j]);  // values: exact
     const std::uint16_t* xs = x + c0;
     const double* ps = pivot + c0;
+    const auto terms = [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
+      const RegFloats d = Reg::load(xs + at) - load_floats(p + c);
+      f1 += d;
+      f2 += d * d;
+    };
+    const auto one = [&](std::size_t at, std::size_t c, double& s1, double& s2) {
+      const double d = double(S::load(xs, at)) - ps[c];
+      s1 += d;
+      s2 += d * d;
+    };
+    if (walk && m % kRegLanes == 0) {
+      bn16_rows_walk(rows, stride, m, sum + c0, sum_sq + c0, terms);
+      continue;
+    }
     with_flags([&](auto kAhead) {
-      bn16_rows_sums(rows, stride, m, sum + c0, sum_sq + c0,
-          [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
-            const RegFloats d = Reg::load(xs + at) - load_floats(p + c);
-            f1 += d;
-            f2 += d * d;
-          },
-          [&](std::size_t at, std::size_t c, double& s1, double& s2) {
-            const double d = double(S::load(xs, at)) - ps[c];
-            s1 += d;
-            s2 += d * d;
-          },
+      bn16_rows_sums(rows, stride, m, sum + c0, sum_sq + c0, terms, one,
           [&](std::size_t at, std::size_t count) {
             if (kAhead) prefetch_span(xs + at, count);
           });
@@ -801,32 +838,37 @@ void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
                          std::size_t rows, std::size_t stride, std::size_t cols,
                          const double* __restrict mean, double* __restrict sum_dy,
                          double* __restrict sum_dyx, bool ahead,
-                         std::size_t /*chunk_bytes: the 16-bit loops keep their chunks*/) {
+                         std::size_t /*chunk_bytes: the 16-bit loops keep their chunks*/,
+                         bool walk) {
   alignas(64) float hi[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
     for (std::size_t j = 0; j < m; ++j) hi[j] = float(mean[c0 + j]);
     const std::uint16_t* gs = dy + c0;
     const std::uint16_t* xs = x + c0;
-    with_flags([&](auto kAhead) {
-      bn16_rows_sums(rows, stride, m, sum_dy + c0, sum_dyx + c0,
-          [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
-            const RegFloats g = Reg::load(gs + at);
-            f1 += g;
-            f2 += g * (Reg::load(xs + at) - load_floats(hi + c));
-          },
-          [&](std::size_t at, std::size_t c, double& s1, double& s2) {
-            const double g = double(S::load(gs, at));
-            s1 += g;
-            s2 += g * (double(S::load(xs, at)) - double(hi[c]));
-          },
-          [&](std::size_t at, std::size_t count) {
-            if (kAhead) {
-              prefetch_span(gs + at, count);
-              prefetch_span(xs + at, count);
-            }
-          });
-    }, ahead);
+    const auto terms = [&](std::size_t at, std::size_t c, RegFloats& f1, RegFloats& f2) {
+      const RegFloats g = Reg::load(gs + at);
+      f1 += g;
+      f2 += g * (Reg::load(xs + at) - load_floats(hi + c));
+    };
+    const auto one = [&](std::size_t at, std::size_t c, double& s1, double& s2) {
+      const double g = double(S::load(gs, at));
+      s1 += g;
+      s2 += g * (double(S::load(xs, at)) - double(hi[c]));
+    };
+    if (walk && m % kRegLanes == 0) {
+      bn16_rows_walk(rows, stride, m, sum_dy + c0, sum_dyx + c0, terms);
+    } else {
+      with_flags([&](auto kAhead) {
+        bn16_rows_sums(rows, stride, m, sum_dy + c0, sum_dyx + c0, terms, one,
+            [&](std::size_t at, std::size_t count) {
+              if (kAhead) {
+                prefetch_span(gs + at, count);
+                prefetch_span(xs + at, count);
+              }
+            });
+      }, ahead);
+    }
     for (std::size_t j = 0; j < m; ++j) {
       sum_dyx[c0 + j] -= (mean[c0 + j] - double(hi[j])) * sum_dy[c0 + j];
     }

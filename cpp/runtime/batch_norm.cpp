@@ -95,6 +95,10 @@ constexpr std::size_t kShortRowCols = 64;
 // Row reductions over rows of at most this many values prefetch ahead once the array is
 // bigger than the L2 (Plan::reduce_ahead).
 constexpr std::size_t kAheadRowCols = 256;
+// Row reductions from memory walk rows of at least this many bytes a row at a time
+// (Plan::rows_walk); shorter rows keep their chunks (a row of 32 float32 values is two
+// lane vectors: the walk's loads and stores of the sums then cost more than it saves).
+constexpr std::size_t kWalkMinRowBytes = 256;
 // On cores with an L2 of at most this many bytes, float32 and float64 rows longer than a
 // column block (kColBlock) take no software prefetches, in their reductions or in their
 // streaming elementwise loops (Plan::row_prefetch): there each of a chunk's rows is a run
@@ -312,6 +316,17 @@ class Plan {
     return std::max<std::size_t>(kLineBytes, cache_sizes().l1d / kGradChunkL1Parts);
   }
   std::size_t tile_cols() const { return tile_cols_; }
+  // Whether the row reductions over `arrays` x-shaped arrays (the statistics 1, the
+  // gradient sums 2) walk their tiles in memory order, a row at a time (kernels.hpp,
+  // bn_rows_walk), rather than in chunks of rows: tiles of whole rows of kWalkMinRowBytes
+  // to kColBlock values whose arrays do not fit in the last-level cache together, where
+  // that cache is near the cores (last_level_near()). Measured on an AMD EPYC Zen 4 (the
+  // kernels' notes); the Xeon, whose chunks were tuned there, keeps them (not measured
+  // there). The sums are the same either way.
+  bool rows_walk(std::size_t arrays) const {
+    return last_level_near() && cols_ * element_bytes_ >= kWalkMinRowBytes && cols_ <= kColBlock &&
+           tile_cols_ >= cols_ && arrays * total_ * element_bytes_ > cache_sizes().last;
+  }
   // Whether the row loops prefetch at all (the reductions as reduce_ahead() says, the
   // elementwise loops when they stream their output): not rows longer than a column block
   // of float32 or float64 on a core with a small L2 (kSmallL2Bytes).
@@ -892,7 +907,7 @@ struct StatsSums {
   }
   void row_sums(const RowUnit& r, double* first, double* second) const {
     k.rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first, second,
-                 plan.reduce_ahead());
+                 plan.reduce_ahead(), plan.rows_walk(1));
   }
 };
 
@@ -908,19 +923,20 @@ struct GradSums {
   const double* mean_col;
   bool ahead;               // the plan's, for every row tile
   std::size_t chunk_bytes;
+  bool walk;
 
   GradSums(const BatchNormKernels<R, T>& kernels, const Plan& p, const R* grad, const R* data,
            const double* m, Scratch& scratch)
       : k(kernels), plan(p), dy(grad), x(data), mean(m),
         mean_col(p.reduce_slabs() ? nullptr : per_column(p, m, scratch)),
-        ahead(p.reduce_ahead()), chunk_bytes(p.grad_chunk_bytes()) {}
+        ahead(p.reduce_ahead()), chunk_bytes(p.grad_chunk_bytes()), walk(p.rows_walk(2)) {}
   void slab_sums(const SlabUnit* units, std::size_t, double* out) const {
     k.slab_grad_sums(dy + units[0].offset, x + units[0].offset, units[0].length,
                      mean[units[0].channel], out);
   }
   void row_sums(const RowUnit& r, double* first, double* second) const {
     k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
-                     mean_col + r.col, first, second, ahead, chunk_bytes);
+                     mean_col + r.col, first, second, ahead, chunk_bytes, walk);
   }
 };
 
@@ -1432,7 +1448,9 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           rows && plan.row_prefetch(),
           rows && plan.stream_prefetch(),
           rows ? plan.grad_chunk_bytes() : 0,
-          plan.reduce_slabs() ? plan.slab_streams(2) : 0};
+          plan.reduce_slabs() ? plan.slab_streams(2) : 0,
+          rows && plan.rows_walk(1),
+          rows && plan.rows_walk(2)};
 }
 
 void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,

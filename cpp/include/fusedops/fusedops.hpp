@@ -183,6 +183,8 @@ struct BatchNormPlanInfo {
   bool stream_prefetch;  // whether the streaming row loops prefetch (Plan::stream_prefetch)
   std::size_t grad_chunk_bytes;  // the gradient sums' chunks of whole rows (0: their own)
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side
+  bool stats_walk;  // whether the row statistics walk rows in memory order (Plan::rows_walk)
+  bool grads_walk;  // whether the row gradient sums do
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);
 
