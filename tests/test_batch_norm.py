@@ -352,7 +352,7 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # L2 of at most 512 KiB, float32 and float64 rows longer than a column block (512
     # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
     # The elementwise row loops that stream prefetch as row_prefetch says on a last level
-    # of at most 64 L2s only (stream_prefetch).
+    # of at most 64 L2s and an L1d of at least 48 KiB only (stream_prefetch).
     # The gradient sums of arrays whose x and dy do not fit in the last level together,
     # and of rows that take no prefetches, read chunks of a sixteenth of the L1 (at least
     # 4 rows; grad_chunk_bytes; 0: their own chunks).
@@ -398,6 +398,10 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
         assert plan(*view)["stream_prefetch"]  # a near L3: 32 L2s
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # NHWC (32, 56, 56, 64)
+    cache_sizes(32 << 10, mib, 32 * mib)  # the EPYC Zen 4: a 32 KiB L1d
+    assert plan(4096, 4096, 1, 4)["row_prefetch"] and plan(8192, 256, 1, 2)["row_prefetch"]
+    for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
+        assert not plan(*view)["stream_prefetch"]
     cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: arrays reaching 16 MiB
     assert runs(8192, 128, 1, 4) == (1, 1)  # 4 MiB of x: x, y and dy, dx, x in cache
     assert runs(16384, 128, 1, 4) == (4, 4)  # 8 MiB: x and y reach half the L3, streamed
@@ -411,7 +415,7 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
                  (256, 256, 64, 4), (4096, 4096, 1, 8)):  # longer rows, 4 and 8 bytes
         assert not plan(*view)["reduce_ahead"] and not plan(*view)["row_prefetch"]
         assert not plan(*view)["stream_prefetch"]
-    assert plan(100352, 64, 1, 4)["stream_prefetch"]  # NHWC (32, 56, 56, 64)
+    assert not plan(100352, 64, 1, 4)["stream_prefetch"]  # NHWC (32, 56, 56, 64): 32 KiB L1d
     assert plan(4096, 1024, 1, 2)["reduce_ahead"]  # 16-bit rows keep them
     assert plan(2048, 1024, 1, 2)["row_prefetch"]
     assert not plan(64, 256, 784, 4)["row_prefetch"]  # channel-first runs: no row loops

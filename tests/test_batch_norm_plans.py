@@ -22,9 +22,11 @@ CHANNELS = [1, 2, 3, 7, 8, 9, 16, 17, 31, 64, 100, 257]
 BATCH = [1, 2, 3, 7, 16, 33, 64, 100]
 # (l1d, l2, last level): the machine's, and small ones under which these shapes take the
 # paths of arrays beyond the caches (cache-blocked groups, column blocks, non-temporal
-# stores, prefetching reductions).
+# stores, prefetching reductions, reductions walked in memory order; with a 48 KiB L1d,
+# streaming row loops that prefetch).
 CACHES = [None, (1 << 12, 1 << 14, 1 << 16), (1 << 14, 1 << 16, 1 << 18),
-          (1 << 15, 1 << 18, 1 << 20), (1 << 15, 1 << 16, 1 << 40)]
+          (1 << 15, 1 << 18, 1 << 20), (1 << 15, 1 << 16, 1 << 40),
+          (3 << 14, 1 << 16, 1 << 20)]
 
 
 @st.composite

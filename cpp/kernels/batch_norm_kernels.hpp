@@ -766,8 +766,8 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
 
 // The row loops that stream their output (data beyond the caches) prefetch each row's
 // inputs kPrefetchBytes ahead, as the streaming run loops do, when the runtime asks
-// (`ahead`, Plan::stream_prefetch: near last-level caches only, the Xeon measured them
-// slower): the hardware streamers stop at 4 KiB pages. (AMD EPYC
+// (`ahead`, Plan::stream_prefetch: near last-level caches and L1ds of 48 KiB only; the
+// Xeon and a Zen 4 measured them slower): the hardware streamers stop at 4 KiB pages. (AMD EPYC
 // Zen 5, 2 threads, in-process A/B, fwd+bwd float32: NHWC (64, 28, 28, 256) 0.78-0.90x,
 // (32, 56, 56, 64) 0.87-0.94x, (4096, 4096) 0.89x; the dx loop's prefetches are float32's
 // only: float64's NHWC backward measured 1.03-1.08x slower with them, and the 16-bit loops

@@ -99,6 +99,9 @@ constexpr std::size_t kAheadRowCols = 256;
 // (Plan::rows_walk); shorter rows keep their chunks (a row of 32 float32 values is two
 // lane vectors: the walk's loads and stores of the sums then cost more than it saves).
 constexpr std::size_t kWalkMinRowBytes = 256;
+// The streaming elementwise row loops prefetch only on cores with at least this much L1d
+// (Plan::stream_prefetch).
+constexpr std::size_t kStreamPrefetchMinL1 = 48 * 1024;
 // On cores with an L2 of at most this many bytes, float32 and float64 rows longer than a
 // column block (kColBlock) take no software prefetches, in their reductions or in their
 // streaming elementwise loops (Plan::row_prefetch): there each of a chunk's rows is a run
@@ -340,8 +343,16 @@ class Plan {
   // Intel Xeon (Emerald Rapids, 2 MiB L2, 260 MiB L3; 2 threads, builds with and without
   // them interleaved in one process, two runs each, same bits) they cost: float32 NHWC (32,
   // 56, 56, 64) fwd+bwd 1.12x the time, (8192, 256) 1.04-1.07x; this rule against the
-  // build that had them there 0.90-0.93x and 0.95-0.96x.
-  bool stream_prefetch() const { return row_prefetch() && last_level_near(); }
+  // build that had them there 0.90-0.93x and 0.95-0.96x. Nor on cores with an L1d smaller
+  // than kStreamPrefetchMinL1 (the Zen 5 has 48 KiB): on an AMD EPYC Zen 4 (32 KiB L1d, 1
+  // MiB L2, 32 MiB L3; 2 threads, in-process A/B, same bits) they cost, float32
+  // forward+backward without them NHWC (32, 56, 56, 64) 0.91x the time, (16, 56, 56, 64)
+  // 0.89x, (64, 7, 7, 2048) 0.90x, (16384, 1024) 0.73x, (2048, 2048) 0.94x, (64, 28, 28,
+  // 256) 0.88-1.00x, float64 0.92-0.99x, (8192, 256) and (4096, 4096) 0.97-1.02x; the dx
+  // pass alone 0.85-0.90x. (The Zen 3, with the same L1d, follows: not measured there.)
+  bool stream_prefetch() const {
+    return row_prefetch() && last_level_near() && cache_sizes().l1d >= kStreamPrefetchMinL1;
+  }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
   // group's inputs fit in a quarter of the L2 (one channel: half of it), so its
