@@ -353,9 +353,10 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # values) take no prefetches at all (row_prefetch), 16-bit rows and shorter rows do.
     # The elementwise row loops that stream prefetch as row_prefetch says on a last level
     # of at most 64 L2s and an L1d of at least 48 KiB only (stream_prefetch).
-    # The gradient sums of arrays whose x and dy do not fit in the last level together,
-    # and of rows that take no prefetches, read chunks of a sixteenth of the L1 (at least
-    # 4 rows; grad_chunk_bytes; 0: their own chunks).
+    # The gradient sums of arrays whose x and dy do not fit in the last level together (a
+    # near one: whose four x-sized arrays of a step reach it), and of rows that take no
+    # prefetches, read chunks of a sixteenth of the L1 (at least 4 rows;
+    # grad_chunk_bytes; 0: their own chunks).
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -392,6 +393,7 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
         assert not plan(*view)["stream_prefetch"]  # a far L3: 240 L2s
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 0  # 51 MB: in this L3
     assert plan(1 << 20, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # 512 MiB
+    assert plan(16384, 2048, 1, 4)["grad_chunk_bytes"] == 0  # 4 x 128 MiB: a far L3
     cache_sizes(48 << 10, mib, 32 * mib)  # the EPYC Zen 5
     assert plan(4096, 1024, 1, 4)["reduce_ahead"] and plan(4096, 1024, 1, 4)["row_prefetch"]
     assert plan(4096, 4096, 1, 4)["row_prefetch"]
@@ -402,6 +404,12 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(4096, 4096, 1, 4)["row_prefetch"] and plan(8192, 256, 1, 2)["row_prefetch"]
     for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
         assert not plan(*view)["stream_prefetch"]
+    # x and dy of exactly the L3, (16384, 256) 16 MiB each, (8192, 256) 8 MiB each: a
+    # step's four arrays reach the L3
+    for view in ((1024, 4096, 1, 4), (16384, 256, 1, 4), (8192, 256, 1, 4), (512, 4096, 1, 8)):
+        assert plan(*view)["grad_chunk_bytes"] == 2 << 10
+    assert plan(8191, 256, 1, 4)["grad_chunk_bytes"] == 0  # just below
+    assert plan(4096, 256, 1, 4)["grad_chunk_bytes"] == 0  # 4 MiB each
     cache_sizes(32 << 10, 512 << 10, 32 * mib)  # the EPYC Zen 3: arrays reaching 16 MiB
     assert runs(8192, 128, 1, 4) == (1, 1)  # 4 MiB of x: x, y and dy, dx, x in cache
     assert runs(16384, 128, 1, 4) == (4, 4)  # 8 MiB: x and y reach half the L3, streamed
