@@ -128,6 +128,29 @@ void require_plain_ndarray(const std::string& where, py::handle obj);
 // (read or written), writeable when written. `flags` are the array's NumPy flags.
 // True when require_layout would pass (no strings built).
 bool layout_ok(int flags, Access access);
+
+// The checks of a list of arrays read each array's header and its shape, two blocks of
+// the heap per array (a step over 1000 tensors checks 4000 arrays): a loop over items[i]
+// calls this to request the header of the array kHeaderAhead on, and the shape of the one
+// kShapeAhead on (whose header arrived by then), so that its checks find them in the L1.
+// An exact ndarray's shape only: another object may be shorter (its check rejects it).
+// (AMD EPYC Zen 4, 2 threads, in-process A/B: fo.adam_step over 1000 x 256 float32 and
+// bfloat16 0.95-0.96x the time, 4000 x 64 0.97-0.99x, sgd_step 0.95-0.99x; the classes,
+// which check only the grads at each step, measured 1.02-1.08x slower with it: not
+// there.)
+constexpr std::size_t kHeaderAhead = 8;
+constexpr std::size_t kShapeAhead = 4;
+template <class Items>
+inline void request_array_ahead(const Items& items, std::size_t i) {
+  const std::size_t n = items.size();
+  if (i + kHeaderAhead < n) __builtin_prefetch(items[i + kHeaderAhead].ptr());
+  if (i + kShapeAhead < n) {
+    PyObject* obj = items[i + kShapeAhead].ptr();
+    if (Py_TYPE(obj) == py::detail::npy_api::get().PyArray_Type_) {
+      __builtin_prefetch(py::detail::array_proxy(obj)->dimensions);
+    }
+  }
+}
 void require_layout(const std::string& where, int flags, Access access);
 
 std::string type_name(py::handle obj);

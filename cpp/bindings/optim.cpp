@@ -96,6 +96,10 @@ StepArrays check_step_arrays(const char* function, py::handle params, py::handle
   s.tensors.resize(count);
   for (std::size_t i = 0; i < count; ++i) {
     MixedTensor& t = s.tensors[i];
+    request_array_ahead(s.params.items, i);
+    request_array_ahead(s.grads.items, i);
+    for (const ArrayArg& a : s.states) request_array_ahead(a.items, i);
+    if (has_copies) request_array_ahead(s.copies.items, i);
     const CheckedArray p = checker.check(s.params, i, Access::write);
     const CheckedArray g = checker.check(s.grads, i, Access::read, &s.params);
     t.param = p.data;
