@@ -614,6 +614,37 @@ def test_overlap_in_a_long_list_names_both_arrays():
     fo.adam_step(p, g, m, v, step=1)
 
 
+def test_overlap_check_remembers_only_the_exact_ranges_that_passed():
+    # A call of more than 32 arrays whose ranges equal those of the last call that passed
+    # on its thread skips the sort; any change of a range, or of which arrays are
+    # written, is checked afresh (and an overlapping call is rejected, untouched).
+    rng = np.random.default_rng(11)
+    p = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
+    g = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
+    m = [np.zeros(64, np.float32) for _ in range(50)]
+    v = [np.zeros(64, np.float32) for _ in range(50)]
+    for step in (1, 2):
+        fo.adam_step(p, g, m, v, step=step)  # passes, then passes as remembered
+    p_moved = list(p)
+    p_moved[7] = v[30]  # a written range moved onto another written array
+    assert_rejected(fo.adam_step, (p_moved, g, m, v), dict(step=3), ValueError,
+                    r"shares memory with")
+    g_moved = list(g)
+    g_moved[4] = m[9]  # a read range moved onto a written array
+    assert_rejected(fo.adam_step, (p, g_moved, m, v), dict(step=3), ValueError,
+                    r"shares memory with")
+    g_shared = list(g)
+    g_shared[20] = g[10]  # read ranges may coincide: passes, and is remembered
+    for step in (3, 4):
+        fo.adam_step(p, g_shared, m, v, step=step)
+    # The same ranges, but the shared pair now written: rejected
+    assert_rejected(fo.adam_step, (g_shared, p, m, v), dict(step=5), ValueError,
+                    r"shares memory with")
+    before = [a.copy() for a in p + m + v]
+    fo.adam_step(p, g, m, v, step=5)  # the original lists still pass
+    assert not all(np.array_equal(a, b) for a, b in zip(p + m + v, before))
+
+
 @pytest.mark.parametrize("cls", [fo.optim.SGD, fo.optim.Adam, fo.optim.AdamW])
 def test_class_step_takes_grads_that_only_touch_a_param(cls):
     # One arena of [p0 g0 p1 g1 p2 g2] (the per-layer packing of some frameworks): each

