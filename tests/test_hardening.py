@@ -598,13 +598,19 @@ def test_overlap_check_matches_brute_force(seed, tensors):
         assert not np.array_equal(buffer, before)
 
 
+def _adam_lists(rng, tensors, n=64):
+    """params and grads (random), exp_avgs and exp_avg_sqs (zeros): `tensors` float32
+    arrays of n values each, every one its own allocation."""
+    p = [rng.standard_normal(n).astype(np.float32) for _ in range(tensors)]
+    g = [rng.standard_normal(n).astype(np.float32) for _ in range(tensors)]
+    m = [np.zeros(n, np.float32) for _ in range(tensors)]
+    v = [np.zeros(n, np.float32) for _ in range(tensors)]
+    return p, g, m, v
+
+
 def test_overlap_in_a_long_list_names_both_arrays():
     # 50 tensors (200 arrays, the byte-wise sort): exp_avg_sqs[37] overlaps params[3].
-    rng = np.random.default_rng(5)
-    p = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
-    g = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
-    m = [np.zeros(64, np.float32) for _ in range(50)]
-    v = [np.zeros(64, np.float32) for _ in range(50)]
+    p, g, m, v = _adam_lists(np.random.default_rng(5), 50)
     v[37] = p[3]
     assert_rejected(fo.adam_step, (p, g, m, v), dict(step=1), ValueError,
                     r"(exp_avg_sqs\[37\] shares memory with params\[3\]|"
@@ -618,11 +624,7 @@ def test_overlap_check_remembers_only_the_exact_ranges_that_passed():
     # A call of more than 32 arrays whose ranges equal those of the last call that passed
     # on its thread skips the sort; any change of a range, or of which arrays are
     # written, is checked afresh (and an overlapping call is rejected, untouched).
-    rng = np.random.default_rng(11)
-    p = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
-    g = [rng.standard_normal(64).astype(np.float32) for _ in range(50)]
-    m = [np.zeros(64, np.float32) for _ in range(50)]
-    v = [np.zeros(64, np.float32) for _ in range(50)]
+    p, g, m, v = _adam_lists(np.random.default_rng(11), 50)
     for step in (1, 2):
         fo.adam_step(p, g, m, v, step=step)  # passes, then passes as remembered
     p_moved = list(p)
