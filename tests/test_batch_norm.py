@@ -462,6 +462,32 @@ def test_cache_blocked_groups_follow_the_cache_sizes(cache_sizes):
     assert blocks(64, 256, 784, 4) == (1, 10)  # float32: a quarter of the L2, or the L3
 
 
+def test_blocked_passes_request_short_runs_ahead_on_a_near_last_level(cache_sizes):
+    # Where the last-level cache is near the cores, the cache-blocked passes request the
+    # next rows' slabs of a channel into the L2 when a group's run of one row is at most
+    # 8 KiB: the backward for any group, the forward for groups of one channel. Never
+    # where the passes are not blocked, nor where the last level is far.
+    ahead = lambda *view: (_core._batch_norm_plan(*view)["forward_block_prefetch"],  # noqa: E731
+                           _core._batch_norm_plan(*view)["backward_block_prefetch"])
+    blocks = lambda *view: (_core._batch_norm_plan(*view)["forward_block_channels"],  # noqa: E731
+                            _core._batch_norm_plan(*view)["backward_block_channels"])
+    cache_sizes(32 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 4
+    assert blocks(64, 256, 784, 4) == (1, 1) and ahead(64, 256, 784, 4) == (True, True)
+    assert blocks(32, 64, 3136, 4) == (1, 5)  # runs of 12.5 and 61 KiB
+    assert ahead(32, 64, 3136, 4) == (False, False)
+    assert blocks(256, 256, 196, 8) == (1, 5)  # float64: runs of 1.5 and 7.7 KiB
+    assert ahead(256, 256, 196, 8) == (True, True)
+    assert blocks(64, 256, 784, 8) == (1, 5)  # runs of 6.1 and 31 KiB
+    assert ahead(64, 256, 784, 8) == (True, False)
+    assert blocks(64, 512, 196, 4) == (5, 2)  # the forward's groups of several channels
+    assert ahead(64, 512, 196, 4) == (False, True)
+    assert blocks(64, 256, 784, 2) == (2, 1) and ahead(64, 256, 784, 2) == (False, True)
+    assert blocks(8, 16, 784, 4) == (0, 0) and ahead(8, 16, 784, 4) == (False, False)
+    assert ahead(64, 64, 32, 4) == (False, False)  # short slabs: rows
+    cache_sizes(48 << 10, 2 << 20, 480 << 20)  # the Xeon: its L3 is far
+    assert blocks(64, 256, 784, 4) == (2, 1) and ahead(64, 256, 784, 4) == (False, False)
+
+
 def test_statistics_streams_follow_the_cache_sizes(cache_sizes):
     # The slab statistics read four runs side by side, or one at a time when the
     # last-level cache is near the cores (at most 64 L2s) and holds x and y.

@@ -532,13 +532,17 @@ def test_channels_blocked_in_a_near_last_level_cache_equal_the_pieces(isa, threa
                                                                        dtype):
     # The backward's channels (x and dy) bigger than half the L2, x and dy together beyond
     # 1.5 times a last-level cache of a few L2s: groups blocked in that cache (the last one
-    # shorter where 41 channels do not divide), the same bits as the two-pass pieces.
+    # shorter where 41 channels do not divide), the same bits as the two-pass pieces, with
+    # the next rows' slabs requested ahead or not.
     from fusedops import _core
     itemsize = np.dtype(dtype).itemsize
     scale = itemsize // 4
     cache_bytes(l2 * scale, last * scale)
-    assert _core._batch_norm_plan(shape[0], shape[1], shape[2] * shape[3],
-                                  itemsize)["backward_block_channels"] == group
+    plan = _core._batch_norm_plan(shape[0], shape[1], shape[2] * shape[3], itemsize)
+    assert plan["backward_block_channels"] == group
+    # Runs of a few KiB: both passes request the next rows' slabs (Plan::block_prefetch).
+    assert plan["forward_block_prefetch"] == (plan["forward_block_channels"] == 1)
+    assert plan["backward_block_prefetch"] == (group * shape[2] * shape[3] * itemsize <= 8 << 10)
     x_bytes = int(np.prod(shape)) * itemsize
     assert 2 * x_bytes // shape[1] > l2 * scale // 2 and 4 * x_bytes > 3 * last * scale
     assert_fused_passes_equal_the_pieces(shape, dtype, seed=9)

@@ -116,6 +116,8 @@ void register_runtime(py::module_& m) {
         out["forward_slab_streams"] = info.forward_slab_streams;
         out["stats_walk"] = info.stats_walk;
         out["grads_walk"] = info.grads_walk;
+        out["forward_block_prefetch"] = info.forward_block_prefetch;
+        out["backward_block_prefetch"] = info.backward_block_prefetch;
         return out;
       },
       py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("element_bytes"),

@@ -185,6 +185,10 @@ struct BatchNormPlanInfo {
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side
   bool stats_walk;  // whether the row statistics walk rows in memory order (Plan::rows_walk)
   bool grads_walk;  // whether the row gradient sums do
+  // whether the blocked forward and backward request the next rows' slabs into the L2
+  // (Plan::block_prefetch; false where they are not blocked)
+  bool forward_block_prefetch;
+  bool backward_block_prefetch;
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);
 
