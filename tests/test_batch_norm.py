@@ -488,6 +488,65 @@ def test_blocked_passes_request_short_runs_ahead_on_a_near_last_level(cache_size
     assert blocks(64, 256, 784, 4) == (2, 1) and ahead(64, 256, 784, 4) == (False, False)
 
 
+def test_blocked_groups_take_runs_of_whole_granules_on_a_near_last_level(cache_sizes):
+    # Where the last level is near, a blocked group's run of one row is whole 16-byte
+    # granules and at least 512 bytes: the group widens to the fewest channels that make
+    # it so, within half the L2, or the passes run in two passes (0); rows that are not
+    # whole granules are not blocked either. A far last level keeps its groups.
+    blocks = lambda *view: (_core._batch_norm_plan(*view)["forward_block_channels"],  # noqa: E731
+                            _core._batch_norm_plan(*view)["backward_block_channels"])
+    cache_sizes(32 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 4
+    assert blocks(256, 256, 196, 2) == (2, 2)  # 392-byte slabs: 1 channel -> 2
+    assert blocks(512, 128, 196, 2) == (2, 0)  # 2 channels of 401 KiB: over half the L2
+    assert blocks(256, 256, 225, 2) == (0, 0)  # 450 bytes: 8 channels for whole granules
+    assert blocks(64, 256, 729, 4) == (0, 0)  # 2916 bytes: 4 channels, 744 KiB
+    assert blocks(512, 128, 100, 4) == (2, 0)  # 400 bytes: granules, but short
+    assert blocks(256, 255, 196, 2) == (0, 0)  # rows of 255 x 392 bytes
+    assert blocks(64, 256, 784, 4) == (1, 1)  # 3136 bytes: as they were
+    assert blocks(64, 256, 784, 2) == (2, 1)
+    assert blocks(128, 256, 144, 4) == (3, 1)
+    cache_sizes(48 << 10, 2 << 20, 480 << 20)  # the Xeon: its L3 is far
+    assert blocks(512, 128, 196, 2) == (2, 1)
+    assert blocks(256, 256, 225, 2) == (4, 2)
+
+
+@pytest.mark.parametrize("dtype,spatial,near,far",
+                         [(np.float32, (10, 10), (2, 0), (1, 1)),
+                          (fo.bfloat16, (14, 14), (2, 2), (1, 1)),
+                          (np.float16, (14, 14), (2, 2), (1, 1)),
+                          (fo.bfloat16, (15, 15), (0, 0), (1, 0))],
+                         ids=["f32", "bf16", "f16", "bf16-odd"])
+def test_groups_widened_for_whole_granules_give_the_same_bits(isa, threads, cache_sizes, dtype,
+                                                              spatial, near, far):
+    # One shape under a near last level (groups widened, or two passes), a far one (the
+    # groups of one channel) and an L2 that holds it (not blocked), with streamed outputs
+    # in the first two: the same bits, on 1 and 2 threads.
+    rng = np.random.default_rng(6)
+    shape = (20, 12, *spatial)
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    pdt = np.float32
+    weight = rng.uniform(0.5, 2, 12).astype(pdt)
+    bias = rng.standard_normal(12).astype(pdt)
+    view = (20, 12, spatial[0] * spatial[1], np.dtype(dtype).itemsize)
+    results, plans = [], []
+    for caches in [(32 << 10, 32 << 10, 96 << 10), (32 << 10, 32 << 10, 1 << 40),
+                   (32 << 10, 1 << 30, 1 << 31)]:
+        cache_sizes(*caches)
+        plans.append((_core._batch_norm_plan(*view)["forward_block_channels"],
+                      _core._batch_norm_plan(*view)["backward_block_channels"]))
+        for threads_used in (1, 2):
+            fo.set_num_threads(threads_used)
+            rm, rv = np.zeros(12, pdt), np.ones(12, pdt)
+            y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv)
+            dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd)
+            results.append([y, mean, invstd, rm, rv, dx, dw, db])
+    assert plans == [near, far, (0, 0)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
 def test_statistics_streams_follow_the_cache_sizes(cache_sizes):
     # The slab statistics read four runs side by side, or one at a time when the
     # last-level cache is near the cores (at most 64 L2s) and holds x and y.

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -122,6 +123,11 @@ constexpr std::size_t kSmallL2Bytes = 512 * 1024;
 // The cache-blocked passes request the next rows' slabs of a channel into the L2 when a
 // group's run of one row is at most this many bytes (Plan::block_prefetch).
 constexpr std::size_t kShortBlockRunBytes = 8 * 1024;
+// Where the last level is near, a cache-blocked group's run of one row (its channels' slabs
+// in that row) is whole granules of this many bytes (the non-temporal stores' unit) and at
+// least kMinBlockRunBytes long, or the passes are not blocked (Plan::block_channels).
+constexpr std::size_t kGranuleBytes = 16;
+constexpr std::size_t kMinBlockRunBytes = 512;
 // The gradient sums over whole rows from memory read chunks of this fraction of the L1 per
 // array (Plan::grad_chunk_bytes).
 constexpr std::size_t kGradChunkL1Parts = 16;
@@ -416,7 +422,26 @@ class Plan {
   // 0.86-0.88x, (8, 512, 14, 14) 0.92-0.96x, float16 (64, 256, 28, 28) 0.82x; groups of
   // 1 to 4 MiB measured alike, of half the L2 0.96-1.03x, of the whole L2 0.86-0.91x.
   // float32 there measured within noise of its quarter; the Zen 5's 1 MiB L2 had measured
-  // a quarter faster than half for bfloat16, above.)
+  // a quarter faster than half for bfloat16, above.) Where the last level is near, a
+  // group's run of one row (its channels' slabs in that row) is a whole number of 16-byte
+  // granules and at least kMinBlockRunBytes long: the group takes as many more channels as
+  // make it so, within half the L2 (the room of the last-level case there), or the passes
+  // are not blocked; nor where the rows themselves are not whole granules. The elementwise
+  // pass streams each run out (write_blocks, stream_run) with plain stores for the part of
+  // a granule at either edge, non-temporal stores between; the neighbouring runs, another
+  // group's, are written at another time, and a line that plain and non-temporal stores
+  // both write, apart, was the slowest thing these passes did. (AMD EPYC Zen 4, 1 MiB L2,
+  // 32 MiB L3, 2 threads, in-process A/B, same bits: bfloat16 (256, 256, 14, 14), slabs of
+  // 392 bytes, backward in groups of 2 channels instead of 1, 0.42-0.43x the time; (512,
+  // 128, 14, 14) forward in groups of 2 0.32x, backward two-pass 0.38-0.39x; (256, 256, 15,
+  // 15) and (512, 96, 15, 15), slabs of 450 bytes, two-pass 0.25-0.53x; (64, 256, 27, 27)
+  // two-pass 0.73-0.79x forward, 0.46-0.54x backward; float16 as bfloat16; float32 (64,
+  // 256, 27, 27), runs of 2916 bytes, two-pass 0.68-0.86x forward, 0.77-0.98x backward;
+  // (512, 128, 10, 10), 400 bytes, forward in groups of 2 0.91-0.92x, backward two-pass
+  // 0.81-0.82x; (32, 64, 55, 55), runs of 12 KB, two-pass 0.89-1.05x. Plain stores for
+  // every partial line instead, in every streamed pass: those gained as much, but NHWC
+  // rows, whose runs follow each other, 1.18-1.52x slower. The Xeon, not measured, keeps
+  // its groups.)
   std::size_t block_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_) return 0;
     const CacheSizes& caches = cache_sizes();
@@ -425,15 +450,27 @@ class Plan {
     if (channel_bytes == 0 || arrays * total_ * element_bytes_ <= l2) return 0;
     std::size_t room = l2 / 4;
     if (element_bytes_ < 4 && l2 <= kSmallL2Bytes && last_level_near()) room = 2 * l2;
+    std::size_t most = l2 / 2;  // the room of the fewest channels that make a long run
     if (channel_bytes > l2 / 2) {  // blocked in a near last-level cache, or not at all
       room = caches.last / kL3BlockParts;
       if (!last_level_near() || element_bytes_ < 4 || channel_bytes > room ||
           4 * total_ * element_bytes_ <= 3 * caches.last) {
         return 0;
       }
+      most = room;
     }
     const std::size_t fit = room / channel_bytes;  // 0: one channel (below)
-    return std::max<std::size_t>(1, std::min(fit, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
+    const std::size_t group =
+        std::max<std::size_t>(1, std::min(fit, (channels_ + kMinBlockGroups - 1) / kMinBlockGroups));
+    if (!last_level_near()) return group;
+    // Runs of whole granules, at least kMinBlockRunBytes long, or no blocking.
+    const std::size_t slab_bytes = inner_ * element_bytes_;
+    if (channels_ * slab_bytes % kGranuleBytes != 0) return 0;  // rows off their granules
+    const std::size_t step = kGranuleBytes / std::gcd(slab_bytes, kGranuleBytes);
+    std::size_t wide = std::max(group, (kMinBlockRunBytes + slab_bytes - 1) / slab_bytes);
+    wide = (wide + step - 1) / step * step;
+    if (wide == group) return group;
+    return wide * channel_bytes <= most ? wide : 0;
   }
   // Whether the cache-blocked passes over groups of `group` channels (block_channels) read
   // from `arrays` x-shaped inputs request, as they start a channel's slab of a row, the
