@@ -547,6 +547,48 @@ def test_groups_widened_for_whole_granules_give_the_same_bits(isa, threads, cach
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, fo.bfloat16, np.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
+@pytest.mark.parametrize("shape,channel_axis,caches",
+                         [((24, 13, 10, 11), 1, (1 << 15, 1 << 15, 1 << 16)),
+                          ((24, 13, 10, 11), 1, (1 << 15, 1 << 15, 1 << 40)),
+                          ((24, 12, 14, 14), 1, (1 << 15, 1 << 16, 1 << 17)),
+                          ((2, 7, 5, 1000), 1, (1 << 15, 1 << 20, 1 << 16)),
+                          ((300, 101), 1, (1 << 15, 1 << 20, 1 << 16)),
+                          ((6, 5, 7, 65), -1, (1 << 15, 1 << 20, 1 << 16))],
+                         ids=["two-pass-near", "blocked-far", "blocked-near", "runs", "rows",
+                              "nhwc-runs-of-rows"])
+def test_streamed_outputs_leave_the_bytes_around_them(isa, cache_sizes, shape, channel_axis,
+                                                      caches, dtype):
+    # Streamed runs that start or end inside a 16-byte granule write those edges with
+    # masked non-temporal stores: every value lands, and no byte outside the output (the
+    # rest of its first and last granules, here a marker) is written. Outputs at offsets
+    # of a few values past a line, odd rows and slabs, cache-blocked groups and two-pass
+    # runs alike; the bits those of cached stores.
+    rng = np.random.default_rng(12)
+    x, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    if dtype in (fo.bfloat16, np.float16):
+        weight, bias = weight.astype(np.float32), bias.astype(np.float32)
+    y_ref, dx_ref = batch_norm_with_cached_stores(x, dy, weight, bias, channel_axis)
+    cache_sizes(*caches)
+    item = np.dtype(dtype).itemsize
+    for at in [item, 3 * item, 16 + item, 40]:
+        outputs = []
+        for _ in range(2):
+            raw = np.full(x.nbytes + 192, 0xA5, np.uint8)
+            start = (at - raw.ctypes.data) % 64 + 64
+            outputs.append((raw, start, raw[start:start + x.nbytes].view(dtype).reshape(shape)))
+        (y_raw, y_start, y), (dx_raw, dx_start, dx) = outputs
+        _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis,
+                                                out=y)
+        fo.batch_norm_backward(dy, x, weight, mean, invstd, channel_axis=channel_axis, out=dx)
+        assert y.tobytes() == y_ref.tobytes(), f"y at {at}"
+        assert dx.tobytes() == dx_ref.tobytes(), f"dx at {at}"
+        for raw, begin in ((y_raw, y_start), (dx_raw, dx_start)):
+            assert np.all(raw[:begin] == 0xA5) and np.all(raw[begin + x.nbytes:] == 0xA5), at
+
+
 def test_statistics_streams_follow_the_cache_sizes(cache_sizes):
     # The slab statistics read four runs side by side, or one at a time when the
     # last-level cache is near the cores (at most 64 L2s) and holds x and y.

@@ -325,11 +325,11 @@ inline StreamReg<T> load_reg(const T* p) {
   return v;
 }
 
-// Copies the m values at `values` (aligned) to dst with 16-byte non-temporal stores
-// where dst is aligned for them, plain stores before and after: the edges of a streamed
-// run, so that the lines it shares with its neighbours are not also written by ordinary
-// stores, which read a line before they write it. (Against plain stores at the edges,
-// 0.94-1.05x the time on the Xeon: within its noise, but the bytes of those reads saved.)
+// Copies the m values at `values` to dst with 16-byte non-temporal stores, the granules at
+// either edge that the run fills only in part with masked ones (stream_granule_part): the
+// edges of a streamed run, whose lines it shares with its neighbours. (Ordinary stores
+// there read a line before they write it, and a line written by both kinds of store
+// apart measured far slower: see stream_granule_part.)
 template <class T>
 inline void stream_granules(T* __restrict dst, const T* __restrict values, std::size_t m) {
   char* out = reinterpret_cast<char*>(dst);
@@ -337,14 +337,12 @@ inline void stream_granules(T* __restrict dst, const T* __restrict values, std::
   const std::size_t bytes = m * sizeof(T);
   std::size_t b = (16 - reinterpret_cast<std::uintptr_t>(out) % 16) % 16;
   if (b > bytes) b = bytes;
-  __builtin_memcpy(out, in, b);
-  if (b % sizeof(T) == 0 && reinterpret_cast<std::uintptr_t>(in + b) % 16 == 0) {
-    for (; b + 16 <= bytes; b += 16) {
-      _mm_stream_si128(reinterpret_cast<__m128i*>(out + b),
-                       _mm_load_si128(reinterpret_cast<const __m128i*>(in + b)));
-    }
+  stream_granule_part(out, in, b);
+  for (; b + 16 <= bytes; b += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(out + b),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + b)));
   }
-  __builtin_memcpy(out + b, in + b, bytes - b);
+  stream_granule_part(out + b, in + b, bytes - b);
 }
 
 // Writes the n values of a run of channel-first data (of any storage type T) from
