@@ -427,21 +427,21 @@ class Plan {
   // granules and at least kMinBlockRunBytes long: the group takes as many more channels as
   // make it so, within half the L2 (the room of the last-level case there), or the passes
   // are not blocked; nor where the rows themselves are not whole granules. The elementwise
-  // pass streams each run out (write_blocks, stream_run) with plain stores for the part of
-  // a granule at either edge, non-temporal stores between; the neighbouring runs, another
-  // group's, are written at another time, and a line that plain and non-temporal stores
-  // both write, apart, was the slowest thing these passes did. (AMD EPYC Zen 4, 1 MiB L2,
-  // 32 MiB L3, 2 threads, in-process A/B, same bits: bfloat16 (256, 256, 14, 14), slabs of
-  // 392 bytes, backward in groups of 2 channels instead of 1, 0.42-0.43x the time; (512,
-  // 128, 14, 14) forward in groups of 2 0.32x, backward two-pass 0.38-0.39x; (256, 256, 15,
-  // 15) and (512, 96, 15, 15), slabs of 450 bytes, two-pass 0.25-0.53x; (64, 256, 27, 27)
-  // two-pass 0.73-0.79x forward, 0.46-0.54x backward; float16 as bfloat16; float32 (64,
-  // 256, 27, 27), runs of 2916 bytes, two-pass 0.68-0.86x forward, 0.77-0.98x backward;
-  // (512, 128, 10, 10), 400 bytes, forward in groups of 2 0.91-0.92x, backward two-pass
-  // 0.81-0.82x; (32, 64, 55, 55), runs of 12 KB, two-pass 0.89-1.05x. Plain stores for
-  // every partial line instead, in every streamed pass: those gained as much, but NHWC
-  // rows, whose runs follow each other, 1.18-1.52x slower. The Xeon, not measured, keeps
-  // its groups.)
+  // pass streams each run out, and the lines at its edges are shared with the neighbouring
+  // runs, another group's, written at another time: short runs, and runs that end inside
+  // a granule (whose edges take masked stores, stream_granule_part), paid for those lines
+  // more than a second read of x costs. (AMD EPYC Zen 4, 1 MiB L2, 32 MiB L3, 2 threads,
+  // in-process A/B, same bits, against the groups before, of one channel here, two runs:
+  // bfloat16 (256, 256, 14, 14), slabs of 392 bytes, backward in groups of 2 channels
+  // 0.80x the time; (512, 128, 14, 14) forward in groups of 2 0.71x, backward in two passes
+  // 0.65x; (512, 96, 15, 15), slabs of 450 bytes, in two passes 0.66-0.68x / 0.62-0.64x;
+  // (256, 256, 15, 15) backward 0.69-0.70x; (256, 255, 14, 14), rows off their granules,
+  // backward 0.66-0.73x; float32 (512, 128, 10, 10), 400 bytes, forward in groups of 2
+  // 0.91-0.93x, backward in two passes 0.72-0.82x. Before the masked edges, when those
+  // granules took plain stores, the same rule gained 2-4x on these shapes. Left:
+  // misaligned runs of 1.4 KiB and more blocked as they were, (64, 256, 27, 27), measured
+  // 0.87-0.94x in the forward and 0.95-0.98x in the float32 backward, but 1.20-1.24x slower
+  // in the bfloat16 backward. The Xeon, not measured, keeps its groups.)
   std::size_t block_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_) return 0;
     const CacheSizes& caches = cache_sizes();
