@@ -474,25 +474,28 @@ class Plan {
   }
   // Whether the cache-blocked passes over groups of `group` channels (block_channels) read
   // from `arrays` x-shaped inputs request, as they start a channel's slab of a row, the
-  // channel's slabs of the rows they read next into the L2 (request_l2): where the
-  // last-level cache is near the cores (last_level_near()), a group's run of one row is
-  // at most kShortBlockRunBytes, and, for the forward (one input), the group is one
-  // channel. A group's rows lie a whole row of data apart, each run within a page or two:
-  // too short for the hardware prefetchers to follow before it ends, so each run's lines
-  // were fetched one request at a time. (AMD EPYC Zen 4, 32 KiB L1d, 1 MiB L2, 32 MiB L3,
-  // 2 threads, in-process A/B, same bits: float32 NCHW (64, 256, 28, 28), one channel a
-  // group, backward 0.76-0.85x the time, its gradient sums 0.69x, forward 0.80-0.89x;
-  // (128, 256, 28, 28) forward 0.87-0.88x, backward (groups of 5 channels, runs of 15 KiB:
-  // not taken) 0.92-0.95x; (96, 192, 28, 28) forward 0.87-0.88x; (256, 256, 14, 14)
-  // 0.96-0.99x; float64 (256, 256, 14, 14) forward 0.86-0.88x, backward (5 channels, runs
-  // of 7.7 KiB) 0.73-0.84x; bfloat16 (128, 256, 28, 28) forward 0.89x, backward 0.96-0.98x.
-  // Not taken: runs of 12.5 KiB and more, float32 (32, 64, 56, 56) 1.02-1.15x slower,
-  // float64 (64, 256, 28, 28) backward (5 channels, 31 KiB) 1.06-1.08x; the forward's
-  // groups of several channels, float32 (64, 512, 14, 14) 1.03-1.05x, bfloat16 (256, 256,
-  // 14, 14) 1.03-1.05x; into the L1 (prefetcht0, the whole run), no faster for float32;
-  // the first KiB of a run only, no faster. The Xeon, not measured, keeps its passes.)
+  // channel's slabs of the rows they read next into the L2 (request_l2): float32 and
+  // float64 data where the last-level cache is near the cores (last_level_near()), a
+  // group's run of one row at most kShortBlockRunBytes, and, for the forward (one input),
+  // groups of one channel. A group's rows lie a whole row of data apart, each run within
+  // a page or two: too short for the hardware prefetchers to follow before it ends, so
+  // each run's lines were fetched one request at a time. (AMD EPYC Zen 4, 32 KiB L1d, 1
+  // MiB L2, 32 MiB L3, 2 threads, in-process A/B, same bits, against none: float32 NCHW
+  // (64, 256, 28, 28), one channel a group, backward 0.76-0.85x the time, its gradient
+  // sums 0.69x, forward 0.80-1.04x; (128, 256, 28, 28) forward 0.84-0.92x, backward
+  // (groups of 5 channels, runs of 15 KiB: not taken) 0.92-1.00x; (96, 192, 28, 28)
+  // forward 0.87-0.94x; (256, 256, 14, 14) backward 0.87-0.94x; float64 (256, 256, 14, 14)
+  // forward 0.84-0.88x, backward (5 channels, runs of 7.7 KiB) 0.72-0.84x, (64, 256, 28,
+  // 28) forward 0.87-0.90x. Not taken: runs of 12.5 KiB and more, float32 (32, 64, 56, 56)
+  // 1.02-1.15x slower, float64 (64, 256, 28, 28) backward (5 channels, 31 KiB)
+  // 1.06-1.08x; the forward's groups of several channels, float32 (64, 512, 14, 14)
+  // 1.03-1.05x; 16-bit data, bfloat16 and float16 (32, 64, 56, 56) 1.07-1.14x slower,
+  // (64, 256, 28, 28) within 2%, (128, 256, 28, 28) backward 0.96x; into the L1
+  // (prefetcht0, the whole run), no faster for float32; the first KiB of a run only, no
+  // faster. The Xeon, not measured, keeps its passes.)
   bool block_prefetch(std::size_t group, std::size_t arrays) const {
-    return last_level_near() && group * inner_ * element_bytes_ <= kShortBlockRunBytes &&
+    return last_level_near() && element_bytes_ >= 4 &&
+           group * inner_ * element_bytes_ <= kShortBlockRunBytes &&
            (arrays > 1 || group == 1);
   }
   // Slab runs the statistics read side by side (kSlabStreams), or one at a time: one
