@@ -548,6 +548,90 @@ def test_groups_widened_for_whole_granules_give_the_same_bits(isa, threads, cach
             assert a.tobytes() == b.tobytes()
 
 
+def test_channels_too_big_to_block_are_shared_by_the_threads_on_a_far_last_level(cache_sizes):
+    # Channel-first data of long slabs whose channel is more than half the L2 (no blocked
+    # group of one channel) is shared among the threads, channel by channel, where the
+    # last-level cache is far (the Xeon); a near one (the EPYC) keeps its own schedules,
+    # as do data that fit in the L2, short slabs (rows) and channel-last data.
+    plan = _core._batch_norm_plan
+    shared = lambda *view: (plan(*view)["forward_shared"],  # noqa: E731
+                            plan(*view)["backward_shared"])
+    blocks = lambda *view: (plan(*view)["forward_block_channels"],  # noqa: E731
+                            plan(*view)["backward_block_channels"])
+    cache_sizes(48 << 10, 2 << 20, 480 << 20)  # the Xeon
+    assert blocks(64, 256, 784, 4) == (2, 1) and shared(64, 256, 784, 4) == (False, False)
+    # slabs of at least 2 KiB in the forward, 16 KiB in the backward
+    assert blocks(832, 256, 784, 4) == (0, 0) and shared(832, 256, 784, 4) == (True, False)
+    assert shared(64, 64, 12544, 2) == (True, True)  # bfloat16 (64, 64, 112, 112)
+    assert shared(128, 64, 3136, 8) == (True, True)  # float64 (128, 64, 56, 56)
+    assert shared(128, 64, 3136, 4) == (True, False)  # float32: slabs of 12.5 KiB
+    assert shared(1024, 256, 784, 2) == (False, False)  # bfloat16: slabs of 1.5 KiB
+    assert blocks(48, 6, 4096, 4) == (1, 0) and shared(48, 6, 4096, 4) == (False, True)
+    assert shared(8, 16, 784, 4) == (False, False)  # in the L2
+    assert shared(1, 1, 1 << 22, 4) == (False, False)  # one row: one thread's slab
+    assert shared(65536, 64, 32, 4) == (False, False)  # short slabs: rows
+    assert shared(832 * 784, 256, 1, 4) == (False, False)  # channel-last
+    cache_sizes(32 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 4: its L3 is near
+    assert shared(832, 256, 784, 4) == (False, False)
+    assert shared(64, 64, 12544, 2) == (False, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, fo.bfloat16, np.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
+@pytest.mark.parametrize("shape", [(9, 3, 91, 91), (6, 2, 20001), (2, 3, 30000)],
+                         ids=["odd-rows", "two-blocks", "two-rows"])
+def test_shared_channels_give_the_bits_of_the_other_schedules(isa, threads, cache_sizes, dtype,
+                                                               shape):
+    # Channels shared among 1, 2 and 3 threads (L2s of 16 and 128 KiB, far from the
+    # cores), with rows split unevenly, slabs of two blocks and outputs streamed or not
+    # (the second L2's eight hold some of the arrays), against the
+    # schedule of an L2 that holds the data: the same bits for the outputs, the
+    # statistics, the running statistics and the parameter gradients, which match the
+    # float64 references; with and without weight.
+    rng = np.random.default_rng(8)
+    channels = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 40).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    view = (shape[0], channels, int(np.prod(shape[2:])), np.dtype(dtype).itemsize)
+    for affine in (True, False):
+        weight = rng.uniform(0.5, 2, channels).astype(pdt) if affine else None
+        bias = rng.standard_normal(channels).astype(pdt) if affine else None
+        results = []
+        for caches, threads_used in [((1 << 30, 1 << 30, 1 << 31), 2),
+                                     ((4 << 10, 16 << 10, 1 << 40), 1),
+                                     ((4 << 10, 16 << 10, 1 << 40), 2),
+                                     ((4 << 10, 16 << 10, 1 << 40), 3),
+                                     ((4 << 10, 128 << 10, 1 << 40), 2)]:
+            cache_sizes(*caches)
+            fo.set_num_threads(threads_used)
+            info = _core._batch_norm_plan(*view)
+            assert (info["forward_shared"], info["backward_shared"]) == \
+                ((False, False) if caches[1] == 1 << 30 else (True, True))
+            rm, rv = np.full(channels, 0.5, pdt), np.full(channels, 2.0, pdt)
+            y, mean, invstd = fo.batch_norm_forward(x, weight, bias, rm, rv)
+            dx, dw, db = fo.batch_norm_backward(dy, x, weight, mean, invstd)
+            results.append([a for a in (y, mean, invstd, rm, rv, dx, dw, db) if a is not None])
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert a.tobytes() == b.tobytes()
+        y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = batch_norm_forward_reference(
+            x, weight, bias, np.full(channels, 0.5, pdt), np.full(channels, 2.0, pdt))
+        dx_ref, dw_ref, db_ref = batch_norm_backward_reference(dy, x, weight, mean_ref,
+                                                               invstd_ref)
+        y, mean, invstd, rm, rv, dx, *grads = results[-1]
+        tol = {np.float64: 1e-12, np.float32: 2e-5}.get(dtype, 2e-2)
+        np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
+        np.testing.assert_allclose(invstd, invstd_ref, rtol=1e-9)
+        np.testing.assert_allclose(rm, rm_ref, rtol=1e-6 if pdt == np.float32 else 1e-12)
+        np.testing.assert_allclose(rv, rv_ref, rtol=1e-6 if pdt == np.float32 else 1e-12)
+        np.testing.assert_allclose(y.astype(np.float64), y_ref, rtol=tol, atol=tol * 4)
+        np.testing.assert_allclose(dx.astype(np.float64), dx_ref, rtol=tol, atol=tol * 4)
+        if affine:
+            np.testing.assert_allclose(grads[0], dw_ref, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(grads[1], db_ref, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, fo.bfloat16, np.float16],
                          ids=["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("shape,channel_axis,caches",

@@ -118,6 +118,8 @@ void register_runtime(py::module_& m) {
         out["grads_walk"] = info.grads_walk;
         out["forward_block_prefetch"] = info.forward_block_prefetch;
         out["backward_block_prefetch"] = info.backward_block_prefetch;
+        out["forward_shared"] = info.forward_shared;
+        out["backward_shared"] = info.backward_shared;
         return out;
       },
       py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("element_bytes"),

@@ -239,6 +239,34 @@ class WorkList {
     sequence(first, first_batch, between, split, second, second_batch);
   }
 
+  // Runs fn(t, team, sync) on every thread t of a team: in parallel when `elements`
+  // make a regular parallel call, on at most `most` threads; else fn(0, 1, sync) on the
+  // calling thread. sync() returns once every thread of the team has called it as often
+  // (a barrier: the first to arrive spin, then yield). For work whose threads cooperate
+  // step by step on shared data (each step's partial results combined by all before the
+  // next step reads them); a thread the OS delays holds the others up at the next sync().
+  // fn must not throw.
+  template <class Fn>
+  static void run_team(std::size_t elements, std::size_t most, Fn&& fn) {
+    int threads = get_num_threads();
+    if (elements < min_parallel_elements() || most < 2) threads = 1;
+    if (static_cast<std::size_t>(threads) > most) threads = static_cast<int>(most);
+#ifdef _OPENMP
+    if (threads <= 1) {
+#endif
+      const auto alone = [] {};
+      fn(std::size_t{0}, std::size_t{1}, alone);
+      return;
+#ifdef _OPENMP
+    }
+    SpinBarrier barrier;
+    region(threads, false, [&](std::size_t t, std::size_t team) {
+      const auto sync = [&barrier, team] { barrier.arrive_and_wait(team); };
+      fn(t, team, sync);
+    });
+#endif
+  }
+
   const SmallVector<WorkItem, kLocalItems>& items() const { return items_; }
   std::size_t elements() const { return elements_; }
 
@@ -275,24 +303,10 @@ class WorkList {
       return;
 #ifdef _OPENMP
     }
-    note_thread_pool_used();
-    const int origin = worker_placement_origin();
     ShareCounters taken(threads);
-    StartClock clock(remeasure);
-    RegionEdges edges;
-    edges.fork();
-#pragma omp parallel num_threads(threads)
-    {
-      edges.enter();
-      const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
-      clock.arrive(t);
-      const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
-      pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
+    region(threads, remeasure, [&](std::size_t t, std::size_t team) {
       take_shares(taken.get(), t, team, false, fn);
-      edges.leave();
-    }
-    edges.join();
-    clock.finish();
+    });
 #endif
   }
 
@@ -319,10 +333,26 @@ class WorkList {
       return;
 #ifdef _OPENMP
     }
-    note_thread_pool_used();
-    const int origin = worker_placement_origin();
     ShareCounters first_taken(threads), second_taken(threads);
     SpinBarrier barrier;
+    region(threads, remeasure, [&](std::size_t t, std::size_t team) {
+      first.take_shares(first_taken.get(), t, team, false, first_batch);
+      barrier.arrive_and_wait(team);
+      if (split || t == 0) between(split ? t : std::size_t{0}, split ? team : std::size_t{1});
+      barrier.arrive_and_wait(team);
+      second.take_shares(second_taken.get(), t, team, true, second_batch);
+    });
+#endif
+  }
+
+#ifdef _OPENMP
+  // One parallel region of `threads` threads, each pinned (pin_worker), running
+  // body(t, team); its workers' start-up measured (StartClock, `remeasure` as
+  // min_parallel_elements set it) and its edges told to the thread sanitizer.
+  template <class Body>
+  static void region(int threads, bool remeasure, Body&& body) {
+    note_thread_pool_used();
+    const int origin = worker_placement_origin();
     StartClock clock(remeasure);
     RegionEdges edges;
     edges.fork();
@@ -333,17 +363,13 @@ class WorkList {
       clock.arrive(t);
       const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
       pin_worker(static_cast<int>(t), static_cast<int>(team), origin);
-      first.take_shares(first_taken.get(), t, team, false, first_batch);
-      barrier.arrive_and_wait(team);
-      if (split || t == 0) between(split ? t : std::size_t{0}, split ? team : std::size_t{1});
-      barrier.arrive_and_wait(team);
-      second.take_shares(second_taken.get(), t, team, true, second_batch);
+      body(t, team);
       edges.leave();
     }
     edges.join();
     clock.finish();
-#endif
   }
+#endif
 
   // The barriers of sequence(): the threads that arrive first spin until the last one
   // does, then yield the core after a while. libgomp's barrier puts them to sleep once

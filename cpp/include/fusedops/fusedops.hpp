@@ -189,6 +189,10 @@ struct BatchNormPlanInfo {
   // (Plan::block_prefetch; false where they are not blocked)
   bool forward_block_prefetch;
   bool backward_block_prefetch;
+  // whether the training forward and backward share each channel among the threads
+  // (Plan::share_channels)
+  bool forward_shared;
+  bool backward_shared;
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);
 
