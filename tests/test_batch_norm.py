@@ -564,7 +564,9 @@ def test_channels_too_big_to_block_are_shared_by_the_threads_on_a_far_last_level
     assert blocks(832, 256, 784, 4) == (0, 0) and shared(832, 256, 784, 4) == (True, False)
     assert shared(64, 64, 12544, 2) == (True, True)  # bfloat16 (64, 64, 112, 112)
     assert shared(128, 64, 3136, 8) == (True, True)  # float64 (128, 64, 56, 56)
-    assert shared(128, 64, 3136, 4) == (True, False)  # float32: slabs of 12.5 KiB
+    assert shared(128, 64, 3136, 4) == (True, True)  # float32: slabs of 12.5 KiB
+    assert shared(512, 64, 1600, 4) == (True, False)  # 6.25 KiB
+    assert shared(256, 64, 3136, 2) == (True, False)  # bfloat16: 6 KiB (16 KiB for 16-bit)
     assert shared(1024, 256, 784, 2) == (False, False)  # bfloat16: slabs of 1.5 KiB
     assert blocks(48, 6, 4096, 4) == (1, 0) and shared(48, 6, 4096, 4) == (False, True)
     assert shared(8, 16, 784, 4) == (False, False)  # in the L2
@@ -574,6 +576,51 @@ def test_channels_too_big_to_block_are_shared_by_the_threads_on_a_far_last_level
     cache_sizes(32 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 4: its L3 is near
     assert shared(832, 256, 784, 4) == (False, False)
     assert shared(64, 64, 12544, 2) == (False, False)
+
+
+def test_backward_reads_four_slab_runs_side_by_side_on_a_far_last_level(cache_sizes):
+    # The blocked and shared backward passes read four rows' slabs of a channel side by
+    # side where the last level is far, for float32 and float64 slabs of at least 2 KiB;
+    # one at a time otherwise (and 0 where the data is not cut into slabs).
+    streams = lambda *view: _core._batch_norm_plan(*view)["backward_grad_streams"]  # noqa: E731
+    cache_sizes(48 << 10, 2 << 20, 480 << 20)  # the Xeon
+    assert streams(64, 256, 784, 4) == 4
+    assert streams(64, 256, 784, 8) == 4
+    assert streams(16, 512, 196, 4) == 1  # slabs of 784 bytes
+    assert streams(64, 256, 784, 2) == 1  # 16-bit
+    assert streams(64, 64, 32, 4) == 0  # short slabs: rows
+    cache_sizes(32 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 4
+    assert streams(64, 256, 784, 4) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(11, 5, 24, 25), (7, 4, 9000)], ids=["odd-rows", "two-blocks"])
+def test_backward_slab_runs_side_by_side_give_the_same_bits(isa, threads, cache_sizes, dtype,
+                                                           shape):
+    # Four rows side by side (a far last level: blocked, and shared for the long slabs)
+    # and one at a time (a near one, and data in the L2), on 1 and 2 threads: the same
+    # dx and parameter gradients. Row counts that leave 1 to 3 rows in the last group.
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) * 3 + 40).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = rng.uniform(0.5, 2, shape[1]).astype(dtype)
+    bias = rng.standard_normal(shape[1]).astype(dtype)
+    view = (shape[0], shape[1], int(np.prod(shape[2:])), np.dtype(dtype).itemsize)
+    results, plans = [], []
+    for caches in [(4 << 10, 256 << 10, 1 << 40), (4 << 10, 256 << 10, 2 << 20),
+                   (1 << 30, 1 << 30, 1 << 31)]:
+        cache_sizes(*caches)
+        info = _core._batch_norm_plan(*view)
+        plans.append((info["backward_grad_streams"], info["backward_block_channels"] > 0 or
+                      info["backward_shared"]))
+        for threads_used in (1, 2):
+            fo.set_num_threads(threads_used)
+            _, mean, invstd = fo.batch_norm_forward(x, weight, bias)
+            results.append(fo.batch_norm_backward(dy, x, weight, mean, invstd))
+    assert plans[0] == (4, True) and plans[1][0] == 1 and plans[2] == (1, False)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, fo.bfloat16, np.float16],

@@ -120,6 +120,7 @@ void register_runtime(py::module_& m) {
         out["backward_block_prefetch"] = info.backward_block_prefetch;
         out["forward_shared"] = info.forward_shared;
         out["backward_shared"] = info.backward_shared;
+        out["backward_grad_streams"] = info.backward_grad_streams;
         return out;
       },
       py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("element_bytes"),

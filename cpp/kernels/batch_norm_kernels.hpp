@@ -244,19 +244,29 @@ void bn_slab_stats(const typename S::raw* const* x, std::size_t streams, std::si
   });
 }
 
-// sums[0] = sum(dy), sums[1] = sum(dy * (x - mean)) over one slab run.
+// For each run k < streams (at most kSlabStreams, n values each at dy[k] and x[k]):
+// sums[2 k] = sum(dy), sums[2 k + 1] = sum(dy * (x - mean)).
 template <class S>
-void bn_slab_grad_sums(const typename S::raw* __restrict dy, const typename S::raw* __restrict x,
-                       std::size_t n, double mean, double* sums) {
-  bn_slab_sum_pairs<1>(n, [dy, x, mean](std::size_t, std::size_t i, auto& s1, auto& s2) {
-    using Acc = std::remove_reference_t<decltype(s1)>;
-    const Acc g = load_as<Acc, S>(dy + i);
-    s1 += g;
-    s2 += g * minus(load_as<Acc, S>(x + i), mean);
-  }, [dy, x](std::size_t, std::size_t i) {
-    prefetch_ahead(dy + i, kSlabLanes);
-    prefetch_ahead(x + i, kSlabLanes);
-  }, sums);
+void bn_slab_grad_sums(const typename S::raw* const* dy, const typename S::raw* const* x,
+                       std::size_t streams, std::size_t n, double mean, double* sums) {
+  with_streams(streams, [&](auto streams_k) {
+    constexpr std::size_t K = decltype(streams_k)::value;
+    const typename S::raw* __restrict gs[K];
+    const typename S::raw* __restrict xs[K];
+    for (std::size_t k = 0; k < K; ++k) {
+      gs[k] = dy[k];
+      xs[k] = x[k];
+    }
+    bn_slab_sum_pairs<K>(n, [&](std::size_t k, std::size_t i, auto& s1, auto& s2) {
+      using Acc = std::remove_reference_t<decltype(s1)>;
+      const Acc g = load_as<Acc, S>(gs[k] + i);
+      s1 += g;
+      s2 += g * minus(load_as<Acc, S>(xs[k] + i), mean);
+    }, [&](std::size_t k, std::size_t i) {
+      prefetch_ahead(gs[k] + i, kSlabLanes);
+      prefetch_ahead(xs[k] + i, kSlabLanes);
+    }, sums);
+  });
 }
 
 // A position in channel-first data seen as consecutive slabs of slab_len values whose

@@ -131,8 +131,13 @@ constexpr std::size_t kMinBlockRunBytes = 512;
 // The training passes share a channel among the threads (Plan::share_channels) when its
 // slabs are at least this many bytes: the forward's...
 constexpr std::size_t kMinSharedSlabBytes = 2 * 1024;
-// ...and the backward's.
-constexpr std::size_t kMinSharedGradSlabBytes = 16 * 1024;
+// ...and the backward's, float32 and float64 (their gradient sums read four rows side by
+// side, Plan::grad_streams) and 16-bit data (one at a time).
+constexpr std::size_t kMinSharedGradSlabBytes = 12 * 1024;
+constexpr std::size_t kMinShared16GradSlabBytes = 16 * 1024;
+// The blocked and shared backward passes read slabs of at least this many bytes four rows
+// side by side (Plan::grad_streams).
+constexpr std::size_t kMinGradStreamSlabBytes = 2 * 1024;
 // The gradient sums over whole rows from memory read chunks of this fraction of the L1 per
 // array (Plan::grad_chunk_bytes).
 constexpr std::size_t kGradChunkL1Parts = 16;
@@ -481,30 +486,34 @@ class Plan {
   // the threads (forward_shared, backward_shared): channel-first data whose channel is too
   // big for the blocked passes (block_channels 0: more than half the L2), where the
   // last-level cache is not near the cores, and whose slabs are at least
-  // kMinSharedSlabBytes long (the forward) or kMinSharedGradSlabBytes (the backward).
-  // Each thread reads its rows of a channel, the team adds up their partial sums, and
-  // each normalizes its rows from its own L2, last row first (what it read last is what
-  // its L2 still holds): x (and dy) come from memory once instead of twice, but one
-  // channel's slabs at a time, short runs a whole row apart, where the two passes read
-  // memory in order; the forward reads four rows side by side, the backward's gradient
-  // sums one. (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads, in-process A/B against the
-  // two passes, same bits, nine runs each: forward float32 (64, 64, 112, 112) 0.76x the
-  // time, (128, 64, 56, 56) 0.76x, (400, 256, 28, 28) 0.80x, (832, 256, 28, 28), 1.3 MiB
-  // of a channel per thread, 0.95x; float64 (64, 64, 112, 112) and (128, 64, 56, 56)
-  // 0.84x; bfloat16 (256, 64, 56, 56) 0.87x, (32, 64, 112, 112) 1.01x; backward float32
-  // (64, 64, 112, 112), slabs of 49 KiB, 0.87x, bfloat16 (32, 64, 112, 112) 0.78x,
-  // float64 (64, 64, 112, 112) 0.91x and (128, 64, 56, 56), 25 KiB, 0.92x. Not taken:
-  // the backward over shorter slabs, float32 (128, 64, 56, 56), 12.5 KiB, 1.05x slower,
-  // bfloat16 (256, 64, 56, 56) 1.16x, float32 (400, 256, 28, 28) 1.20x and (832, 256,
-  // 28, 28) 1.40x (its gradient sums alone, one slab at a time, 0.40 ns/el against the
-  // two passes' 0.27 in memory order); the forward over slabs of 1.5 KiB, bfloat16 (1024,
-  // 256, 28, 28), 1.14x. Requests for the next rows' slabs into the L2 gained nothing
-  // (forward) or 4-7% (backward, still slower than the two passes). The EPYC, whose L3
-  // takes channels this big (block_channels), is not measured: it keeps its schedules.)
+  // kMinSharedSlabBytes long (the forward) or kMinSharedGradSlabBytes (the backward;
+  // 16-bit data kMinShared16GradSlabBytes). Each thread reads its rows of a channel, the
+  // team adds up their partial sums, and each normalizes its rows from its own L2, last
+  // row first (what it read last is what its L2 still holds): x (and dy) come from memory
+  // once instead of twice, but one channel's slabs at a time, runs a whole row apart,
+  // where the two passes read memory in order. (Intel Xeon, 2 MiB L2, 480 MiB L3, 2
+  // threads, in-process A/B against the two passes, same bits, nine runs each: forward
+  // float32 (64, 64, 112, 112) 0.76x the time, (128, 64, 56, 56) 0.76x, (400, 256, 28,
+  // 28) 0.80x, (832, 256, 28, 28), 1.3 MiB of a channel per thread, 0.95x; float64 (64,
+  // 64, 112, 112) and (128, 64, 56, 56) 0.84x; bfloat16 (256, 64, 56, 56) 0.87x, (32, 64,
+  // 112, 112) 1.01x; backward float32 (64, 64, 112, 112), slabs of 49 KiB, 0.87x and (128,
+  // 64, 56, 56), 12.5 KiB, 0.82x (with its gradient sums four rows side by side,
+  // grad_streams; 0.95x one at a time), float64 (64, 64, 112, 112) 0.91x, bfloat16 (32,
+  // 64, 112, 112) 0.78x. Not taken: the backward over shorter slabs, float32 (512, 64,
+  // 40, 40), 6.4 KiB, 1.05x slower, (256, 128, 32, 32) 1.12x, (400, 256, 28, 28) 1.13x and
+  // (832, 256, 28, 28) 1.21x (their gradient sums alone, one slab at a time, 0.40 ns/el
+  // against the two passes' 0.27 in memory order), bfloat16 (256, 64, 56, 56), 6 KiB,
+  // 1.16x (float64 (256, 64, 28, 28), 6.3 KiB, measured 0.90x: left with the rest); the
+  // forward over slabs of 1.5 KiB, bfloat16 (1024, 256, 28, 28), 1.14x. Requests for the
+  // next rows' slabs into the L2 gained nothing in the forward and 4-7% in the backward.
+  // The EPYC, whose L3 takes channels this big (block_channels), is not measured: it
+  // keeps its schedules.)
   bool share_channels(std::size_t arrays) const {
     if (!reduce_slabs_ || !runs_ || last_level_near()) return false;
     const std::size_t channel_bytes = arrays * per_channel() * element_bytes_;
-    const std::size_t least = arrays == 1 ? kMinSharedSlabBytes : kMinSharedGradSlabBytes;
+    const std::size_t least = arrays == 1           ? kMinSharedSlabBytes
+                              : element_bytes_ >= 4 ? kMinSharedGradSlabBytes
+                                                    : kMinShared16GradSlabBytes;
     return outer_ > 1 && inner_ * element_bytes_ >= least &&
            channel_bytes > cache_sizes().l2 / 2 && block_channels(arrays) == 0;
   }
@@ -555,6 +564,21 @@ class Plan {
   std::size_t slab_streams(std::size_t arrays) const {
     const bool fits = arrays * total_ * element_bytes_ <= cache_sizes().last;
     return last_level_near() && fits ? 1 : kSlabStreams;
+  }
+  // Slab runs of a channel the blocked and shared backward passes' gradient sums read
+  // side by side (kSlabStreams), or one at a time: four for float32 and float64 slabs of
+  // at least kMinGradStreamSlabBytes where the last-level cache is far (the Xeon), whose
+  // runs a whole row apart, read one at a time, came from memory slower than in order.
+  // (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads, in-process A/B, same bits, backward:
+  // float32 (64, 256, 28, 28) 0.89x / 0.92x the time, (128, 256, 28, 28) 0.86x, (32, 64,
+  // 56, 56) 0.90x, float64 (64, 256, 28, 28) 0.94x; two side by side gained about half
+  // as much. Not taken: slabs of 784 bytes, (16, 512, 14, 14), 1.12x slower (1.10x with
+  // two), (256, 256, 14, 14) and (64, 512, 14, 14) 0.96-1.00x; bfloat16 and float16 (64,
+  // 256, 28, 28) and (96, 192, 28, 28) 1.00-1.01x.) The near L3 of the EPYC, not measured,
+  // keeps one. Each run's sums are those it gets alone.
+  std::size_t grad_streams() const {
+    const bool long_slabs = inner_ * element_bytes_ >= kMinGradStreamSlabBytes;
+    return !last_level_near() && element_bytes_ >= 4 && long_slabs ? kSlabStreams : 1;
   }
   // Work list of the blocked passes: item g is the group of channels [g * group, ...).
   WorkList block_work(std::size_t group) const {
@@ -1068,8 +1092,9 @@ struct GradSums {
         mean_col(p.reduce_slabs() ? nullptr : per_column(p, m, scratch)),
         ahead(p.reduce_ahead()), chunk_bytes(p.grad_chunk_bytes()), walk(p.rows_walk(2)) {}
   void slab_sums(const SlabUnit* units, std::size_t, double* out) const {
-    k.slab_grad_sums(dy + units[0].offset, x + units[0].offset, units[0].length,
-                     mean[units[0].channel], out);
+    const R* g = dy + units[0].offset;
+    const R* v = x + units[0].offset;
+    k.slab_grad_sums(&g, &v, 1, units[0].length, mean[units[0].channel], out);
   }
   void row_sums(const RowUnit& r, double* first, double* second) const {
     k.rows_grad_sums(dy + r.offset, x + r.offset, r.rows, plan.cols(), r.cols,
@@ -1384,6 +1409,21 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
   }, stream_fence_after_batch(k, stream));
 }
 
+// The gradient sums of block b of channel c's slabs in rows [o, o + rows) (at most
+// kSlabStreams), read side by side: row o + r's to out[2 r], out[2 r + 1].
+template <class R, class T>
+void rows_grad_sums(const BatchNormKernels<R, T>& k, const Plan& plan, const R* dy, const R* x,
+                    std::size_t o, std::size_t rows, std::size_t c, std::size_t b, double mean,
+                    double* out) {
+  const R* gs[kSlabStreams];
+  const R* xs[kSlabStreams];
+  for (std::size_t r = 0; r < rows; ++r) {
+    gs[r] = dy + plan.slab_block(o + r, c, b).offset;
+    xs[r] = x + plan.slab_block(o + r, c, b).offset;
+  }
+  k.slab_grad_sums(gs, xs, rows, plan.slab_block(o, c, b).length, mean, out);
+}
+
 // The training backward, blocked as forward_blocked.
 template <class R, class T>
 void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::size_t group,
@@ -1396,6 +1436,7 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
   const double count = double(plan.per_channel());
   const bool stream = plan.stream_output(3);
   const bool ahead = plan.block_prefetch(group, 2);
+  const std::size_t streams = plan.grad_streams();
   Scratch scratch;
   DxConstants<T> constants(scratch, channels);
   plan.block_work(group).run([&](std::size_t g, const WorkItem&) {
@@ -1403,19 +1444,25 @@ void backward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::si
     Scratch thread_sums;  // this worker's
     double* sums = thread_sums.take<double>(2 * (c1 - c0));  // row by row
     std::fill(sums, sums + 2 * (c1 - c0), 0.0);
-    for (std::size_t o = 0; o < outer; ++o) {
+    double* partials = thread_sums.take<double>(2 * kSlabStreams * blocks);
+    // `streams` rows at a time (Plan::grad_streams), side by side; each channel adds its
+    // partials in slab-unit order (row, then block).
+    for (std::size_t o = 0; o < outer; o += streams) {
+      const std::size_t rows = std::min(streams, outer - o);
       for (std::size_t c = c0; c < c1; ++c) {
         double* s = sums + 2 * (c - c0);
-        if (ahead && o + 1 < outer) {  // the channel's slab of the next row
-          request_l2(dy + ((o + 1) * channels + c) * inner, inner);
-          request_l2(x + ((o + 1) * channels + c) * inner, inner);
+        for (std::size_t r = o + rows; ahead && r < std::min(outer, o + rows + streams); ++r) {
+          request_l2(dy + (r * channels + c) * inner, inner);  // the next rows' slabs
+          request_l2(x + (r * channels + c) * inner, inner);
         }
         for (std::size_t b = 0; b < blocks; ++b) {
-          const SlabUnit u = plan.slab_block(o, c, b);
-          double partial[2];
-          k.slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c], partial);
-          s[0] += partial[0];
-          s[1] += partial[1];
+          rows_grad_sums(k, plan, dy, x, o, rows, c, b, a.save_mean[c], partials + 2 * rows * b);
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+          for (std::size_t b = 0; b < blocks; ++b) {
+            s[0] += partials[2 * (rows * b + r)];
+            s[1] += partials[2 * (rows * b + r) + 1];
+          }
         }
       }
     }
@@ -1536,6 +1583,7 @@ void backward_shared(const BatchNormKernels<R, T>& k, const Plan& plan,
   R* dx = static_cast<R*>(a.dx);
   const double count = double(plan.per_channel());
   const bool stream = plan.stream_output(3);
+  const std::size_t streams = plan.grad_streams();
   Scratch scratch;
   const SharedParts parts(plan, scratch);
   WorkList::run_team(channels * plan.per_channel(), outer,
@@ -1548,12 +1596,15 @@ void backward_shared(const BatchNormKernels<R, T>& k, const Plan& plan,
       mine.grad_weight = own.take<T>(channels);
       mine.grad_bias = own.take<T>(channels);
     }
+    double partials[2 * kSlabStreams];
     for (std::size_t c = 0; c < channels; ++c) {
-      for (std::size_t o = lo; o < hi; ++o) {
+      for (std::size_t o = lo; o < hi; o += streams) {
+        const std::size_t rows = std::min(streams, hi - o);
         for (std::size_t b = 0; b < blocks; ++b) {
-          const SlabUnit u = plan.slab_block(o, c, b);
-          k.slab_grad_sums(dy + u.offset, x + u.offset, u.length, a.save_mean[c],
-                           parts.of(c, o * blocks + b));
+          rows_grad_sums(k, plan, dy, x, o, rows, c, b, a.save_mean[c], partials);
+          for (std::size_t r = 0; r < rows; ++r) {
+            std::copy(partials + 2 * r, partials + 2 * r + 2, parts.of(c, (o + r) * blocks + b));
+          }
         }
       }
       sync();
@@ -1743,7 +1794,8 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           forward_group > 0 && plan.block_prefetch(forward_group, 1),
           backward_group > 0 && plan.block_prefetch(backward_group, 2),
           plan.share_channels(1),
-          plan.share_channels(2)};
+          plan.share_channels(2),
+          plan.reduce_slabs() && plan.runs() ? plan.grad_streams() : 0};
 }
 
 void batch_norm_stats(Dtype dtype, const BatchNormShape& shape, const void* x, double* mean,

@@ -193,6 +193,9 @@ struct BatchNormPlanInfo {
   // (Plan::share_channels)
   bool forward_shared;
   bool backward_shared;
+  // slab runs the blocked and shared backward's gradient sums read side by side
+  // (Plan::grad_streams; 0 where the data is not cut into slabs)
+  std::size_t backward_grad_streams;
 };
 BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t element_bytes);
 

@@ -132,7 +132,11 @@ struct BatchNormKernels {
   // gives alone.
   void (*slab_stats)(const R* const* x, std::size_t streams, std::size_t n, const double* pivot,
                      double* sums);
-  void (*slab_grad_sums)(const R* dy, const R* x, std::size_t n, double mean, double* sums);
+  // The gradient sums of `streams` slab runs of one channel (dy[k], x[k]; at most
+  // kSlabStreams) read side by side: sum(dy) and sum(dy * (x - mean)) of run k to
+  // sums[2 k], sums[2 k + 1], equal to what the run gives alone.
+  void (*slab_grad_sums)(const R* const* dy, const R* const* x, std::size_t streams,
+                         std::size_t n, double mean, double* sums);
   void (*runs_normalize)(const R* x, R* y, std::size_t n, std::size_t slab_len,
                          std::size_t channels, std::size_t offset, std::size_t channel,
                          const T* mean_hi, const T* scale, const T* shift,
