@@ -688,8 +688,9 @@ void bn16_slab_stats(const std::uint16_t* const* x, std::size_t streams, std::si
 }
 
 template <class S, class Reg>
-void bn16_slab_grad_sums(const std::uint16_t* const* dy, const std::uint16_t* const* x,
-                         std::size_t streams, std::size_t n, double mean, double* sums) {
+void bn16_slab_grad_sums_one(const std::uint16_t* __restrict dy,
+                             const std::uint16_t* __restrict x, std::size_t n, double mean,
+                             double* sums) {
   const float hi = float(mean);
   const double hi_d = double(hi), lo = mean - hi_d;
   // the terms of one register of dy (g) and of x (v)
@@ -697,38 +698,39 @@ void bn16_slab_grad_sums(const std::uint16_t* const* dy, const std::uint16_t* co
     f1 += g;
     f2 += g * (v - hi);
   };
-  with_streams(streams, [&](auto streams_k) {
-    constexpr std::size_t K = decltype(streams_k)::value;
-    const std::uint16_t* __restrict gs[K];
-    const std::uint16_t* __restrict xs[K];
-    for (std::size_t k = 0; k < K; ++k) {
-      gs[k] = dy[k];
-      xs[k] = x[k];
-    }
-    bn16_slab_sum_pairs<K>(n,
-        [&](std::size_t k, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
-            RegFloats& f2b) {
-          RegFloats ga, gb, va, vb;
-          Reg::load2(gs[k] + i, ga, gb);
-          Reg::load2(xs[k] + i, va, vb);
-          add(ga, va, f1a, f2a);
-          add(gb, vb, f1b, f2b);
-        },
-        [&](std::size_t k, std::size_t i, RegFloats& f1, RegFloats& f2) {
-          add(Reg::load(gs[k] + i), Reg::load(xs[k] + i), f1, f2);
-        },
-        [&](std::size_t k, std::size_t i, double& s1, double& s2) {
-          const double g = double(S::load(gs[k], i));
-          s1 += g;
-          s2 += g * (double(S::load(xs[k], i)) - hi_d);
-        },
-        [&](std::size_t k, std::size_t i) {
-          prefetch_ahead(gs[k] + i, kSumRegs * kRegLanes);
-          prefetch_ahead(xs[k] + i, kSumRegs * kRegLanes);
-        },
-        sums);
-    for (std::size_t k = 0; k < K; ++k) sums[2 * k + 1] -= lo * sums[2 * k];
-  });
+  bn16_slab_sum_pairs<1>(n,
+      [dy, x, &add](std::size_t, std::size_t i, RegFloats& f1a, RegFloats& f2a, RegFloats& f1b,
+                    RegFloats& f2b) {
+        RegFloats ga, gb, va, vb;
+        Reg::load2(dy + i, ga, gb);
+        Reg::load2(x + i, va, vb);
+        add(ga, va, f1a, f2a);
+        add(gb, vb, f1b, f2b);
+      },
+      [dy, x, &add](std::size_t, std::size_t i, RegFloats& f1, RegFloats& f2) {
+        add(Reg::load(dy + i), Reg::load(x + i), f1, f2);
+      },
+      [dy, x, hi_d](std::size_t, std::size_t i, double& s1, double& s2) {
+        const double g = double(S::load(dy, i));
+        s1 += g;
+        s2 += g * (double(S::load(x, i)) - hi_d);
+      },
+      [dy, x](std::size_t, std::size_t i) {
+        prefetch_ahead(dy + i, kSumRegs * kRegLanes);
+        prefetch_ahead(x + i, kSumRegs * kRegLanes);
+      },
+      sums);
+  sums[1] -= lo * sums[0];
+}
+
+// The gradient sums of `streams` runs (BatchNormKernels::slab_grad_sums), one at a time:
+// the runtime reads 16-bit slabs one run at a time (Plan::grad_streams).
+template <class S, class Reg>
+void bn16_slab_grad_sums(const std::uint16_t* const* dy, const std::uint16_t* const* x,
+                         std::size_t streams, std::size_t n, double mean, double* sums) {
+  for (std::size_t k = 0; k < streams; ++k) {
+    bn16_slab_grad_sums_one<S, Reg>(dy[k], x[k], n, mean, sums + 2 * k);
+  }
 }
 
 // Columns of a row tile per pass of the row reductions (their float centres on the stack).
