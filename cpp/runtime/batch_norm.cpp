@@ -1349,6 +1349,20 @@ void backward_elemt_typed(const BatchNormKernels<R, T>& k, const Plan& plan, con
   pass.run();
 }
 
+// The statistics around `pivot` of block b of channel c's slabs in rows [o, o + rows) (at
+// most kSlabStreams), read side by side: row o + r's to out[2 r], out[2 r + 1].
+template <class R, class T>
+void rows_stats(const BatchNormKernels<R, T>& k, const Plan& plan, const R* x, std::size_t o,
+                std::size_t rows, std::size_t c, std::size_t b, double pivot, double* out) {
+  const R* xs[kSlabStreams];
+  double pivots[kSlabStreams];
+  for (std::size_t r = 0; r < rows; ++r) {
+    xs[r] = x + plan.slab_block(o + r, c, b).offset;
+    pivots[r] = pivot;
+  }
+  k.slab_stats(xs, rows, plan.slab_block(o, c, b).length, pivots, out);  // one length a row
+}
+
 // The training forward for a channel-first x beyond the L2 (Plan::block_channels): each
 // thread takes a group of channels, sums their slab units (in the order reduce() adds
 // them), derives their statistics and normalizes them while they are still in the L2.
@@ -1385,13 +1399,8 @@ void forward_blocked(const BatchNormKernels<R, T>& k, const Plan& plan, std::siz
         for (std::size_t r = o + streams; ahead && r < std::min(outer, o + 2 * streams); ++r) {
           request_l2(x + (r * channels + c) * inner, inner);
         }
-        double pivots[kSlabStreams];
-        std::fill(pivots, pivots + kSlabStreams, pivot[c - c0]);
         for (std::size_t b = 0; b < blocks; ++b) {
-          const R* xs[kSlabStreams];
-          for (std::size_t r = 0; r < rows; ++r) xs[r] = x + plan.slab_block(o + r, c, b).offset;
-          const std::size_t length = plan.slab_block(o, c, b).length;  // the same in every row
-          k.slab_stats(xs, rows, length, pivots, partials + 2 * rows * b);
+          rows_stats(k, plan, x, o, rows, c, b, pivot[c - c0], partials + 2 * rows * b);
         }
         for (std::size_t r = 0; r < rows; ++r) {
           for (std::size_t b = 0; b < blocks; ++b) {
@@ -1547,14 +1556,10 @@ void forward_shared(const BatchNormKernels<R, T>& k, const Plan& plan,
     for (std::size_t c = 0; c < channels; ++c) {
       double pivot;
       k.values_at(x + c * inner, inner, 1, &pivot);
-      double pivots[kSlabStreams];
-      std::fill(pivots, pivots + kSlabStreams, pivot);
       for (std::size_t o = lo; o < hi; o += streams) {
         const std::size_t rows = std::min(streams, hi - o);
         for (std::size_t b = 0; b < blocks; ++b) {
-          const R* xs[kSlabStreams];
-          for (std::size_t r = 0; r < rows; ++r) xs[r] = x + plan.slab_block(o + r, c, b).offset;
-          k.slab_stats(xs, rows, plan.slab_block(o, c, b).length, pivots, partials);
+          rows_stats(k, plan, x, o, rows, c, b, pivot, partials);
           for (std::size_t r = 0; r < rows; ++r) {
             std::copy(partials + 2 * r, partials + 2 * r + 2, parts.of(c, (o + r) * blocks + b));
           }

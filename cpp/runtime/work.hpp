@@ -242,7 +242,7 @@ class WorkList {
   // Runs fn(t, team, sync) on every thread t of a team: in parallel when `elements`
   // make a regular parallel call, on at most `most` threads; else fn(0, 1, sync) on the
   // calling thread. sync() returns once every thread of the team has called it as often
-  // (a barrier: the first to arrive spin, then yield). For work whose threads cooperate
+  // (a barrier: threads that arrive first spin, then yield). For work whose threads cooperate
   // step by step on shared data (each step's partial results combined by all before the
   // next step reads them); a thread the OS delays holds the others up at the next sync().
   // fn must not throw.
