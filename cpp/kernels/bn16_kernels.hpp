@@ -850,7 +850,7 @@ void bn16_rows_grad_sums(const std::uint16_t* __restrict dy, const std::uint16_t
                          const double* __restrict mean, double* __restrict sum_dy,
                          double* __restrict sum_dyx, bool ahead,
                          std::size_t /*chunk_bytes: the 16-bit loops keep their chunks*/,
-                         bool walk) {
+                         std::size_t /*ahead_bytes: and their prefetches*/, bool walk) {
   alignas(64) float hi[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;
