@@ -357,8 +357,8 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     # near one: whose four x-sized arrays of a step reach it), and of rows that take no
     # prefetches, read chunks of a sixteenth of the L1 (at least 4 rows;
     # grad_chunk_bytes; 0: their own chunks). Where the last level is far, the float32 and
-    # float64 gradient sums that prefetch ask for 128 KiB of the two arrays ahead
-    # (grad_ahead_bytes; 0: 32 rows ahead).
+    # float64 row reductions that prefetch ask for 128 KiB of their arrays ahead
+    # (ahead_bytes; 0: 32 rows ahead).
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
@@ -396,7 +396,7 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 0  # 51 MB: in this L3
     assert plan(1 << 20, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # 512 MiB
     assert plan(16384, 2048, 1, 4)["grad_chunk_bytes"] == 0  # 4 x 128 MiB: a far L3
-    ahead = lambda *view: plan(*view)["grad_ahead_bytes"]  # noqa: E731
+    ahead = lambda *view: plan(*view)["ahead_bytes"]  # noqa: E731
     for view in ((4096, 4096, 1, 4), (4096, 4096, 1, 8), (32 * 56 * 56, 64, 1, 4)):
         assert ahead(*view) == 128 << 10
     assert ahead(4096, 4096, 1, 2) == 0  # 16-bit: their own
@@ -408,7 +408,7 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
         assert plan(*view)["stream_prefetch"]  # a near L3: 32 L2s
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # NHWC (32, 56, 56, 64)
-    assert plan(4096, 4096, 1, 4)["grad_ahead_bytes"] == 0  # a near L3: 32 rows
+    assert plan(4096, 4096, 1, 4)["ahead_bytes"] == 0  # a near L3: 32 rows
     cache_sizes(32 << 10, mib, 32 * mib)  # the EPYC Zen 4: a 32 KiB L1d
     assert plan(4096, 4096, 1, 4)["row_prefetch"] and plan(8192, 256, 1, 2)["row_prefetch"]
     for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
@@ -610,32 +610,37 @@ def test_backward_reads_four_slab_runs_side_by_side_on_a_far_last_level(cache_si
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_gradient_sums_prefetching_fewer_rows_ahead_give_the_same_results(isa, threads,
-                                                                         cache_sizes, dtype):
-    # Rows of 16 KiB (32 KiB) that prefetch, on a far last level: the gradient sums ask for
-    # 8 rows ahead (grad_ahead_bytes) instead of 32; on a near one for 32. The same dx and
-    # parameter gradients, on 1 and 2 threads, and the float64 references'. 322 rows: row
-    # groups that end inside a chunk.
+def test_row_reductions_prefetching_fewer_rows_ahead_give_the_same_results(isa, threads,
+                                                                          cache_sizes, dtype):
+    # Rows of 16 KiB (32 KiB) that prefetch, on a far last level: the statistics ask for 8
+    # (4) rows ahead and the gradient sums 4 (2), 128 KiB (ahead_bytes), instead of 32; on
+    # a near one 32. The same outputs, statistics and parameter gradients, on 1 and 2
+    # threads, and the float64 references'. 322 rows: row groups that end inside a chunk.
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((322, 4096)) * 2 + 30).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     weight = rng.uniform(0.5, 2, 4096).astype(dtype)
-    _, mean, invstd = fo.batch_norm_forward(x, weight, None)
+    bias = rng.standard_normal(4096).astype(dtype)
     results, aheads = [], []
     for caches in [(48 << 10, 600 << 10, 1 << 30), (48 << 10, 600 << 10, 16 << 20)]:
         cache_sizes(*caches)
         info = _core._batch_norm_plan(322, 4096, 1, x.itemsize)
         assert info["reduce_ahead"]
-        aheads.append(info["grad_ahead_bytes"])
+        aheads.append(info["ahead_bytes"])
         for threads_used in (1, 2):
             fo.set_num_threads(threads_used)
-            results.append(fo.batch_norm_backward(dy, x, weight, mean, invstd))
+            y, mean, invstd = fo.batch_norm_forward(x, weight, bias)
+            results.append((y, mean, invstd) + fo.batch_norm_backward(dy, x, weight, mean, invstd))
     assert aheads == [128 << 10, 0]
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
-    expected = batch_norm_backward_reference(dy, x, weight, mean, invstd)
-    for actual, ref, name in zip(results[0], expected, ("dx", "dweight", "dbias")):
+    y_ref, mean_ref, invstd_ref, _, _ = batch_norm_forward_reference(x, weight, bias)
+    np.testing.assert_allclose(results[0][1], mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], invstd_ref, rtol=1e-9)
+    assert_close(results[0][0], y_ref, dtype, "y")
+    expected = batch_norm_backward_reference(dy, x, weight, results[0][1], results[0][2])
+    for actual, ref, name in zip(results[0][3:], expected, ("dx", "dweight", "dbias")):
         assert_close(actual, ref, dtype, name)
 
 

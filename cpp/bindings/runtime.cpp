@@ -113,7 +113,7 @@ void register_runtime(py::module_& m) {
         out["row_prefetch"] = info.row_prefetch;
         out["stream_prefetch"] = info.stream_prefetch;
         out["grad_chunk_bytes"] = info.grad_chunk_bytes;
-        out["grad_ahead_bytes"] = info.grad_ahead_bytes;
+        out["ahead_bytes"] = info.ahead_bytes;
         out["forward_slab_streams"] = info.forward_slab_streams;
         out["stats_walk"] = info.stats_walk;
         out["grads_walk"] = info.grads_walk;

@@ -673,11 +673,36 @@ inline std::size_t grad_row_chunk(std::size_t stride) {
   return rows < 8 ? 8 : rows < kRowChunk ? rows : kRowChunk;
 }
 
+// Rows the row reductions over `arrays` arrays of T (rows `stride` values apart) prefetch
+// ahead given ahead_bytes > 0: about ahead_bytes of all of them, at least 1 row, at most
+// `most` (kRowChunk, or the gradient sums' chunk_bytes chunk). A line requested waits in
+// the L2 until the chunk of rows that reads it comes, behind every line the chunks before
+// it bring in: 32 rows of 16 KiB of two arrays are 1 MiB of requests waiting their turn.
+// Fewer rows than the chunk the loops read at a time (kWideTileChunk rows of wide tiles)
+// request the next chunk's first rows only. (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads,
+// in-process A/B, same bits, 128 KiB against 32 rows: the gradient sums of float32 (4096,
+// 4096), in the L3, 0.75x the time (4 rows; 8, one chunk, measured alike), (1024, 16384)
+// 0.70x (1 row), (8192, 2048) 0.89x, (2048, 4096) 0.85x, NHWC (64, 7, 7, 2048) 0.86x,
+// float64 (4096, 4096) 0.68x (2 rows), (2048, 4096) 0.60x; the statistics of float64
+// (4096, 4096) 0.72x and (2048, 4096) 0.71x (4 rows), float32 (1024, 16384) 0.74x, (4096,
+// 4096) 0.89x (8 rows); (16384, 1024), whose 32 rows of the statistics are 128 KiB,
+// 0.96-1.00x; (40960, 4096) from memory 0.91x / 0.99x; forward+backward float32 (4096,
+// 4096) 0.95x, (1024, 16384) 0.92x, float64 (4096, 4096) 0.91x, the other shapes 0.97-1.00x.
+// 512 KiB measured 1.03-1.09x slower than 128 from memory, (40960, 4096) and NHWC (64,
+// 28, 28, 3328).)
+template <class T>
+inline std::size_t rows_ahead(std::size_t stride, std::size_t arrays, std::size_t ahead_bytes,
+                              std::size_t most) {
+  const std::size_t row_bytes = arrays * stride * sizeof(T);
+  const std::size_t rows = row_bytes > 0 ? ahead_bytes / row_bytes : most;
+  return rows < 1 ? 1 : rows < most ? rows : most;
+}
+
 // sum[j] = sum over rows of (x - pivot[j]), sum_sq[j] of its square.
 template <class S, class T = typename S::raw>
 void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
                    std::size_t cols, const double* __restrict pivot, double* __restrict sum,
-                   double* __restrict sum_sq, bool ahead, bool walk) {
+                   double* __restrict sum_sq, bool ahead, std::size_t ahead_bytes, bool walk) {
   if (walk && cols % kLaneWidth == 0) {
     bn_rows_walk(rows, stride, cols, sum, sum_sq,
         [&](std::size_t at, std::size_t j, Lanes& s1, Lanes& s2) {
@@ -687,6 +712,8 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
         });
     return;
   }
+  const std::size_t ahead_rows =
+      ahead_bytes > 0 ? rows_ahead<T>(stride, 1, ahead_bytes, kRowChunk) : kRowChunk;
   with_flags([&](auto kAhead) {
     bn_rows_sums(rows, stride, cols, sum, sum_sq,
         [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {
@@ -700,7 +727,7 @@ void bn_rows_stats(const T* __restrict x, std::size_t rows, std::size_t stride,
             s2 += d * d;
           }, [&](std::size_t at) {
             if (kAhead) prefetch_span(xj + at, kVectors * kLaneWidth);
-          }, sum + j, sum_sq + j);
+          }, sum + j, sum_sq + j, ahead_rows);
         },
         [&](std::size_t offset, std::size_t n, std::size_t j) {
           double s1 = sum[j], s2 = sum_sq[j];
@@ -742,27 +769,6 @@ inline std::size_t grad_chunk_rows(std::size_t cols, std::size_t chunk_bytes, st
   return rows < kMinChunkRows ? kMinChunkRows : rows < chunk ? rows : chunk;
 }
 
-// Rows the gradient sums prefetch ahead given ahead_bytes > 0: about ahead_bytes of the two
-// arrays, at least the chunk the sums read at a time (bn_rows_sums caps it for wide tiles)
-// and at most `most` (kRowChunk, or the chunk_bytes chunk). The lines requested wait in
-// the L2 until their chunk comes, behind every line the chunks before it bring in: with
-// rows of 16 KiB, 32 rows ahead of both arrays are 1 MiB of the L2. (Intel Xeon, 2 MiB
-// L2, 480 MiB L3, 2 threads, in-process A/B, same bits, 128 KiB against 32 rows, the
-// gradient sums alone: float32 (4096, 4096) in the L3 0.70x the time, (8192, 2048)
-// 0.85-0.89x, (2048, 4096) 0.88-0.89x, float64 (4096, 4096) 0.76-0.88x; (16384, 1024),
-// whose 32 rows are 256 KiB, 0.97-1.01x; (40960, 4096) from memory and NHWC (64, 28, 28,
-// 3328) unchanged with 128 KiB, 1.03-1.09x slower with 512 KiB. The backward of (4096,
-// 4096) 0.83-0.87x, float64 0.87-0.91x; the statistics, one array, gained nothing from
-// fewer rows ahead.)
-template <class T>
-inline std::size_t grad_ahead_rows(std::size_t stride, std::size_t ahead_bytes, std::size_t chunk,
-                                   std::size_t cols, std::size_t most) {
-  if (cols > kWideTileCols && chunk > kWideTileChunk) chunk = kWideTileChunk;
-  const std::size_t row_bytes = 2 * stride * sizeof(T);
-  const std::size_t rows = row_bytes > 0 ? ahead_bytes / row_bytes : most;
-  return rows < chunk ? chunk : rows < most ? rows : most;
-}
-
 // sum_dy[j] = sum over rows of dy, sum_dyx[j] of dy * (x - mean[j]).
 template <class S, class T = typename S::raw>
 void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_t rows,
@@ -783,7 +789,7 @@ void bn_rows_grad_sums(const T* __restrict dy, const T* __restrict x, std::size_
   if (chunk_bytes > 0 && cols == stride && cols > 0) {
     chunk = ahead_rows = grad_chunk_rows<T>(cols, chunk_bytes, chunk);
   }
-  if (ahead_bytes > 0) ahead_rows = grad_ahead_rows<T>(stride, ahead_bytes, chunk, cols, ahead_rows);
+  if (ahead_bytes > 0) ahead_rows = rows_ahead<T>(stride, 2, ahead_bytes, ahead_rows);
   with_flags([&](auto kAhead) {
     bn_rows_sums(rows, stride, cols, sum_dy, sum_dyx,
         [&](auto vectors, std::size_t offset, std::size_t n, std::size_t j) {

@@ -814,7 +814,9 @@ void bn16_rows_walk(std::size_t rows, std::size_t stride, std::size_t cols,
 template <class S, class Reg>
 void bn16_rows_stats(const std::uint16_t* __restrict x, std::size_t rows, std::size_t stride,
                      std::size_t cols, const double* __restrict pivot, double* __restrict sum,
-                     double* __restrict sum_sq, bool ahead, bool walk) {
+                     double* __restrict sum_sq, bool ahead,
+                     std::size_t /*ahead_bytes: the 16-bit loops keep their prefetches*/,
+                     bool walk) {
   alignas(64) float p[kRowSegment];
   for (std::size_t c0 = 0; c0 < cols; c0 += kRowSegment) {
     const std::size_t m = cols - c0 < kRowSegment ? cols - c0 : kRowSegment;

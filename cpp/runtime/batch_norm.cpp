@@ -141,9 +141,9 @@ constexpr std::size_t kMinGradStreamSlabBytes = 2 * 1024;
 // The gradient sums over whole rows from memory read chunks of this fraction of the L1 per
 // array (Plan::grad_chunk_bytes).
 constexpr std::size_t kGradChunkL1Parts = 16;
-// The gradient sums that prefetch (Plan::reduce_ahead) where the last level is far ask for
-// about this many bytes of the two arrays ahead (Plan::grad_ahead_bytes).
-constexpr std::size_t kGradAheadBytes = 128 * 1024;
+// The row reductions that prefetch (Plan::reduce_ahead) where the last level is far ask
+// for about this many bytes of their arrays ahead (Plan::ahead_bytes).
+constexpr std::size_t kAheadBytes = 128 * 1024;
 
 constexpr std::size_t kLineBytes = 64;
 
@@ -364,16 +364,16 @@ class Plan {
     if (!from_memory && !unprefetched) return 0;
     return std::max<std::size_t>(kLineBytes, cache_sizes().l1d / kGradChunkL1Parts);
   }
-  // How far ahead the gradient sums over row tiles prefetch (kernels.hpp, grad_ahead_rows):
-  // about kGradAheadBytes of dy and x where they prefetch (reduce_ahead()) and the last
-  // level is far (not last_level_near()), for float32 and float64 (the 16-bit loops keep
-  // their own); 0 otherwise, a chunk of kRowChunk rows. 32 rows of 16 KiB, both arrays,
-  // are half this Xeon's L2 of requests waiting their turn (the kernels' notes give the
-  // measurements). Rows of at most 2 KiB are unchanged (32 rows are 128 KiB). The EPYCs,
-  // whose L2s of 1 MiB prefetch rows that long too (row_prefetch), were not measured: they
-  // keep their 32 rows.
-  std::size_t grad_ahead_bytes() const {
-    return reduce_ahead() && !last_level_near() && element_bytes_ >= 4 ? kGradAheadBytes : 0;
+  // How far ahead the row reductions (statistics, gradient sums) prefetch (kernels.hpp,
+  // rows_ahead): about kAheadBytes of their arrays (x; dy and x) where they prefetch
+  // (reduce_ahead()) and the last level is far (not last_level_near()), for float32 and
+  // float64 (the 16-bit loops keep their own); 0 otherwise, kRowChunk rows. 32 rows of 16
+  // KiB of both arrays are half this Xeon's L2 of requests waiting their turn (the
+  // kernels' notes give the measurements). Rows of at most 4 KiB (statistics) and 2 KiB
+  // (gradient sums) are unchanged. The EPYCs, whose L2s of 1 MiB prefetch rows that long
+  // too (row_prefetch), were not measured: they keep their 32 rows.
+  std::size_t ahead_bytes() const {
+    return reduce_ahead() && !last_level_near() && element_bytes_ >= 4 ? kAheadBytes : 0;
   }
   std::size_t tile_cols() const { return tile_cols_; }
   // Whether the row reductions over `arrays` x-shaped arrays (the statistics 1, the
@@ -1084,7 +1084,7 @@ struct StatsSums {
   }
   void row_sums(const RowUnit& r, double* first, double* second) const {
     k.rows_stats(x + r.offset, r.rows, plan.cols(), r.cols, pivot_col + r.col, first, second,
-                 plan.reduce_ahead(), plan.rows_walk(1));
+                 plan.reduce_ahead(), plan.ahead_bytes(), plan.rows_walk(1));
   }
 };
 
@@ -1108,7 +1108,7 @@ struct GradSums {
       : k(kernels), plan(p), dy(grad), x(data), mean(m),
         mean_col(p.reduce_slabs() ? nullptr : per_column(p, m, scratch)),
         ahead(p.reduce_ahead()), chunk_bytes(p.grad_chunk_bytes()),
-        ahead_bytes(p.grad_ahead_bytes()), walk(p.rows_walk(2)) {}
+        ahead_bytes(p.ahead_bytes()), walk(p.rows_walk(2)) {}
   void slab_sums(const SlabUnit* units, std::size_t, double* out) const {
     const R* g = dy + units[0].offset;
     const R* v = x + units[0].offset;
@@ -1811,7 +1811,7 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           rows && plan.row_prefetch(),
           rows && plan.stream_prefetch(),
           rows ? plan.grad_chunk_bytes() : 0,
-          rows ? plan.grad_ahead_bytes() : 0,
+          rows ? plan.ahead_bytes() : 0,
           plan.reduce_slabs() ? plan.slab_streams(2) : 0,
           rows && plan.rows_walk(1),
           rows && plan.rows_walk(2),

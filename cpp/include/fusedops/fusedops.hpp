@@ -182,7 +182,7 @@ struct BatchNormPlanInfo {
   bool row_prefetch;  // whether the row loops prefetch at all (Plan::row_prefetch)
   bool stream_prefetch;  // whether the streaming row loops prefetch (Plan::stream_prefetch)
   std::size_t grad_chunk_bytes;  // the gradient sums' chunks of whole rows (0: their own)
-  std::size_t grad_ahead_bytes;  // how far ahead they prefetch (0: a chunk of 32 rows)
+  std::size_t ahead_bytes;  // how far ahead the row reductions prefetch (0: 32 rows)
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side
   bool stats_walk;  // whether the row statistics walk rows in memory order (Plan::rows_walk)
   bool grads_walk;  // whether the row gradient sums do

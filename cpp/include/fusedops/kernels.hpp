@@ -148,13 +148,14 @@ struct BatchNormKernels {
   // The row reductions prefetch their values a chunk of rows ahead when `ahead` (arrays
   // beyond the caches: Plan::reduce_ahead()); the gradient sums with chunk_bytes > 0 take
   // tiles of whole rows in chunks of about chunk_bytes of each array, each prefetched as
-  // the one before is read (Plan::grad_chunk_bytes()); with ahead_bytes > 0 the gradient
-  // sums prefetch fewer rows ahead, about ahead_bytes of the two arrays, a chunk at least
-  // (Plan::grad_ahead_bytes()). With `walk` (tiles of whole rows from memory:
+  // the one before is read (Plan::grad_chunk_bytes()). With ahead_bytes > 0 both prefetch
+  // fewer rows ahead: about ahead_bytes of their arrays, a row at least (Plan::ahead_bytes(),
+  // rows_ahead in the kernels). With `walk` (tiles of whole rows from memory:
   // Plan::rows_walk()) both walk the rows in memory order, a row at a time, where the
   // columns are whole lane vectors; the same sums either way.
   void (*rows_stats)(const R* x, std::size_t rows, std::size_t stride, std::size_t cols,
-                     const double* pivot, double* sum, double* sum_sq, bool ahead, bool walk);
+                     const double* pivot, double* sum, double* sum_sq, bool ahead,
+                     std::size_t ahead_bytes, bool walk);
   void (*rows_grad_sums)(const R* dy, const R* x, std::size_t rows, std::size_t stride,
                          std::size_t cols, const double* mean, double* sum_dy,
                          double* sum_dyx, bool ahead, std::size_t chunk_bytes,
