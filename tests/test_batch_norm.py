@@ -307,15 +307,23 @@ def test_row_tiles_follow_the_cache_sizes(cache_sizes):
     # them: test above): 512-column blocks near the core; data far from it (a pair of
     # arrays beyond the last-level cache, or one array of at least 32 L2s, or float32 and
     # float64 rows of at most 4096 values whose four arrays of a training step fill the
-    # last-level cache) takes whole rows when they form at least 4 row groups, else equal
-    # tiles of at most 4096 columns (in multiples of 64), at least 16 tiles in all.
+    # last-level cache, or, where the last level is far, float32 and 16-bit rows of at
+    # least 4 KiB in an array of at least 16 L2s) takes whole rows when they form at least
+    # 4 row groups, else equal tiles of at most 4096 columns (in multiples of 64), at
+    # least 16 tiles in all.
     plan = _core._batch_norm_plan
     mib = 1 << 20
     cache_sizes(48 << 10, 2 * mib, 480 * mib)  # the Xeon
     assert plan(4096, 4096, 1, 4)["tile_cols"] == 4096  # 64 MiB: 32 L2s
-    assert plan(4096, 2048, 1, 4)["tile_cols"] == 512  # 32 MiB
+    assert plan(4096, 2048, 1, 4)["tile_cols"] == 2048  # 32 MiB: 16 L2s, rows of 8 KiB
+    assert plan(4096, 4096, 1, 2)["tile_cols"] == 4096  # 16-bit, 32 MiB
+    assert plan(8192, 1024, 1, 4)["tile_cols"] == 1024  # rows of 4 KiB
+    assert plan(16384, 1024, 1, 2)["tile_cols"] == 512  # 16-bit rows of 2 KiB
+    assert plan(1024, 4096, 1, 8)["tile_cols"] == 512  # float64, 32 MiB
+    assert plan(1024, 4096, 1, 4)["tile_cols"] == 512  # 16 MiB
     assert plan(1024, 1024, 1, 4)["tile_cols"] == 512
-    assert plan(256, 1024, 49, 4)["tile_cols"] == 512  # short spatial, 51 MB
+    info = plan(256, 1024, 49, 4)  # short spatial, 51 MB: 1 group, 16 tiles of 3136
+    assert (info["row_groups"], info["tile_cols"]) == (1, 3136)
     info = plan(1024, 16384, 1, 4)  # 4 row groups: whole rows
     assert (info["row_groups"], info["tile_cols"]) == (4, 16384)
     info = plan(2048, 256, 49, 4)  # 103 MB, 5 groups of rows of 12544

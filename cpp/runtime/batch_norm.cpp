@@ -65,6 +65,10 @@ constexpr std::size_t kMinFarGroups = 4;
 constexpr std::size_t kFarTileCols = 4096;
 constexpr std::size_t kMinFarUnits = 16;
 constexpr std::size_t kFarTileAlign = 64;
+// Where the last level is far, rows of at least kWideRowBytes (float32 and 16-bit data)
+// count as far from this many L2s of x up (Plan's constructor).
+constexpr std::size_t kWideRowL2s = 16;
+constexpr std::size_t kWideRowBytes = 4096;
 // The cache-blocked passes (Plan::block_channels) cut the channels into at least this many
 // groups: each is one unit of work, and a few units leave a thread idle at the end.
 // (Measured on the Xeon, 2 threads, fwd+bwd: (128, 6, 28, 28) 0.62-0.71 ns/el with the
@@ -277,14 +281,27 @@ class Plan {
       // 128, 32) 0.98-1.04x; float64 (1024, 1024) 0.94x, (1024, 2048) and (512, 4096)
       // 1.00x. Not taken: bfloat16 (1024, 4096) and (2048, 4096) 1.02-1.18x slower;
       // longer rows, (256, 256, 64) with rows of 16384 values, 0.66 -> 0.77 ns/el; (256,
-      // 4096), 16 MiB in all, tied.) The groups, and so every sum, are the same either
-      // way: results do not depend on the cache sizes.
+      // 4096), 16 MiB in all, tied.) Where the last level is far, rows of at least
+      // kWideRowBytes of float32 or 16-bit data count as far from kWideRowL2s L2s of x up
+      // (32 MiB on the Xeon), now that the reductions over such rows prefetch no more than
+      // ahead_bytes() ahead. (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads, in-process A/B,
+      // same bits, forward then backward: float32 (2048, 4096) 0.90x, (4096, 2048) 0.82x,
+      // NHWC (64, 7, 7, 4096) 0.75x, (32, 14, 14, 2048) 0.78x, (32, 7, 7, 8192) 0.76x, NCL
+      // (512, 256, 64) and (256, 512, 64) 0.94x; bfloat16 (4096, 4096) 0.77x, (8192, 2048)
+      // 0.83x, (2048, 8192) 0.89x, NHWC (64, 14, 14, 2048) 0.78x. Not taken: rows of 2 KiB,
+      // bfloat16 (16384, 1024), 1.04x slower (float32 (8192, 1024), rows of 4 KiB, tied);
+      // float64, (1024, 4096) 1.09x slower, (2048, 2048) tied.) The groups, and so every
+      // sum, are the same either way: results do not depend on the cache sizes.
       tile_cols_ = kColBlock;
       const CacheSizes& caches = cache_sizes();
       const std::size_t bytes = total_ * element_bytes_;
       const bool step_fills_last = 4 * bytes >= caches.last && cols_ <= kFarTileCols &&
                                    element_bytes_ >= 4;
-      const bool far = 2 * bytes > caches.last || bytes >= 32 * caches.l2 || step_fills_last;
+      const bool wide_rows_far = !last_level_near() && element_bytes_ <= 4 &&
+                                 cols_ * element_bytes_ >= kWideRowBytes &&
+                                 bytes >= kWideRowL2s * caches.l2;
+      const bool far = 2 * bytes > caches.last || bytes >= 32 * caches.l2 || step_fills_last ||
+                       wide_rows_far;
       if (cols_ > kColBlock && far) {
         tile_cols_ = cols_;
         if (groups_ < kMinFarGroups) {
