@@ -401,6 +401,8 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     for view in ((2048, 1024, 1, 4), (1024, 4096, 1, 8), (64, 256, 64, 4), (16, 64, 1, 4)):
         assert plan(*view)["row_prefetch"]
         assert not plan(*view)["stream_prefetch"]  # a far L3: 240 L2s
+        assert plan(*view)["stream_direct"]  # its streaming row loops: from registers
+    assert not plan(2048, 1024, 1, 2)["stream_direct"]  # 16-bit: tiles
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 0  # 51 MB: in this L3
     assert plan(1 << 20, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # 512 MiB
     assert plan(16384, 2048, 1, 4)["grad_chunk_bytes"] == 0  # 4 x 128 MiB: a far L3
@@ -415,6 +417,7 @@ def test_elementwise_tiles_and_prefetching_follow_the_shape(cache_sizes):
     assert plan(4096, 4096, 1, 4)["row_prefetch"]
     for view in ((4096, 4096, 1, 4), (100352, 64, 1, 4), (8192, 256, 1, 2)):
         assert plan(*view)["stream_prefetch"]  # a near L3: 32 L2s
+        assert not plan(*view)["stream_direct"]  # tiles
     assert plan(100352, 64, 1, 4)["grad_chunk_bytes"] == 3 << 10  # NHWC (32, 56, 56, 64)
     assert plan(4096, 4096, 1, 4)["ahead_bytes"] == 0  # a near L3: 32 rows
     cache_sizes(32 << 10, mib, 32 * mib)  # the EPYC Zen 4: a 32 KiB L1d
@@ -747,16 +750,19 @@ def test_shared_channels_give_the_bits_of_the_other_schedules(isa, threads, cach
                           ((24, 12, 14, 14), 1, (1 << 15, 1 << 16, 1 << 17)),
                           ((2, 7, 5, 1000), 1, (1 << 15, 1 << 20, 1 << 16)),
                           ((300, 101), 1, (1 << 15, 1 << 20, 1 << 16)),
-                          ((6, 5, 7, 65), -1, (1 << 15, 1 << 20, 1 << 16))],
+                          ((6, 5, 7, 65), -1, (1 << 15, 1 << 20, 1 << 16)),
+                          ((300, 101), 1, (1 << 14, 1 << 14, 1 << 40)),
+                          ((6, 5, 7, 65), -1, (1 << 12, 1 << 12, 1 << 40))],
                          ids=["two-pass-near", "blocked-far", "blocked-near", "runs", "rows",
-                              "nhwc-runs-of-rows"])
+                              "nhwc-runs-of-rows", "rows-far", "nhwc-runs-of-rows-far"])
 def test_streamed_outputs_leave_the_bytes_around_them(isa, cache_sizes, shape, channel_axis,
                                                       caches, dtype):
     # Streamed runs that start or end inside a 16-byte granule write those edges with
     # masked non-temporal stores: every value lands, and no byte outside the output (the
     # rest of its first and last granules, here a marker) is written. Outputs at offsets
     # of a few values past a line, odd rows and slabs, cache-blocked groups and two-pass
-    # runs alike; the bits those of cached stores.
+    # runs alike, and float32 and float64 rows on a far last level stored straight from
+    # registers (stream_direct); the bits those of cached stores.
     rng = np.random.default_rng(12)
     x, weight, bias, _, _ = make_inputs(rng, shape, channel_axis, dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -765,6 +771,11 @@ def test_streamed_outputs_leave_the_bytes_around_them(isa, cache_sizes, shape, c
     y_ref, dx_ref = batch_norm_with_cached_stores(x, dy, weight, bias, channel_axis)
     cache_sizes(*caches)
     item = np.dtype(dtype).itemsize
+    outer = int(np.prod(shape[:channel_axis % len(shape)]))
+    inner = int(np.prod(shape[channel_axis % len(shape) + 1:]))
+    info = _core._batch_norm_plan(outer, shape[channel_axis], inner, item)
+    assert info["stream_direct"] == (caches[2] == 1 << 40 and info["tile_cols"] > 0
+                                     and item >= 4)
     for at in [item, 3 * item, 16 + item, 40]:
         outputs = []
         for _ in range(2):

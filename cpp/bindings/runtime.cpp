@@ -112,6 +112,7 @@ void register_runtime(py::module_& m) {
         out["reduce_ahead"] = info.reduce_ahead;
         out["row_prefetch"] = info.row_prefetch;
         out["stream_prefetch"] = info.stream_prefetch;
+        out["stream_direct"] = info.stream_direct;
         out["grad_chunk_bytes"] = info.grad_chunk_bytes;
         out["ahead_bytes"] = info.ahead_bytes;
         out["forward_slab_streams"] = info.forward_slab_streams;

@@ -431,6 +431,35 @@ inline void stream_run(T* __restrict out, std::size_t n, SlabCursor cursor, cons
 }
 #endif
 
+#if defined(__AVX__)
+// Writes the n values of a row (of float32 or float64) to out with non-temporal stores
+// straight from registers, as stream_run writes a run: reg(i) the register's worth of
+// values from i on, for each whole register from out's first aligned address; value(j)
+// value j by the same expression (so the same bits), for the values before that address
+// and after the last whole register, filled into the L1 and streamed as granules
+// (stream_granules). The row loops' per-column constants start where their columns' values
+// of out do within a line (line_shift in the runtime), so theirs load aligned too.
+template <class T, class Reg, class Value>
+inline void stream_row(T* __restrict out, std::size_t n, const Reg& reg, const Value& value) {
+  constexpr std::size_t W = kStreamStoreBytes / sizeof(T);
+  alignas(kStreamStoreBytes) T values[W];
+  const auto spill = [&](std::size_t b, std::size_t m) {  // values [b, b + m), m <= W
+    for (std::size_t k = 0; k < m; ++k) values[k] = value(b + k);
+    stream_granules(out + b, values, m);
+  };
+  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(out);
+  std::size_t i = 0;
+  if (at % sizeof(T) == 0) {
+    const std::size_t head = (kStreamStoreBytes - at % kStreamStoreBytes) % kStreamStoreBytes / sizeof(T);
+    if (head < n) {
+      if (head > 0) spill(0, head);
+      for (i = head; i + W <= n; i += W) stream_reg(out + i, reg(i));
+    }
+  }
+  for (; i < n; i += W) spill(i, n - i < W ? n - i : W);
+}
+#endif
+
 // y = (x - mean_hi) * scale + shift over a run of n values of channel-first data starting
 // at `cursor`, with per-channel constants. mean_hi is the mean as a value of T (x - mean_hi
 // is exact near the mean, so float32 output keeps its precision when |mean| >> std); the
@@ -835,7 +864,24 @@ template <class S, bool kStream, class R = typename S::raw, class T = typename S
 void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t rows,
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
                             const T* __restrict scale, const T* __restrict shift,
-                            bool ahead) {
+                            bool ahead, bool direct) {
+#if defined(__AVX__)
+  if constexpr (kStream && std::is_same_v<R, T>) {
+    if (direct) {
+      for (std::size_t r = 0; r < rows; ++r) {
+        const T* __restrict xr = x + r * stride;
+        if (ahead) prefetch_ahead(xr, cols);
+        stream_row(y + r * stride, cols,
+            [=](std::size_t i) {
+              return (load_reg(xr + i) - load_reg(mean_hi + i)) * load_reg(scale + i) +
+                     load_reg(shift + i);
+            },
+            [=](std::size_t j) { return (xr[j] - mean_hi[j]) * scale[j] + shift[j]; });
+      }
+      return;
+    }
+  }
+#endif
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict xr = x + r * stride;
     if (kStream && ahead) prefetch_ahead(xr, cols);
@@ -848,10 +894,11 @@ void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_rows_normalize(const R* x, R* y, std::size_t rows, std::size_t stride, std::size_t cols,
                        const T* mean_hi, const T* scale, const T* shift, bool stream,
-                       bool ahead) {
+                       bool ahead, bool direct) {
   with_flags(
       [&](auto s) {
-        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, scale, shift, ahead);
+        bn_rows_normalize_loop<S, s>(x, y, rows, stride, cols, mean_hi, scale, shift, ahead,
+                                     direct);
       },
       stream);
 }
@@ -861,7 +908,38 @@ template <class S, bool kCentered, bool kStream, class R = typename S::raw,
 void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restrict dx,
                      std::size_t rows, std::size_t stride, std::size_t cols,
                      const T* __restrict k_dy, const T* __restrict mean_hi,
-                     const T* __restrict k_x, const T* __restrict k_0, bool ahead) {
+                     const T* __restrict k_x, const T* __restrict k_0, bool ahead,
+                     bool direct) {
+#if defined(__AVX__)
+  if constexpr (kStream && std::is_same_v<R, T>) {
+    if (direct) {
+      for (std::size_t r = 0; r < rows; ++r) {
+        const T* __restrict gr = dy + r * stride;
+        const T* __restrict xr = x + r * stride;
+        if (sizeof(R) == 4 && ahead) {
+          prefetch_ahead(gr, cols);
+          if (kCentered) prefetch_ahead(xr, cols);
+        }
+        stream_row(dx + r * stride, cols,
+            [=](std::size_t i) {
+              const auto g = load_reg(gr + i);
+              if constexpr (kCentered) {
+                return g * load_reg(k_dy + i) +
+                       ((load_reg(xr + i) - load_reg(mean_hi + i)) * load_reg(k_x + i) +
+                        load_reg(k_0 + i));
+              } else {
+                return g * load_reg(k_dy + i);
+              }
+            },
+            [=](std::size_t j) {
+              return kCentered ? gr[j] * k_dy[j] + ((xr[j] - mean_hi[j]) * k_x[j] + k_0[j])
+                               : gr[j] * k_dy[j];
+            });
+      }
+      return;
+    }
+  }
+#endif
   for (std::size_t r = 0; r < rows; ++r) {
     const R* __restrict gr = dy + r * stride;
     const R* __restrict xr = x + r * stride;
@@ -882,10 +960,11 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
 template <class S, class R = typename S::raw, class T = typename S::value>
 void bn_rows_dx(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
                 std::size_t cols, const T* k_dy, const T* mean_hi, const T* k_x, const T* k_0,
-                bool centered, bool stream, bool ahead) {
+                bool centered, bool stream, bool ahead, bool direct) {
   with_flags(
       [&](auto c, auto s) {
-        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0, ahead);
+        bn_rows_dx_loop<S, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0, ahead,
+                                 direct);
       },
       centered, stream);
 }

@@ -524,7 +524,8 @@ template <class S, class Reg>
 void bn16_rows_normalize(const std::uint16_t* x, std::uint16_t* y, std::size_t rows,
                          std::size_t stride, std::size_t cols, const float* mean_hi,
                          const float* scale, const float* shift, bool stream,
-                         bool /*ahead: the 16-bit row loops take no prefetches*/) {
+                         bool /*ahead: the 16-bit row loops take no prefetches*/,
+                         bool /*direct: and keep their tiles*/) {
   with_flags(
       [&](auto s) {
         bn16_rows_normalize_loop<S, Reg, s>(x, y, rows, stride, cols, mean_hi, scale, shift);
@@ -561,7 +562,8 @@ template <class S, class Reg>
 void bn16_rows_dx(const std::uint16_t* dy, const std::uint16_t* x, std::uint16_t* dx,
                   std::size_t rows, std::size_t stride, std::size_t cols, const float* k_dy,
                   const float* mean_hi, const float* k_x, const float* k_0, bool centered,
-                  bool stream, bool /*ahead: as bn16_rows_normalize's*/) {
+                  bool stream, bool /*ahead: as bn16_rows_normalize's*/,
+                  bool /*direct: as bn16_rows_normalize's*/) {
   with_flags(
       [&](auto c, auto s) {
         bn16_rows_dx_loop<S, Reg, c, s>(dy, x, dx, rows, stride, cols, k_dy, mean_hi, k_x, k_0);

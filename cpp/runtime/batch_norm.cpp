@@ -427,6 +427,17 @@ class Plan {
   bool stream_prefetch() const {
     return row_prefetch() && last_level_near() && cache_sizes().l1d >= kStreamPrefetchMinL1;
   }
+  // Whether the row loops that stream their output store straight from registers
+  // (kernels.hpp, stream_row) rather than through a tile in the L1 (write_blocks), as the
+  // float32 and float64 run loops do: float32 and float64 where the last level is far.
+  // (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads, in-process A/B, same bits: the
+  // normalize of (65536, 256) in the L3 0.77-0.81x the time, NHWC (64, 64, 64, 64)
+  // 0.78-0.79x, (64, 28, 28, 256) 0.74-0.87x, (4096, 4096) 0.84-0.91x, float64 (4096,
+  // 4096) 0.84x, below 16 MiB alike; the dx pass 0.90-0.96x, NHWC (32, 56, 56, 64) 0.88x;
+  // forward+backward NHWC (64, 28, 28, 256) 0.94x, beyond the L3 (832, 28, 28, 256) 0.93x
+  // (its forward 0.87x), float64 NHWC (32, 56, 56, 64) 0.94x, (4096, 4096) and (65536,
+  // 256) 0.97x, (8192, 256) 0.98x. The EPYCs, not measured, keep their tiles.)
+  bool stream_direct() const { return !last_level_near() && element_bytes_ >= 4; }
 
   // Channels per group of a cache-blocked fused pass over `arrays` x-shaped inputs: a
   // group's inputs fit in a quarter of the L2 (one channel: half of it), so its
@@ -1192,7 +1203,7 @@ class NormalizePass {
         [&](std::size_t at, std::size_t rows, std::size_t stride, std::size_t cols,
             std::size_t col) {
           k_.rows_normalize(x_ + at, y_ + at, rows, stride, cols, hi_ + col, sc_ + col,
-                            sh_ + col, stream_, ahead_);
+                            sh_ + col, stream_, ahead_, direct_);
         });
     if (stream_) k_.stream_fence();
   }
@@ -1215,7 +1226,7 @@ class NormalizePass {
                 R* y, std::size_t shift)
       : k_(k), plan_(plan), x_(x), y_(y), constants_(scratch, plan.channels(), shift),
         stream_(plan.stream_output(2)), ahead_(plan.stream_prefetch()),
-        period_(plan.elementwise_period(stream_)),
+        direct_(plan.stream_direct()), period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 3; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
@@ -1232,6 +1243,7 @@ class NormalizePass {
   NormalizeConstants<T> constants_;
   bool stream_;
   bool ahead_;  // the row loops' prefetches (Plan::stream_prefetch)
+  bool direct_;  // their stores straight from registers (Plan::stream_direct)
   std::size_t period_;
   WorkList work_;
   T* room_[3] = {nullptr, nullptr, nullptr};
@@ -1280,7 +1292,7 @@ class DxPass {
         [&](std::size_t at, std::size_t rows, std::size_t stride, std::size_t cols,
             std::size_t col) {
           k_.rows_dx(dy_ + at, x_ + at, dx_ + at, rows, stride, cols, kd_ + col, hi_ + col,
-                     kx_ + col, k0_ + col, centered_, stream_, ahead_);
+                     kx_ + col, k0_ + col, centered_, stream_, ahead_, direct_);
         });
     if (stream_) k_.stream_fence();
   }
@@ -1303,7 +1315,7 @@ class DxPass {
          const R* x, R* dx, bool centered, std::size_t shift)
       : k_(k), plan_(plan), dy_(dy), x_(x), dx_(dx), constants_(scratch, plan.channels(), shift),
         centered_(centered), stream_(plan.stream_output(3)), ahead_(plan.stream_prefetch()),
-        period_(plan.elementwise_period(stream_)),
+        direct_(plan.stream_direct()), period_(plan.elementwise_period(stream_)),
         work_(plan.runs() ? plan.run_work() : plan.elementwise_work()) {
     if (!plan.runs()) {
       for (std::size_t i = 0; i < 4; ++i) room_[i] = column_room<T>(plan, scratch, period_, shift);
@@ -1323,6 +1335,7 @@ class DxPass {
   bool centered_;
   bool stream_;
   bool ahead_;  // as NormalizePass's
+  bool direct_;  // as NormalizePass's
   std::size_t period_;
   WorkList work_;
   T* room_[4] = {nullptr, nullptr, nullptr, nullptr};
@@ -1827,6 +1840,7 @@ BatchNormPlanInfo batch_norm_plan_info(const BatchNormShape& shape, std::size_t 
           rows && plan.reduce_ahead(),
           rows && plan.row_prefetch(),
           rows && plan.stream_prefetch(),
+          rows && plan.stream_direct(),
           rows ? plan.grad_chunk_bytes() : 0,
           rows ? plan.ahead_bytes() : 0,
           plan.reduce_slabs() ? plan.slab_streams(2) : 0,

@@ -181,6 +181,7 @@ struct BatchNormPlanInfo {
   bool reduce_ahead;
   bool row_prefetch;  // whether the row loops prefetch at all (Plan::row_prefetch)
   bool stream_prefetch;  // whether the streaming row loops prefetch (Plan::stream_prefetch)
+  bool stream_direct;  // whether they store straight from registers (Plan::stream_direct)
   std::size_t grad_chunk_bytes;  // the gradient sums' chunks of whole rows (0: their own)
   std::size_t ahead_bytes;  // how far ahead the row reductions prefetch (0: 32 rows)
   std::size_t forward_slab_streams;  // slab runs the forward's statistics read side by side

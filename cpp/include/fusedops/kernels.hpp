@@ -160,12 +160,17 @@ struct BatchNormKernels {
                          std::size_t cols, const double* mean, double* sum_dy,
                          double* sum_dyx, bool ahead, std::size_t chunk_bytes,
                          std::size_t ahead_bytes, bool walk);
+  // The row loops that stream their output (`stream`) prefetch each row's inputs when
+  // `ahead` (Plan::stream_prefetch()) and, with `direct`, store straight from registers
+  // instead of through a tile in the L1 (Plan::stream_direct(); float32 and float64, the
+  // same bits either way).
   void (*rows_normalize)(const R* x, R* y, std::size_t rows, std::size_t stride,
                          std::size_t cols, const T* mean_hi, const T* scale,
-                         const T* shift, bool stream, bool ahead);
+                         const T* shift, bool stream, bool ahead, bool direct);
   void (*rows_dx)(const R* dy, const R* x, R* dx, std::size_t rows, std::size_t stride,
                   std::size_t cols, const T* k_dy, const T* mean_hi,
-                  const T* k_x, const T* k_0, bool centered, bool stream, bool ahead);
+                  const T* k_x, const T* k_0, bool centered, bool stream, bool ahead,
+                  bool direct);
   // Orders this thread's non-temporal stores before what it does next.
   void (*stream_fence)();
 
