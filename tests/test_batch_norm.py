@@ -769,6 +769,11 @@ def test_streamed_outputs_leave_the_bytes_around_them(isa, cache_sizes, shape, c
     if dtype in (fo.bfloat16, np.float16):
         weight, bias = weight.astype(np.float32), bias.astype(np.float32)
     y_ref, dx_ref = batch_norm_with_cached_stores(x, dy, weight, bias, channel_axis)
+    # the eval-mode backward (dx = dy * weight * invstd) with cached stores
+    cache_sizes(fo.build_info()["cache_bytes"]["l1d"], 1 << 40, 1 << 40)
+    _, mean, invstd = fo.batch_norm_forward(x, weight, bias, channel_axis=channel_axis)
+    eval_ref, _, _ = fo.batch_norm_backward(dy, x, weight, mean, invstd, training=False,
+                                            channel_axis=channel_axis)
     cache_sizes(*caches)
     item = np.dtype(dtype).itemsize
     outer = int(np.prod(shape[:channel_axis % len(shape)]))
@@ -790,6 +795,12 @@ def test_streamed_outputs_leave_the_bytes_around_them(isa, cache_sizes, shape, c
         assert dx.tobytes() == dx_ref.tobytes(), f"dx at {at}"
         for raw, begin in ((y_raw, y_start), (dx_raw, dx_start)):
             assert np.all(raw[:begin] == 0xA5) and np.all(raw[begin + x.nbytes:] == 0xA5), at
+        dx_raw[:] = 0xA5
+        fo.batch_norm_backward(dy, x, weight, mean, invstd, training=False,
+                               channel_axis=channel_axis, out=dx)
+        assert dx.tobytes() == eval_ref.tobytes(), f"eval dx at {at}"
+        assert np.all(dx_raw[:dx_start] == 0xA5), at
+        assert np.all(dx_raw[dx_start + x.nbytes:] == 0xA5), at
 
 
 def test_statistics_streams_follow_the_cache_sizes(cache_sizes):
