@@ -450,7 +450,8 @@ inline void stream_row(T* __restrict out, std::size_t n, const Reg& reg, const V
   const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(out);
   std::size_t i = 0;
   if (at % sizeof(T) == 0) {
-    const std::size_t head = (kStreamStoreBytes - at % kStreamStoreBytes) % kStreamStoreBytes / sizeof(T);
+    const std::size_t head =
+        (kStreamStoreBytes - at % kStreamStoreBytes) % kStreamStoreBytes / sizeof(T);
     if (head < n) {
       if (head > 0) spill(0, head);
       for (i = head; i + W <= n; i += W) stream_reg(out + i, reg(i));
