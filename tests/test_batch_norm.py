@@ -607,17 +607,19 @@ def test_channels_too_big_to_block_are_shared_by_the_threads_on_a_far_last_level
 
 def test_backward_reads_four_slab_runs_side_by_side_on_a_far_last_level(cache_sizes):
     # The blocked and shared backward passes read four rows' slabs of a channel side by
-    # side where the last level is far, for float32 and float64 slabs of at least 2 KiB;
-    # one at a time otherwise (and 0 where the data is not cut into slabs).
+    # side where the last level is far, for 16-bit slabs and float32 and float64 slabs of
+    # at least 2 KiB; one at a time otherwise (and 0 where the data is not cut into slabs).
     streams = lambda *view: _core._batch_norm_plan(*view)["backward_grad_streams"]  # noqa: E731
     cache_sizes(48 << 10, 2 << 20, 480 << 20)  # the Xeon
     assert streams(64, 256, 784, 4) == 4
     assert streams(64, 256, 784, 8) == 4
     assert streams(16, 512, 196, 4) == 1  # slabs of 784 bytes
-    assert streams(64, 256, 784, 2) == 1  # 16-bit
+    assert streams(64, 256, 784, 2) == 4  # 16-bit
+    assert streams(256, 256, 196, 2) == 4  # 16-bit slabs of 392 bytes
     assert streams(64, 64, 32, 4) == 0  # short slabs: rows
     cache_sizes(32 << 10, 1 << 20, 32 << 20)  # the EPYC Zen 4
     assert streams(64, 256, 784, 4) == 1
+    assert streams(64, 256, 784, 2) == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -655,7 +657,8 @@ def test_row_reductions_prefetching_fewer_rows_ahead_give_the_same_results(isa, 
         assert_close(actual, ref, dtype, name)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, fo.bfloat16, np.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("shape", [(11, 5, 24, 25), (7, 4, 9000)], ids=["odd-rows", "two-blocks"])
 def test_backward_slab_runs_side_by_side_give_the_same_bits(isa, threads, cache_sizes, dtype,
                                                            shape):
@@ -665,12 +668,13 @@ def test_backward_slab_runs_side_by_side_give_the_same_bits(isa, threads, cache_
     rng = np.random.default_rng(9)
     x = (rng.standard_normal(shape) * 3 + 40).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    weight = rng.uniform(0.5, 2, shape[1]).astype(dtype)
-    bias = rng.standard_normal(shape[1]).astype(dtype)
+    params = np.float32 if np.dtype(dtype).itemsize == 2 else dtype  # 16-bit x: float32 ones
+    weight = rng.uniform(0.5, 2, shape[1]).astype(params)
+    bias = rng.standard_normal(shape[1]).astype(params)
     view = (shape[0], shape[1], int(np.prod(shape[2:])), np.dtype(dtype).itemsize)
     results, plans = [], []
-    for caches in [(4 << 10, 256 << 10, 1 << 40), (4 << 10, 256 << 10, 2 << 20),
-                   (1 << 30, 1 << 30, 1 << 31)]:
+    l2 = (128 if np.dtype(dtype).itemsize == 2 else 256) << 10  # smaller than x and dy
+    for caches in [(4 << 10, l2, 1 << 40), (4 << 10, l2, 2 << 20), (1 << 30, 1 << 30, 1 << 31)]:
         cache_sizes(*caches)
         fo.set_num_threads(2)
         info = _core._batch_norm_plan(*view)

@@ -610,19 +610,23 @@ class Plan {
     return last_level_near() && fits ? 1 : kSlabStreams;
   }
   // Slab runs of a channel the blocked and shared backward passes' gradient sums read
-  // side by side (kSlabStreams), or one at a time: four for float32 and float64 slabs of
-  // at least kMinGradStreamSlabBytes where the last-level cache is far (the Xeon), whose
-  // runs a whole row apart, read one at a time, came from memory slower than in order.
-  // (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads, in-process A/B, same bits, backward:
-  // float32 (64, 256, 28, 28) 0.89x / 0.92x the time, (128, 256, 28, 28) 0.86x, (32, 64,
-  // 56, 56) 0.90x, float64 (64, 256, 28, 28) 0.94x; two side by side gained about half
-  // as much. Not taken: slabs of 784 bytes, (16, 512, 14, 14), 1.12x slower (1.10x with
-  // two), (256, 256, 14, 14) and (64, 512, 14, 14) 0.96-1.00x; bfloat16 and float16 (64,
-  // 256, 28, 28) and (96, 192, 28, 28) 1.00-1.01x.) The near L3 of the EPYC, not measured,
-  // keeps one. Each run's sums are those it gets alone.
+  // side by side (kSlabStreams), or one at a time: four where the last-level cache is far
+  // (the Xeon), for 16-bit slabs and for float32 and float64 slabs of at least
+  // kMinGradStreamSlabBytes, whose runs a whole row apart, read one at a time, came from
+  // memory slower than in order. (Intel Xeon, 2 MiB L2, 480 MiB L3, 2 threads, in-process
+  // A/B, same bits, backward: float32 (64, 256, 28, 28) 0.89x / 0.92x the time, (128, 256,
+  // 28, 28) 0.86x, (32, 64, 56, 56) 0.90x, float64 (64, 256, 28, 28) 0.94x; two side by
+  // side gained about half as much. Not taken: float32 slabs of 784 bytes, (16, 512, 14,
+  // 14), 1.12-1.16x slower (1.10x with two), (256, 256, 14, 14) 1.06x, (64, 512, 14, 14)
+  // 0.96-1.00x. 16-bit slabs, measured again once their kernels had changed: bfloat16 (64,
+  // 256, 28, 28) 0.92x, float16 0.91x, (256, 256, 14, 14) 0.94x, (256, 128, 14, 14) 0.95x,
+  // (16, 512, 14, 14) 0.94x, (96, 192, 28, 28), (32, 64, 56, 56), (128, 512, 7, 7) and the
+  // shared (32, 64, 112, 112) 0.99-1.01x; the AVX2 kernels on the same core 0.92-0.94x.)
+  // The near L3 of the EPYC, not measured, keeps one. Each run's sums are those it gets
+  // alone.
   std::size_t grad_streams() const {
     const bool long_slabs = inner_ * element_bytes_ >= kMinGradStreamSlabBytes;
-    return !last_level_near() && element_bytes_ >= 4 && long_slabs ? kSlabStreams : 1;
+    return !last_level_near() && (element_bytes_ < 4 || long_slabs) ? kSlabStreams : 1;
   }
   // Work list of the blocked passes: item g is the group of channels [g * group, ...).
   WorkList block_work(std::size_t group) const {
