@@ -725,8 +725,9 @@ void bn16_slab_grad_sums_one(const std::uint16_t* __restrict dy,
   sums[1] -= lo * sums[0];
 }
 
-// The gradient sums of `streams` runs (BatchNormKernels::slab_grad_sums), one at a time:
-// the runtime reads 16-bit slabs one run at a time (Plan::grad_streams).
+// The gradient sums of `streams` runs (BatchNormKernels::slab_grad_sums), one after the
+// other, each run's sums those it gets alone: given four rows' runs of a channel
+// (Plan::grad_streams), the rows' reads still proceed together, a run of each at a time.
 template <class S, class Reg>
 void bn16_slab_grad_sums(const std::uint16_t* const* dy, const std::uint16_t* const* x,
                          std::size_t streams, std::size_t n, double mean, double* sums) {

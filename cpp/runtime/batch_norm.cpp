@@ -136,7 +136,8 @@ constexpr std::size_t kMinBlockRunBytes = 512;
 // slabs are at least this many bytes: the forward's...
 constexpr std::size_t kMinSharedSlabBytes = 2 * 1024;
 // ...and the backward's, float32 and float64 (their gradient sums read four rows side by
-// side, Plan::grad_streams) and 16-bit data (one at a time).
+// side, Plan::grad_streams) and 16-bit data (measured when its sums read one slab at a
+// time; they now take four rows' slabs in turn where the last level is far).
 constexpr std::size_t kMinSharedGradSlabBytes = 12 * 1024;
 constexpr std::size_t kMinShared16GradSlabBytes = 16 * 1024;
 // The blocked and shared backward passes read slabs of at least this many bytes four rows
@@ -622,8 +623,8 @@ class Plan {
   // 256, 28, 28) 0.92x, float16 0.91x, (256, 256, 14, 14) 0.94x, (256, 128, 14, 14) 0.95x,
   // (16, 512, 14, 14) 0.94x, (96, 192, 28, 28), (32, 64, 56, 56), (128, 512, 7, 7) and the
   // shared (32, 64, 112, 112) 0.99-1.01x; the AVX2 kernels on the same core 0.92-0.94x.)
-  // The near L3 of the EPYC, not measured, keeps one. Each run's sums are those it gets
-  // alone.
+  // The near L3 of the EPYC, not measured, keeps one. The 16-bit kernels take the four
+  // runs in turn (bn16_slab_grad_sums). Each run's sums are those it gets alone.
   std::size_t grad_streams() const {
     const bool long_slabs = inner_ * element_bytes_ >= kMinGradStreamSlabBytes;
     return !last_level_near() && (element_bytes_ < 4 || long_slabs) ? kSlabStreams : 1;
