@@ -726,8 +726,9 @@ void bn16_slab_grad_sums_one(const std::uint16_t* __restrict dy,
 }
 
 // The gradient sums of `streams` runs (BatchNormKernels::slab_grad_sums), one after the
-// other, each run's sums those it gets alone: given four rows' runs of a channel
-// (Plan::grad_streams), the rows' reads still proceed together, a run of each at a time.
+// other, each run's sums those it gets alone. Given four rows' slabs of a channel
+// (Plan::grad_streams), it reads them in turn; in a blocked group of several channels the
+// next channel's slabs continue those rows: four rows advance together, a slab at a time.
 template <class S, class Reg>
 void bn16_slab_grad_sums(const std::uint16_t* const* dy, const std::uint16_t* const* x,
                          std::size_t streams, std::size_t n, double mean, double* sums) {
