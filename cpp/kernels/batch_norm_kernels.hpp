@@ -155,9 +155,11 @@ constexpr std::size_t kRunStreamTileBytes = 1024;
 // Requests the lines of the `count` values of T at p. GCC counts a prefetch as having no
 // side effects: a function that only prefetches is "pure", and a call of it whose result
 // nobody reads is dropped. A lambda of prefetches passed to a loop (an `ahead`) that GCC
-// does not inline early loses its prefetches that way, so such lambdas are always_inline
-// where they are not small. (GCC 12: the gradient sums over four rows' slabs side by side,
-// bn_slab_grad_sums, had none in any build until they were; compiled in, the blocked
+// does not inline early loses its prefetches that way: bn_slab_grad_sums' is marked
+// always_inline; the others are small enough to be inlined early (each kernel compiled
+// again with prefetches GCC cannot drop, volatile asm, had the same prefetches in every
+// other function). (GCC 12: the gradient sums over four rows' slabs side by side,
+// bn_slab_grad_sums, had none in any ISA's build until then; compiled in, the blocked
 // backward on the Xeon, 2 threads, in-process A/B, same bits: float32 (64, 256, 28, 28)
 // 0.81x the time, float64 0.86x, (32, 64, 56, 56) 0.92x, (128, 256, 28, 28) 0.96x, the
 // shared (64, 64, 112, 112) 0.94x; with the AVX2 kernels 0.78x and 0.89x; one thread 0.81x.
