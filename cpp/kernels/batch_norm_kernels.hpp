@@ -878,26 +878,22 @@ void bn_rows_normalize_loop(const R* __restrict x, R* __restrict y, std::size_t 
                             std::size_t stride, std::size_t cols, const T* __restrict mean_hi,
                             const T* __restrict scale, const T* __restrict shift,
                             bool ahead, bool direct) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const R* __restrict xr = x + r * stride;
+    if (kStream && ahead) prefetch_ahead(xr, cols);
 #if defined(__AVX__)
-  if constexpr (kStream && std::is_same_v<R, T>) {
-    if (direct) {
-      for (std::size_t r = 0; r < rows; ++r) {
-        const T* __restrict xr = x + r * stride;
-        if (ahead) prefetch_ahead(xr, cols);
+    if constexpr (kStream && std::is_same_v<R, T>) {
+      if (direct) {
         stream_row(y + r * stride, cols,
             [=](std::size_t i) {
               return (load_reg(xr + i) - load_reg(mean_hi + i)) * load_reg(scale + i) +
                      load_reg(shift + i);
             },
             [=](std::size_t j) { return (xr[j] - mean_hi[j]) * scale[j] + shift[j]; });
+        continue;
       }
-      return;
     }
-  }
 #endif
-  for (std::size_t r = 0; r < rows; ++r) {
-    const R* __restrict xr = x + r * stride;
-    if (kStream && ahead) prefetch_ahead(xr, cols);
     write_values<kStream>(y + r * stride, cols, [=](std::size_t j) {
       return S::narrow((S::load(xr, j) - mean_hi[j]) * scale[j] + shift[j]);
     });
@@ -923,17 +919,18 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
                      const T* __restrict k_dy, const T* __restrict mean_hi,
                      const T* __restrict k_x, const T* __restrict k_0, bool ahead,
                      bool direct) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const R* __restrict gr = dy + r * stride;
+    const R* __restrict xr = x + r * stride;
+    R* const o = dx + r * stride;
+    if (kStream && sizeof(R) == 4 && ahead) {
+      prefetch_ahead(gr, cols);
+      if (kCentered) prefetch_ahead(xr, cols);
+    }
 #if defined(__AVX__)
-  if constexpr (kStream && std::is_same_v<R, T>) {
-    if (direct) {
-      for (std::size_t r = 0; r < rows; ++r) {
-        const T* __restrict gr = dy + r * stride;
-        const T* __restrict xr = x + r * stride;
-        if (sizeof(R) == 4 && ahead) {
-          prefetch_ahead(gr, cols);
-          if (kCentered) prefetch_ahead(xr, cols);
-        }
-        stream_row(dx + r * stride, cols,
+    if constexpr (kStream && std::is_same_v<R, T>) {
+      if (direct) {
+        stream_row(o, cols,
             [=](std::size_t i) {
               const auto g = load_reg(gr + i);
               if constexpr (kCentered) {
@@ -948,19 +945,10 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
               return kCentered ? gr[j] * k_dy[j] + ((xr[j] - mean_hi[j]) * k_x[j] + k_0[j])
                                : gr[j] * k_dy[j];
             });
+        continue;
       }
-      return;
     }
-  }
 #endif
-  for (std::size_t r = 0; r < rows; ++r) {
-    const R* __restrict gr = dy + r * stride;
-    const R* __restrict xr = x + r * stride;
-    R* const o = dx + r * stride;
-    if (kStream && sizeof(R) == 4 && ahead) {
-      prefetch_ahead(gr, cols);
-      if (kCentered) prefetch_ahead(xr, cols);
-    }
     write_values<kStream>(o, cols, [=](std::size_t j) {
       const T g = S::load(gr, j);
       return S::narrow(
