@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fusedops as fo
 from fusedops import _core
-from checks import batch_norm_at_offsets, batch_norm_with_cached_stores
+from checks import at_line_offset, batch_norm_at_offsets, batch_norm_with_cached_stores
 from reference import batch_norm_backward_reference, batch_norm_forward_reference
 
 DTYPES = [np.float32, np.float64]
@@ -1489,6 +1489,44 @@ def test_any_alignment_gives_the_same_bits(isa, shape, channel_axis, dtype):
         y, dx = run(x_at, dy_at, out_at)
         np.testing.assert_array_equal(y, y_ref, err_msg=f"y at {(x_at, dy_at, out_at)}")
         np.testing.assert_array_equal(dx, dx_ref, err_msg=f"dx at {(x_at, dy_at, out_at)}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(2, 5), (3, 7), (2, 16), (4, 9), (2, 24), (5, 13),
+                                   (3, 100), (2, 515)])
+def test_backward_rows_at_every_alignment_give_the_same_bits(isa, shape, training, dtype):
+    # The in-cache dx row loop writes from the output's first cache-line boundary on,
+    # the values before it and after its last whole register under a mask, and reads an
+    # input that lies elsewhere within its lines than dx as aligned registers joined in
+    # pairs (AVX-512): rows of one register or less (2 x 5), a whole register and edges,
+    # two and more, with x, dy and dx at every offset within a line, each input joined or
+    # not, give the bits of arrays on line boundaries, and the float64 reference's values.
+    rng = np.random.default_rng(11)
+    x0, weight, _, _, _ = make_inputs(rng, shape, 1, dtype)
+    dy0 = rng.standard_normal(shape).astype(dtype)
+    _, mean, invstd = fo.batch_norm_forward(x0, weight, None)
+    item = np.dtype(dtype).itemsize
+
+    def dx_at(x_at, dy_at, out_at):
+        x, dy = at_line_offset(x0, x_at), at_line_offset(dy0, dy_at)
+        dx = at_line_offset(np.zeros_like(x0), out_at)
+        fo.batch_norm_backward(dy, x, weight, mean, invstd, training=training, out=dx)
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(dy, dy0)
+        return dx
+
+    dx_ref = dx_at(0, 0, 0)
+    expected, _, _ = batch_norm_backward_reference(dy0, x0, weight, mean, invstd,
+                                                   training=training)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx_ref, expected, **tol)
+    for out_at in range(0, 64, item):
+        for x_at, dy_at in [(out_at, out_at), (0, 0), (16, 32), ((out_at + item) % 64, out_at),
+                            (out_at, (out_at + 3 * item) % 64), ((out_at + 40) % 64, 8)]:
+            dx = dx_at(x_at, dy_at, out_at)
+            np.testing.assert_array_equal(dx, dx_ref,
+                                          err_msg=f"dx at {(x_at, dy_at, out_at)}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
