@@ -476,8 +476,11 @@ inline void stream_row(T* __restrict out, std::size_t n, const Reg& reg, const V
 #if defined(__AVX512F__)
 // The 512-bit operations of the in-cache row loops (cache_row) on float32 and float64
 // values: loads under a mask (the lanes outside it read as zeros, and do not fault),
-// aligned stores and stores under a mask, and the join of two aligned registers into the
-// register that starts `s` values into the first (vpermt2ps / vpermt2pd).
+// aligned stores and stores under a mask, the join of two aligned registers into the
+// register that starts `s` values into the first (vpermt2ps / vpermt2pd), and a fused
+// multiply-add written out (the expressions of these loops must round as the scalar and
+// streaming loops' contracted ones do; left to the compiler, the sanitizer build
+// contracted some of its copies of them and not others).
 template <class T>
 struct RowZmm;
 template <>
@@ -496,6 +499,9 @@ struct RowZmm<float> {
   static Reg join(Reg lo, __m512i index, Reg hi) {
     return Reg(_mm512_permutex2var_ps(__m512(lo), index, __m512(hi)));
   }
+  static Reg fma(Reg a, Reg b, Reg c) {
+    return Reg(_mm512_fmadd_ps(__m512(a), __m512(b), __m512(c)));
+  }
 };
 template <>
 struct RowZmm<double> {
@@ -510,6 +516,9 @@ struct RowZmm<double> {
   }
   static Reg join(Reg lo, __m512i index, Reg hi) {
     return Reg(_mm512_permutex2var_pd(__m512d(lo), index, __m512d(hi)));
+  }
+  static Reg fma(Reg a, Reg b, Reg c) {
+    return Reg(_mm512_fmadd_pd(__m512d(a), __m512d(b), __m512d(c)));
   }
 };
 
@@ -1140,9 +1149,10 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
           const T* const in[2] = {gr, xr};
           cache_row(o, cols, in,
               [=](auto full, auto m, std::ptrdiff_t i, const StreamReg<T>* v) {
-                return v[0] * row_reg(full, m, k_dy + i) +
-                       ((v[1] - row_reg(full, m, mean_hi + i)) * row_reg(full, m, k_x + i) +
-                        row_reg(full, m, k_0 + i));
+                using Z = RowZmm<T>;
+                return Z::fma(v[0], row_reg(full, m, k_dy + i),
+                              Z::fma(v[1] - row_reg(full, m, mean_hi + i),
+                                     row_reg(full, m, k_x + i), row_reg(full, m, k_0 + i)));
               });
         } else {
           const T* const in[1] = {gr};
