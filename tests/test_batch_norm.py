@@ -1501,7 +1501,8 @@ def test_backward_rows_at_every_alignment_give_the_same_bits(isa, shape, trainin
     # input that lies elsewhere within its lines than dx as aligned registers joined in
     # pairs (AVX-512): rows of one register or less (2 x 5), a whole register and edges,
     # two and more, with x, dy and dx at every offset within a line, each input joined or
-    # not, give the bits of arrays on line boundaries, and the float64 reference's values.
+    # not, give the bits of arrays on line boundaries, and the float64 reference's values;
+    # the masked stores write nothing outside dx (the bytes around it keep a marker).
     rng = np.random.default_rng(11)
     x0, weight, _, _, _ = make_inputs(rng, shape, 1, dtype)
     dy0 = rng.standard_normal(shape).astype(dtype)
@@ -1510,11 +1511,15 @@ def test_backward_rows_at_every_alignment_give_the_same_bits(isa, shape, trainin
 
     def dx_at(x_at, dy_at, out_at):
         x, dy = at_line_offset(x0, x_at), at_line_offset(dy0, dy_at)
-        dx = at_line_offset(np.zeros_like(x0), out_at)
+        raw = np.full(x0.nbytes + 192, 0xA5, np.uint8)
+        start = (out_at - raw.ctypes.data) % 64 + 64
+        dx = raw[start:start + x0.nbytes].view(dtype).reshape(shape)
         fo.batch_norm_backward(dy, x, weight, mean, invstd, training=training, out=dx)
         np.testing.assert_array_equal(x, x0)
         np.testing.assert_array_equal(dy, dy0)
-        return dx
+        assert (raw[:start] == 0xA5).all() and (raw[start + x0.nbytes:] == 0xA5).all(), \
+            f"bytes around dx written at {(x_at, dy_at, out_at)}"
+        return dx.copy()
 
     dx_ref = dx_at(0, 0, 0)
     expected, _, _ = batch_norm_backward_reference(dy0, x0, weight, mean, invstd,
