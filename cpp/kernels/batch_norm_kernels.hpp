@@ -488,6 +488,7 @@ struct RowZmm<float> {
   using Reg = StreamReg<float>;
   using Mask = __mmask16;
   static constexpr unsigned kLanes = 16;
+  static Mask below(std::size_t k) { return Mask((1u << k) - 1); }  // lanes [0, k)
   static Reg masked(Mask m, const float* p) { return Reg(_mm512_maskz_loadu_ps(m, p)); }
   static void put(float* p, Reg v) { _mm512_store_ps(p, __m512(v)); }
   static void put_masked(float* p, Mask m, Reg v) { _mm512_mask_storeu_ps(p, m, __m512(v)); }
@@ -508,6 +509,7 @@ struct RowZmm<double> {
   using Reg = StreamReg<double>;
   using Mask = __mmask8;
   static constexpr unsigned kLanes = 8;
+  static Mask below(std::size_t k) { return Mask((1u << k) - 1); }  // lanes [0, k)
   static Reg masked(Mask m, const double* p) { return Reg(_mm512_maskz_loadu_pd(m, p)); }
   static void put(double* p, Reg v) { _mm512_store_pd(p, __m512d(v)); }
   static void put_masked(double* p, Mask m, Reg v) { _mm512_mask_storeu_pd(p, m, __m512d(v)); }
@@ -548,7 +550,6 @@ inline std::size_t cache_row_whole(T* __restrict out, std::size_t n, std::size_t
   using Mask = typename Z::Mask;
   constexpr std::size_t W = Z::kLanes;
   constexpr auto joined = [](std::size_t k) { return ((kJoins >> k) & 1u) != 0; };
-  const auto below = [](std::size_t k) { return Mask((1u << k) - 1); };  // lanes [0, k)
   const T* p[K];
   std::size_t at[K];
   __m512i index[K];
@@ -558,7 +559,7 @@ inline std::size_t cache_row_whole(T* __restrict out, std::size_t n, std::size_t
     at[k] = s[k];
     index[k] = Z::index(unsigned(s[k]));
     // the aligned register holding value i: its lanes from s[k] on
-    if (joined(k) && i + W <= n) lo[k] = Z::masked(Mask(~below(s[k])), p[k] + i - s[k]);
+    if (joined(k) && i + W <= n) lo[k] = Z::masked(Mask(~Z::below(s[k])), p[k] + i - s[k]);
   }
   const auto put = [&](auto last) {
     Reg v[K];
@@ -567,7 +568,7 @@ inline std::size_t cache_row_whole(T* __restrict out, std::size_t n, std::size_t
         const T* next = p[k] + i - at[k] + W;
         Reg hi;
         if constexpr (decltype(last)::value) {
-          hi = i + 2 * W - at[k] <= n ? load_reg(next) : Z::masked(below(at[k]), next);
+          hi = i + 2 * W - at[k] <= n ? load_reg(next) : Z::masked(Z::below(at[k]), next);
         } else {
           hi = load_reg(next);
         }
@@ -614,16 +615,15 @@ inline void cache_row(T* __restrict out, std::size_t n, const T* const (&in)[K],
   using Mask = typename Z::Mask;
   constexpr std::size_t W = Z::kLanes;
   constexpr std::false_type part{};
-  const auto below = [](std::size_t k) { return Mask((1u << k) - 1); };  // lanes [0, k)
   std::size_t head = (64 - reinterpret_cast<std::uintptr_t>(out) % 64) % 64 / sizeof(T);
   if (head >= n) {  // the row within one register's worth from out on
     Reg v[K];
-    for (std::size_t k = 0; k < K; ++k) v[k] = Z::masked(below(n), in[k]);
-    Z::put_masked(out, below(n), value(part, below(n), std::ptrdiff_t{0}, v));
+    for (std::size_t k = 0; k < K; ++k) v[k] = Z::masked(Z::below(n), in[k]);
+    Z::put_masked(out, Z::below(n), value(part, Z::below(n), std::ptrdiff_t{0}, v));
     return;
   }
   if (head > 0) {  // values [0, head) as the top lanes of the register ending there
-    const Mask m = Mask(~below(W - head));
+    const Mask m = Mask(~Z::below(W - head));
     const std::ptrdiff_t b = std::ptrdiff_t(head) - std::ptrdiff_t(W);
     Reg v[K];
     for (std::size_t k = 0; k < K; ++k) v[k] = Z::masked(m, in[k] + b);
@@ -644,21 +644,21 @@ inline void cache_row(T* __restrict out, std::size_t n, const T* const (&in)[K],
     default: i = cache_row_whole<3>(out, n, i, in, s, value); break;
   }
   if (i < n) {
-    const Mask m = below(n - i);
+    const Mask m = Z::below(n - i);
     Reg v[K];
     for (std::size_t k = 0; k < K; ++k) v[k] = Z::masked(m, in[k] + i);
     Z::put_masked(out + i, m, value(part, m, std::ptrdiff_t(i), v));
   }
 }
 
-// Whether the in-cache row loops write a row with cache_row: float32 and float64 data
-// (R the compute type), out and the inputs aligned to their own values.
-template <class R, class T>
+// Whether cache_row can write a row of out from in1 and in2: each aligned to its own
+// values (in2 may be null).
+template <class R>
 inline bool cache_rows(const R* out, const R* in1, const R* in2 = nullptr) {
   const auto own = [](const R* p) {
     return reinterpret_cast<std::uintptr_t>(p) % sizeof(R) == 0;
   };
-  return std::is_same_v<R, T> && own(out) && own(in1) && (in2 == nullptr || own(in2));
+  return own(out) && own(in1) && (in2 == nullptr || own(in2));
 }
 #endif
 
@@ -1144,7 +1144,7 @@ void bn_rows_dx_loop(const R* __restrict dy, const R* __restrict x, R* __restric
     // to match the inputs (line_anchor), and the row keeps write_values. (Lining the loop
     // up with dx there and joining both inputs measured within noise, 0.95-1.04x.)
     if constexpr (!kStream && std::is_same_v<R, T>) {
-      if (cache_rows<R, T>(o, gr, xr) && line_anchor<R>(gr, kCentered ? xr : nullptr, o) == o) {
+      if (cache_rows(o, gr, xr) && line_anchor<R>(gr, kCentered ? xr : nullptr, o) == o) {
         if constexpr (kCentered) {
           const T* const in[2] = {gr, xr};
           cache_row(o, cols, in,
